@@ -1,0 +1,172 @@
+//! `cortex:agent/documents`: JSON documents with revisions, scoped to the invocation's tenant.
+//!
+//! Names, sizes and JSON validity are checked here, before the store is touched. Store
+//! conflicts and transient failures become WIT errors; a store that is broken for good
+//! traps the invocation (the guest cannot fix it) and is logged for the operator.
+
+use std::sync::Arc;
+
+use super::HostState;
+use super::bindings::cortex::agent::documents::{self as wit, Host};
+use crate::store::{self, DocumentStore, KeyLimits, Scope, StoreError, WriteOp};
+
+/// What the documents capability needs: a store, the caller's scope and the size limits.
+#[derive(Clone)]
+pub struct DocumentsCtx {
+    store: Arc<dyn DocumentStore>,
+    scope: Scope,
+    limits: KeyLimits,
+}
+
+impl std::fmt::Debug for DocumentsCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DocumentsCtx").field("scope", &self.scope).finish_non_exhaustive()
+    }
+}
+
+impl DocumentsCtx {
+    /// Documents of `scope`'s tenant in `store`, bounded by `limits`.
+    pub fn new(store: Arc<dyn DocumentStore>, scope: Scope, limits: KeyLimits) -> Self {
+        Self { store, scope, limits }
+    }
+}
+
+type WitResult<T> = wasmtime::Result<Result<T, wit::Error>>;
+
+fn name_error(e: store::keys::NameError) -> wit::Error {
+    if e.is_size() { wit::Error::TooLarge(e.to_string()) } else { wit::Error::InvalidKey(e.to_string()) }
+}
+
+impl DocumentsCtx {
+    fn check_name(&self, collection: &str, key: &str) -> Result<(), wit::Error> {
+        store::check_collection(collection, &self.limits).map_err(name_error)?;
+        store::check_key(key, &self.limits).map_err(name_error)
+    }
+
+    fn check_value(&self, value: &str) -> Result<(), wit::Error> {
+        if value.len() > self.limits.max_value_bytes {
+            return Err(wit::Error::TooLarge(format!(
+                "value is {} bytes, over the limit of {}",
+                value.len(),
+                self.limits.max_value_bytes
+            )));
+        }
+        serde_json::from_str::<serde::de::IgnoredAny>(value)
+            .map(|_| ())
+            .map_err(|e| wit::Error::InvalidValue(format!("value is not JSON: {e}")))
+    }
+
+    fn check_op(&self, op: &wit::Op) -> Result<WriteOp, wit::Error> {
+        Ok(match op {
+            wit::Op::Put(p) => {
+                self.check_name(&p.collection, &p.key)?;
+                self.check_value(&p.value)?;
+                WriteOp::Put {
+                    collection: p.collection.clone(),
+                    key: p.key.clone(),
+                    value: p.value.clone(),
+                    expected: p.expected,
+                }
+            }
+            wit::Op::Delete(d) => {
+                self.check_name(&d.collection, &d.key)?;
+                WriteOp::Delete { collection: d.collection.clone(), key: d.key.clone(), expected: d.expected }
+            }
+        })
+    }
+
+    /// Map a store result to what the guest sees.
+    fn answer<T>(&self, r: store::Result<T>) -> WitResult<T> {
+        match r {
+            Ok(v) => Ok(Ok(v)),
+            Err(StoreError::Conflict { current }) => Ok(Err(wit::Error::Conflict(current))),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(tenant = %self.scope.tenant, error = %e, "transient store failure");
+                Ok(Err(wit::Error::Unavailable("storage is temporarily unavailable; retry later".into())))
+            }
+            Err(e) => {
+                tracing::error!(tenant = %self.scope.tenant, error = %e, "store failure");
+                Err(wasmtime::Error::new(e))
+            }
+        }
+    }
+}
+
+fn to_wit(d: store::Document) -> wit::Document {
+    wit::Document { key: d.key, value: d.value, revision: d.revision }
+}
+
+macro_rules! check {
+    ($e:expr) => {
+        if let Err(e) = $e {
+            return Ok(Err(e));
+        }
+    };
+}
+
+impl Host for HostState {
+    async fn get(&mut self, collection: String, key: String) -> WitResult<Option<wit::Document>> {
+        self.calls.charge()?;
+        let cx = &self.documents;
+        check!(cx.check_name(&collection, &key));
+        let r = cx.store.get(&cx.scope, &collection, &key).await;
+        cx.answer(r.map(|d| d.map(to_wit)))
+    }
+
+    async fn put(&mut self, collection: String, key: String, value: String, expected: Option<u64>) -> WitResult<u64> {
+        self.calls.charge()?;
+        let cx = &self.documents;
+        check!(cx.check_name(&collection, &key));
+        check!(cx.check_value(&value));
+        let r = cx.store.put(&cx.scope, &collection, &key, &value, expected).await;
+        cx.answer(r)
+    }
+
+    async fn delete(&mut self, collection: String, key: String, expected: Option<u64>) -> WitResult<bool> {
+        self.calls.charge()?;
+        let cx = &self.documents;
+        check!(cx.check_name(&collection, &key));
+        let r = cx.store.delete(&cx.scope, &collection, &key, expected).await;
+        cx.answer(r)
+    }
+
+    async fn list(
+        &mut self,
+        collection: String,
+        prefix: String,
+        limit: u32,
+        cursor: Option<String>,
+    ) -> WitResult<wit::Page> {
+        self.calls.charge()?;
+        let cx = &self.documents;
+        check!(store::check_collection(&collection, &cx.limits).map_err(name_error));
+        check!(store::keys::check_prefix(&prefix, &cx.limits).map_err(name_error));
+        if let Some(c) = &cursor {
+            check!(store::check_key(c, &cx.limits).map_err(name_error));
+        }
+        let limit = limit.min(cx.limits.max_list);
+        let r = cx.store.list(&cx.scope, &collection, &prefix, limit, cursor.as_deref()).await;
+        cx.answer(r.map(|p| wit::Page { documents: p.documents.into_iter().map(to_wit).collect(), next: p.next }))
+    }
+
+    async fn transact(&mut self, ops: Vec<wit::Op>) -> WitResult<Vec<u64>> {
+        self.calls.charge()?;
+        let cx = &self.documents;
+        if ops.len() > cx.limits.max_transact_ops {
+            return Ok(Err(wit::Error::TooLarge(format!(
+                "{} ops in one transaction, over the limit of {}",
+                ops.len(),
+                cx.limits.max_transact_ops
+            ))));
+        }
+        let mut checked = Vec::with_capacity(ops.len());
+        for op in &ops {
+            match cx.check_op(op) {
+                Ok(op) => checked.push(op),
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        let r = cx.store.transact(&cx.scope, &checked).await;
+        cx.answer(r)
+    }
+}

@@ -1,0 +1,98 @@
+//! Host imports: the per-invocation host state, and one module per WIT interface.
+//!
+//! The state holds the tenant and agent identity of the invocation. Capabilities read it
+//! from here and pass it to the store themselves: the guest never names its tenant, so
+//! isolation holds by construction. Every Cortex import is counted against the
+//! invocation's host-call budget; a spent budget is a trap ([`HostCallLimit`]), while a
+//! refused request (bad key, conflict, too large) is a typed WIT error the guest handles.
+
+pub mod documents;
+pub mod runtime;
+
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::runtime::Limiter;
+
+pub use self::documents::DocumentsCtx;
+pub use self::runtime::RuntimeCtx;
+
+/// Host bindings generated from `wit/`, in one place.
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "agent",
+        imports: {
+            "cortex:agent/documents": async | trappable,
+            default: trappable,
+        },
+        exports: { default: async },
+    });
+}
+
+pub use bindings::cortex::agent::types::{AgentError, ChangeEvent, ChangeOp};
+
+/// The trap raised when an invocation exceeds its host-call budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("host call limit of {0} reached")]
+pub struct HostCallLimit(pub u64);
+
+/// Counts Cortex imports against a budget.
+#[derive(Debug, Clone, Copy)]
+pub struct HostCalls {
+    /// Calls made so far.
+    pub count: u64,
+    limit: u64,
+}
+
+impl HostCalls {
+    /// A budget of `limit` calls.
+    pub fn new(limit: u64) -> Self {
+        Self { count: 0, limit }
+    }
+
+    /// Count one call; a trap once the budget is spent.
+    pub fn charge(&mut self) -> wasmtime::Result<()> {
+        if self.count >= self.limit {
+            return Err(wasmtime::Error::new(HostCallLimit(self.limit)));
+        }
+        self.count += 1;
+        Ok(())
+    }
+}
+
+/// Everything one invocation's imports can reach.
+pub struct HostState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: Limiter,
+    pub(crate) calls: HostCalls,
+    pub(crate) documents: DocumentsCtx,
+    pub(crate) runtime: RuntimeCtx,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Interfaces of the `cortex:agent` package the host serves today.
+pub const SERVED_INTERFACES: &[&str] = &["types", "runtime", "documents"];
+
+/// Interfaces defined by the WIT package but not served yet.
+pub const UNSERVED_INTERFACES: &[&str] = &["graph", "messaging"];
+
+/// A linker with WASI preview 2 and every served Cortex interface.
+pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Arc<Linker<HostState>>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    bindings::cortex::agent::documents::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    bindings::cortex::agent::runtime::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    Ok(Arc::new(linker))
+}
+
+// `types` has no functions, but bindgen still generates a host trait for it.
+impl bindings::cortex::agent::types::Host for HostState {}

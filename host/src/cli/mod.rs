@@ -1,0 +1,3 @@
+//! Command-line helpers of the `cortex` binary.
+
+pub mod units;

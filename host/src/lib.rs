@@ -1,0 +1,10 @@
+//! Cortex: a multi-tenant WebAssembly host for sandboxed agents.
+//!
+//! Layers, lowest first: [`store`] (documents behind one async trait), [`runtime`] (the
+//! wasmtime sandbox with hard limits), [`capabilities`] (the host imports agents see).
+//! See `DESIGN.md` in the shared folder for the architecture and `README.md` for usage.
+
+pub mod capabilities;
+pub mod cli;
+pub mod runtime;
+pub mod store;

@@ -1,0 +1,425 @@
+//! The sandbox: one engine per node, one store per invocation, hard limits on each.
+//!
+//! [`Runtime::load`] admits a component (header, compile under a time bound, cache,
+//! imports, exports) and prepares an `InstancePre`. [`Runtime::invoke`] runs one export in
+//! a fresh store with fuel, an epoch deadline, memory/table/instance limits, a host-call
+//! budget and a bounded log, and always returns a typed [`Outcome`] with [`Stats`].
+
+mod cache;
+mod config;
+mod engine;
+mod limiter;
+pub mod logbuf;
+mod outcome;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker, ResourceTable};
+use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime_wasi::WasiCtxBuilder;
+
+pub use self::cache::{ArtifactCache, engine_fingerprint};
+pub use self::config::{EngineConfig, Limits};
+pub use self::engine::{Ticker, build_engine, wasmtime_config};
+pub use self::limiter::{LimitExceeded, Limiter};
+pub use self::logbuf::{LogRecord, Logs};
+pub use self::outcome::{Outcome, Stats};
+pub use self::validate::{Shape, World};
+
+use self::logbuf::LogSink;
+use self::outcome::FailureContext;
+use crate::capabilities::{self, AgentError, ChangeEvent, DocumentsCtx, HostCalls, HostState, RuntimeCtx};
+use crate::store::{DocumentStore, Scope};
+
+/// Why a component was refused at load. Each variant has a stable [`code`](LoadError::code).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Not a WebAssembly component at all (empty, garbage, core module).
+    #[error("not a component: {0}")]
+    NotAComponent(String),
+    /// A component that does not parse, validate or compile (truncated, malformed).
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    /// An import outside WASI preview 2 and the `cortex:agent` package.
+    #[error("unknown import `{name}`: the host provides WASI 0.2 and cortex:agent@0.1 only")]
+    UnknownImport {
+        /// The import's name.
+        name: String,
+    },
+    /// An import the host knows and refuses on purpose.
+    #[error("import `{name}` is not allowed: {reason}")]
+    DeniedImport {
+        /// The import's name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// An interface of our package that is defined but not served yet.
+    #[error("import `{name}` is not served by this host yet")]
+    UnservedImport {
+        /// The import's name.
+        name: String,
+    },
+    /// An import whose name is served but whose types do not match the host's.
+    #[error("imports do not match the host: {0}")]
+    ImportMismatch(String),
+    /// A required export is absent.
+    #[error("missing export `{name}` (the component exports: {found}); build against world cortex:agent/agent or /tool")]
+    MissingExport {
+        /// The export's name.
+        name: String,
+        /// What the component exports instead.
+        found: String,
+    },
+    /// An export with the wrong type.
+    #[error("export `{name}` has type {found}, expected {expected}")]
+    WrongExportType {
+        /// The export's name.
+        name: String,
+        /// The expected signature.
+        expected: String,
+        /// The signature found.
+        found: String,
+    },
+    /// Compilation took longer than the configured bound.
+    #[error("compilation took longer than {0:?}")]
+    CompileTimeout(std::time::Duration),
+    /// The host failed (not the component's fault).
+    #[error("internal error while loading: {0}")]
+    Internal(String),
+}
+
+impl LoadError {
+    /// The stable code of this refusal.
+    pub fn code(&self) -> &'static str {
+        match self {
+            LoadError::NotAComponent(_) => "not_a_component",
+            LoadError::Invalid(_) => "invalid_component",
+            LoadError::UnknownImport { .. } => "unknown_import",
+            LoadError::DeniedImport { .. } => "denied_import",
+            LoadError::UnservedImport { .. } => "unserved_import",
+            LoadError::ImportMismatch(_) => "import_mismatch",
+            LoadError::MissingExport { .. } => "missing_export",
+            LoadError::WrongExportType { .. } => "wrong_export_type",
+            LoadError::CompileTimeout(_) => "compile_timeout",
+            LoadError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// wasmtime refused the configuration.
+    #[error("cannot build the wasmtime engine: {0}")]
+    Engine(String),
+    /// The artifact cache folder is unusable.
+    #[error("cannot open the artifact cache: {0}")]
+    Cache(#[source] std::io::Error),
+    /// The epoch ticker thread could not start.
+    #[error("cannot start the epoch ticker: {0}")]
+    Ticker(#[source] std::io::Error),
+}
+
+/// An admitted component, ready to instantiate.
+pub struct Module {
+    /// Hex SHA-256 of the component's bytes.
+    pub digest: String,
+    /// Size of the component in bytes.
+    pub size: usize,
+    /// World, imports and exports.
+    pub shape: Shape,
+    /// Whether the compiled code came from the artifact cache.
+    pub from_cache: bool,
+    pre: InstancePre<HostState>,
+    handle: ComponentExportIndex,
+    init: Option<ComponentExportIndex>,
+    on_change: Option<ComponentExportIndex>,
+}
+
+impl std::fmt::Debug for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Module").field("digest", &self.digest).field("shape", &self.shape).finish_non_exhaustive()
+    }
+}
+
+/// Who an invocation runs as, and what it can reach. Built by the host, never by a guest.
+#[derive(Clone)]
+pub struct AgentContext {
+    /// Tenant that owns the agent.
+    pub tenant: Arc<str>,
+    /// The agent's name.
+    pub agent: Arc<str>,
+    /// Deploy-time configuration.
+    pub config: Arc<BTreeMap<String, String>>,
+    /// Where documents live.
+    pub store: Arc<dyn DocumentStore>,
+}
+
+impl std::fmt::Debug for AgentContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentContext").field("tenant", &self.tenant).field("agent", &self.agent).finish_non_exhaustive()
+    }
+}
+
+/// Which export to call.
+#[derive(Debug, Clone, Copy)]
+pub enum Export<'a> {
+    /// `handle(input)`.
+    Handle(&'a [u8]),
+    /// `init(config)`; a no-op success when the component does not export it.
+    Init(&'a [(String, String)]),
+    /// `on-change(events)`; a no-op success when the component does not export it.
+    OnChange(&'a [ChangeEvent]),
+}
+
+/// The result of one invocation.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The invocation's id.
+    pub id: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// What it consumed.
+    pub stats: Stats,
+    /// What it wrote to stdout, stderr and its log.
+    pub logs: Logs,
+}
+
+/// The sandbox of one node.
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+    cache: Option<ArtifactCache>,
+    config: EngineConfig,
+    _ticker: Ticker,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("config", &self.config).field("cache", &self.cache).finish_non_exhaustive()
+    }
+}
+
+static INVOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+fn invocation_id() -> String {
+    let n = INVOCATIONS.fetch_add(1, Ordering::Relaxed);
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    format!("{ms:x}-{}-{n:x}", std::process::id())
+}
+
+/// Hex SHA-256 of `bytes`: a module's address.
+pub fn digest(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+type HandleResult = Result<Option<Vec<u8>>, AgentError>;
+
+impl Runtime {
+    /// Start a runtime. With `cache_dir`, compiled components are cached there.
+    pub fn new(config: EngineConfig, cache_dir: Option<&Path>) -> Result<Self, RuntimeError> {
+        let engine = build_engine(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let linker = capabilities::linker(&engine).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let cache = cache_dir.map(|d| ArtifactCache::open(d, &engine)).transpose().map_err(RuntimeError::Cache)?;
+        let ticker = Ticker::start(engine.clone(), config.epoch_tick).map_err(RuntimeError::Ticker)?;
+        Ok(Self { engine, linker, cache, config, _ticker: ticker })
+    }
+
+    /// The node's engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The engine settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    async fn compile(&self, digest: &str, bytes: &[u8]) -> Result<(Component, bool), LoadError> {
+        if let Some(cached) = self.cache.as_ref().and_then(|c| c.read(digest)) {
+            // SAFETY: `read` returns only bytes this cache wrote itself (HMAC-verified under
+            // a key private to this data directory), which came from `Component::serialize`
+            // on an engine with the same compatibility hash (the folder is keyed by it).
+            match unsafe { Component::deserialize(&self.engine, &cached) } {
+                Ok(c) => return Ok((c, true)),
+                Err(e) => tracing::warn!(digest, error = %e, "cached artifact unusable; recompiling"),
+            }
+        }
+        let engine = self.engine.clone();
+        let owned = bytes.to_vec();
+        let job = tokio::task::spawn_blocking(move || Component::new(&engine, &owned));
+        let component = match tokio::time::timeout(self.config.compile_timeout, job).await {
+            Err(_) => return Err(LoadError::CompileTimeout(self.config.compile_timeout)),
+            Ok(Err(join)) => return Err(LoadError::Internal(format!("compiler task failed: {join}"))),
+            Ok(Ok(Err(e))) => return Err(LoadError::Invalid(format!("{e:#}"))),
+            Ok(Ok(Ok(c))) => c,
+        };
+        if let Some(cache) = &self.cache {
+            match component.serialize() {
+                Ok(art) => {
+                    if let Err(e) = cache.write(digest, &art) {
+                        tracing::warn!(digest, error = %e, "cannot write the compiled artifact to the cache");
+                    }
+                }
+                Err(e) => tracing::warn!(digest, error = %e, "cannot serialize a compiled component"),
+            }
+        }
+        Ok((component, false))
+    }
+
+    /// Admit a component: refuse anything that is not an agent this host can serve.
+    pub async fn load(&self, bytes: &[u8]) -> Result<Arc<Module>, LoadError> {
+        validate::check_header(bytes)?;
+        let digest = digest(bytes);
+        let (component, from_cache) = self.compile(&digest, bytes).await?;
+        let shape = validate::check_component(&self.engine, &component)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::ImportMismatch(format!("{e:#}")))?;
+        let index = |name: &str| component.get_export_index(None, name);
+        let handle = index("handle").ok_or_else(|| LoadError::MissingExport { name: "handle".into(), found: shape.exports.join(", ") })?;
+        let init = if shape.has_init { index("init") } else { None };
+        let on_change = if shape.has_on_change { index("on-change") } else { None };
+        tracing::debug!(digest, from_cache, world = ?shape.world, "component admitted");
+        Ok(Arc::new(Module { digest, size: bytes.len(), shape, from_cache, pre, handle, init, on_change }))
+    }
+
+    /// Call `handle(input)` once in a fresh sandbox.
+    pub async fn invoke(&self, module: &Module, agent: &AgentContext, limits: &Limits, input: &[u8]) -> Report {
+        self.call(module, agent, limits, Export::Handle(input)).await
+    }
+
+    /// Call one export once in a fresh sandbox.
+    pub async fn call(&self, module: &Module, agent: &AgentContext, limits: &Limits, export: Export<'_>) -> Report {
+        let id = invocation_id();
+        let span = tracing::info_span!("invocation", tenant = %agent.tenant, agent = %agent.agent, invocation = %id);
+        self.call_inner(module, agent, limits, export, id).instrument(span).await
+    }
+
+    async fn call_inner(&self, module: &Module, agent: &AgentContext, limits: &Limits, export: Export<'_>, id: String) -> Report {
+        let start = Instant::now();
+        let log = LogSink::new(limits.log_bytes);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(log.stdout())
+            .stderr(log.stderr())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter::new(limits.memory_bytes, limits.table_elements, limits.instances),
+            calls: HostCalls::new(limits.host_calls),
+            documents: DocumentsCtx::new(
+                agent.store.clone(),
+                Scope { tenant: agent.tenant.clone(), agent: agent.agent.clone() },
+                limits.keys.clone(),
+            ),
+            runtime: RuntimeCtx {
+                tenant: agent.tenant.clone(),
+                agent: agent.agent.clone(),
+                invocation: id.clone(),
+                config: agent.config.clone(),
+                log: log.clone(),
+            },
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        if self.config.fuel_metering {
+            if let Err(e) = store.set_fuel(limits.fuel) {
+                tracing::error!(error = %e, "cannot set the fuel budget");
+            }
+        }
+        if self.config.epoch_interruption {
+            let deadline = start + limits.timeout;
+            store.epoch_deadline_callback(move |_| {
+                // Guest code yields to the executor every tick, so runaway guests cannot
+                // starve others on the same worker, and traps once the deadline has passed.
+                Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+            });
+            store.set_epoch_deadline(1);
+        }
+
+        let bytes_in = match export {
+            Export::Handle(input) => input.len(),
+            Export::Init(cfg) => cfg.iter().map(|(k, v)| k.len() + v.len()).sum(),
+            Export::OnChange(events) => events.len(),
+        };
+        let run = async {
+            let instance = module.pre.instantiate_async(&mut store).await?;
+            match export {
+                Export::Handle(input) => {
+                    let f = instance.get_typed_func::<(&[u8],), (HandleResult,)>(&mut store, &module.handle)?;
+                    Ok(f.call_async(&mut store, (input,)).await?.0)
+                }
+                Export::Init(cfg) => match &module.init {
+                    Some(idx) => {
+                        let f = instance
+                            .get_typed_func::<(&[(String, String)],), (Result<(), AgentError>,)>(&mut store, idx)?;
+                        Ok(f.call_async(&mut store, (cfg,)).await?.0.map(|()| None))
+                    }
+                    None => Ok(Ok(None)),
+                },
+                Export::OnChange(events) => match &module.on_change {
+                    Some(idx) => {
+                        let f = instance
+                            .get_typed_func::<(&[ChangeEvent],), (Result<(), AgentError>,)>(&mut store, idx)?;
+                        Ok(f.call_async(&mut store, (events,)).await?.0.map(|()| None))
+                    }
+                    None => Ok(Ok(None)),
+                },
+            }
+        };
+        // The epoch deadline stops guest code; this bound also stops a guest blocked in a
+        // host call (a WASI sleep, a slow store), two ticks after the deadline at the latest.
+        let hard = limits.timeout + 2 * self.config.epoch_tick;
+        let result: Result<wasmtime::Result<HandleResult>, _> = tokio::time::timeout(hard, run).await;
+
+        let logs = log.snapshot();
+        let timeout_ms = u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut bytes_out = 0u64;
+        let outcome = match result {
+            Err(_elapsed) => Outcome::DeadlineExceeded { limit_ms: timeout_ms },
+            Ok(Ok(Ok(output))) => {
+                bytes_out = output.as_ref().map_or(0, |o| o.len() as u64);
+                if bytes_out > limits.output_bytes {
+                    Outcome::OutputTooLarge { size: bytes_out, limit: limits.output_bytes }
+                } else {
+                    Outcome::Ok { output }
+                }
+            }
+            Ok(Ok(Err(e))) => Outcome::AgentError { code: e.code, message: e.message },
+            Ok(Err(e)) => outcome::classify(
+                &e,
+                FailureContext {
+                    fuel_limit: limits.fuel,
+                    timeout: limits.timeout,
+                    memory_exceeded: store.data().limiter.exceeded.as_ref(),
+                    stderr_tail: logs.stderr_tail(),
+                },
+            ),
+        };
+        let fuel_left = if self.config.fuel_metering { store.get_fuel().unwrap_or(0) } else { limits.fuel };
+        let data = store.data();
+        let stats = Stats {
+            fuel_used: limits.fuel.saturating_sub(fuel_left),
+            peak_memory: data.limiter.peak_memory,
+            wall_time: start.elapsed(),
+            host_calls: data.calls.count,
+            bytes_in: bytes_in as u64,
+            bytes_out,
+        };
+        match &outcome {
+            Outcome::Ok { .. } => tracing::debug!(fuel = stats.fuel_used, "invocation ok"),
+            other => tracing::info!(outcome = other.code(), detail = %other, "invocation failed"),
+        }
+        Report { id, outcome, stats, logs }
+    }
+}

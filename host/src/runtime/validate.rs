@@ -1,0 +1,198 @@
+//! Admission of an uploaded component: is it a component, does it import only what the host
+//! serves, and does it export what an agent must?
+//!
+//! Every refusal is a [`LoadError`] with a stable code and a message naming the reason
+//! (the import, the export, the expected and found types).
+
+use wasmtime::Engine;
+use wasmtime::component::types::{ComponentFunc, ComponentItem, Type};
+use wasmtime::component::Component;
+
+use super::LoadError;
+use crate::capabilities::{SERVED_INTERFACES, UNSERVED_INTERFACES};
+
+/// WASI preview 2 packages linked in (deny-by-default at run time).
+const WASI_PACKAGES: &[&str] = &["cli", "clocks", "filesystem", "io", "random", "sockets"];
+
+/// The signature every agent's `handle` export must have.
+pub const HANDLE_SIG: &str =
+    "func(list<u8>) -> result<option<list<u8>>, record { code: string, message: string }>";
+/// The signature of the optional `init` export.
+pub const INIT_SIG: &str =
+    "func(list<tuple<string, string>>) -> result<_, record { code: string, message: string }>";
+/// The signature of the optional `on-change` export.
+pub const ON_CHANGE_SIG: &str = "func(list<record { seq: u64, collection: string, key: string, op: enum { put, delete }, revision: u64 }>) -> result<_, record { code: string, message: string }>";
+
+/// Which world a component targets, judged by what it imports and exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum World {
+    /// The full agent world.
+    Agent,
+    /// The stateless tool world.
+    Tool,
+}
+
+/// First refusal by the bytes alone: not wasm, or a core module.
+pub fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+    const MAGIC: &[u8] = b"\0asm";
+    if bytes.is_empty() {
+        return Err(LoadError::NotAComponent("the module is empty".into()));
+    }
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        return Err(LoadError::NotAComponent("not WebAssembly: the \\0asm header is missing".into()));
+    }
+    match bytes[4..8] {
+        [1, 0, 0, 0] => Err(LoadError::NotAComponent(
+            "a core WebAssembly module, not a component; build for wasm32-wasip2 or wrap it with `wasm-tools component new`"
+                .into(),
+        )),
+        [_, _, 1, 0] => Ok(()),
+        _ => Err(LoadError::NotAComponent("unknown WebAssembly binary version".into())),
+    }
+}
+
+/// Whether an import name is served; `Err` names the import and why it is refused.
+pub fn check_import(name: &str) -> Result<(), LoadError> {
+    let unknown = || LoadError::UnknownImport { name: name.to_owned() };
+    let (path, version) = name.split_once('@').unwrap_or((name, ""));
+    let Some((package, interface)) = path.split_once('/') else { return Err(unknown()) };
+    match package {
+        "wasi:http" => Err(LoadError::DeniedImport {
+            name: name.to_owned(),
+            reason: "outbound HTTP is not a capability agents have yet".into(),
+        }),
+        p if p.strip_prefix("wasi:").is_some_and(|pkg| WASI_PACKAGES.contains(&pkg)) => {
+            if version.starts_with("0.2.") { Ok(()) } else { Err(unknown()) }
+        }
+        "cortex:agent" if !version.starts_with("0.1.") => Err(unknown()),
+        "cortex:agent" if SERVED_INTERFACES.contains(&interface) => Ok(()),
+        "cortex:agent" if UNSERVED_INTERFACES.contains(&interface) => {
+            Err(LoadError::UnservedImport { name: name.to_owned() })
+        }
+        _ => Err(unknown()),
+    }
+}
+
+/// Render a component-model type the way the signatures above are written.
+fn render(ty: &Type) -> String {
+    match ty {
+        Type::Bool => "bool".into(),
+        Type::S8 => "s8".into(),
+        Type::U8 => "u8".into(),
+        Type::S16 => "s16".into(),
+        Type::U16 => "u16".into(),
+        Type::S32 => "s32".into(),
+        Type::U32 => "u32".into(),
+        Type::S64 => "s64".into(),
+        Type::U64 => "u64".into(),
+        Type::Float32 => "f32".into(),
+        Type::Float64 => "f64".into(),
+        Type::Char => "char".into(),
+        Type::String => "string".into(),
+        Type::List(l) => format!("list<{}>", render(&l.ty())),
+        Type::Option(o) => format!("option<{}>", render(&o.ty())),
+        Type::Result(r) => {
+            let side = |t: Option<Type>| t.map_or_else(|| "_".to_owned(), |t| render(&t));
+            format!("result<{}, {}>", side(r.ok()), side(r.err()))
+        }
+        Type::Tuple(t) => format!("tuple<{}>", t.types().map(|t| render(&t)).collect::<Vec<_>>().join(", ")),
+        Type::Record(r) => format!(
+            "record {{ {} }}",
+            r.fields().map(|f| format!("{}: {}", f.name, render(&f.ty))).collect::<Vec<_>>().join(", ")
+        ),
+        Type::Enum(e) => format!("enum {{ {} }}", e.names().collect::<Vec<_>>().join(", ")),
+        other => format!("{other:?}"),
+    }
+}
+
+fn render_func(f: &ComponentFunc) -> String {
+    // Parameter names are not part of a function's type in the component model.
+    let params: Vec<String> = f.params().map(|(_, t)| render(&t)).collect();
+    let results: Vec<String> = f.results().map(|t| render(&t)).collect();
+    match results.as_slice() {
+        [] => format!("func({})", params.join(", ")),
+        [one] => format!("func({}) -> {one}", params.join(", ")),
+        many => format!("func({}) -> ({})", params.join(", "), many.join(", ")),
+    }
+}
+
+/// Check one export; `Ok(false)` when it is absent.
+fn check_export(engine: &Engine, component: &Component, name: &str, want: &str) -> Result<bool, LoadError> {
+    let ty = component.component_type();
+    let Some(export) = ty.get_export(engine, name) else { return Ok(false) };
+    let found = match &export.ty {
+        ComponentItem::ComponentFunc(f) => render_func(f),
+        ComponentItem::ComponentInstance(_) => "an instance (an exported interface)".into(),
+        ComponentItem::Component(_) => "a nested component".into(),
+        ComponentItem::Module(_) => "a core module".into(),
+        ComponentItem::CoreFunc(_) => "a core function".into(),
+        ComponentItem::Type(_) | ComponentItem::Resource(_) => "a type".into(),
+    };
+    if found != want {
+        return Err(LoadError::WrongExportType { name: name.to_owned(), expected: want.to_owned(), found });
+    }
+    Ok(true)
+}
+
+/// What admission learned about a component.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Shape {
+    /// The world it targets.
+    pub world: World,
+    /// Its import names.
+    pub imports: Vec<String>,
+    /// Its export names.
+    pub exports: Vec<String>,
+    /// Whether it exports `init`.
+    pub has_init: bool,
+    /// Whether it exports `on-change`.
+    pub has_on_change: bool,
+}
+
+/// Check a compiled component's imports and exports.
+pub fn check_component(engine: &Engine, component: &Component) -> Result<Shape, LoadError> {
+    let ty = component.component_type();
+    let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_owned()).collect();
+    let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
+    for name in &imports {
+        check_import(name)?;
+    }
+    if !check_export(engine, component, "handle", HANDLE_SIG)? {
+        return Err(LoadError::MissingExport {
+            name: "handle".into(),
+            found: if exports.is_empty() { "nothing".into() } else { exports.join(", ") },
+        });
+    }
+    let has_init = check_export(engine, component, "init", INIT_SIG)?;
+    let has_on_change = check_export(engine, component, "on-change", ON_CHANGE_SIG)?;
+    let uses_agent_imports = imports.iter().any(|i| !i.starts_with("wasi:") && !i.contains("/runtime@") && !i.contains("/types@"));
+    let world = if has_init || has_on_change || uses_agent_imports { World::Agent } else { World::Tool };
+    Ok(Shape { world, imports, exports, has_init, has_on_change })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imports_are_sorted_into_served_denied_unserved_and_unknown() {
+        assert!(check_import("wasi:cli/environment@0.2.0").is_ok());
+        assert!(check_import("wasi:sockets/tcp@0.2.6").is_ok());
+        assert!(check_import("cortex:agent/documents@0.1.0").is_ok());
+        assert!(matches!(check_import("wasi:http/outgoing-handler@0.2.6"), Err(LoadError::DeniedImport { .. })));
+        assert!(matches!(check_import("cortex:agent/graph@0.1.0"), Err(LoadError::UnservedImport { .. })));
+        assert!(matches!(check_import("cortex:agent/documents@0.2.0"), Err(LoadError::UnknownImport { .. })));
+        assert!(matches!(check_import("wasi:cli/environment@0.3.0"), Err(LoadError::UnknownImport { .. })));
+        assert!(matches!(check_import("evil:backdoor/shell"), Err(LoadError::UnknownImport { .. })));
+        assert!(matches!(check_import("wasi:nn/graph@0.2.0"), Err(LoadError::UnknownImport { .. })));
+    }
+
+    #[test]
+    fn header_check_names_core_modules_and_garbage() {
+        assert!(matches!(check_header(b""), Err(LoadError::NotAComponent(m)) if m.contains("empty")));
+        assert!(matches!(check_header(b"\0asm\x01\0\0\0"), Err(LoadError::NotAComponent(m)) if m.contains("core")));
+        assert!(matches!(check_header(b"hello world!"), Err(LoadError::NotAComponent(m)) if m.contains("header")));
+        assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+}
