@@ -17,9 +17,7 @@ use serde::de::DeserializeOwned;
 
 use crate::bindings::agent::cortex::agent::documents as raw;
 
-pub use raw::{
-    DeleteOp, Document, Op, Page, PutOp, Revision, delete, get, list, put, transact,
-};
+pub use raw::{DeleteOp, Document, Op, Page, PutOp, Revision, delete, get, list, put, transact};
 
 /// The error the host returns from a documents call (WIT `documents.error`).
 ///
@@ -130,10 +128,7 @@ impl From<serde_json::Error> for Error {
 
 /// Reads a document and decodes its JSON value: `Some((value, revision))`, or `None` if
 /// it does not exist.
-pub fn get_json<T: DeserializeOwned>(
-    collection: &str,
-    key: &str,
-) -> Result<Option<(T, Revision)>, Error> {
+pub fn get_json<T: DeserializeOwned>(collection: &str, key: &str) -> Result<Option<(T, Revision)>, Error> {
     match get(collection, key)? {
         Some(doc) => Ok(Some((serde_json::from_str(&doc.value)?, doc.revision))),
         None => Ok(None),

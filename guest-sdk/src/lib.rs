@@ -261,10 +261,7 @@ impl AgentError {
     /// assert_eq!((err.code.as_str(), err.message.as_str()), ("not-found", "no such order"));
     /// ```
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            code: code.into(),
-            message: message.into(),
-        }
+        Self { code: code.into(), message: message.into() }
     }
 
     /// An error with code `bad-input`: the input could not be understood.
@@ -337,12 +334,8 @@ impl From<messaging::Error> for AgentError {
         match err {
             messaging::Error::Agent(err) => err,
             messaging::Error::UnknownAgent(d) => Self::new("messaging-unknown-agent", d),
-            messaging::Error::DepthExceeded => {
-                Self::new("messaging-depth-exceeded", "call chain too deep")
-            }
-            messaging::Error::DeadlineExceeded => {
-                Self::new("messaging-deadline-exceeded", "callee ran out of time")
-            }
+            messaging::Error::DepthExceeded => Self::new("messaging-depth-exceeded", "call chain too deep"),
+            messaging::Error::DeadlineExceeded => Self::new("messaging-deadline-exceeded", "callee ran out of time"),
             messaging::Error::TooLarge(d) => Self::new("messaging-too-large", d),
             messaging::Error::Unavailable(d) => Self::new("messaging-unavailable", d),
         }

@@ -20,10 +20,7 @@ pub fn log(level: Level, message: &str) {
 
 /// Logs `message` at `level` with key-value `fields`.
 pub fn log_with(level: Level, message: &str, fields: &[(&str, &str)]) {
-    let fields: Vec<(String, String)> = fields
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
+    let fields: Vec<(String, String)> = fields.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     runtime::log(level, message, &fields);
 }
 

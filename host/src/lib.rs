@@ -6,5 +6,10 @@
 
 pub mod capabilities;
 pub mod cli;
+pub mod config;
+pub mod registry;
 pub mod runtime;
 pub mod store;
+pub mod telemetry;
+pub mod api;
+pub mod server;

@@ -10,6 +10,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use cortex_host::cli::units::{human_bytes, parse_duration, parse_size};
 use cortex_host::runtime::{AgentContext, EngineConfig, Limits, Runtime};
+use cortex_host::api::auth::{Claims, Verifier};
+use cortex_host::config::ServerConfig;
+use cortex_host::registry::now_ms;
 use cortex_host::store::EmbeddedStore;
 
 #[derive(Parser)]
@@ -23,6 +26,51 @@ struct Cli {
 enum Command {
     /// Load an agent component, invoke its `handle` once, print the output and its stats.
     Run(RunArgs),
+    /// Serve the HTTP API.
+    Serve(ServeArgs),
+    /// Mint a development token (HS256, from the data directory's secret).
+    Token(TokenArgs),
+    /// Talk to a running server (CORTEX_URL, CORTEX_TOKEN).
+    #[command(flatten)]
+    Client(cortex_host::cli::client::ClientCommand),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides the config).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Data directory (overrides the config).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Deploy NAME=PATH.wasm into the `demo` tenant at start (repeatable).
+    #[arg(long = "deploy", value_name = "NAME=PATH")]
+    deploy: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// Tenant the token acts in (omit for a platform-admin without a tenant).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// observer, developer, tenant-admin or platform-admin.
+    #[arg(long, default_value = "developer")]
+    role: String,
+    /// Subject.
+    #[arg(long, default_value = "dev")]
+    sub: String,
+    /// Lifetime, e.g. 3600s or 60m.
+    #[arg(long, value_parser = parse_duration, default_value = "60m")]
+    ttl: Duration,
+    /// TOML configuration file (for the data dir, issuer and audience).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (overrides the config).
+    #[arg(long)]
+    data: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -71,12 +119,78 @@ fn main() -> ExitCode {
             return ExitCode::from(70);
         }
     };
-    match cli.command {
-        Command::Run(args) => rt.block_on(run(args)).unwrap_or_else(|e| {
-            eprintln!("error[usage]: {e:#}");
-            ExitCode::from(2)
-        }),
+    let result = match cli.command {
+        Command::Run(args) => rt.block_on(run(args)),
+        Command::Serve(args) => rt.block_on(serve(args)),
+        Command::Token(args) => token(args),
+        Command::Client(cmd) => rt.block_on(cmd.run()),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(2)
+    })
+}
+
+fn server_config(file: Option<&std::path::Path>, data: Option<PathBuf>) -> anyhow::Result<ServerConfig> {
+    let mut cfg = ServerConfig::load(file, std::env::vars())?;
+    if let Some(d) = data {
+        cfg.data_dir = d;
     }
+    Ok(cfg)
+}
+
+fn mint(cfg: &ServerConfig, tenant: Option<String>, role: &str, sub: &str, ttl: Duration) -> anyhow::Result<String> {
+    let verifier = Verifier::new(&cfg.auth, &cfg.data_dir)?;
+    let now = now_ms() / 1000;
+    let claims = Claims {
+        sub: sub.to_owned(),
+        iss: cfg.auth.issuer.clone(),
+        aud: cfg.auth.audience.clone(),
+        exp: now + ttl.as_secs(),
+        iat: Some(now),
+        tenant,
+        role: role.to_owned(),
+    };
+    Ok(verifier.mint(&claims)?)
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
+    let cfg = server_config(args.config.as_deref(), args.data)?;
+    if cortex_host::api::Role::parse(&args.role).is_none() {
+        anyhow::bail!("unknown role {:?}: observer, developer, tenant-admin or platform-admin", args.role);
+    }
+    println!("{}", mint(&cfg, args.tenant, &args.role, &args.sub, args.ttl)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = server_config(args.config.as_deref(), args.data)?;
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    let listen = cfg.listen;
+    let state = cortex_host::server::build(cfg.clone()).await?;
+    let listener = cortex_host::server::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    if !args.deploy.is_empty() {
+        let bootstrap = async {
+            let admin = mint(&cfg, None, "platform-admin", "bootstrap", Duration::from_secs(300))?;
+            let token = mint(&cfg, Some("demo".into()), "developer", "demo", Duration::from_secs(24 * 3600))?;
+            anyhow::Ok((admin, token))
+        };
+        let (admin, token) = bootstrap.await?;
+        let app = cortex_host::server::app(state.clone());
+        let names = cortex_host::cli::client::bootstrap_demo(app, &admin, &args.deploy).await?;
+        println!("Cortex is serving on http://{addr} with the demo tenant's agents: {}", names.join(", "));
+        println!("export CORTEX_URL=http://{addr} CORTEX_TOKEN={token}");
+        for n in &names {
+            println!("curl -s -X POST -H \"Authorization: Bearer $CORTEX_TOKEN\" --data 'Cortex' $CORTEX_URL/v1/agents/{n}/invoke; echo");
+        }
+    } else {
+        println!("Cortex is serving on http://{addr}");
+    }
+    cortex_host::server::serve(state, listener, cortex_host::server::shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -116,6 +230,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         agent: agent_name.into(),
         config: Arc::new(config),
         store: Arc::new(store),
+        stored_bytes_quota: None,
     };
     let report = runtime.invoke(&module, &agent, &limits, &input).await;
     if !args.quiet {

@@ -42,7 +42,13 @@ impl Sandbox {
     }
 
     pub fn agent_with_config(&self, tenant: &str, name: &str, config: BTreeMap<String, String>) -> AgentContext {
-        AgentContext { tenant: tenant.into(), agent: name.into(), config: Arc::new(config), store: self.store.clone() }
+        AgentContext {
+            tenant: tenant.into(),
+            agent: name.into(),
+            config: Arc::new(config),
+            store: self.store.clone(),
+            stored_bytes_quota: None,
+        }
     }
 
     pub async fn invoke(&self, module: &Module, input: &str, limits: &Limits) -> Report {

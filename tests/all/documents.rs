@@ -63,7 +63,7 @@ async fn transact_is_all_or_nothing() {
     let m = sb.load(art::KV).await;
     kv_text(&sb, &m, "t1", "put:acct/a=10").await;
     let bad = r#"tx:[{"op":"put","c":"acct","k":"b","v":5},{"op":"put","c":"acct","k":"a","v":5,"rev":7}]"#;
-    assert_eq!(kv_text(&sb, &m, "t1", bad).await, "error:conflict:1");
+    assert_eq!(kv_text(&sb, &m, "t1", bad).await, "error:conflict:current revision is 1");
     assert_eq!(kv_text(&sb, &m, "t1", "get:acct/b").await, "none", "the first op must not be applied");
     let good = r#"tx:[{"op":"put","c":"acct","k":"b","v":5,"rev":0},{"op":"put","c":"acct","k":"a","v":5,"rev":1}]"#;
     assert_eq!(kv_text(&sb, &m, "t1", good).await, "[1,2]");

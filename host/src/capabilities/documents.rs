@@ -8,14 +8,15 @@ use std::sync::Arc;
 
 use super::HostState;
 use super::bindings::cortex::agent::documents::{self as wit, Host};
-use crate::store::{self, DocumentStore, KeyLimits, Scope, StoreError, WriteOp};
+use crate::store::{self, KeyLimits, Scope, Store, StoreError, WriteOp};
 
 /// What the documents capability needs: a store, the caller's scope and the size limits.
 #[derive(Clone)]
 pub struct DocumentsCtx {
-    store: Arc<dyn DocumentStore>,
+    store: Arc<dyn Store>,
     scope: Scope,
     limits: KeyLimits,
+    stored_bytes_quota: Option<u64>,
 }
 
 impl std::fmt::Debug for DocumentsCtx {
@@ -25,9 +26,24 @@ impl std::fmt::Debug for DocumentsCtx {
 }
 
 impl DocumentsCtx {
-    /// Documents of `scope`'s tenant in `store`, bounded by `limits`.
-    pub fn new(store: Arc<dyn DocumentStore>, scope: Scope, limits: KeyLimits) -> Self {
-        Self { store, scope, limits }
+    /// Documents of `scope`'s tenant in `store`, bounded by `limits` and the tenant's quota.
+    pub fn new(store: Arc<dyn Store>, scope: Scope, limits: KeyLimits, stored_bytes_quota: Option<u64>) -> Self {
+        Self { store, scope, limits, stored_bytes_quota }
+    }
+
+    /// Refuse a write of `incoming` bytes that would take the tenant over its storage quota.
+    ///
+    /// Checked before the write; concurrent writers can overshoot by at most their own
+    /// values, which are each bounded by `max_value_bytes`.
+    async fn check_quota(&self, incoming: usize) -> Result<(), wit::Error> {
+        let Some(quota) = self.stored_bytes_quota else { return Ok(()) };
+        let used = self.store.stored_bytes(&self.scope.tenant).await.unwrap_or(0);
+        if used.saturating_add(incoming as u64) > quota {
+            return Err(wit::Error::QuotaExceeded(format!(
+                "the tenant stores {used} bytes; {incoming} more would exceed its quota of {quota}"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -118,6 +134,7 @@ impl Host for HostState {
         let cx = &self.documents;
         check!(cx.check_name(&collection, &key));
         check!(cx.check_value(&value));
+        check!(cx.check_quota(value.len()).await);
         let r = cx.store.put(&cx.scope, &collection, &key, &value, expected).await;
         cx.answer(r)
     }
@@ -166,6 +183,8 @@ impl Host for HostState {
                 Err(e) => return Ok(Err(e)),
             }
         }
+        let incoming = checked.iter().map(|op| if let WriteOp::Put { value, .. } = op { value.len() } else { 0 }).sum();
+        check!(cx.check_quota(incoming).await);
         let r = cx.store.transact(&cx.scope, &checked).await;
         cx.answer(r)
     }

@@ -59,11 +59,16 @@ fn lossy<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl Logs {
-    /// The last non-empty line of stderr (a panic message, typically), shortened.
+    /// What stderr says about a failure, shortened: a Rust panic's location and message
+    /// when there is one, else the last non-empty line.
     pub fn stderr_tail(&self) -> Option<String> {
         let text = String::from_utf8_lossy(&self.stderr);
-        let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
-        Some(line.chars().take(240).collect())
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let summary = match lines.iter().rposition(|l| l.contains("panicked at")) {
+            Some(i) => lines[i..].iter().take(2).copied().collect::<Vec<_>>().join(" "),
+            None => (*lines.last()?).to_owned(),
+        };
+        Some(summary.chars().take(240).collect())
     }
 }
 
@@ -236,9 +241,22 @@ mod tests {
     }
 
     #[test]
+    fn stderr_tail_prefers_the_panic_message() {
+        let sink = LogSink::new(1000);
+        sink.append(
+            Stream::Stderr,
+            b"x\nthread '<unnamed>' panicked at src/lib.rs:3:5:\nhostile panic\nnote: run with `RUST_BACKTRACE=1`\n",
+        );
+        assert_eq!(
+            sink.snapshot().stderr_tail().as_deref(),
+            Some("thread '<unnamed>' panicked at src/lib.rs:3:5: hostile panic")
+        );
+    }
+
+    #[test]
     fn stderr_tail_is_the_last_non_empty_line() {
         let sink = LogSink::new(1000);
-        sink.append(Stream::Stderr, b"first\npanicked at src/lib.rs:3: boom\n\n");
-        assert_eq!(sink.snapshot().stderr_tail().as_deref(), Some("panicked at src/lib.rs:3: boom"));
+        sink.append(Stream::Stderr, b"first\nsomething failed\n\n");
+        assert_eq!(sink.snapshot().stderr_tail().as_deref(), Some("something failed"));
     }
 }

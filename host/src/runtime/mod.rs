@@ -36,7 +36,7 @@ pub use self::validate::{Shape, World};
 use self::logbuf::LogSink;
 use self::outcome::FailureContext;
 use crate::capabilities::{self, AgentError, ChangeEvent, DocumentsCtx, HostCalls, HostState, RuntimeCtx};
-use crate::store::{DocumentStore, Scope};
+use crate::store::{self as cstore, Scope};
 
 /// Why a component was refused at load. Each variant has a stable [`code`](LoadError::code).
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +160,9 @@ pub struct AgentContext {
     /// Deploy-time configuration.
     pub config: Arc<BTreeMap<String, String>>,
     /// Where documents live.
-    pub store: Arc<dyn DocumentStore>,
+    pub store: Arc<dyn cstore::Store>,
+    /// Most bytes of documents the tenant may store (`None`: no quota).
+    pub stored_bytes_quota: Option<u64>,
 }
 
 impl std::fmt::Debug for AgentContext {
@@ -321,6 +323,7 @@ impl Runtime {
                 agent.store.clone(),
                 Scope { tenant: agent.tenant.clone(), agent: agent.agent.clone() },
                 limits.keys.clone(),
+                agent.stored_bytes_quota,
             ),
             runtime: RuntimeCtx {
                 tenant: agent.tenant.clone(),
@@ -378,9 +381,9 @@ impl Runtime {
             }
         };
         // The epoch deadline stops guest code; this bound also stops a guest blocked in a
-        // host call (a WASI sleep, a slow store), two ticks after the deadline at the latest.
-        let hard = limits.timeout + 2 * self.config.epoch_tick;
-        let result: Result<wasmtime::Result<HandleResult>, _> = tokio::time::timeout(hard, run).await;
+        // host call (a WASI sleep, a slow store), one tick after the deadline.
+        let hard = (start + limits.timeout + self.config.epoch_tick).into();
+        let result: Result<wasmtime::Result<HandleResult>, _> = tokio::time::timeout_at(hard, run).await;
 
         let logs = log.snapshot();
         let timeout_ms = u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX);

@@ -10,9 +10,21 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Document, DocumentStore, Page, Result, Scope, StoreError, WriteOp};
+use super::{Document, DocumentStore, Page, RecordKind, RecordStore, Result, Scope, StoreError, WriteOp};
 
 const DOCUMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("documents");
+/// Bytes of document values per tenant, kept in the same transaction as each write.
+const USAGE: TableDefinition<&str, u64> = TableDefinition::new("usage");
+/// Registry records: `kind/key` to `revision (u64 BE) ++ JSON`.
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+/// The audit log: sequence number to JSON.
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+/// The tables a document write touches.
+struct Tables<'t> {
+    docs: redb::Table<'t, &'static [u8], &'static [u8]>,
+    usage: redb::Table<'t, &'static str, u64>,
+}
 
 /// Documents in a redb file.
 #[derive(Clone)]
@@ -93,23 +105,32 @@ impl EmbeddedStore {
         let db = Database::create(dir.join("documents.redb")).map_err(backend)?;
         let txn = db.begin_write().map_err(backend)?;
         txn.open_table(DOCUMENTS).map_err(backend)?;
+        txn.open_table(USAGE).map_err(backend)?;
+        txn.open_table(RECORDS).map_err(backend)?;
+        txn.open_table(AUDIT).map_err(backend)?;
         txn.commit().map_err(backend)?;
         Ok(Self { db: Arc::new(db) })
     }
 
     /// Run a write transaction on a blocking thread: commits fsync, which must not stall
     /// the async workers.
-    async fn write<T: Send + 'static>(
+    async fn write<T: Send + 'static>(&self, f: impl FnOnce(&mut Tables<'_>) -> Result<T> + Send + 'static) -> Result<T> {
+        self.write_txn(move |txn| {
+            let mut tables =
+                Tables { docs: txn.open_table(DOCUMENTS).map_err(backend)?, usage: txn.open_table(USAGE).map_err(backend)? };
+            f(&mut tables)
+        })
+        .await
+    }
+
+    async fn write_txn<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut redb::Table<&[u8], &[u8]>) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let txn = db.begin_write().map_err(backend)?;
-            let out = {
-                let mut table = txn.open_table(DOCUMENTS).map_err(backend)?;
-                f(&mut table)?
-            };
+            let out = f(&txn)?;
             // On error above, `txn` is dropped here: redb aborts it, nothing is applied.
             txn.commit().map_err(backend)?;
             Ok(out)
@@ -119,30 +140,39 @@ impl EmbeddedStore {
     }
 }
 
-fn check_expected(table: &redb::Table<&[u8], &[u8]>, key: &[u8], expected: Option<u64>) -> Result<u64> {
-    let current = match table.get(key).map_err(backend)? {
-        Some(raw) => revision_of(raw.value())?,
-        None => 0,
+/// The current revision and value size of `key` (0, 0 when absent), checked against `expected`.
+fn check_expected(t: &Tables<'_>, key: &[u8], expected: Option<u64>) -> Result<(u64, u64)> {
+    let (current, size) = match t.docs.get(key).map_err(backend)? {
+        Some(raw) => (revision_of(raw.value())?, raw.value().len().saturating_sub(8) as u64),
+        None => (0, 0),
     };
     match expected {
         Some(want) if want != current => Err(StoreError::Conflict { current }),
-        _ => Ok(current),
+        _ => Ok((current, size)),
     }
 }
 
-fn apply_put(table: &mut redb::Table<&[u8], &[u8]>, key: &[u8], value: &str, expected: Option<u64>) -> Result<u64> {
-    let current = check_expected(table, key, expected)?;
+fn add_usage(t: &mut Tables<'_>, tenant: &str, add: u64, remove: u64) -> Result<()> {
+    let now = t.usage.get(tenant).map_err(backend)?.map_or(0, |v| v.value());
+    t.usage.insert(tenant, now.saturating_add(add).saturating_sub(remove)).map_err(backend)?;
+    Ok(())
+}
+
+fn apply_put(t: &mut Tables<'_>, tenant: &str, key: &[u8], value: &str, expected: Option<u64>) -> Result<u64> {
+    let (current, old_size) = check_expected(t, key, expected)?;
     let next = current + 1;
-    table.insert(key, encode(next, value).as_slice()).map_err(backend)?;
+    t.docs.insert(key, encode(next, value).as_slice()).map_err(backend)?;
+    add_usage(t, tenant, value.len() as u64, old_size)?;
     Ok(next)
 }
 
-fn apply_delete(table: &mut redb::Table<&[u8], &[u8]>, key: &[u8], expected: Option<u64>) -> Result<bool> {
-    let current = check_expected(table, key, expected)?;
+fn apply_delete(t: &mut Tables<'_>, tenant: &str, key: &[u8], expected: Option<u64>) -> Result<bool> {
+    let (current, old_size) = check_expected(t, key, expected)?;
     if current == 0 {
         return Ok(false);
     }
-    table.remove(key).map_err(backend)?;
+    t.docs.remove(key).map_err(backend)?;
+    add_usage(t, tenant, 0, old_size)?;
     Ok(true)
 }
 
@@ -160,13 +190,14 @@ impl DocumentStore for EmbeddedStore {
 
     async fn put(&self, scope: &Scope, collection: &str, key: &str, value: &str, expected: Option<u64>) -> Result<u64> {
         let k = doc_key(scope, collection, key);
-        let value = value.to_owned();
-        self.write(move |t| apply_put(t, &k, &value, expected)).await
+        let (tenant, value) = (scope.tenant.clone(), value.to_owned());
+        self.write(move |t| apply_put(t, &tenant, &k, &value, expected)).await
     }
 
     async fn delete(&self, scope: &Scope, collection: &str, key: &str, expected: Option<u64>) -> Result<bool> {
         let k = doc_key(scope, collection, key);
-        self.write(move |t| apply_delete(t, &k, expected)).await
+        let tenant = scope.tenant.clone();
+        self.write(move |t| apply_delete(t, &tenant, &k, expected)).await
     }
 
     async fn list(
@@ -219,10 +250,10 @@ impl DocumentStore for EmbeddedStore {
             for op in &ops {
                 let rev = match op {
                     WriteOp::Put { collection, key, value, expected } => {
-                        apply_put(t, &doc_key(&tenant, collection, key), value, *expected)?
+                        apply_put(t, &tenant.tenant, &doc_key(&tenant, collection, key), value, *expected)?
                     }
                     WriteOp::Delete { collection, key, expected } => {
-                        apply_delete(t, &doc_key(&tenant, collection, key), *expected)?;
+                        apply_delete(t, &tenant.tenant, &doc_key(&tenant, collection, key), *expected)?;
                         0
                     }
                 };
@@ -231,6 +262,119 @@ impl DocumentStore for EmbeddedStore {
             Ok(revisions)
         })
         .await
+    }
+}
+
+fn record_key(kind: RecordKind, key: &str) -> String {
+    format!("{}/{key}", kind.as_str())
+}
+
+#[async_trait::async_trait]
+impl RecordStore for EmbeddedStore {
+    async fn record_get(&self, kind: RecordKind, key: &str) -> Result<Option<(Vec<u8>, u64)>> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(RECORDS).map_err(backend)?;
+        let Some(raw) = table.get(record_key(kind, key).as_str()).map_err(backend)? else { return Ok(None) };
+        let raw = raw.value();
+        Ok(Some((raw.get(8..).unwrap_or_default().to_vec(), revision_of(raw)?)))
+    }
+
+    async fn record_put(&self, kind: RecordKind, key: &str, value: Vec<u8>, expected: Option<u64>) -> Result<u64> {
+        let k = record_key(kind, key);
+        self.write_txn(move |txn| {
+            let mut table = txn.open_table(RECORDS).map_err(backend)?;
+            let current = match table.get(k.as_str()).map_err(backend)? {
+                Some(raw) => revision_of(raw.value())?,
+                None => 0,
+            };
+            if expected.is_some_and(|want| want != current) {
+                return Err(StoreError::Conflict { current });
+            }
+            let mut v = (current + 1).to_be_bytes().to_vec();
+            v.extend_from_slice(&value);
+            table.insert(k.as_str(), v.as_slice()).map_err(backend)?;
+            Ok(current + 1)
+        })
+        .await
+    }
+
+    async fn record_delete(&self, kind: RecordKind, key: &str) -> Result<bool> {
+        let k = record_key(kind, key);
+        self.write_txn(move |txn| {
+            let mut table = txn.open_table(RECORDS).map_err(backend)?;
+            let existed = table.remove(k.as_str()).map_err(backend)?.is_some();
+            Ok(existed)
+        })
+        .await
+    }
+
+    async fn record_list(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let start = record_key(kind, prefix);
+        let base = record_key(kind, "").len();
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(RECORDS).map_err(backend)?;
+        let mut out = Vec::new();
+        for item in table.range::<&str>(start.as_str()..).map_err(backend)? {
+            let (k, v) = item.map_err(backend)?;
+            let k = k.value();
+            if !k.starts_with(&start) {
+                break;
+            }
+            out.push((k[base..].to_owned(), v.value().get(8..).unwrap_or_default().to_vec()));
+        }
+        Ok(out)
+    }
+
+    async fn audit_append(&self, event: Vec<u8>) -> Result<u64> {
+        self.write_txn(move |txn| {
+            let mut table = txn.open_table(AUDIT).map_err(backend)?;
+            let last = table.last().map_err(backend)?.map_or(0, |(k, _)| k.value());
+            table.insert(last + 1, event.as_slice()).map_err(backend)?;
+            Ok(last + 1)
+        })
+        .await
+    }
+
+    async fn audit_list(&self, since: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(AUDIT).map_err(backend)?;
+        let mut out = Vec::new();
+        for item in table.range(since.saturating_add(1)..).map_err(backend)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(backend)?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    async fn purge_tenant_documents(&self, tenant: &str) -> Result<u64> {
+        let mut prefix = Vec::new();
+        push_part(&mut prefix, tenant.as_bytes());
+        let tenant = tenant.to_owned();
+        self.write(move |t| {
+            let keys: Vec<Vec<u8>> = t
+                .docs
+                .range::<&[u8]>(prefix.as_slice()..)
+                .map_err(backend)?
+                .map(|item| item.map(|(k, _)| k.value().to_vec()))
+                .take_while(|k| k.as_ref().map_or(true, |k| k.starts_with(&prefix)))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(backend)?;
+            for k in &keys {
+                t.docs.remove(k.as_slice()).map_err(backend)?;
+            }
+            t.usage.remove(tenant.as_str()).map_err(backend)?;
+            Ok(keys.len() as u64)
+        })
+        .await
+    }
+
+    async fn stored_bytes(&self, tenant: &str) -> Result<u64> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(USAGE).map_err(backend)?;
+        Ok(table.get(tenant).map_err(backend)?.map_or(0, |v| v.value()))
     }
 }
 
@@ -299,6 +443,43 @@ mod tests {
         assert_eq!(s.get(&a, "c", "y").await.unwrap(), None, "the first op must be rolled back");
         let good = [put("y", Some(0)), put("x", Some(1)), WriteOp::Delete { collection: "c".into(), key: "y".into(), expected: Some(1) }];
         assert_eq!(s.transact(&a, &good).await.unwrap(), vec![1, 2, 0]);
+    }
+
+    #[tokio::test]
+    async fn usage_follows_writes_and_purge_removes_only_one_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        s.put(&scope("a"), "c", "k1", "1234", None).await.unwrap();
+        s.put(&scope("a"), "c", "k2", "12", None).await.unwrap();
+        s.put(&scope("a"), "c", "k1", "1", None).await.unwrap();
+        s.put(&scope("ab"), "c", "k", "123", None).await.unwrap();
+        assert_eq!(s.stored_bytes("a").await.unwrap(), 3);
+        s.delete(&scope("a"), "c", "k2", None).await.unwrap();
+        assert_eq!(s.stored_bytes("a").await.unwrap(), 1);
+        assert_eq!(s.purge_tenant_documents("a").await.unwrap(), 1);
+        assert_eq!(s.stored_bytes("a").await.unwrap(), 0);
+        assert_eq!(s.get(&scope("ab"), "c", "k").await.unwrap().unwrap().value, "123");
+    }
+
+    #[tokio::test]
+    async fn records_and_audit_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(s.record_put(RecordKind::Agent, "t/a", b"{}".to_vec(), Some(0)).await.unwrap(), 1);
+        assert!(matches!(
+            s.record_put(RecordKind::Agent, "t/a", b"{}".to_vec(), Some(0)).await,
+            Err(StoreError::Conflict { current: 1 })
+        ));
+        s.record_put(RecordKind::Agent, "t/b", b"2".to_vec(), None).await.unwrap();
+        s.record_put(RecordKind::Agent, "u/a", b"3".to_vec(), None).await.unwrap();
+        s.record_put(RecordKind::Module, "t/x", b"4".to_vec(), None).await.unwrap();
+        let keys: Vec<String> = s.record_list(RecordKind::Agent, "t/").await.unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["t/a", "t/b"]);
+        assert_eq!(s.record_get(RecordKind::Agent, "t/b").await.unwrap(), Some((b"2".to_vec(), 1)));
+        assert!(s.record_delete(RecordKind::Agent, "t/b").await.unwrap());
+        assert_eq!(s.audit_append(b"e1".to_vec()).await.unwrap(), 1);
+        assert_eq!(s.audit_append(b"e2".to_vec()).await.unwrap(), 2);
+        assert_eq!(s.audit_list(1, 10).await.unwrap(), vec![(2, b"e2".to_vec())]);
     }
 
     #[tokio::test]

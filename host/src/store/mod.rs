@@ -124,6 +124,60 @@ impl StoreError {
     }
 }
 
+/// Kinds of registry record, each its own key space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RecordKind {
+    /// Tenants, keyed by name.
+    Tenant,
+    /// Module metadata, keyed by `tenant/digest`.
+    Module,
+    /// Agents, keyed by `tenant/name`.
+    Agent,
+    /// API keys, keyed by key id.
+    ApiKey,
+}
+
+impl RecordKind {
+    /// The stable name of the key space.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Tenant => "tenant",
+            RecordKind::Module => "module",
+            RecordKind::Agent => "agent",
+            RecordKind::ApiKey => "apikey",
+        }
+    }
+}
+
+/// Registry records (JSON bytes with a revision) and the audit log.
+///
+/// Record writes are atomic and durable when they return, with the same compare-and-swap
+/// rule as documents (expected revision; 0: must not exist).
+#[async_trait::async_trait]
+pub trait RecordStore: Send + Sync + 'static {
+    /// Read a record and its revision.
+    async fn record_get(&self, kind: RecordKind, key: &str) -> Result<Option<(Vec<u8>, u64)>>;
+    /// Write a record; returns the new revision.
+    async fn record_put(&self, kind: RecordKind, key: &str, value: Vec<u8>, expected: Option<u64>) -> Result<u64>;
+    /// Delete a record; returns whether it existed.
+    async fn record_delete(&self, kind: RecordKind, key: &str) -> Result<bool>;
+    /// Records whose key starts with `prefix`, in key order.
+    async fn record_list(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
+    /// Append an audit event; returns its sequence number (from 1, without gaps).
+    async fn audit_append(&self, event: Vec<u8>) -> Result<u64>;
+    /// Audit events after `since`, oldest first, at most `limit`.
+    async fn audit_list(&self, since: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>>;
+    /// Delete every document of a tenant; returns how many there were.
+    async fn purge_tenant_documents(&self, tenant: &str) -> Result<u64>;
+    /// Bytes of document values a tenant stores.
+    async fn stored_bytes(&self, tenant: &str) -> Result<u64>;
+}
+
+/// Everything the host keeps: documents and registry records, in one backend.
+pub trait Store: DocumentStore + RecordStore {}
+
+impl<T: DocumentStore + RecordStore> Store for T {}
+
 /// Durable documents, scoped by tenant.
 ///
 /// Implementations must make `put`, `delete` and `transact` atomic and durable when they

@@ -1,0 +1,439 @@
+//! Modules, agents, invocations and agent logs: everything scoped to the caller's tenant.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+
+use super::auth::{Action, Principal};
+use super::error::{ApiError, ApiResult, problem};
+use super::state::{Deployed, LogLine};
+use super::{AppState, JsonBody, authorize, check_name, tenant_scope};
+use crate::registry::{AgentLimits, AgentRecord, AgentStatus, ModuleRecord, Tenant, now_ms, scoped};
+use crate::runtime::{Outcome, World, digest};
+use crate::store::{RecordKind, StoreError};
+
+type St = State<Arc<AppState>>;
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(e.body_text())
+        } else {
+            ApiError::BadRequest(e.body_text())
+        }
+    })
+}
+
+fn too_many(st: &AppState, tenant: &str, code: &'static str, message: String, retry_after: u64) -> ApiError {
+    st.metrics.refused(tenant, code);
+    ApiError::TooMany { code, message, retry_after }
+}
+
+pub async fn upload_module(
+    State(st): St,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<ModuleRecord>)> {
+    authorize(&p, Action::WriteModules)?;
+    let t = tenant_scope(&st, &p, &headers).await?;
+    let limit = st.config.http.module_limit_bytes;
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::TooLarge(format!("modules are limited to {limit} bytes")));
+    }
+    let bytes = body_bytes(body)?;
+    let d = digest(&bytes);
+    if let Some((existing, _)) = st.registry.get::<ModuleRecord>(RecordKind::Module, &scoped(&t.name, &d)).await? {
+        return Ok((StatusCode::OK, Json(existing)));
+    }
+    let used: u64 =
+        st.registry.list::<ModuleRecord>(RecordKind::Module, &scoped(&t.name, "")).await?.iter().map(|m| m.size).sum();
+    if used + bytes.len() as u64 > t.quotas.module_bytes {
+        return Err(too_many(
+            &st,
+            &t.name,
+            "module_quota",
+            format!("modules would take {} bytes, over the quota of {}", used + bytes.len() as u64, t.quotas.module_bytes),
+            60,
+        ));
+    }
+    let module = st.runtime.load(&bytes).await?;
+    st.save_module_bytes(&d, &bytes)?;
+    let rec = ModuleRecord {
+        tenant: t.name.clone(),
+        digest: d.clone(),
+        size: bytes.len() as u64,
+        world: match module.shape.world {
+            World::Agent => "agent".into(),
+            World::Tool => "tool".into(),
+        },
+        imports: module.shape.imports.clone(),
+        exports: module.shape.exports.clone(),
+        created_ms: now_ms(),
+    };
+    st.cache_module(module);
+    match st.registry.put(RecordKind::Module, &scoped(&t.name, &d), &rec, Some(0)).await {
+        Ok(_) => Ok((StatusCode::CREATED, Json(rec))),
+        // A concurrent upload of the same bytes won: same record, same answer.
+        Err(StoreError::Conflict { .. }) => Ok((StatusCode::OK, Json(rec))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn list_modules(State(st): St, Extension(p): Extension<Principal>, headers: HeaderMap) -> ApiResult<Json<Vec<ModuleRecord>>> {
+    authorize(&p, Action::ReadModules)?;
+    let t = tenant_scope(&st, &p, &headers).await?;
+    Ok(Json(st.registry.list(RecordKind::Module, &scoped(&t.name, "")).await?))
+}
+
+async fn module_of(st: &AppState, t: &Tenant, d: &str) -> ApiResult<ModuleRecord> {
+    st.registry
+        .get::<ModuleRecord>(RecordKind::Module, &scoped(&t.name, d))
+        .await?
+        .map(|(m, _)| m)
+        .ok_or_else(|| ApiError::NotFound(format!("module {d:?} not found")))
+}
+
+pub async fn get_module(
+    State(st): St,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    Path(d): Path<String>,
+) -> ApiResult<Json<ModuleRecord>> {
+    authorize(&p, Action::ReadModules)?;
+    let t = tenant_scope(&st, &p, &headers).await?;
+    Ok(Json(module_of(&st, &t, &d).await?))
+}
+
+pub async fn delete_module(
+    State(st): St,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    Path(d): Path<String>,
+) -> ApiResult<StatusCode> {
+    authorize(&p, Action::WriteModules)?;
+    let t = tenant_scope(&st, &p, &headers).await?;
+    module_of(&st, &t, &d).await?;
+    if st.module_in_use(&t.name, &d) {
+        return Err(ApiError::Conflict { code: "module_in_use", message: format!("an agent uses module {d}") });
+    }
+    st.registry.delete(RecordKind::Module, &scoped(&t.name, &d)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// An agent as the API shows it.
+#[derive(Serialize)]
+pub struct AgentView {
+    #[serde(flatten)]
+    record: AgentRecord,
+    invocations: u64,
+    failures: u64,
+    running_now: usize,
+}
+
+fn view(d: &Deployed) -> AgentView {
+    AgentView {
+        record: d.record.clone(),
+        invocations: d.shared.invocations.load(Ordering::Relaxed),
+        failures: d.shared.failures.load(Ordering::Relaxed),
+        running_now: (d.record.max_concurrency.max(1) as usize).saturating_sub(d.shared.pool.available_permits()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deploy {
+    name: String,
+    module: String,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+    #[serde(default)]
+    limits: AgentLimits,
+    #[serde(default = "default_concurrency")]
+    max_concurrency: u32,
+}
+
+fn default_concurrency() -> u32 {
+    16
+}
+
+fn check_limits(l: &AgentLimits, t: &Tenant) -> ApiResult<()> {
+    let over = |what: &str, v: u64, max: u64| {
+        Err(ApiError::BadRequest(format!("limits.{what} = {v} is over the tenant's quota of {max}")))
+    };
+    let q = &t.quotas;
+    if let Some(v) = l.fuel.filter(|v| *v > q.max_fuel) {
+        return over("fuel", v, q.max_fuel);
+    }
+    if let Some(v) = l.memory_bytes.filter(|v| *v > q.max_memory_bytes) {
+        return over("memory_bytes", v, q.max_memory_bytes);
+    }
+    if let Some(v) = l.timeout_ms.filter(|v| *v > q.max_timeout_ms) {
+        return over("timeout_ms", v, q.max_timeout_ms);
+    }
+    Ok(())
+}
+
+pub async fn deploy(
+    State(st): St,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<Deploy>,
+) -> ApiResult<(StatusCode, Json<AgentView>)> {
+    authorize(&p, Action::WriteAgents)?;
+    let t = tenant_scope(&st, &p, &headers).await?;
+    check_name("agent", &body.name)?;
+    check_limits(&body.limits, &t)?;
+    if body.max_concurrency == 0 || body.max_concurrency > st.config.engine.max_instances {
+        return Err(ApiError::BadRequest(format!(
+            "max_concurrency must be 1..={}",
+            st.config.engine.max_instances
+        )));
+    }
+    let key = scoped(&t.name, &body.name);
+    if st.registry.get::<AgentRecord>(RecordKind::Agent, &key).await?.is_some() {
+        return Err(ApiError::Conflict { code: "already_exists", message: format!("agent {:?} exists", body.name) });
+    }
+    let count = st.registry.store().record_list(RecordKind::Agent, &scoped(&t.name, "")).await?.len();
+    if count >= t.quotas.agents as usize {
+        return Err(too_many(&st, &t.name, "agent_quota", format!("the tenant has {count} agents, its quota"), 60));
+    }
+    module_of(&st, &t, &body.module).await?;
+    let module = st.module(&body.module).await?;
+    let now = now_ms();
+    let rec = AgentRecord {
+        tenant: t.name.clone(),
+        name: body.name,
+        module: body.module,
+        previous_module: None,
+        config: body.config,
+        limits: body.limits,
+        max_concurrency: body.max_concurrency,
+        status: AgentStatus::Running,
+        created_ms: now,
+        updated_ms: now,
+    };
+    st.run_init(&module, &rec, &t.quotas).await?;
+    let rev = match st.registry.put(RecordKind::Agent, &key, &rec, Some(0)).await {
+        Err(StoreError::Conflict { .. }) => {
+            return Err(ApiError::Conflict { code: "already_exists", message: format!("agent {:?} exists", rec.name) });
+        }
+        other => other?,
+    };
+    let d = st.install(rec, rev, module);
+    Ok((StatusCode::CREATED, Json(view(&d))))
+}
+
+pub async fn list_agents(State(st): St, Extension(p): Extension<Principal>, headers: HeaderMap) -> ApiResult<Json<Vec<AgentView>>> {
+    authorize(&p, Action::ReadAgents)?;
+    let t = tenant_scope(&st, &p, &headers).await?;
+    Ok(Json(st.agents_of(&t.name).values().map(|d| view(d)).collect()))
+}
+
+async fn deployed(st: &AppState, p: &Principal, headers: &HeaderMap, name: &str, action: Action) -> ApiResult<(Tenant, Arc<Deployed>)> {
+    authorize(p, action)?;
+    let t = tenant_scope(st, p, headers).await?;
+    let d = st.agent(&t.name, name).ok_or_else(|| ApiError::NotFound(format!("agent {name:?} not found")))?;
+    Ok((t, d))
+}
+
+pub async fn get_agent(
+    State(st): St,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<AgentView>> {
+    let (_, d) = deployed(&st, &p, &headers, &name, Action::ReadAgents).await?;
+    Ok(Json(view(&d)))
+}
+
+/// Persist a changed record (compare-and-swap on the revision the change started from)
+/// and install it.
+async fn commit(st: &AppState, d: &Deployed, mut rec: AgentRecord, module: Arc<crate::runtime::Module>) -> ApiResult<Arc<Deployed>> {
+    rec.updated_ms = now_ms();
+    let rev = st.registry.put(RecordKind::Agent, &scoped(&rec.tenant, &rec.name), &rec, Some(d.revision)).await?;
+    Ok(st.install(rec, rev, module))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigBody {
+    config: BTreeMap<String, String>,
+}
+
+pub async fn update_config(
+    State(st): St,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<ConfigBody>,
+) -> ApiResult<Json<AgentView>> {
+    let (t, d) = deployed(&st, &p, &headers, &name, Action::WriteAgents).await?;
+    let mut rec = d.record.clone();
+    rec.config = body.config;
+    // `init` sees the new config first; if it refuses, the old config stays in force.
+    st.run_init(&d.module, &rec, &t.quotas).await?;
+    Ok(Json(view(commit(&st, &d, rec, d.module.clone()).await?.as_ref())))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeBody {
+    module: String,
+}
+
+pub async fn upgrade(
+    State(st): St,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<UpgradeBody>,
+) -> ApiResult<Json<AgentView>> {
+    let (t, d) = deployed(&st, &p, &headers, &name, Action::WriteAgents).await?;
+    module_of(&st, &t, &body.module).await?;
+    let module = st.module(&body.module).await?;
+    let mut rec = d.record.clone();
+    rec.previous_module = Some(rec.module.clone());
+    rec.module = body.module;
+    st.run_init(&module, &rec, &t.quotas).await?;
+    Ok(Json(view(commit(&st, &d, rec, module).await?.as_ref())))
+}
+
+pub async fn rollback(
+    State(st): St,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<AgentView>> {
+    let (t, d) = deployed(&st, &p, &headers, &name, Action::WriteAgents).await?;
+    let mut rec = d.record.clone();
+    let Some(prev) = rec.previous_module.take() else {
+        return Err(ApiError::Conflict { code: "no_previous_module", message: "the agent was never upgraded".into() });
+    };
+    let module = st.module(&prev).await?;
+    rec.previous_module = Some(std::mem::replace(&mut rec.module, prev));
+    st.run_init(&module, &rec, &t.quotas).await?;
+    Ok(Json(view(commit(&st, &d, rec, module).await?.as_ref())))
+}
+
+async fn set_status(st: &AppState, p: &Principal, headers: &HeaderMap, name: &str, status: AgentStatus) -> ApiResult<Json<AgentView>> {
+    let (_, d) = deployed(st, p, headers, name, Action::WriteAgents).await?;
+    let mut rec = d.record.clone();
+    rec.status = status;
+    Ok(Json(view(commit(st, &d, rec, d.module.clone()).await?.as_ref())))
+}
+
+pub async fn stop(State(st): St, Extension(p): Extension<Principal>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult<Json<AgentView>> {
+    set_status(&st, &p, &headers, &name, AgentStatus::Stopped).await
+}
+
+pub async fn start(State(st): St, Extension(p): Extension<Principal>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult<Json<AgentView>> {
+    set_status(&st, &p, &headers, &name, AgentStatus::Running).await
+}
+
+pub async fn delete_agent(
+    State(st): St,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    let (t, _) = deployed(&st, &p, &headers, &name, Action::WriteAgents).await?;
+    st.registry.delete(RecordKind::Agent, &scoped(&t.name, &name)).await?;
+    st.uninstall(&t.name, &name);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn outcome_status(o: &Outcome) -> StatusCode {
+    match o {
+        Outcome::Ok { output: Some(_) } => StatusCode::OK,
+        Outcome::Ok { output: None } => StatusCode::NO_CONTENT,
+        Outcome::Trap { .. } => StatusCode::BAD_GATEWAY,
+        Outcome::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    }
+}
+
+pub async fn invoke(
+    State(st): St,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    authorize(&p, Action::Invoke)?;
+    let t = tenant_scope(&st, &p, &headers).await?;
+    st.limiters.take(&t.name, &t.quotas).map_err(|retry| {
+        too_many(&st, &t.name, "rate_limited", format!("over {} invocations per second", t.quotas.invocations_per_second), retry)
+    })?;
+    let input = body_bytes(body)?;
+    let d = st.agent(&t.name, &name).ok_or_else(|| ApiError::NotFound(format!("agent {name:?} not found")))?;
+    if !AppState::is_running(&d) {
+        return Err(ApiError::Conflict { code: "agent_stopped", message: format!("agent {name:?} is stopped") });
+    }
+    let _tenant_slot = st.limiters.enter(&t.name, &t.quotas).ok_or_else(|| {
+        too_many(&st, &t.name, "concurrency_quota", format!("over {} concurrent invocations", t.quotas.concurrent_invocations), 1)
+    })?;
+    let _slot = d.shared.pool.clone().try_acquire_owned().map_err(|_| {
+        ApiError::PoolFull(format!("agent {name:?} already runs {} invocations", d.record.max_concurrency))
+    })?;
+    let report = st.runtime.invoke(&d.module, &st.context(&d.record, &t.quotas), &st.limits_for(&d.record, &t.quotas), &input).await;
+    d.shared.invocations.fetch_add(1, Ordering::Relaxed);
+    if !report.outcome.is_ok() {
+        d.shared.failures.fetch_add(1, Ordering::Relaxed);
+    }
+    d.shared.record_logs(&report);
+    st.metrics.invocation(&t.name, &name, &report);
+
+    let status = outcome_status(&report.outcome);
+    let mut resp = match &report.outcome {
+        Outcome::Ok { output: Some(out) } => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], out.clone()).into_response()
+        }
+        Outcome::Ok { output: None } => StatusCode::NO_CONTENT.into_response(),
+        // The agent's own failure: the tenant owns the agent, so the detail is theirs to see.
+        other => problem(status, other.code(), other.to_string()),
+    };
+    let h = resp.headers_mut();
+    let s = &report.stats;
+    for (k, v) in [
+        ("x-cortex-outcome", report.outcome.code().to_owned()),
+        ("x-cortex-invocation", report.id.clone()),
+        ("x-cortex-fuel", s.fuel_used.to_string()),
+        ("x-cortex-duration-us", s.wall_time.as_micros().to_string()),
+        ("x-cortex-peak-memory", s.peak_memory.to_string()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    }
+    Ok(resp)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    #[serde(default)]
+    since: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+pub async fn logs(
+    State(st): St,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Json<Vec<LogLine>>> {
+    let (_, d) = deployed(&st, &p, &headers, &name, Action::ReadLogs).await?;
+    Ok(Json(d.shared.logs(q.since, q.limit.unwrap_or(100).min(1000))))
+}

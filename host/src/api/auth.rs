@@ -1,0 +1,327 @@
+//! Authentication (JWT bearer tokens and API keys) and role-based access control.
+//!
+//! JWTs: one algorithm, pinned by config; `exp`, `iss`, `aud` and `sub` required; the
+//! validation is built from config only, never from the token's header. The tenant and
+//! role come from verified claims only. API keys (`ck_<id>_<secret>`) are stored as
+//! SHA-256 hashes and can be revoked.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::AuthConfig;
+
+/// The four roles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Read only, within its tenant.
+    Observer,
+    /// Modules, agents, invocations, logs within its tenant.
+    Developer,
+    /// Everything within its tenant, keys and audit included.
+    TenantAdmin,
+    /// Everything, every tenant.
+    PlatformAdmin,
+}
+
+impl Role {
+    /// Parse a role name.
+    pub fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "observer" => Role::Observer,
+            "developer" => Role::Developer,
+            "tenant-admin" => Role::TenantAdmin,
+            "platform-admin" => Role::PlatformAdmin,
+            _ => return None,
+        })
+    }
+
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Observer => "observer",
+            Role::Developer => "developer",
+            Role::TenantAdmin => "tenant-admin",
+            Role::PlatformAdmin => "platform-admin",
+        }
+    }
+
+    /// Every role, least privileged first.
+    pub const ALL: [Role; 4] = [Role::Observer, Role::Developer, Role::TenantAdmin, Role::PlatformAdmin];
+}
+
+/// What a request wants to do; the RBAC table maps each to the roles allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Create, update or delete tenants; list all tenants.
+    ManageTenants,
+    /// Read a tenant record.
+    ReadTenant,
+    /// Upload or delete modules.
+    WriteModules,
+    /// List and read modules.
+    ReadModules,
+    /// Deploy, configure, upgrade, roll back, stop, start, delete agents.
+    WriteAgents,
+    /// List and read agents.
+    ReadAgents,
+    /// Invoke agents.
+    Invoke,
+    /// Read agent logs.
+    ReadLogs,
+    /// Read the audit log.
+    ReadAudit,
+    /// Create, list and revoke API keys.
+    ManageKeys,
+}
+
+impl Action {
+    /// The RBAC table: may `role` do this (within its tenant, unless platform-admin)?
+    pub fn allowed(self, role: Role) -> bool {
+        use Role::*;
+        match self {
+            Action::ManageTenants => role == PlatformAdmin,
+            Action::ReadTenant => role >= TenantAdmin,
+            Action::WriteModules | Action::WriteAgents | Action::Invoke => role >= Developer,
+            Action::ReadModules | Action::ReadAgents | Action::ReadLogs => role >= Observer,
+            Action::ReadAudit | Action::ManageKeys => role >= TenantAdmin,
+        }
+    }
+
+    /// Every action.
+    pub const ALL: [Action; 10] = [
+        Action::ManageTenants,
+        Action::ReadTenant,
+        Action::WriteModules,
+        Action::ReadModules,
+        Action::WriteAgents,
+        Action::ReadAgents,
+        Action::Invoke,
+        Action::ReadLogs,
+        Action::ReadAudit,
+        Action::ManageKeys,
+    ];
+}
+
+/// Who is calling, from verified credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// Token subject, or `key:<id>` for API keys.
+    pub subject: String,
+    /// The tenant the credentials belong to (`None`: a platform-admin without one).
+    pub tenant: Option<String>,
+    /// The role.
+    pub role: Role,
+}
+
+/// Claims Cortex reads from a token.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Claims {
+    /// Subject.
+    pub sub: String,
+    /// Issuer.
+    pub iss: String,
+    /// Audience.
+    pub aud: String,
+    /// Expiry (seconds since the epoch).
+    pub exp: u64,
+    /// Issued at.
+    #[serde(default)]
+    pub iat: Option<u64>,
+    /// Tenant.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Role.
+    pub role: String,
+}
+
+/// Why credentials were refused (the detail is for the log; clients see a generic 401).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No credentials.
+    #[error("missing credentials: send `Authorization: Bearer <token>`")]
+    Missing,
+    /// The token failed verification.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// Bad configuration of keys.
+    #[error("auth configuration: {0}")]
+    Config(String),
+}
+
+enum Keys {
+    Single(DecodingKey),
+    Jwks(HashMap<String, DecodingKey>),
+}
+
+/// Verifies bearer tokens.
+pub struct Verifier {
+    validation: Validation,
+    keys: Keys,
+    /// The HS256 secret, for minting development tokens.
+    hs_secret: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").field("algorithms", &self.validation.algorithms).finish_non_exhaustive()
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, AuthError> {
+    std::fs::read(path).map_err(|e| AuthError::Config(format!("cannot read {}: {e}", path.display())))
+}
+
+/// Load (or create, mode 0600) the development HS256 secret.
+pub fn hs256_secret(path: &Path) -> Result<Vec<u8>, AuthError> {
+    if let Ok(s) = std::fs::read_to_string(path) {
+        let s = s.trim();
+        if s.len() >= 32 {
+            return Ok(s.as_bytes().to_vec());
+        }
+    }
+    let mut raw = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))
+        .map_err(|e| AuthError::Config(format!("cannot read random bytes: {e}")))?;
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| AuthError::Config(e.to_string()))?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).map_err(|e| AuthError::Config(format!("cannot write {}: {e}", path.display())))?;
+    std::io::Write::write_all(&mut f, hex.as_bytes()).map_err(|e| AuthError::Config(e.to_string()))?;
+    Ok(hex.into_bytes())
+}
+
+impl Verifier {
+    /// Build from config; `data_dir` holds the development secret.
+    pub fn new(cfg: &AuthConfig, data_dir: &Path) -> Result<Self, AuthError> {
+        let alg = match cfg.algorithm.as_str() {
+            "HS256" => Algorithm::HS256,
+            "RS256" => Algorithm::RS256,
+            "ES256" => Algorithm::ES256,
+            "EdDSA" => Algorithm::EdDSA,
+            other => return Err(AuthError::Config(format!("unsupported algorithm {other:?} (HS256, RS256, ES256, EdDSA)"))),
+        };
+        let mut validation = Validation::new(alg);
+        validation.algorithms = vec![alg];
+        validation.set_issuer(&[cfg.issuer.as_str()]);
+        validation.set_audience(&[cfg.audience.as_str()]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = cfg.leeway_seconds;
+        validation.validate_exp = true;
+        let mut hs_secret = None;
+        let keys = if alg == Algorithm::HS256 {
+            let path = cfg.secret_file.clone().unwrap_or_else(|| data_dir.join("jwt-hs256.secret"));
+            let secret = hs256_secret(&path)?;
+            let key = DecodingKey::from_secret(&secret);
+            hs_secret = Some(secret);
+            Keys::Single(key)
+        } else if let Some(jwks) = &cfg.jwks_file {
+            let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&read(jwks)?)
+                .map_err(|e| AuthError::Config(format!("{}: not a JWKS: {e}", jwks.display())))?;
+            let mut map = HashMap::new();
+            for jwk in &set.keys {
+                let Some(kid) = jwk.common.key_id.clone() else { continue };
+                let key = DecodingKey::from_jwk(jwk).map_err(|e| AuthError::Config(format!("key {kid}: {e}")))?;
+                map.insert(kid, key);
+            }
+            Keys::Jwks(map)
+        } else if let Some(pem) = &cfg.public_key_file {
+            let pem = read(pem)?;
+            let key = match alg {
+                Algorithm::RS256 => DecodingKey::from_rsa_pem(&pem),
+                Algorithm::ES256 => DecodingKey::from_ec_pem(&pem),
+                _ => DecodingKey::from_ed_pem(&pem),
+            }
+            .map_err(|e| AuthError::Config(format!("public key: {e}")))?;
+            Keys::Single(key)
+        } else {
+            return Err(AuthError::Config(format!("{} needs auth.public_key_file or auth.jwks_file", cfg.algorithm)));
+        };
+        Ok(Self { validation, keys, hs_secret })
+    }
+
+    /// Verify a token and return its claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let key = match &self.keys {
+            Keys::Single(k) => k,
+            Keys::Jwks(map) => {
+                let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+                let kid = header.kid.ok_or_else(|| AuthError::Invalid("token has no kid".into()))?;
+                map.get(&kid).ok_or_else(|| AuthError::Invalid(format!("unknown kid {kid:?}")))?
+            }
+        };
+        jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+            .map(|d| d.claims)
+            .map_err(|e| AuthError::Invalid(e.to_string()))
+    }
+
+    /// Mint an HS256 development token (only when the server runs with HS256).
+    pub fn mint(&self, claims: &Claims) -> Result<String, AuthError> {
+        let secret = self.hs_secret.as_ref().ok_or_else(|| AuthError::Config("minting needs HS256".into()))?;
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret))
+            .map_err(|e| AuthError::Config(e.to_string()))
+    }
+}
+
+/// A new API key: `(id, full key to show once, hash to store)`.
+pub fn new_api_key() -> std::io::Result<(String, String, String)> {
+    let mut raw = [0u8; 24];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut raw)?;
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let (id, secret) = hex.split_at(12);
+    Ok((id.to_owned(), format!("ck_{id}_{secret}"), hash_secret(secret)))
+}
+
+/// Split `ck_<id>_<secret>` into id and secret.
+pub fn parse_api_key(key: &str) -> Option<(&str, &str)> {
+    let rest = key.strip_prefix("ck_")?;
+    let (id, secret) = rest.split_once('_')?;
+    (!id.is_empty() && !secret.is_empty()).then_some((id, secret))
+}
+
+/// The stored form of a key's secret.
+pub fn hash_secret(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rbac_table_matches_the_readme() {
+        use Action::*;
+        let row = |a: Action| Role::ALL.map(|r| a.allowed(r));
+        // observer, developer, tenant-admin, platform-admin
+        assert_eq!(row(ManageTenants), [false, false, false, true]);
+        assert_eq!(row(ReadTenant), [false, false, true, true]);
+        assert_eq!(row(WriteModules), [false, true, true, true]);
+        assert_eq!(row(ReadModules), [true, true, true, true]);
+        assert_eq!(row(WriteAgents), [false, true, true, true]);
+        assert_eq!(row(ReadAgents), [true, true, true, true]);
+        assert_eq!(row(Invoke), [false, true, true, true]);
+        assert_eq!(row(ReadLogs), [true, true, true, true]);
+        assert_eq!(row(ReadAudit), [false, false, true, true]);
+        assert_eq!(row(ManageKeys), [false, false, true, true]);
+    }
+
+    #[test]
+    fn api_keys_parse_and_hash() {
+        let (id, key, hash) = new_api_key().unwrap();
+        let (pid, secret) = parse_api_key(&key).unwrap();
+        assert_eq!(pid, id);
+        assert_eq!(hash_secret(secret), hash);
+        assert_eq!(parse_api_key("ck__x"), None);
+        assert_eq!(parse_api_key("bearer"), None);
+    }
+}

@@ -1,0 +1,156 @@
+//! API errors as RFC 9457 problem+json with a stable `code`.
+//!
+//! What a client sees is sanitised: a 5xx body says only that the server failed and gives
+//! the request id to quote; the detail goes to the log.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::runtime::LoadError;
+use crate::store::StoreError;
+
+/// An API error.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: no or invalid credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: authenticated, not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: no such object (also for other tenants' objects).
+    #[error("{0}")]
+    NotFound(String),
+    /// 404: no such route.
+    #[error("no such route")]
+    NoRoute,
+    /// 409: conflicts with the current state.
+    #[error("{message}")]
+    Conflict {
+        /// Stable code.
+        code: &'static str,
+        /// Detail.
+        message: String,
+    },
+    /// 413: body too large.
+    #[error("{0}")]
+    TooLarge(String),
+    /// 422: the module was refused at load.
+    #[error("{0}")]
+    Module(#[from] LoadError),
+    /// 422: the agent's `init` refused the configuration.
+    #[error("{message}")]
+    Init {
+        /// The outcome code of the init call.
+        code: String,
+        /// Detail.
+        message: String,
+    },
+    /// 429: over a rate or quota.
+    #[error("{message}")]
+    TooMany {
+        /// Stable code.
+        code: &'static str,
+        /// Detail.
+        message: String,
+        /// Seconds until a retry may succeed.
+        retry_after: u64,
+    },
+    /// 503: the agent's pool is full.
+    #[error("{0}")]
+    PoolFull(String),
+    /// 500: the server failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict { .. } => {
+                ApiError::Conflict { code: "concurrent_update", message: "the object changed meanwhile; retry".into() }
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// The problem+json body.
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    /// A URI naming the problem type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short summary.
+    pub title: String,
+    /// HTTP status.
+    pub status: u16,
+    /// Detail for people.
+    pub detail: String,
+    /// Stable machine-readable code.
+    pub code: String,
+}
+
+impl ApiError {
+    /// Status and stable code.
+    pub fn status_and_code(&self) -> (StatusCode, String) {
+        let (s, c): (StatusCode, &str) = match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
+            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::Module(e) => match e {
+                LoadError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+                other => (StatusCode::UNPROCESSABLE_ENTITY, other.code()),
+            },
+            ApiError::Init { code, .. } => return (StatusCode::UNPROCESSABLE_ENTITY, format!("init_{code}")),
+            ApiError::TooMany { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
+            ApiError::PoolFull(_) => (StatusCode::SERVICE_UNAVAILABLE, "pool_full"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        (s, c.to_owned())
+    }
+}
+
+/// A problem+json response.
+pub fn problem(status: StatusCode, code: &str, detail: String) -> Response {
+    let body = Problem {
+        kind: format!("https://cortex.dev/problems/{code}"),
+        title: status.canonical_reason().unwrap_or("error").to_owned(),
+        status: status.as_u16(),
+        detail,
+        code: code.to_owned(),
+    };
+    let mut resp = (status, axum::Json(body)).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    resp
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let detail = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            tracing::error!(error = %self, "request failed");
+            "the server failed to handle this request; the error is in its log".to_owned()
+        } else {
+            self.to_string()
+        };
+        let mut resp = problem(status, &code, detail);
+        if let ApiError::TooMany { retry_after, .. } = &self {
+            if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+/// Result alias for handlers.
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,200 @@
+//! The HTTP API under `/v1`: JSON in and out, errors as problem+json, auth and RBAC on
+//! every route but health, metrics and the OpenAPI document.
+
+mod agents;
+pub mod auth;
+pub mod error;
+mod openapi;
+pub mod quota;
+mod routes;
+pub mod state;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::http::{HeaderMap, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+
+pub use self::auth::{Action, Principal, Role};
+pub use self::error::{ApiError, ApiResult};
+pub use self::openapi::openapi;
+pub use self::state::AppState;
+use crate::registry::{AuditEvent, Tenant, now_ms};
+use crate::store::RecordKind;
+
+/// Header a platform-admin uses to act within a tenant.
+pub const TENANT_HEADER: &str = "x-cortex-tenant";
+
+/// A JSON body whose rejections are problem+json (400, 413).
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::TooLarge(e.body_text())),
+            Err(e) => Err(ApiError::BadRequest(e.body_text())),
+        }
+    }
+}
+
+/// Names of tenants and agents: `[a-z][a-z0-9-]{0,62}`.
+pub fn check_name(what: &str, name: &str) -> ApiResult<()> {
+    let ok = name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok { Ok(()) } else { Err(ApiError::BadRequest(format!("{what} name {name:?} must match [a-z][a-z0-9-]{{0,62}}"))) }
+}
+
+/// Refuse unless `p`'s role may do `action`.
+pub fn authorize(p: &Principal, action: Action) -> ApiResult<()> {
+    if action.allowed(p.role) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!("role {} may not {action:?}", p.role.as_str())))
+    }
+}
+
+/// The tenant a tenant-scoped request acts in, and that tenant's record.
+pub async fn tenant_scope(st: &AppState, p: &Principal, headers: &HeaderMap) -> ApiResult<Tenant> {
+    let named = headers.get(TENANT_HEADER).and_then(|v| v.to_str().ok());
+    let name = match (p.role, named, &p.tenant) {
+        (Role::PlatformAdmin, Some(h), _) => h.to_owned(),
+        (_, _, Some(t)) => t.clone(),
+        _ => return Err(ApiError::BadRequest(format!("name the tenant with the {TENANT_HEADER} header"))),
+    };
+    match st.registry.get::<Tenant>(RecordKind::Tenant, &name).await? {
+        Some((t, _)) => Ok(t),
+        None => Err(ApiError::NotFound(format!("tenant {name:?} not found"))),
+    }
+}
+
+async fn authenticate(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    match principal(&st, req.headers()).await {
+        Ok(p) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn principal(st: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
+    let unauthorized = |why: String| {
+        tracing::info!(reason = %why, "refused credentials");
+        ApiError::Unauthorized("missing or invalid credentials".into())
+    };
+    let raw = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| unauthorized("no bearer credentials".into()))?;
+    if let Some((id, secret)) = auth::parse_api_key(raw) {
+        let Some((k, _)) = st.registry.get::<crate::registry::ApiKeyRecord>(RecordKind::ApiKey, id).await? else {
+            return Err(unauthorized(format!("unknown key {id}")));
+        };
+        if k.revoked || k.hash != auth::hash_secret(secret) {
+            return Err(unauthorized(format!("revoked or wrong key {id}")));
+        }
+        if st.registry.get::<Tenant>(RecordKind::Tenant, &k.tenant).await?.is_none() {
+            return Err(unauthorized(format!("key {id} of a deleted tenant")));
+        }
+        let role = Role::parse(&k.role).ok_or_else(|| unauthorized("bad role on key".into()))?;
+        return Ok(Principal { subject: format!("key:{id}"), tenant: Some(k.tenant), role });
+    }
+    let claims = st.verifier.verify(raw).map_err(|e| unauthorized(e.to_string()))?;
+    let role = Role::parse(&claims.role).ok_or_else(|| unauthorized(format!("unknown role {:?}", claims.role)))?;
+    match (&claims.tenant, role) {
+        (Some(t), _) => {
+            if st.registry.get::<Tenant>(RecordKind::Tenant, t).await?.is_none() {
+                return Err(unauthorized(format!("token of unknown or deleted tenant {t:?}")));
+            }
+        }
+        (None, Role::PlatformAdmin) => {}
+        (None, _) => return Err(unauthorized("token without a tenant".into())),
+    }
+    Ok(Principal { subject: claims.sub, tenant: claims.tenant, role })
+}
+
+/// Append an audit event for every mutating call (invocations excepted: they are counted
+/// in metrics, not audited).
+async fn audit(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let path = req.uri().path().to_owned();
+    let route = req.extensions().get::<MatchedPath>().map_or_else(|| path.clone(), |m| m.as_str().to_owned());
+    if !mutating || route.ends_with("/invoke") {
+        return next.run(req).await;
+    }
+    let p = req.extensions().get::<Principal>().cloned();
+    let named = req.headers().get(TENANT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let action = format!("{} {route}", req.method());
+    let resp = next.run(req).await;
+    let tenant = match &p {
+        Some(p) if p.role == Role::PlatformAdmin && route.starts_with("/v1/tenants") => {
+            path.strip_prefix("/v1/tenants/").map(|s| s.split('/').next().unwrap_or_default().to_owned()).unwrap_or_default()
+        }
+        Some(p) if p.role == Role::PlatformAdmin => named.unwrap_or_default(),
+        Some(p) => p.tenant.clone().unwrap_or_default(),
+        None => String::new(),
+    };
+    let event = AuditEvent {
+        seq: 0,
+        time_ms: now_ms(),
+        actor: p.map_or_else(|| "anonymous".into(), |p| p.subject),
+        tenant,
+        action,
+        target: path,
+        outcome: resp.status().as_u16(),
+    };
+    if let Err(e) = st.registry.audit(&event).await {
+        tracing::error!(error = %e, "cannot append an audit event");
+    }
+    resp
+}
+
+/// The whole API.
+pub fn router(state: Arc<AppState>) -> Router {
+    let body_limit = state.config.http.body_limit_bytes;
+    let module_limit = state.config.http.module_limit_bytes;
+    let authed = Router::new()
+        .route("/v1/tenants", post(routes::create_tenant).get(routes::list_tenants))
+        .route(
+            "/v1/tenants/{tenant}",
+            get(routes::get_tenant).patch(routes::update_tenant).delete(routes::delete_tenant),
+        )
+        .route("/v1/keys", post(routes::create_key).get(routes::list_keys))
+        .route("/v1/keys/{id}", axum::routing::delete(routes::revoke_key))
+        .route("/v1/audit", get(routes::list_audit))
+        .route(
+            "/v1/modules",
+            post(agents::upload_module).get(agents::list_modules).layer(DefaultBodyLimit::max(module_limit)),
+        )
+        .route("/v1/modules/{digest}", get(agents::get_module).delete(agents::delete_module))
+        .route("/v1/agents", post(agents::deploy).get(agents::list_agents))
+        .route("/v1/agents/{name}", get(agents::get_agent).delete(agents::delete_agent))
+        .route("/v1/agents/{name}/config", put(agents::update_config))
+        .route("/v1/agents/{name}/upgrade", post(agents::upgrade))
+        .route("/v1/agents/{name}/rollback", post(agents::rollback))
+        .route("/v1/agents/{name}/stop", post(agents::stop))
+        .route("/v1/agents/{name}/start", post(agents::start))
+        .route("/v1/agents/{name}/invoke", post(agents::invoke))
+        .route("/v1/agents/{name}/logs", get(agents::logs))
+        .layer(middleware::from_fn_with_state(state.clone(), audit))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
+        .route("/v1/openapi.json", get(routes::openapi_doc))
+        .merge(authed)
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}

@@ -1,0 +1,82 @@
+//! The OpenAPI 3.1 document served at `/v1/openapi.json`, generated from one route table.
+//! A test requests every route listed here against a live server, so the document cannot
+//! drift from the router.
+
+use serde_json::{Value, json};
+
+/// Every route: method, path, summary, request body kind (`json`, `wasm`, `bytes`, none).
+pub const ROUTES: &[(&str, &str, &str, Option<&str>)] = &[
+    ("get", "/healthz", "Liveness", None),
+    ("get", "/readyz", "Readiness (the store answers)", None),
+    ("get", "/metrics", "Prometheus metrics", None),
+    ("get", "/v1/openapi.json", "This document", None),
+    ("post", "/v1/tenants", "Create a tenant (platform-admin)", Some("json")),
+    ("get", "/v1/tenants", "List tenants (platform-admin)", None),
+    ("get", "/v1/tenants/{tenant}", "Get a tenant", None),
+    ("patch", "/v1/tenants/{tenant}", "Update a tenant's quotas (platform-admin)", Some("json")),
+    ("delete", "/v1/tenants/{tenant}", "Delete a tenant and everything it owns (platform-admin)", None),
+    ("post", "/v1/keys", "Create an API key (shown once)", Some("json")),
+    ("get", "/v1/keys", "List API keys", None),
+    ("delete", "/v1/keys/{id}", "Revoke an API key", None),
+    ("get", "/v1/audit", "List audit events (since, limit, tenant, action, actor)", None),
+    ("post", "/v1/modules", "Upload a component (raw body); idempotent by digest", Some("wasm")),
+    ("get", "/v1/modules", "List modules", None),
+    ("get", "/v1/modules/{digest}", "Get a module", None),
+    ("delete", "/v1/modules/{digest}", "Delete a module no agent uses", None),
+    ("post", "/v1/agents", "Deploy an agent (runs init)", Some("json")),
+    ("get", "/v1/agents", "List agents", None),
+    ("get", "/v1/agents/{name}", "Get an agent with its counters", None),
+    ("delete", "/v1/agents/{name}", "Delete an agent", None),
+    ("put", "/v1/agents/{name}/config", "Replace the config (hot reload through init)", Some("json")),
+    ("post", "/v1/agents/{name}/upgrade", "Run another module (init first)", Some("json")),
+    ("post", "/v1/agents/{name}/rollback", "Go back to the module before the last upgrade", None),
+    ("post", "/v1/agents/{name}/stop", "Stop taking invocations", None),
+    ("post", "/v1/agents/{name}/start", "Take invocations again", None),
+    ("post", "/v1/agents/{name}/invoke", "Invoke handle: bytes in, bytes out", Some("bytes")),
+    ("get", "/v1/agents/{name}/logs", "Read the agent's log ring (since, limit)", None),
+];
+
+/// The document.
+pub fn openapi() -> Value {
+    let mut paths = serde_json::Map::new();
+    for (method, path, summary, body) in ROUTES {
+        let params: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let mut op = json!({
+            "summary": summary,
+            "parameters": params,
+            "responses": {
+                "2XX": {"description": "success"},
+                "default": {"description": "error", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+            }
+        });
+        if !path.starts_with("/healthz") && !path.starts_with("/readyz") && !path.starts_with("/metrics") && *path != "/v1/openapi.json" {
+            op["security"] = json!([{"bearer": []}]);
+        }
+        if let Some(kind) = body {
+            let media = match *kind {
+                "json" => "application/json",
+                "wasm" => "application/wasm",
+                _ => "application/octet-stream",
+            };
+            op["requestBody"] = json!({"required": true, "content": {media: {}}});
+        }
+        let entry = paths.entry((*path).to_owned()).or_insert_with(|| json!({}));
+        entry[*method] = op;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Cortex", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "A JWT, or an API key ck_<id>_<secret>"}},
+            "schemas": {"Problem": {"type": "object", "required": ["type", "title", "status", "detail", "code"], "properties": {
+                "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+                "detail": {"type": "string"}, "code": {"type": "string"}
+            }}}
+        }
+    })
+}

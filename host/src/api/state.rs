@@ -1,0 +1,297 @@
+//! Shared state of the API: the runtime, the registry, deployed agents and their pools,
+//! per-agent log rings, rate limiters, metrics.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use super::auth::Verifier;
+use super::error::{ApiError, ApiResult};
+use super::quota::Limiters;
+use crate::config::ServerConfig;
+use crate::registry::{AgentRecord, AgentStatus, Quotas, Registry, now_ms};
+use crate::runtime::{AgentContext, Export, Limits, Module, Outcome, Report, Runtime};
+use crate::store::{RecordKind, Store};
+use crate::telemetry::Metrics;
+
+/// One line of an agent's log ring.
+#[derive(Clone, Debug, Serialize)]
+pub struct LogLine {
+    /// Position in the agent's ring (from 1, increasing).
+    pub seq: u64,
+    /// When (ms since the epoch).
+    pub time_ms: u64,
+    /// The invocation that wrote it.
+    pub invocation: String,
+    /// `stdout`, `stderr` or `log`.
+    pub stream: &'static str,
+    /// Level of a `log` record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// The text.
+    pub message: String,
+}
+
+/// What stays with an agent across config changes and upgrades.
+#[derive(Debug)]
+pub struct Shared {
+    /// Invocations running at once.
+    pub pool: Arc<Semaphore>,
+    /// Invocations so far.
+    pub invocations: AtomicU64,
+    /// Invocations that did not end `ok`.
+    pub failures: AtomicU64,
+    logs: Mutex<VecDeque<LogLine>>,
+    log_seq: AtomicU64,
+    ring: usize,
+}
+
+impl Shared {
+    fn new(max_concurrency: u32, ring: usize) -> Self {
+        Self {
+            pool: Arc::new(Semaphore::new(max_concurrency.max(1) as usize)),
+            invocations: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            logs: Mutex::new(VecDeque::new()),
+            log_seq: AtomicU64::new(0),
+            ring,
+        }
+    }
+
+    /// Append what an invocation wrote.
+    pub fn record_logs(&self, report: &Report) {
+        let mut lines = Vec::new();
+        for (stream, bytes) in [("stdout", &report.logs.stdout), ("stderr", &report.logs.stderr)] {
+            for l in String::from_utf8_lossy(bytes).lines() {
+                lines.push((stream, None, l.to_owned()));
+            }
+        }
+        for r in &report.logs.records {
+            let fields: Vec<String> = r.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let msg = if fields.is_empty() { r.message.clone() } else { format!("{} {}", r.message, fields.join(" ")) };
+            lines.push(("log", Some(format!("{:?}", r.level).to_lowercase()), msg));
+        }
+        if lines.is_empty() {
+            return;
+        }
+        let mut ring = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
+        let time_ms = now_ms();
+        for (stream, level, message) in lines {
+            let seq = self.log_seq.fetch_add(1, Ordering::Relaxed) + 1;
+            ring.push_back(LogLine { seq, time_ms, invocation: report.id.clone(), stream, level, message });
+            while ring.len() > self.ring {
+                ring.pop_front();
+            }
+        }
+    }
+
+    /// Lines after `since`, at most `limit`.
+    pub fn logs(&self, since: u64, limit: usize) -> Vec<LogLine> {
+        let ring = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
+        ring.iter().filter(|l| l.seq > since).take(limit).cloned().collect()
+    }
+}
+
+/// A deployed agent: its record, its loaded module, its shared counters.
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    /// The record as stored, and its revision.
+    pub record: AgentRecord,
+    /// Revision of the record in the store.
+    pub revision: u64,
+    /// The loaded module.
+    pub module: Arc<Module>,
+    /// Pool, counters, logs.
+    pub shared: Arc<Shared>,
+}
+
+/// Everything a handler needs.
+pub struct AppState {
+    /// Server configuration.
+    pub config: ServerConfig,
+    /// The sandbox.
+    pub runtime: Runtime,
+    /// Registry over the store.
+    pub registry: Registry,
+    /// Token verification.
+    pub verifier: Verifier,
+    /// Rate limiters and concurrency caps.
+    pub limiters: Limiters,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    modules_dir: PathBuf,
+    modules: Mutex<HashMap<String, Arc<Module>>>,
+    agents: RwLock<HashMap<String, Arc<Deployed>>>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+fn key(tenant: &str, name: &str) -> String {
+    format!("{tenant}/{name}")
+}
+
+impl AppState {
+    /// Build the state; `restore` then brings back deployed agents.
+    pub fn new(config: ServerConfig, runtime: Runtime, store: Arc<dyn Store>, verifier: Verifier) -> ApiResult<Self> {
+        let modules_dir = config.data_dir.join("modules");
+        std::fs::create_dir_all(&modules_dir).map_err(|e| ApiError::Internal(format!("modules dir: {e}")))?;
+        let metrics = Metrics::new(config.metrics.max_agent_labels);
+        Ok(Self {
+            config,
+            runtime,
+            registry: Registry::new(store),
+            verifier,
+            limiters: Limiters::default(),
+            metrics,
+            modules_dir,
+            modules: Mutex::new(HashMap::new()),
+            agents: RwLock::new(HashMap::new()),
+        })
+    }
+
+    fn module_path(&self, digest: &str) -> PathBuf {
+        self.modules_dir.join(format!("{digest}.wasm"))
+    }
+
+    /// Keep an uploaded module's bytes (durably, before its record is written).
+    pub fn save_module_bytes(&self, digest: &str, bytes: &[u8]) -> ApiResult<()> {
+        let path = self.module_path(digest);
+        if path.exists() {
+            return Ok(());
+        }
+        let tmp = self.modules_dir.join(format!("{digest}.{}.tmp", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| ApiError::Internal(format!("saving module {digest}: {e}")))
+    }
+
+    /// Remember a loaded module.
+    pub fn cache_module(&self, module: Arc<Module>) {
+        self.modules.lock().unwrap_or_else(PoisonError::into_inner).insert(module.digest.clone(), module);
+    }
+
+    /// The loaded module for `digest` (from memory, else from disk through the artifact cache).
+    pub async fn module(&self, digest: &str) -> ApiResult<Arc<Module>> {
+        if let Some(m) = self.modules.lock().unwrap_or_else(PoisonError::into_inner).get(digest) {
+            return Ok(m.clone());
+        }
+        let bytes = std::fs::read(self.module_path(digest))
+            .map_err(|e| ApiError::Internal(format!("module {digest} is registered but unreadable: {e}")))?;
+        let m = self.runtime.load(&bytes).await?;
+        self.cache_module(m.clone());
+        Ok(m)
+    }
+
+    /// The effective limits of an agent: server defaults, lowered by the agent's own limits
+    /// and capped by its tenant's quotas.
+    pub fn limits_for(&self, record: &AgentRecord, q: &Quotas) -> Limits {
+        let mut l = self.config.limits.clone();
+        l.fuel = record.limits.fuel.unwrap_or(l.fuel).min(q.max_fuel);
+        l.memory_bytes = record.limits.memory_bytes.unwrap_or(l.memory_bytes).min(q.max_memory_bytes);
+        let timeout_ms = record.limits.timeout_ms.map_or(l.timeout, Duration::from_millis);
+        l.timeout = timeout_ms.min(Duration::from_millis(q.max_timeout_ms));
+        l
+    }
+
+    /// The sandbox context of an agent.
+    pub fn context(&self, record: &AgentRecord, q: &Quotas) -> AgentContext {
+        AgentContext {
+            tenant: record.tenant.as_str().into(),
+            agent: record.name.as_str().into(),
+            config: Arc::new(record.config.clone()),
+            store: self.registry.store().clone(),
+            stored_bytes_quota: Some(q.stored_bytes),
+        }
+    }
+
+    /// Run `init` with `record`'s config on `module`; an error if it does not succeed.
+    pub async fn run_init(&self, module: &Module, record: &AgentRecord, q: &Quotas) -> ApiResult<()> {
+        let config: Vec<(String, String)> = record.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let report = self
+            .runtime
+            .call(module, &self.context(record, q), &self.limits_for(record, q), Export::Init(&config))
+            .await;
+        match report.outcome {
+            Outcome::Ok { .. } => Ok(()),
+            other => Err(ApiError::Init { code: other.code().to_owned(), message: format!("init failed: {other}") }),
+        }
+    }
+
+    /// A deployed agent.
+    pub fn agent(&self, tenant: &str, name: &str) -> Option<Arc<Deployed>> {
+        self.agents.read().unwrap_or_else(PoisonError::into_inner).get(&key(tenant, name)).cloned()
+    }
+
+    /// Install (or replace) a deployed agent, keeping its pool, counters and logs.
+    pub fn install(&self, record: AgentRecord, revision: u64, module: Arc<Module>) -> Arc<Deployed> {
+        let mut map = self.agents.write().unwrap_or_else(PoisonError::into_inner);
+        let k = key(&record.tenant, &record.name);
+        let shared = match map.get(&k) {
+            Some(old) => old.shared.clone(),
+            None => Arc::new(Shared::new(record.max_concurrency, self.config.http.log_ring_lines)),
+        };
+        let d = Arc::new(Deployed { record, revision, module, shared });
+        map.insert(k, d.clone());
+        d
+    }
+
+    /// Forget a deployed agent.
+    pub fn uninstall(&self, tenant: &str, name: &str) {
+        self.agents.write().unwrap_or_else(PoisonError::into_inner).remove(&key(tenant, name));
+    }
+
+    /// Whether any agent (of any tenant) runs `digest`; used before deleting a module.
+    pub fn module_in_use(&self, tenant: &str, digest: &str) -> bool {
+        self.agents.read().unwrap_or_else(PoisonError::into_inner).values().any(|d| {
+            d.record.tenant == tenant
+                && (d.record.module == digest || d.record.previous_module.as_deref() == Some(digest))
+        })
+    }
+
+    /// Bring back every agent in the registry (after a restart).
+    pub async fn restore(&self) -> ApiResult<usize> {
+        let records = self.registry.store().record_list(RecordKind::Agent, "").await?;
+        let mut n = 0;
+        for (k, _) in records {
+            let Some((record, rev)) = self.registry.get::<AgentRecord>(RecordKind::Agent, &k).await? else { continue };
+            match self.module(&record.module).await {
+                Ok(m) => {
+                    self.install(record, rev, m);
+                    n += 1;
+                }
+                Err(e) => tracing::error!(agent = %k, error = %e, "cannot restore agent"),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Agents of a tenant, by name.
+    pub fn agents_of(&self, tenant: &str) -> BTreeMap<String, Arc<Deployed>> {
+        self.agents
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|d| d.record.tenant == tenant)
+            .map(|d| (d.record.name.clone(), d.clone()))
+            .collect()
+    }
+
+    /// Status of an agent as the API shows it.
+    pub fn is_running(d: &Deployed) -> bool {
+        d.record.status == AgentStatus::Running
+    }
+}

@@ -1,0 +1,428 @@
+//! The `cortex` client commands: talk to a server at `CORTEX_URL` with `CORTEX_TOKEN`.
+//! Tables for people by default, `--json` for scripts.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use axum::body::Body;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+/// Client commands.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Tenants (platform-admin).
+    Tenants {
+        #[command(subcommand)]
+        cmd: TenantCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Modules of your tenant.
+    Modules {
+        #[command(subcommand)]
+        cmd: ModuleCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Agents of your tenant.
+    Agents {
+        #[command(subcommand)]
+        cmd: AgentCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Invoke an agent; the output goes to stdout.
+    Invoke {
+        /// Agent name.
+        name: String,
+        /// Input: text, or @FILE.
+        #[arg(long, default_value = "")]
+        input: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Read an agent's log.
+    Logs {
+        /// Agent name.
+        name: String,
+        /// Lines after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// At most this many lines.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Read the audit log.
+    Audit {
+        /// Events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// At most this many events.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// API keys of your tenant.
+    Keys {
+        #[command(subcommand)]
+        cmd: KeyCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// Where the server is and how to talk to it.
+#[derive(Debug, Args)]
+pub struct Conn {
+    /// Server URL.
+    #[arg(long, env = "CORTEX_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    url: String,
+    /// Bearer token or API key.
+    #[arg(long, env = "CORTEX_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Act within this tenant (platform-admins).
+    #[arg(long, global = true)]
+    tenant: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// `cortex tenants ...`
+#[derive(Debug, Subcommand)]
+pub enum TenantCmd {
+    /// List tenants.
+    List,
+    /// Create a tenant.
+    Create {
+        /// Name.
+        name: String,
+    },
+    /// Show a tenant.
+    Get {
+        /// Name.
+        name: String,
+    },
+    /// Delete a tenant and everything it owns.
+    Delete {
+        /// Name.
+        name: String,
+    },
+}
+
+/// `cortex modules ...`
+#[derive(Debug, Subcommand)]
+pub enum ModuleCmd {
+    /// List modules.
+    List,
+    /// Upload a .wasm component.
+    Upload {
+        /// Path.
+        path: std::path::PathBuf,
+    },
+    /// Show a module.
+    Get {
+        /// Digest.
+        digest: String,
+    },
+    /// Delete a module.
+    Delete {
+        /// Digest.
+        digest: String,
+    },
+}
+
+/// `cortex agents ...`
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// List agents.
+    List,
+    /// Deploy an agent.
+    Deploy {
+        /// Name.
+        name: String,
+        /// Module digest.
+        #[arg(long)]
+        module: String,
+        /// KEY=VALUE configuration (repeatable).
+        #[arg(long = "config")]
+        config: Vec<String>,
+        /// Invocations running at once.
+        #[arg(long, default_value_t = 16)]
+        max_concurrency: u32,
+    },
+    /// Show an agent.
+    Get {
+        /// Name.
+        name: String,
+    },
+    /// Replace an agent's configuration (runs init).
+    Config {
+        /// Name.
+        name: String,
+        /// KEY=VALUE (repeatable).
+        #[arg(long = "set")]
+        set: Vec<String>,
+    },
+    /// Run another module.
+    Upgrade {
+        /// Name.
+        name: String,
+        /// Module digest.
+        #[arg(long)]
+        module: String,
+    },
+    /// Go back to the previous module.
+    Rollback {
+        /// Name.
+        name: String,
+    },
+    /// Stop taking invocations.
+    Stop {
+        /// Name.
+        name: String,
+    },
+    /// Take invocations again.
+    Start {
+        /// Name.
+        name: String,
+    },
+    /// Delete an agent.
+    Delete {
+        /// Name.
+        name: String,
+    },
+}
+
+/// `cortex keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// List keys.
+    List,
+    /// Create a key (shown once).
+    Create {
+        /// Role of the key.
+        #[arg(long, default_value = "developer")]
+        role: String,
+        /// A label.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Revoke a key.
+    Revoke {
+        /// Key id.
+        id: String,
+    },
+}
+
+fn kv(entries: &[String]) -> anyhow::Result<Value> {
+    let mut map = serde_json::Map::new();
+    for e in entries {
+        let (k, v) = e.split_once('=').with_context(|| format!("{e:?} is not KEY=VALUE"))?;
+        map.insert(k.to_owned(), Value::String(v.to_owned()));
+    }
+    Ok(Value::Object(map))
+}
+
+enum Payload {
+    None,
+    Json(Value),
+    Bytes(Vec<u8>),
+}
+
+impl Conn {
+    async fn send(&self, method: reqwest::Method, path: &str, body: Payload) -> anyhow::Result<reqwest::Response> {
+        let client = reqwest::Client::new();
+        let mut req = client.request(method, format!("{}{path}", self.url.trim_end_matches('/')));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(t) = &self.tenant {
+            req = req.header(crate::api::TENANT_HEADER, t);
+        }
+        req = match body {
+            Payload::None => req,
+            Payload::Json(v) => req.json(&v),
+            Payload::Bytes(b) => req.body(b),
+        };
+        req.send().await.with_context(|| format!("cannot reach {}", self.url))
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Payload, columns: &[&str]) -> anyhow::Result<ExitCode> {
+        let resp = self.send(method, path, body).await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| json!({"detail": text}));
+            bail!("{} {}: {}", status.as_u16(), v["code"].as_str().unwrap_or("error"), v["detail"].as_str().unwrap_or(""));
+        }
+        if text.is_empty() {
+            println!("ok");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            print_table(&v, columns);
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn print_table(v: &Value, columns: &[&str]) {
+    let rows: Vec<&Value> = match v {
+        Value::Array(a) => a.iter().collect(),
+        other => vec![other],
+    };
+    let cols: Vec<String> = if columns.is_empty() {
+        rows.first().and_then(|r| r.as_object()).map(|o| o.keys().cloned().collect()).unwrap_or_default()
+    } else {
+        columns.iter().map(|c| (*c).to_owned()).collect()
+    };
+    let table: Vec<Vec<String>> = rows.iter().map(|r| cols.iter().map(|c| cell(&r[c.as_str()])).collect()).collect();
+    let widths: Vec<usize> =
+        cols.iter().enumerate().map(|(i, c)| table.iter().map(|r| r[i].len()).chain([c.len()]).max().unwrap_or(0)).collect();
+    let line = |cells: Vec<String>| {
+        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_owned()
+    };
+    println!("{}", line(cols.iter().map(|c| c.to_uppercase()).collect()));
+    for r in table {
+        println!("{}", line(r));
+    }
+}
+
+impl ClientCommand {
+    /// Run the command.
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        use reqwest::Method as M;
+        match self {
+            ClientCommand::Tenants { cmd, conn } => match cmd {
+                TenantCmd::List => conn.call(M::GET, "/v1/tenants", Payload::None, &["name", "created_ms"]).await,
+                TenantCmd::Create { name } => conn.call(M::POST, "/v1/tenants", Payload::Json(json!({"name": name})), &["name"]).await,
+                TenantCmd::Get { name } => conn.call(M::GET, &format!("/v1/tenants/{name}"), Payload::None, &[]).await,
+                TenantCmd::Delete { name } => conn.call(M::DELETE, &format!("/v1/tenants/{name}"), Payload::None, &[]).await,
+            },
+            ClientCommand::Modules { cmd, conn } => {
+                let cols = ["digest", "size", "world"];
+                match cmd {
+                    ModuleCmd::List => conn.call(M::GET, "/v1/modules", Payload::None, &cols).await,
+                    ModuleCmd::Upload { path } => {
+                        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                        conn.call(M::POST, "/v1/modules", Payload::Bytes(bytes), &cols).await
+                    }
+                    ModuleCmd::Get { digest } => conn.call(M::GET, &format!("/v1/modules/{digest}"), Payload::None, &[]).await,
+                    ModuleCmd::Delete { digest } => conn.call(M::DELETE, &format!("/v1/modules/{digest}"), Payload::None, &[]).await,
+                }
+            }
+            ClientCommand::Agents { cmd, conn } => {
+                let cols = ["name", "status", "module", "invocations", "failures"];
+                let path = |n: &str, rest: &str| format!("/v1/agents/{n}{rest}");
+                match cmd {
+                    AgentCmd::List => conn.call(M::GET, "/v1/agents", Payload::None, &cols).await,
+                    AgentCmd::Deploy { name, module, config, max_concurrency } => {
+                        let body = json!({"name": name, "module": module, "config": kv(&config)?, "max_concurrency": max_concurrency});
+                        conn.call(M::POST, "/v1/agents", Payload::Json(body), &cols).await
+                    }
+                    AgentCmd::Get { name } => conn.call(M::GET, &path(&name, ""), Payload::None, &[]).await,
+                    AgentCmd::Config { name, set } => {
+                        conn.call(M::PUT, &path(&name, "/config"), Payload::Json(json!({"config": kv(&set)?})), &cols).await
+                    }
+                    AgentCmd::Upgrade { name, module } => {
+                        conn.call(M::POST, &path(&name, "/upgrade"), Payload::Json(json!({"module": module})), &cols).await
+                    }
+                    AgentCmd::Rollback { name } => conn.call(M::POST, &path(&name, "/rollback"), Payload::None, &cols).await,
+                    AgentCmd::Stop { name } => conn.call(M::POST, &path(&name, "/stop"), Payload::None, &cols).await,
+                    AgentCmd::Start { name } => conn.call(M::POST, &path(&name, "/start"), Payload::None, &cols).await,
+                    AgentCmd::Delete { name } => conn.call(M::DELETE, &path(&name, ""), Payload::None, &[]).await,
+                }
+            }
+            ClientCommand::Invoke { name, input, conn } => {
+                let body = match input.strip_prefix('@') {
+                    Some(p) => std::fs::read(p).with_context(|| format!("cannot read {p}"))?,
+                    None => input.into_bytes(),
+                };
+                let resp = conn.send(M::POST, &format!("/v1/agents/{name}/invoke"), Payload::Bytes(body)).await?;
+                let status = resp.status();
+                let outcome = resp.headers().get("x-cortex-outcome").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                let bytes = resp.bytes().await?;
+                if status.is_success() {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&bytes)?;
+                    println!();
+                    Ok(ExitCode::SUCCESS)
+                } else {
+                    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                    eprintln!("error[{}]: {}", v["code"].as_str().unwrap_or(&outcome), v["detail"].as_str().unwrap_or(""));
+                    Ok(ExitCode::from(1))
+                }
+            }
+            ClientCommand::Logs { name, since, limit, conn } => {
+                let path = format!("/v1/agents/{name}/logs?since={since}&limit={limit}");
+                conn.call(M::GET, &path, Payload::None, &["seq", "stream", "level", "message"]).await
+            }
+            ClientCommand::Audit { since, limit, conn } => {
+                let path = format!("/v1/audit?since={since}&limit={limit}");
+                conn.call(M::GET, &path, Payload::None, &["seq", "actor", "tenant", "action", "outcome"]).await
+            }
+            ClientCommand::Keys { cmd, conn } => match cmd {
+                KeyCmd::List => conn.call(M::GET, "/v1/keys", Payload::None, &["id", "name", "role", "revoked"]).await,
+                KeyCmd::Create { role, name } => {
+                    conn.call(M::POST, "/v1/keys", Payload::Json(json!({"role": role, "name": name})), &["id", "role", "key"]).await
+                }
+                KeyCmd::Revoke { id } => conn.call(M::DELETE, &format!("/v1/keys/{id}"), Payload::None, &[]).await,
+            },
+        }
+    }
+}
+
+async fn oneshot(app: &axum::Router, method: &str, path: &str, token: &str, body: Body, ct: &str) -> anyhow::Result<(u16, Value)> {
+    let req = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {token}"))
+        .header(crate::api::TENANT_HEADER, "demo")
+        .header("content-type", ct)
+        .body(body)?;
+    let resp = app.clone().oneshot(req).await?;
+    let status = resp.status().as_u16();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await?;
+    Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+}
+
+/// Create the `demo` tenant and deploy `NAME=PATH` components into it (idempotent).
+pub async fn bootstrap_demo(app: axum::Router, admin_token: &str, deploys: &[String]) -> anyhow::Result<Vec<String>> {
+    let (s, v) = oneshot(&app, "POST", "/v1/tenants", admin_token, Body::from(json!({"name": "demo"}).to_string()), "application/json").await?;
+    if s != 201 && s != 409 {
+        bail!("creating the demo tenant: {s} {v}");
+    }
+    let mut names = Vec::new();
+    for d in deploys {
+        let (name, path) = d.split_once('=').with_context(|| format!("--deploy {d:?} is not NAME=PATH"))?;
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
+        let (s, m) = oneshot(&app, "POST", "/v1/modules", admin_token, Body::from(bytes), "application/wasm").await?;
+        if s != 201 && s != 200 {
+            bail!("uploading {path}: {s} {m}");
+        }
+        let body = json!({"name": name, "module": m["digest"]});
+        let (s, v) = oneshot(&app, "POST", "/v1/agents", admin_token, Body::from(body.to_string()), "application/json").await?;
+        if s != 201 && s != 409 {
+            bail!("deploying {name}: {s} {v}");
+        }
+        names.push(name.to_owned());
+    }
+    Ok(names)
+}

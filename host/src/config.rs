@@ -1,0 +1,238 @@
+//! Server configuration: typed TOML, unknown keys refused, environment overrides.
+//!
+//! Any key can be overridden from the environment as `CORTEX_CFG__SECTION__KEY=value`
+//! (the value is read as TOML, or as a string when it is not valid TOML), e.g.
+//! `CORTEX_CFG__HTTP__BODY_LIMIT_BYTES=2097152`. `CORTEX_LISTEN` and `CORTEX_DATA` are
+//! shortcuts for `listen` and `data_dir`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::registry::Quotas;
+use crate::runtime::{EngineConfig, Limits};
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown keys or wrong types.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Everything `cortex serve` reads.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Data directory: store, modules, compiled artifacts, secrets.
+    pub data_dir: PathBuf,
+    /// HTTP limits and timeouts.
+    pub http: HttpConfig,
+    /// Token verification.
+    pub auth: AuthConfig,
+    /// The wasmtime engine.
+    pub engine: EngineConfig,
+    /// Default limits of an agent's invocations (tenant quotas cap them).
+    pub limits: Limits,
+    /// Quotas of a new tenant unless its creation says otherwise.
+    pub quotas: Quotas,
+    /// Metrics.
+    pub metrics: MetricsConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from(".cortex"),
+            http: HttpConfig::default(),
+            auth: AuthConfig::default(),
+            engine: EngineConfig::default(),
+            limits: Limits::default(),
+            quotas: Quotas::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+/// HTTP limits and timeouts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest JSON or invocation body, in bytes.
+    pub body_limit_bytes: usize,
+    /// Largest module upload, in bytes.
+    pub module_limit_bytes: usize,
+    /// Time a client has to send its request headers.
+    pub header_timeout_ms: u64,
+    /// Time a whole request may take, body read included.
+    pub request_timeout_ms: u64,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace_ms: u64,
+    /// Lines of log kept per agent.
+    pub log_ring_lines: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            body_limit_bytes: 1 << 20,
+            module_limit_bytes: 64 << 20,
+            header_timeout_ms: 5_000,
+            request_timeout_ms: 60_000,
+            shutdown_grace_ms: 10_000,
+            log_ring_lines: 1000,
+        }
+    }
+}
+
+/// Token verification. Exactly one algorithm is accepted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `HS256` (development; a secret is created in the data dir on first start),
+    /// `RS256`, `ES256` or `EdDSA` (public keys from `public_key_file` or `jwks_file`).
+    pub algorithm: String,
+    /// Required `iss`.
+    pub issuer: String,
+    /// Required `aud`.
+    pub audience: String,
+    /// HS256 secret file (default: `<data_dir>/jwt-hs256.secret`).
+    pub secret_file: Option<PathBuf>,
+    /// PEM public key for RS256/ES256/EdDSA.
+    pub public_key_file: Option<PathBuf>,
+    /// JWKS file; tokens must then carry a `kid` found in it.
+    pub jwks_file: Option<PathBuf>,
+    /// Clock skew allowed on `exp`, in seconds.
+    pub leeway_seconds: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: "HS256".into(),
+            issuer: "cortex".into(),
+            audience: "cortex-api".into(),
+            secret_file: None,
+            public_key_file: None,
+            jwks_file: None,
+            leeway_seconds: 30,
+        }
+    }
+}
+
+/// Metrics.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Distinct agent label values before the rest fold into `other`.
+    pub max_agent_labels: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { max_agent_labels: 200 }
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    match path {
+        [] => {}
+        [last] => {
+            table.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = table.entry(first.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(t) = entry {
+                set_path(t, rest, value);
+            }
+        }
+    }
+}
+
+fn parse_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+impl ServerConfig {
+    /// Read `file` (if any), then apply overrides from `env`.
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                text.parse::<toml::Table>().map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        for (k, v) in env {
+            let path: Vec<String> = match k.as_str() {
+                "CORTEX_LISTEN" => vec!["listen".into()],
+                "CORTEX_DATA" => vec!["data_dir".into()],
+                _ => match k.strip_prefix("CORTEX_CFG__") {
+                    Some(rest) => rest.split("__").map(str::to_ascii_lowercase).collect(),
+                    None => continue,
+                },
+            };
+            let value = if path.len() == 1 && (path[0] == "listen" || path[0] == "data_dir") {
+                toml::Value::String(v)
+            } else {
+                parse_value(&v)
+            };
+            set_path(&mut table, &path, value);
+        }
+        toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "listen = \"127.0.0.1:1\"\n[http]\nbody_limit = 3\n").unwrap();
+        let e = ServerConfig::load(Some(&f), []).unwrap_err();
+        assert!(e.to_string().contains("body_limit"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[http]\nbody_limit_bytes = 3\n").unwrap();
+        let env = [
+            ("CORTEX_CFG__HTTP__BODY_LIMIT_BYTES".to_owned(), "7".to_owned()),
+            ("CORTEX_CFG__AUTH__ISSUER".to_owned(), "me".to_owned()),
+            ("CORTEX_LISTEN".to_owned(), "127.0.0.1:9999".to_owned()),
+            ("UNRELATED".to_owned(), "x".to_owned()),
+        ];
+        let c = ServerConfig::load(Some(&f), env).unwrap();
+        assert_eq!(c.http.body_limit_bytes, 7);
+        assert_eq!(c.auth.issuer, "me");
+        assert_eq!(c.listen.port(), 9999);
+        let bad = [("CORTEX_CFG__NOPE".to_owned(), "1".to_owned())];
+        assert!(ServerConfig::load(None, bad).is_err());
+    }
+}

@@ -1,0 +1,268 @@
+//! Registry records: tenants, modules, agents, API keys and the audit log, as typed JSON
+//! over the store's [`RecordStore`](crate::store::RecordStore).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{RecordKind, Store, StoreError};
+
+/// Result alias for registry calls.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What a tenant may use.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quotas {
+    /// Sustained invocations per second (token bucket refill rate).
+    pub invocations_per_second: u32,
+    /// Burst size of the token bucket.
+    pub burst: u32,
+    /// Invocations running at once.
+    pub concurrent_invocations: u32,
+    /// Agents deployed.
+    pub agents: u32,
+    /// Bytes of uploaded modules.
+    pub module_bytes: u64,
+    /// Bytes of documents.
+    pub stored_bytes: u64,
+    /// Highest fuel an agent may be given.
+    pub max_fuel: u64,
+    /// Highest memory an agent may be given, in bytes.
+    pub max_memory_bytes: u64,
+    /// Highest timeout an agent may be given, in milliseconds.
+    pub max_timeout_ms: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            invocations_per_second: 200,
+            burst: 400,
+            concurrent_invocations: 64,
+            agents: 100,
+            module_bytes: 512 << 20,
+            stored_bytes: 1 << 30,
+            max_fuel: 10_000_000_000,
+            max_memory_bytes: 512 << 20,
+            max_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// A tenant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    /// Its name (also its id).
+    pub name: String,
+    /// Its quotas.
+    pub quotas: Quotas,
+    /// Creation time (ms since the epoch).
+    pub created_ms: u64,
+}
+
+/// An uploaded module, as a tenant sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleRecord {
+    /// Owner.
+    pub tenant: String,
+    /// Hex SHA-256 of the bytes.
+    pub digest: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// `agent` or `tool`.
+    pub world: String,
+    /// Import names.
+    pub imports: Vec<String>,
+    /// Export names.
+    pub exports: Vec<String>,
+    /// Upload time.
+    pub created_ms: u64,
+}
+
+/// Limits an agent is deployed with (each capped by the tenant's quotas).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentLimits {
+    /// Fuel per invocation.
+    pub fuel: Option<u64>,
+    /// Memory in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Wall-clock limit in milliseconds.
+    pub timeout_ms: Option<u64>,
+}
+
+/// Whether an agent takes invocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentStatus {
+    /// Taking invocations.
+    Running,
+    /// Refusing invocations until started.
+    Stopped,
+}
+
+/// A deployed agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    /// Owner.
+    pub tenant: String,
+    /// Name, unique in the tenant.
+    pub name: String,
+    /// Digest of the module it runs.
+    pub module: String,
+    /// The module before the last upgrade, for rollback.
+    pub previous_module: Option<String>,
+    /// Configuration passed to `init` and readable through `runtime.config`.
+    pub config: BTreeMap<String, String>,
+    /// Limits.
+    pub limits: AgentLimits,
+    /// Invocations running at once.
+    pub max_concurrency: u32,
+    /// Running or stopped.
+    pub status: AgentStatus,
+    /// Deploy time.
+    pub created_ms: u64,
+    /// Last change.
+    pub updated_ms: u64,
+}
+
+/// An API key; the secret itself is never stored, only its SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    /// Public id (part of the key).
+    pub id: String,
+    /// Owner.
+    pub tenant: String,
+    /// Role the key acts with.
+    pub role: String,
+    /// A label for people.
+    pub name: String,
+    /// Hex SHA-256 of the secret.
+    pub hash: String,
+    /// Creation time.
+    pub created_ms: u64,
+    /// Whether it was revoked.
+    pub revoked: bool,
+}
+
+/// One audit event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Position in the log (set on append).
+    #[serde(default)]
+    pub seq: u64,
+    /// When (ms since the epoch).
+    pub time_ms: u64,
+    /// Who (token subject or key id).
+    pub actor: String,
+    /// Tenant acted on (empty for platform-wide actions).
+    pub tenant: String,
+    /// What (`POST /v1/agents`).
+    pub action: String,
+    /// On what (the request path).
+    pub target: String,
+    /// HTTP status of the answer.
+    pub outcome: u16,
+}
+
+/// Typed access to registry records.
+#[derive(Clone)]
+pub struct Registry {
+    store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupted(format!("registry record: {e}")))
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Corrupted(format!("registry record: {e}")))
+}
+
+impl Registry {
+    /// A registry over `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    /// The store behind it.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Read a record with its revision.
+    pub async fn get<T: DeserializeOwned>(&self, kind: RecordKind, key: &str) -> Result<Option<(T, u64)>> {
+        match self.store.record_get(kind, key).await? {
+            Some((bytes, rev)) => Ok(Some((decode(&bytes)?, rev))),
+            None => Ok(None),
+        }
+    }
+
+    /// Write a record (compare-and-swap when `expected` is given; 0: must not exist).
+    pub async fn put<T: Serialize>(&self, kind: RecordKind, key: &str, v: &T, expected: Option<u64>) -> Result<u64> {
+        self.store.record_put(kind, key, encode(v)?, expected).await
+    }
+
+    /// Delete a record.
+    pub async fn delete(&self, kind: RecordKind, key: &str) -> Result<bool> {
+        self.store.record_delete(kind, key).await
+    }
+
+    /// Records whose key starts with `prefix`.
+    pub async fn list<T: DeserializeOwned>(&self, kind: RecordKind, prefix: &str) -> Result<Vec<T>> {
+        self.store.record_list(kind, prefix).await?.iter().map(|(_, v)| decode(v)).collect()
+    }
+
+    /// Append an audit event; returns its sequence number.
+    pub async fn audit(&self, event: &AuditEvent) -> Result<u64> {
+        self.store.audit_append(encode(event)?).await
+    }
+
+    /// Audit events after `since`, filtered, at most `limit`.
+    pub async fn audit_list(
+        &self,
+        since: u64,
+        limit: usize,
+        filter: impl Fn(&AuditEvent) -> bool,
+    ) -> Result<Vec<AuditEvent>> {
+        let mut out = Vec::new();
+        let mut cursor = since;
+        loop {
+            let batch = self.store.audit_list(cursor, 512).await?;
+            let Some((last, _)) = batch.last() else { break };
+            cursor = *last;
+            for (seq, raw) in &batch {
+                let mut e: AuditEvent = decode(raw)?;
+                e.seq = *seq;
+                if filter(&e) {
+                    out.push(e);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Key of a tenant-scoped record.
+pub fn scoped(tenant: &str, name: &str) -> String {
+    format!("{tenant}/{name}")
+}

@@ -1,0 +1,115 @@
+//! Prometheus metrics, served at `/metrics`.
+//!
+//! Label cardinality is bounded: past `max_agent_labels` distinct agents, further agents
+//! are counted under the label `other`.
+
+use std::collections::HashSet;
+use std::sync::{Mutex, PoisonError};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+use crate::runtime::{Outcome, Report};
+
+/// The host's metrics.
+pub struct Metrics {
+    registry: Registry,
+    invocations: IntCounterVec,
+    duration: HistogramVec,
+    fuel: IntCounterVec,
+    peak_memory: Histogram,
+    traps: IntCounterVec,
+    host_calls: IntCounterVec,
+    rate_limited: IntCounterVec,
+    store_latency: HistogramVec,
+    agents_seen: Mutex<HashSet<String>>,
+    max_agent_labels: usize,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable!("static metric {name}: {e}"));
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .unwrap_or_else(|e| unreachable!("static metric {name}: {e}"));
+    let _ = r.register(Box::new(h.clone()));
+    h
+}
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new(max_agent_labels: usize) -> Self {
+        let r = Registry::new();
+        let secs = prometheus::exponential_buckets(0.000_05, 2.5, 14).unwrap_or_default();
+        let bytes = prometheus::exponential_buckets(65536.0, 4.0, 10).unwrap_or_default();
+        let peak = Histogram::with_opts(HistogramOpts::new("cortex_invocation_peak_memory_bytes", "Peak linear memory of an invocation").buckets(bytes))
+            .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        let _ = r.register(Box::new(peak.clone()));
+        Self {
+            invocations: counter(&r, "cortex_invocations_total", "Invocations by tenant, agent and outcome", &["tenant", "agent", "outcome"]),
+            duration: histogram(&r, "cortex_invocation_duration_seconds", "Wall time of invocations", &["tenant"], secs.clone()),
+            fuel: counter(&r, "cortex_fuel_used_total", "Fuel burned by invocations", &["tenant"]),
+            peak_memory: peak,
+            traps: counter(&r, "cortex_traps_total", "Invocations that ended on a trap or limit, by kind", &["kind"]),
+            host_calls: counter(&r, "cortex_host_calls_total", "Calls to Cortex imports", &["tenant"]),
+            rate_limited: counter(&r, "cortex_rate_limited_total", "Requests refused by a rate limit or quota", &["tenant", "reason"]),
+            store_latency: histogram(&r, "cortex_store_operation_seconds", "Latency of store operations issued by the API", &["op"], secs),
+            registry: r,
+            agents_seen: Mutex::new(HashSet::new()),
+            max_agent_labels,
+        }
+    }
+
+    fn agent_label(&self, tenant: &str, agent: &str) -> String {
+        let key = format!("{tenant}/{agent}");
+        let mut seen = self.agents_seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.contains(&key) || seen.len() < self.max_agent_labels {
+            seen.insert(key);
+            agent.to_owned()
+        } else {
+            "other".to_owned()
+        }
+    }
+
+    /// Count one invocation.
+    pub fn invocation(&self, tenant: &str, agent: &str, report: &Report) {
+        let label = self.agent_label(tenant, agent);
+        self.invocations.with_label_values(&[tenant, &label, report.outcome.code()]).inc();
+        self.duration.with_label_values(&[tenant]).observe(report.stats.wall_time.as_secs_f64());
+        self.fuel.with_label_values(&[tenant]).inc_by(report.stats.fuel_used);
+        self.peak_memory.observe(report.stats.peak_memory as f64);
+        self.host_calls.with_label_values(&[tenant]).inc_by(report.stats.host_calls);
+        match &report.outcome {
+            Outcome::Ok { .. } | Outcome::AgentError { .. } => {}
+            Outcome::Trap { kind, .. } => self.traps.with_label_values(&[kind.as_str()]).inc(),
+            other => self.traps.with_label_values(&[other.code()]).inc(),
+        }
+    }
+
+    /// Count a refusal by a rate limit or quota.
+    pub fn refused(&self, tenant: &str, reason: &str) {
+        self.rate_limited.with_label_values(&[tenant, reason]).inc();
+    }
+
+    /// Observe one store operation.
+    pub fn store_op(&self, op: &str, seconds: f64) {
+        self.store_latency.with_label_values(&[op]).observe(seconds);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
