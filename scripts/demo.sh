@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Build the host and the example agents, then run hello and counter through `cortex run`.
+# The main job on the embedded default: build the host and the example agents, then serve
+# the API on 127.0.0.1:8080 with a `demo` tenant whose `hello` and `counter` agents are
+# deployed. Prints a token and curl lines. Stop with Ctrl-C (graceful drain).
+#   scripts/demo.sh [extra `cortex serve` flags]
+# The dev profile is used on purpose: dependencies are optimized (see Cargo.toml) and the
+# build is shared with the test suite.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-cargo build --release -p cortex-host -p cortex-artifacts
-cortex="$CARGO_TARGET_DIR/release/cortex"
-hello=$(cargo run --release -q -p cortex-artifacts -- hello)
-counter=$(cargo run --release -q -p cortex-artifacts -- counter)
-data="${CORTEX_DATA:-$(mktemp -d)}"
-echo "== hello"
-"$cortex" run "$hello" --input "${1:-Cortex}" --data "$data"
-echo "== counter, three times (state lives in $data)"
-for _ in 1 2 3; do "$cortex" run "$counter" --input demo --data "$data"; done
-echo "== a runaway agent stopped by its deadline"
-"$cortex" run "$(cargo run --release -q -p cortex-artifacts -- hostile)" --input loop --timeout 300ms --data "$data" || true
+cargo build -p cortex-host -p cortex-artifacts
+cortex="$CARGO_TARGET_DIR/debug/cortex"
+artifacts="$CARGO_TARGET_DIR/debug/cortex-artifacts"
+data="${CORTEX_DATA:-.cortex}"
+exec "$cortex" serve --data "$data" \
+    --deploy "hello=$("$artifacts" hello)" \
+    --deploy "counter=$("$artifacts" counter)" "$@"
