@@ -7,6 +7,8 @@
 //!
 //! Ratios are printed at the end (`== ratios`). Run: `cargo bench -p cortex-benches`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -102,9 +104,7 @@ async fn bare_call(engine: &Engine, pre: &InstancePre<Bare>, input: &[u8]) {
     store.set_fuel(u64::MAX / 2).unwrap();
     store.set_epoch_deadline(u64::MAX / 2);
     let instance = pre.instantiate_async(&mut store).await.unwrap();
-    let f = instance
-        .get_typed_func::<(&[u8],), (Result<Option<Vec<u8>>, AgentError>,)>(&mut store, "handle")
-        .unwrap();
+    let f = instance.get_typed_func::<(&[u8],), (Result<Option<Vec<u8>>, AgentError>,)>(&mut store, "handle").unwrap();
     let (r,) = f.call_async(&mut store, (input,)).await.unwrap();
     assert!(r.is_ok());
 }
@@ -133,7 +133,9 @@ fn invoke_hello(c: &mut Criterion) {
     let limits = Limits::default();
     let (engine, pre) = bare_pre(art::HELLO);
     let mut g = c.benchmark_group("a_invoke_hello");
-    g.bench_function("bare_wasmtime", |b| b.iter_custom(|n| timed(&rt, "a/bare", n, || bare_call(&engine, &pre, b"bench"))));
+    g.bench_function("bare_wasmtime", |b| {
+        b.iter_custom(|n| timed(&rt, "a/bare", n, || bare_call(&engine, &pre, b"bench")))
+    });
     g.bench_function("cortex", |b| {
         b.iter_custom(|n| timed(&rt, "a/cortex", n, || cortex.run(&hello, &limits, b"bench")))
     });

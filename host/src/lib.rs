@@ -4,12 +4,12 @@
 //! wasmtime sandbox with hard limits), [`capabilities`] (the host imports agents see).
 //! See `DESIGN.md` in the shared folder for the architecture and `README.md` for usage.
 
+pub mod api;
 pub mod capabilities;
 pub mod cli;
 pub mod config;
 pub mod registry;
 pub mod runtime;
+pub mod server;
 pub mod store;
 pub mod telemetry;
-pub mod api;
-pub mod server;

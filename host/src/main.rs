@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use cortex_host::cli::units::{human_bytes, parse_duration, parse_size};
-use cortex_host::runtime::{AgentContext, EngineConfig, Limits, Runtime};
 use cortex_host::api::auth::{Claims, Verifier};
+use cortex_host::cli::units::{human_bytes, parse_duration, parse_size};
 use cortex_host::config::ServerConfig;
 use cortex_host::registry::now_ms;
+use cortex_host::runtime::{AgentContext, EngineConfig, Limits, Runtime};
 use cortex_host::store::EmbeddedStore;
 
 #[derive(Parser)]
@@ -184,7 +184,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         println!("Cortex is serving on http://{addr} with the demo tenant's agents: {}", names.join(", "));
         println!("export CORTEX_URL=http://{addr} CORTEX_TOKEN={token}");
         for n in &names {
-            println!("curl -s -X POST -H \"Authorization: Bearer $CORTEX_TOKEN\" --data 'Cortex' $CORTEX_URL/v1/agents/{n}/invoke; echo");
+            println!(
+                "curl -s -X POST -H \"Authorization: Bearer $CORTEX_TOKEN\" --data 'Cortex' $CORTEX_URL/v1/agents/{n}/invoke; echo"
+            );
         }
     } else {
         println!("Cortex is serving on http://{addr}");

@@ -6,9 +6,7 @@
 use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 
 use crate::runtime::{Outcome, Report};
 
@@ -34,7 +32,8 @@ impl std::fmt::Debug for Metrics {
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable!("static metric {name}: {e}"));
+    let c =
+        IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable!("static metric {name}: {e}"));
     let _ = r.register(Box::new(c.clone()));
     c
 }
@@ -52,18 +51,43 @@ impl Metrics {
         let r = Registry::new();
         let secs = prometheus::exponential_buckets(0.000_05, 2.5, 14).unwrap_or_default();
         let bytes = prometheus::exponential_buckets(65536.0, 4.0, 10).unwrap_or_default();
-        let peak = Histogram::with_opts(HistogramOpts::new("cortex_invocation_peak_memory_bytes", "Peak linear memory of an invocation").buckets(bytes))
-            .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        let peak = Histogram::with_opts(
+            HistogramOpts::new("cortex_invocation_peak_memory_bytes", "Peak linear memory of an invocation")
+                .buckets(bytes),
+        )
+        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
         let _ = r.register(Box::new(peak.clone()));
         Self {
-            invocations: counter(&r, "cortex_invocations_total", "Invocations by tenant, agent and outcome", &["tenant", "agent", "outcome"]),
-            duration: histogram(&r, "cortex_invocation_duration_seconds", "Wall time of invocations", &["tenant"], secs.clone()),
+            invocations: counter(
+                &r,
+                "cortex_invocations_total",
+                "Invocations by tenant, agent and outcome",
+                &["tenant", "agent", "outcome"],
+            ),
+            duration: histogram(
+                &r,
+                "cortex_invocation_duration_seconds",
+                "Wall time of invocations",
+                &["tenant"],
+                secs.clone(),
+            ),
             fuel: counter(&r, "cortex_fuel_used_total", "Fuel burned by invocations", &["tenant"]),
             peak_memory: peak,
             traps: counter(&r, "cortex_traps_total", "Invocations that ended on a trap or limit, by kind", &["kind"]),
             host_calls: counter(&r, "cortex_host_calls_total", "Calls to Cortex imports", &["tenant"]),
-            rate_limited: counter(&r, "cortex_rate_limited_total", "Requests refused by a rate limit or quota", &["tenant", "reason"]),
-            store_latency: histogram(&r, "cortex_store_operation_seconds", "Latency of store operations issued by the API", &["op"], secs),
+            rate_limited: counter(
+                &r,
+                "cortex_rate_limited_total",
+                "Requests refused by a rate limit or quota",
+                &["tenant", "reason"],
+            ),
+            store_latency: histogram(
+                &r,
+                "cortex_store_operation_seconds",
+                "Latency of store operations issued by the API",
+                &["op"],
+                secs,
+            ),
             registry: r,
             agents_seen: Mutex::new(HashSet::new()),
             max_agent_labels,

@@ -14,6 +14,8 @@ pub const TICK: Duration = Duration::from_millis(50);
 pub struct Sandbox {
     pub runtime: Runtime,
     pub store: Arc<EmbeddedStore>,
+    /// Holds the runtime's cache and the store; deleted when the sandbox is dropped.
+    #[allow(dead_code)]
     pub dir: tempfile::TempDir,
 }
 

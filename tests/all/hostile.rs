@@ -58,7 +58,11 @@ async fn memory_bomb_hits_the_memory_limit() {
     let sb = Sandbox::new();
     let l = Limits { memory_bytes: 32 << 20, ..limits() };
     let r = hostile(&sb, "grow", &l).await;
-    assert!(matches!(&r.outcome, Outcome::MemoryLimit { message } if message.contains("memory limit")), "{}", r.outcome);
+    assert!(
+        matches!(&r.outcome, Outcome::MemoryLimit { message } if message.contains("memory limit")),
+        "{}",
+        r.outcome
+    );
     assert!(r.stats.peak_memory <= 32 << 20);
     assert!(r.stats.peak_memory > 16 << 20, "the bomb should get close to the limit first");
     benign_still_works(&sb).await;
@@ -112,7 +116,11 @@ async fn giant_output_is_refused() {
 async fn trap_and_panic_are_traps_with_a_reason() {
     let sb = Sandbox::new();
     let r = hostile(&sb, "trap", &limits()).await;
-    assert!(matches!(&r.outcome, Outcome::Trap { kind, backtrace, .. } if kind == "unreachable" && !backtrace.is_empty()), "{}", r.outcome);
+    assert!(
+        matches!(&r.outcome, Outcome::Trap { kind, backtrace, .. } if kind == "unreachable" && !backtrace.is_empty()),
+        "{}",
+        r.outcome
+    );
     let r = hostile(&sb, "panic", &limits()).await;
     match &r.outcome {
         Outcome::Trap { message, .. } => assert!(message.contains("hostile panic"), "{message}"),

@@ -46,7 +46,8 @@ pub async fn upload_module(
     authorize(&p, Action::WriteModules)?;
     let t = tenant_scope(&st, &p, &headers).await?;
     let limit = st.config.http.module_limit_bytes;
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::TooLarge(format!("modules are limited to {limit} bytes")));
     }
@@ -62,7 +63,11 @@ pub async fn upload_module(
             &st,
             &t.name,
             "module_quota",
-            format!("modules would take {} bytes, over the quota of {}", used + bytes.len() as u64, t.quotas.module_bytes),
+            format!(
+                "modules would take {} bytes, over the quota of {}",
+                used + bytes.len() as u64,
+                t.quotas.module_bytes
+            ),
             60,
         ));
     }
@@ -89,7 +94,11 @@ pub async fn upload_module(
     }
 }
 
-pub async fn list_modules(State(st): St, Extension(p): Extension<Principal>, headers: HeaderMap) -> ApiResult<Json<Vec<ModuleRecord>>> {
+pub async fn list_modules(
+    State(st): St,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<ModuleRecord>>> {
     authorize(&p, Action::ReadModules)?;
     let t = tenant_scope(&st, &p, &headers).await?;
     Ok(Json(st.registry.list(RecordKind::Module, &scoped(&t.name, "")).await?))
@@ -194,10 +203,7 @@ pub async fn deploy(
     check_name("agent", &body.name)?;
     check_limits(&body.limits, &t)?;
     if body.max_concurrency == 0 || body.max_concurrency > st.config.engine.max_instances {
-        return Err(ApiError::BadRequest(format!(
-            "max_concurrency must be 1..={}",
-            st.config.engine.max_instances
-        )));
+        return Err(ApiError::BadRequest(format!("max_concurrency must be 1..={}", st.config.engine.max_instances)));
     }
     let key = scoped(&t.name, &body.name);
     if st.registry.get::<AgentRecord>(RecordKind::Agent, &key).await?.is_some() {
@@ -233,13 +239,23 @@ pub async fn deploy(
     Ok((StatusCode::CREATED, Json(view(&d))))
 }
 
-pub async fn list_agents(State(st): St, Extension(p): Extension<Principal>, headers: HeaderMap) -> ApiResult<Json<Vec<AgentView>>> {
+pub async fn list_agents(
+    State(st): St,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<AgentView>>> {
     authorize(&p, Action::ReadAgents)?;
     let t = tenant_scope(&st, &p, &headers).await?;
     Ok(Json(st.agents_of(&t.name).values().map(|d| view(d)).collect()))
 }
 
-async fn deployed(st: &AppState, p: &Principal, headers: &HeaderMap, name: &str, action: Action) -> ApiResult<(Tenant, Arc<Deployed>)> {
+async fn deployed(
+    st: &AppState,
+    p: &Principal,
+    headers: &HeaderMap,
+    name: &str,
+    action: Action,
+) -> ApiResult<(Tenant, Arc<Deployed>)> {
     authorize(p, action)?;
     let t = tenant_scope(st, p, headers).await?;
     let d = st.agent(&t.name, name).ok_or_else(|| ApiError::NotFound(format!("agent {name:?} not found")))?;
@@ -258,7 +274,12 @@ pub async fn get_agent(
 
 /// Persist a changed record (compare-and-swap on the revision the change started from)
 /// and install it.
-async fn commit(st: &AppState, d: &Deployed, mut rec: AgentRecord, module: Arc<crate::runtime::Module>) -> ApiResult<Arc<Deployed>> {
+async fn commit(
+    st: &AppState,
+    d: &Deployed,
+    mut rec: AgentRecord,
+    module: Arc<crate::runtime::Module>,
+) -> ApiResult<Arc<Deployed>> {
     rec.updated_ms = now_ms();
     let rev = st.registry.put(RecordKind::Agent, &scoped(&rec.tenant, &rec.name), &rec, Some(d.revision)).await?;
     Ok(st.install(rec, rev, module))
@@ -325,18 +346,34 @@ pub async fn rollback(
     Ok(Json(view(commit(&st, &d, rec, module).await?.as_ref())))
 }
 
-async fn set_status(st: &AppState, p: &Principal, headers: &HeaderMap, name: &str, status: AgentStatus) -> ApiResult<Json<AgentView>> {
+async fn set_status(
+    st: &AppState,
+    p: &Principal,
+    headers: &HeaderMap,
+    name: &str,
+    status: AgentStatus,
+) -> ApiResult<Json<AgentView>> {
     let (_, d) = deployed(st, p, headers, name, Action::WriteAgents).await?;
     let mut rec = d.record.clone();
     rec.status = status;
     Ok(Json(view(commit(st, &d, rec, d.module.clone()).await?.as_ref())))
 }
 
-pub async fn stop(State(st): St, Extension(p): Extension<Principal>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult<Json<AgentView>> {
+pub async fn stop(
+    State(st): St,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<AgentView>> {
     set_status(&st, &p, &headers, &name, AgentStatus::Stopped).await
 }
 
-pub async fn start(State(st): St, Extension(p): Extension<Principal>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult<Json<AgentView>> {
+pub async fn start(
+    State(st): St,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<AgentView>> {
     set_status(&st, &p, &headers, &name, AgentStatus::Running).await
 }
 
@@ -372,7 +409,13 @@ pub async fn invoke(
     authorize(&p, Action::Invoke)?;
     let t = tenant_scope(&st, &p, &headers).await?;
     st.limiters.take(&t.name, &t.quotas).map_err(|retry| {
-        too_many(&st, &t.name, "rate_limited", format!("over {} invocations per second", t.quotas.invocations_per_second), retry)
+        too_many(
+            &st,
+            &t.name,
+            "rate_limited",
+            format!("over {} invocations per second", t.quotas.invocations_per_second),
+            retry,
+        )
     })?;
     let input = body_bytes(body)?;
     let d = st.agent(&t.name, &name).ok_or_else(|| ApiError::NotFound(format!("agent {name:?} not found")))?;
@@ -380,12 +423,21 @@ pub async fn invoke(
         return Err(ApiError::Conflict { code: "agent_stopped", message: format!("agent {name:?} is stopped") });
     }
     let _tenant_slot = st.limiters.enter(&t.name, &t.quotas).ok_or_else(|| {
-        too_many(&st, &t.name, "concurrency_quota", format!("over {} concurrent invocations", t.quotas.concurrent_invocations), 1)
+        too_many(
+            &st,
+            &t.name,
+            "concurrency_quota",
+            format!("over {} concurrent invocations", t.quotas.concurrent_invocations),
+            1,
+        )
     })?;
     let _slot = d.shared.pool.clone().try_acquire_owned().map_err(|_| {
         ApiError::PoolFull(format!("agent {name:?} already runs {} invocations", d.record.max_concurrency))
     })?;
-    let report = st.runtime.invoke(&d.module, &st.context(&d.record, &t.quotas), &st.limits_for(&d.record, &t.quotas), &input).await;
+    let report = st
+        .runtime
+        .invoke(&d.module, &st.context(&d.record, &t.quotas), &st.limits_for(&d.record, &t.quotas), &input)
+        .await;
     d.shared.invocations.fetch_add(1, Ordering::Relaxed);
     if !report.outcome.is_ok() {
         d.shared.failures.fetch_add(1, Ordering::Relaxed);

@@ -209,7 +209,9 @@ impl Verifier {
             "RS256" => Algorithm::RS256,
             "ES256" => Algorithm::ES256,
             "EdDSA" => Algorithm::EdDSA,
-            other => return Err(AuthError::Config(format!("unsupported algorithm {other:?} (HS256, RS256, ES256, EdDSA)"))),
+            other => {
+                return Err(AuthError::Config(format!("unsupported algorithm {other:?} (HS256, RS256, ES256, EdDSA)")));
+            }
         };
         let mut validation = Validation::new(alg);
         validation.algorithms = vec![alg];

@@ -143,10 +143,10 @@ impl IntoResponse for ApiError {
             self.to_string()
         };
         let mut resp = problem(status, &code, detail);
-        if let ApiError::TooMany { retry_after, .. } = &self {
-            if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
+        if let ApiError::TooMany { retry_after, .. } = &self
+            && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
         resp
     }

@@ -50,7 +50,11 @@ pub fn check_name(what: &str, name: &str) -> ApiResult<()> {
     let ok = name.len() <= 63
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok { Ok(()) } else { Err(ApiError::BadRequest(format!("{what} name {name:?} must match [a-z][a-z0-9-]{{0,62}}"))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!("{what} name {name:?} must match [a-z][a-z0-9-]{{0,62}}")))
+    }
 }
 
 /// Refuse unless `p`'s role may do `action`.
@@ -137,9 +141,10 @@ async fn audit(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
     let action = format!("{} {route}", req.method());
     let resp = next.run(req).await;
     let tenant = match &p {
-        Some(p) if p.role == Role::PlatformAdmin && route.starts_with("/v1/tenants") => {
-            path.strip_prefix("/v1/tenants/").map(|s| s.split('/').next().unwrap_or_default().to_owned()).unwrap_or_default()
-        }
+        Some(p) if p.role == Role::PlatformAdmin && route.starts_with("/v1/tenants") => path
+            .strip_prefix("/v1/tenants/")
+            .map(|s| s.split('/').next().unwrap_or_default().to_owned())
+            .unwrap_or_default(),
         Some(p) if p.role == Role::PlatformAdmin => named.unwrap_or_default(),
         Some(p) => p.tenant.clone().unwrap_or_default(),
         None => String::new(),

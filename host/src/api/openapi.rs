@@ -53,7 +53,11 @@ pub fn openapi() -> Value {
                 "default": {"description": "error", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
             }
         });
-        if !path.starts_with("/healthz") && !path.starts_with("/readyz") && !path.starts_with("/metrics") && *path != "/v1/openapi.json" {
+        if !path.starts_with("/healthz")
+            && !path.starts_with("/readyz")
+            && !path.starts_with("/metrics")
+            && *path != "/v1/openapi.json"
+        {
             op["security"] = json!([{"bearer": []}]);
         }
         if let Some(kind) = body {

@@ -57,7 +57,11 @@ pub async fn create_tenant(
 ) -> ApiResult<(StatusCode, Json<Tenant>)> {
     authorize(&p, Action::ManageTenants)?;
     check_name("tenant", &body.name)?;
-    let t = Tenant { name: body.name, quotas: body.quotas.unwrap_or_else(|| st.config.quotas.clone()), created_ms: now_ms() };
+    let t = Tenant {
+        name: body.name,
+        quotas: body.quotas.unwrap_or_else(|| st.config.quotas.clone()),
+        created_ms: now_ms(),
+    };
     match st.registry.put(RecordKind::Tenant, &t.name, &t, Some(0)).await {
         Ok(_) => Ok((StatusCode::CREATED, Json(t))),
         Err(crate::store::StoreError::Conflict { .. }) => {
@@ -84,7 +88,11 @@ async fn visible_tenant(st: &AppState, p: &Principal, name: &str) -> ApiResult<(
         .ok_or_else(|| ApiError::NotFound(format!("tenant {name:?} not found")))
 }
 
-pub async fn get_tenant(State(st): St, Extension(p): Extension<Principal>, Path(name): Path<String>) -> ApiResult<Json<Tenant>> {
+pub async fn get_tenant(
+    State(st): St,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Tenant>> {
     Ok(Json(visible_tenant(&st, &p, &name).await?.0))
 }
 
@@ -107,7 +115,11 @@ pub async fn update_tenant(
     Ok(Json(t))
 }
 
-pub async fn delete_tenant(State(st): St, Extension(p): Extension<Principal>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete_tenant(
+    State(st): St,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
     authorize(&p, Action::ManageTenants)?;
     visible_tenant(&st, &p, &name).await?;
     // The tenant record goes first: from then on its credentials are refused.
@@ -189,7 +201,11 @@ pub async fn create_key(
     Ok((StatusCode::CREATED, Json(NewKey { id, key, role: rec.role, tenant: t.name })))
 }
 
-pub async fn list_keys(State(st): St, Extension(p): Extension<Principal>, headers: HeaderMap) -> ApiResult<Json<Vec<KeyView>>> {
+pub async fn list_keys(
+    State(st): St,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<KeyView>>> {
     authorize(&p, Action::ManageKeys)?;
     let t = tenant_scope(&st, &p, &headers).await?;
     let keys = st.registry.list::<ApiKeyRecord>(RecordKind::ApiKey, "").await?;

@@ -60,7 +60,8 @@ impl Host for HostState {
             Level::Error => logbuf::Level::Error,
         };
         fields.truncate(MAX_LOG_FIELDS);
-        let message = if message.len() > MAX_LOG_MESSAGE { logbuf::truncate(&message, MAX_LOG_MESSAGE) } else { message };
+        let message =
+            if message.len() > MAX_LOG_MESSAGE { logbuf::truncate(&message, MAX_LOG_MESSAGE) } else { message };
         tracing::debug!(agent = %self.runtime.agent, level = ?level, %message, "agent log");
         self.runtime.log.record(level, &message, fields);
         Ok(())

@@ -253,13 +253,24 @@ impl Conn {
         req.send().await.with_context(|| format!("cannot reach {}", self.url))
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Payload, columns: &[&str]) -> anyhow::Result<ExitCode> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Payload,
+        columns: &[&str],
+    ) -> anyhow::Result<ExitCode> {
         let resp = self.send(method, path, body).await?;
         let status = resp.status();
         let text = resp.text().await?;
         if !status.is_success() {
             let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| json!({"detail": text}));
-            bail!("{} {}: {}", status.as_u16(), v["code"].as_str().unwrap_or("error"), v["detail"].as_str().unwrap_or(""));
+            bail!(
+                "{} {}: {}",
+                status.as_u16(),
+                v["code"].as_str().unwrap_or("error"),
+                v["detail"].as_str().unwrap_or("")
+            );
         }
         if text.is_empty() {
             println!("ok");
@@ -294,8 +305,11 @@ fn print_table(v: &Value, columns: &[&str]) {
         columns.iter().map(|c| (*c).to_owned()).collect()
     };
     let table: Vec<Vec<String>> = rows.iter().map(|r| cols.iter().map(|c| cell(&r[c.as_str()])).collect()).collect();
-    let widths: Vec<usize> =
-        cols.iter().enumerate().map(|(i, c)| table.iter().map(|r| r[i].len()).chain([c.len()]).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| table.iter().map(|r| r[i].len()).chain([c.len()]).max().unwrap_or(0))
+        .collect();
     let line = |cells: Vec<String>| {
         cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_owned()
     };
@@ -312,9 +326,13 @@ impl ClientCommand {
         match self {
             ClientCommand::Tenants { cmd, conn } => match cmd {
                 TenantCmd::List => conn.call(M::GET, "/v1/tenants", Payload::None, &["name", "created_ms"]).await,
-                TenantCmd::Create { name } => conn.call(M::POST, "/v1/tenants", Payload::Json(json!({"name": name})), &["name"]).await,
+                TenantCmd::Create { name } => {
+                    conn.call(M::POST, "/v1/tenants", Payload::Json(json!({"name": name})), &["name"]).await
+                }
                 TenantCmd::Get { name } => conn.call(M::GET, &format!("/v1/tenants/{name}"), Payload::None, &[]).await,
-                TenantCmd::Delete { name } => conn.call(M::DELETE, &format!("/v1/tenants/{name}"), Payload::None, &[]).await,
+                TenantCmd::Delete { name } => {
+                    conn.call(M::DELETE, &format!("/v1/tenants/{name}"), Payload::None, &[]).await
+                }
             },
             ClientCommand::Modules { cmd, conn } => {
                 let cols = ["digest", "size", "world"];
@@ -324,8 +342,12 @@ impl ClientCommand {
                         let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
                         conn.call(M::POST, "/v1/modules", Payload::Bytes(bytes), &cols).await
                     }
-                    ModuleCmd::Get { digest } => conn.call(M::GET, &format!("/v1/modules/{digest}"), Payload::None, &[]).await,
-                    ModuleCmd::Delete { digest } => conn.call(M::DELETE, &format!("/v1/modules/{digest}"), Payload::None, &[]).await,
+                    ModuleCmd::Get { digest } => {
+                        conn.call(M::GET, &format!("/v1/modules/{digest}"), Payload::None, &[]).await
+                    }
+                    ModuleCmd::Delete { digest } => {
+                        conn.call(M::DELETE, &format!("/v1/modules/{digest}"), Payload::None, &[]).await
+                    }
                 }
             }
             ClientCommand::Agents { cmd, conn } => {
@@ -339,12 +361,16 @@ impl ClientCommand {
                     }
                     AgentCmd::Get { name } => conn.call(M::GET, &path(&name, ""), Payload::None, &[]).await,
                     AgentCmd::Config { name, set } => {
-                        conn.call(M::PUT, &path(&name, "/config"), Payload::Json(json!({"config": kv(&set)?})), &cols).await
+                        conn.call(M::PUT, &path(&name, "/config"), Payload::Json(json!({"config": kv(&set)?})), &cols)
+                            .await
                     }
                     AgentCmd::Upgrade { name, module } => {
-                        conn.call(M::POST, &path(&name, "/upgrade"), Payload::Json(json!({"module": module})), &cols).await
+                        conn.call(M::POST, &path(&name, "/upgrade"), Payload::Json(json!({"module": module})), &cols)
+                            .await
                     }
-                    AgentCmd::Rollback { name } => conn.call(M::POST, &path(&name, "/rollback"), Payload::None, &cols).await,
+                    AgentCmd::Rollback { name } => {
+                        conn.call(M::POST, &path(&name, "/rollback"), Payload::None, &cols).await
+                    }
                     AgentCmd::Stop { name } => conn.call(M::POST, &path(&name, "/stop"), Payload::None, &cols).await,
                     AgentCmd::Start { name } => conn.call(M::POST, &path(&name, "/start"), Payload::None, &cols).await,
                     AgentCmd::Delete { name } => conn.call(M::DELETE, &path(&name, ""), Payload::None, &[]).await,
@@ -357,7 +383,8 @@ impl ClientCommand {
                 };
                 let resp = conn.send(M::POST, &format!("/v1/agents/{name}/invoke"), Payload::Bytes(body)).await?;
                 let status = resp.status();
-                let outcome = resp.headers().get("x-cortex-outcome").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                let outcome =
+                    resp.headers().get("x-cortex-outcome").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
                 let bytes = resp.bytes().await?;
                 if status.is_success() {
                     use std::io::Write;
@@ -366,7 +393,11 @@ impl ClientCommand {
                     Ok(ExitCode::SUCCESS)
                 } else {
                     let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                    eprintln!("error[{}]: {}", v["code"].as_str().unwrap_or(&outcome), v["detail"].as_str().unwrap_or(""));
+                    eprintln!(
+                        "error[{}]: {}",
+                        v["code"].as_str().unwrap_or(&outcome),
+                        v["detail"].as_str().unwrap_or("")
+                    );
                     Ok(ExitCode::from(1))
                 }
             }
@@ -381,7 +412,13 @@ impl ClientCommand {
             ClientCommand::Keys { cmd, conn } => match cmd {
                 KeyCmd::List => conn.call(M::GET, "/v1/keys", Payload::None, &["id", "name", "role", "revoked"]).await,
                 KeyCmd::Create { role, name } => {
-                    conn.call(M::POST, "/v1/keys", Payload::Json(json!({"role": role, "name": name})), &["id", "role", "key"]).await
+                    conn.call(
+                        M::POST,
+                        "/v1/keys",
+                        Payload::Json(json!({"role": role, "name": name})),
+                        &["id", "role", "key"],
+                    )
+                    .await
                 }
                 KeyCmd::Revoke { id } => conn.call(M::DELETE, &format!("/v1/keys/{id}"), Payload::None, &[]).await,
             },
@@ -389,7 +426,14 @@ impl ClientCommand {
     }
 }
 
-async fn oneshot(app: &axum::Router, method: &str, path: &str, token: &str, body: Body, ct: &str) -> anyhow::Result<(u16, Value)> {
+async fn oneshot(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Body,
+    ct: &str,
+) -> anyhow::Result<(u16, Value)> {
     let req = axum::http::Request::builder()
         .method(method)
         .uri(path)
@@ -405,7 +449,15 @@ async fn oneshot(app: &axum::Router, method: &str, path: &str, token: &str, body
 
 /// Create the `demo` tenant and deploy `NAME=PATH` components into it (idempotent).
 pub async fn bootstrap_demo(app: axum::Router, admin_token: &str, deploys: &[String]) -> anyhow::Result<Vec<String>> {
-    let (s, v) = oneshot(&app, "POST", "/v1/tenants", admin_token, Body::from(json!({"name": "demo"}).to_string()), "application/json").await?;
+    let (s, v) = oneshot(
+        &app,
+        "POST",
+        "/v1/tenants",
+        admin_token,
+        Body::from(json!({"name": "demo"}).to_string()),
+        "application/json",
+    )
+    .await?;
     if s != 201 && s != 409 {
         bail!("creating the demo tenant: {s} {v}");
     }
@@ -418,7 +470,8 @@ pub async fn bootstrap_demo(app: axum::Router, admin_token: &str, deploys: &[Str
             bail!("uploading {path}: {s} {m}");
         }
         let body = json!({"name": name, "module": m["digest"]});
-        let (s, v) = oneshot(&app, "POST", "/v1/agents", admin_token, Body::from(body.to_string()), "application/json").await?;
+        let (s, v) =
+            oneshot(&app, "POST", "/v1/agents", admin_token, Body::from(body.to_string()), "application/json").await?;
         if s != 201 && s != 409 {
             bail!("deploying {name}: {s} {v}");
         }

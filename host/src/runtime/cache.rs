@@ -52,10 +52,10 @@ fn hmac(key: &[u8; 32], payload: &[u8]) -> [u8; 32] {
 
 fn load_or_create_key(dir: &Path) -> std::io::Result<[u8; 32]> {
     let path = dir.join("cache.key");
-    if let Ok(bytes) = std::fs::read(&path) {
-        if let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) {
-            return Ok(key);
-        }
+    if let Ok(bytes) = std::fs::read(&path)
+        && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
+    {
+        return Ok(key);
     }
     let mut key = [0u8; 32];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key)?;

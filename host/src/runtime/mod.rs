@@ -71,7 +71,9 @@ pub enum LoadError {
     #[error("imports do not match the host: {0}")]
     ImportMismatch(String),
     /// A required export is absent.
-    #[error("missing export `{name}` (the component exports: {found}); build against world cortex:agent/agent or /tool")]
+    #[error(
+        "missing export `{name}` (the component exports: {found}); build against world cortex:agent/agent or /tool"
+    )]
     MissingExport {
         /// The export's name.
         name: String,
@@ -285,7 +287,8 @@ impl Runtime {
         let shape = validate::check_component(&self.engine, &component)?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::ImportMismatch(format!("{e:#}")))?;
         let index = |name: &str| component.get_export_index(None, name);
-        let handle = index("handle").ok_or_else(|| LoadError::MissingExport { name: "handle".into(), found: shape.exports.join(", ") })?;
+        let handle = index("handle")
+            .ok_or_else(|| LoadError::MissingExport { name: "handle".into(), found: shape.exports.join(", ") })?;
         let init = if shape.has_init { index("init") } else { None };
         let on_change = if shape.has_on_change { index("on-change") } else { None };
         tracing::debug!(digest, from_cache, world = ?shape.world, "component admitted");
@@ -304,7 +307,14 @@ impl Runtime {
         self.call_inner(module, agent, limits, export, id).instrument(span).await
     }
 
-    async fn call_inner(&self, module: &Module, agent: &AgentContext, limits: &Limits, export: Export<'_>, id: String) -> Report {
+    async fn call_inner(
+        &self,
+        module: &Module,
+        agent: &AgentContext,
+        limits: &Limits,
+        export: Export<'_>,
+        id: String,
+    ) -> Report {
         let start = Instant::now();
         let log = LogSink::new(limits.log_bytes);
         let wasi = WasiCtxBuilder::new()
@@ -335,10 +345,10 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        if self.config.fuel_metering {
-            if let Err(e) = store.set_fuel(limits.fuel) {
-                tracing::error!(error = %e, "cannot set the fuel budget");
-            }
+        if self.config.fuel_metering
+            && let Err(e) = store.set_fuel(limits.fuel)
+        {
+            tracing::error!(error = %e, "cannot set the fuel budget");
         }
         if self.config.epoch_interruption {
             let deadline = start + limits.timeout;
@@ -372,8 +382,8 @@ impl Runtime {
                 },
                 Export::OnChange(events) => match &module.on_change {
                     Some(idx) => {
-                        let f = instance
-                            .get_typed_func::<(&[ChangeEvent],), (Result<(), AgentError>,)>(&mut store, idx)?;
+                        let f =
+                            instance.get_typed_func::<(&[ChangeEvent],), (Result<(), AgentError>,)>(&mut store, idx)?;
                         Ok(f.call_async(&mut store, (events,)).await?.0.map(|()| None))
                     }
                     None => Ok(Ok(None)),

@@ -5,8 +5,8 @@
 //! (the import, the export, the expected and found types).
 
 use wasmtime::Engine;
-use wasmtime::component::types::{ComponentFunc, ComponentItem, Type};
 use wasmtime::component::Component;
+use wasmtime::component::types::{ComponentFunc, ComponentItem, Type};
 
 use super::LoadError;
 use crate::capabilities::{SERVED_INTERFACES, UNSERVED_INTERFACES};
@@ -15,11 +15,9 @@ use crate::capabilities::{SERVED_INTERFACES, UNSERVED_INTERFACES};
 const WASI_PACKAGES: &[&str] = &["cli", "clocks", "filesystem", "io", "random", "sockets"];
 
 /// The signature every agent's `handle` export must have.
-pub const HANDLE_SIG: &str =
-    "func(list<u8>) -> result<option<list<u8>>, record { code: string, message: string }>";
+pub const HANDLE_SIG: &str = "func(list<u8>) -> result<option<list<u8>>, record { code: string, message: string }>";
 /// The signature of the optional `init` export.
-pub const INIT_SIG: &str =
-    "func(list<tuple<string, string>>) -> result<_, record { code: string, message: string }>";
+pub const INIT_SIG: &str = "func(list<tuple<string, string>>) -> result<_, record { code: string, message: string }>";
 /// The signature of the optional `on-change` export.
 pub const ON_CHANGE_SIG: &str = "func(list<record { seq: u64, collection: string, key: string, op: enum { put, delete }, revision: u64 }>) -> result<_, record { code: string, message: string }>";
 
@@ -63,7 +61,11 @@ pub fn check_import(name: &str) -> Result<(), LoadError> {
             reason: "outbound HTTP is not a capability agents have yet".into(),
         }),
         p if p.strip_prefix("wasi:").is_some_and(|pkg| WASI_PACKAGES.contains(&pkg)) => {
-            if version.starts_with("0.2.") { Ok(()) } else { Err(unknown()) }
+            if version.starts_with("0.2.") {
+                Ok(())
+            } else {
+                Err(unknown())
+            }
         }
         "cortex:agent" if !version.starts_with("0.1.") => Err(unknown()),
         "cortex:agent" if SERVED_INTERFACES.contains(&interface) => Ok(()),
@@ -166,7 +168,8 @@ pub fn check_component(engine: &Engine, component: &Component) -> Result<Shape, 
     }
     let has_init = check_export(engine, component, "init", INIT_SIG)?;
     let has_on_change = check_export(engine, component, "on-change", ON_CHANGE_SIG)?;
-    let uses_agent_imports = imports.iter().any(|i| !i.starts_with("wasi:") && !i.contains("/runtime@") && !i.contains("/types@"));
+    let uses_agent_imports =
+        imports.iter().any(|i| !i.starts_with("wasi:") && !i.contains("/runtime@") && !i.contains("/types@"));
     let world = if has_init || has_on_change || uses_agent_imports { World::Agent } else { World::Tool };
     Ok(Shape { world, imports, exports, has_init, has_on_change })
 }

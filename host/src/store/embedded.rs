@@ -42,13 +42,10 @@ fn backend(e: impl Into<redb::Error>) -> StoreError {
     let e: redb::Error = e.into();
     match e {
         redb::Error::Corrupted(m) => StoreError::Corrupted(m),
-        redb::Error::UpgradeRequired(v) => {
-            StoreError::Corrupted(format!("file format {v} needs an upgrade"))
+        redb::Error::UpgradeRequired(v) => StoreError::Corrupted(format!("file format {v} needs an upgrade")),
+        redb::Error::DatabaseAlreadyOpen => {
+            StoreError::Backend { message: "the database is open in another process".into(), transient: true }
         }
-        redb::Error::DatabaseAlreadyOpen => StoreError::Backend {
-            message: "the database is open in another process".into(),
-            transient: true,
-        },
         other => StoreError::Backend { message: other.to_string(), transient: false },
     }
 }
@@ -100,8 +97,7 @@ fn revision_of(raw: &[u8]) -> Result<u64> {
 impl EmbeddedStore {
     /// Open (or create) `dir/documents.redb`.
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)
-            .map_err(|source| StoreError::Open { path: dir.to_owned(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Open { path: dir.to_owned(), source })?;
         let db = Database::create(dir.join("documents.redb")).map_err(backend)?;
         let txn = db.begin_write().map_err(backend)?;
         txn.open_table(DOCUMENTS).map_err(backend)?;
@@ -114,10 +110,15 @@ impl EmbeddedStore {
 
     /// Run a write transaction on a blocking thread: commits fsync, which must not stall
     /// the async workers.
-    async fn write<T: Send + 'static>(&self, f: impl FnOnce(&mut Tables<'_>) -> Result<T> + Send + 'static) -> Result<T> {
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Tables<'_>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         self.write_txn(move |txn| {
-            let mut tables =
-                Tables { docs: txn.open_table(DOCUMENTS).map_err(backend)?, usage: txn.open_table(USAGE).map_err(backend)? };
+            let mut tables = Tables {
+                docs: txn.open_table(DOCUMENTS).map_err(backend)?,
+                usage: txn.open_table(USAGE).map_err(backend)?,
+            };
             f(&mut tables)
         })
         .await
@@ -221,9 +222,7 @@ impl DocumentStore for EmbeddedStore {
         };
         let txn = self.db.begin_read().map_err(backend)?;
         let table = txn.open_table(DOCUMENTS).map_err(backend)?;
-        let range = table
-            .range::<&[u8]>((start.as_ref().map(Vec::as_slice), Bound::Unbounded))
-            .map_err(backend)?;
+        let range = table.range::<&[u8]>((start.as_ref().map(Vec::as_slice), Bound::Unbounded)).map_err(backend)?;
         let mut page = Page::default();
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         for item in range {
@@ -441,7 +440,11 @@ mod tests {
         let bad = [put("y", None), put("x", Some(7))];
         assert!(matches!(s.transact(&a, &bad).await, Err(StoreError::Conflict { current: 1 })));
         assert_eq!(s.get(&a, "c", "y").await.unwrap(), None, "the first op must be rolled back");
-        let good = [put("y", Some(0)), put("x", Some(1)), WriteOp::Delete { collection: "c".into(), key: "y".into(), expected: Some(1) }];
+        let good = [
+            put("y", Some(0)),
+            put("x", Some(1)),
+            WriteOp::Delete { collection: "c".into(), key: "y".into(), expected: Some(1) },
+        ];
         assert_eq!(s.transact(&a, &good).await.unwrap(), vec![1, 2, 0]);
     }
 
@@ -473,7 +476,8 @@ mod tests {
         s.record_put(RecordKind::Agent, "t/b", b"2".to_vec(), None).await.unwrap();
         s.record_put(RecordKind::Agent, "u/a", b"3".to_vec(), None).await.unwrap();
         s.record_put(RecordKind::Module, "t/x", b"4".to_vec(), None).await.unwrap();
-        let keys: Vec<String> = s.record_list(RecordKind::Agent, "t/").await.unwrap().into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<String> =
+            s.record_list(RecordKind::Agent, "t/").await.unwrap().into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ["t/a", "t/b"]);
         assert_eq!(s.record_get(RecordKind::Agent, "t/b").await.unwrap(), Some((b"2".to_vec(), 1)));
         assert!(s.record_delete(RecordKind::Agent, "t/b").await.unwrap());

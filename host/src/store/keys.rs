@@ -68,13 +68,7 @@ impl NameError {
     }
 }
 
-fn check(
-    what: &'static str,
-    s: &str,
-    max: usize,
-    allowed: &'static str,
-    ok: fn(u8) -> bool,
-) -> Result<(), NameError> {
+fn check(what: &'static str, s: &str, max: usize, allowed: &'static str, ok: fn(u8) -> bool) -> Result<(), NameError> {
     if s.is_empty() {
         return Err(NameError::Empty { what });
     }

@@ -188,18 +188,10 @@ pub trait DocumentStore: Send + Sync + 'static {
     async fn get(&self, scope: &Scope, collection: &str, key: &str) -> Result<Option<Document>>;
 
     /// Insert or replace a document; returns the new revision.
-    async fn put(
-        &self,
-        scope: &Scope,
-        collection: &str,
-        key: &str,
-        value: &str,
-        expected: Option<u64>,
-    ) -> Result<u64>;
+    async fn put(&self, scope: &Scope, collection: &str, key: &str, value: &str, expected: Option<u64>) -> Result<u64>;
 
     /// Delete a document; returns whether it existed.
-    async fn delete(&self, scope: &Scope, collection: &str, key: &str, expected: Option<u64>)
-    -> Result<bool>;
+    async fn delete(&self, scope: &Scope, collection: &str, key: &str, expected: Option<u64>) -> Result<bool>;
 
     /// Documents whose key starts with `prefix`, in key order, after `cursor`.
     async fn list(
