@@ -68,10 +68,27 @@ async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next
     }
 }
 
-/// The router with server-wide layers (request timeout).
+static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A span per request (method, path, a server-made request id, echoed as `x-request-id`).
+async fn trace_request(req: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    let id = REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = format!("{:x}-{id:x}", std::process::id());
+    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
+    let mut resp = next.run(req).instrument(span).await;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// The router with server-wide layers (request timeout, request spans).
 pub fn app(state: Arc<AppState>) -> axum::Router {
     let limit = Duration::from_millis(state.config.http.request_timeout_ms);
-    api::router(state).layer(middleware::from_fn_with_state(limit, request_timeout))
+    api::router(state)
+        .layer(middleware::from_fn_with_state(limit, request_timeout))
+        .layer(middleware::from_fn(trace_request))
 }
 
 /// Serve on `listener` until `shutdown` resolves, then drain in-flight requests within

@@ -74,7 +74,7 @@ impl Metrics {
             fuel: counter(&r, "cortex_fuel_used_total", "Fuel burned by invocations", &["tenant"]),
             peak_memory: peak,
             traps: counter(&r, "cortex_traps_total", "Invocations that ended on a trap or limit, by kind", &["kind"]),
-            host_calls: counter(&r, "cortex_host_calls_total", "Calls to Cortex imports", &["tenant"]),
+            host_calls: counter(&r, "cortex_host_calls_total", "Calls to Cortex imports by interface", &["tenant", "interface"]),
             rate_limited: counter(
                 &r,
                 "cortex_rate_limited_total",
@@ -112,7 +112,12 @@ impl Metrics {
         self.duration.with_label_values(&[tenant]).observe(report.stats.wall_time.as_secs_f64());
         self.fuel.with_label_values(&[tenant]).inc_by(report.stats.fuel_used);
         self.peak_memory.observe(report.stats.peak_memory as f64);
-        self.host_calls.with_label_values(&[tenant]).inc_by(report.stats.host_calls);
+        for iface in crate::capabilities::Interface::ALL {
+            let n = report.stats.host_calls_by_interface[iface as usize];
+            if n > 0 {
+                self.host_calls.with_label_values(&[tenant, iface.name()]).inc_by(n);
+            }
+        }
         match &report.outcome {
             Outcome::Ok { .. } | Outcome::AgentError { .. } => {}
             Outcome::Trap { kind, .. } => self.traps.with_label_values(&[kind.as_str()]).inc(),
@@ -125,9 +130,9 @@ impl Metrics {
         self.rate_limited.with_label_values(&[tenant, reason]).inc();
     }
 
-    /// Observe one store operation.
-    pub fn store_op(&self, op: &str, seconds: f64) {
-        self.store_latency.with_label_values(&[op]).observe(seconds);
+    /// The store latency histogram (labelled by operation), for the store wrapper.
+    pub fn store_latency(&self) -> HistogramVec {
+        self.store_latency.clone()
     }
 
     /// The text exposition format.

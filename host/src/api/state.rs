@@ -145,6 +145,10 @@ impl AppState {
         let modules_dir = config.data_dir.join("modules");
         std::fs::create_dir_all(&modules_dir).map_err(|e| ApiError::Internal(format!("modules dir: {e}")))?;
         let metrics = Metrics::new(config.metrics.max_agent_labels);
+        let latency = metrics.store_latency();
+        let observe: crate::store::Observer =
+            Arc::new(move |op, d: Duration| latency.with_label_values(&[op]).observe(d.as_secs_f64()));
+        let store: Arc<dyn Store> = Arc::new(crate::store::Instrumented::new(store, observe));
         Ok(Self {
             config,
             runtime,

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::HostState;
+use super::{HostState, Interface};
 use super::bindings::cortex::agent::documents::{self as wit, Host};
 use crate::store::{self, KeyLimits, Scope, Store, StoreError, WriteOp};
 
@@ -122,7 +122,7 @@ macro_rules! check {
 
 impl Host for HostState {
     async fn get(&mut self, collection: String, key: String) -> WitResult<Option<wit::Document>> {
-        self.calls.charge()?;
+        self.calls.charge(Interface::Documents)?;
         let cx = &self.documents;
         check!(cx.check_name(&collection, &key));
         let r = cx.store.get(&cx.scope, &collection, &key).await;
@@ -130,7 +130,7 @@ impl Host for HostState {
     }
 
     async fn put(&mut self, collection: String, key: String, value: String, expected: Option<u64>) -> WitResult<u64> {
-        self.calls.charge()?;
+        self.calls.charge(Interface::Documents)?;
         let cx = &self.documents;
         check!(cx.check_name(&collection, &key));
         check!(cx.check_value(&value));
@@ -140,7 +140,7 @@ impl Host for HostState {
     }
 
     async fn delete(&mut self, collection: String, key: String, expected: Option<u64>) -> WitResult<bool> {
-        self.calls.charge()?;
+        self.calls.charge(Interface::Documents)?;
         let cx = &self.documents;
         check!(cx.check_name(&collection, &key));
         let r = cx.store.delete(&cx.scope, &collection, &key, expected).await;
@@ -154,7 +154,7 @@ impl Host for HostState {
         limit: u32,
         cursor: Option<String>,
     ) -> WitResult<wit::Page> {
-        self.calls.charge()?;
+        self.calls.charge(Interface::Documents)?;
         let cx = &self.documents;
         check!(store::check_collection(&collection, &cx.limits).map_err(name_error));
         check!(store::keys::check_prefix(&prefix, &cx.limits).map_err(name_error));
@@ -167,7 +167,7 @@ impl Host for HostState {
     }
 
     async fn transact(&mut self, ops: Vec<wit::Op>) -> WitResult<Vec<u64>> {
-        self.calls.charge()?;
+        self.calls.charge(Interface::Documents)?;
         let cx = &self.documents;
         if ops.len() > cx.limits.max_transact_ops {
             return Ok(Err(wit::Error::TooLarge(format!(

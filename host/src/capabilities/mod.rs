@@ -39,26 +39,51 @@ pub use bindings::cortex::agent::types::{AgentError, ChangeEvent, ChangeOp};
 #[error("host call limit of {0} reached")]
 pub struct HostCallLimit(pub u64);
 
+/// The served interfaces whose calls are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interface {
+    /// `cortex:agent/documents`.
+    Documents = 0,
+    /// `cortex:agent/runtime`.
+    Runtime = 1,
+}
+
+impl Interface {
+    /// Every counted interface, in index order.
+    pub const ALL: [Interface; 2] = [Interface::Documents, Interface::Runtime];
+
+    /// The interface's name (a metric label).
+    pub fn name(self) -> &'static str {
+        match self {
+            Interface::Documents => "documents",
+            Interface::Runtime => "runtime",
+        }
+    }
+}
+
 /// Counts Cortex imports against a budget.
 #[derive(Debug, Clone, Copy)]
 pub struct HostCalls {
     /// Calls made so far.
     pub count: u64,
+    /// Calls per interface, indexed by [`Interface`].
+    pub by_interface: [u64; 2],
     limit: u64,
 }
 
 impl HostCalls {
     /// A budget of `limit` calls.
     pub fn new(limit: u64) -> Self {
-        Self { count: 0, limit }
+        Self { count: 0, by_interface: [0; 2], limit }
     }
 
-    /// Count one call; a trap once the budget is spent.
-    pub fn charge(&mut self) -> wasmtime::Result<()> {
+    /// Count one call to `iface`; a trap once the budget is spent.
+    pub fn charge(&mut self, iface: Interface) -> wasmtime::Result<()> {
         if self.count >= self.limit {
             return Err(wasmtime::Error::new(HostCallLimit(self.limit)));
         }
         self.count += 1;
+        self.by_interface[iface as usize] += 1;
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::HostState;
+use super::{HostState, Interface};
 use super::bindings::cortex::agent::runtime::{Host, Identity, Level};
 use crate::runtime::logbuf::{self, LogSink};
 
@@ -29,29 +29,29 @@ pub struct RuntimeCtx {
 
 impl Host for HostState {
     fn whoami(&mut self) -> wasmtime::Result<Identity> {
-        self.calls.charge()?;
+        self.calls.charge(Interface::Runtime)?;
         let r = &self.runtime;
         Ok(Identity { tenant: r.tenant.to_string(), agent: r.agent.to_string(), invocation: r.invocation.clone() })
     }
 
     fn config(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        self.calls.charge()?;
+        self.calls.charge(Interface::Runtime)?;
         Ok(self.runtime.config.get(&key).cloned())
     }
 
     fn config_all(&mut self) -> wasmtime::Result<Vec<(String, String)>> {
-        self.calls.charge()?;
+        self.calls.charge(Interface::Runtime)?;
         Ok(self.runtime.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
     fn now_ms(&mut self) -> wasmtime::Result<u64> {
-        self.calls.charge()?;
+        self.calls.charge(Interface::Runtime)?;
         let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Ok(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
     }
 
     fn log(&mut self, level: Level, message: String, mut fields: Vec<(String, String)>) -> wasmtime::Result<()> {
-        self.calls.charge()?;
+        self.calls.charge(Interface::Runtime)?;
         let level = match level {
             Level::Trace => logbuf::Level::Trace,
             Level::Debug => logbuf::Level::Debug,

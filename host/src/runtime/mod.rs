@@ -426,6 +426,7 @@ impl Runtime {
             peak_memory: data.limiter.peak_memory,
             wall_time: start.elapsed(),
             host_calls: data.calls.count,
+            host_calls_by_interface: data.calls.by_interface,
             bytes_in: bytes_in as u64,
             bytes_out,
         };

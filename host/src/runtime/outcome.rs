@@ -130,6 +130,8 @@ pub struct Stats {
     pub wall_time: Duration,
     /// Calls to Cortex imports.
     pub host_calls: u64,
+    /// Calls per interface, indexed by `capabilities::Interface`.
+    pub host_calls_by_interface: [u64; 2],
     /// Bytes passed in.
     pub bytes_in: u64,
     /// Bytes returned.

@@ -5,11 +5,13 @@
 //! by tenant and a guest can never name another tenant's data.
 
 mod embedded;
+mod instrumented;
 pub mod keys;
 
 use std::sync::Arc;
 
 pub use embedded::EmbeddedStore;
+pub use instrumented::{Instrumented, Observer};
 pub use keys::{KeyLimits, check_collection, check_key};
 
 /// Result alias for store calls.

@@ -1,0 +1,181 @@
+//! HTTP load over loopback: invocations per second and p50/p99 latency of `hello` with N
+//! concurrent clients, beside the same agent invoked in-process with the same concurrency
+//! (the ratio is the cost of HTTP, auth, rate limiting, metrics and audit-free routing).
+//!
+//! `cargo bench -p cortex-benches --bench http_load [-- SECONDS CLIENTS]` (defaults 5 s, 16).
+//!
+//! Peers: `wasmtime serve` (wasmtime-cli 48.0.8) is measured when `WASMTIME_SERVE_WASM`
+//! names a wasi:http hello component and `wasmtime` is on PATH; installing it takes
+//! `cargo install wasmtime-cli --version 48.0.8 --locked` (about 18 minutes here), so it is
+//! skipped with a message otherwise, and never run in CI.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cortex_artifacts as art;
+use cortex_host::api::auth::Claims;
+use cortex_host::config::ServerConfig;
+use cortex_host::registry::{Quotas, now_ms};
+use cortex_host::runtime::Limits;
+
+struct Run {
+    requests: u64,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Run {
+    fn report(&self, label: &str) -> f64 {
+        let mut l = self.latencies.clone();
+        l.sort();
+        let pct = |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or_default();
+        let rps = self.requests as f64 / self.elapsed.as_secs_f64();
+        println!(
+            "{label:<28} {rps:>10.0} req/s   p50 {:>8.1} us   p99 {:>8.1} us   ({} requests)",
+            pct(0.50).as_secs_f64() * 1e6,
+            pct(0.99).as_secs_f64() * 1e6,
+            self.requests
+        );
+        rps
+    }
+}
+
+async fn drive<F, Fut>(clients: usize, duration: Duration, make: F) -> Run
+where
+    F: Fn() -> Fut + Send + Sync + 'static + Clone,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let make = make.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while start.elapsed() < duration {
+                let t = Instant::now();
+                assert!(make().await, "a request failed");
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.unwrap());
+    }
+    Run { requests: latencies.len() as u64, elapsed: start.elapsed(), latencies }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let seconds: u64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let clients: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(16);
+    let duration = Duration::from_secs(seconds);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ServerConfig { data_dir: dir.path().to_owned(), ..ServerConfig::default() };
+        cfg.quotas = Quotas { invocations_per_second: 1_000_000, burst: 1_000_000, concurrent_invocations: 10_000, ..Quotas::default() };
+        let state = cortex_host::server::build(cfg.clone()).await.unwrap();
+        let mint = |tenant: Option<&str>, role: &str| {
+            state
+                .verifier
+                .mint(&Claims {
+                    sub: "bench".into(),
+                    iss: cfg.auth.issuer.clone(),
+                    aud: cfg.auth.audience.clone(),
+                    exp: now_ms() / 1000 + 3600,
+                    iat: None,
+                    tenant: tenant.map(str::to_owned),
+                    role: role.into(),
+                })
+                .unwrap()
+        };
+        let admin = mint(None, "platform-admin");
+        let app = cortex_host::server::app(state.clone());
+        cortex_host::cli::client::bootstrap_demo(app, &admin, &[format!("hello={}", art::HELLO)]).await.unwrap();
+        let token = mint(Some("demo"), "developer");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(cortex_host::server::serve(state.clone(), listener, async {
+            let _ = stop_rx.await;
+        }));
+
+        println!("== http_load: hello, {clients} clients, {seconds} s each, 2 cores shared by clients and server");
+        // In-process: the same agent, the same concurrency, no HTTP.
+        let d = state.agent("demo", "hello").unwrap();
+        let st = state.clone();
+        let inproc = drive(clients, duration, move || {
+            let (st, d) = (st.clone(), d.clone());
+            async move {
+                let q = Quotas::default();
+                let ctx = st.context(&d.record, &q);
+                let r = st.runtime.invoke(&d.module, &ctx, &Limits::default(), b"bench").await;
+                r.outcome.is_ok()
+            }
+        })
+        .await
+        .report("in-process invoke");
+
+        let client = reqwest::Client::builder().pool_max_idle_per_host(clients).build().unwrap();
+        let url = Arc::new(format!("http://{addr}/v1/agents/hello/invoke"));
+        let auth = Arc::new(format!("Bearer {token}"));
+        let http = drive(clients, duration, move || {
+            let (client, url, auth) = (client.clone(), url.clone(), auth.clone());
+            async move {
+                match client.post(url.as_str()).header("authorization", auth.as_str()).body("bench").send().await {
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await
+        .report("HTTP over loopback");
+        println!("ratio HTTP / in-process throughput: {:.2}", http / inproc);
+
+        match (std::env::var("WASMTIME_SERVE_WASM"), which("wasmtime")) {
+            (Ok(wasm), Some(bin)) => {
+                let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+                let mut child = std::process::Command::new(bin)
+                    .args(["serve", "--addr", &format!("127.0.0.1:{port}"), &wasm])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
+                let peer_url = Arc::new(format!("http://127.0.0.1:{port}/"));
+                let client = reqwest::Client::new();
+                for _ in 0..600 {
+                    if client.get(peer_url.as_str()).send().await.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let peer = drive(clients, duration, move || {
+                    let (client, url) = (client.clone(), peer_url.clone());
+                    async move {
+                        match client.get(url.as_str()).send().await {
+                            Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                            Err(_) => false,
+                        }
+                    }
+                })
+                .await
+                .report("wasmtime serve (peer)");
+                println!("ratio Cortex HTTP / wasmtime serve throughput: {:.2}", http / peer);
+                let _ = child.kill();
+            }
+            _ => println!(
+                "peer `wasmtime serve` skipped: set WASMTIME_SERVE_WASM to a wasi:http hello component and put \
+                 wasmtime-cli 48.0.8 on PATH (cargo install wasmtime-cli --version 48.0.8 --locked, ~18 min)"
+            ),
+        }
+        let _ = stop_tx.send(());
+    });
+}
+
+fn which(bin: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| std::path::Path::new(d).join(bin)).find(|p| p.is_file())
+}

@@ -1,0 +1,249 @@
+//! The real `cortex` binary: `run` exit codes and messages, `serve` on port 0, draining on
+//! SIGTERM, and durability of acknowledged writes across SIGKILL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use cortex_artifacts as art;
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cortex");
+
+/// `cortex ARGS` with no CORTEX_* variables from the environment.
+fn cortex(args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CORTEX") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    cortex(args).output().unwrap()
+}
+
+#[test]
+fn run_prints_the_output_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&["run", art::HELLO, "--input", "x", "--data", dir.path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello, x!\n");
+    assert!(stderr.contains("ok fuel="), "{stderr}");
+}
+
+#[test]
+fn run_of_a_looping_agent_exits_1_with_deadline_exceeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&["run", art::HOSTILE, "--input", "loop", "--timeout", "200ms", "--data", dir.path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("error[deadline_exceeded]"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn run_of_a_core_module_exits_3_with_not_a_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let out = run(&["run", core.to_str().unwrap(), "--data", dir.path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("error[not_a_component]"), "{stderr}");
+}
+
+/// A `cortex serve` child process on 127.0.0.1:0.
+struct Serve {
+    child: Child,
+    base: String,
+    data: String,
+}
+
+impl Serve {
+    fn start(data: &Path) -> Serve {
+        let data = data.to_str().unwrap().to_owned();
+        let log = std::fs::File::create(format!("{data}.stderr")).unwrap();
+        let mut child = cortex(&["serve", "--listen", "127.0.0.1:0", "--data", &data])
+            .env("CORTEX_CFG__HTTP__SHUTDOWN_GRACE_MS", "10000")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("Cortex is serving on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}; stderr: {}", std::fs::read_to_string(format!("{data}.stderr")).unwrap_or_default()))
+            .to_owned();
+        let addr: std::net::SocketAddr = addr.parse().unwrap();
+        assert_ne!(addr.port(), 0, "port 0 must be replaced by the real port");
+        Serve { child, base: format!("http://{addr}"), data }
+    }
+
+    fn token(&self, tenant: Option<&str>, role: &str) -> String {
+        let mut args = vec!["token", "--data", &self.data, "--role", role];
+        if let Some(t) = tenant {
+            args.extend(["--tenant", t]);
+        }
+        let out = run(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Poll /readyz (bounded) until it answers 200.
+    async fn ready(&self, client: &reqwest::Client) {
+        for _ in 0..200 {
+            if let Ok(r) = client.get(format!("{}/readyz", self.base)).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{} never became ready", self.base);
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok, "kill {sig}");
+    }
+
+    /// Wait (bounded) for the process to exit.
+    async fn exit_code(&mut self, within: Duration) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the server did not exit within {within:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Create tenant `t`, upload `module`, deploy it as `name`; returns a developer token.
+async fn deploy(s: &Serve, client: &reqwest::Client, module: &str, name: &str) -> String {
+    let admin = s.token(None, "platform-admin");
+    let r = client.post(format!("{}/v1/tenants", s.base)).bearer_auth(&admin).json(&json!({"name": "t"})).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let dev = s.token(Some("t"), "developer");
+    let r = client.post(format!("{}/v1/modules", s.base)).bearer_auth(&dev).body(std::fs::read(module).unwrap()).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let digest = r.json::<Value>().await.unwrap()["digest"].as_str().unwrap().to_owned();
+    let r = client
+        .post(format!("{}/v1/agents", s.base))
+        .bearer_auth(&dev)
+        .json(&json!({"name": name, "module": digest}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    dev
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_drains_in_flight_requests_on_sigterm_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Serve::start(&dir.path().join("data"));
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    s.ready(&client).await;
+    let dev = deploy(&s, &client, art::HOSTILE, "h").await;
+
+    let slow = {
+        let rb = client.post(format!("{}/v1/agents/h/invoke", s.base)).bearer_auth(&dev).body("sleep:1500");
+        tokio::spawn(async move {
+            let r = rb.send().await.unwrap();
+            (r.status(), r.text().await.unwrap())
+        })
+    };
+    // Wait (bounded) until the invocation is running.
+    let mut running = false;
+    for _ in 0..250 {
+        let a: Value =
+            client.get(format!("{}/v1/agents/h", s.base)).bearer_auth(&dev).send().await.unwrap().json().await.unwrap();
+        if a["running_now"] == 1 {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(running, "the slow invocation never started");
+
+    s.signal("-TERM");
+    let (status, body) = slow.await.unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, "slept"), "the in-flight request was not drained");
+    assert_eq!(s.exit_code(Duration::from_secs(10)).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_increments_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut s = Serve::start(&data);
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    s.ready(&client).await;
+    let dev = deploy(&s, &client, art::COUNTER, "c").await;
+
+    let sent = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
+    let enough = Arc::new(tokio::sync::Notify::new());
+    const KILL_AFTER: u64 = 40;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (sent, acked, enough) = (sent.clone(), acked.clone(), enough.clone());
+        let url = format!("{}/v1/agents/c/invoke", s.base);
+        let (client, dev) = (client.clone(), dev.clone());
+        tasks.push(tokio::spawn(async move {
+            // At most 10 000 requests each: the loop ends when the server dies.
+            for _ in 0..10_000 {
+                sent.fetch_add(1, Ordering::SeqCst);
+                match client.post(&url).bearer_auth(&dev).body("hits").send().await {
+                    Ok(r) if r.status() == 200 => {
+                        // Acknowledged only once the whole answer is read.
+                        if r.text().await.is_ok() && acked.fetch_add(1, Ordering::SeqCst) + 1 >= KILL_AFTER {
+                            enough.notify_one();
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    tokio::time::timeout(Duration::from_secs(20), enough.notified()).await.expect("40 increments within 20 s");
+    s.child.kill().unwrap(); // SIGKILL
+    s.child.wait().unwrap();
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(15), t).await.expect("clients stop when the server dies").unwrap();
+    }
+    let (sent, acked) = (sent.load(Ordering::SeqCst), acked.load(Ordering::SeqCst));
+    assert!(acked >= KILL_AFTER);
+    drop(s);
+
+    let s = Serve::start(&data);
+    s.ready(&client).await;
+    let r = client.post(format!("{}/v1/agents/c/invoke", s.base)).bearer_auth(&dev).body("hits").send().await.unwrap();
+    assert_eq!(r.status(), 200, "the agent is back after the restart");
+    let next: u64 = r.text().await.unwrap().parse().unwrap();
+    let stored = next - 1;
+    assert!(stored >= acked, "lost acknowledged increments: {stored} stored, {acked} acknowledged");
+    assert!(stored <= sent, "more increments than requests: {stored} stored, {sent} sent");
+}
