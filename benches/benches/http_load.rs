@@ -30,7 +30,8 @@ impl Run {
     fn report(&self, label: &str) -> f64 {
         let mut l = self.latencies.clone();
         l.sort();
-        let pct = |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or_default();
+        let pct =
+            |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or_default();
         let rps = self.requests as f64 / self.elapsed.as_secs_f64();
         println!(
             "{label:<28} {rps:>10.0} req/s   p50 {:>8.1} us   p99 {:>8.1} us   ({} requests)",
@@ -77,7 +78,12 @@ fn main() {
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = ServerConfig { data_dir: dir.path().to_owned(), ..ServerConfig::default() };
-        cfg.quotas = Quotas { invocations_per_second: 1_000_000, burst: 1_000_000, concurrent_invocations: 10_000, ..Quotas::default() };
+        cfg.quotas = Quotas {
+            invocations_per_second: 1_000_000,
+            burst: 1_000_000,
+            concurrent_invocations: 10_000,
+            ..Quotas::default()
+        };
         let state = cortex_host::server::build(cfg.clone()).await.unwrap();
         let mint = |tenant: Option<&str>, role: &str| {
             state

@@ -153,7 +153,9 @@ pub fn put_json<T: Serialize + ?Sized>(
 /// Read-modify-write with compare-and-swap: reads the document, computes the new value
 /// with `f` (given `None` if it does not exist), and writes it expecting the revision it
 /// read. On a conflict it reads again and calls `f` again, up to
-/// [`MAX_UPDATE_ATTEMPTS`] times, then returns the last conflict.
+/// [`MAX_UPDATE_ATTEMPTS`] times, then returns the last conflict. Between attempts it
+/// waits a random time up to an exponentially growing bound (at most 32 ms), so that many
+/// writers of one hot document do not keep colliding.
 ///
 /// Returns the value written and its revision. `f` may run more than once, so it should
 /// have no side effects. Concurrent updates of one document are never lost.
@@ -163,7 +165,10 @@ where
     F: FnMut(Option<T>) -> T,
 {
     let mut last = StoreError::Conflict(0);
-    for _ in 0..MAX_UPDATE_ATTEMPTS {
+    for attempt in 0..MAX_UPDATE_ATTEMPTS {
+        if attempt > 0 {
+            backoff(attempt);
+        }
         let (old, revision) = match get_json::<T>(collection, key)? {
             Some((value, revision)) => (Some(value), revision),
             None => (None, 0),
@@ -176,4 +181,13 @@ where
         }
     }
     Err(Error::Store(last))
+}
+
+/// Sleep a random time in `[0, min(2^attempt, 32)]` milliseconds ("full jitter").
+fn backoff(attempt: usize) {
+    use std::hash::{BuildHasher, Hasher};
+    let bound_us = 1000u64 << attempt.min(5);
+    // RandomState is seeded from the host's random source (wasi:random on wasm32-wasip2).
+    let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    std::thread::sleep(std::time::Duration::from_micros(r % (bound_us + 1)));
 }

@@ -74,7 +74,12 @@ impl Metrics {
             fuel: counter(&r, "cortex_fuel_used_total", "Fuel burned by invocations", &["tenant"]),
             peak_memory: peak,
             traps: counter(&r, "cortex_traps_total", "Invocations that ended on a trap or limit, by kind", &["kind"]),
-            host_calls: counter(&r, "cortex_host_calls_total", "Calls to Cortex imports by interface", &["tenant", "interface"]),
+            host_calls: counter(
+                &r,
+                "cortex_host_calls_total",
+                "Calls to Cortex imports by interface",
+                &["tenant", "interface"],
+            ),
             rate_limited: counter(
                 &r,
                 "cortex_rate_limited_total",

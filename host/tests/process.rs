@@ -44,7 +44,8 @@ fn run_prints_the_output_and_exits_0() {
 #[test]
 fn run_of_a_looping_agent_exits_1_with_deadline_exceeded() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run(&["run", art::HOSTILE, "--input", "loop", "--timeout", "200ms", "--data", dir.path().to_str().unwrap()]);
+    let out =
+        run(&["run", art::HOSTILE, "--input", "loop", "--timeout", "200ms", "--data", dir.path().to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("error[deadline_exceeded]"), "{stderr}");
@@ -84,7 +85,12 @@ impl Serve {
         let addr = line
             .trim()
             .strip_prefix("Cortex is serving on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}; stderr: {}", std::fs::read_to_string(format!("{data}.stderr")).unwrap_or_default()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line {line:?}; stderr: {}",
+                    std::fs::read_to_string(format!("{data}.stderr")).unwrap_or_default()
+                )
+            })
             .to_owned();
         let addr: std::net::SocketAddr = addr.parse().unwrap();
         assert_ne!(addr.port(), 0, "port 0 must be replaced by the real port");
@@ -104,10 +110,10 @@ impl Serve {
     /// Poll /readyz (bounded) until it answers 200.
     async fn ready(&self, client: &reqwest::Client) {
         for _ in 0..200 {
-            if let Ok(r) = client.get(format!("{}/readyz", self.base)).send().await {
-                if r.status() == 200 {
-                    return;
-                }
+            if let Ok(r) = client.get(format!("{}/readyz", self.base)).send().await
+                && r.status() == 200
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -142,10 +148,22 @@ impl Drop for Serve {
 /// Create tenant `t`, upload `module`, deploy it as `name`; returns a developer token.
 async fn deploy(s: &Serve, client: &reqwest::Client, module: &str, name: &str) -> String {
     let admin = s.token(None, "platform-admin");
-    let r = client.post(format!("{}/v1/tenants", s.base)).bearer_auth(&admin).json(&json!({"name": "t"})).send().await.unwrap();
+    let r = client
+        .post(format!("{}/v1/tenants", s.base))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "t"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     let dev = s.token(Some("t"), "developer");
-    let r = client.post(format!("{}/v1/modules", s.base)).bearer_auth(&dev).body(std::fs::read(module).unwrap()).send().await.unwrap();
+    let r = client
+        .post(format!("{}/v1/modules", s.base))
+        .bearer_auth(&dev)
+        .body(std::fs::read(module).unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     let digest = r.json::<Value>().await.unwrap()["digest"].as_str().unwrap().to_owned();
     let r = client

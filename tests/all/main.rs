@@ -1,7 +1,14 @@
 //! All integration tests in one binary (one link; see tests/README.md).
 
+// Test code may panic on broken set-up; clippy's in-test allowance misses helper functions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod api_security;
 mod common;
 mod counter;
 mod documents;
 mod hostile;
 mod load;
+mod server;
+mod store_contract;

@@ -53,6 +53,7 @@ pub async fn upload_module(
     }
     let bytes = body_bytes(body)?;
     let d = digest(&bytes);
+    let _quota = st.tenant_write_lock(&t.name).await;
     if let Some((existing, _)) = st.registry.get::<ModuleRecord>(RecordKind::Module, &scoped(&t.name, &d)).await? {
         return Ok((StatusCode::OK, Json(existing)));
     }
@@ -205,6 +206,7 @@ pub async fn deploy(
     if body.max_concurrency == 0 || body.max_concurrency > st.config.engine.max_instances {
         return Err(ApiError::BadRequest(format!("max_concurrency must be 1..={}", st.config.engine.max_instances)));
     }
+    let _quota = st.tenant_write_lock(&t.name).await;
     let key = scoped(&t.name, &body.name);
     if st.registry.get::<AgentRecord>(RecordKind::Agent, &key).await?.is_some() {
         return Err(ApiError::Conflict { code: "already_exists", message: format!("agent {:?} exists", body.name) });

@@ -104,7 +104,7 @@ async fn principal(st: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
         let Some((k, _)) = st.registry.get::<crate::registry::ApiKeyRecord>(RecordKind::ApiKey, id).await? else {
             return Err(unauthorized(format!("unknown key {id}")));
         };
-        if k.revoked || k.hash != auth::hash_secret(secret) {
+        if k.revoked || !auth::constant_time_eq(k.hash.as_bytes(), auth::hash_secret(secret).as_bytes()) {
             return Err(unauthorized(format!("revoked or wrong key {id}")));
         }
         if st.registry.get::<Tenant>(RecordKind::Tenant, &k.tenant).await?.is_none() {

@@ -127,6 +127,7 @@ pub struct AppState {
     modules_dir: PathBuf,
     modules: Mutex<HashMap<String, Arc<Module>>>,
     agents: RwLock<HashMap<String, Arc<Deployed>>>,
+    tenant_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -159,7 +160,21 @@ impl AppState {
             modules_dir,
             modules: Mutex::new(HashMap::new()),
             agents: RwLock::new(HashMap::new()),
+            tenant_locks: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Held while a tenant's quota is checked and what it counts is written, so that
+    /// concurrent requests cannot both pass the check.
+    pub async fn tenant_write_lock(&self, tenant: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = self
+            .tenant_locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(tenant.to_owned())
+            .or_default()
+            .clone();
+        m.lock_owned().await
     }
 
     fn module_path(&self, digest: &str) -> PathBuf {

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use super::{HostState, Interface};
 use super::bindings::cortex::agent::documents::{self as wit, Host};
+use super::{HostState, Interface};
 use crate::store::{self, KeyLimits, Scope, Store, StoreError, WriteOp};
 
 /// What the documents capability needs: a store, the caller's scope and the size limits.

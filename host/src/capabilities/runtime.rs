@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{HostState, Interface};
 use super::bindings::cortex::agent::runtime::{Host, Identity, Level};
+use super::{HostState, Interface};
 use crate::runtime::logbuf::{self, LogSink};
 
 /// Longest message of one log record, in bytes; longer ones are cut.

@@ -40,7 +40,14 @@ impl DocumentStore for Instrumented {
     async fn delete(&self, scope: &Scope, collection: &str, key: &str, expected: Option<u64>) -> Result<bool> {
         self.time("delete", self.inner.delete(scope, collection, key, expected)).await
     }
-    async fn list(&self, scope: &Scope, collection: &str, prefix: &str, limit: u32, cursor: Option<&str>) -> Result<Page> {
+    async fn list(
+        &self,
+        scope: &Scope,
+        collection: &str,
+        prefix: &str,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page> {
         self.time("list", self.inner.list(scope, collection, prefix, limit, cursor)).await
     }
     async fn transact(&self, scope: &Scope, ops: &[WriteOp]) -> Result<Vec<u64>> {
