@@ -50,6 +50,55 @@ pub struct ServerConfig {
     pub quotas: Quotas,
     /// Metrics.
     pub metrics: MetricsConfig,
+    /// Where documents and registry records live.
+    pub store: StoreConfig,
+}
+
+/// The storage backend: `[store] type = "embedded"` (default) or `"arangodb"`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// A redb file in the data directory.
+    #[default]
+    Embedded,
+    /// An ArangoDB server or cluster.
+    Arangodb(ArangoConfig),
+}
+
+/// Connection to ArangoDB.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArangoConfig {
+    /// Base URL, e.g. `http://127.0.0.1:8529`.
+    pub url: String,
+    /// Database name (created if missing when the user may).
+    #[serde(default = "default_arango_db")]
+    pub database: String,
+    /// User name.
+    #[serde(default = "default_arango_user")]
+    pub username: String,
+    /// File holding the password (never the password itself in config).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Connect timeout in milliseconds.
+    #[serde(default = "default_connect_ms")]
+    pub connect_timeout_ms: u64,
+    /// Request timeout in milliseconds.
+    #[serde(default = "default_request_ms")]
+    pub request_timeout_ms: u64,
+}
+
+fn default_arango_db() -> String {
+    "cortex".into()
+}
+fn default_arango_user() -> String {
+    "root".into()
+}
+fn default_connect_ms() -> u64 {
+    2_000
+}
+fn default_request_ms() -> u64 {
+    10_000
 }
 
 impl Default for ServerConfig {
@@ -63,6 +112,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             quotas: Quotas::default(),
             metrics: MetricsConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }

@@ -15,9 +15,9 @@ use tokio::net::TcpListener;
 use crate::api::auth::{AuthError, Verifier};
 use crate::api::error::ApiError;
 use crate::api::{self, AppState};
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, StoreConfig};
 use crate::runtime::{Runtime, RuntimeError};
-use crate::store::{EmbeddedStore, StoreError};
+use crate::store::{EmbeddedStore, Store, StoreError};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +47,15 @@ pub enum ServeError {
 
 /// Build the application state for `config` (store, runtime, verifier) and restore agents.
 pub async fn build(config: ServerConfig) -> Result<Arc<AppState>, ServeError> {
-    let store = Arc::new(EmbeddedStore::open(&config.data_dir.join("store"))?);
+    let store: Arc<dyn Store> = match &config.store {
+        StoreConfig::Embedded => Arc::new(EmbeddedStore::open(&config.data_dir.join("store"))?),
+        StoreConfig::Arangodb(_) => {
+            return Err(ServeError::Store(StoreError::Backend {
+                message: "the arangodb backend is not available in this build yet".into(),
+                transient: false,
+            }));
+        }
+    };
     let runtime = Runtime::new(config.engine.clone(), Some(&config.data_dir.join("cache")))?;
     let verifier = Verifier::new(&config.auth, &config.data_dir)?;
     let state = Arc::new(AppState::new(config, runtime, store, verifier)?);
