@@ -265,3 +265,51 @@ async fn acknowledged_increments_survive_sigkill() {
     assert!(stored >= acked, "lost acknowledged increments: {stored} stored, {acked} acknowledged");
     assert!(stored <= sent, "more increments than requests: {stored} stored, {sent} sent");
 }
+
+/// `cortex ARGS` against a server, as a user with `token` would type it.
+fn client(s: &Serve, token: &str, args: &[&str]) -> Output {
+    cortex(args).env("CORTEX_URL", &s.base).env("CORTEX_TOKEN", token).output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_drive_the_whole_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Serve::start(&dir.path().join("data"));
+    s.ready(&reqwest::Client::new()).await;
+    let admin = s.token(None, "platform-admin");
+    let ok = |out: Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = ok(client(&s, &admin, &["tenants", "create", "acme"]));
+    assert!(table.lines().next().unwrap().starts_with("NAME"), "tables for people: {table}");
+    let dev = s.token(Some("acme"), "developer");
+
+    let up: Value = serde_json::from_str(&ok(client(&s, &dev, &["modules", "upload", art::HELLO, "--json"]))).unwrap();
+    let digest = up["digest"].as_str().unwrap().to_owned();
+    ok(client(&s, &dev, &["agents", "deploy", "greeter", "--module", &digest, "--config", "k=v"]));
+    assert_eq!(ok(client(&s, &dev, &["invoke", "greeter", "--input", "cli"])), "Hello, cli!\n");
+
+    let agents: Value = serde_json::from_str(&ok(client(&s, &dev, &["agents", "list", "--json"]))).unwrap();
+    assert_eq!(agents[0]["name"], "greeter");
+    assert_eq!(agents[0]["invocations"], 1);
+    assert_eq!(agents[0]["config"]["k"], "v");
+
+    ok(client(&s, &dev, &["agents", "stop", "greeter"]));
+    let stopped = client(&s, &dev, &["invoke", "greeter"]);
+    assert_eq!(stopped.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&stopped.stderr).contains("agent_stopped"));
+
+    // A developer may not read the audit log: a clear error and a nonzero exit.
+    let denied = client(&s, &dev, &["audit"]);
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("403"), "{}", String::from_utf8_lossy(&denied.stderr));
+    let audit: Value = serde_json::from_str(&ok(client(&s, &admin, &["audit", "--json", "--tenant", "acme"]))).unwrap();
+    let events = audit.as_array().unwrap();
+    assert!(events.iter().any(|e| e["action"] == "POST /v1/agents"), "{audit}");
+    assert!(events.iter().all(|e| e["tenant"] == "acme"), "--tenant filters the audit log: {audit}");
+
+    ok(client(&s, &dev, &["agents", "delete", "greeter"]));
+    let agents: Value = serde_json::from_str(&ok(client(&s, &dev, &["agents", "list", "--json"]))).unwrap();
+    assert_eq!(agents, json!([]));
+}

@@ -248,11 +248,14 @@ pub struct AuditQuery {
 pub async fn list_audit(
     State(st): St,
     Extension(p): Extension<Principal>,
+    headers: HeaderMap,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<Vec<AuditEvent>>> {
     authorize(&p, Action::ReadAudit)?;
-    // Tenant-admins see their own tenant only, whatever they ask for.
-    let tenant = if p.role == Role::PlatformAdmin { q.tenant } else { p.tenant.clone() };
+    // Tenant-admins see their own tenant only, whatever they ask for; platform-admins may
+    // filter with `?tenant=` or the tenant header.
+    let named = headers.get(super::TENANT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let tenant = if p.role == Role::PlatformAdmin { q.tenant.or(named) } else { p.tenant.clone() };
     let limit = q.limit.unwrap_or(100).min(1000);
     let events = st
         .registry
