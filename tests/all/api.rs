@@ -38,6 +38,20 @@ async fn agent_lifecycle_from_upload_to_delete() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(s.invoke_ok(&dev, "svc", "config:mode").await, "v2");
 
+    // A config that init refuses: the error is returned and the old config stays in force.
+    let r = s
+        .req(Method::PUT, "/v1/agents/svc/config", &dev)
+        .json(&json!({ "config": { "mode": "v3", "reject": "test" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["code"], "init_agent_error");
+    assert!(problem["detail"].as_str().unwrap().contains("rejected: test"), "{problem}");
+    assert_eq!(s.invoke_ok(&dev, "svc", "config:mode").await, "v2");
+    assert_eq!(s.invoke_ok(&dev, "svc", "config:reject").await, "none");
+
     // Logs of the agent's own log calls.
     assert_eq!(s.invoke_ok(&dev, "svc", "log:lifecycle-marker").await, "logged");
     let logs = s.get_json(&dev, "/v1/agents/svc/logs").await;

@@ -363,7 +363,7 @@ impl Runtime {
         let bytes_in = match export {
             Export::Handle(input) => input.len(),
             Export::Init(cfg) => cfg.iter().map(|(k, v)| k.len() + v.len()).sum(),
-            Export::OnChange(events) => events.len(),
+            Export::OnChange(events) => events.iter().map(|e| e.collection.len() + e.key.len() + 24).sum(),
         };
         let run = async {
             let instance = module.pre.instantiate_async(&mut store).await?;

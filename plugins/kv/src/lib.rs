@@ -140,6 +140,14 @@ fn run(command: &str) -> Result<Result<String, StoreError>, AgentError> {
 }
 
 impl Agent for Kv {
+    /// Refuses a configuration with `reject` set, so hot reload failures can be tested.
+    fn init(config: Vec<(String, String)>) -> Result<(), AgentError> {
+        match config.iter().find(|(k, _)| k == "reject") {
+            Some((_, why)) => Err(AgentError::new("bad-config", format!("rejected: {why}"))),
+            None => Ok(()),
+        }
+    }
+
     fn handle(input: Vec<u8>) -> Result<Option<Vec<u8>>, AgentError> {
         let command = String::from_utf8(input)?;
         let text = match run(&command)? {
