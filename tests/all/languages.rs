@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cortex_host::runtime::{Limits, Runtime};
+use cortex_host::runtime::{EngineConfig, Limits, Runtime};
 use cortex_host::store::{DocumentStore, Scope};
 
 use crate::common::{Sandbox, engine_config, limits, text};
@@ -49,10 +49,23 @@ fn build(lang: &str) -> PathBuf {
     out.join(format!("{lang}-counter.wasm"))
 }
 
+/// The tests' engine, with room for compiling 12-18 MB components while other tests
+/// compile theirs on a loaded 2-core machine (up to ~70 s seen; the default bound is 120 s).
+fn lang_engine_config() -> EngineConfig {
+    EngineConfig { compile_timeout: Duration::from_secs(600), ..engine_config() }
+}
+
+/// A `Sandbox` (real store in a temp dir) whose runtime uses `lang_engine_config`.
+fn sandbox() -> Sandbox {
+    let Sandbox { store, dir, .. } = Sandbox::new();
+    let runtime = Runtime::new(lang_engine_config(), Some(&dir.path().join("cache"))).unwrap();
+    Sandbox { runtime, store, dir }
+}
+
 async fn check_language(lang: &str) {
     let path = build(lang);
     let bytes = std::fs::read(&path).unwrap();
-    let sb = Arc::new(Sandbox::new());
+    let sb = Arc::new(sandbox());
 
     // Admission: the same load path as a Rust agent; imports only WASI and our package.
     let started = Instant::now();
@@ -111,7 +124,7 @@ async fn check_language(lang: &str) {
 
     // A restart: a new runtime on the same cache folder loads the compiled code from the
     // cache (milliseconds, not the seconds of a compile) and the counter goes on.
-    let restarted = Runtime::new(engine_config(), Some(&sb.dir.path().join("cache"))).unwrap();
+    let restarted = Runtime::new(lang_engine_config(), Some(&sb.dir.path().join("cache"))).unwrap();
     let started = Instant::now();
     let cached = restarted.load(&bytes).await.unwrap();
     eprintln!("{lang}: cached load after restart {:?}", started.elapsed());

@@ -9,6 +9,7 @@ mod common;
 mod counter;
 mod documents;
 mod hostile;
+mod languages;
 mod load;
 mod server;
 mod store_contract;
