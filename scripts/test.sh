@@ -3,6 +3,9 @@
 # and doc tests. Guest components are built by the build itself (tests/artifacts/build.rs).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+# Toolchains for the Python, JavaScript/TypeScript, Go and C agents (apt, pip, npm, crates;
+# pinned in the repo; about a minute on a fresh machine, a fraction of a second after).
+scripts/install-language-toolchains.sh
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast "$@"
 else
