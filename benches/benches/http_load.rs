@@ -172,6 +172,7 @@ fn main() {
                 .report("wasmtime serve (peer)");
                 println!("ratio Cortex HTTP / wasmtime serve throughput: {:.2}", http / peer);
                 let _ = child.kill();
+                let _ = child.wait();
             }
             _ => println!(
                 "peer `wasmtime serve` skipped: set WASMTIME_SERVE_WASM to a wasi:http hello component and put \

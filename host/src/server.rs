@@ -17,7 +17,7 @@ use crate::api::error::ApiError;
 use crate::api::{self, AppState};
 use crate::config::{ServerConfig, StoreConfig};
 use crate::runtime::{Runtime, RuntimeError};
-use crate::store::{EmbeddedStore, Store, StoreError};
+use crate::store::{ArangoStore, EmbeddedStore, Store, StoreError};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -49,12 +49,7 @@ pub enum ServeError {
 pub async fn build(config: ServerConfig) -> Result<Arc<AppState>, ServeError> {
     let store: Arc<dyn Store> = match &config.store {
         StoreConfig::Embedded => Arc::new(EmbeddedStore::open(&config.data_dir.join("store"))?),
-        StoreConfig::Arangodb(_) => {
-            return Err(ServeError::Store(StoreError::Backend {
-                message: "the arangodb backend is not available in this build yet".into(),
-                transient: false,
-            }));
-        }
+        StoreConfig::Arangodb(cfg) => Arc::new(ArangoStore::connect(cfg).await?),
     };
     let runtime = Runtime::new(config.engine.clone(), Some(&config.data_dir.join("cache")))?;
     let verifier = Verifier::new(&config.auth, &config.data_dir)?;

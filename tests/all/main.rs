@@ -5,9 +5,11 @@
 
 mod api;
 mod api_security;
+mod arangodb;
 mod common;
 mod counter;
 mod documents;
+mod fake_arango;
 mod hostile;
 mod languages;
 mod load;

@@ -4,12 +4,14 @@
 //! [`Scope`] built by the host from the invocation's identity, so a backend keys all data
 //! by tenant and a guest can never name another tenant's data.
 
+pub mod arangodb;
 mod embedded;
 mod instrumented;
 pub mod keys;
 
 use std::sync::Arc;
 
+pub use arangodb::ArangoStore;
 pub use embedded::EmbeddedStore;
 pub use instrumented::{Instrumented, Observer};
 pub use keys::{KeyLimits, check_collection, check_key};

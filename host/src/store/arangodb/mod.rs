@@ -1,0 +1,587 @@
+//! The ArangoDB backend: arangors 0.6 (no default features, `rocksdb`) over our own
+//! reqwest client with connect and request timeouts ([`client`]).
+//!
+//! Layout, one database (`[store] database`), four collections:
+//! - `cortex_documents`: one ArangoDB document per stored document, for every tenant.
+//!   `_key` is the escaped `(tenant, collection, key)` ([`keys`]); the fields are `tenant`,
+//!   `collection`, `key` (the original), `khex` (hex of the key: sorts in byte order, also
+//!   under ArangoDB's ICU collation), `value` (the JSON text, kept verbatim), `rev` (our
+//!   revision: 1, 2, 3...) and `size`. A persistent index on `[tenant, collection, khex]`
+//!   serves `get`-by-prefix listing, usage sums and purges.
+//! - `cortex_records`: registry records, `_key` = escaped `(kind, key)`, value as hex.
+//! - `cortex_feed`: append-only event streams. `_key` = escaped stream + `-` + the sequence
+//!   number zero-padded to 20 digits, so a second writer of the same number is refused by
+//!   the primary index (409, unique constraint) and retries with the next one: numbers
+//!   are dense. The audit log is the stream `audit`; the change feed will be one stream per
+//!   tenant (`t:{tenant}`), appended in the same stream transaction as the write it reports.
+//!   ArangoDB has no change streams in a cluster, so readers poll `seq > cursor` in order.
+//! - `cortex_edges`: an edge collection, created now and unused until the store trait has
+//!   graph calls: edges will be `_from`/`_to` = `cortex_documents/{_key}` with a `tenant`
+//!   field, traversed with AQL `FOR v, e IN 1..n OUTBOUND` filtered on `e.tenant`.
+//!
+//! Compare-and-swap: our revision lives in `rev`; a write reads the document, checks
+//! `rev` against the expected revision, then replaces it with `If-Match: <_rev>` (or
+//! inserts it, refused with 409 when it exists). A 412 or 409 means someone wrote in
+//! between: the call starts over from the read, and reports a conflict only if the
+//! revision it then finds differs from the expected one. `transact` does the same inside
+//! one stream transaction (`x-arango-trx-id`), aborted on any failure. Multi-document
+//! transactions are ACID on a single server or a OneShard database only.
+
+pub mod client;
+pub mod keys;
+
+use std::path::Path;
+use std::time::Duration;
+
+use arangors::collection::Collection;
+use arangors::connection::GenericConnection;
+use arangors::document::options::{InsertOptions, RemoveOptions, ReplaceOptions};
+use arangors::index::{Index, IndexSettings};
+use arangors::transaction::{TransactionCollections, TransactionSettings};
+use arangors::{AqlQuery, ClientError, Database};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use self::client::{HttpClient, TRANSPORT, Timeouts, with_timeouts};
+use self::keys::{arango_key, escape, hex, unhex};
+use super::{Document, DocumentStore, Page, RecordKind, RecordStore, Result, Scope, StoreError, WriteOp};
+use crate::config::ArangoConfig;
+
+const DOCUMENTS: &str = "cortex_documents";
+const RECORDS: &str = "cortex_records";
+const FEED: &str = "cortex_feed";
+const EDGES: &str = "cortex_edges";
+/// The stream of the audit log in `cortex_feed`.
+const AUDIT_STREAM: &str = "audit";
+/// How often one call starts over after losing a race before it reports a transient error.
+const MAX_ATTEMPTS: usize = 64;
+/// Rows per cursor batch for AQL reads.
+const BATCH: u32 = 100;
+
+// ArangoDB error numbers (https://docs.arangodb.com/stable/develop/error-codes/).
+const ERR_CONFLICT: u16 = 1200;
+const ERR_NOT_FOUND: u16 = 1202;
+const ERR_COLLECTION_NOT_FOUND: u16 = 1203;
+const ERR_DUPLICATE_NAME: u16 = 1207;
+const ERR_UNIQUE: u16 = 1210;
+const ERR_DATABASE_NOT_FOUND: u16 = 1228;
+
+type Db = Database<HttpClient>;
+type Coll = Collection<HttpClient>;
+
+/// Documents, records and the audit log in ArangoDB.
+#[derive(Clone)]
+pub struct ArangoStore {
+    db: Db,
+    docs: Coll,
+    records: Coll,
+    feed: Coll,
+}
+
+impl std::fmt::Debug for ArangoStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArangoStore").field("database", &self.db.name()).finish_non_exhaustive()
+    }
+}
+
+/// Map an arangors error onto ours; transport failures and server overload are transient.
+fn backend(e: ClientError) -> StoreError {
+    let transient = match &e {
+        ClientError::HttpClient(m) => m.starts_with(TRANSPORT),
+        ClientError::Arango(a) => matches!(a.code(), 503 | 429 | 408) || a.error_num() == ERR_CONFLICT,
+        _ => false,
+    };
+    StoreError::Backend { message: format!("arangodb: {e}"), transient }
+}
+
+fn arango_error(e: &ClientError) -> Option<(u16, u16)> {
+    match e {
+        ClientError::Arango(a) => Some((a.code(), a.error_num())),
+        _ => None,
+    }
+}
+
+/// A write lost a race (412 precondition failed, 409 conflict or unique constraint, or
+/// 404 because the document went away): start over from the read.
+fn lost_race(e: &ClientError) -> bool {
+    matches!(arango_error(e), Some((412 | 409 | 404, _)))
+}
+
+fn is_not_found(e: &ClientError) -> bool {
+    matches!(arango_error(e), Some((404, ERR_NOT_FOUND)))
+}
+
+fn too_busy(what: &str) -> StoreError {
+    StoreError::Backend { message: format!("arangodb: {what} lost {MAX_ATTEMPTS} races in a row"), transient: true }
+}
+
+/// One stored document, as kept in `cortex_documents`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StoredDoc {
+    tenant: String,
+    collection: String,
+    key: String,
+    khex: String,
+    value: String,
+    rev: u64,
+    size: u64,
+}
+
+/// One registry record, as kept in `cortex_records`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StoredRecord {
+    kind: String,
+    key: String,
+    khex: String,
+    /// Hex of the record's bytes.
+    value: String,
+    rev: u64,
+}
+
+/// One event, as kept in `cortex_feed`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StoredEvent {
+    stream: String,
+    seq: u64,
+    /// Hex of the event's bytes.
+    value: String,
+}
+
+fn with_key<T: Serialize>(key: &str, body: &T) -> Result<Value> {
+    let mut v = serde_json::to_value(body)
+        .map_err(|e| StoreError::Backend { message: format!("arangodb: encoding: {e}"), transient: false })?;
+    if let Value::Object(m) = &mut v {
+        m.insert("_key".into(), Value::String(key.to_owned()));
+    }
+    Ok(v)
+}
+
+fn bytes_of(hex_value: &str) -> Result<Vec<u8>> {
+    unhex(hex_value).ok_or_else(|| StoreError::Corrupted("arangodb: a stored value is not hex".into()))
+}
+
+/// Read a document and its `_rev`; `None` when absent.
+async fn read<T: Serialize + DeserializeOwned>(coll: &Coll, key: &str) -> Result<Option<(String, T)>> {
+    match coll.document::<T>(key).await {
+        Ok(d) => Ok(Some((d.header._rev, d.document))),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(backend(e)),
+    }
+}
+
+/// What one CAS step did.
+enum Step<T> {
+    Done(T),
+    /// Lost a race: read again and retry.
+    Retry,
+}
+
+/// Write `body` at `key` if the current revision matches `expected`; returns the new revision.
+async fn cas_put<T, F>(
+    coll: &Coll,
+    key: &str,
+    expected: Option<u64>,
+    rev_of: fn(&T) -> u64,
+    make: F,
+) -> Result<Step<u64>>
+where
+    T: Serialize + DeserializeOwned,
+    F: FnOnce(u64) -> T,
+{
+    let current = read::<T>(coll, key).await?;
+    let now = current.as_ref().map_or(0, |(_, d)| rev_of(d));
+    if expected.is_some_and(|want| want != now) {
+        return Err(StoreError::Conflict { current: now });
+    }
+    let next = now + 1;
+    let body = with_key(key, &make(next))?;
+    let res = match current {
+        None => coll.create_document(body, InsertOptions::default()).await.map(|_| ()),
+        Some((rev, _)) => coll.replace_document(key, body, ReplaceOptions::default(), Some(rev)).await.map(|_| ()),
+    };
+    match res {
+        Ok(()) => Ok(Step::Done(next)),
+        Err(e) if lost_race(&e) => Ok(Step::Retry),
+        Err(e) => Err(backend(e)),
+    }
+}
+
+/// Remove `key` if the current revision matches `expected`; returns whether it existed.
+async fn cas_delete<T>(coll: &Coll, key: &str, expected: Option<u64>, rev_of: fn(&T) -> u64) -> Result<Step<bool>>
+where
+    T: Serialize + DeserializeOwned,
+{
+    let current = read::<T>(coll, key).await?;
+    let now = current.as_ref().map_or(0, |(_, d)| rev_of(d));
+    if expected.is_some_and(|want| want != now) {
+        return Err(StoreError::Conflict { current: now });
+    }
+    let Some((rev, _)) = current else { return Ok(Step::Done(false)) };
+    match coll.remove_document::<Value>(key, RemoveOptions::default(), Some(rev)).await {
+        Ok(_) => Ok(Step::Done(true)),
+        Err(e) if lost_race(&e) => Ok(Step::Retry),
+        Err(e) => Err(backend(e)),
+    }
+}
+
+fn doc_rev(d: &StoredDoc) -> u64 {
+    d.rev
+}
+fn record_rev(r: &StoredRecord) -> u64 {
+    r.rev
+}
+
+fn doc_key(tenant: &str, collection: &str, key: &str) -> String {
+    arango_key(&[tenant, collection, key])
+}
+
+fn stored_doc(tenant: &str, collection: &str, key: &str, value: &str) -> impl FnOnce(u64) -> StoredDoc {
+    let (tenant, collection, key, value) = (tenant.to_owned(), collection.to_owned(), key.to_owned(), value.to_owned());
+    move |rev| StoredDoc { khex: hex(key.as_bytes()), size: value.len() as u64, tenant, collection, key, value, rev }
+}
+
+/// The `_key` of event `seq` of `stream`.
+fn event_key(stream: &str, seq: u64) -> String {
+    let mut k = String::new();
+    escape(stream, &mut k);
+    format!("{k}-{seq:020}")
+}
+
+impl ArangoStore {
+    /// Connect, create the database and collections when missing (and allowed), and check
+    /// that the server answers. Reads the password from `password_file` when set.
+    pub async fn connect(cfg: &ArangoConfig) -> Result<Self> {
+        let password = match &cfg.password_file {
+            Some(p) => read_password(p)?,
+            None => String::new(),
+        };
+        let t = Timeouts {
+            connect: Duration::from_millis(cfg.connect_timeout_ms),
+            request: Duration::from_millis(cfg.request_timeout_ms),
+        };
+        with_timeouts(t, Self::connect_inner(cfg, password)).await
+    }
+
+    async fn connect_inner(cfg: &ArangoConfig, password: String) -> Result<Self> {
+        let conn = GenericConnection::<HttpClient>::establish_basic_auth(&cfg.url, &cfg.username, &password)
+            .await
+            .map_err(backend)?;
+        let db = match conn.db(&cfg.database).await {
+            Ok(db) => db,
+            Err(e) if matches!(arango_error(&e), Some((404, ERR_DATABASE_NOT_FOUND))) => {
+                match conn.create_database(&cfg.database).await {
+                    Ok(db) => db,
+                    // Created by another node meanwhile.
+                    Err(e) if matches!(arango_error(&e), Some((409, _))) => {
+                        conn.db(&cfg.database).await.map_err(backend)?
+                    }
+                    Err(e) => return Err(backend(e)),
+                }
+            }
+            Err(e) => return Err(backend(e)),
+        };
+        let docs = ensure_collection(&db, DOCUMENTS, false).await?;
+        let records = ensure_collection(&db, RECORDS, false).await?;
+        let feed = ensure_collection(&db, FEED, false).await?;
+        ensure_collection(&db, EDGES, true).await?;
+        ensure_index(&db, DOCUMENTS, "cortex_documents_by_key", &["tenant", "collection", "khex"]).await?;
+        ensure_index(&db, RECORDS, "cortex_records_by_key", &["kind", "khex"]).await?;
+        ensure_index(&db, FEED, "cortex_feed_by_seq", &["stream", "seq"]).await?;
+        Ok(Self { db, docs, records, feed })
+    }
+
+    /// Run an AQL query and collect every batch.
+    async fn query<R: DeserializeOwned>(&self, query: &str, vars: Vec<(&str, Value)>) -> Result<Vec<R>> {
+        let aql = AqlQuery::builder().query(query).bind_vars(vars.into_iter().collect()).batch_size(BATCH).build();
+        self.db.aql_query::<R>(aql).await.map_err(backend)
+    }
+
+    /// One attempt of `transact`: a stream transaction, committed only if every op passes.
+    async fn transact_once(&self, scope: &Scope, ops: &[WriteOp]) -> Result<Step<Vec<u64>>> {
+        let settings = TransactionSettings::builder()
+            .collections(TransactionCollections::builder().write(vec![DOCUMENTS.to_owned()]).build())
+            .wait_for_sync(true)
+            .build();
+        let trx = self.db.begin_transaction(settings).await.map_err(backend)?;
+        let coll = self.docs.clone_with_transaction(trx.id().clone()).map_err(backend)?;
+        let outcome = async {
+            let mut revisions = Vec::with_capacity(ops.len());
+            for op in ops {
+                let step = match op {
+                    WriteOp::Put { collection, key, value, expected } => {
+                        let k = doc_key(&scope.tenant, collection, key);
+                        let make = stored_doc(&scope.tenant, collection, key, value);
+                        cas_put(&coll, &k, *expected, doc_rev, make).await?
+                    }
+                    WriteOp::Delete { collection, key, expected } => {
+                        let k = doc_key(&scope.tenant, collection, key);
+                        match cas_delete::<StoredDoc>(&coll, &k, *expected, doc_rev).await? {
+                            Step::Done(_) => Step::Done(0),
+                            Step::Retry => Step::Retry,
+                        }
+                    }
+                };
+                match step {
+                    Step::Done(rev) => revisions.push(rev),
+                    Step::Retry => return Ok(Step::Retry),
+                }
+            }
+            Ok(Step::Done(revisions))
+        }
+        .await;
+        match outcome {
+            Ok(Step::Done(revisions)) => match trx.commit().await {
+                Ok(_) => Ok(Step::Done(revisions)),
+                Err(e) if lost_race(&e) => Ok(Step::Retry),
+                Err(e) => Err(backend(e)),
+            },
+            other => {
+                // Best effort: an abort that fails leaves the transaction to the server's idle timeout.
+                if let Err(e) = trx.abort().await {
+                    tracing::warn!(error = %e, "arangodb: aborting a stream transaction failed");
+                }
+                other
+            }
+        }
+    }
+}
+
+fn read_password(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+async fn ensure_collection(db: &Db, name: &str, edge: bool) -> Result<Coll> {
+    match db.collection(name).await {
+        Ok(c) => return Ok(c),
+        Err(e) if matches!(arango_error(&e), Some((404, ERR_COLLECTION_NOT_FOUND))) => {}
+        Err(e) => return Err(backend(e)),
+    }
+    let created = if edge { db.create_edge_collection(name).await } else { db.create_collection(name).await };
+    match created {
+        Ok(c) => Ok(c),
+        Err(e) if matches!(arango_error(&e), Some((409, ERR_DUPLICATE_NAME))) => {
+            db.collection(name).await.map_err(backend)
+        }
+        Err(e) => Err(backend(e)),
+    }
+}
+
+/// Create a persistent index; creating an identical one again is a no-op in ArangoDB.
+async fn ensure_index(db: &Db, collection: &str, name: &str, fields: &[&str]) -> Result<()> {
+    let index = Index::builder()
+        .name(name)
+        .fields(fields.iter().map(|f| (*f).to_owned()).collect())
+        .settings(IndexSettings::Persistent { unique: false, sparse: false, deduplicate: false })
+        .build();
+    db.create_index(collection, &index).await.map(|_| ()).map_err(backend)
+}
+
+#[async_trait::async_trait]
+impl DocumentStore for ArangoStore {
+    async fn get(&self, scope: &Scope, collection: &str, key: &str) -> Result<Option<Document>> {
+        let k = doc_key(&scope.tenant, collection, key);
+        let Some((_, d)) = read::<StoredDoc>(&self.docs, &k).await? else { return Ok(None) };
+        if *d.tenant != *scope.tenant || d.collection != collection || d.key != key {
+            return Err(StoreError::Corrupted(format!(
+                "arangodb: document {k} does not hold the names its key encodes"
+            )));
+        }
+        Ok(Some(Document { key: d.key, value: d.value, revision: d.rev }))
+    }
+
+    async fn put(&self, scope: &Scope, collection: &str, key: &str, value: &str, expected: Option<u64>) -> Result<u64> {
+        let k = doc_key(&scope.tenant, collection, key);
+        for _ in 0..MAX_ATTEMPTS {
+            let make = stored_doc(&scope.tenant, collection, key, value);
+            if let Step::Done(rev) = cas_put(&self.docs, &k, expected, doc_rev, make).await? {
+                return Ok(rev);
+            }
+        }
+        Err(too_busy("put"))
+    }
+
+    async fn delete(&self, scope: &Scope, collection: &str, key: &str, expected: Option<u64>) -> Result<bool> {
+        let k = doc_key(&scope.tenant, collection, key);
+        for _ in 0..MAX_ATTEMPTS {
+            if let Step::Done(existed) = cas_delete::<StoredDoc>(&self.docs, &k, expected, doc_rev).await? {
+                return Ok(existed);
+            }
+        }
+        Err(too_busy("delete"))
+    }
+
+    async fn list(
+        &self,
+        scope: &Scope,
+        collection: &str,
+        prefix: &str,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page> {
+        if limit == 0 {
+            return Ok(Page::default());
+        }
+        #[derive(Deserialize)]
+        struct Row {
+            key: String,
+            value: String,
+            rev: u64,
+        }
+        let rows: Vec<Row> = self
+            .query(
+                "FOR d IN cortex_documents \
+                 FILTER d.tenant == @tenant AND d.collection == @collection \
+                 AND STARTS_WITH(d.khex, @prefix) AND d.khex > @after \
+                 SORT d.khex LIMIT @limit \
+                 RETURN { key: d.key, value: d.value, rev: d.rev }",
+                vec![
+                    ("tenant", json!(&*scope.tenant)),
+                    ("collection", json!(collection)),
+                    ("prefix", json!(hex(prefix.as_bytes()))),
+                    ("after", json!(cursor.map(|c| hex(c.as_bytes())).unwrap_or_default())),
+                    ("limit", json!(u64::from(limit) + 1)),
+                ],
+            )
+            .await?;
+        let mut page = Page::default();
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        for row in rows {
+            if page.documents.len() == limit {
+                page.next = page.documents.last().map(|d| d.key.clone());
+                break;
+            }
+            page.documents.push(Document { key: row.key, value: row.value, revision: row.rev });
+        }
+        Ok(page)
+    }
+
+    async fn transact(&self, scope: &Scope, ops: &[WriteOp]) -> Result<Vec<u64>> {
+        for _ in 0..MAX_ATTEMPTS {
+            if let Step::Done(revisions) = self.transact_once(scope, ops).await? {
+                return Ok(revisions);
+            }
+        }
+        Err(too_busy("transact"))
+    }
+}
+
+#[async_trait::async_trait]
+impl RecordStore for ArangoStore {
+    async fn record_get(&self, kind: RecordKind, key: &str) -> Result<Option<(Vec<u8>, u64)>> {
+        let k = arango_key(&[kind.as_str(), key]);
+        let Some((_, r)) = read::<StoredRecord>(&self.records, &k).await? else { return Ok(None) };
+        Ok(Some((bytes_of(&r.value)?, r.rev)))
+    }
+
+    async fn record_put(&self, kind: RecordKind, key: &str, value: Vec<u8>, expected: Option<u64>) -> Result<u64> {
+        let k = arango_key(&[kind.as_str(), key]);
+        let value = hex(&value);
+        for _ in 0..MAX_ATTEMPTS {
+            let make = |rev| StoredRecord {
+                kind: kind.as_str().to_owned(),
+                key: key.to_owned(),
+                khex: hex(key.as_bytes()),
+                value: value.clone(),
+                rev,
+            };
+            if let Step::Done(rev) = cas_put(&self.records, &k, expected, record_rev, make).await? {
+                return Ok(rev);
+            }
+        }
+        Err(too_busy("record_put"))
+    }
+
+    async fn record_delete(&self, kind: RecordKind, key: &str) -> Result<bool> {
+        let k = arango_key(&[kind.as_str(), key]);
+        for _ in 0..MAX_ATTEMPTS {
+            if let Step::Done(existed) = cas_delete::<StoredRecord>(&self.records, &k, None, record_rev).await? {
+                return Ok(existed);
+            }
+        }
+        Err(too_busy("record_delete"))
+    }
+
+    async fn record_list(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        #[derive(Deserialize)]
+        struct Row {
+            key: String,
+            value: String,
+        }
+        let rows: Vec<Row> = self
+            .query(
+                "FOR r IN cortex_records \
+                 FILTER r.kind == @kind AND STARTS_WITH(r.khex, @prefix) \
+                 SORT r.khex \
+                 RETURN { key: r.key, value: r.value }",
+                vec![("kind", json!(kind.as_str())), ("prefix", json!(hex(prefix.as_bytes())))],
+            )
+            .await?;
+        rows.into_iter().map(|r| Ok((r.key, bytes_of(&r.value)?))).collect()
+    }
+
+    async fn audit_append(&self, event: Vec<u8>) -> Result<u64> {
+        let value = hex(&event);
+        for _ in 0..MAX_ATTEMPTS {
+            let last: Vec<u64> = self
+                .query(
+                    "FOR e IN cortex_feed FILTER e.stream == @stream SORT e.seq DESC LIMIT 1 RETURN e.seq",
+                    vec![("stream", json!(AUDIT_STREAM))],
+                )
+                .await?;
+            let seq = last.first().copied().unwrap_or(0) + 1;
+            let body = with_key(
+                &event_key(AUDIT_STREAM, seq),
+                &StoredEvent { stream: AUDIT_STREAM.to_owned(), seq, value: value.clone() },
+            )?;
+            match self.feed.create_document(body, InsertOptions::default()).await {
+                Ok(_) => return Ok(seq),
+                // Another writer took `seq` first: the primary index refused ours.
+                Err(e) if matches!(arango_error(&e), Some((409, ERR_UNIQUE))) => continue,
+                Err(e) => return Err(backend(e)),
+            }
+        }
+        Err(too_busy("audit_append"))
+    }
+
+    async fn audit_list(&self, since: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        #[derive(Deserialize)]
+        struct Row {
+            seq: u64,
+            value: String,
+        }
+        let rows: Vec<Row> = self
+            .query(
+                "FOR e IN cortex_feed FILTER e.stream == @stream AND e.seq > @since \
+                 SORT e.seq LIMIT @limit RETURN { seq: e.seq, value: e.value }",
+                vec![("stream", json!(AUDIT_STREAM)), ("since", json!(since)), ("limit", json!(limit))],
+            )
+            .await?;
+        rows.into_iter().map(|r| Ok((r.seq, bytes_of(&r.value)?))).collect()
+    }
+
+    async fn purge_tenant_documents(&self, tenant: &str) -> Result<u64> {
+        let n: Vec<u64> = self
+            .query(
+                "LET removed = (FOR d IN cortex_documents FILTER d.tenant == @tenant \
+                 REMOVE d IN cortex_documents RETURN 1) RETURN LENGTH(removed)",
+                vec![("tenant", json!(tenant))],
+            )
+            .await?;
+        Ok(n.first().copied().unwrap_or(0))
+    }
+
+    async fn stored_bytes(&self, tenant: &str) -> Result<u64> {
+        let n: Vec<Option<u64>> = self
+            .query(
+                "RETURN SUM(FOR d IN cortex_documents FILTER d.tenant == @tenant RETURN d.size)",
+                vec![("tenant", json!(tenant))],
+            )
+            .await?;
+        Ok(n.first().copied().flatten().unwrap_or(0))
+    }
+}

@@ -1,0 +1,195 @@
+//! The ArangoDB backend: the store contract against the loopback fake of ArangoDB's HTTP API
+//! (`fake_arango`), key sanitising, timeouts, and the contract against a real server when
+//! `CORTEX_TEST_ARANGODB_URL` is set.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cortex_host::config::ArangoConfig;
+use cortex_host::store::{ArangoStore, DocumentStore, RecordKind, RecordStore, Scope, StoreError};
+
+use crate::fake_arango::{FakeArango, PASSWORD, USER};
+use crate::store_contract::contract;
+
+fn config(url: &str, dir: &tempfile::TempDir, password: &str) -> ArangoConfig {
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, format!("{password}\n")).unwrap();
+    ArangoConfig {
+        url: url.to_owned(),
+        database: "cortex_test".into(),
+        username: USER.into(),
+        password_file: Some(password_file),
+        connect_timeout_ms: 500,
+        request_timeout_ms: 2_000,
+    }
+}
+
+async fn connected() -> (FakeArango, ArangoStore, tempfile::TempDir) {
+    let fake = FakeArango::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArangoStore::connect(&config(&fake.url, &dir, PASSWORD)).await.unwrap();
+    (fake, store, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arangodb_backend_passes_the_contract_against_the_fake_server() {
+    let (fake, store, _dir) = connected().await;
+    contract(Arc::new(store)).await;
+    let log = fake.state.lock().unwrap().log.clone();
+    // The protocol paths the contract exercised.
+    for want in [
+        "POST /_api/database",
+        "POST /_db/cortex_test/_api/transaction/begin",
+        "DELETE /_db/cortex_test/_api/transaction/",
+        "PUT /_db/cortex_test/_api/transaction/",
+        "POST /_db/cortex_test/_api/cursor",
+    ] {
+        assert!(log.iter().any(|l| l.starts_with(want)), "no request {want:?}");
+    }
+}
+
+#[tokio::test]
+async fn connecting_twice_reuses_the_database_and_collections() {
+    let (fake, store, dir) = connected().await;
+    let a = Scope::new("t", "agent");
+    store.put(&a, "c", "k", "1", None).await.unwrap();
+    let again = ArangoStore::connect(&config(&fake.url, &dir, PASSWORD)).await.unwrap();
+    assert_eq!(again.get(&a, "c", "k").await.unwrap().unwrap().revision, 1);
+}
+
+#[tokio::test]
+async fn wrong_password_is_refused_and_not_transient() {
+    let fake = FakeArango::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let e = ArangoStore::connect(&config(&fake.url, &dir, "wrong")).await.unwrap_err();
+    assert!(matches!(e, StoreError::Backend { transient: false, .. }), "{e}");
+}
+
+#[tokio::test]
+async fn keys_with_colons_slashes_and_dots_round_trip_and_never_collide_across_tenants() {
+    let (fake, store, _dir) = connected().await;
+    let keys = ["a:b", "a/b", "a.b", "a_b", "a-b", "a__b", "a_cb", "orders/2024:01.x", "_", "-", &"k:".repeat(300)];
+    for tenant in ["t", "t-c", "t_"] {
+        let s = Scope::new(tenant, "agent");
+        for (i, k) in keys.iter().enumerate() {
+            store.put(&s, "c", k, &format!("\"{tenant}{i}\""), Some(0)).await.unwrap();
+        }
+    }
+    // A tenant `t` with collection `c-x` must not meet tenant `t-c` with collection `x`.
+    store.put(&Scope::new("t", "agent"), "c-x", "k", "1", Some(0)).await.unwrap();
+    assert_eq!(store.get(&Scope::new("t-c", "agent"), "x", "k").await.unwrap(), None);
+    for tenant in ["t", "t-c", "t_"] {
+        let s = Scope::new(tenant, "agent");
+        for (i, k) in keys.iter().enumerate() {
+            let d = store.get(&s, "c", k).await.unwrap().unwrap();
+            assert_eq!((d.key.as_str(), d.value.as_str(), d.revision), (*k, format!("\"{tenant}{i}\"").as_str(), 1));
+        }
+        let mut want: Vec<&str> = keys.to_vec();
+        want.sort();
+        let page = store.list(&s, "c", "", 100, None).await.unwrap();
+        assert_eq!(page.documents.iter().map(|d| d.key.as_str()).collect::<Vec<_>>(), want, "byte order");
+        let page = store.list(&s, "c", "a/", 100, None).await.unwrap();
+        assert_eq!(page.documents.iter().map(|d| d.key.as_str()).collect::<Vec<_>>(), ["a/b"]);
+    }
+    let stored = fake.state.lock().unwrap().keys("cortex_test", "cortex_documents");
+    assert_eq!(stored.len(), 3 * keys.len() + 1, "one ArangoDB document per (tenant, collection, key)");
+    for k in &stored {
+        assert!(k.len() <= 254 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'), "{k}");
+    }
+}
+
+#[tokio::test]
+async fn record_lists_follow_cursor_batches() {
+    let (fake, store, _dir) = connected().await;
+    for i in 0..250 {
+        store
+            .record_put(RecordKind::Agent, &format!("t/{i:03}"), vec![u8::try_from(i % 256).unwrap()], Some(0))
+            .await
+            .unwrap();
+    }
+    let all = store.record_list(RecordKind::Agent, "t/").await.unwrap();
+    assert_eq!(all.len(), 250);
+    assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(all[7], ("t/007".to_owned(), vec![7]));
+    let log = fake.state.lock().unwrap().log.clone();
+    let next = log.iter().filter(|l| l.starts_with("PUT /_db/cortex_test/_api/cursor/")).count();
+    assert_eq!(next, 2, "250 rows in batches of 100: one POST and two PUTs");
+}
+
+#[tokio::test]
+async fn concurrent_audit_appends_get_dense_sequence_numbers() {
+    let (_fake, store, _dir) = connected().await;
+    let store = Arc::new(store);
+    let mut tasks = Vec::new();
+    for t in 0..4u8 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..10u8 {
+                got.push(s.audit_append(vec![t, i]).await.unwrap());
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=40).collect::<Vec<u64>>());
+    let listed = store.audit_list(0, 100).await.unwrap();
+    assert_eq!(listed.iter().map(|(s, _)| *s).collect::<Vec<_>>(), all);
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_fails_fast_and_transient() {
+    // Accepted by the kernel's backlog, never read: the request timeout must fire.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&format!("http://{}", silent.local_addr().unwrap()), &dir, PASSWORD);
+    cfg.request_timeout_ms = 300;
+    let started = Instant::now();
+    let e = ArangoStore::connect(&cfg).await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+
+    // A connected store whose server stops answering.
+    let fake = FakeArango::start().await;
+    let mut cfg = config(&fake.url, &dir, PASSWORD);
+    cfg.request_timeout_ms = 300;
+    let store = ArangoStore::connect(&cfg).await.unwrap();
+    fake.state.lock().unwrap().hang = true;
+    let started = Instant::now();
+    let e = store.get(&Scope::new("t", "a"), "c", "k").await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    drop(silent);
+}
+
+#[tokio::test]
+async fn an_unreachable_port_is_a_transient_error() {
+    // Bind then drop: nothing listens there any more, the connect is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let e = ArangoStore::connect(&config(&format!("http://127.0.0.1:{port}"), &dir, PASSWORD)).await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_arangodb_passes_the_contract() {
+    let Ok(url) = std::env::var("CORTEX_TEST_ARANGODB_URL") else {
+        eprintln!(
+            "skipped: CORTEX_TEST_ARANGODB_URL is not set (no ArangoDB server can run on this machine; \
+             the README's ArangoDB section says how to start one)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let password = std::env::var("CORTEX_TEST_ARANGODB_PASSWORD").unwrap_or_default();
+    let mut cfg = config(&url, &dir, &password);
+    cfg.username = std::env::var("CORTEX_TEST_ARANGODB_USER").unwrap_or_else(|_| "root".into());
+    // A fresh database per run: the contract needs an empty store.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    cfg.database = format!("cortex_contract_{nanos}");
+    contract(Arc::new(ArangoStore::connect(&cfg).await.unwrap())).await;
+}
