@@ -43,6 +43,10 @@ async fn arangodb_backend_passes_the_contract_against_the_fake_server() {
         "DELETE /_db/cortex_test/_api/transaction/",
         "PUT /_db/cortex_test/_api/transaction/",
         "POST /_db/cortex_test/_api/cursor",
+        "POST /_db/cortex_test/_api/document/cortex_feed",
+        "PUT /_db/cortex_test/_api/document/cortex_feed/t_cfeed_ha-head",
+        "POST /_db/cortex_test/_api/document/cortex_edges",
+        "DELETE /_db/cortex_test/_api/document/cortex_edges/",
     ] {
         assert!(log.iter().any(|l| l.starts_with(want)), "no request {want:?}");
     }

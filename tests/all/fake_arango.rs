@@ -6,7 +6,8 @@
 //! - `GET|POST /_db/{db}/_api/collection[/{name}]`, `POST /_db/{db}/_api/index?collection=`;
 //! - documents: `GET|POST|PUT|DELETE /_db/{db}/_api/document/{coll}[/{key}]`, `If-Match`
 //!   answered with 412 (error 1200) and the current `_rev`, insert of an existing `_key`
-//!   with 409 (error 1210), a write to a document another running transaction has written
+//!   with 409 (error 1210) unless `overwrite=true` (a replace-insert), an edge without
+//!   valid `_from`/`_to` handles with 400 (error 1233), a write to a document another running transaction has written
 //!   with 409 (error 1200, write-write conflict);
 //! - stream transactions: `POST /_db/{db}/_api/transaction/begin`, `PUT` (commit) and
 //!   `DELETE` (abort) `/_db/{db}/_api/transaction/{id}`; operations carrying
@@ -383,7 +384,8 @@ fn document(st: &mut State, req: &Req, db: &str, coll: &str, key: Option<&str>, 
         if let Some(mode) = req.query.get("overwriteMode").filter(|m| m.as_str() != "conflict") {
             return err(400, 10, &format!("the fake does not implement overwriteMode={mode}"));
         }
-        if current.is_some() {
+        let overwrite = req.query.get("overwrite").is_some_and(|v| v == "true");
+        if current.is_some() && !overwrite {
             return (
                 409,
                 json!({ "error": true, "code": 409, "errorNum": 1210, "errorMessage": "unique constraint violated - in index primary of type primary over '_key'", "_key": key }),
@@ -399,6 +401,12 @@ fn document(st: &mut State, req: &Req, db: &str, coll: &str, key: Option<&str>, 
                 json!({ "error": true, "code": 412, "errorNum": 1200, "errorMessage": "conflict, _rev values do not match", "_id": id, "_key": key, "_rev": cur["_rev"] }),
             );
         }
+    }
+    let is_edge = st.databases[db].collections[coll].kind == 3;
+    let handle =
+        |v: &Value| v.as_str().is_some_and(|h| h.split_once('/').is_some_and(|(c, k)| !c.is_empty() && !k.is_empty()));
+    if m != "DELETE" && is_edge && !(handle(&body["_from"]) && handle(&body["_to"])) {
+        return err(400, 1233, "edge attribute missing or invalid");
     }
     if locked_by_other(st, trx, coll, &key) {
         return err(409, 1200, "write-write conflict");
@@ -428,7 +436,7 @@ fn document(st: &mut State, req: &Req, db: &str, coll: &str, key: Option<&str>, 
         }
     }
     let mut out = json!({ "_id": id, "_key": key, "_rev": new_rev.clone().or(old_rev.clone()) });
-    if m == "PUT" {
+    if m == "PUT" || (m == "POST" && old_rev.is_some()) {
         out["_oldRev"] = old_rev.unwrap_or(Value::Null);
     }
     (if m == "DELETE" { 200 } else { 201 }, out)
@@ -495,10 +503,42 @@ fn run_query(st: &mut State, db: &str, q: &str, vars: &Value) -> Option<Vec<Valu
         "LET removed = (FOR d IN cortex_documents FILTER d.tenant == @tenant REMOVE d IN cortex_documents RETURN 1) RETURN LENGTH(removed)" =>
         {
             let tenant = s("tenant");
-            let coll = st.databases.get_mut(db)?.collections.get_mut("cortex_documents")?;
-            let before = coll.docs.len();
-            coll.docs.retain(|_, d| d["tenant"] != tenant.as_str());
-            Some(vec![json!(before - coll.docs.len())])
+            Some(vec![json!(remove_where(st, db, "cortex_documents", |d| d["tenant"] == tenant.as_str())?)])
+        }
+        "LET removed = (FOR e IN cortex_feed FILTER e.stream == @stream REMOVE e IN cortex_feed RETURN 1) RETURN LENGTH(removed)" =>
+        {
+            let stream = s("stream");
+            Some(vec![json!(remove_where(st, db, "cortex_feed", |e| e["stream"] == stream.as_str())?)])
+        }
+        "LET removed = (FOR e IN cortex_edges FILTER e.tenant == @tenant REMOVE e IN cortex_edges RETURN 1) RETURN LENGTH(removed)" =>
+        {
+            let tenant = s("tenant");
+            Some(vec![json!(remove_where(st, db, "cortex_edges", |e| e["tenant"] == tenant.as_str())?)])
+        }
+        "LET removed = (FOR e IN cortex_edges FILTER e.tenant == @tenant AND (e._from == @vertex OR e._to == @vertex) REMOVE e IN cortex_edges RETURN 1) RETURN LENGTH(removed)" =>
+        {
+            let (tenant, vertex) = (s("tenant"), s("vertex"));
+            let n = remove_where(st, db, "cortex_edges", |e| {
+                e["tenant"] == tenant.as_str() && (e["_from"] == vertex.as_str() || e["_to"] == vertex.as_str())
+            })?;
+            Some(vec![json!(n)])
+        }
+        "FOR e IN cortex_feed FILTER e.stream == @stream AND e.seq > @since SORT e.seq LIMIT @limit RETURN { seq: e.seq, collection: e.collection, key: e.key, op: e.op, rev: e.rev, agent: e.agent }" =>
+        {
+            let (stream, since) = (s("stream"), n("since"));
+            let mut rows: Vec<Value> = docs(st, "cortex_feed")
+                .into_iter()
+                .filter(|e| e["stream"] == stream.as_str() && e["seq"].as_u64().is_some_and(|q| q > since))
+                .collect();
+            rows.sort_by_key(|e| e["seq"].as_u64());
+            let pick = |e: Value| json!({ "seq": e["seq"], "collection": e["collection"], "key": e["key"], "op": e["op"], "rev": e["rev"], "agent": e["agent"] });
+            Some(rows.into_iter().take(n("limit") as usize).map(pick).collect())
+        }
+        "FOR e IN cortex_edges FILTER e._from == @vertex AND e.tenant == @tenant AND (@kind == null OR e.kind == @kind) SORT e.kh, e.th LIMIT @limit RETURN { from: e.from, to: e.to, kind: e.kind, attrs: e.attrs }" => {
+            Some(edges(docs(st, "cortex_edges"), vars, "_from", "th", None))
+        }
+        "FOR e IN cortex_edges FILTER e._to == @vertex AND e.tenant == @tenant AND (@kind == null OR e.kind == @kind) AND e._from != @skip SORT e.kh, e.fh LIMIT @limit RETURN { from: e.from, to: e.to, kind: e.kind, attrs: e.attrs }" => {
+            Some(edges(docs(st, "cortex_edges"), vars, "_to", "fh", Some(s("skip"))))
         }
         "RETURN SUM(FOR d IN cortex_documents FILTER d.tenant == @tenant RETURN d.size)" => {
             let tenant = s("tenant");
@@ -511,4 +551,30 @@ fn run_query(st: &mut State, db: &str, q: &str, vars: &Value) -> Option<Vec<Valu
         }
         _ => None,
     }
+}
+
+/// Remove the documents of `coll` matching `f`; how many went.
+fn remove_where(st: &mut State, db: &str, coll: &str, f: impl Fn(&Value) -> bool) -> Option<usize> {
+    let coll = st.databases.get_mut(db)?.collections.get_mut(coll)?;
+    let before = coll.docs.len();
+    coll.docs.retain(|_, d| !f(d));
+    Some(before - coll.docs.len())
+}
+
+/// The two neighbour queries: edges whose `end` (`_from` or `_to`) is `@vertex`, of
+/// `@tenant`, of `@kind` unless it is null, whose `_from` is not `skip`, sorted by
+/// `kh` then `other`, at most `@limit`.
+fn edges(all: Vec<Value>, vars: &Value, end: &str, other: &str, skip: Option<String>) -> Vec<Value> {
+    let mut rows: Vec<Value> = all
+        .into_iter()
+        .filter(|e| e[end] == vars["vertex"] && e["tenant"] == vars["tenant"])
+        .filter(|e| vars["kind"].is_null() || e["kind"] == vars["kind"])
+        .filter(|e| skip.as_deref().is_none_or(|s| e["_from"] != s))
+        .collect();
+    rows.sort_by(|a, b| (a["kh"].as_str(), a[other].as_str()).cmp(&(b["kh"].as_str(), b[other].as_str())));
+    let limit = vars["limit"].as_u64().unwrap_or(0) as usize;
+    rows.into_iter()
+        .take(limit)
+        .map(|e| json!({ "from": e["from"], "to": e["to"], "kind": e["kind"], "attrs": e["attrs"] }))
+        .collect()
 }

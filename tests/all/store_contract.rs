@@ -1,9 +1,13 @@
 //! One contract every storage backend must pass. Runs on the embedded store always; new
 //! backends add one `#[tokio::test]` calling [`contract`] with their constructor.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use cortex_host::store::{EmbeddedStore, RecordKind, Scope, Store, StoreError, WriteOp};
+use cortex_host::store::{
+    ChangeEvent, ChangeOp, Direction, Edge, EmbeddedStore, RecordKind, Scope, Store, StoreError, WriteOp,
+};
 
 fn put_op(c: &str, k: &str, v: &str, expected: Option<u64>) -> WriteOp {
     WriteOp::Put { collection: c.into(), key: k.into(), value: v.into(), expected }
@@ -104,10 +108,250 @@ pub async fn contract(s: Arc<dyn Store>) {
     }
     assert_eq!(won, 80);
     assert_eq!(s.get(&a, "n", "n").await.unwrap().unwrap().value, "80");
+    // The 80 swaps of the one key are 80 events in revision order.
+    let revs: Vec<u64> = all_events(&s, "tenant-a").await.iter().filter(|e| e.key == "n").map(|e| e.revision).collect();
+    assert_eq!(revs, (1..=80).collect::<Vec<u64>>());
+
+    feed_contract(&s).await;
+    concurrent_feed_contract(&s).await;
+    wait_contract(&s).await;
+    graph_contract(&s).await;
+}
+
+/// Every event of a tenant, checked to be numbered exactly 1..=N.
+async fn all_events(s: &Arc<dyn Store>, tenant: &str) -> Vec<ChangeEvent> {
+    let mut all: Vec<ChangeEvent> = Vec::new();
+    loop {
+        let since = all.last().map_or(0, |e| e.seq);
+        let page = s.feed_since(tenant, since, 7).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        all.extend(page);
+    }
+    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=all.len() as u64).collect::<Vec<_>>());
+    assert_eq!(s.feed_head(tenant).await.unwrap(), all.len() as u64);
+    all
+}
+
+fn ev(seq: u64, collection: &str, key: &str, op: ChangeOp, revision: u64, agent: &str) -> ChangeEvent {
+    ChangeEvent { seq, collection: collection.into(), key: key.into(), op, revision, agent: agent.into() }
+}
+
+/// The change feed: one event per effective write, in the write's own atomic step.
+async fn feed_contract(s: &Arc<dyn Store>) {
+    let a = Scope::new("feed-a", "writer");
+    let b = Scope::new("feed-b", "other");
+    assert_eq!(s.feed_head("feed-a").await.unwrap(), 0);
+    assert!(s.feed_since("feed-a", 0, 10).await.unwrap().is_empty());
+
+    assert_eq!(s.put(&a, "c", "k1", "1", Some(0)).await.unwrap(), 1);
+    assert_eq!(s.put(&a, "c", "k1", "2", None).await.unwrap(), 2);
+    // Refused or empty writes append nothing.
+    assert!(matches!(s.put(&a, "c", "k1", "x", Some(1)).await, Err(StoreError::Conflict { current: 2 })));
+    assert!(matches!(s.delete(&a, "c", "k1", Some(9)).await, Err(StoreError::Conflict { current: 2 })));
+    assert!(!s.delete(&a, "c", "absent", None).await.unwrap());
+    let rolled_back = [put_op("c", "k2", "1", Some(0)), put_op("c", "k1", "3", Some(7))];
+    assert!(matches!(s.transact(&a, &rolled_back).await, Err(StoreError::Conflict { current: 2 })));
+    assert_eq!(s.feed_head("feed-a").await.unwrap(), 2, "a failed CAS or a rolled-back transact appends nothing");
+    // Each op of a transaction is one event, in op order.
+    let ops = [
+        put_op("c", "k2", "1", Some(0)),
+        WriteOp::Delete { collection: "c".into(), key: "k1".into(), expected: Some(2) },
+        WriteOp::Delete { collection: "c".into(), key: "absent".into(), expected: None },
+        put_op("d", "k3", "{}", None),
+    ];
+    assert_eq!(s.transact(&a, &ops).await.unwrap(), vec![1, 0, 0, 1]);
+    assert!(s.delete(&a, "c", "k2", Some(1)).await.unwrap());
+    s.put(&b, "c", "k1", "\"b\"", None).await.unwrap();
+
+    let want = vec![
+        ev(1, "c", "k1", ChangeOp::Put, 1, "writer"),
+        ev(2, "c", "k1", ChangeOp::Put, 2, "writer"),
+        ev(3, "c", "k2", ChangeOp::Put, 1, "writer"),
+        ev(4, "c", "k1", ChangeOp::Delete, 2, "writer"),
+        ev(5, "d", "k3", ChangeOp::Put, 1, "writer"),
+        ev(6, "c", "k2", ChangeOp::Delete, 1, "writer"),
+    ];
+    assert_eq!(s.feed_since("feed-a", 0, 100).await.unwrap(), want);
+    assert_eq!(s.feed_head("feed-a").await.unwrap(), 6);
+    // Paging.
+    assert_eq!(s.feed_since("feed-a", 0, 4).await.unwrap(), want[..4]);
+    assert_eq!(s.feed_since("feed-a", 4, 4).await.unwrap(), want[4..]);
+    assert!(s.feed_since("feed-a", 6, 4).await.unwrap().is_empty());
+    assert!(s.feed_since("feed-a", 60, 4).await.unwrap().is_empty());
+    assert!(s.feed_since("feed-a", 0, 0).await.unwrap().is_empty());
+    // Tenants have separate feeds, each numbered from 1.
+    assert_eq!(s.feed_since("feed-b", 0, 100).await.unwrap(), vec![ev(1, "c", "k1", ChangeOp::Put, 1, "other")]);
+    assert!(s.feed_since("feed-none", 0, 100).await.unwrap().is_empty());
+
+    // Purging a tenant removes its feed; numbering starts again.
+    s.purge_tenant_documents("feed-a").await.unwrap();
+    assert_eq!(s.feed_head("feed-a").await.unwrap(), 0);
+    assert!(s.feed_since("feed-a", 0, 100).await.unwrap().is_empty());
+    assert_eq!(s.feed_head("feed-b").await.unwrap(), 1);
+    s.put(&a, "c", "k1", "1", None).await.unwrap();
+    assert_eq!(s.feed_since("feed-a", 0, 100).await.unwrap(), vec![ev(1, "c", "k1", ChangeOp::Put, 1, "writer")]);
+}
+
+/// Concurrent writers of one tenant: numbers 1..=N without gaps, each key's revisions in order.
+async fn concurrent_feed_contract(s: &Arc<dyn Store>) {
+    let mut tasks = Vec::new();
+    for task in 0..4 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let scope = Scope::new("feed-c", format!("w{task}"));
+            for i in 0..10 {
+                if i % 3 == 0 {
+                    let ops = [put_op("c", "shared", "1", None), put_op("c", &format!("own{task}"), "1", None)];
+                    s.transact(&scope, &ops).await.unwrap();
+                } else {
+                    s.put(&scope, "c", "shared", "1", None).await.unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let events = all_events(s, "feed-c").await;
+    assert_eq!(events.len(), 4 * (4 * 2 + 6));
+    let mut by_key: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for e in &events {
+        assert_eq!(e.op, ChangeOp::Put);
+        by_key.entry(&e.key).or_default().push(e.revision);
+    }
+    assert_eq!(by_key["shared"], (1..=40).collect::<Vec<u64>>(), "a key's events follow its revisions");
+    for task in 0..4 {
+        assert_eq!(by_key[format!("own{task}").as_str()], [1, 2, 3, 4]);
+    }
+    // A transaction's two events are adjacent and by the same writer.
+    for pair in events.windows(2).filter(|w| w[1].key.starts_with("own")) {
+        assert_eq!((pair[0].key.as_str(), &pair[0].agent), ("shared", &pair[1].agent));
+    }
+}
+
+/// `wait_for` returns because of a write, and only a write of its own tenant.
+async fn wait_contract(s: &Arc<dyn Store>) {
+    let w = Scope::new("feed-w", "agent");
+    assert_eq!(s.wait_for("feed-w", 0, Duration::from_millis(30)).await.unwrap(), 0, "times out with no write");
+    let waiter = {
+        let s = s.clone();
+        tokio::spawn(async move { s.wait_for("feed-w", 0, Duration::from_secs(60)).await.unwrap() })
+    };
+    tokio::task::yield_now().await;
+    let started = Instant::now();
+    s.put(&w, "c", "k", "1", None).await.unwrap();
+    // The 60 s timeout would return 0: 1 means the write ended the wait.
+    assert_eq!(waiter.await.unwrap(), 1);
+    assert!(started.elapsed() < Duration::from_secs(10), "woke after {:?}", started.elapsed());
+    // An earlier write is seen at once.
+    assert_eq!(s.wait_for("feed-w", 0, Duration::from_secs(60)).await.unwrap(), 1);
+    // Another tenant's write does not end the wait: it times out with the head unchanged.
+    let waiter = {
+        let s = s.clone();
+        tokio::spawn(async move { s.wait_for("feed-w", 1, Duration::from_millis(300)).await.unwrap() })
+    };
+    s.put(&Scope::new("feed-x", "agent"), "c", "k", "1", None).await.unwrap();
+    assert_eq!(waiter.await.unwrap(), 1);
+}
+
+fn edge(from: &str, to: &str, kind: &str, attrs: &str) -> Edge {
+    Edge { from: from.into(), to: to.into(), kind: kind.into(), attrs: attrs.into() }
+}
+
+/// Graph edges: link/unlink, neighbours by kind and direction, removal with an agent.
+async fn graph_contract(s: &Arc<dyn Store>) {
+    let t = "graph-a";
+    let n = |agent: &'static str, kind: Option<&'static str>, dir: Direction, limit: usize| {
+        let s = s.clone();
+        async move { s.neighbours(t, agent, kind, dir, limit).await.unwrap() }
+    };
+    s.link(t, "a", "b", "calls", r#"{"w":1}"#).await.unwrap();
+    s.link(t, "a", "c", "calls", "{}").await.unwrap();
+    s.link(t, "a", "b", "feeds", "{}").await.unwrap();
+    s.link(t, "c", "a", "calls", "{}").await.unwrap();
+    s.link(t, "a", "a", "self", "{}").await.unwrap();
+    s.link(t, "a", "b", "calls", r#"{"w":2}"#).await.unwrap(); // replaces
+    s.link("graph-b", "a", "b", "calls", "{}").await.unwrap();
+
+    let out = vec![
+        edge("a", "b", "calls", r#"{"w":2}"#),
+        edge("a", "c", "calls", "{}"),
+        edge("a", "b", "feeds", "{}"),
+        edge("a", "a", "self", "{}"),
+    ];
+    assert_eq!(n("a", None, Direction::Outgoing, 100).await, out, "sorted by kind, then the other agent");
+    assert_eq!(n("a", Some("calls"), Direction::Outgoing, 100).await, out[..2]);
+    assert_eq!(n("a", Some("call"), Direction::Outgoing, 100).await, []);
+    assert_eq!(n("a", None, Direction::Outgoing, 3).await, out[..3]);
+    assert_eq!(
+        n("a", None, Direction::Incoming, 100).await,
+        [edge("c", "a", "calls", "{}"), edge("a", "a", "self", "{}")]
+    );
+    let mut both = out.clone();
+    both.push(edge("c", "a", "calls", "{}"));
+    assert_eq!(n("a", None, Direction::Both, 100).await, both, "a self-loop is listed once");
+    assert_eq!(n("a", None, Direction::Both, 5).await, both);
+    assert_eq!(n("a", None, Direction::Both, 2).await, both[..2]);
+    assert_eq!(n("a", Some("calls"), Direction::Both, 100).await, [out[0].clone(), out[1].clone(), both[4].clone()]);
+    assert_eq!(n("b", None, Direction::Incoming, 100).await, [out[0].clone(), out[2].clone()]);
+    assert_eq!(n("b", None, Direction::Outgoing, 100).await, []);
+    assert_eq!(n("a", None, Direction::Both, 0).await, []);
+    // Tenants never see each other's edges.
+    assert_eq!(
+        s.neighbours("graph-b", "a", None, Direction::Both, 100).await.unwrap(),
+        [edge("a", "b", "calls", "{}")]
+    );
+    assert_eq!(s.neighbours("graph-c", "a", None, Direction::Both, 100).await.unwrap(), []);
+    assert!(!s.unlink("graph-b", "a", "c", "calls").await.unwrap());
+
+    assert!(s.unlink(t, "a", "b", "feeds").await.unwrap());
+    assert!(!s.unlink(t, "a", "b", "feeds").await.unwrap());
+    assert_eq!(n("b", None, Direction::Incoming, 100).await, [out[0].clone()]);
+
+    // Removing an agent's edges takes both directions and the self-loop, once each.
+    s.link(t, "b", "c", "calls", "{}").await.unwrap();
+    assert_eq!(s.remove_agent_edges(t, "a").await.unwrap(), 4);
+    assert_eq!(n("a", None, Direction::Both, 100).await, []);
+    assert_eq!(n("c", None, Direction::Both, 100).await, [edge("b", "c", "calls", "{}")]);
+    assert_eq!(s.remove_agent_edges(t, "a").await.unwrap(), 0);
+    assert_eq!(s.neighbours("graph-b", "a", None, Direction::Outgoing, 100).await.unwrap().len(), 1);
+
+    // Purging a tenant removes its edges.
+    s.purge_tenant_documents("graph-b").await.unwrap();
+    assert_eq!(s.neighbours("graph-b", "a", None, Direction::Both, 100).await.unwrap(), []);
+    assert_eq!(n("b", None, Direction::Outgoing, 100).await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_passes_the_contract() {
     let dir = tempfile::tempdir().unwrap();
     contract(Arc::new(EmbeddedStore::open(dir.path()).unwrap())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_feed_and_edges_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Scope::new("t", "agent");
+    {
+        let s: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        s.put(&a, "c", "k", "1", None).await.unwrap();
+        s.transact(&a, &[put_op("c", "k", "2", Some(1)), put_op("c", "j", "1", None)]).await.unwrap();
+        s.link("t", "x", "y", "calls", "{}").await.unwrap();
+    }
+    let s: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let events = all_events(&s, "t").await;
+    assert_eq!(
+        events,
+        [
+            ev(1, "c", "k", ChangeOp::Put, 1, "agent"),
+            ev(2, "c", "k", ChangeOp::Put, 2, "agent"),
+            ev(3, "c", "j", ChangeOp::Put, 1, "agent"),
+        ]
+    );
+    // A reader resumes after its cursor, and numbering continues.
+    s.delete(&a, "c", "j", None).await.unwrap();
+    assert_eq!(s.feed_since("t", 3, 10).await.unwrap(), [ev(4, "c", "j", ChangeOp::Delete, 1, "agent")]);
+    assert_eq!(s.neighbours("t", "y", None, Direction::Incoming, 10).await.unwrap(), [edge("x", "y", "calls", "{}")]);
 }

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Document, DocumentStore, Page, RecordKind, RecordStore, Result, Scope, Store, WriteOp};
+use super::{
+    ChangeEvent, Direction, Document, DocumentStore, Edge, FeedStore, GraphStore, Page, RecordKind, RecordStore,
+    Result, Scope, Store, WriteOp,
+};
 
 /// Called with the operation name and its latency.
 pub type Observer = Arc<dyn Fn(&'static str, Duration) + Send + Sync>;
@@ -80,5 +83,42 @@ impl RecordStore for Instrumented {
     }
     async fn stored_bytes(&self, tenant: &str) -> Result<u64> {
         self.time("stored_bytes", self.inner.stored_bytes(tenant)).await
+    }
+}
+
+#[async_trait::async_trait]
+impl FeedStore for Instrumented {
+    async fn feed_since(&self, tenant: &str, since: u64, limit: usize) -> Result<Vec<ChangeEvent>> {
+        self.time("feed_since", self.inner.feed_since(tenant, since, limit)).await
+    }
+    async fn feed_head(&self, tenant: &str) -> Result<u64> {
+        self.time("feed_head", self.inner.feed_head(tenant)).await
+    }
+    async fn wait_for(&self, tenant: &str, after: u64, timeout: Duration) -> Result<u64> {
+        // Not timed: its latency is how long the feed stayed quiet, not the store's speed.
+        self.inner.wait_for(tenant, after, timeout).await
+    }
+}
+
+#[async_trait::async_trait]
+impl GraphStore for Instrumented {
+    async fn link(&self, tenant: &str, from: &str, to: &str, kind: &str, attrs: &str) -> Result<()> {
+        self.time("link", self.inner.link(tenant, from, to, kind, attrs)).await
+    }
+    async fn unlink(&self, tenant: &str, from: &str, to: &str, kind: &str) -> Result<bool> {
+        self.time("unlink", self.inner.unlink(tenant, from, to, kind)).await
+    }
+    async fn neighbours(
+        &self,
+        tenant: &str,
+        agent: &str,
+        kind: Option<&str>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Edge>> {
+        self.time("neighbours", self.inner.neighbours(tenant, agent, kind, direction, limit)).await
+    }
+    async fn remove_agent_edges(&self, tenant: &str, agent: &str) -> Result<u64> {
+        self.time("remove_agent_edges", self.inner.remove_agent_edges(tenant, agent)).await
     }
 }

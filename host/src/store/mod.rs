@@ -9,7 +9,11 @@ mod embedded;
 mod instrumented;
 pub mod keys;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
 
 pub use arangodb::ArangoStore;
 pub use embedded::EmbeddedStore;
@@ -171,16 +175,18 @@ pub trait RecordStore: Send + Sync + 'static {
     async fn audit_append(&self, event: Vec<u8>) -> Result<u64>;
     /// Audit events after `since`, oldest first, at most `limit`.
     async fn audit_list(&self, since: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>>;
-    /// Delete every document of a tenant; returns how many there were.
+    /// Delete every document of a tenant, its change feed (the sequence starts again at 1)
+    /// and its graph edges; returns how many documents there were.
     async fn purge_tenant_documents(&self, tenant: &str) -> Result<u64>;
     /// Bytes of document values a tenant stores.
     async fn stored_bytes(&self, tenant: &str) -> Result<u64>;
 }
 
-/// Everything the host keeps: documents and registry records, in one backend.
-pub trait Store: DocumentStore + RecordStore {}
+/// Everything the host keeps: documents with their change feed, graph edges and registry
+/// records, in one backend.
+pub trait Store: DocumentStore + RecordStore + FeedStore + GraphStore {}
 
-impl<T: DocumentStore + RecordStore> Store for T {}
+impl<T: DocumentStore + RecordStore + FeedStore + GraphStore> Store for T {}
 
 /// Durable documents, scoped by tenant.
 ///
@@ -209,4 +215,200 @@ pub trait DocumentStore: Send + Sync + 'static {
 
     /// Apply every op or none; returns the revision after each op (0 for deletes).
     async fn transact(&self, scope: &Scope, ops: &[WriteOp]) -> Result<Vec<u64>>;
+}
+
+/// What a change event reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChangeOp {
+    /// The document was inserted or replaced.
+    Put,
+    /// The document was removed.
+    Delete,
+}
+
+impl ChangeOp {
+    /// `put` or `delete`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeOp::Put => "put",
+            ChangeOp::Delete => "delete",
+        }
+    }
+
+    /// Undo [`ChangeOp::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "put" => Some(ChangeOp::Put),
+            "delete" => Some(ChangeOp::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// One document write, as recorded in its tenant's change feed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangeEvent {
+    /// Position in the tenant's feed: 1, 2, 3... without gaps.
+    pub seq: u64,
+    /// Collection of the document.
+    pub collection: String,
+    /// Key of the document.
+    pub key: String,
+    /// What happened.
+    pub op: ChangeOp,
+    /// For a put, the new revision; for a delete, the revision that was removed.
+    pub revision: u64,
+    /// The agent that wrote (the scope's agent).
+    pub agent: String,
+}
+
+/// The change feed: every document write of a tenant, in commit order.
+///
+/// Each `put`, each `delete` that removed a document and each such op of a `transact`
+/// appends one event in the same atomic step as the write: no write without its event,
+/// no event without its write. A failed compare-and-swap, a rolled-back `transact` and a
+/// `delete` of an absent document append nothing. Sequence numbers are dense per tenant
+/// and start at 1 (again after [`RecordStore::purge_tenant_documents`]).
+#[async_trait::async_trait]
+pub trait FeedStore: Send + Sync + 'static {
+    /// Events with `seq > since`, in sequence order, at most `limit`. Never skips a number:
+    /// the result is a contiguous run starting at `since + 1` (possibly empty).
+    async fn feed_since(&self, tenant: &str, since: u64, limit: usize) -> Result<Vec<ChangeEvent>>;
+
+    /// The last sequence number of the tenant's feed (0: none yet).
+    async fn feed_head(&self, tenant: &str) -> Result<u64>;
+
+    /// Wait until the feed head passes `after` or `timeout` elapses; returns the head then
+    /// (`> after` when woken by a write). Instant wake-up for writes through this store
+    /// value; backends shared between processes also poll with backoff.
+    async fn wait_for(&self, tenant: &str, after: u64, timeout: Duration) -> Result<u64>;
+}
+
+/// Which edges of an agent [`GraphStore::neighbours`] follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Edges from the agent.
+    Outgoing,
+    /// Edges to the agent.
+    Incoming,
+    /// Both: outgoing first, then incoming (a self-loop is listed once, as outgoing).
+    Both,
+}
+
+/// A directed, typed edge between two agents of one tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Edge {
+    /// The source agent.
+    pub from: String,
+    /// The target agent.
+    pub to: String,
+    /// The edge's kind; `(from, to, kind)` identifies an edge.
+    pub kind: String,
+    /// JSON text, kept verbatim.
+    pub attrs: String,
+}
+
+/// Edges between agents of a tenant. Tenants never share an edge: every key includes the
+/// tenant. The store does not check that the agents exist (the registry does).
+#[async_trait::async_trait]
+pub trait GraphStore: Send + Sync + 'static {
+    /// Create the edge `(from, to, kind)` or replace its attributes.
+    async fn link(&self, tenant: &str, from: &str, to: &str, kind: &str, attrs: &str) -> Result<()>;
+
+    /// Remove an edge; returns whether it existed.
+    async fn unlink(&self, tenant: &str, from: &str, to: &str, kind: &str) -> Result<bool>;
+
+    /// Edges of `agent` in `direction`, of one `kind` or all, at most `limit`. Each
+    /// direction is sorted by `(kind, the other agent)` in byte order.
+    async fn neighbours(
+        &self,
+        tenant: &str,
+        agent: &str,
+        kind: Option<&str>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Edge>>;
+
+    /// Remove every edge from or to `agent` (when the agent is deleted); returns how many.
+    async fn remove_agent_edges(&self, tenant: &str, agent: &str) -> Result<u64>;
+}
+
+/// In-process wake-up for [`FeedStore::wait_for`]: writers publish a tenant's new head
+/// after their commit; waiters subscribe before they read the head, so no wake-up is lost.
+#[derive(Default)]
+pub(crate) struct FeedSignal {
+    senders: Mutex<HashMap<String, watch::Sender<u64>>>,
+}
+
+impl FeedSignal {
+    fn subscribe(&self, tenant: &str) -> watch::Receiver<u64> {
+        let mut map = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
+        match map.get(tenant) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = watch::channel(0);
+                map.insert(tenant.to_owned(), tx);
+                rx
+            }
+        }
+    }
+
+    /// How many waiters of `tenant` are subscribed (for tests).
+    #[cfg(test)]
+    pub(crate) fn waiters(&self, tenant: &str) -> usize {
+        let map = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(tenant).map_or(0, watch::Sender::receiver_count)
+    }
+
+    /// Tell the tenant's waiters that its feed reached `head` (after the commit).
+    pub(crate) fn publish(&self, tenant: &str, head: u64) {
+        let mut map = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(tx) = map.get(tenant) else { return };
+        if tx.receiver_count() == 0 {
+            map.remove(tenant);
+        } else {
+            tx.send_modify(|h| *h = head);
+        }
+    }
+
+    /// [`FeedStore::wait_for`] on top of `head`: wakes on [`FeedSignal::publish`] and, with
+    /// `poll`, also re-reads the head after a backoff from `poll.0` doubling up to `poll.1`.
+    pub(crate) async fn wait_for<F, Fut>(
+        &self,
+        tenant: &str,
+        after: u64,
+        timeout: Duration,
+        poll: Option<(Duration, Duration)>,
+        head: F,
+    ) -> Result<u64>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<u64>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.subscribe(tenant);
+        let mut backoff = poll.map(|p| p.0);
+        loop {
+            let now = head().await?;
+            if now > after || tokio::time::Instant::now() >= deadline {
+                return Ok(now);
+            }
+            let sleep_until = match backoff {
+                Some(b) => deadline.min(tokio::time::Instant::now() + b),
+                None => deadline,
+            };
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        // Cannot happen while we hold a receiver; do not spin if it does.
+                        tokio::time::sleep_until(sleep_until).await;
+                    }
+                }
+                () = tokio::time::sleep_until(sleep_until) => {}
+            }
+            if let (Some(b), Some((_, max))) = (backoff.as_mut(), poll) {
+                *b = (*b * 2).min(max);
+            }
+        }
+    }
 }

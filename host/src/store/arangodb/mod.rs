@@ -12,25 +12,31 @@
 //! - `cortex_feed`: append-only event streams. `_key` = escaped stream + `-` + the sequence
 //!   number zero-padded to 20 digits, so a second writer of the same number is refused by
 //!   the primary index (409, unique constraint) and retries with the next one: numbers
-//!   are dense. The audit log is the stream `audit`; the change feed will be one stream per
-//!   tenant (`t:{tenant}`), appended in the same stream transaction as the write it reports.
-//!   ArangoDB has no change streams in a cluster, so readers poll `seq > cursor` in order.
-//! - `cortex_edges`: an edge collection, created now and unused until the store trait has
-//!   graph calls: edges will be `_from`/`_to` = `cortex_documents/{_key}` with a `tenant`
-//!   field, traversed with AQL `FOR v, e IN 1..n OUTBOUND` filtered on `e.tenant`.
+//!   are dense. The audit log is the stream `audit`; the change feed is one stream per
+//!   tenant (`t:{tenant}`), appended in the same stream transaction as the writes it
+//!   reports, together with a head document ([`feed`]). ArangoDB has no change streams in
+//!   a cluster, so readers poll `seq > cursor` in order, with backoff.
+//! - `cortex_edges`: the edge collection of agent links ([`graph`]). `_from`/`_to` are the
+//!   handles of the agents' registry records in `cortex_records` (the vertices), and every
+//!   edge carries its `tenant`; neighbours are found through the edge index with AQL.
 //!
 //! Compare-and-swap: our revision lives in `rev`; a write reads the document, checks
 //! `rev` against the expected revision, then replaces it with `If-Match: <_rev>` (or
 //! inserts it, refused with 409 when it exists). A 412 or 409 means someone wrote in
 //! between: the call starts over from the read, and reports a conflict only if the
-//! revision it then finds differs from the expected one. `transact` does the same inside
-//! one stream transaction (`x-arango-trx-id`), aborted on any failure. Multi-document
+//! revision it then finds differs from the expected one. Every document write (`put`,
+//! `delete`, `transact`) does this inside one stream transaction (`x-arango-trx-id`) over
+//! `cortex_documents` and `cortex_feed` that also appends the change events, aborted on
+//! any failure; records use the same steps without a transaction. Multi-document
 //! transactions are ACID on a single server or a OneShard database only.
 
 pub mod client;
+mod feed;
+mod graph;
 pub mod keys;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arangors::collection::Collection;
@@ -45,7 +51,9 @@ use serde_json::{Value, json};
 
 use self::client::{HttpClient, TRANSPORT, Timeouts, with_timeouts};
 use self::keys::{arango_key, escape, hex, unhex};
-use super::{Document, DocumentStore, Page, RecordKind, RecordStore, Result, Scope, StoreError, WriteOp};
+use super::{
+    ChangeOp, Document, DocumentStore, FeedSignal, Page, RecordKind, RecordStore, Result, Scope, StoreError, WriteOp,
+};
 use crate::config::ArangoConfig;
 
 const DOCUMENTS: &str = "cortex_documents";
@@ -77,6 +85,9 @@ pub struct ArangoStore {
     docs: Coll,
     records: Coll,
     feed: Coll,
+    edges: Coll,
+    /// Wakes this process's waiters at once on its own writes; others' writes are polled.
+    signal: Arc<FeedSignal>,
 }
 
 impl std::fmt::Debug for ArangoStore {
@@ -207,8 +218,14 @@ where
     }
 }
 
-/// Remove `key` if the current revision matches `expected`; returns whether it existed.
-async fn cas_delete<T>(coll: &Coll, key: &str, expected: Option<u64>, rev_of: fn(&T) -> u64) -> Result<Step<bool>>
+/// Remove `key` if the current revision matches `expected`; returns the revision removed
+/// (`None`: it did not exist).
+async fn cas_delete<T>(
+    coll: &Coll,
+    key: &str,
+    expected: Option<u64>,
+    rev_of: fn(&T) -> u64,
+) -> Result<Step<Option<u64>>>
 where
     T: Serialize + DeserializeOwned,
 {
@@ -217,9 +234,9 @@ where
     if expected.is_some_and(|want| want != now) {
         return Err(StoreError::Conflict { current: now });
     }
-    let Some((rev, _)) = current else { return Ok(Step::Done(false)) };
+    let Some((rev, _)) = current else { return Ok(Step::Done(None)) };
     match coll.remove_document::<Value>(key, RemoveOptions::default(), Some(rev)).await {
-        Ok(_) => Ok(Step::Done(true)),
+        Ok(_) => Ok(Step::Done(Some(now))),
         Err(e) if lost_race(&e) => Ok(Step::Retry),
         Err(e) => Err(backend(e)),
     }
@@ -284,11 +301,11 @@ impl ArangoStore {
         let docs = ensure_collection(&db, DOCUMENTS, false).await?;
         let records = ensure_collection(&db, RECORDS, false).await?;
         let feed = ensure_collection(&db, FEED, false).await?;
-        ensure_collection(&db, EDGES, true).await?;
+        let edges = ensure_collection(&db, EDGES, true).await?;
         ensure_index(&db, DOCUMENTS, "cortex_documents_by_key", &["tenant", "collection", "khex"]).await?;
         ensure_index(&db, RECORDS, "cortex_records_by_key", &["kind", "khex"]).await?;
         ensure_index(&db, FEED, "cortex_feed_by_seq", &["stream", "seq"]).await?;
-        Ok(Self { db, docs, records, feed })
+        Ok(Self { db, docs, records, feed, edges, signal: Arc::default() })
     }
 
     /// Run an AQL query and collect every batch.
@@ -297,42 +314,63 @@ impl ArangoStore {
         self.db.aql_query::<R>(aql).await.map_err(backend)
     }
 
-    /// One attempt of `transact`: a stream transaction, committed only if every op passes.
-    async fn transact_once(&self, scope: &Scope, ops: &[WriteOp]) -> Result<Step<Vec<u64>>> {
+    /// Apply `ops` atomically with their change events, retrying lost races; then wake
+    /// this process's feed waiters.
+    async fn write(&self, scope: &Scope, ops: &[WriteOp], what: &str) -> Result<Vec<Applied>> {
+        for _ in 0..MAX_ATTEMPTS {
+            if let Step::Done((applied, head)) = self.write_once(scope, ops).await? {
+                if let Some(head) = head {
+                    self.signal.publish(&scope.tenant, head);
+                }
+                return Ok(applied);
+            }
+        }
+        Err(too_busy(what))
+    }
+
+    /// One attempt of a write: a stream transaction over the documents and the feed,
+    /// committed only if every op passes; returns what each op did and the new feed head.
+    async fn write_once(&self, scope: &Scope, ops: &[WriteOp]) -> Result<Step<(Vec<Applied>, Option<u64>)>> {
         let settings = TransactionSettings::builder()
-            .collections(TransactionCollections::builder().write(vec![DOCUMENTS.to_owned()]).build())
+            .collections(TransactionCollections::builder().write(vec![DOCUMENTS.to_owned(), FEED.to_owned()]).build())
             .wait_for_sync(true)
             .build();
         let trx = self.db.begin_transaction(settings).await.map_err(backend)?;
         let coll = self.docs.clone_with_transaction(trx.id().clone()).map_err(backend)?;
+        let feed = self.feed.clone_with_transaction(trx.id().clone()).map_err(backend)?;
         let outcome = async {
-            let mut revisions = Vec::with_capacity(ops.len());
+            let mut applied = Vec::with_capacity(ops.len());
+            let mut events = Vec::with_capacity(ops.len());
             for op in ops {
-                let step = match op {
+                match op {
                     WriteOp::Put { collection, key, value, expected } => {
                         let k = doc_key(&scope.tenant, collection, key);
                         let make = stored_doc(&scope.tenant, collection, key, value);
-                        cas_put(&coll, &k, *expected, doc_rev, make).await?
+                        let Step::Done(rev) = cas_put(&coll, &k, *expected, doc_rev, make).await? else {
+                            return Ok(Step::Retry);
+                        };
+                        applied.push(Applied::Put(rev));
+                        events.push(feed::Pending { collection, key, op: ChangeOp::Put, revision: rev });
                     }
                     WriteOp::Delete { collection, key, expected } => {
                         let k = doc_key(&scope.tenant, collection, key);
-                        match cas_delete::<StoredDoc>(&coll, &k, *expected, doc_rev).await? {
-                            Step::Done(_) => Step::Done(0),
-                            Step::Retry => Step::Retry,
+                        let Step::Done(removed) = cas_delete::<StoredDoc>(&coll, &k, *expected, doc_rev).await? else {
+                            return Ok(Step::Retry);
+                        };
+                        applied.push(Applied::Deleted(removed.is_some()));
+                        if let Some(revision) = removed {
+                            events.push(feed::Pending { collection, key, op: ChangeOp::Delete, revision });
                         }
                     }
-                };
-                match step {
-                    Step::Done(rev) => revisions.push(rev),
-                    Step::Retry => return Ok(Step::Retry),
                 }
             }
-            Ok(Step::Done(revisions))
+            let Step::Done(head) = feed::append(&feed, scope, &events).await? else { return Ok(Step::Retry) };
+            Ok(Step::Done((applied, head)))
         }
         .await;
         match outcome {
-            Ok(Step::Done(revisions)) => match trx.commit().await {
-                Ok(_) => Ok(Step::Done(revisions)),
+            Ok(Step::Done(done)) => match trx.commit().await {
+                Ok(_) => Ok(Step::Done(done)),
                 Err(e) if lost_race(&e) => Ok(Step::Retry),
                 Err(e) => Err(backend(e)),
             },
@@ -345,6 +383,14 @@ impl ArangoStore {
             }
         }
     }
+}
+
+/// What one op of a write did.
+enum Applied {
+    /// A put, with the new revision.
+    Put(u64),
+    /// A delete, with whether the document existed.
+    Deleted(bool),
 }
 
 fn read_password(path: &Path) -> Result<String> {
@@ -392,24 +438,19 @@ impl DocumentStore for ArangoStore {
     }
 
     async fn put(&self, scope: &Scope, collection: &str, key: &str, value: &str, expected: Option<u64>) -> Result<u64> {
-        let k = doc_key(&scope.tenant, collection, key);
-        for _ in 0..MAX_ATTEMPTS {
-            let make = stored_doc(&scope.tenant, collection, key, value);
-            if let Step::Done(rev) = cas_put(&self.docs, &k, expected, doc_rev, make).await? {
-                return Ok(rev);
-            }
+        let op = WriteOp::Put { collection: collection.into(), key: key.into(), value: value.into(), expected };
+        match self.write(scope, std::slice::from_ref(&op), "put").await?.as_slice() {
+            [Applied::Put(rev)] => Ok(*rev),
+            _ => Err(StoreError::Backend { message: "arangodb: put applied no put".into(), transient: false }),
         }
-        Err(too_busy("put"))
     }
 
     async fn delete(&self, scope: &Scope, collection: &str, key: &str, expected: Option<u64>) -> Result<bool> {
-        let k = doc_key(&scope.tenant, collection, key);
-        for _ in 0..MAX_ATTEMPTS {
-            if let Step::Done(existed) = cas_delete::<StoredDoc>(&self.docs, &k, expected, doc_rev).await? {
-                return Ok(existed);
-            }
+        let op = WriteOp::Delete { collection: collection.into(), key: key.into(), expected };
+        match self.write(scope, std::slice::from_ref(&op), "delete").await?.as_slice() {
+            [Applied::Deleted(existed)] => Ok(*existed),
+            _ => Err(StoreError::Backend { message: "arangodb: delete applied no delete".into(), transient: false }),
         }
-        Err(too_busy("delete"))
     }
 
     async fn list(
@@ -458,12 +499,8 @@ impl DocumentStore for ArangoStore {
     }
 
     async fn transact(&self, scope: &Scope, ops: &[WriteOp]) -> Result<Vec<u64>> {
-        for _ in 0..MAX_ATTEMPTS {
-            if let Step::Done(revisions) = self.transact_once(scope, ops).await? {
-                return Ok(revisions);
-            }
-        }
-        Err(too_busy("transact"))
+        let applied = self.write(scope, ops, "transact").await?;
+        Ok(applied.iter().map(|a| if let Applied::Put(rev) = a { *rev } else { 0 }).collect())
     }
 }
 
@@ -496,8 +533,8 @@ impl RecordStore for ArangoStore {
     async fn record_delete(&self, kind: RecordKind, key: &str) -> Result<bool> {
         let k = arango_key(&[kind.as_str(), key]);
         for _ in 0..MAX_ATTEMPTS {
-            if let Step::Done(existed) = cas_delete::<StoredRecord>(&self.records, &k, None, record_rev).await? {
-                return Ok(existed);
+            if let Step::Done(removed) = cas_delete::<StoredRecord>(&self.records, &k, None, record_rev).await? {
+                return Ok(removed.is_some());
             }
         }
         Err(too_busy("record_delete"))
@@ -572,6 +609,9 @@ impl RecordStore for ArangoStore {
                 vec![("tenant", json!(tenant))],
             )
             .await?;
+        self.purge_feed(tenant).await?;
+        self.purge_edges(tenant).await?;
+        self.signal.publish(tenant, 0);
         Ok(n.first().copied().unwrap_or(0))
     }
 

@@ -3,6 +3,13 @@
 //! Layout: table `documents` maps `tenant | collection | key` (each part length-prefixed, so
 //! no tenant's key range can overlap another's) to `revision (u64 BE) ++ JSON text`.
 //! Every write transaction commits with immediate durability (fsync) before it returns.
+//!
+//! The change feed ([`feed`]) is appended in the same write transaction as the document
+//! writes it reports, and waiters are woken in-process after the commit. Graph edges live
+//! in two tables, one per direction ([`graph`]).
+
+mod feed;
+mod graph;
 
 use std::ops::Bound;
 use std::path::Path;
@@ -10,7 +17,9 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Document, DocumentStore, Page, RecordKind, RecordStore, Result, Scope, StoreError, WriteOp};
+use super::{
+    ChangeOp, Document, DocumentStore, FeedSignal, Page, RecordKind, RecordStore, Result, Scope, StoreError, WriteOp,
+};
 
 const DOCUMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("documents");
 /// Bytes of document values per tenant, kept in the same transaction as each write.
@@ -24,12 +33,14 @@ const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 struct Tables<'t> {
     docs: redb::Table<'t, &'static [u8], &'static [u8]>,
     usage: redb::Table<'t, &'static str, u64>,
+    feed: feed::FeedTables<'t>,
 }
 
 /// Documents in a redb file.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    signal: Arc<FeedSignal>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -63,6 +74,22 @@ fn push_part(buf: &mut Vec<u8>, part: &[u8]) {
     let len = u16::try_from(part.len()).unwrap_or(u16::MAX);
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(&part[..usize::from(len)]);
+}
+
+/// Every key of `table` that starts with `prefix`.
+fn keys_with_prefix<T: ReadableTable<&'static [u8], V>, V: redb::Value + 'static>(
+    table: &T,
+    prefix: &[u8],
+) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for item in table.range::<&[u8]>(prefix..).map_err(backend)? {
+        let (k, _) = item.map_err(backend)?;
+        if !k.value().starts_with(prefix) {
+            break;
+        }
+        out.push(k.value().to_vec());
+    }
+    Ok(out)
 }
 
 fn doc_key(scope: &Scope, collection: &str, key: &str) -> Vec<u8> {
@@ -104,24 +131,34 @@ impl EmbeddedStore {
         txn.open_table(USAGE).map_err(backend)?;
         txn.open_table(RECORDS).map_err(backend)?;
         txn.open_table(AUDIT).map_err(backend)?;
+        feed::create_tables(&txn)?;
+        graph::create_tables(&txn)?;
         txn.commit().map_err(backend)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self { db: Arc::new(db), signal: Arc::default() })
     }
 
-    /// Run a write transaction on a blocking thread: commits fsync, which must not stall
-    /// the async workers.
+    /// Run a document write transaction of `tenant` on a blocking thread (commits fsync,
+    /// which must not stall the async workers), then wake the tenant's feed waiters.
     async fn write<T: Send + 'static>(
         &self,
+        tenant: &Arc<str>,
         f: impl FnOnce(&mut Tables<'_>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.write_txn(move |txn| {
-            let mut tables = Tables {
-                docs: txn.open_table(DOCUMENTS).map_err(backend)?,
-                usage: txn.open_table(USAGE).map_err(backend)?,
-            };
-            f(&mut tables)
-        })
-        .await
+        let (out, head) = self
+            .write_txn(move |txn| {
+                let mut tables = Tables {
+                    docs: txn.open_table(DOCUMENTS).map_err(backend)?,
+                    usage: txn.open_table(USAGE).map_err(backend)?,
+                    feed: feed::FeedTables::open(txn)?,
+                };
+                let out = f(&mut tables)?;
+                Ok((out, tables.feed.appended))
+            })
+            .await?;
+        if let Some(head) = head {
+            self.signal.publish(tenant, head);
+        }
+        Ok(out)
     }
 
     async fn write_txn<T: Send + 'static>(
@@ -159,21 +196,34 @@ fn add_usage(t: &mut Tables<'_>, tenant: &str, add: u64, remove: u64) -> Result<
     Ok(())
 }
 
-fn apply_put(t: &mut Tables<'_>, tenant: &str, key: &[u8], value: &str, expected: Option<u64>) -> Result<u64> {
-    let (current, old_size) = check_expected(t, key, expected)?;
+/// Write a document and append its change event.
+fn apply_put(
+    t: &mut Tables<'_>,
+    scope: &Scope,
+    collection: &str,
+    key: &str,
+    value: &str,
+    expected: Option<u64>,
+) -> Result<u64> {
+    let k = doc_key(scope, collection, key);
+    let (current, old_size) = check_expected(t, &k, expected)?;
     let next = current + 1;
-    t.docs.insert(key, encode(next, value).as_slice()).map_err(backend)?;
-    add_usage(t, tenant, value.len() as u64, old_size)?;
+    t.docs.insert(k.as_slice(), encode(next, value).as_slice()).map_err(backend)?;
+    add_usage(t, &scope.tenant, value.len() as u64, old_size)?;
+    t.feed.append(scope, collection, key, ChangeOp::Put, next)?;
     Ok(next)
 }
 
-fn apply_delete(t: &mut Tables<'_>, tenant: &str, key: &[u8], expected: Option<u64>) -> Result<bool> {
-    let (current, old_size) = check_expected(t, key, expected)?;
+/// Remove a document and append its change event (none when it was absent).
+fn apply_delete(t: &mut Tables<'_>, scope: &Scope, collection: &str, key: &str, expected: Option<u64>) -> Result<bool> {
+    let k = doc_key(scope, collection, key);
+    let (current, old_size) = check_expected(t, &k, expected)?;
     if current == 0 {
         return Ok(false);
     }
-    t.docs.remove(key).map_err(backend)?;
-    add_usage(t, tenant, 0, old_size)?;
+    t.docs.remove(k.as_slice()).map_err(backend)?;
+    add_usage(t, &scope.tenant, 0, old_size)?;
+    t.feed.append(scope, collection, key, ChangeOp::Delete, current)?;
     Ok(true)
 }
 
@@ -190,15 +240,13 @@ impl DocumentStore for EmbeddedStore {
     }
 
     async fn put(&self, scope: &Scope, collection: &str, key: &str, value: &str, expected: Option<u64>) -> Result<u64> {
-        let k = doc_key(scope, collection, key);
-        let (tenant, value) = (scope.tenant.clone(), value.to_owned());
-        self.write(move |t| apply_put(t, &tenant, &k, &value, expected)).await
+        let (s, c, k, v) = (scope.clone(), collection.to_owned(), key.to_owned(), value.to_owned());
+        self.write(&scope.tenant, move |t| apply_put(t, &s, &c, &k, &v, expected)).await
     }
 
     async fn delete(&self, scope: &Scope, collection: &str, key: &str, expected: Option<u64>) -> Result<bool> {
-        let k = doc_key(scope, collection, key);
-        let tenant = scope.tenant.clone();
-        self.write(move |t| apply_delete(t, &tenant, &k, expected)).await
+        let (s, c, k) = (scope.clone(), collection.to_owned(), key.to_owned());
+        self.write(&scope.tenant, move |t| apply_delete(t, &s, &c, &k, expected)).await
     }
 
     async fn list(
@@ -242,17 +290,17 @@ impl DocumentStore for EmbeddedStore {
     }
 
     async fn transact(&self, scope: &Scope, ops: &[WriteOp]) -> Result<Vec<u64>> {
-        let tenant = scope.clone();
+        let s = scope.clone();
         let ops = ops.to_vec();
-        self.write(move |t| {
+        self.write(&scope.tenant, move |t| {
             let mut revisions = Vec::with_capacity(ops.len());
             for op in &ops {
                 let rev = match op {
                     WriteOp::Put { collection, key, value, expected } => {
-                        apply_put(t, &tenant.tenant, &doc_key(&tenant, collection, key), value, *expected)?
+                        apply_put(t, &s, collection, key, value, *expected)?
                     }
                     WriteOp::Delete { collection, key, expected } => {
-                        apply_delete(t, &tenant.tenant, &doc_key(&tenant, collection, key), *expected)?;
+                        apply_delete(t, &s, collection, key, *expected)?;
                         0
                     }
                 };
@@ -351,23 +399,24 @@ impl RecordStore for EmbeddedStore {
     async fn purge_tenant_documents(&self, tenant: &str) -> Result<u64> {
         let mut prefix = Vec::new();
         push_part(&mut prefix, tenant.as_bytes());
-        let tenant = tenant.to_owned();
-        self.write(move |t| {
-            let keys: Vec<Vec<u8>> = t
-                .docs
-                .range::<&[u8]>(prefix.as_slice()..)
-                .map_err(backend)?
-                .map(|item| item.map(|(k, _)| k.value().to_vec()))
-                .take_while(|k| k.as_ref().map_or(true, |k| k.starts_with(&prefix)))
-                .collect::<std::result::Result<_, _>>()
-                .map_err(backend)?;
-            for k in &keys {
-                t.docs.remove(k.as_slice()).map_err(backend)?;
-            }
-            t.usage.remove(tenant.as_str()).map_err(backend)?;
-            Ok(keys.len() as u64)
-        })
-        .await
+        let tenant: Arc<str> = tenant.into();
+        let t2 = tenant.clone();
+        let removed = self
+            .write(&tenant, move |t| {
+                let keys = keys_with_prefix(&t.docs, &prefix)?;
+                for k in &keys {
+                    t.docs.remove(k.as_slice()).map_err(backend)?;
+                }
+                t.usage.remove(&*t2).map_err(backend)?;
+                t.feed.purge(&t2)?;
+                Ok(keys.len() as u64)
+            })
+            .await?;
+        let t2 = tenant.clone();
+        self.write_txn(move |txn| graph::purge(txn, &t2)).await?;
+        // Waiters re-read the head (now 0) and keep waiting.
+        self.signal.publish(&tenant, 0);
+        Ok(removed)
     }
 
     async fn stored_bytes(&self, tenant: &str) -> Result<u64> {

@@ -1,0 +1,230 @@
+//! Embedded graph edges: two tables, one per direction, written together.
+//!
+//! `edges_out` maps `tenant | from | kind | to` to the attributes (JSON text) and
+//! `edges_in` maps `tenant | to | kind | from` to nothing. Tenant and agent are
+//! length-prefixed (exact prefixes, no overlap between tenants); the kind is written in an
+//! order-preserving terminated form (`0x00` -> `0x00 0xFF`, then `0x00`) and the other
+//! agent takes the rest of the key, so a range scan yields edges sorted by
+//! `(kind, other agent)` in byte order, and a kind prefix never matches a longer kind.
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{EmbeddedStore, backend, keys_with_prefix, push_part};
+use crate::store::{Direction, Edge, GraphStore, Result, StoreError};
+
+const OUT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("edges_out");
+const IN: TableDefinition<&[u8], &[u8]> = TableDefinition::new("edges_in");
+
+pub(super) fn create_tables(txn: &redb::WriteTransaction) -> Result<()> {
+    txn.open_table(OUT).map_err(backend)?;
+    txn.open_table(IN).map_err(backend)?;
+    Ok(())
+}
+
+/// `tenant | agent |`: every edge of `agent` in one direction.
+fn agent_prefix(tenant: &str, agent: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + tenant.len() + agent.len());
+    push_part(&mut k, tenant.as_bytes());
+    push_part(&mut k, agent.as_bytes());
+    k
+}
+
+fn push_kind(buf: &mut Vec<u8>, kind: &str) {
+    for &b in kind.as_bytes() {
+        buf.push(b);
+        if b == 0 {
+            buf.push(0xFF);
+        }
+    }
+    buf.push(0);
+}
+
+/// Split `kind-encoded ++ other` (the key after the agent prefix).
+fn split_kind(rest: &[u8]) -> Option<(String, String)> {
+    let mut kind = Vec::new();
+    let mut i = 0;
+    loop {
+        let b = *rest.get(i)?;
+        if b == 0 {
+            if rest.get(i + 1) == Some(&0xFF) {
+                kind.push(0);
+                i += 2;
+                continue;
+            }
+            break;
+        }
+        kind.push(b);
+        i += 1;
+    }
+    let other = rest.get(i + 1..)?;
+    Some((String::from_utf8(kind).ok()?, String::from_utf8(other.to_vec()).ok()?))
+}
+
+fn edge_key(tenant: &str, agent: &str, kind: &str, other: &str) -> Vec<u8> {
+    let mut k = agent_prefix(tenant, agent);
+    push_kind(&mut k, kind);
+    k.extend_from_slice(other.as_bytes());
+    k
+}
+
+/// `(kind, other, value)` of the edges of `agent` in one table, of one kind or all.
+fn scan<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    tenant: &str,
+    agent: &str,
+    kind: Option<&str>,
+    limit: usize,
+) -> Result<Vec<(String, String, Vec<u8>)>> {
+    let base = agent_prefix(tenant, agent);
+    let mut want = base.clone();
+    if let Some(kind) = kind {
+        push_kind(&mut want, kind);
+    }
+    let mut out = Vec::new();
+    for item in table.range::<&[u8]>(want.as_slice()..).map_err(backend)? {
+        if out.len() >= limit {
+            break;
+        }
+        let (k, v) = item.map_err(backend)?;
+        let k = k.value();
+        if !k.starts_with(&want) {
+            break;
+        }
+        let (kind, other) = split_kind(&k[base.len()..])
+            .ok_or_else(|| StoreError::Corrupted(format!("an edge key of {tenant:?} does not decode")))?;
+        out.push((kind, other, v.value().to_vec()));
+    }
+    Ok(out)
+}
+
+/// Remove every edge of a tenant.
+pub(super) fn purge(txn: &redb::WriteTransaction, tenant: &str) -> Result<()> {
+    let mut prefix = Vec::new();
+    push_part(&mut prefix, tenant.as_bytes());
+    for def in [OUT, IN] {
+        let mut table = txn.open_table(def).map_err(backend)?;
+        for k in keys_with_prefix(&table, &prefix)? {
+            table.remove(k.as_slice()).map_err(backend)?;
+        }
+    }
+    Ok(())
+}
+
+fn attrs_text(tenant: &str, raw: Vec<u8>) -> Result<String> {
+    String::from_utf8(raw).map_err(|_| StoreError::Corrupted(format!("edge attributes of {tenant:?} are not UTF-8")))
+}
+
+#[async_trait::async_trait]
+impl GraphStore for EmbeddedStore {
+    async fn link(&self, tenant: &str, from: &str, to: &str, kind: &str, attrs: &str) -> Result<()> {
+        let out_key = edge_key(tenant, from, kind, to);
+        let in_key = edge_key(tenant, to, kind, from);
+        let attrs = attrs.to_owned();
+        self.write_txn(move |txn| {
+            txn.open_table(OUT).map_err(backend)?.insert(out_key.as_slice(), attrs.as_bytes()).map_err(backend)?;
+            txn.open_table(IN).map_err(backend)?.insert(in_key.as_slice(), [].as_slice()).map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn unlink(&self, tenant: &str, from: &str, to: &str, kind: &str) -> Result<bool> {
+        let out_key = edge_key(tenant, from, kind, to);
+        let in_key = edge_key(tenant, to, kind, from);
+        self.write_txn(move |txn| {
+            let existed = txn.open_table(OUT).map_err(backend)?.remove(out_key.as_slice()).map_err(backend)?.is_some();
+            txn.open_table(IN).map_err(backend)?.remove(in_key.as_slice()).map_err(backend)?;
+            Ok(existed)
+        })
+        .await
+    }
+
+    async fn neighbours(
+        &self,
+        tenant: &str,
+        agent: &str,
+        kind: Option<&str>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Edge>> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let mut edges = Vec::new();
+        if matches!(direction, Direction::Outgoing | Direction::Both) {
+            let out = txn.open_table(OUT).map_err(backend)?;
+            for (kind, to, attrs) in scan(&out, tenant, agent, kind, limit)? {
+                let attrs = attrs_text(tenant, attrs)?;
+                edges.push(Edge { from: agent.to_owned(), to, kind, attrs });
+            }
+        }
+        if matches!(direction, Direction::Incoming | Direction::Both) {
+            let incoming = txn.open_table(IN).map_err(backend)?;
+            let out = txn.open_table(OUT).map_err(backend)?;
+            // A self-loop was listed as outgoing already: fetch enough to skip it.
+            let room = limit.saturating_sub(edges.len());
+            let extra = usize::from(direction == Direction::Both);
+            for (kind, from, _) in scan(&incoming, tenant, agent, kind, room.saturating_add(extra))? {
+                if edges.len() >= limit {
+                    break;
+                }
+                if direction == Direction::Both && from == agent {
+                    continue;
+                }
+                let raw = out.get(edge_key(tenant, &from, &kind, agent).as_slice()).map_err(backend)?;
+                let raw = raw.ok_or_else(|| {
+                    StoreError::Corrupted(format!("edge {from:?} -> {agent:?} of {tenant:?} has no outgoing half"))
+                })?;
+                let attrs = attrs_text(tenant, raw.value().to_vec())?;
+                edges.push(Edge { from, to: agent.to_owned(), kind, attrs });
+            }
+        }
+        Ok(edges)
+    }
+
+    async fn remove_agent_edges(&self, tenant: &str, agent: &str) -> Result<u64> {
+        let (tenant, agent) = (tenant.to_owned(), agent.to_owned());
+        self.write_txn(move |txn| {
+            let mut out = txn.open_table(OUT).map_err(backend)?;
+            let mut incoming = txn.open_table(IN).map_err(backend)?;
+            let outgoing = scan(&out, &tenant, &agent, None, usize::MAX)?;
+            let arriving = scan(&incoming, &tenant, &agent, None, usize::MAX)?;
+            let mut removed = 0;
+            for (kind, to, _) in &outgoing {
+                out.remove(edge_key(&tenant, &agent, kind, to).as_slice()).map_err(backend)?;
+                incoming.remove(edge_key(&tenant, to, kind, &agent).as_slice()).map_err(backend)?;
+                removed += 1;
+            }
+            for (kind, from, _) in &arriving {
+                if *from == agent {
+                    continue; // a self-loop, removed above
+                }
+                out.remove(edge_key(&tenant, from, kind, &agent).as_slice()).map_err(backend)?;
+                incoming.remove(edge_key(&tenant, &agent, kind, from).as_slice()).map_err(backend)?;
+                removed += 1;
+            }
+            Ok(removed)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_sort_in_byte_order_and_never_prefix_each_other() {
+        let mut keys: Vec<Vec<u8>> =
+            ["b", "a", "ab", "a\0", ""].iter().map(|k| edge_key("t", "x", k, "other")).collect();
+        keys.sort();
+        let kinds: Vec<String> =
+            keys.iter().map(|k| split_kind(&k[agent_prefix("t", "x").len()..]).unwrap().0).collect();
+        assert_eq!(kinds, ["", "a", "a\0", "ab", "b"]);
+        let mut a = agent_prefix("t", "x");
+        push_kind(&mut a, "a");
+        assert!(!edge_key("t", "x", "ab", "y").starts_with(&a));
+        assert_eq!(
+            split_kind(&edge_key("t", "x", "k\0", "y:z")[agent_prefix("t", "x").len()..]).unwrap(),
+            ("k\0".into(), "y:z".into())
+        );
+    }
+}
