@@ -170,7 +170,7 @@ fn limits_cost(c: &mut Criterion) {
             Cortex::new(&rt, EngineConfig { fuel_metering: fuel, epoch_interruption: epoch, ..engine_config() });
         let compute = cortex.load(&rt, art::COMPUTE);
         let limits = Limits { fuel: u64::MAX / 2, timeout: Duration::from_secs(60), ..Limits::default() };
-        for (kind, input) in [("cpu", &b"cpu:20000"[..]), ("mem", &b"mem:200000"[..])] {
+        for (kind, input) in [("cpu", &b"cpu:20000"[..]), ("mem", &b"mem:10"[..])] {
             let key = format!("c/{kind}/{label}");
             g.bench_function(format!("{kind}_{label}"), |b| {
                 b.iter_custom(|n| timed(&rt, &key, n, || cortex.run(&compute, &limits, input)))

@@ -8,6 +8,7 @@ pub mod api;
 pub mod capabilities;
 pub mod cli;
 pub mod config;
+pub mod coordination;
 pub mod registry;
 pub mod runtime;
 pub mod server;

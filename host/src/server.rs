@@ -103,7 +103,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let header_timeout = Duration::from_millis(state.config.http.header_timeout_ms);
     let grace = Duration::from_millis(state.config.http.shutdown_grace_ms);
-    let app = app(state);
+    let app = app(state.clone());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -135,6 +135,7 @@ pub async fn serve(
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(?grace, "in-flight requests did not finish within the grace period");
     }
+    state.halt_watchers().await;
     Ok(())
 }
 

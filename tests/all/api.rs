@@ -147,6 +147,8 @@ fn rbac_routes(kv: &str) -> Vec<RbacRoute> {
         (m("GET"), "/v1/keys", "/v1/keys".into(), Action::ManageKeys, None, None),
         (m("DELETE"), "/v1/keys/{id}", "/v1/keys/nokey".into(), Action::ManageKeys, None, None),
         (m("GET"), "/v1/audit", "/v1/audit".into(), Action::ReadAudit, None, None),
+        (m("GET"), "/v1/events", "/v1/events".into(), Action::ReadAgents, None, None),
+        (m("GET"), "/v1/events/stream", "/v1/events/stream?follow=false".into(), Action::ReadAgents, None, None),
         (
             m("POST"),
             "/v1/modules",
@@ -197,6 +199,23 @@ fn rbac_routes(kv: &str) -> Vec<RbacRoute> {
             Some(b"whoami".to_vec()),
         ),
         (m("GET"), "/v1/agents/{name}/logs", "/v1/agents/a1/logs".into(), Action::ReadLogs, None, None),
+        (m("GET"), "/v1/agents/{name}/deadletters", "/v1/agents/a1/deadletters".into(), Action::ReadAgents, None, None),
+        (
+            m("DELETE"),
+            "/v1/agents/{name}/deadletters/{id}",
+            "/v1/agents/a1/deadletters/1-2".into(),
+            Action::WriteAgents,
+            None,
+            None,
+        ),
+        (
+            m("POST"),
+            "/v1/agents/{name}/deadletters/{id}/replay",
+            "/v1/agents/a1/deadletters/1-2/replay".into(),
+            Action::WriteAgents,
+            None,
+            None,
+        ),
     ]
 }
 
@@ -537,6 +556,8 @@ async fn the_openapi_document_lists_every_served_route() {
                 .map(|seg| if seg.starts_with('{') { "nothing-here" } else { seg })
                 .collect::<Vec<_>>()
                 .join("/");
+            // The event stream follows the feed forever unless told to stop when caught up.
+            let concrete = if concrete.ends_with("/stream") { format!("{concrete}?follow=false") } else { concrete };
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let mut rb = s.req(m.clone(), &concrete, &admin).header("x-cortex-tenant", "t");
             if op["requestBody"]["content"]["application/json"].is_object() {

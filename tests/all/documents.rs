@@ -100,3 +100,22 @@ async fn runtime_import_answers_from_the_host_identity_and_config() {
     assert_eq!(r.logs.records[0].message, "hello log");
     assert!(r.stats.host_calls >= 1);
 }
+
+#[tokio::test]
+async fn writes_past_the_tenants_storage_quota_are_refused_with_a_typed_error() {
+    let sb = Sandbox::new();
+    let m = sb.load(art::KV).await;
+    let mut agent = sb.agent("small", "kv");
+    agent.stored_bytes_quota = Some(64);
+    let run = |cmd: &'static str| {
+        let (sb, m, agent) = (&sb, &m, agent.clone());
+        async move { text(&sb.runtime.invoke(m, &agent, &limits(), cmd.as_bytes()).await) }
+    };
+    assert_eq!(run(r#"put:c/a="0123456789012345678901234567890123456789""#).await, "1");
+    let r = run(r#"put:c/b="0123456789012345678901234567890123456789""#).await;
+    assert!(r.starts_with("error:quota-exceeded:"), "{r}");
+    assert_eq!(run("get:c/b").await, "none", "nothing was written");
+    // Freeing space makes room again.
+    assert_eq!(run("del:c/a").await, "true");
+    assert_eq!(run(r#"put:c/b="0123456789012345678901234567890123456789""#).await, "1");
+}

@@ -71,11 +71,11 @@ async fn rejects_wasi_http_import() {
 }
 
 #[tokio::test]
-async fn rejects_graph_import_until_it_is_served() {
+async fn rejects_messaging_import_until_it_is_served() {
     let sb = Sandbox::new();
-    let e = refuse(&sb, &std::fs::read(art::USES_GRAPH).unwrap()).await;
+    let e = refuse(&sb, &std::fs::read(art::USES_MESSAGING).unwrap()).await;
     assert_eq!(e.code(), "unserved_import");
-    assert!(e.to_string().contains("cortex:agent/graph@0.1.0"), "{e}");
+    assert!(e.to_string().contains("cortex:agent/messaging@0.1.0"), "{e}");
 }
 
 #[tokio::test]

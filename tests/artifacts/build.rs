@@ -106,7 +106,10 @@ fn rerun_if_changed(repo: &Path, plugins: &Path, members: &[String]) {
         paths.push(plugins.join(member).join("src"));
     }
     for path in paths {
-        println!("cargo:rerun-if-changed={}", path.display());
+        // Relative to this package (tests/artifacts): cargo then resolves them in whatever
+        // checkout shares the target dir, instead of remembering another clone's files.
+        let rel = path.strip_prefix(repo).map_or_else(|_| path.clone(), |p| Path::new("../..").join(p));
+        println!("cargo:rerun-if-changed={}", rel.display());
     }
     println!("cargo:rerun-if-env-changed=RUSTUP_TOOLCHAIN");
 }

@@ -16,9 +16,10 @@ use super::auth::{Action, Principal};
 use super::error::{ApiError, ApiResult, problem};
 use super::state::{Deployed, LogLine};
 use super::{AppState, JsonBody, authorize, check_name, tenant_scope};
-use crate::registry::{AgentLimits, AgentRecord, AgentStatus, ModuleRecord, Tenant, now_ms, scoped};
-use crate::runtime::{Outcome, World, digest};
-use crate::store::{RecordKind, StoreError};
+use crate::coordination;
+use crate::registry::{AgentLimits, AgentRecord, AgentStatus, ModuleRecord, Tenant, Watch, now_ms, scoped};
+use crate::runtime::{Module, Outcome, World, digest};
+use crate::store::{RecordKind, StoreError, check_collection, keys::check_prefix};
 
 type St = State<Arc<AppState>>;
 
@@ -170,6 +171,36 @@ pub struct Deploy {
     limits: AgentLimits,
     #[serde(default = "default_concurrency")]
     max_concurrency: u32,
+    #[serde(default)]
+    watches: Vec<Watch>,
+}
+
+/// Most watches one agent may have.
+const MAX_WATCHES: usize = 32;
+
+fn check_watches(st: &AppState, watches: &[Watch], module: &Module) -> ApiResult<()> {
+    if watches.is_empty() {
+        return Ok(());
+    }
+    if watches.len() > MAX_WATCHES {
+        return Err(ApiError::BadRequest(format!("at most {MAX_WATCHES} watches per agent")));
+    }
+    let limits = &st.config.limits.keys;
+    for (i, w) in watches.iter().enumerate() {
+        check_collection(&w.collection, limits)
+            .map_err(|e| ApiError::BadRequest(format!("watches[{i}].collection: {e}")))?;
+        check_prefix(&w.prefix, limits).map_err(|e| ApiError::BadRequest(format!("watches[{i}].prefix: {e}")))?;
+    }
+    watcher_module(module)
+}
+
+/// A watching agent needs a module that exports `on-change`.
+fn watcher_module(module: &Module) -> ApiResult<()> {
+    if module.shape.has_on_change {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest("an agent with watches needs a module that exports on-change".into()))
+    }
 }
 
 fn default_concurrency() -> u32 {
@@ -217,6 +248,7 @@ pub async fn deploy(
     }
     module_of(&st, &t, &body.module).await?;
     let module = st.module(&body.module).await?;
+    check_watches(&st, &body.watches, &module)?;
     let now = now_ms();
     let rec = AgentRecord {
         tenant: t.name.clone(),
@@ -229,8 +261,13 @@ pub async fn deploy(
         status: AgentStatus::Running,
         created_ms: now,
         updated_ms: now,
+        watches: body.watches,
     };
     st.run_init(&module, &rec, &t.quotas).await?;
+    if !rec.watches.is_empty() {
+        // Before the agent record: a watching agent always has its cursor.
+        coordination::start_cursor(&st.registry, &t.name, &rec.name).await?;
+    }
     let rev = match st.registry.put(RecordKind::Agent, &key, &rec, Some(0)).await {
         Err(StoreError::Conflict { .. }) => {
             return Err(ApiError::Conflict { code: "already_exists", message: format!("agent {:?} exists", rec.name) });
@@ -251,7 +288,7 @@ pub async fn list_agents(
     Ok(Json(st.agents_of(&t.name).values().map(|d| view(d)).collect()))
 }
 
-async fn deployed(
+pub(super) async fn deployed(
     st: &AppState,
     p: &Principal,
     headers: &HeaderMap,
@@ -277,7 +314,7 @@ pub async fn get_agent(
 /// Persist a changed record (compare-and-swap on the revision the change started from)
 /// and install it.
 async fn commit(
-    st: &AppState,
+    st: &Arc<AppState>,
     d: &Deployed,
     mut rec: AgentRecord,
     module: Arc<crate::runtime::Module>,
@@ -324,6 +361,9 @@ pub async fn upgrade(
     let (t, d) = deployed(&st, &p, &headers, &name, Action::WriteAgents).await?;
     module_of(&st, &t, &body.module).await?;
     let module = st.module(&body.module).await?;
+    if !d.record.watches.is_empty() {
+        watcher_module(&module)?;
+    }
     let mut rec = d.record.clone();
     rec.previous_module = Some(rec.module.clone());
     rec.module = body.module;
@@ -349,7 +389,7 @@ pub async fn rollback(
 }
 
 async fn set_status(
-    st: &AppState,
+    st: &Arc<AppState>,
     p: &Principal,
     headers: &HeaderMap,
     name: &str,
@@ -388,6 +428,9 @@ pub async fn delete_agent(
     let (t, _) = deployed(&st, &p, &headers, &name, Action::WriteAgents).await?;
     st.registry.delete(RecordKind::Agent, &scoped(&t.name, &name)).await?;
     st.uninstall(&t.name, &name);
+    coordination::forget(&st.registry, &t.name, &name).await?;
+    // Its edges go with it (graph import).
+    st.registry.store().remove_agent_edges(&t.name, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

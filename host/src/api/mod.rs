@@ -3,7 +3,9 @@
 
 mod agents;
 pub mod auth;
+mod deadletters;
 pub mod error;
+mod events;
 mod openapi;
 pub mod quota;
 mod routes;
@@ -177,6 +179,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/keys", post(routes::create_key).get(routes::list_keys))
         .route("/v1/keys/{id}", axum::routing::delete(routes::revoke_key))
         .route("/v1/audit", get(routes::list_audit))
+        .route("/v1/events", get(events::list))
+        .route("/v1/events/stream", get(events::stream))
         .route(
             "/v1/modules",
             post(agents::upload_module).get(agents::list_modules).layer(DefaultBodyLimit::max(module_limit)),
@@ -191,6 +195,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/agents/{name}/start", post(agents::start))
         .route("/v1/agents/{name}/invoke", post(agents::invoke))
         .route("/v1/agents/{name}/logs", get(agents::logs))
+        .route("/v1/agents/{name}/deadletters", get(deadletters::list))
+        .route("/v1/agents/{name}/deadletters/{id}", axum::routing::delete(deadletters::discard))
+        .route("/v1/agents/{name}/deadletters/{id}/replay", post(deadletters::replay))
         .layer(middleware::from_fn_with_state(state.clone(), audit))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()

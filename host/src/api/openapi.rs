@@ -19,6 +19,8 @@ pub const ROUTES: &[(&str, &str, &str, Option<&str>)] = &[
     ("get", "/v1/keys", "List API keys", None),
     ("delete", "/v1/keys/{id}", "Revoke an API key", None),
     ("get", "/v1/audit", "List audit events (since, limit, tenant, action, actor)", None),
+    ("get", "/v1/events", "The tenant's change feed after a sequence number (since, limit)", None),
+    ("get", "/v1/events/stream", "The change feed as server-sent events (since; resume from the last id)", None),
     ("post", "/v1/modules", "Upload a component (raw body); idempotent by digest", Some("wasm")),
     ("get", "/v1/modules", "List modules", None),
     ("get", "/v1/modules/{digest}", "Get a module", None),
@@ -34,6 +36,9 @@ pub const ROUTES: &[(&str, &str, &str, Option<&str>)] = &[
     ("post", "/v1/agents/{name}/start", "Take invocations again", None),
     ("post", "/v1/agents/{name}/invoke", "Invoke handle: bytes in, bytes out", Some("bytes")),
     ("get", "/v1/agents/{name}/logs", "Read the agent's log ring (since, limit)", None),
+    ("get", "/v1/agents/{name}/deadletters", "List the change batches a watching agent failed", None),
+    ("delete", "/v1/agents/{name}/deadletters/{id}", "Discard a dead letter", None),
+    ("post", "/v1/agents/{name}/deadletters/{id}/replay", "Deliver a dead letter again (deleted on success)", None),
 ];
 
 /// The document.

@@ -128,6 +128,7 @@ pub async fn delete_tenant(
     for a in st.registry.list::<AgentRecord>(RecordKind::Agent, &prefix).await? {
         st.uninstall(&a.tenant, &a.name);
         st.registry.delete(RecordKind::Agent, &scoped(&a.tenant, &a.name)).await?;
+        crate::coordination::forget(&st.registry, &a.tenant, &a.name).await?;
     }
     for m in st.registry.list::<ModuleRecord>(RecordKind::Module, &prefix).await? {
         st.registry.delete(RecordKind::Module, &scoped(&m.tenant, &m.digest)).await?;

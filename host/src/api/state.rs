@@ -13,8 +13,10 @@ use tokio::sync::Semaphore;
 use super::auth::Verifier;
 use super::error::{ApiError, ApiResult};
 use super::quota::Limiters;
+use crate::capabilities::ChangeEvent;
 use crate::config::ServerConfig;
-use crate::registry::{AgentRecord, AgentStatus, Quotas, Registry, now_ms};
+use crate::coordination::{self, Delivery, DispatchSettings, Host, Watcher};
+use crate::registry::{AgentRecord, AgentStatus, Quotas, Registry, Tenant, now_ms};
 use crate::runtime::{AgentContext, Export, Limits, Module, Outcome, Report, Runtime};
 use crate::store::{RecordKind, Store};
 use crate::telemetry::Metrics;
@@ -127,6 +129,8 @@ pub struct AppState {
     modules_dir: PathBuf,
     modules: Mutex<HashMap<String, Arc<Module>>>,
     agents: RwLock<HashMap<String, Arc<Deployed>>>,
+    watchers: Mutex<HashMap<String, Watcher>>,
+    dispatch: DispatchSettings,
     tenant_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -160,6 +164,8 @@ impl AppState {
             modules_dir,
             modules: Mutex::new(HashMap::new()),
             agents: RwLock::new(HashMap::new()),
+            watchers: Mutex::new(HashMap::new()),
+            dispatch: DispatchSettings::default(),
             tenant_locks: Mutex::new(HashMap::new()),
         })
     }
@@ -255,22 +261,102 @@ impl AppState {
         self.agents.read().unwrap_or_else(PoisonError::into_inner).get(&key(tenant, name)).cloned()
     }
 
-    /// Install (or replace) a deployed agent, keeping its pool, counters and logs.
-    pub fn install(&self, record: AgentRecord, revision: u64, module: Arc<Module>) -> Arc<Deployed> {
-        let mut map = self.agents.write().unwrap_or_else(PoisonError::into_inner);
-        let k = key(&record.tenant, &record.name);
-        let shared = match map.get(&k) {
-            Some(old) => old.shared.clone(),
-            None => Arc::new(Shared::new(record.max_concurrency, self.config.http.log_ring_lines)),
+    /// Install (or replace) a deployed agent, keeping its pool, counters and logs; start
+    /// its change-feed dispatcher when it runs and watches, stop it otherwise.
+    pub fn install(self: &Arc<Self>, record: AgentRecord, revision: u64, module: Arc<Module>) -> Arc<Deployed> {
+        let d = {
+            let mut map = self.agents.write().unwrap_or_else(PoisonError::into_inner);
+            let k = key(&record.tenant, &record.name);
+            let shared = match map.get(&k) {
+                Some(old) => old.shared.clone(),
+                None => Arc::new(Shared::new(record.max_concurrency, self.config.http.log_ring_lines)),
+            };
+            let d = Arc::new(Deployed { record, revision, module, shared });
+            map.insert(k, d.clone());
+            d
         };
-        let d = Arc::new(Deployed { record, revision, module, shared });
-        map.insert(k, d.clone());
+        self.sync_watcher(&d.record);
         d
     }
 
-    /// Forget a deployed agent.
+    /// Start, keep or stop the dispatcher of an agent to match its record.
+    fn sync_watcher(self: &Arc<Self>, record: &AgentRecord) {
+        let k = key(&record.tenant, &record.name);
+        let wanted = record.status == AgentStatus::Running && !record.watches.is_empty();
+        let mut watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
+        if wanted && watchers.get(&k).is_some_and(|w| w.watches == record.watches) {
+            return;
+        }
+        // Dropping a watcher asks its task to stop.
+        watchers.remove(&k);
+        if wanted {
+            let host: std::sync::Weak<dyn Host> = Arc::downgrade(self) as std::sync::Weak<dyn Host>;
+            let w = coordination::spawn(
+                host,
+                record.tenant.clone(),
+                record.name.clone(),
+                record.watches.clone(),
+                self.dispatch.clone(),
+            );
+            watchers.insert(k, w);
+        }
+    }
+
+    /// Forget a deployed agent (and stop its dispatcher).
     pub fn uninstall(&self, tenant: &str, name: &str) {
         self.agents.write().unwrap_or_else(PoisonError::into_inner).remove(&key(tenant, name));
+        self.watchers.lock().unwrap_or_else(PoisonError::into_inner).remove(&key(tenant, name));
+    }
+
+    /// Whether the change-feed dispatcher of an agent is running.
+    pub fn is_watching(&self, tenant: &str, name: &str) -> bool {
+        self.watchers.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&key(tenant, name))
+    }
+
+    /// Stop every change-feed dispatcher at once and wait until they are gone, the way a
+    /// crash would: batches in flight are abandoned without moving their cursors (they are
+    /// delivered again after a restart). For shutdown, and for tests that reopen the data
+    /// directory in the same process.
+    pub async fn halt_watchers(&self) {
+        let all: Vec<Watcher> =
+            self.watchers.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(_, w)| w).collect();
+        for w in all {
+            w.halt().await;
+        }
+    }
+
+    /// Run `on-change(events)` of a deployed, running agent once, counted like an
+    /// invocation (pool, counters, logs, metrics).
+    pub async fn deliver_changes(&self, tenant: &str, name: &str, events: &[ChangeEvent]) -> Delivery {
+        let Some(d) = self.agent(tenant, name) else { return Delivery::Gone };
+        if !Self::is_running(&d) {
+            return Delivery::Gone;
+        }
+        let quotas = match self.registry.get::<Tenant>(RecordKind::Tenant, tenant).await {
+            Ok(Some((t, _))) => t.quotas,
+            Ok(None) => return Delivery::Gone,
+            Err(e) => return Delivery::Failed { code: "store".into(), message: format!("reading the tenant: {e}") },
+        };
+        let Ok(_slot) = d.shared.pool.clone().acquire_owned().await else { return Delivery::Gone };
+        let report = self
+            .runtime
+            .call(
+                &d.module,
+                &self.context(&d.record, &quotas),
+                &self.limits_for(&d.record, &quotas),
+                Export::OnChange(events),
+            )
+            .await;
+        d.shared.invocations.fetch_add(1, Ordering::Relaxed);
+        if !report.outcome.is_ok() {
+            d.shared.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        d.shared.record_logs(&report);
+        self.metrics.invocation(tenant, name, &report);
+        match report.outcome {
+            Outcome::Ok { .. } => Delivery::Delivered,
+            other => Delivery::Failed { code: other.code().to_owned(), message: other.to_string() },
+        }
     }
 
     /// Whether any agent (of any tenant) runs `digest`; used before deleting a module.
@@ -281,8 +367,9 @@ impl AppState {
         })
     }
 
-    /// Bring back every agent in the registry (after a restart).
-    pub async fn restore(&self) -> ApiResult<usize> {
+    /// Bring back every agent in the registry (after a restart), with the dispatchers of
+    /// the watching ones.
+    pub async fn restore(self: &Arc<Self>) -> ApiResult<usize> {
         let records = self.registry.store().record_list(RecordKind::Agent, "").await?;
         let mut n = 0;
         for (k, _) in records {
@@ -312,5 +399,16 @@ impl AppState {
     /// Status of an agent as the API shows it.
     pub fn is_running(d: &Deployed) -> bool {
         d.record.status == AgentStatus::Running
+    }
+}
+
+#[async_trait::async_trait]
+impl Host for AppState {
+    fn store(&self) -> Arc<dyn Store> {
+        self.registry.store().clone()
+    }
+
+    async fn deliver(&self, tenant: &str, agent: &str, events: &[ChangeEvent]) -> Delivery {
+        self.deliver_changes(tenant, agent, events).await
     }
 }

@@ -13,9 +13,9 @@ use crate::store::{self, KeyLimits, Scope, Store, StoreError, WriteOp};
 /// What the documents capability needs: a store, the caller's scope and the size limits.
 #[derive(Clone)]
 pub struct DocumentsCtx {
-    store: Arc<dyn Store>,
-    scope: Scope,
-    limits: KeyLimits,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) scope: Scope,
+    pub(crate) limits: KeyLimits,
     stored_bytes_quota: Option<u64>,
 }
 

@@ -7,6 +7,7 @@
 //! refused request (bad key, conflict, too large) is a typed WIT error the guest handles.
 
 pub mod documents;
+pub mod graph;
 pub mod runtime;
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ pub(crate) mod bindings {
         world: "agent",
         imports: {
             "cortex:agent/documents": async | trappable,
+            "cortex:agent/graph": async | trappable,
             default: trappable,
         },
         exports: { default: async },
@@ -46,17 +48,20 @@ pub enum Interface {
     Documents = 0,
     /// `cortex:agent/runtime`.
     Runtime = 1,
+    /// `cortex:agent/graph`.
+    Graph = 2,
 }
 
 impl Interface {
     /// Every counted interface, in index order.
-    pub const ALL: [Interface; 2] = [Interface::Documents, Interface::Runtime];
+    pub const ALL: [Interface; 3] = [Interface::Documents, Interface::Runtime, Interface::Graph];
 
     /// The interface's name (a metric label).
     pub fn name(self) -> &'static str {
         match self {
             Interface::Documents => "documents",
             Interface::Runtime => "runtime",
+            Interface::Graph => "graph",
         }
     }
 }
@@ -67,14 +72,14 @@ pub struct HostCalls {
     /// Calls made so far.
     pub count: u64,
     /// Calls per interface, indexed by [`Interface`].
-    pub by_interface: [u64; 2],
+    pub by_interface: [u64; 3],
     limit: u64,
 }
 
 impl HostCalls {
     /// A budget of `limit` calls.
     pub fn new(limit: u64) -> Self {
-        Self { count: 0, by_interface: [0; 2], limit }
+        Self { count: 0, by_interface: [0; 3], limit }
     }
 
     /// Count one call to `iface`; a trap once the budget is spent.
@@ -105,10 +110,10 @@ impl WasiView for HostState {
 }
 
 /// Interfaces of the `cortex:agent` package the host serves today.
-pub const SERVED_INTERFACES: &[&str] = &["types", "runtime", "documents"];
+pub const SERVED_INTERFACES: &[&str] = &["types", "runtime", "documents", "graph"];
 
 /// Interfaces defined by the WIT package but not served yet.
-pub const UNSERVED_INTERFACES: &[&str] = &["graph", "messaging"];
+pub const UNSERVED_INTERFACES: &[&str] = &["messaging"];
 
 /// A linker with WASI preview 2 and every served Cortex interface.
 pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Arc<Linker<HostState>>> {
@@ -116,6 +121,7 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Arc<Linker<HostStat
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     bindings::cortex::agent::documents::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     bindings::cortex::agent::runtime::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    bindings::cortex::agent::graph::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     Ok(Arc::new(linker))
 }
 

@@ -1,5 +1,5 @@
-//! Registry records: tenants, modules, agents, API keys and the audit log, as typed JSON
-//! over the store's [`RecordStore`](crate::store::RecordStore).
+//! Registry records: tenants, modules, agents, API keys, change-feed cursors, dead letters
+//! and the audit log, as typed JSON over the store's [`RecordStore`](crate::store::RecordStore).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -133,6 +133,81 @@ pub struct AgentRecord {
     /// Deploy time.
     pub created_ms: u64,
     /// Last change.
+    pub updated_ms: u64,
+    /// What of the tenant's change feed the agent receives through `on-change`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watches: Vec<Watch>,
+}
+
+/// A watch: every change of a document of `collection` whose key starts with `prefix`
+/// (empty: every key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Watch {
+    /// The collection watched.
+    pub collection: String,
+    /// Key prefix; empty for the whole collection.
+    #[serde(default)]
+    pub prefix: String,
+}
+
+impl Watch {
+    /// Whether a change of `collection/key` is watched.
+    pub fn matches(&self, collection: &str, key: &str) -> bool {
+        self.collection == collection && key.starts_with(&self.prefix)
+    }
+}
+
+/// How far a watching agent has consumed its tenant's change feed: every event up to
+/// `seq` was delivered (or parked as a dead letter). Keyed `tenant/agent`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CursorRecord {
+    /// The last sequence number handled.
+    pub seq: u64,
+    /// When it was last moved (ms since the epoch).
+    pub updated_ms: u64,
+}
+
+/// One change event as kept in a dead letter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedEvent {
+    /// Position in the tenant's feed.
+    pub seq: u64,
+    /// Collection of the document.
+    pub collection: String,
+    /// Key of the document.
+    pub key: String,
+    /// `put` or `delete`.
+    pub op: String,
+    /// Revision after the write (for a delete, the revision removed).
+    pub revision: u64,
+}
+
+/// A batch of change events that a watching agent failed to take after its retries; the
+/// cursor moved past it. Keyed `tenant/agent/id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Its id within the agent (sorts by feed position).
+    pub id: String,
+    /// Owner.
+    pub tenant: String,
+    /// The watching agent.
+    pub agent: String,
+    /// The first feed position the batch covers.
+    pub first_seq: u64,
+    /// The last feed position the batch covers.
+    pub last_seq: u64,
+    /// The events of the batch that the agent watches, in feed order.
+    pub events: Vec<FeedEvent>,
+    /// Deliveries tried so far (replays included).
+    pub attempts: u32,
+    /// Outcome code of the last failure (`agent_error`, `trap`, ...).
+    pub error_code: String,
+    /// Detail of the last failure.
+    pub error: String,
+    /// When it was parked (ms since the epoch).
+    pub created_ms: u64,
+    /// When it was last tried.
     pub updated_ms: u64,
 }
 

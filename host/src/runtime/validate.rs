@@ -184,7 +184,8 @@ mod tests {
         assert!(check_import("wasi:sockets/tcp@0.2.6").is_ok());
         assert!(check_import("cortex:agent/documents@0.1.0").is_ok());
         assert!(matches!(check_import("wasi:http/outgoing-handler@0.2.6"), Err(LoadError::DeniedImport { .. })));
-        assert!(matches!(check_import("cortex:agent/graph@0.1.0"), Err(LoadError::UnservedImport { .. })));
+        assert!(check_import("cortex:agent/graph@0.1.0").is_ok());
+        assert!(matches!(check_import("cortex:agent/messaging@0.1.0"), Err(LoadError::UnservedImport { .. })));
         assert!(matches!(check_import("cortex:agent/documents@0.2.0"), Err(LoadError::UnknownImport { .. })));
         assert!(matches!(check_import("wasi:cli/environment@0.3.0"), Err(LoadError::UnknownImport { .. })));
         assert!(matches!(check_import("evil:backdoor/shell"), Err(LoadError::UnknownImport { .. })));

@@ -143,6 +143,10 @@ pub enum RecordKind {
     Agent,
     /// API keys, keyed by key id.
     ApiKey,
+    /// Change-feed cursors of watching agents, keyed by `tenant/agent`.
+    Cursor,
+    /// Change batches a watching agent failed, keyed by `tenant/agent/id`.
+    DeadLetter,
 }
 
 impl RecordKind {
@@ -153,6 +157,8 @@ impl RecordKind {
             RecordKind::Module => "module",
             RecordKind::Agent => "agent",
             RecordKind::ApiKey => "apikey",
+            RecordKind::Cursor => "cursor",
+            RecordKind::DeadLetter => "deadletter",
         }
     }
 }

@@ -1,0 +1,88 @@
+//! Dead letters of watching agents: change batches the agent failed after its retries.
+//! List them, replay one through `on-change` (deleted once it succeeds), or discard one.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+use super::agents::deployed;
+use super::auth::{Action, Principal};
+use super::error::{ApiError, ApiResult, problem};
+use crate::coordination::{self, Delivery};
+use crate::registry::{DeadLetter, now_ms};
+use crate::store::RecordKind;
+
+type St = State<Arc<AppState>>;
+
+pub async fn list(
+    State(st): St,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<DeadLetter>>> {
+    let (t, _) = deployed(&st, &p, &headers, &name, Action::ReadAgents).await?;
+    Ok(Json(coordination::dead_letters(&st.registry, &t.name, &name).await?))
+}
+
+/// The dead letter `id` of the caller's agent `name`, with its record key and revision.
+async fn find(
+    st: &AppState,
+    p: &Principal,
+    headers: &HeaderMap,
+    name: &str,
+    id: &str,
+) -> ApiResult<(String, DeadLetter, u64)> {
+    let (t, _) = deployed(st, p, headers, name, Action::WriteAgents).await?;
+    let missing = || ApiError::NotFound(format!("dead letter {id:?} of agent {name:?} not found"));
+    if !coordination::valid_dead_letter_id(id) {
+        return Err(missing());
+    }
+    let key = coordination::dead_letter_key(&t.name, name, id);
+    let (letter, rev) = st.registry.get::<DeadLetter>(RecordKind::DeadLetter, &key).await?.ok_or_else(missing)?;
+    Ok((key, letter, rev))
+}
+
+pub async fn replay(
+    State(st): St,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    Path((name, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let (key, mut letter, rev) = find(&st, &p, &headers, &name, &id).await?;
+    let events: Vec<_> = letter.events.iter().map(coordination::from_record).collect();
+    match st.deliver_changes(&letter.tenant, &name, &events).await {
+        Delivery::Delivered => {
+            st.registry.delete(RecordKind::DeadLetter, &key).await?;
+            Ok(Json(json!({ "id": letter.id, "outcome": "ok", "events": events.len() })).into_response())
+        }
+        Delivery::Gone => {
+            Err(ApiError::Conflict { code: "agent_stopped", message: format!("agent {name:?} is stopped") })
+        }
+        Delivery::Failed { code, message } => {
+            letter.attempts += 1;
+            letter.error_code = code.clone();
+            letter.error = message.clone();
+            letter.updated_ms = now_ms();
+            // A concurrent replay or discard wins; this one only reports its outcome.
+            let _ = st.registry.put(RecordKind::DeadLetter, &key, &letter, Some(rev)).await;
+            Ok(problem(StatusCode::UNPROCESSABLE_ENTITY, &code, format!("replay failed: {message}")))
+        }
+    }
+}
+
+pub async fn discard(
+    State(st): St,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    Path((name, id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let (key, _, _) = find(&st, &p, &headers, &name, &id).await?;
+    st.registry.delete(RecordKind::DeadLetter, &key).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

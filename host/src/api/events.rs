@@ -1,0 +1,114 @@
+//! The tenant's change feed for outside consumers: `GET /v1/events?since=SEQ&limit=N` and a
+//! server-sent-events stream `GET /v1/events/stream?since=SEQ` (each event's SSE `id` is its
+//! sequence number, so a client resumes with `?since=<last id>`; `follow=false` ends the
+//! stream once it has caught up).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use serde::{Deserialize, Serialize};
+
+use super::auth::{Action, Principal};
+use super::error::ApiResult;
+use super::{AppState, authorize, tenant_scope};
+use crate::store::ChangeEvent;
+
+/// One change event as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct EventView {
+    seq: u64,
+    collection: String,
+    key: String,
+    op: &'static str,
+    revision: u64,
+    agent: String,
+}
+
+impl From<ChangeEvent> for EventView {
+    fn from(e: ChangeEvent) -> Self {
+        Self {
+            seq: e.seq,
+            collection: e.collection,
+            key: e.key,
+            op: e.op.as_str(),
+            revision: e.revision,
+            agent: e.agent,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    #[serde(default)]
+    since: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+    /// For the stream: keep waiting for new events (default), or end once caught up.
+    #[serde(default)]
+    follow: Option<bool>,
+}
+
+/// Events after `since`, in sequence order.
+pub async fn list(
+    State(st): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<Json<Vec<EventView>>> {
+    authorize(&p, Action::ReadAgents)?;
+    let t = tenant_scope(&st, &p, &headers).await?;
+    let events = st.registry.store().feed_since(&t.name, q.since, q.limit.unwrap_or(100).min(1000)).await?;
+    Ok(Json(events.into_iter().map(EventView::from).collect()))
+}
+
+/// How long the stream waits for a write before it checks again (keep-alives go out
+/// meanwhile).
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A server-sent-events stream of the tenant's feed, from `since` on.
+pub async fn stream(
+    State(st): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>> {
+    authorize(&p, Action::ReadAgents)?;
+    let t = tenant_scope(&st, &p, &headers).await?;
+    let batch = q.limit.unwrap_or(100).clamp(1, 1000);
+    let follow = q.follow.unwrap_or(true);
+    let state = (st, t.name, q.since, std::collections::VecDeque::<ChangeEvent>::new());
+    let events = futures_util::stream::unfold(state, move |(st, tenant, mut cursor, mut pending)| async move {
+        loop {
+            if let Some(e) = pending.pop_front() {
+                cursor = e.seq;
+                let data = serde_json::to_string(&EventView::from(e)).unwrap_or_default();
+                let ev = Event::default().id(cursor.to_string()).event("change").data(data);
+                return Some((Ok(ev), (st, tenant, cursor, pending)));
+            }
+            let store = st.registry.store();
+            match store.feed_since(&tenant, cursor, batch).await {
+                Ok(list) if !list.is_empty() => pending.extend(list),
+                Ok(_) if !follow => return None,
+                Ok(_) => {
+                    if let Err(e) = store.wait_for(&tenant, cursor, WAIT).await {
+                        tracing::warn!(error = %e, "event stream wait failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                Err(e) => {
+                    // End the stream; the client resumes from its last id.
+                    tracing::warn!(error = %e, "event stream read failed");
+                    return None;
+                }
+            }
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}

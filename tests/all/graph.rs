@@ -1,0 +1,81 @@
+//! The graph import from a real guest, through the HTTP API (both ends must be deployed agents).
+
+use cortex_artifacts as art;
+use cortex_host::api::Role;
+use serde_json::json;
+
+use crate::server::Server;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_link_query_traverse_and_unlink() {
+    let s = Server::start().await;
+    s.tenant("acme").await;
+    let dev = s.token(Some("acme"), Role::Developer);
+    let g = s.upload(&dev, art::GRAPH).await;
+    let hello = s.upload(&dev, art::HELLO).await;
+    s.deploy(&dev, "g", &g, json!({})).await;
+    for a in ["a", "b", "c", "d"] {
+        s.deploy(&dev, a, &hello, json!({})).await;
+    }
+    for edge in [r#"a>b:knows={"since":2024}"#, "b>c:knows", "c>d:knows", "a>c:owns"] {
+        assert_eq!(s.invoke_ok(&dev, "g", &format!("link:{edge}")).await, "linked");
+    }
+    assert_eq!(s.invoke_ok(&dev, "g", "out:a").await, r#"["a>b:knows","a>c:owns"]"#);
+    assert_eq!(s.invoke_ok(&dev, "g", "out:a:knows").await, r#"["a>b:knows"]"#);
+    assert_eq!(s.invoke_ok(&dev, "g", "in:c").await, r#"["b>c:knows","a>c:owns"]"#);
+    assert_eq!(s.invoke_ok(&dev, "g", "traverse:a:1").await, r#"["b","c"]"#);
+    assert_eq!(s.invoke_ok(&dev, "g", "traverse:a:3").await, r#"["b","c","d"]"#);
+
+    // Unknown agents and bad attributes are typed errors the guest sees.
+    let r = s.invoke_ok(&dev, "g", "link:a>ghost:knows").await;
+    assert!(r.starts_with("error:graph-unknown-agent:"), "{r}");
+    let r = s.invoke_ok(&dev, "g", "link:a>b:knows={not json").await;
+    assert!(r.starts_with("error:graph-invalid-argument:"), "{r}");
+
+    assert_eq!(s.invoke_ok(&dev, "g", "unlink:a>c:owns").await, "true");
+    assert_eq!(s.invoke_ok(&dev, "g", "unlink:a>c:owns").await, "false");
+    assert_eq!(s.invoke_ok(&dev, "g", "out:a").await, r#"["a>b:knows"]"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_link_or_see_another_tenants_agents() {
+    let s = Server::start().await;
+    s.tenant("alpha").await;
+    s.tenant("beta").await;
+    let a = s.token(Some("alpha"), Role::Developer);
+    let b = s.token(Some("beta"), Role::Developer);
+    let (ga, gb) = (s.upload(&a, art::GRAPH).await, s.upload(&b, art::GRAPH).await);
+    let (ha, hb) = (s.upload(&a, art::HELLO).await, s.upload(&b, art::HELLO).await);
+    s.deploy(&a, "g", &ga, json!({})).await;
+    s.deploy(&b, "g", &gb, json!({})).await;
+    s.deploy(&a, "x", &ha, json!({})).await;
+    s.deploy(&a, "y", &ha, json!({})).await;
+    s.deploy(&b, "z", &hb, json!({})).await;
+    assert_eq!(s.invoke_ok(&a, "g", "link:x>y:knows").await, "linked");
+    // Beta's agent names alpha's agents: they do not exist in beta.
+    let r = s.invoke_ok(&b, "g", "link:z>x:knows").await;
+    assert!(r.starts_with("error:graph-unknown-agent:"), "{r}");
+    assert_eq!(s.invoke_ok(&b, "g", "out:x").await, "[]");
+    assert_eq!(s.invoke_ok(&b, "g", "in:y").await, "[]");
+    assert_eq!(s.invoke_ok(&a, "g", "out:x").await, r#"["x>y:knows"]"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_agent_removes_its_edges() {
+    let s = Server::start().await;
+    s.tenant("acme").await;
+    let dev = s.token(Some("acme"), Role::Developer);
+    let g = s.upload(&dev, art::GRAPH).await;
+    let hello = s.upload(&dev, art::HELLO).await;
+    s.deploy(&dev, "g", &g, json!({})).await;
+    s.deploy(&dev, "a", &hello, json!({})).await;
+    s.deploy(&dev, "b", &hello, json!({})).await;
+    assert_eq!(s.invoke_ok(&dev, "g", "link:a>b:knows").await, "linked");
+    assert_eq!(s.invoke_ok(&dev, "g", "link:b>a:knows").await, "linked");
+    let r = s.req(reqwest::Method::DELETE, "/v1/agents/b", &dev).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(s.invoke_ok(&dev, "g", "both:a").await, "[]");
+    // A new agent of the same name starts without edges.
+    s.deploy(&dev, "b", &hello, json!({})).await;
+    assert_eq!(s.invoke_ok(&dev, "g", "in:b").await, "[]");
+}

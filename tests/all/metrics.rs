@@ -1,0 +1,28 @@
+//! `/metrics`: invocations by tenant, agent and outcome, with bounded agent labels.
+
+use cortex_artifacts as art;
+use cortex_host::api::Role;
+use serde_json::json;
+
+use crate::server::Server;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invocations_are_counted_by_outcome_and_extra_agents_fold_into_other() {
+    let s = Server::start_with(|c| c.metrics.max_agent_labels = 1).await;
+    s.tenant("acme").await;
+    let dev = s.token(Some("acme"), Role::Developer);
+    let hello = s.upload(&dev, art::HELLO).await;
+    let hostile = s.upload(&dev, art::HOSTILE).await;
+    s.deploy(&dev, "first", &hello, json!({})).await;
+    s.deploy(&dev, "second", &hostile, json!({})).await;
+    s.invoke_ok(&dev, "first", "a").await;
+    s.invoke_ok(&dev, "first", "b").await;
+    let (status, _) = s.invoke(&dev, "second", "trap").await;
+    assert_eq!(status, 502);
+    let text = s.client.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains(r#"cortex_invocations_total{agent="first",outcome="ok",tenant="acme"} 2"#), "{text}");
+    assert!(text.contains(r#"cortex_invocations_total{agent="other",outcome="trap",tenant="acme"} 1"#), "{text}");
+    assert!(text.contains(r#"cortex_traps_total{kind="unreachable"} 1"#), "{text}");
+    assert!(text.contains("cortex_store_operation_seconds_count"), "store latency is exported");
+    assert!(!text.contains(r#"agent="second""#), "the label set is bounded");
+}
