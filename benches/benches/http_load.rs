@@ -4,10 +4,15 @@
 //!
 //! `cargo bench -p cortex-benches --bench http_load [-- SECONDS CLIENTS]` (defaults 5 s, 16).
 //!
-//! Peers: `wasmtime serve` (wasmtime-cli 48.0.8) is measured when `WASMTIME_SERVE_WASM`
-//! names a wasi:http hello component and `wasmtime` is on PATH; installing it takes
-//! `cargo install wasmtime-cli --version 48.0.8 --locked` (about 18 minutes here), so it is
-//! skipped with a message otherwise, and never run in CI.
+//! Peers, serving `plugins/http-hello` (a wasi:http proxy component answering 200
+//! `Hello, world!`) on 127.0.0.1 and driven with `GET /` by the same load loop:
+//! - a tuned bare hyper + wasmtime-wasi-http server, in this process: same wasmtime
+//!   configuration as Cortex, one pre-instantiated component, a fresh store per request,
+//!   HTTP/1.1 keep-alive, no auth, no metrics, no logs;
+//! - `wasmtime serve` (wasmtime-cli 48.0.8) when `wasmtime` is on PATH, serving
+//!   `WASMTIME_SERVE_WASM` (default: the same component); installing it takes
+//!   `cargo install wasmtime-cli --version 48.0.8 --locked` (about 18 minutes here), so it is
+//!   skipped with a message otherwise, and never run in CI.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -18,7 +23,16 @@ use cortex_artifacts as art;
 use cortex_host::api::auth::Claims;
 use cortex_host::config::ServerConfig;
 use cortex_host::registry::{Quotas, now_ms};
-use cortex_host::runtime::Limits;
+use cortex_host::runtime::{EngineConfig, Limits};
+use hyper::server::conn::http1;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 struct Run {
     requests: u64,
@@ -142,8 +156,13 @@ fn main() {
         .report("HTTP over loopback");
         println!("ratio HTTP / in-process throughput: {:.2}", http / inproc);
 
-        match (std::env::var("WASMTIME_SERVE_WASM"), which("wasmtime")) {
-            (Ok(wasm), Some(bin)) => {
+        let bare_addr = bare_server(art::HTTP_HELLO).await;
+        let bare = drive_get(clients, duration, format!("http://{bare_addr}/")).await.report("bare hyper+wasi-http");
+        println!("ratio Cortex HTTP / bare hyper+wasi-http throughput: {:.2}", http / bare);
+
+        match which("wasmtime") {
+            Some(bin) => {
+                let wasm = std::env::var("WASMTIME_SERVE_WASM").unwrap_or_else(|_| art::HTTP_HELLO.to_owned());
                 let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
                 let mut child = std::process::Command::new(bin)
                     .args(["serve", "--addr", &format!("127.0.0.1:{port}"), &wasm])
@@ -151,7 +170,7 @@ fn main() {
                     .stderr(std::process::Stdio::null())
                     .spawn()
                     .unwrap();
-                let peer_url = Arc::new(format!("http://127.0.0.1:{port}/"));
+                let peer_url = format!("http://127.0.0.1:{port}/");
                 let client = reqwest::Client::new();
                 for _ in 0..600 {
                     if client.get(peer_url.as_str()).send().await.is_ok() {
@@ -159,28 +178,136 @@ fn main() {
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                let peer = drive(clients, duration, move || {
-                    let (client, url) = (client.clone(), peer_url.clone());
-                    async move {
-                        match client.get(url.as_str()).send().await {
-                            Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                            Err(_) => false,
-                        }
-                    }
-                })
-                .await
-                .report("wasmtime serve (peer)");
+                let peer = drive_get(clients, duration, peer_url).await.report("wasmtime serve (peer)");
                 println!("ratio Cortex HTTP / wasmtime serve throughput: {:.2}", http / peer);
                 let _ = child.kill();
                 let _ = child.wait();
             }
-            _ => println!(
-                "peer `wasmtime serve` skipped: set WASMTIME_SERVE_WASM to a wasi:http hello component and put \
-                 wasmtime-cli 48.0.8 on PATH (cargo install wasmtime-cli --version 48.0.8 --locked, ~18 min)"
+            None => println!(
+                "peer `wasmtime serve` skipped: put wasmtime-cli 48.0.8 on PATH (cargo install wasmtime-cli \
+                 --version 48.0.8 --locked, ~18 min); it serves WASMTIME_SERVE_WASM, by default plugins/http-hello"
             ),
         }
         let _ = stop_tx.send(());
     });
+}
+
+/// `GET url` from `clients` keep-alive clients for `duration`.
+async fn drive_get(clients: usize, duration: Duration, url: String) -> Run {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(clients).build().unwrap();
+    let url = Arc::new(url);
+    drive(clients, duration, move || {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            match client.get(url.as_str()).send().await {
+                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    })
+    .await
+}
+
+/// The bare peer: hyper's HTTP/1.1 server and wasmtime-wasi-http serving the wasi:http
+/// component at `wasm` on 127.0.0.1, with Cortex's wasmtime configuration (fuel and epochs
+/// on: each store gets fuel and a deadline it never reaches) and nothing else.
+async fn bare_server(wasm: &str) -> std::net::SocketAddr {
+    let engine = Engine::new(&cortex_host::runtime::wasmtime_config(&EngineConfig::default())).unwrap();
+    let component = Component::from_file(&engine, wasm).unwrap();
+    let mut linker = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).unwrap();
+    let pre = ProxyPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else { continue };
+            let _ = conn.set_nodelay(true);
+            let pre = pre.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| bare_handle(pre.clone(), req));
+                let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(conn), service).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn bare_handle(
+    pre: ProxyPre<BareState>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> wasmtime::Result<hyper::Response<HyperOutgoingBody>> {
+    let state = BareState {
+        table: ResourceTable::new(),
+        wasi: WasiCtx::builder().build(),
+        http: WasiHttpCtx::new(),
+        hooks: NoOutgoing,
+    };
+    let mut store = Store::new(pre.engine(), state);
+    store.set_fuel(u64::MAX)?;
+    store.set_epoch_deadline(u64::from(u32::MAX));
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let req = store.data_mut().http().new_incoming_request(Scheme::Http, req)?;
+    let out = store.data_mut().http().new_response_outparam(sender)?;
+    // The guest may go on writing the body after it has sent the head: run it beside.
+    let task = tokio::spawn(async move {
+        let proxy = pre.instantiate_async(&mut store).await?;
+        proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+    });
+    match receiver.await {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => match task.await {
+            Ok(Ok(())) => Err(wasmtime::Error::msg("guest never set the response")),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(e.into()),
+        },
+    }
+}
+
+struct BareState {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: NoOutgoing,
+}
+
+impl WasiView for BareState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for BareState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+/// Hooks without outgoing requests (wasmtime-wasi-http's `default-send-request` feature
+/// would pull in rustls); the hello component never sends any.
+struct NoOutgoing;
+
+impl WasiHttpHooks for NoOutgoing {
+    fn send_request(
+        &mut self,
+        _request: hyper::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        hyper::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
 }
 
 fn which(bin: &str) -> Option<std::path::PathBuf> {

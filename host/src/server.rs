@@ -118,6 +118,11 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Small responses on keep-alive connections: without this, Nagle's algorithm and
+        // delayed ACKs add tens of milliseconds to some requests.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
         let svc = TowerToHyperService::new(app.clone());
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
