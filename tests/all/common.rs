@@ -9,7 +9,7 @@ use cortex_host::store::EmbeddedStore;
 
 /// Epoch tick used by tests: coarse enough that "deadline plus two ticks" absorbs the
 /// scheduling noise of a loaded 2-core machine.
-pub const TICK: Duration = Duration::from_millis(50);
+pub const TICK: Duration = Duration::from_millis(100);
 
 pub struct Sandbox {
     pub runtime: Runtime,
