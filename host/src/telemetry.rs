@@ -21,6 +21,7 @@ pub struct Metrics {
     host_calls: IntCounterVec,
     rate_limited: IntCounterVec,
     store_latency: HistogramVec,
+    change_batches: IntCounterVec,
     agents_seen: Mutex<HashSet<String>>,
     max_agent_labels: usize,
 }
@@ -93,6 +94,12 @@ impl Metrics {
                 &["op"],
                 secs,
             ),
+            change_batches: counter(
+                &r,
+                "cortex_change_batches_total",
+                "Change-feed batches by result: delivered, retried, dead_lettered",
+                &["tenant", "result"],
+            ),
             registry: r,
             agents_seen: Mutex::new(HashSet::new()),
             max_agent_labels,
@@ -128,6 +135,11 @@ impl Metrics {
             Outcome::Trap { kind, .. } => self.traps.with_label_values(&[kind.as_str()]).inc(),
             other => self.traps.with_label_values(&[other.code()]).inc(),
         }
+    }
+
+    /// Count one change-feed batch delivery attempt by its result.
+    pub fn change_batch(&self, tenant: &str, result: &str) {
+        self.change_batches.with_label_values(&[tenant, result]).inc();
     }
 
     /// Count a refusal by a rate limit or quota.

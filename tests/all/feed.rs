@@ -224,6 +224,9 @@ async fn failed_batches_become_dead_letters_that_can_be_replayed_or_discarded() 
     assert_eq!((events[0]["collection"].as_str(), events[0]["key"].as_str()), (Some("orders"), Some("a")));
     assert_eq!(events[0]["op"], "put");
     let id = first["id"].as_str().unwrap().to_owned();
+    let metrics = s.client.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"cortex_change_batches_total{result="dead_lettered",tenant="acme"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"cortex_change_batches_total{result="retried",tenant="acme"}"#), "{metrics}");
     // Observers may read dead letters but not replay them.
     assert_eq!(s.get_json(&observer, "/v1/agents/w/deadletters").await.as_array().unwrap().len(), 1);
     let replay = format!("/v1/agents/w/deadletters/{id}/replay");

@@ -411,4 +411,8 @@ impl Host for AppState {
     async fn deliver(&self, tenant: &str, agent: &str, events: &[ChangeEvent]) -> Delivery {
         self.deliver_changes(tenant, agent, events).await
     }
+
+    fn count(&self, tenant: &str, what: &'static str) {
+        self.metrics.change_batch(tenant, what);
+    }
 }

@@ -232,6 +232,13 @@ impl Dispatcher {
                     attempt += 1;
                     let host = self.host()?;
                     let delivery = host.deliver(&tenant, &self.agent, &guest).await;
+                    let what = match &delivery {
+                        Delivery::Delivered => "delivered",
+                        Delivery::Failed { .. } if attempt >= self.settings.attempts.max(1) => "dead_lettered",
+                        Delivery::Failed { .. } => "retried",
+                        Delivery::Gone => "gone",
+                    };
+                    host.count(&tenant, what);
                     drop(host);
                     match delivery {
                         Delivery::Delivered => break None,

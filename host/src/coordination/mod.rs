@@ -74,6 +74,9 @@ pub trait Host: Send + Sync + 'static {
 
     /// Run `on-change(events)` of `tenant/agent` once.
     async fn deliver(&self, tenant: &str, agent: &str, events: &[ChangeEvent]) -> Delivery;
+
+    /// Count what happened to a batch: `delivered`, `retried` or `dead_lettered`.
+    fn count(&self, _tenant: &str, _what: &'static str) {}
 }
 
 /// Whether any of `watches` covers `event`.
