@@ -76,8 +76,8 @@ pub async fn tenant_scope(st: &AppState, p: &Principal, headers: &HeaderMap) -> 
         (_, _, Some(t)) => t.clone(),
         _ => return Err(ApiError::BadRequest(format!("name the tenant with the {TENANT_HEADER} header"))),
     };
-    match st.registry.get::<Tenant>(RecordKind::Tenant, &name).await? {
-        Some((t, _)) => Ok(t),
+    match st.tenant(&name).await? {
+        Some(t) => Ok(t),
         None => Err(ApiError::NotFound(format!("tenant {name:?} not found"))),
     }
 }
@@ -109,17 +109,17 @@ async fn principal(st: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
         if k.revoked || !auth::constant_time_eq(k.hash.as_bytes(), auth::hash_secret(secret).as_bytes()) {
             return Err(unauthorized(format!("revoked or wrong key {id}")));
         }
-        if st.registry.get::<Tenant>(RecordKind::Tenant, &k.tenant).await?.is_none() {
+        if st.tenant(&k.tenant).await?.is_none() {
             return Err(unauthorized(format!("key {id} of a deleted tenant")));
         }
         let role = Role::parse(&k.role).ok_or_else(|| unauthorized("bad role on key".into()))?;
         return Ok(Principal { subject: format!("key:{id}"), tenant: Some(k.tenant), role });
     }
-    let claims = st.verifier.verify(raw).map_err(|e| unauthorized(e.to_string()))?;
+    let claims = st.verify_token(raw).map_err(|e| unauthorized(e.to_string()))?;
     let role = Role::parse(&claims.role).ok_or_else(|| unauthorized(format!("unknown role {:?}", claims.role)))?;
     match (&claims.tenant, role) {
         (Some(t), _) => {
-            if st.registry.get::<Tenant>(RecordKind::Tenant, t).await?.is_none() {
+            if st.tenant(t).await?.is_none() {
                 return Err(unauthorized(format!("token of unknown or deleted tenant {t:?}")));
             }
         }

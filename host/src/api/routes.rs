@@ -63,7 +63,10 @@ pub async fn create_tenant(
         created_ms: now_ms(),
     };
     match st.registry.put(RecordKind::Tenant, &t.name, &t, Some(0)).await {
-        Ok(_) => Ok((StatusCode::CREATED, Json(t))),
+        Ok(_) => {
+            st.forget_tenant(&t.name);
+            Ok((StatusCode::CREATED, Json(t)))
+        }
         Err(crate::store::StoreError::Conflict { .. }) => {
             Err(ApiError::Conflict { code: "already_exists", message: format!("tenant {:?} exists", t.name) })
         }
@@ -112,6 +115,7 @@ pub async fn update_tenant(
     let (mut t, rev) = visible_tenant(&st, &p, &name).await?;
     t.quotas = body.quotas;
     st.registry.put(RecordKind::Tenant, &name, &t, Some(rev)).await?;
+    st.forget_tenant(&name);
     Ok(Json(t))
 }
 
@@ -124,6 +128,7 @@ pub async fn delete_tenant(
     visible_tenant(&st, &p, &name).await?;
     // The tenant record goes first: from then on its credentials are refused.
     st.registry.delete(RecordKind::Tenant, &name).await?;
+    st.forget_tenant(&name);
     let prefix = scoped(&name, "");
     for a in st.registry.list::<AgentRecord>(RecordKind::Agent, &prefix).await? {
         st.uninstall(&a.tenant, &a.name);

@@ -132,7 +132,15 @@ pub struct AppState {
     watchers: Mutex<HashMap<String, Watcher>>,
     dispatch: DispatchSettings,
     tenant_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    tenants: RwLock<HashMap<String, (Tenant, std::time::Instant)>>,
+    tokens: Mutex<HashMap<String, super::auth::Claims>>,
 }
+
+/// How long a cached tenant record is trusted: bounds how long another node's change
+/// (quotas, deletion) takes to be seen here.
+const TENANT_TTL: Duration = Duration::from_secs(1);
+/// Verified tokens kept before the cache is emptied.
+const MAX_CACHED_TOKENS: usize = 10_000;
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -167,7 +175,51 @@ impl AppState {
             watchers: Mutex::new(HashMap::new()),
             dispatch: DispatchSettings::default(),
             tenant_locks: Mutex::new(HashMap::new()),
+            tenants: RwLock::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// A tenant record, from a short-lived cache (see [`TENANT_TTL`]) or the registry.
+    pub async fn tenant(&self, name: &str) -> ApiResult<Option<Tenant>> {
+        if let Some((t, at)) = self.tenants.read().unwrap_or_else(PoisonError::into_inner).get(name)
+            && at.elapsed() < TENANT_TTL
+        {
+            return Ok(Some(t.clone()));
+        }
+        let found = self.registry.get::<Tenant>(RecordKind::Tenant, name).await?.map(|(t, _)| t);
+        let mut cache = self.tenants.write().unwrap_or_else(PoisonError::into_inner);
+        match &found {
+            Some(t) => {
+                cache.insert(name.to_owned(), (t.clone(), std::time::Instant::now()));
+            }
+            None => {
+                cache.remove(name);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Forget a cached tenant record (after this node changed or deleted it).
+    pub fn forget_tenant(&self, name: &str) {
+        self.tenants.write().unwrap_or_else(PoisonError::into_inner).remove(name);
+    }
+
+    /// Verify a bearer token, remembering verified ones until they expire.
+    pub fn verify_token(&self, token: &str) -> Result<super::auth::Claims, super::auth::AuthError> {
+        let now = now_ms() / 1000;
+        if let Some(c) = self.tokens.lock().unwrap_or_else(PoisonError::into_inner).get(token)
+            && c.exp > now
+        {
+            return Ok(c.clone());
+        }
+        let claims = self.verifier.verify(token)?;
+        let mut cache = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= MAX_CACHED_TOKENS {
+            cache.clear();
+        }
+        cache.insert(token.to_owned(), claims.clone());
+        Ok(claims)
     }
 
     /// Held while a tenant's quota is checked and what it counts is written, so that
