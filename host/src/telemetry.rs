@@ -3,7 +3,7 @@
 //! Label cardinality is bounded: past `max_agent_labels` distinct agents, further agents
 //! are counted under the label `other`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 
 use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
@@ -22,7 +22,7 @@ pub struct Metrics {
     rate_limited: IntCounterVec,
     store_latency: HistogramVec,
     change_batches: IntCounterVec,
-    agents_seen: Mutex<HashSet<String>>,
+    agents_seen: Mutex<HashMap<String, HashSet<String>>>,
     max_agent_labels: usize,
 }
 
@@ -101,26 +101,30 @@ impl Metrics {
                 &["tenant", "result"],
             ),
             registry: r,
-            agents_seen: Mutex::new(HashSet::new()),
+            agents_seen: Mutex::new(HashMap::new()),
             max_agent_labels,
         }
     }
 
-    fn agent_label(&self, tenant: &str, agent: &str) -> String {
-        let key = format!("{tenant}/{agent}");
+    fn agent_label<'a>(&self, tenant: &str, agent: &'a str) -> &'a str {
         let mut seen = self.agents_seen.lock().unwrap_or_else(PoisonError::into_inner);
-        if seen.contains(&key) || seen.len() < self.max_agent_labels {
-            seen.insert(key);
-            agent.to_owned()
+        // No allocation on the hot path: an agent already labelled is found by borrow.
+        if seen.get(tenant).is_some_and(|s| s.contains(agent)) {
+            return agent;
+        }
+        let total: usize = seen.values().map(HashSet::len).sum();
+        if total < self.max_agent_labels {
+            seen.entry(tenant.to_owned()).or_default().insert(agent.to_owned());
+            agent
         } else {
-            "other".to_owned()
+            "other"
         }
     }
 
     /// Count one invocation.
     pub fn invocation(&self, tenant: &str, agent: &str, report: &Report) {
         let label = self.agent_label(tenant, agent);
-        self.invocations.with_label_values(&[tenant, &label, report.outcome.code()]).inc();
+        self.invocations.with_label_values(&[tenant, label, report.outcome.code()]).inc();
         self.duration.with_label_values(&[tenant]).observe(report.stats.wall_time.as_secs_f64());
         self.fuel.with_label_values(&[tenant]).inc_by(report.stats.fuel_used);
         self.peak_memory.observe(report.stats.peak_memory as f64);

@@ -501,17 +501,13 @@ pub async fn invoke(
     };
     let h = resp.headers_mut();
     let s = &report.stats;
-    for (k, v) in [
-        ("x-cortex-outcome", report.outcome.code().to_owned()),
-        ("x-cortex-invocation", report.id.clone()),
-        ("x-cortex-fuel", s.fuel_used.to_string()),
-        ("x-cortex-duration-us", s.wall_time.as_micros().to_string()),
-        ("x-cortex-peak-memory", s.peak_memory.to_string()),
-    ] {
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            h.insert(k, v);
-        }
+    h.insert("x-cortex-outcome", HeaderValue::from_static(report.outcome.code()));
+    if let Ok(v) = HeaderValue::from_str(&report.id) {
+        h.insert("x-cortex-invocation", v);
     }
+    h.insert("x-cortex-fuel", HeaderValue::from(s.fuel_used));
+    h.insert("x-cortex-duration-us", HeaderValue::from(u64::try_from(s.wall_time.as_micros()).unwrap_or(u64::MAX)));
+    h.insert("x-cortex-peak-memory", HeaderValue::from(s.peak_memory));
     Ok(resp)
 }
 
