@@ -11,6 +11,7 @@ pub mod config;
 pub mod coordination;
 pub mod registry;
 pub mod runtime;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod telemetry;

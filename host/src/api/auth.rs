@@ -10,9 +10,9 @@ use std::path::Path;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::config::AuthConfig;
+use crate::secrets;
 
 /// The four roles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -184,20 +184,10 @@ pub fn hs256_secret(path: &Path) -> Result<Vec<u8>, AuthError> {
             return Ok(s.as_bytes().to_vec());
         }
     }
-    let mut raw = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))
-        .map_err(|e| AuthError::Config(format!("cannot read random bytes: {e}")))?;
-    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| AuthError::Config(e.to_string()))?;
-    }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path).map_err(|e| AuthError::Config(format!("cannot write {}: {e}", path.display())))?;
-    std::io::Write::write_all(&mut f, hex.as_bytes()).map_err(|e| AuthError::Config(e.to_string()))?;
+    let raw = secrets::random_bytes::<32>().map_err(|e| AuthError::Config(format!("cannot read random bytes: {e}")))?;
+    let hex = secrets::hex(&raw);
+    secrets::write_private(path, hex.as_bytes())
+        .map_err(|e| AuthError::Config(format!("cannot write {}: {e}", path.display())))?;
     Ok(hex.into_bytes())
 }
 
@@ -277,9 +267,7 @@ impl Verifier {
 
 /// A new API key: `(id, full key to show once, hash to store)`.
 pub fn new_api_key() -> std::io::Result<(String, String, String)> {
-    let mut raw = [0u8; 24];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut raw)?;
-    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = secrets::hex(&secrets::random_bytes::<24>()?);
     let (id, secret) = hex.split_at(12);
     Ok((id.to_owned(), format!("ck_{id}_{secret}"), hash_secret(secret)))
 }
@@ -298,7 +286,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The stored form of a key's secret.
 pub fn hash_secret(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    secrets::sha256_hex(secret.as_bytes())
 }
 
 #[cfg(test)]

@@ -57,19 +57,8 @@ fn load_or_create_key(dir: &Path) -> std::io::Result<[u8; 32]> {
     {
         return Ok(key);
     }
-    let mut key = [0u8; 32];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key)?;
-    let tmp = dir.join(format!("cache.key.{}.tmp", std::process::id()));
-    {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(&tmp)?;
-        f.write_all(&key)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
+    let key = crate::secrets::random_bytes::<32>()?;
+    crate::secrets::write_private(&path, &key)?;
     Ok(key)
 }
 
@@ -129,8 +118,7 @@ mod tests {
         let mut key = [0u8; 32];
         key[..4].copy_from_slice(b"Jefe");
         let tag = hmac(&key, b"what do ya want for nothing?");
-        let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        assert_eq!(crate::secrets::hex(&tag), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
     }
 
     #[test]

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker, ResourceTable};
 use wasmtime::{Engine, Store, UpdateDeadline};
@@ -222,7 +221,7 @@ fn invocation_id() -> String {
 
 /// Hex SHA-256 of `bytes`: a module's address.
 pub fn digest(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    crate::secrets::sha256_hex(bytes)
 }
 
 type HandleResult = Result<Option<Vec<u8>>, AgentError>;
