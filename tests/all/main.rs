@@ -17,5 +17,6 @@ mod hostile;
 mod languages;
 mod load;
 mod metrics;
+mod pipeline;
 mod server;
 mod store_contract;
