@@ -166,8 +166,24 @@ async fn deploy_pipeline(s: &Server, dev: &str) {
         PRICES.iter().map(|(sku, cents)| (format!("price.{sku}"), cents.to_string())).collect();
     config.insert("topic".into(), TOPIC.into());
     config.insert("next".into(), FULFILMENT.into());
+    let config = json!(config);
     deploy_spec(s, dev, json!({ "name": PRICING, "module": pricing, "config": config })).await;
     deploy_spec(s, dev, json!({ "name": INTAKE, "module": intake, "config": { "next": PRICING } })).await;
+    // On a first deploy the host runs `init` before it registers the agent, and the graph
+    // refuses an edge from an agent it does not know: `init` then links nothing. Applying
+    // the config again runs `init` with the agent registered.
+    put_config(s, dev, PRICING, &config).await.unwrap();
+    put_config(s, dev, INTAKE, &json!({ "next": PRICING })).await.unwrap();
+}
+
+/// PUT /v1/agents/NAME/config (which runs `init` again): `Err(problem)` unless 200.
+async fn put_config(s: &Server, token: &str, name: &str, config: &Value) -> Result<(), Value> {
+    let r =
+        s.req(Method::PUT, &format!("/v1/agents/{name}/config"), token).json(&json!({ "config": config })).send().await;
+    let r = r.unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    if status == StatusCode::OK { Ok(()) } else { Err(body) }
 }
 
 /// The auditor's records, order id -> record.
@@ -184,7 +200,8 @@ async fn wait_for_pipeline(s: &Server, dev: &str, orders: &[Order]) -> BTreeMap<
         let pending: Vec<String> = orders
             .iter()
             .filter(|o| {
-                let last = report.get(&o.id).and_then(|r| r["statuses"].as_array()?.last()?.as_str().map(str::to_owned));
+                let last =
+                    report.get(&o.id).and_then(|r| r["statuses"].as_array()?.last()?.as_str().map(str::to_owned));
                 last.as_deref() != o.history().last().copied()
             })
             .map(|o| format!("{} (audit so far: {})", o.id, report.get(&o.id).map_or("none".into(), Value::to_string)))
@@ -228,8 +245,11 @@ async fn writes(s: &Server, dev: &str) -> BTreeMap<String, Vec<(String, u64, Str
         since = last["seq"].as_u64().unwrap();
         for e in page {
             let doc = format!("{}/{}", e["collection"].as_str().unwrap(), e["key"].as_str().unwrap());
-            let write =
-                (e["op"].as_str().unwrap().to_owned(), e["revision"].as_u64().unwrap(), e["agent"].as_str().unwrap().into());
+            let write = (
+                e["op"].as_str().unwrap().to_owned(),
+                e["revision"].as_u64().unwrap(),
+                e["agent"].as_str().unwrap().into(),
+            );
             all.entry(doc).or_default().push(write);
         }
     }
@@ -287,7 +307,10 @@ fn check_answer(body_in: &str, expect: &Expect, status: StatusCode, text: &str) 
             let problem: Value = serde_json::from_str(text).unwrap();
             assert_eq!(problem["code"], "agent_error", "{text}");
             let detail = problem["detail"].as_str().unwrap();
-            assert!(detail.starts_with(&format!("agent_error: {code}: ")), "submitting {body_in}: want {code}, got {text}");
+            assert!(
+                detail.starts_with(&format!("agent_error: {code}: ")),
+                "submitting {body_in}: want {code}, got {text}"
+            );
             None
         }
     }
@@ -306,10 +329,16 @@ async fn concurrent_orders_flow_through_the_pipeline_exactly_once() {
 
     // The dependency graph the agents drew at init.
     assert_eq!(s.invoke_ok(&dev, "graph", &format!("out:{INTAKE}")).await, format!(r#"["{INTAKE}>{PRICING}:feeds"]"#));
-    assert_eq!(s.invoke_ok(&dev, "graph", &format!("out:{PRICING}")).await, format!(r#"["{PRICING}>{FULFILMENT}:feeds"]"#));
+    assert_eq!(
+        s.invoke_ok(&dev, "graph", &format!("out:{PRICING}")).await,
+        format!(r#"["{PRICING}>{FULFILMENT}:feeds"]"#)
+    );
     assert_eq!(s.invoke_ok(&dev, "graph", &format!("out:{FULFILMENT}")).await, "[]");
     assert_eq!(s.invoke_ok(&dev, "graph", &format!("both:{AUDITOR}")).await, "[]");
-    assert_eq!(s.invoke_ok(&dev, "graph", &format!("traverse:{INTAKE}:8")).await, format!(r#"["{PRICING}","{FULFILMENT}"]"#));
+    assert_eq!(
+        s.invoke_ok(&dev, "graph", &format!("traverse:{INTAKE}:8")).await,
+        format!(r#"["{PRICING}","{FULFILMENT}"]"#)
+    );
 
     // The wave: CLIENTS clients take submissions from one queue.
     let orders: Vec<Order> = (0..ORDERS).map(Order::new).collect();
@@ -391,30 +420,32 @@ async fn concurrent_orders_flow_through_the_pipeline_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_cannot_be_deployed_before_the_agents_it_feeds() {
+async fn init_refuses_a_downstream_agent_that_does_not_exist() {
     let s = Server::start().await;
     s.tenant("acme").await;
     let dev = s.token(Some("acme"), Role::Developer);
+    let hello = s.upload(&dev, art::HELLO).await;
+    s.deploy(&dev, "sink", &hello, json!({})).await;
+    let graph = s.upload(&dev, art::GRAPH).await;
+    s.deploy(&dev, "graph", &graph, json!({})).await;
     let intake = s.upload(&dev, art::ORDER_INTAKE).await;
-    let r = s
-        .req(Method::POST, "/v1/agents", &dev)
-        .json(&json!({ "name": INTAKE, "module": intake, "config": { "next": PRICING } }))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let problem: Value = r.json().await.unwrap();
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    deploy_spec(&s, &dev, json!({ "name": INTAKE, "module": intake, "config": { "next": "sink" } })).await;
+    put_config(&s, &dev, INTAKE, &json!({ "next": "sink" })).await.unwrap();
+    assert_eq!(s.invoke_ok(&dev, "graph", &format!("out:{INTAKE}")).await, format!(r#"["{INTAKE}>sink:feeds"]"#));
+
+    // A downstream agent that does not exist, and no downstream at all: refused, and the
+    // config and the edges in force stay.
+    let problem = put_config(&s, &dev, INTAKE, &json!({ "next": "ghost" })).await.unwrap_err();
     assert_eq!(problem["code"], "init_agent_error", "{problem}");
     let detail = problem["detail"].as_str().unwrap();
-    assert!(detail.contains("unknown-downstream") && detail.contains(PRICING), "{problem}");
-    // Without `next` it is a configuration error.
-    let r = s
-        .req(Method::POST, "/v1/agents", &dev)
-        .json(&json!({ "name": INTAKE, "module": intake }))
-        .send()
-        .await
-        .unwrap();
-    let problem: Value = r.json().await.unwrap();
+    assert!(detail.contains("unknown-downstream") && detail.contains("ghost"), "{problem}");
+    let problem = put_config(&s, &dev, INTAKE, &json!({})).await.unwrap_err();
     assert!(problem["detail"].as_str().unwrap().contains("bad-config"), "{problem}");
+    assert_eq!(s.get_json(&dev, &format!("/v1/agents/{INTAKE}")).await["config"], json!({ "next": "sink" }));
+    assert_eq!(s.invoke_ok(&dev, "graph", &format!("out:{INTAKE}")).await, format!(r#"["{INTAKE}>sink:feeds"]"#));
+
+    // Moved to another downstream agent: the old edge goes.
+    s.deploy(&dev, "sink2", &hello, json!({})).await;
+    put_config(&s, &dev, INTAKE, &json!({ "next": "sink2" })).await.unwrap();
+    assert_eq!(s.invoke_ok(&dev, "graph", &format!("out:{INTAKE}")).await, format!(r#"["{INTAKE}>sink2:feeds"]"#));
 }
