@@ -393,6 +393,24 @@ async fn concurrent_orders_flow_through_the_pipeline_exactly_once() {
     let want_report: BTreeMap<String, Value> = orders.iter().map(|o| (o.id.clone(), o.audit())).collect();
     assert_eq!(report, want_report, "the auditor's report");
 
+    // Redelivered messages (at least once) and a late copy of an order change nothing: each
+    // stage answers with the final status and writes nothing (the feed below shows it).
+    assert_eq!(orders[7].total(), None, "o-007 is rejected");
+    for order in [&orders[0], &orders[7], &orders[DUPLICATED[0]]] {
+        let last = *order.history().last().unwrap();
+        assert_eq!(s.invoke_ok(&dev, INTAKE, &order.body()).await, "duplicate");
+        assert_eq!(s.invoke_ok(&dev, PRICING, &format!("price:{}", order.id)).await, last);
+        assert_eq!(s.invoke_ok(&dev, FULFILMENT, &order.id).await, last);
+        let (status, text) = s.invoke(&dev, PRICING, &format!("quote:{}", order.id)).await;
+        match order.total() {
+            Some(total) => assert_eq!(
+                (status, serde_json::from_str::<Value>(&text).unwrap()),
+                (StatusCode::OK, json!({ "order": order.id, "total_cents": total }))
+            ),
+            None => assert_eq!(check_answer("quote", &Expect::Refused("unknown-sku"), status, &text), None),
+        }
+    }
+
     // The change feed: each stage wrote each order once (duplicates and redeliveries wrote
     // nothing), the auditor wrote only to add something, nobody else wrote.
     let feed = writes(&s, &dev).await;
