@@ -78,6 +78,7 @@ fn measure(rt: &tokio::runtime::Runtime, lang: &str) -> Row {
         config: Arc::default(),
         store,
         stored_bytes_quota: None,
+        messaging: None,
     };
 
     // First load: compile (and write the cache).

@@ -63,6 +63,7 @@ impl Cortex {
             config: Arc::default(),
             store,
             stored_bytes_quota: None,
+            messaging: None,
         };
         Self { runtime, agent, _dir: dir }
     }

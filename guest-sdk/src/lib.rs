@@ -337,6 +337,7 @@ impl From<messaging::Error> for AgentError {
             messaging::Error::DepthExceeded => Self::new("messaging-depth-exceeded", "call chain too deep"),
             messaging::Error::DeadlineExceeded => Self::new("messaging-deadline-exceeded", "callee ran out of time"),
             messaging::Error::TooLarge(d) => Self::new("messaging-too-large", d),
+            messaging::Error::InvalidArgument(d) => Self::new("messaging-invalid-argument", d),
             messaging::Error::Unavailable(d) => Self::new("messaging-unavailable", d),
         }
     }

@@ -52,6 +52,8 @@ pub struct ServerConfig {
     pub metrics: MetricsConfig,
     /// Where documents and registry records live.
     pub store: StoreConfig,
+    /// Messages between agents.
+    pub messaging: MessagingConfig,
 }
 
 /// The storage backend: `[store] type = "embedded"` (default) or `"arangodb"`.
@@ -113,6 +115,7 @@ impl Default for ServerConfig {
             quotas: Quotas::default(),
             metrics: MetricsConfig::default(),
             store: StoreConfig::default(),
+            messaging: MessagingConfig::default(),
         }
     }
 }
@@ -194,6 +197,56 @@ pub struct MetricsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self { max_agent_labels: 200 }
+    }
+}
+
+/// Messages between agents: call depth, mailbox retries and bounds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessagingConfig {
+    /// Deepest chain of `call`s (the invocation from outside counts as 1).
+    pub max_call_depth: u32,
+    /// Deliveries of a message before it becomes a dead letter.
+    pub attempts: u32,
+    /// Wait before the first retry of a failed delivery (ms); doubled for each further one.
+    pub backoff_ms: u64,
+    /// Longest wait between retries (ms).
+    pub max_backoff_ms: u64,
+    /// How often an idle mailbox looks for messages written by another node (ms).
+    pub idle_poll_ms: u64,
+    /// How long a delivered idempotency key is remembered (s).
+    pub idempotency_window_s: u64,
+    /// Messages one mailbox may hold before sends to it are refused.
+    pub max_pending: usize,
+}
+
+impl Default for MessagingConfig {
+    fn default() -> Self {
+        let d = crate::coordination::MailboxSettings::default();
+        Self {
+            max_call_depth: 8,
+            attempts: d.attempts,
+            backoff_ms: d.backoff.as_millis() as u64,
+            max_backoff_ms: d.max_backoff.as_millis() as u64,
+            idle_poll_ms: d.idle_poll.as_millis() as u64,
+            idempotency_window_s: d.idempotency_window.as_secs(),
+            max_pending: d.max_pending,
+        }
+    }
+}
+
+impl MessagingConfig {
+    /// The mailbox settings these values make.
+    pub fn mailbox(&self) -> crate::coordination::MailboxSettings {
+        use std::time::Duration;
+        crate::coordination::MailboxSettings {
+            attempts: self.attempts.max(1),
+            backoff: Duration::from_millis(self.backoff_ms),
+            max_backoff: Duration::from_millis(self.max_backoff_ms.max(self.backoff_ms)),
+            idle_poll: Duration::from_millis(self.idle_poll_ms.max(10)),
+            idempotency_window: Duration::from_secs(self.idempotency_window_s),
+            max_pending: self.max_pending.max(1),
+        }
     }
 }
 

@@ -233,6 +233,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         config: Arc::new(config),
         store: Arc::new(store),
         stored_bytes_quota: None,
+        messaging: None,
     };
     let report = runtime.invoke(&module, &agent, &limits, &input).await;
     if !args.quiet {

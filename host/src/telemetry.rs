@@ -22,6 +22,7 @@ pub struct Metrics {
     rate_limited: IntCounterVec,
     store_latency: HistogramVec,
     change_batches: IntCounterVec,
+    messages: IntCounterVec,
     agents_seen: Mutex<HashMap<String, HashSet<String>>>,
     max_agent_labels: usize,
 }
@@ -100,6 +101,12 @@ impl Metrics {
                 "Change-feed batches by result: delivered, retried, dead_lettered",
                 &["tenant", "result"],
             ),
+            messages: counter(
+                &r,
+                "cortex_messages_total",
+                "Messages between agents by result: sent, deduplicated, delivered, retried, dead_lettered",
+                &["tenant", "result"],
+            ),
             registry: r,
             agents_seen: Mutex::new(HashMap::new()),
             max_agent_labels,
@@ -144,6 +151,11 @@ impl Metrics {
     /// Count one change-feed batch delivery attempt by its result.
     pub fn change_batch(&self, tenant: &str, result: &str) {
         self.change_batches.with_label_values(&[tenant, result]).inc();
+    }
+
+    /// Count one message event by its result.
+    pub fn message(&self, tenant: &str, result: &str) {
+        self.messages.with_label_values(&[tenant, result]).inc();
     }
 
     /// Count a refusal by a rate limit or quota.

@@ -50,6 +50,7 @@ impl Sandbox {
             config: Arc::new(config),
             store: self.store.clone(),
             stored_bytes_quota: None,
+            messaging: None,
         }
     }
 

@@ -71,11 +71,15 @@ async fn rejects_wasi_http_import() {
 }
 
 #[tokio::test]
-async fn rejects_messaging_import_until_it_is_served() {
+async fn messaging_outside_the_service_is_unavailable_not_a_trap() {
     let sb = Sandbox::new();
-    let e = refuse(&sb, &std::fs::read(art::USES_MESSAGING).unwrap()).await;
-    assert_eq!(e.code(), "unserved_import");
-    assert!(e.to_string().contains("cortex:agent/messaging@0.1.0"), "{e}");
+    let m = sb.load(art::MESSENGER).await;
+    assert!(m.shape.imports.iter().any(|i| i == "cortex:agent/messaging@0.1.0"), "{:?}", m.shape.imports);
+    // A bare runtime (as `cortex run` uses) has no other agents to reach.
+    for input in ["send:b:x", "call:b:x", "publish:news:x"] {
+        let out = text(&sb.invoke(&m, input, &limits()).await);
+        assert!(out.starts_with("error:messaging-unavailable:"), "{input}: {out}");
+    }
 }
 
 #[tokio::test]

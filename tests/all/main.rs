@@ -16,6 +16,7 @@ mod graph;
 mod hostile;
 mod languages;
 mod load;
+mod messaging;
 mod metrics;
 mod pipeline;
 mod server;

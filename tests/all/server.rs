@@ -138,12 +138,17 @@ impl Server {
 
     /// Deploy `name` running `digest` with `config`; panics unless 201.
     pub async fn deploy(&self, token: &str, name: &str, digest: &str, config: Value) -> Value {
-        let r = self
-            .req(Method::POST, "/v1/agents", token)
-            .json(&json!({ "name": name, "module": digest, "config": config }))
-            .send()
-            .await
-            .unwrap();
+        self.deploy_with(token, name, digest, json!({ "config": config })).await
+    }
+
+    /// Deploy `name` running `digest`, with the other fields of the deploy spec from `spec`
+    /// (`config`, `watches`, `subscriptions`, `limits`, ...); panics unless 201.
+    pub async fn deploy_with(&self, token: &str, name: &str, digest: &str, spec: Value) -> Value {
+        let mut body = json!({ "name": name, "module": digest });
+        if let (Some(b), Value::Object(extra)) = (body.as_object_mut(), spec) {
+            b.extend(extra);
+        }
+        let r = self.req(Method::POST, "/v1/agents", token).json(&body).send().await.unwrap();
         let status = r.status();
         let body: Value = r.json().await.unwrap();
         assert_eq!(status, StatusCode::CREATED, "deploy {name}: {body}");

@@ -149,14 +149,29 @@ pub struct AgentView {
     invocations: u64,
     failures: u64,
     running_now: usize,
+    messages: MessageCounters,
+}
+
+/// What an agent's mailbox did (since this node started).
+#[derive(Serialize)]
+struct MessageCounters {
+    delivered: u64,
+    retried: u64,
+    dead_lettered: u64,
 }
 
 fn view(d: &Deployed) -> AgentView {
+    let s = &d.shared;
     AgentView {
         record: d.record.clone(),
-        invocations: d.shared.invocations.load(Ordering::Relaxed),
-        failures: d.shared.failures.load(Ordering::Relaxed),
-        running_now: (d.record.max_concurrency.max(1) as usize).saturating_sub(d.shared.pool.available_permits()),
+        invocations: s.invocations.load(Ordering::Relaxed),
+        failures: s.failures.load(Ordering::Relaxed),
+        running_now: (d.record.max_concurrency.max(1) as usize).saturating_sub(s.pool.available_permits()),
+        messages: MessageCounters {
+            delivered: s.messages_delivered.load(Ordering::Relaxed),
+            retried: s.messages_retried.load(Ordering::Relaxed),
+            dead_lettered: s.messages_dead_lettered.load(Ordering::Relaxed),
+        },
     }
 }
 
@@ -173,10 +188,31 @@ pub struct Deploy {
     max_concurrency: u32,
     #[serde(default)]
     watches: Vec<Watch>,
+    #[serde(default)]
+    subscriptions: Vec<String>,
 }
 
 /// Most watches one agent may have.
 const MAX_WATCHES: usize = 32;
+/// Most topics one agent may subscribe to.
+const MAX_SUBSCRIPTIONS: usize = 32;
+
+fn check_subscriptions(topics: &[String]) -> ApiResult<()> {
+    if topics.len() > MAX_SUBSCRIPTIONS {
+        return Err(ApiError::BadRequest(format!("at most {MAX_SUBSCRIPTIONS} subscriptions per agent")));
+    }
+    for (i, t) in topics.iter().enumerate() {
+        if !crate::capabilities::messaging::valid_topic(t) {
+            return Err(ApiError::BadRequest(format!(
+                "subscriptions[{i}]: {t:?} is not a topic name ([a-z0-9._-]{{1,128}})"
+            )));
+        }
+        if topics[..i].contains(t) {
+            return Err(ApiError::BadRequest(format!("subscriptions[{i}]: {t:?} is listed twice")));
+        }
+    }
+    Ok(())
+}
 
 fn check_watches(st: &AppState, watches: &[Watch], module: &Module) -> ApiResult<()> {
     if watches.is_empty() {
@@ -234,6 +270,7 @@ pub async fn deploy(
     let t = tenant_scope(&st, &p, &headers).await?;
     check_name("agent", &body.name)?;
     check_limits(&body.limits, &t)?;
+    check_subscriptions(&body.subscriptions)?;
     if body.max_concurrency == 0 || body.max_concurrency > st.config.engine.max_instances {
         return Err(ApiError::BadRequest(format!("max_concurrency must be 1..={}", st.config.engine.max_instances)));
     }
@@ -262,6 +299,7 @@ pub async fn deploy(
         created_ms: now,
         updated_ms: now,
         watches: body.watches,
+        subscriptions: body.subscriptions,
     };
     st.run_init(&module, &rec, &t.quotas).await?;
     if !rec.watches.is_empty() {
@@ -483,12 +521,7 @@ pub async fn invoke(
         .runtime
         .invoke(&d.module, &st.context(&d.record, &t.quotas), &st.limits_for(&d.record, &t.quotas), &input)
         .await;
-    d.shared.invocations.fetch_add(1, Ordering::Relaxed);
-    if !report.outcome.is_ok() {
-        d.shared.failures.fetch_add(1, Ordering::Relaxed);
-    }
-    d.shared.record_logs(&report);
-    st.metrics.invocation(&t.name, &name, &report);
+    st.account(&d, &report);
 
     let status = outcome_status(&report.outcome);
     let mut resp = match &report.outcome {

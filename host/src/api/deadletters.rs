@@ -1,5 +1,6 @@
-//! Dead letters of watching agents: change batches the agent failed after its retries.
-//! List them, replay one through `on-change` (deleted once it succeeds), or discard one.
+//! Dead letters: change batches a watching agent failed after its retries, and messages
+//! its mailbox gave up on. List them, replay one (a batch through `on-change`, a message
+//! through `handle`; deleted once it succeeds), or discard one.
 
 use std::sync::Arc;
 
@@ -14,8 +15,8 @@ use super::AppState;
 use super::agents::deployed;
 use super::auth::{Action, Principal};
 use super::error::{ApiError, ApiResult, problem};
-use crate::coordination::{self, Delivery};
-use crate::registry::{DeadLetter, now_ms};
+use crate::coordination::{self, Delivery, mailbox};
+use crate::registry::{DeadLetter, LetterKind, now_ms};
 use crate::store::RecordKind;
 
 type St = State<Arc<AppState>>;
@@ -55,11 +56,28 @@ pub async fn replay(
     Path((name, id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let (key, mut letter, rev) = find(&st, &p, &headers, &name, &id).await?;
-    let events: Vec<_> = letter.events.iter().map(coordination::from_record).collect();
-    match st.deliver_changes(&letter.tenant, &name, &events).await {
+    let (delivery, done) = match (&letter.kind, &letter.message) {
+        (LetterKind::Message, Some(m)) => {
+            let body = mailbox::decode_body(&m.body_hex)
+                .ok_or_else(|| ApiError::Internal(format!("dead letter {id:?} has an unreadable body")))?;
+            (st.deliver_message(&letter.tenant, &name, &body).await, json!({ "id": letter.id, "outcome": "ok" }))
+        }
+        (LetterKind::Message, None) => {
+            return Err(ApiError::Internal(format!("dead letter {id:?} has no message")));
+        }
+        (LetterKind::Changes, _) => {
+            let events: Vec<_> = letter.events.iter().map(coordination::from_record).collect();
+            let n = events.len();
+            (
+                st.deliver_changes(&letter.tenant, &name, &events).await,
+                json!({ "id": letter.id, "outcome": "ok", "events": n }),
+            )
+        }
+    };
+    match delivery {
         Delivery::Delivered => {
             st.registry.delete(RecordKind::DeadLetter, &key).await?;
-            Ok(Json(json!({ "id": letter.id, "outcome": "ok", "events": events.len() })).into_response())
+            Ok(Json(done).into_response())
         }
         Delivery::Gone => {
             Err(ApiError::Conflict { code: "agent_stopped", message: format!("agent {name:?} is stopped") })

@@ -13,9 +13,9 @@ use tokio::sync::Semaphore;
 use super::auth::Verifier;
 use super::error::{ApiError, ApiResult};
 use super::quota::Limiters;
-use crate::capabilities::ChangeEvent;
+use crate::capabilities::{AgentError, Caller, ChangeEvent, MessagingError, MessagingLink, Messenger};
 use crate::config::ServerConfig;
-use crate::coordination::{self, Delivery, DispatchSettings, Host, Watcher};
+use crate::coordination::{self, Delivery, DispatchSettings, Host, Mailbox, MailboxSettings, Watcher, mailbox};
 use crate::registry::{AgentRecord, AgentStatus, Quotas, Registry, Tenant, now_ms};
 use crate::runtime::{AgentContext, Export, Limits, Module, Outcome, Report, Runtime};
 use crate::store::{RecordKind, Store};
@@ -48,6 +48,12 @@ pub struct Shared {
     pub invocations: AtomicU64,
     /// Invocations that did not end `ok`.
     pub failures: AtomicU64,
+    /// Messages delivered from its mailbox.
+    pub messages_delivered: AtomicU64,
+    /// Failed message deliveries that will be tried again.
+    pub messages_retried: AtomicU64,
+    /// Messages parked as dead letters after their retries.
+    pub messages_dead_lettered: AtomicU64,
     logs: Mutex<VecDeque<LogLine>>,
     log_seq: AtomicU64,
     ring: usize,
@@ -59,6 +65,9 @@ impl Shared {
             pool: Arc::new(Semaphore::new(max_concurrency.max(1) as usize)),
             invocations: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            messages_delivered: AtomicU64::new(0),
+            messages_retried: AtomicU64::new(0),
+            messages_dead_lettered: AtomicU64::new(0),
             logs: Mutex::new(VecDeque::new()),
             log_seq: AtomicU64::new(0),
             ring,
@@ -131,6 +140,9 @@ pub struct AppState {
     agents: RwLock<HashMap<String, Arc<Deployed>>>,
     watchers: Mutex<HashMap<String, Watcher>>,
     dispatch: DispatchSettings,
+    mailboxes: Mutex<HashMap<String, Mailbox>>,
+    mailbox_settings: MailboxSettings,
+    mesh: std::sync::OnceLock<Arc<dyn Messenger>>,
     tenant_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     tenants: RwLock<HashMap<String, (Tenant, std::time::Instant)>>,
     tokens: Mutex<HashMap<String, super::auth::Claims>>,
@@ -162,6 +174,7 @@ impl AppState {
         let observe: crate::store::Observer =
             Arc::new(move |op, d: Duration| latency.with_label_values(&[op]).observe(d.as_secs_f64()));
         let store: Arc<dyn Store> = Arc::new(crate::store::Instrumented::new(store, observe));
+        let mailbox_settings = config.messaging.mailbox();
         Ok(Self {
             config,
             runtime,
@@ -174,6 +187,9 @@ impl AppState {
             agents: RwLock::new(HashMap::new()),
             watchers: Mutex::new(HashMap::new()),
             dispatch: DispatchSettings::default(),
+            mailboxes: Mutex::new(HashMap::new()),
+            mailbox_settings,
+            mesh: std::sync::OnceLock::new(),
             tenant_locks: Mutex::new(HashMap::new()),
             tenants: RwLock::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
@@ -284,14 +300,27 @@ impl AppState {
         l
     }
 
-    /// The sandbox context of an agent.
+    /// The sandbox context of an agent invoked from outside.
     pub fn context(&self, record: &AgentRecord, q: &Quotas) -> AgentContext {
+        self.context_with(record, q, Arc::from([]), None)
+    }
+
+    /// The sandbox context of an agent called by `callers` (outermost first), within
+    /// `deadline`.
+    fn context_with(
+        &self,
+        record: &AgentRecord,
+        q: &Quotas,
+        callers: Arc<[Arc<str>]>,
+        deadline: Option<std::time::Instant>,
+    ) -> AgentContext {
         AgentContext {
             tenant: record.tenant.as_str().into(),
             agent: record.name.as_str().into(),
             config: Arc::new(record.config.clone()),
             store: self.registry.store().clone(),
             stored_bytes_quota: Some(q.stored_bytes),
+            messaging: self.mesh.get().map(|m| MessagingLink { messenger: m.clone(), callers, deadline }),
         }
     }
 
@@ -316,6 +345,7 @@ impl AppState {
     /// Install (or replace) a deployed agent, keeping its pool, counters and logs; start
     /// its change-feed dispatcher when it runs and watches, stop it otherwise.
     pub fn install(self: &Arc<Self>, record: AgentRecord, revision: u64, module: Arc<Module>) -> Arc<Deployed> {
+        self.mesh.get_or_init(|| Arc::new(Mesh(Arc::downgrade(self))));
         let d = {
             let mut map = self.agents.write().unwrap_or_else(PoisonError::into_inner);
             let k = key(&record.tenant, &record.name);
@@ -328,7 +358,31 @@ impl AppState {
             d
         };
         self.sync_watcher(&d.record);
+        self.sync_mailbox(&d.record);
         d
+    }
+
+    /// Start or stop the mailbox of an agent to match its record: running agents take
+    /// their messages, stopped ones keep them until started.
+    fn sync_mailbox(self: &Arc<Self>, record: &AgentRecord) {
+        let k = key(&record.tenant, &record.name);
+        let mut boxes = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner);
+        if record.status != AgentStatus::Running {
+            boxes.remove(&k);
+            return;
+        }
+        if boxes.contains_key(&k) {
+            return;
+        }
+        let host: std::sync::Weak<dyn Host> = Arc::downgrade(self) as std::sync::Weak<dyn Host>;
+        let m = coordination::spawn_mailbox(
+            host,
+            record.tenant.clone(),
+            record.name.clone(),
+            record.max_concurrency.max(1) as usize,
+            self.mailbox_settings.clone(),
+        );
+        boxes.insert(k, m);
     }
 
     /// Start, keep or stop the dispatcher of an agent to match its record.
@@ -358,6 +412,7 @@ impl AppState {
     pub fn uninstall(&self, tenant: &str, name: &str) {
         self.agents.write().unwrap_or_else(PoisonError::into_inner).remove(&key(tenant, name));
         self.watchers.lock().unwrap_or_else(PoisonError::into_inner).remove(&key(tenant, name));
+        self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).remove(&key(tenant, name));
     }
 
     /// Whether the change-feed dispatcher of an agent is running.
@@ -375,39 +430,138 @@ impl AppState {
         for w in all {
             w.halt().await;
         }
+        let all: Vec<Mailbox> =
+            self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(_, m)| m).collect();
+        for m in all {
+            m.halt().await;
+        }
     }
 
     /// Run `on-change(events)` of a deployed, running agent once, counted like an
     /// invocation (pool, counters, logs, metrics).
     pub async fn deliver_changes(&self, tenant: &str, name: &str, events: &[ChangeEvent]) -> Delivery {
+        self.run_background(tenant, name, Export::OnChange(events)).await
+    }
+
+    /// Run `handle(body)` of a deployed, running agent once for a message from its
+    /// mailbox, counted like an invocation.
+    pub async fn deliver_message(&self, tenant: &str, name: &str, body: &[u8]) -> Delivery {
+        self.run_background(tenant, name, Export::Handle(body)).await
+    }
+
+    async fn run_background(&self, tenant: &str, name: &str, export: Export<'_>) -> Delivery {
         let Some(d) = self.agent(tenant, name) else { return Delivery::Gone };
         if !Self::is_running(&d) {
             return Delivery::Gone;
         }
-        let quotas = match self.registry.get::<Tenant>(RecordKind::Tenant, tenant).await {
-            Ok(Some((t, _))) => t.quotas,
+        let quotas = match self.tenant(tenant).await {
+            Ok(Some(t)) => t.quotas,
             Ok(None) => return Delivery::Gone,
             Err(e) => return Delivery::Failed { code: "store".into(), message: format!("reading the tenant: {e}") },
         };
         let Ok(_slot) = d.shared.pool.clone().acquire_owned().await else { return Delivery::Gone };
         let report = self
             .runtime
-            .call(
-                &d.module,
-                &self.context(&d.record, &quotas),
-                &self.limits_for(&d.record, &quotas),
-                Export::OnChange(events),
-            )
+            .call(&d.module, &self.context(&d.record, &quotas), &self.limits_for(&d.record, &quotas), export)
             .await;
+        self.account(&d, &report);
+        match report.outcome {
+            Outcome::Ok { .. } => Delivery::Delivered,
+            other => Delivery::Failed { code: other.code().to_owned(), message: other.to_string() },
+        }
+    }
+
+    /// Count an invocation of `d`: counters, logs, metrics.
+    pub fn account(&self, d: &Deployed, report: &Report) {
         d.shared.invocations.fetch_add(1, Ordering::Relaxed);
         if !report.outcome.is_ok() {
             d.shared.failures.fetch_add(1, Ordering::Relaxed);
         }
-        d.shared.record_logs(&report);
-        self.metrics.invocation(tenant, name, &report);
+        d.shared.record_logs(report);
+        self.metrics.invocation(&d.record.tenant, &d.record.name, report);
+    }
+
+    /// Messages waiting in an agent's mailbox (as its running mailbox last saw them).
+    pub fn mailbox_pending(&self, tenant: &str, name: &str) -> Option<usize> {
+        self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).get(&key(tenant, name)).map(Mailbox::pending)
+    }
+
+    /// Queue `msg` in its mailbox and wake the mailbox.
+    async fn post(&self, msg: &crate::registry::MessageRecord) -> Result<(), MessagingError> {
+        let k = key(&msg.tenant, &msg.agent);
+        let unavailable = |e: crate::store::StoreError| {
+            tracing::warn!(tenant = %msg.tenant, agent = %msg.agent, error = %e, "cannot queue a message");
+            MessagingError::Unavailable("storage is temporarily unavailable; retry later".into())
+        };
+        let running = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).get(&k).map(Mailbox::pending);
+        let pending = match running {
+            Some(n) => n,
+            // A stopped agent's mailbox is not watched: count what waits in it.
+            None => self
+                .registry
+                .store()
+                .record_list(RecordKind::Message, &mailbox::mailbox_prefix(&msg.tenant, &msg.agent))
+                .await
+                .map_err(unavailable)?
+                .len(),
+        };
+        let max = self.mailbox_settings.max_pending;
+        if pending >= max {
+            return Err(MessagingError::Unavailable(format!(
+                "the mailbox of {:?} is full ({max} messages); retry later",
+                msg.agent
+            )));
+        }
+        let fresh = mailbox::enqueue(self.registry.store().as_ref(), msg).await.map_err(unavailable)?;
+        if fresh {
+            self.metrics.message(&msg.tenant, "sent");
+            if let Some(m) = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).get(&k) {
+                m.wake();
+            }
+        } else {
+            self.metrics.message(&msg.tenant, "deduplicated");
+        }
+        Ok(())
+    }
+
+    /// `messaging.call`: run `to`'s `handle(body)` within the caller's deadline.
+    async fn call_agent(&self, from: &Caller, to: &str, body: &[u8]) -> Result<Option<Vec<u8>>, MessagingError> {
+        if from.in_chain(to) {
+            return Err(MessagingError::DepthExceeded);
+        }
+        if from.depth() >= self.config.messaging.max_call_depth as usize {
+            return Err(MessagingError::DepthExceeded);
+        }
+        let d = self
+            .agent(&from.tenant, to)
+            .ok_or_else(|| MessagingError::UnknownAgent(format!("no agent {to:?} in this tenant")))?;
+        if !Self::is_running(&d) {
+            return Err(MessagingError::Unavailable(format!("agent {to:?} is stopped")));
+        }
+        let quotas = match self.tenant(&from.tenant).await {
+            Ok(Some(t)) => t.quotas,
+            Ok(None) => return Err(MessagingError::UnknownAgent(format!("no agent {to:?} in this tenant"))),
+            Err(e) => {
+                tracing::warn!(tenant = %from.tenant, error = %e, "call: reading the tenant failed");
+                return Err(MessagingError::Unavailable("storage is temporarily unavailable; retry later".into()));
+            }
+        };
+        if std::time::Instant::now() >= from.deadline {
+            return Err(MessagingError::DeadlineExceeded);
+        }
+        let slot = tokio::time::timeout_at(from.deadline.into(), d.shared.pool.clone().acquire_owned()).await;
+        let Ok(Ok(_slot)) = slot else { return Err(MessagingError::DeadlineExceeded) };
+        let ctx = self.context_with(&d.record, &quotas, from.chain_for_callee(), Some(from.deadline));
+        let report =
+            self.runtime.call(&d.module, &ctx, &self.limits_for(&d.record, &quotas), Export::Handle(body)).await;
+        self.account(&d, &report);
         match report.outcome {
-            Outcome::Ok { .. } => Delivery::Delivered,
-            other => Delivery::Failed { code: other.code().to_owned(), message: other.to_string() },
+            Outcome::Ok { output } => Ok(output),
+            Outcome::AgentError { code, message } => Err(MessagingError::Agent(AgentError { code, message })),
+            Outcome::DeadlineExceeded { .. } => Err(MessagingError::DeadlineExceeded),
+            other => {
+                Err(MessagingError::Agent(AgentError { code: other.code().to_owned(), message: other.to_string() }))
+            }
         }
     }
 
@@ -466,5 +620,68 @@ impl Host for AppState {
 
     fn count(&self, tenant: &str, what: &'static str) {
         self.metrics.change_batch(tenant, what);
+    }
+
+    async fn deliver_message(&self, tenant: &str, agent: &str, body: &[u8]) -> Delivery {
+        AppState::deliver_message(self, tenant, agent, body).await
+    }
+
+    fn count_message(&self, tenant: &str, agent: &str, what: &'static str) {
+        self.metrics.message(tenant, what);
+        if let Some(d) = self.agent(tenant, agent) {
+            let c = match what {
+                "delivered" => &d.shared.messages_delivered,
+                "retried" => &d.shared.messages_retried,
+                "dead_lettered" => &d.shared.messages_dead_lettered,
+                _ => return,
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The messenger invocations get: the state, held weakly so that it can be dropped.
+struct Mesh(std::sync::Weak<AppState>);
+
+impl Mesh {
+    fn state(&self) -> Result<Arc<AppState>, MessagingError> {
+        self.0.upgrade().ok_or_else(|| MessagingError::Unavailable("the host is shutting down".into()))
+    }
+}
+
+#[async_trait::async_trait]
+impl Messenger for Mesh {
+    async fn send(
+        &self,
+        from: &Caller,
+        to: &str,
+        body: Vec<u8>,
+        idempotency_key: Option<String>,
+    ) -> Result<(), MessagingError> {
+        let st = self.state()?;
+        if st.agent(&from.tenant, to).is_none() {
+            return Err(MessagingError::UnknownAgent(format!("no agent {to:?} in this tenant")));
+        }
+        let msg = mailbox::new_message(&from.tenant, to, &from.agent, None, &body, idempotency_key.as_deref());
+        st.post(&msg).await
+    }
+
+    async fn call(&self, from: &Caller, to: &str, body: Vec<u8>) -> Result<Option<Vec<u8>>, MessagingError> {
+        self.state()?.call_agent(from, to, &body).await
+    }
+
+    async fn publish(&self, from: &Caller, topic: &str, body: Vec<u8>) -> Result<(), MessagingError> {
+        let st = self.state()?;
+        let subscribers: Vec<String> = st
+            .agents_of(&from.tenant)
+            .into_values()
+            .filter(|d| d.record.subscriptions.iter().any(|t| t == topic))
+            .map(|d| d.record.name.clone())
+            .collect();
+        for to in subscribers {
+            let msg = mailbox::new_message(&from.tenant, &to, &from.agent, Some(topic), &body, None);
+            st.post(&msg).await?;
+        }
+        Ok(())
     }
 }

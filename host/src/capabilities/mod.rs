@@ -8,6 +8,7 @@
 
 pub mod documents;
 pub mod graph;
+pub mod messaging;
 pub mod runtime;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::runtime::Limiter;
 
 pub use self::documents::DocumentsCtx;
+pub use self::messaging::{Caller, MessagingCtx, MessagingError, MessagingLink, Messenger};
 pub use self::runtime::RuntimeCtx;
 
 /// Host bindings generated from `wit/`, in one place.
@@ -28,6 +30,7 @@ pub(crate) mod bindings {
         imports: {
             "cortex:agent/documents": async | trappable,
             "cortex:agent/graph": async | trappable,
+            "cortex:agent/messaging": async | trappable,
             default: trappable,
         },
         exports: { default: async },
@@ -50,11 +53,13 @@ pub enum Interface {
     Runtime = 1,
     /// `cortex:agent/graph`.
     Graph = 2,
+    /// `cortex:agent/messaging`.
+    Messaging = 3,
 }
 
 impl Interface {
     /// Every counted interface, in index order.
-    pub const ALL: [Interface; 3] = [Interface::Documents, Interface::Runtime, Interface::Graph];
+    pub const ALL: [Interface; 4] = [Interface::Documents, Interface::Runtime, Interface::Graph, Interface::Messaging];
 
     /// The interface's name (a metric label).
     pub fn name(self) -> &'static str {
@@ -62,6 +67,7 @@ impl Interface {
             Interface::Documents => "documents",
             Interface::Runtime => "runtime",
             Interface::Graph => "graph",
+            Interface::Messaging => "messaging",
         }
     }
 }
@@ -72,14 +78,14 @@ pub struct HostCalls {
     /// Calls made so far.
     pub count: u64,
     /// Calls per interface, indexed by [`Interface`].
-    pub by_interface: [u64; 3],
+    pub by_interface: [u64; 4],
     limit: u64,
 }
 
 impl HostCalls {
     /// A budget of `limit` calls.
     pub fn new(limit: u64) -> Self {
-        Self { count: 0, by_interface: [0; 3], limit }
+        Self { count: 0, by_interface: [0; 4], limit }
     }
 
     /// Count one call to `iface`; a trap once the budget is spent.
@@ -101,6 +107,7 @@ pub struct HostState {
     pub(crate) calls: HostCalls,
     pub(crate) documents: DocumentsCtx,
     pub(crate) runtime: RuntimeCtx,
+    pub(crate) messaging: MessagingCtx,
 }
 
 impl WasiView for HostState {
@@ -110,10 +117,10 @@ impl WasiView for HostState {
 }
 
 /// Interfaces of the `cortex:agent` package the host serves today.
-pub const SERVED_INTERFACES: &[&str] = &["types", "runtime", "documents", "graph"];
+pub const SERVED_INTERFACES: &[&str] = &["types", "runtime", "documents", "graph", "messaging"];
 
 /// Interfaces defined by the WIT package but not served yet.
-pub const UNSERVED_INTERFACES: &[&str] = &["messaging"];
+pub const UNSERVED_INTERFACES: &[&str] = &[];
 
 /// A linker with WASI preview 2 and every served Cortex interface.
 pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Arc<Linker<HostState>>> {
@@ -122,6 +129,7 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Arc<Linker<HostStat
     bindings::cortex::agent::documents::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     bindings::cortex::agent::runtime::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     bindings::cortex::agent::graph::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    bindings::cortex::agent::messaging::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     Ok(Arc::new(linker))
 }
 

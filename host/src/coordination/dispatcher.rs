@@ -7,7 +7,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{Delivery, DispatchSettings, Host, dead_letter_key, to_guest, to_record, watched};
-use crate::registry::{CursorRecord, DeadLetter, Watch, now_ms, scoped};
+use crate::registry::{CursorRecord, DeadLetter, LetterKind, Watch, now_ms, scoped};
 use crate::store::{RecordKind, Store, StoreError};
 
 /// A running dispatcher. Dropping it asks the task to stop (at its next wait, or after
@@ -260,6 +260,8 @@ impl Dispatcher {
                     let id = format!("{first:020}-{last:020}");
                     let letter = DeadLetter {
                         id: id.clone(),
+                        kind: LetterKind::Changes,
+                        message: None,
                         tenant: tenant.clone(),
                         agent: self.agent.clone(),
                         first_seq: first,

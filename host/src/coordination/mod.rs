@@ -1,4 +1,5 @@
-//! Coordination between agents. For now: the change-feed dispatcher.
+//! Coordination between agents: the change-feed dispatcher and durable mailboxes
+//! ([`mailbox`]).
 //!
 //! An agent deployed with watches (a collection and a key prefix each) gets its tenant's
 //! document writes through `on-change`, in batches, in feed order. One task per watching
@@ -13,11 +14,13 @@
 //! made after its deploy. A stopped agent keeps its cursor and catches up when started.
 
 mod dispatcher;
+pub mod mailbox;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use self::dispatcher::{Watcher, spawn};
+pub use self::mailbox::{Mailbox, MailboxSettings, spawn_mailbox};
 use crate::capabilities::{ChangeEvent, ChangeOp};
 use crate::registry::{CursorRecord, DeadLetter, FeedEvent, Registry, Watch, now_ms, scoped};
 use crate::store::{self, RecordKind, Store};
@@ -77,6 +80,15 @@ pub trait Host: Send + Sync + 'static {
 
     /// Count what happened to a batch: `delivered`, `retried` or `dead_lettered`.
     fn count(&self, _tenant: &str, _what: &'static str) {}
+
+    /// Run `handle(body)` of `tenant/agent` once, for a message from its mailbox.
+    async fn deliver_message(&self, _tenant: &str, _agent: &str, _body: &[u8]) -> Delivery {
+        Delivery::Gone
+    }
+
+    /// Count what happened to a message: `delivered`, `retried`, `dead_lettered` or
+    /// `deduplicated`.
+    fn count_message(&self, _tenant: &str, _agent: &str, _what: &'static str) {}
 }
 
 /// Whether any of `watches` covers `event`.
@@ -125,10 +137,10 @@ pub fn dead_letter_prefix(tenant: &str, agent: &str) -> String {
     format!("{}/", scoped(tenant, agent))
 }
 
-/// Whether `id` has the shape of a dead-letter id (digits and dashes), so that it cannot
-/// reach outside its agent's key space.
+/// Whether `id` has the shape of a dead-letter id (lowercase letters, digits and dashes),
+/// so that it cannot reach outside its agent's key space.
 pub fn valid_dead_letter_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_digit() || b == b'-')
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Set a new watcher's cursor to the tenant's feed head (at deploy) and drop dead letters
@@ -141,9 +153,10 @@ pub async fn start_cursor(registry: &Registry, tenant: &str, agent: &str) -> sto
     Ok(head)
 }
 
-/// Delete an agent's cursor and dead letters (when the agent is deleted).
+/// Delete an agent's cursor, mailbox and dead letters (when the agent is deleted).
 pub async fn forget(registry: &Registry, tenant: &str, agent: &str) -> store::Result<()> {
     registry.delete(RecordKind::Cursor, &scoped(tenant, agent)).await?;
+    mailbox::forget_mailbox(registry.store().as_ref(), tenant, agent).await?;
     forget_dead_letters(registry, tenant, agent).await
 }
 
@@ -205,7 +218,8 @@ mod tests {
     #[test]
     fn dead_letter_ids_stay_inside_their_agent() {
         assert!(valid_dead_letter_id("00000000000000000012-00000000000000000015"));
-        for bad in ["", "../x", "a", "1/2", &"1".repeat(65)] {
+        assert!(valid_dead_letter_id("m-k0123abc"));
+        for bad in ["", "../x", "A", "1/2", "a b", &"1".repeat(65)] {
             assert!(!valid_dead_letter_id(bad), "{bad:?}");
         }
     }

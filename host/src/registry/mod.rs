@@ -137,6 +137,9 @@ pub struct AgentRecord {
     /// What of the tenant's change feed the agent receives through `on-change`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub watches: Vec<Watch>,
+    /// Topics whose published messages the agent receives through its mailbox.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<String>,
 }
 
 /// A watch: every change of a document of `collection` whose key starts with `prefix`
@@ -183,12 +186,73 @@ pub struct FeedEvent {
     pub revision: u64,
 }
 
-/// A batch of change events that a watching agent failed to take after its retries; the
-/// cursor moved past it. Keyed `tenant/agent/id`.
+/// What a dead letter holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LetterKind {
+    /// A batch of change events for `on-change`.
+    #[default]
+    Changes,
+    /// A message for `handle`.
+    Message,
+}
+
+/// A message in an agent's mailbox, waiting for delivery to its `handle`. Keyed
+/// `tenant/agent/id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    /// Its id within the mailbox: `<ms>-<random>`, or `k<hash>` for a message sent with an
+    /// idempotency key (so a repeated key finds the same record).
+    pub id: String,
+    /// Owner.
+    pub tenant: String,
+    /// The receiving agent.
+    pub agent: String,
+    /// The sending agent.
+    pub from: String,
+    /// The topic it was published to, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// SHA-256 of the idempotency key it was sent with, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<String>,
+    /// The body, hex-encoded.
+    pub body_hex: String,
+    /// Deliveries tried so far.
+    pub attempts: u32,
+    /// Not delivered again before this time (ms since the epoch): the retry backoff.
+    pub not_before_ms: u64,
+    /// Outcome code of the last failed delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// Detail of the last failed delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it was sent (ms since the epoch).
+    pub created_ms: u64,
+}
+
+/// A delivered message that was sent with an idempotency key: a later message with the
+/// same key is dropped. Keyed `tenant/agent/k<hash>`; removed after the idempotency window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveredRecord {
+    /// When it was delivered (ms since the epoch).
+    pub delivered_ms: u64,
+}
+
+/// What an agent failed to take after its retries: a batch of change events (the cursor
+/// moved past it) or a message (removed from the mailbox). Keyed `tenant/agent/id`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
-    /// Its id within the agent (sorts by feed position).
+    /// Its id within the agent (change batches sort by feed position; messages are
+    /// `m-<message id>`).
     pub id: String,
+    /// A change batch or a message.
+    #[serde(default)]
+    pub kind: LetterKind,
+    /// The message, for a message letter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<MessageRecord>,
     /// Owner.
     pub tenant: String,
     /// The watching agent.

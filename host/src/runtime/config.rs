@@ -66,10 +66,12 @@ pub struct Limits {
     /// Wall-clock time, host calls included.
     #[serde(with = "duration_ms")]
     pub timeout: Duration,
-    /// Calls to Cortex imports (documents, runtime).
+    /// Calls to Cortex imports (documents, runtime, graph, messaging).
     pub host_calls: u64,
     /// Bytes `handle` may return.
     pub output_bytes: u64,
+    /// Bytes of one message sent, called with or published.
+    pub message_bytes: u64,
     /// Bytes of stdout, stderr and log records kept; the rest is dropped and marked.
     pub log_bytes: usize,
     /// Elements of any one table.
@@ -88,6 +90,7 @@ impl Default for Limits {
             timeout: Duration::from_secs(5),
             host_calls: 10_000,
             output_bytes: 1 << 20,
+            message_bytes: 256 << 10,
             log_bytes: 64 << 10,
             table_elements: 20_000,
             instances: 64,

@@ -34,7 +34,9 @@ pub use self::validate::{Shape, World};
 
 use self::logbuf::LogSink;
 use self::outcome::FailureContext;
-use crate::capabilities::{self, AgentError, ChangeEvent, DocumentsCtx, HostCalls, HostState, RuntimeCtx};
+use crate::capabilities::{
+    self, AgentError, Caller, ChangeEvent, DocumentsCtx, HostCalls, HostState, MessagingCtx, MessagingLink, RuntimeCtx,
+};
 use crate::store::{self as cstore, Scope};
 
 /// Why a component was refused at load. Each variant has a stable [`code`](LoadError::code).
@@ -164,6 +166,9 @@ pub struct AgentContext {
     pub store: Arc<dyn cstore::Store>,
     /// Most bytes of documents the tenant may store (`None`: no quota).
     pub stored_bytes_quota: Option<u64>,
+    /// How the invocation reaches other agents, and a deadline inherited from a caller
+    /// (`None`: messaging answers `unavailable`).
+    pub messaging: Option<MessagingLink>,
 }
 
 impl std::fmt::Debug for AgentContext {
@@ -315,6 +320,11 @@ impl Runtime {
         id: String,
     ) -> Report {
         let start = Instant::now();
+        // A callee runs within what is left of its caller's time.
+        let timeout = match agent.messaging.as_ref().and_then(|m| m.deadline) {
+            Some(deadline) => limits.timeout.min(deadline.saturating_duration_since(start)),
+            None => limits.timeout,
+        };
         let log = LogSink::new(limits.log_bytes);
         let wasi = WasiCtxBuilder::new()
             .stdout(log.stdout())
@@ -341,6 +351,16 @@ impl Runtime {
                 config: agent.config.clone(),
                 log: log.clone(),
             },
+            messaging: MessagingCtx {
+                messenger: agent.messaging.as_ref().map(|m| m.messenger.clone()),
+                caller: Caller {
+                    tenant: agent.tenant.clone(),
+                    agent: agent.agent.clone(),
+                    callers: agent.messaging.as_ref().map_or_else(|| Arc::from([]), |m| m.callers.clone()),
+                    deadline: start + timeout,
+                },
+                max_body: usize::try_from(limits.message_bytes).unwrap_or(usize::MAX),
+            },
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -350,7 +370,7 @@ impl Runtime {
             tracing::error!(error = %e, "cannot set the fuel budget");
         }
         if self.config.epoch_interruption {
-            let deadline = start + limits.timeout;
+            let deadline = start + timeout;
             store.epoch_deadline_callback(move |_| {
                 // Guest code yields to the executor every tick, so runaway guests cannot
                 // starve others on the same worker, and traps once the deadline has passed.
@@ -391,11 +411,11 @@ impl Runtime {
         };
         // The epoch deadline stops guest code; this bound also stops a guest blocked in a
         // host call (a WASI sleep, a slow store), one tick after the deadline.
-        let hard = (start + limits.timeout + self.config.epoch_tick).into();
+        let hard = (start + timeout + self.config.epoch_tick).into();
         let result: Result<wasmtime::Result<HandleResult>, _> = tokio::time::timeout_at(hard, run).await;
 
         let logs = log.snapshot();
-        let timeout_ms = u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX);
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         let mut bytes_out = 0u64;
         let outcome = match result {
             Err(_elapsed) => Outcome::DeadlineExceeded { limit_ms: timeout_ms },
@@ -412,7 +432,7 @@ impl Runtime {
                 &e,
                 FailureContext {
                     fuel_limit: limits.fuel,
-                    timeout: limits.timeout,
+                    timeout,
                     memory_exceeded: store.data().limiter.exceeded.as_ref(),
                     stderr_tail: logs.stderr_tail(),
                 },

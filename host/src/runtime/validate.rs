@@ -179,13 +179,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn imports_are_sorted_into_served_denied_unserved_and_unknown() {
+    fn imports_are_sorted_into_served_denied_and_unknown() {
         assert!(check_import("wasi:cli/environment@0.2.0").is_ok());
         assert!(check_import("wasi:sockets/tcp@0.2.6").is_ok());
         assert!(check_import("cortex:agent/documents@0.1.0").is_ok());
         assert!(matches!(check_import("wasi:http/outgoing-handler@0.2.6"), Err(LoadError::DeniedImport { .. })));
         assert!(check_import("cortex:agent/graph@0.1.0").is_ok());
-        assert!(matches!(check_import("cortex:agent/messaging@0.1.0"), Err(LoadError::UnservedImport { .. })));
+        assert!(check_import("cortex:agent/messaging@0.1.0").is_ok());
         assert!(matches!(check_import("cortex:agent/documents@0.2.0"), Err(LoadError::UnknownImport { .. })));
         assert!(matches!(check_import("wasi:cli/environment@0.3.0"), Err(LoadError::UnknownImport { .. })));
         assert!(matches!(check_import("evil:backdoor/shell"), Err(LoadError::UnknownImport { .. })));

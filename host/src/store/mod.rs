@@ -145,8 +145,12 @@ pub enum RecordKind {
     ApiKey,
     /// Change-feed cursors of watching agents, keyed by `tenant/agent`.
     Cursor,
-    /// Change batches a watching agent failed, keyed by `tenant/agent/id`.
+    /// Change batches and messages an agent failed, keyed by `tenant/agent/id`.
     DeadLetter,
+    /// Messages waiting in mailboxes, keyed by `tenant/agent/id`.
+    Message,
+    /// Idempotency keys of delivered messages, keyed by `tenant/agent/k<hash>`.
+    Delivered,
 }
 
 impl RecordKind {
@@ -159,6 +163,8 @@ impl RecordKind {
             RecordKind::ApiKey => "apikey",
             RecordKind::Cursor => "cursor",
             RecordKind::DeadLetter => "deadletter",
+            RecordKind::Message => "message",
+            RecordKind::Delivered => "delivered",
         }
     }
 }

@@ -1,0 +1,571 @@
+//! Durable mailboxes: one task per running agent delivers the messages sent or published
+//! to it, through `handle`, at least once.
+//!
+//! A message is a [`MessageRecord`] written before `send` returns, and removed only after
+//! `handle` took it: a crash in between delivers it again. A failing delivery is retried
+//! with exponential backoff (the wait is kept in the record, so it survives a restart),
+//! then parked as a dead letter. A message sent with an idempotency key is stored under a
+//! key derived from it, so a second send finds the first one; once delivered, a
+//! [`DeliveredRecord`] remembers the key for the idempotency window, and a later message
+//! with that key is dropped instead of delivered.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use super::{Delivery, Host};
+use crate::registry::{DeadLetter, DeliveredRecord, LetterKind, MessageRecord, now_ms, scoped};
+use crate::store::{self, RecordKind, Store, StoreError};
+
+/// How mailboxes deliver, retry and wait.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailboxSettings {
+    /// Deliveries of one message before it becomes a dead letter (at least 1).
+    pub attempts: u32,
+    /// Wait before the first retry; doubled for each further retry.
+    pub backoff: Duration,
+    /// Longest wait between retries.
+    pub max_backoff: Duration,
+    /// How often an idle mailbox looks for messages written by another node.
+    pub idle_poll: Duration,
+    /// How long a delivered idempotency key is remembered.
+    pub idempotency_window: Duration,
+    /// Messages one mailbox may hold; a send to a full mailbox is refused.
+    pub max_pending: usize,
+}
+
+impl Default for MailboxSettings {
+    fn default() -> Self {
+        Self {
+            attempts: 5,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            idle_poll: Duration::from_secs(5),
+            idempotency_window: Duration::from_secs(24 * 3600),
+            max_pending: 10_000,
+        }
+    }
+}
+
+/// Key prefix of an agent's mailbox (and of its delivered idempotency keys).
+pub fn mailbox_prefix(tenant: &str, agent: &str) -> String {
+    format!("{}/", scoped(tenant, agent))
+}
+
+fn message_key(tenant: &str, agent: &str, id: &str) -> String {
+    format!("{}{id}", mailbox_prefix(tenant, agent))
+}
+
+/// Hex of `bytes` (message bodies in records).
+pub fn encode_body(bytes: &[u8]) -> String {
+    crate::secrets::hex(bytes)
+}
+
+/// The bytes of a hex body; `None` if it is not hex.
+pub fn decode_body(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len()).step_by(2).map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect()
+}
+
+/// A new message for `to`, from `from`; with an idempotency key its id is derived from
+/// the key (`k` and 40 hex digits of its SHA-256), otherwise from the time and randomness.
+pub fn new_message(
+    tenant: &str,
+    to: &str,
+    from: &str,
+    topic: Option<&str>,
+    body: &[u8],
+    idempotency_key: Option<&str>,
+) -> MessageRecord {
+    let now = now_ms();
+    let idempotency = idempotency_key.map(|k| crate::secrets::sha256_hex(k.as_bytes()));
+    let id = match &idempotency {
+        Some(h) => format!("k{}", &h[..40]),
+        None => {
+            let salt = crate::secrets::random_bytes::<8>().map_or_else(
+                |_| format!("{:016x}", std::process::id() as u64 ^ now.rotate_left(17)),
+                |b| crate::secrets::hex(&b),
+            );
+            format!("{now:013}-{salt}")
+        }
+    };
+    MessageRecord {
+        id,
+        tenant: tenant.to_owned(),
+        agent: to.to_owned(),
+        from: from.to_owned(),
+        topic: topic.map(str::to_owned),
+        idempotency,
+        body_hex: encode_body(body),
+        attempts: 0,
+        not_before_ms: 0,
+        error_code: None,
+        error: None,
+        created_ms: now,
+    }
+}
+
+/// Write `msg` into its mailbox. `Ok(false)`: a message with the same idempotency key is
+/// already waiting, and this one is dropped.
+pub async fn enqueue(store: &dyn Store, msg: &MessageRecord) -> store::Result<bool> {
+    let bytes = serde_json::to_vec(msg).map_err(|e| StoreError::Corrupted(e.to_string()))?;
+    let key = message_key(&msg.tenant, &msg.agent, &msg.id);
+    match store.record_put(RecordKind::Message, &key, bytes, Some(0)).await {
+        Ok(_) => Ok(true),
+        Err(StoreError::Conflict { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Delete an agent's mailbox and delivered idempotency keys.
+pub async fn forget_mailbox(store: &dyn Store, tenant: &str, agent: &str) -> store::Result<()> {
+    let prefix = mailbox_prefix(tenant, agent);
+    for kind in [RecordKind::Message, RecordKind::Delivered] {
+        for (key, _) in store.record_list(kind, &prefix).await? {
+            store.record_delete(kind, &key).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The messages waiting in an agent's mailbox, oldest first.
+pub async fn pending(store: &dyn Store, tenant: &str, agent: &str) -> store::Result<Vec<MessageRecord>> {
+    let mut all: Vec<MessageRecord> = Vec::new();
+    for (key, bytes) in store.record_list(RecordKind::Message, &mailbox_prefix(tenant, agent)).await? {
+        match serde_json::from_slice(&bytes) {
+            Ok(m) => all.push(m),
+            Err(e) => tracing::error!(%key, error = %e, "mailbox: unreadable message record skipped"),
+        }
+    }
+    all.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+    Ok(all)
+}
+
+/// A running mailbox. Dropping it asks the task to stop.
+#[derive(Debug)]
+pub struct Mailbox {
+    wake: Arc<Notify>,
+    pending: Arc<AtomicUsize>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Mailbox {
+    /// A message was written: look now.
+    pub fn wake(&self) {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// Messages waiting (as of the last look, plus those written since).
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Stop at once, abandoning deliveries in flight (they are delivered again later), and
+    /// wait until the task is gone.
+    pub async fn halt(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Start the mailbox of `tenant/agent`, delivering up to `concurrency` messages at once.
+/// It ends when the host is dropped, the agent is gone or stopped, or the [`Mailbox`] is
+/// dropped.
+pub fn spawn_mailbox(
+    host: Weak<dyn Host>,
+    tenant: String,
+    agent: String,
+    concurrency: usize,
+    settings: MailboxSettings,
+) -> Mailbox {
+    let (stop, stopped) = watch::channel(false);
+    let wake = Arc::new(Notify::new());
+    let pending = Arc::new(AtomicUsize::new(0));
+    let run = Runner {
+        host,
+        tenant,
+        agent,
+        concurrency: concurrency.max(1),
+        settings,
+        stopped,
+        wake: wake.clone(),
+        pending: pending.clone(),
+    };
+    let task = tokio::spawn(run.run());
+    Mailbox { wake, pending, stop, task: Some(task) }
+}
+
+struct Runner {
+    host: Weak<dyn Host>,
+    tenant: String,
+    agent: String,
+    concurrency: usize,
+    settings: MailboxSettings,
+    stopped: watch::Receiver<bool>,
+    wake: Arc<Notify>,
+    pending: Arc<AtomicUsize>,
+}
+
+/// What one delivery attempt came to.
+enum Step {
+    Done,
+    /// The agent is gone or stopped.
+    Gone,
+    /// A store call failed: try again after a pause.
+    StoreFailed,
+}
+
+impl Runner {
+    fn host(&self) -> Option<Arc<dyn Host>> {
+        if *self.stopped.borrow() { None } else { self.host.upgrade() }
+    }
+
+    fn backoff(&self, attempts: u32) -> Duration {
+        let factor = 1u32 << attempts.saturating_sub(1).min(16);
+        self.settings.backoff.saturating_mul(factor).min(self.settings.max_backoff)
+    }
+
+    /// Wait for a wake-up, `d`, or a stop (`false`).
+    async fn wait(&mut self, d: Duration) -> bool {
+        let wake = self.wake.clone();
+        tokio::select! {
+            () = wake.notified() => true,
+            () = tokio::time::sleep(d) => true,
+            _ = self.stopped.wait_for(|s| *s) => false,
+        }
+    }
+
+    async fn run(mut self) {
+        let mut last_gc = 0u64;
+        loop {
+            let Some(host) = self.host() else { break };
+            let store = host.store();
+            drop(host);
+            let all = match pending(store.as_ref(), &self.tenant, &self.agent).await {
+                Ok(all) => all,
+                Err(e) => {
+                    tracing::warn!(tenant = %self.tenant, agent = %self.agent, error = %e, "mailbox: reading failed");
+                    if !self.wait(self.settings.backoff).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            self.pending.store(all.len(), Ordering::Relaxed);
+            let now = now_ms();
+            let next = all.iter().filter(|m| m.not_before_ms > now).map(|m| m.not_before_ms).min();
+            let ready: Vec<MessageRecord> = all.into_iter().filter(|m| m.not_before_ms <= now).collect();
+            if ready.is_empty() {
+                if now.saturating_sub(last_gc) > 60_000 {
+                    last_gc = now;
+                    self.forget_old_keys(store.as_ref()).await;
+                }
+                drop(store);
+                let idle = self.settings.idle_poll;
+                let d = next.map_or(idle, |t| Duration::from_millis(t.saturating_sub(now)).min(idle));
+                if !self.wait(d).await {
+                    break;
+                }
+                continue;
+            }
+            let steps: Vec<Step> = futures_util::stream::iter(ready)
+                .map(|m| self.deliver(store.clone(), m))
+                .buffer_unordered(self.concurrency)
+                .collect()
+                .await;
+            if steps.iter().any(|s| matches!(s, Step::Gone)) {
+                break;
+            }
+            if steps.iter().any(|s| matches!(s, Step::StoreFailed)) && !self.wait(self.settings.backoff).await {
+                break;
+            }
+        }
+        tracing::debug!(tenant = %self.tenant, agent = %self.agent, "mailbox ended");
+    }
+
+    async fn deliver(&self, store: Arc<dyn Store>, mut msg: MessageRecord) -> Step {
+        let key = message_key(&self.tenant, &self.agent, &msg.id);
+        let dedup_key = msg.idempotency.as_ref().map(|_| key.clone());
+        if let Some(k) = &dedup_key {
+            match store.record_get(RecordKind::Delivered, k).await {
+                Ok(Some(_)) => {
+                    // Delivered before, under the same key: drop this copy.
+                    return match store.record_delete(RecordKind::Message, &key).await {
+                        Ok(_) => {
+                            self.count("deduplicated");
+                            Step::Done
+                        }
+                        Err(_) => Step::StoreFailed,
+                    };
+                }
+                Ok(None) => {}
+                Err(_) => return Step::StoreFailed,
+            }
+        }
+        let Some(body) = decode_body(&msg.body_hex) else {
+            tracing::error!(%key, "mailbox: a message body is not hex; parked as a dead letter");
+            return self.park(store.as_ref(), &key, msg, "corrupted", "the stored body is unreadable").await;
+        };
+        let Some(host) = self.host() else { return Step::Gone };
+        let delivery = host.deliver_message(&self.tenant, &self.agent, &body).await;
+        drop(host);
+        match delivery {
+            Delivery::Gone => Step::Gone,
+            Delivery::Delivered => {
+                if let Some(k) = &dedup_key {
+                    let rec = DeliveredRecord { delivered_ms: now_ms() };
+                    let bytes = serde_json::to_vec(&rec).unwrap_or_default();
+                    if store.record_put(RecordKind::Delivered, k, bytes, None).await.is_err() {
+                        return Step::StoreFailed;
+                    }
+                }
+                if store.record_delete(RecordKind::Message, &key).await.is_err() {
+                    return Step::StoreFailed;
+                }
+                self.count("delivered");
+                Step::Done
+            }
+            Delivery::Failed { code, message } => {
+                msg.attempts += 1;
+                tracing::info!(tenant = %self.tenant, agent = %self.agent, id = %msg.id, attempt = msg.attempts,
+                    %code, %message, "mailbox: delivery failed");
+                if msg.attempts >= self.settings.attempts.max(1) {
+                    return self.park(store.as_ref(), &key, msg, &code, &message).await;
+                }
+                msg.not_before_ms = now_ms().saturating_add(self.backoff(msg.attempts).as_millis() as u64);
+                msg.error_code = Some(code);
+                msg.error = Some(message);
+                self.count("retried");
+                match update(store.as_ref(), &key, &msg).await {
+                    Ok(()) => Step::Done,
+                    Err(_) => Step::StoreFailed,
+                }
+            }
+        }
+    }
+
+    /// Move a message to the agent's dead letters.
+    async fn park(&self, store: &dyn Store, key: &str, mut msg: MessageRecord, code: &str, error: &str) -> Step {
+        let now = now_ms();
+        msg.error_code = Some(code.to_owned());
+        msg.error = Some(error.to_owned());
+        let id = format!("m-{}", msg.id);
+        let letter = DeadLetter {
+            id: id.clone(),
+            kind: LetterKind::Message,
+            tenant: self.tenant.clone(),
+            agent: self.agent.clone(),
+            first_seq: 0,
+            last_seq: 0,
+            events: Vec::new(),
+            attempts: msg.attempts,
+            error_code: code.to_owned(),
+            error: error.to_owned(),
+            created_ms: now,
+            updated_ms: now,
+            message: Some(msg),
+        };
+        let Ok(bytes) = serde_json::to_vec(&letter) else { return Step::StoreFailed };
+        let letter_key = super::dead_letter_key(&self.tenant, &self.agent, &id);
+        if store.record_put(RecordKind::DeadLetter, &letter_key, bytes, None).await.is_err()
+            || store.record_delete(RecordKind::Message, key).await.is_err()
+        {
+            return Step::StoreFailed;
+        }
+        tracing::warn!(tenant = %self.tenant, agent = %self.agent, %id, "mailbox: message parked as a dead letter");
+        self.count("dead_lettered");
+        Step::Done
+    }
+
+    fn count(&self, what: &'static str) {
+        if let Some(h) = self.host.upgrade() {
+            h.count_message(&self.tenant, &self.agent, what);
+        }
+    }
+
+    /// Drop delivered idempotency keys older than the window.
+    async fn forget_old_keys(&self, store: &dyn Store) {
+        let window = u64::try_from(self.settings.idempotency_window.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = now_ms().saturating_sub(window);
+        let Ok(keys) = store.record_list(RecordKind::Delivered, &mailbox_prefix(&self.tenant, &self.agent)).await
+        else {
+            return;
+        };
+        for (k, v) in keys {
+            if serde_json::from_slice::<DeliveredRecord>(&v).map_or(true, |r| r.delivered_ms < cutoff) {
+                let _ = store.record_delete(RecordKind::Delivered, &k).await;
+            }
+        }
+    }
+}
+
+/// Rewrite a waiting message (its attempts and backoff) unless it is gone meanwhile.
+async fn update(store: &dyn Store, key: &str, msg: &MessageRecord) -> store::Result<()> {
+    let Some((_, rev)) = store.record_get(RecordKind::Message, key).await? else { return Ok(()) };
+    let bytes = serde_json::to_vec(msg).map_err(|e| StoreError::Corrupted(e.to_string()))?;
+    match store.record_put(RecordKind::Message, key, bytes, Some(rev)).await {
+        Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::registry::Registry;
+    use crate::store::EmbeddedStore;
+
+    #[test]
+    fn bodies_round_trip_through_hex() {
+        let body = [0u8, 1, 0x7f, 0x80, 0xff];
+        assert_eq!(decode_body(&encode_body(&body)).as_deref(), Some(&body[..]));
+        assert_eq!(decode_body(""), Some(Vec::new()));
+        assert_eq!(decode_body("abc"), None);
+        assert_eq!(decode_body("zz"), None);
+    }
+
+    #[test]
+    fn idempotent_messages_share_an_id_and_others_do_not() {
+        let a = new_message("t", "b", "a", None, b"x", Some("order-1"));
+        let b = new_message("t", "b", "a", None, b"y", Some("order-1"));
+        let c = new_message("t", "b", "a", None, b"x", Some("order-2"));
+        assert_eq!(a.id, b.id);
+        assert_ne!(a.id, c.id);
+        let d = new_message("t", "b", "a", None, b"x", None);
+        let e = new_message("t", "b", "a", None, b"x", None);
+        assert_ne!(d.id, e.id);
+        for m in [&a, &d] {
+            assert!(super::super::valid_dead_letter_id(&format!("m-{}", m.id)), "{}", m.id);
+        }
+    }
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Mode {
+        Take,
+        Fail,
+    }
+
+    struct Fake {
+        store: Arc<dyn Store>,
+        mode: Mutex<Mode>,
+        got: Mutex<Vec<Vec<u8>>>,
+        counts: Mutex<Vec<&'static str>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Host for Fake {
+        fn store(&self) -> Arc<dyn Store> {
+            self.store.clone()
+        }
+
+        async fn deliver(&self, _: &str, _: &str, _: &[crate::capabilities::ChangeEvent]) -> Delivery {
+            Delivery::Gone
+        }
+
+        async fn deliver_message(&self, _: &str, _: &str, body: &[u8]) -> Delivery {
+            self.got.lock().unwrap().push(body.to_vec());
+            match *self.mode.lock().unwrap() {
+                Mode::Take => Delivery::Delivered,
+                Mode::Fail => Delivery::Failed { code: "agent_error".into(), message: "no".into() },
+            }
+        }
+
+        fn count_message(&self, _: &str, _: &str, what: &'static str) {
+            self.counts.lock().unwrap().push(what);
+        }
+    }
+
+    fn setup() -> (tempfile::TempDir, Arc<Fake>, Registry) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("s")).unwrap());
+        let fake = Arc::new(Fake {
+            store: store.clone(),
+            mode: Mutex::new(Mode::Take),
+            got: Mutex::default(),
+            counts: Mutex::default(),
+        });
+        (dir, fake, Registry::new(store))
+    }
+
+    fn settings() -> MailboxSettings {
+        MailboxSettings {
+            attempts: 3,
+            backoff: Duration::from_millis(1),
+            idle_poll: Duration::from_millis(50),
+            ..MailboxSettings::default()
+        }
+    }
+
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        for _ in 0..2000 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_are_delivered_once_per_idempotency_key_and_removed() {
+        let (_dir, fake, reg) = setup();
+        let store = reg.store().clone();
+        for (body, key) in [(&b"one"[..], Some("k1")), (b"dup", Some("k1")), (b"two", None)] {
+            enqueue(store.as_ref(), &new_message("t", "b", "a", None, body, key)).await.unwrap();
+        }
+        let host: Weak<dyn Host> = Arc::downgrade(&fake) as Weak<dyn Host>;
+        let mb = spawn_mailbox(host, "t".into(), "b".into(), 1, settings());
+        until("two deliveries", || fake.got.lock().unwrap().len() == 2).await;
+        until("an empty mailbox", || fake.counts.lock().unwrap().len() == 2).await;
+        assert_eq!(*fake.got.lock().unwrap(), vec![b"one".to_vec(), b"two".to_vec()], "oldest first, dup dropped");
+        assert!(pending(store.as_ref(), "t", "b").await.unwrap().is_empty());
+        // The key is remembered after delivery: the same key again is dropped, not delivered.
+        enqueue(store.as_ref(), &new_message("t", "b", "a", None, b"again", Some("k1"))).await.unwrap();
+        mb.wake();
+        until("the duplicate to be dropped", || fake.counts.lock().unwrap().contains(&"deduplicated")).await;
+        assert_eq!(fake.got.lock().unwrap().len(), 2);
+        mb.halt().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_message_is_retried_then_parked() {
+        let (_dir, fake, reg) = setup();
+        let store = reg.store().clone();
+        *fake.mode.lock().unwrap() = Mode::Fail;
+        enqueue(store.as_ref(), &new_message("t", "b", "a", Some("news"), b"bad", None)).await.unwrap();
+        let host: Weak<dyn Host> = Arc::downgrade(&fake) as Weak<dyn Host>;
+        let mb = spawn_mailbox(host, "t".into(), "b".into(), 4, settings());
+        until("a dead letter", || fake.counts.lock().unwrap().contains(&"dead_lettered")).await;
+        assert_eq!(fake.got.lock().unwrap().len(), 3, "three attempts");
+        assert_eq!(*fake.counts.lock().unwrap(), vec!["retried", "retried", "dead_lettered"]);
+        let letters = super::super::dead_letters(&reg, "t", "b").await.unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].kind, LetterKind::Message);
+        let m = letters[0].message.as_ref().unwrap();
+        assert_eq!(
+            (m.topic.as_deref(), m.attempts, decode_body(&m.body_hex).unwrap()),
+            (Some("news"), 3, b"bad".to_vec())
+        );
+        assert!(pending(store.as_ref(), "t", "b").await.unwrap().is_empty());
+        mb.halt().await;
+    }
+}
