@@ -16,7 +16,8 @@
 //! A messaging error is returned as `Ok("error:<code>:<detail>")` with the SDK's codes
 //! (`messaging-depth-exceeded`, ...), so tests see what the guest saw. While the config
 //! value `fail` is `yes`, received messages are refused (error code `told-to-fail`), so
-//! tests can make retries and dead letters.
+//! tests can make retries and dead letters. While `quiet` is `yes`, received messages are
+//! taken without being recorded (benchmarks).
 
 use cortex_agent::{Agent, AgentError, documents, messaging};
 
@@ -36,6 +37,9 @@ fn reply(r: Result<String, messaging::Error>) -> Result<Option<Vec<u8>>, AgentEr
 fn receive(body: &str) -> Result<Option<Vec<u8>>, AgentError> {
     if cortex_agent::config("fail").as_deref() == Some("yes") {
         return Err(AgentError::new("told-to-fail", format!("refusing {body:?}")));
+    }
+    if cortex_agent::config("quiet").as_deref() == Some("yes") {
+        return Ok(Some(b"got".to_vec()));
     }
     let me = cortex_agent::whoami().agent;
     documents::update("inbox", &me, |old: Option<Vec<String>>| {
