@@ -295,6 +295,21 @@ async fn client_commands_drive_the_whole_lifecycle() {
     assert_eq!(agents[0]["invocations"], 1);
     assert_eq!(agents[0]["config"]["k"], "v");
 
+    // Watches and subscriptions from the command line.
+    let up: Value =
+        serde_json::from_str(&ok(client(&s, &dev, &["modules", "upload", art::WATCHER, "--json"]))).unwrap();
+    let w = up["digest"].as_str().unwrap().to_owned();
+    let args =
+        ["agents", "deploy", "w", "--module", &w, "--watch", "orders/eu/", "--watch", "users", "--subscribe", "news"];
+    ok(client(&s, &dev, &args));
+    let got: Value = serde_json::from_str(&ok(client(&s, &dev, &["agents", "get", "w", "--json"]))).unwrap();
+    assert_eq!(
+        got["watches"],
+        serde_json::json!([{"collection": "orders", "prefix": "eu/"}, {"collection": "users", "prefix": ""}])
+    );
+    assert_eq!(got["subscriptions"], serde_json::json!(["news"]));
+    ok(client(&s, &dev, &["agents", "delete", "w"]));
+
     ok(client(&s, &dev, &["agents", "stop", "greeter"]));
     let stopped = client(&s, &dev, &["invoke", "greeter"]);
     assert_eq!(stopped.status.code(), Some(1));

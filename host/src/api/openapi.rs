@@ -36,7 +36,7 @@ pub const ROUTES: &[(&str, &str, &str, Option<&str>)] = &[
     ("post", "/v1/agents/{name}/start", "Take invocations again", None),
     ("post", "/v1/agents/{name}/invoke", "Invoke handle: bytes in, bytes out", Some("bytes")),
     ("get", "/v1/agents/{name}/logs", "Read the agent's log ring (since, limit)", None),
-    ("get", "/v1/agents/{name}/deadletters", "List the change batches a watching agent failed", None),
+    ("get", "/v1/agents/{name}/deadletters", "List the change batches and messages the agent failed", None),
     ("delete", "/v1/agents/{name}/deadletters/{id}", "Discard a dead letter", None),
     ("post", "/v1/agents/{name}/deadletters/{id}/replay", "Deliver a dead letter again (deleted on success)", None),
 ];

@@ -155,6 +155,12 @@ pub enum AgentCmd {
         /// Invocations running at once.
         #[arg(long, default_value_t = 16)]
         max_concurrency: u32,
+        /// Watch COLLECTION or COLLECTION/KEY-PREFIX of the change feed (repeatable).
+        #[arg(long = "watch", value_name = "COLLECTION[/PREFIX]")]
+        watch: Vec<String>,
+        /// Receive the messages published to TOPIC (repeatable).
+        #[arg(long = "subscribe", value_name = "TOPIC")]
+        subscribe: Vec<String>,
     },
     /// Show an agent.
     Get {
@@ -355,8 +361,16 @@ impl ClientCommand {
                 let path = |n: &str, rest: &str| format!("/v1/agents/{n}{rest}");
                 match cmd {
                     AgentCmd::List => conn.call(M::GET, "/v1/agents", Payload::None, &cols).await,
-                    AgentCmd::Deploy { name, module, config, max_concurrency } => {
-                        let body = json!({"name": name, "module": module, "config": kv(&config)?, "max_concurrency": max_concurrency});
+                    AgentCmd::Deploy { name, module, config, max_concurrency, watch, subscribe } => {
+                        let watches: Vec<_> = watch
+                            .iter()
+                            .map(|w| match w.split_once('/') {
+                                Some((c, p)) => json!({"collection": c, "prefix": p}),
+                                None => json!({"collection": w}),
+                            })
+                            .collect();
+                        let body = json!({"name": name, "module": module, "config": kv(&config)?,
+                            "max_concurrency": max_concurrency, "watches": watches, "subscriptions": subscribe});
                         conn.call(M::POST, "/v1/agents", Payload::Json(body), &cols).await
                     }
                     AgentCmd::Get { name } => conn.call(M::GET, &path(&name, ""), Payload::None, &[]).await,
