@@ -266,6 +266,93 @@ async fn acknowledged_increments_survive_sigkill() {
     assert!(stored <= sent, "more increments than requests: {stored} stored, {sent} sent");
 }
 
+async fn upload_and_deploy(s: &Serve, client: &reqwest::Client, dev: &str, module: &str, spec: Value) {
+    let r = client.post(format!("{}/v1/modules", s.base)).bearer_auth(dev).body(std::fs::read(module).unwrap());
+    let r = r.send().await.unwrap();
+    assert!(r.status() == 201 || r.status() == 200);
+    let digest = r.json::<Value>().await.unwrap()["digest"].as_str().unwrap().to_owned();
+    let mut body = spec;
+    body["module"] = json!(digest);
+    let r = client.post(format!("{}/v1/agents", s.base)).bearer_auth(dev).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+}
+
+async fn invoke_json(s: &Serve, client: &reqwest::Client, dev: &str, agent: &str, input: &str) -> Option<Value> {
+    let r = client.post(format!("{}/v1/agents/{agent}/invoke", s.base)).bearer_auth(dev).body(input.to_owned());
+    let r = r.send().await.ok()?;
+    if r.status() != 200 {
+        return None;
+    }
+    serde_json::from_str(&r.text().await.ok()?).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_messages_and_change_events_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut s = Serve::start(&data);
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    s.ready(&client).await;
+    // The receiver records every message in `inbox/rx`; the watcher records every change of
+    // the `inbox` collection it is given.
+    let dev = deploy(&s, &client, art::MESSENGER, "tx").await;
+    upload_and_deploy(&s, &client, &dev, art::MESSENGER, json!({"name": "rx", "max_concurrency": 1})).await;
+    let watch = json!({"name": "w", "watches": [{"collection": "inbox"}]});
+    upload_and_deploy(&s, &client, &dev, art::WATCHER, watch).await;
+
+    const KILL_AFTER: usize = 30;
+    let mut acked = Vec::new();
+    for i in 0..10_000 {
+        let r = client
+            .post(format!("{}/v1/agents/tx/invoke", s.base))
+            .bearer_auth(&dev)
+            .body(format!("send:rx:m{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), "sent");
+        acked.push(format!("m{i}"));
+        if acked.len() >= KILL_AFTER {
+            break;
+        }
+    }
+    // Killed with deliveries and change batches in flight.
+    s.child.kill().unwrap(); // SIGKILL
+    s.child.wait().unwrap();
+    drop(s);
+
+    let s = Serve::start(&data);
+    s.ready(&client).await;
+    // Every acknowledged message arrives (at least once), and the watcher sees every
+    // revision of the inbox: no change event is skipped across the crash.
+    let mut last = (Vec::new(), Vec::new());
+    for _ in 0..1500 {
+        let inbox: Vec<String> = match invoke_json(&s, &client, &dev, "rx", "inbox").await {
+            Some(v) => serde_json::from_value(v).unwrap(),
+            None => Vec::new(),
+        };
+        let seen: Vec<String> = match invoke_json(&s, &client, &dev, "w", "").await {
+            Some(v) => serde_json::from_value(v).unwrap(),
+            None => Vec::new(),
+        };
+        let all_in = acked.iter().all(|m| inbox.contains(m));
+        let revision = inbox.len();
+        let caught_up = seen.iter().any(|e| e.ends_with(&format!("inbox/rx@{revision}")));
+        if all_in && caught_up {
+            for rev in 1..=revision {
+                assert!(
+                    seen.iter().any(|e| e.ends_with(&format!("inbox/rx@{rev}"))),
+                    "the watcher never saw revision {rev}: {seen:?}"
+                );
+            }
+            return;
+        }
+        last = (inbox, seen);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not delivered after the restart: inbox {:?}, watcher {:?}", last.0, last.1);
+}
+
 /// `cortex ARGS` against a server, as a user with `token` would type it.
 fn client(s: &Serve, token: &str, args: &[&str]) -> Output {
     cortex(args).env("CORTEX_URL", &s.base).env("CORTEX_TOKEN", token).output().unwrap()
