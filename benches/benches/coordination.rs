@@ -12,6 +12,8 @@
 //!
 //! `cargo bench -p cortex-benches --bench coordination -- [WRITES] [MESSAGES]`
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
