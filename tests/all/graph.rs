@@ -79,3 +79,26 @@ async fn deleting_an_agent_removes_its_edges() {
     s.deploy(&dev, "b", &hello, json!({})).await;
     assert_eq!(s.invoke_ok(&dev, "g", "in:b").await, "[]");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_links_the_new_agent_and_a_failed_deploy_leaves_no_edge() {
+    let s = Server::start().await;
+    s.tenant("acme").await;
+    let dev = s.token(Some("acme"), Role::Developer);
+    let g = s.upload(&dev, art::GRAPH).await;
+    let hello = s.upload(&dev, art::HELLO).await;
+    s.deploy(&dev, "x", &hello, json!({})).await;
+    // On its first deploy the agent is not registered yet when `init` runs, and can still
+    // link itself.
+    s.deploy(&dev, "g", &g, json!({ "link_on_init": "x:feeds" })).await;
+    assert_eq!(s.invoke_ok(&dev, "g", "in:x").await, r#"["g>x:feeds"]"#);
+    // A deploy whose `init` fails after linking is not deployed, and neither is its edge.
+    let r = s
+        .req(reqwest::Method::POST, "/v1/agents", &dev)
+        .json(&json!({ "name": "g2", "module": g, "config": { "link_on_init": "x:feeds", "fail_after_link": "yes" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422, "{}", r.text().await.unwrap());
+    assert_eq!(s.invoke_ok(&dev, "g", "in:x").await, r#"["g>x:feeds"]"#);
+}

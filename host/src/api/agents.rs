@@ -301,7 +301,12 @@ pub async fn deploy(
         watches: body.watches,
         subscriptions: body.subscriptions,
     };
-    st.run_init(&module, &rec, &t.quotas).await?;
+    if let Err(e) = st.run_init(&module, &rec, &t.quotas).await {
+        // `init` may have linked the new agent in the graph before it failed: the agent is
+        // not deployed, so neither are its edges.
+        st.registry.store().remove_agent_edges(&t.name, &rec.name).await?;
+        return Err(e);
+    }
     if !rec.watches.is_empty() {
         // Before the agent record: a watching agent always has its cursor.
         coordination::start_cursor(&st.registry, &t.name, &rec.name).await?;

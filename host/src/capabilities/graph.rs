@@ -31,10 +31,15 @@ fn check_name(what: &str, name: &str) -> Result<(), wit::Error> {
     if ok { Ok(()) } else { Err(wit::Error::InvalidArgument(format!("{what} {name:?} must match [a-z0-9_-]{{1,63}}"))) }
 }
 
-/// An agent of the invocation's tenant must exist.
+/// An agent of the invocation's tenant must exist. The invoking agent itself always does,
+/// even during the `init` of its first deploy (before its record is written), so an agent
+/// can link itself to others from `init`.
 async fn known_agent(cx: &DocumentsCtx, name: &str) -> Result<Result<(), wit::Error>, StoreError> {
     if let Err(e) = check_name("agent", name) {
         return Ok(Err(e));
+    }
+    if name == &*cx.scope.agent {
+        return Ok(Ok(()));
     }
     match cx.store.record_get(RecordKind::Agent, &scoped(&cx.scope.tenant, name)).await? {
         Some(_) => Ok(Ok(())),

@@ -2,6 +2,9 @@
 //! `link:FROM>TO:KIND={attrs}`, `unlink:FROM>TO:KIND`, `out:AGENT[:KIND]`, `in:AGENT[:KIND]`,
 //! `both:AGENT`, `traverse:AGENT:DEPTH`. Edges come back as a JSON array of
 //! `"from>to:kind"` strings; a graph error as `error:<code>:<detail>`.
+//!
+//! `init` links the agent itself to `TO` with `KIND` when its config has
+//! `link_on_init = "TO:KIND"`, then fails (code `told-to-fail`) if `fail_after_link = yes`.
 
 use cortex_agent::graph::{self, Direction};
 use cortex_agent::{Agent, AgentError};
@@ -51,6 +54,18 @@ fn run(cmd: &str) -> Result<String, graph::Error> {
 }
 
 impl Agent for Graph {
+    fn init(config: Vec<(String, String)>) -> Result<(), AgentError> {
+        let get = |k: &str| config.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        if let Some(target) = get("link_on_init") {
+            let (to, kind) = target.split_once(':').unwrap_or((target, "knows"));
+            graph::link(&cortex_agent::whoami().agent, to, kind, "{}")?;
+        }
+        if get("fail_after_link") == Some("yes") {
+            return Err(AgentError::new("told-to-fail", "failing after the link"));
+        }
+        Ok(())
+    }
+
     fn handle(input: Vec<u8>) -> Result<Option<Vec<u8>>, AgentError> {
         let cmd = String::from_utf8(input)?;
         let text = match run(&cmd) {
