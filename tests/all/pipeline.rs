@@ -132,14 +132,6 @@ async fn invoke_ok_patiently(s: &Server, token: &str, agent: &str, input: &str) 
     body
 }
 
-/// POST /v1/agents with a whole deploy spec (watches, subscriptions); panics unless 201.
-async fn deploy_spec(s: &Server, token: &str, spec: Value) {
-    let r = s.req(Method::POST, "/v1/agents", token).json(&spec).send().await.unwrap();
-    let status = r.status();
-    let body = r.text().await.unwrap();
-    assert_eq!(status, StatusCode::CREATED, "deploy {}: {body}", spec["name"]);
-}
-
 /// Uploads and deploys the four pipeline agents, downstream first (each `init` links
 /// itself to the agents it feeds, which must exist).
 async fn deploy_pipeline(s: &Server, dev: &str) {
@@ -147,40 +139,28 @@ async fn deploy_pipeline(s: &Server, dev: &str) {
     let fulfilment = s.upload(dev, art::ORDER_FULFILMENT).await;
     let pricing = s.upload(dev, art::ORDER_PRICING).await;
     let intake = s.upload(dev, art::ORDER_INTAKE).await;
-    deploy_spec(
-        s,
-        dev,
-        json!({ "name": AUDITOR, "module": auditor, "watches": [{ "collection": "orders", "prefix": "" }] }),
-    )
-    .await;
-    deploy_spec(
-        s,
-        dev,
-        json!({
-            "name": FULFILMENT, "module": fulfilment,
-            "config": { "pricing": PRICING }, "subscriptions": [TOPIC],
-        }),
-    )
-    .await;
+    s.deploy_with(dev, AUDITOR, &auditor, json!({ "watches": [{ "collection": "orders", "prefix": "" }] })).await;
+    s.deploy_with(dev, FULFILMENT, &fulfilment, json!({ "config": { "pricing": PRICING }, "subscriptions": [TOPIC] }))
+        .await;
     let mut config: BTreeMap<String, String> =
         PRICES.iter().map(|(sku, cents)| (format!("price.{sku}"), cents.to_string())).collect();
     config.insert("topic".into(), TOPIC.into());
     config.insert("next".into(), FULFILMENT.into());
-    let config = json!(config);
-    deploy_spec(s, dev, json!({ "name": PRICING, "module": pricing, "config": config })).await;
-    deploy_spec(s, dev, json!({ "name": INTAKE, "module": intake, "config": { "next": PRICING } })).await;
-    // On a first deploy the host runs `init` before it registers the agent, and the graph
-    // refuses an edge from an agent it does not know: `init` then links nothing. Applying
-    // the config again runs `init` with the agent registered.
-    put_config(s, dev, PRICING, &config).await.unwrap();
-    put_config(s, dev, INTAKE, &json!({ "next": PRICING })).await.unwrap();
+    s.deploy(dev, PRICING, &pricing, json!(config)).await;
+    s.deploy(dev, INTAKE, &intake, json!({ "next": PRICING })).await;
+}
+
+/// POST /v1/agents: the status and the body.
+async fn try_deploy(s: &Server, token: &str, name: &str, module: &str, config: Value) -> (StatusCode, Value) {
+    let body = json!({ "name": name, "module": module, "config": config });
+    let r = s.req(Method::POST, "/v1/agents", token).json(&body).send().await.unwrap();
+    (r.status(), r.json().await.unwrap())
 }
 
 /// PUT /v1/agents/NAME/config (which runs `init` again): `Err(problem)` unless 200.
 async fn put_config(s: &Server, token: &str, name: &str, config: &Value) -> Result<(), Value> {
-    let r =
-        s.req(Method::PUT, &format!("/v1/agents/{name}/config"), token).json(&json!({ "config": config })).send().await;
-    let r = r.unwrap();
+    let path = format!("/v1/agents/{name}/config");
+    let r = s.req(Method::PUT, &path, token).json(&json!({ "config": config })).send().await.unwrap();
     let status = r.status();
     let body: Value = r.json().await.unwrap();
     if status == StatusCode::OK { Ok(()) } else { Err(body) }
@@ -443,16 +423,28 @@ async fn init_refuses_a_downstream_agent_that_does_not_exist() {
     s.tenant("acme").await;
     let dev = s.token(Some("acme"), Role::Developer);
     let hello = s.upload(&dev, art::HELLO).await;
-    s.deploy(&dev, "sink", &hello, json!({})).await;
     let graph = s.upload(&dev, art::GRAPH).await;
     s.deploy(&dev, "graph", &graph, json!({})).await;
     let intake = s.upload(&dev, art::ORDER_INTAKE).await;
-    deploy_spec(&s, &dev, json!({ "name": INTAKE, "module": intake, "config": { "next": "sink" } })).await;
-    put_config(&s, &dev, INTAKE, &json!({ "next": "sink" })).await.unwrap();
+    let deploy = |config: Value| try_deploy(&s, &dev, INTAKE, &intake, config);
+
+    // Deployed before the agent it feeds, or without one: refused, and nothing is left.
+    let (status, problem) = deploy(json!({ "next": "sink" })).await;
+    assert_eq!((status, problem["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("init_agent_error")));
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("unknown-downstream") && detail.contains("sink"), "{problem}");
+    let (status, problem) = deploy(json!({})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("bad-config"), "{problem}");
+    assert_eq!(s.invoke_ok(&dev, "graph", &format!("both:{INTAKE}")).await, "[]");
+
+    s.deploy(&dev, "sink", &hello, json!({})).await;
+    let (status, problem) = deploy(json!({ "next": "sink" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{problem}");
     assert_eq!(s.invoke_ok(&dev, "graph", &format!("out:{INTAKE}")).await, format!(r#"["{INTAKE}>sink:feeds"]"#));
 
-    // A downstream agent that does not exist, and no downstream at all: refused, and the
-    // config and the edges in force stay.
+    // A config naming an agent that does not exist, or none: refused, and the config and
+    // the edges in force stay.
     let problem = put_config(&s, &dev, INTAKE, &json!({ "next": "ghost" })).await.unwrap_err();
     assert_eq!(problem["code"], "init_agent_error", "{problem}");
     let detail = problem["detail"].as_str().unwrap();

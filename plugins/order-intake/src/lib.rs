@@ -21,14 +21,11 @@
 //! **Config:** `next` = the pricing agent (required). `init` links this agent to it in the
 //! graph (`-feeds->`, attributes `{"via":"send"}`), removing `feeds` edges to agents no
 //! longer named; a downstream agent that does not exist fails `init` with
-//! `unknown-downstream`, so deploy downstream agents first. (On a first deploy the host
-//! runs `init` before it registers the agent, and the graph refuses an edge from an agent
-//! it does not know: `init` then links nothing and says so in the log; re-applying the
-//! config links.)
+//! `unknown-downstream`, so deploy downstream agents first.
 
 use cortex_agent::documents::{self, StoreError};
 use cortex_agent::graph::{self, Direction};
-use cortex_agent::{Agent, AgentError, log, messaging};
+use cortex_agent::{Agent, AgentError, messaging};
 use serde::{Deserialize, Serialize};
 
 struct OrderIntake;
@@ -149,12 +146,6 @@ fn link_downstream(config: &[(String, String)], attributes: &str) -> Result<(), 
     for &next in &wanted {
         match graph::link(&me, next, "feeds", attributes) {
             Ok(()) => {}
-            // On a first deploy the host runs `init` before it registers the agent, so the
-            // graph does not know this agent yet: the next `init` (a config update) links.
-            Err(graph::Error::UnknownAgent(detail)) if names(&detail, &me) => {
-                log::warn(&format!("not registered yet, {me} -feeds-> {next} waits for the next init: {detail}"));
-                return Ok(());
-            }
             Err(graph::Error::UnknownAgent(detail)) => {
                 return Err(AgentError::new(
                     "unknown-downstream",
@@ -171,11 +162,6 @@ fn link_downstream(config: &[(String, String)], attributes: &str) -> Result<(), 
         }
     }
     Ok(())
-}
-
-/// Whether an `unknown-agent` detail is about `agent` (the host names it, quoted).
-fn names(detail: &str, agent: &str) -> bool {
-    detail == agent || detail.contains(&format!("{agent:?}"))
 }
 
 impl Agent for OrderIntake {

@@ -21,14 +21,13 @@
 //! anything else with `bad-config`); `topic` = where priced orders go (default
 //! `orders.priced`); `next` = downstream agents (comma-separated), linked in the graph by
 //! `init` (`-feeds->`, attributes `{"via":"publish","topic":TOPIC}`; an agent that does
-//! not exist fails `init` with `unknown-downstream`; on a first deploy, before the host has
-//! registered this agent, nothing is linked until the next `init`, as in `order-intake`).
+//! not exist fails `init` with `unknown-downstream`).
 
 use std::collections::BTreeMap;
 
 use cortex_agent::documents::{self, StoreError};
 use cortex_agent::graph::{self, Direction};
-use cortex_agent::{Agent, AgentError, log, messaging};
+use cortex_agent::{Agent, AgentError, messaging};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -176,12 +175,6 @@ fn link_downstream(config: &[(String, String)], attributes: &str) -> Result<(), 
     for &next in &wanted {
         match graph::link(&me, next, "feeds", attributes) {
             Ok(()) => {}
-            // On a first deploy the host runs `init` before it registers the agent, so the
-            // graph does not know this agent yet: the next `init` (a config update) links.
-            Err(graph::Error::UnknownAgent(detail)) if names(&detail, &me) => {
-                log::warn(&format!("not registered yet, {me} -feeds-> {next} waits for the next init: {detail}"));
-                return Ok(());
-            }
             Err(graph::Error::UnknownAgent(detail)) => {
                 return Err(AgentError::new(
                     "unknown-downstream",
@@ -198,11 +191,6 @@ fn link_downstream(config: &[(String, String)], attributes: &str) -> Result<(), 
         }
     }
     Ok(())
-}
-
-/// Whether an `unknown-agent` detail is about `agent` (the host names it, quoted).
-fn names(detail: &str, agent: &str) -> bool {
-    detail == agent || detail.contains(&format!("{agent:?}"))
 }
 
 impl Agent for OrderPricing {
