@@ -92,6 +92,9 @@ async fn init_links_the_new_agent_and_a_failed_deploy_leaves_no_edge() {
     // link itself.
     s.deploy(&dev, "g", &g, json!({ "link_on_init": "x:feeds" })).await;
     assert_eq!(s.invoke_ok(&dev, "g", "in:x").await, r#"["g>x:feeds"]"#);
+    // What `init` logged is in the agent's log ring.
+    let logs = s.get_json(&dev, "/v1/agents/g/logs").await;
+    assert!(logs.as_array().unwrap().iter().any(|l| l["message"] == "init linked x:feeds"), "{logs}");
     // A deploy whose `init` fails after linking is not deployed, and neither is its edge.
     let r = s
         .req(reqwest::Method::POST, "/v1/agents", &dev)

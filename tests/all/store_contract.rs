@@ -73,6 +73,15 @@ pub async fn contract(s: Arc<dyn Store>) {
         Err(StoreError::Conflict { current: 1 })
     ));
     assert_eq!(s.record_get(RecordKind::Agent, "t1").await.unwrap(), None, "kinds are separate key spaces");
+    // Mailbox records: listed by prefix, deleted several at once.
+    for k in ["t1/rx/1", "t1/rx/2", "t1/rx/3", "t1/rxx/1"] {
+        s.record_put(RecordKind::Message, k, b"{}".to_vec(), Some(0)).await.unwrap();
+    }
+    let keys = |v: Vec<(String, Vec<u8>)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    assert_eq!(keys(s.record_list(RecordKind::Message, "t1/rx/").await.unwrap()), ["t1/rx/1", "t1/rx/2", "t1/rx/3"]);
+    let gone = vec!["t1/rx/1".to_owned(), "t1/rx/3".to_owned(), "t1/rx/9".to_owned()];
+    assert_eq!(s.record_delete_many(RecordKind::Message, &gone).await.unwrap(), 2, "only existing ones count");
+    assert_eq!(keys(s.record_list(RecordKind::Message, "t1/rx").await.unwrap()), ["t1/rx/2", "t1/rxx/1"]);
     let first = s.audit_append(b"a".to_vec()).await.unwrap();
     let second = s.audit_append(b"b".to_vec()).await.unwrap();
     assert_eq!(second, first + 1);

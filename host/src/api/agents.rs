@@ -301,12 +301,15 @@ pub async fn deploy(
         watches: body.watches,
         subscriptions: body.subscriptions,
     };
-    if let Err(e) = st.run_init(&module, &rec, &t.quotas).await {
-        // `init` may have linked the new agent in the graph before it failed: the agent is
-        // not deployed, so neither are its edges.
-        st.registry.store().remove_agent_edges(&t.name, &rec.name).await?;
-        return Err(e);
-    }
+    let init = match st.run_init(&module, &rec, &t.quotas).await {
+        Ok(report) => report,
+        Err(e) => {
+            // `init` may have linked the new agent in the graph before it failed: the agent
+            // is not deployed, so neither are its edges.
+            st.registry.store().remove_agent_edges(&t.name, &rec.name).await?;
+            return Err(e);
+        }
+    };
     if !rec.watches.is_empty() {
         // Before the agent record: a watching agent always has its cursor.
         coordination::start_cursor(&st.registry, &t.name, &rec.name).await?;
@@ -318,6 +321,7 @@ pub async fn deploy(
         other => other?,
     };
     let d = st.install(rec, rev, module);
+    d.shared.record_logs(&init);
     Ok((StatusCode::CREATED, Json(view(&d))))
 }
 

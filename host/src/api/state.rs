@@ -325,14 +325,21 @@ impl AppState {
     }
 
     /// Run `init` with `record`'s config on `module`; an error if it does not succeed.
-    pub async fn run_init(&self, module: &Module, record: &AgentRecord, q: &Quotas) -> ApiResult<()> {
+    ///
+    /// What `init` wrote goes to the agent's log ring when the agent is deployed (a config
+    /// change, an upgrade); on a first deploy the caller records the returned report once
+    /// the agent is installed.
+    pub async fn run_init(&self, module: &Module, record: &AgentRecord, q: &Quotas) -> ApiResult<Report> {
         let config: Vec<(String, String)> = record.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let report = self
             .runtime
             .call(module, &self.context(record, q), &self.limits_for(record, q), Export::Init(&config))
             .await;
-        match report.outcome {
-            Outcome::Ok { .. } => Ok(()),
+        if let Some(d) = self.agent(&record.tenant, &record.name) {
+            d.shared.record_logs(&report);
+        }
+        match &report.outcome {
+            Outcome::Ok { .. } => Ok(report),
             other => Err(ApiError::Init { code: other.code().to_owned(), message: format!("init failed: {other}") }),
         }
     }

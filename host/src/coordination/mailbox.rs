@@ -223,9 +223,18 @@ struct Runner {
     pending: Arc<AtomicUsize>,
 }
 
+/// Messages delivered at once before the delivered ones are removed together (the most a
+/// crash can deliver twice).
+const CHUNK: usize = 128;
+
 /// What one delivery attempt came to.
 enum Step {
     Done,
+    /// Taken by the agent: remove it (with its idempotency key, if any) from the mailbox.
+    Delivered {
+        key: String,
+        dedup: bool,
+    },
     /// The agent is gone or stopped.
     Gone,
     /// A store call failed: try again after a pause.
@@ -285,15 +294,24 @@ impl Runner {
                 }
                 continue;
             }
-            let steps: Vec<Step> = futures_util::stream::iter(ready)
-                .map(|m| self.deliver(store.clone(), m))
-                .buffer_unordered(self.concurrency)
-                .collect()
-                .await;
-            if steps.iter().any(|s| matches!(s, Step::Gone)) {
+            let mut gone = false;
+            let mut failed = false;
+            let mut ready = ready.into_iter().peekable();
+            while ready.peek().is_some() && !gone {
+                let chunk: Vec<MessageRecord> = ready.by_ref().take(CHUNK).collect();
+                let steps: Vec<Step> = futures_util::stream::iter(chunk)
+                    .map(|m| self.deliver(store.clone(), m))
+                    .buffer_unordered(self.concurrency)
+                    .collect()
+                    .await;
+                gone = steps.iter().any(|s| matches!(s, Step::Gone));
+                failed |= steps.iter().any(|s| matches!(s, Step::StoreFailed));
+                failed |= !self.remove_delivered(store.as_ref(), &steps).await;
+            }
+            if gone {
                 break;
             }
-            if steps.iter().any(|s| matches!(s, Step::StoreFailed)) && !self.wait(self.settings.backoff).await {
+            if failed && !self.wait(self.settings.backoff).await {
                 break;
             }
         }
@@ -328,20 +346,7 @@ impl Runner {
         drop(host);
         match delivery {
             Delivery::Gone => Step::Gone,
-            Delivery::Delivered => {
-                if let Some(k) = &dedup_key {
-                    let rec = DeliveredRecord { delivered_ms: now_ms() };
-                    let bytes = serde_json::to_vec(&rec).unwrap_or_default();
-                    if store.record_put(RecordKind::Delivered, k, bytes, None).await.is_err() {
-                        return Step::StoreFailed;
-                    }
-                }
-                if store.record_delete(RecordKind::Message, &key).await.is_err() {
-                    return Step::StoreFailed;
-                }
-                self.count("delivered");
-                Step::Done
-            }
+            Delivery::Delivered => Step::Delivered { key, dedup: dedup_key.is_some() },
             Delivery::Failed { code, message } => {
                 msg.attempts += 1;
                 tracing::info!(tenant = %self.tenant, agent = %self.agent, id = %msg.id, attempt = msg.attempts,
@@ -359,6 +364,34 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// Remove the messages `steps` delivered, in one transaction, after remembering the
+    /// idempotency keys among them. `false` if the store failed (they are delivered again).
+    async fn remove_delivered(&self, store: &dyn Store, steps: &[Step]) -> bool {
+        let mut keys = Vec::new();
+        for step in steps {
+            let Step::Delivered { key, dedup } = step else { continue };
+            if *dedup {
+                // Before the message goes: a crash in between must not forget the key.
+                let rec = DeliveredRecord { delivered_ms: now_ms() };
+                let bytes = serde_json::to_vec(&rec).unwrap_or_default();
+                if store.record_put(RecordKind::Delivered, key, bytes, None).await.is_err() {
+                    return false;
+                }
+            }
+            keys.push(key.clone());
+        }
+        if keys.is_empty() {
+            return true;
+        }
+        if store.record_delete_many(RecordKind::Message, &keys).await.is_err() {
+            return false;
+        }
+        for _ in &keys {
+            self.count("delivered");
+        }
+        true
     }
 
     /// Move a message to the agent's dead letters.

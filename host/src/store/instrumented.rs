@@ -69,6 +69,9 @@ impl RecordStore for Instrumented {
     async fn record_delete(&self, kind: RecordKind, key: &str) -> Result<bool> {
         self.time("record_delete", self.inner.record_delete(kind, key)).await
     }
+    async fn record_delete_many(&self, kind: RecordKind, keys: &[String]) -> Result<u64> {
+        self.time("record_delete_many", self.inner.record_delete_many(kind, keys)).await
+    }
     async fn record_list(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
         self.time("record_list", self.inner.record_list(kind, prefix)).await
     }

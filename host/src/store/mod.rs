@@ -181,6 +181,16 @@ pub trait RecordStore: Send + Sync + 'static {
     async fn record_put(&self, kind: RecordKind, key: &str, value: Vec<u8>, expected: Option<u64>) -> Result<u64>;
     /// Delete a record; returns whether it existed.
     async fn record_delete(&self, kind: RecordKind, key: &str) -> Result<bool>;
+
+    /// Delete several records of `kind`, in one transaction where the backend has them;
+    /// returns how many existed.
+    async fn record_delete_many(&self, kind: RecordKind, keys: &[String]) -> Result<u64> {
+        let mut n = 0;
+        for k in keys {
+            n += u64::from(self.record_delete(kind, k).await?);
+        }
+        Ok(n)
+    }
     /// Records whose key starts with `prefix`, in key order.
     async fn record_list(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
     /// Append an audit event; returns its sequence number (from 1, without gaps).

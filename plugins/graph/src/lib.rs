@@ -59,6 +59,7 @@ impl Agent for Graph {
         if let Some(target) = get("link_on_init") {
             let (to, kind) = target.split_once(':').unwrap_or((target, "knows"));
             graph::link(&cortex_agent::whoami().agent, to, kind, "{}")?;
+            cortex_agent::log::info(&format!("init linked {to}:{kind}"));
         }
         if get("fail_after_link") == Some("yes") {
             return Err(AgentError::new("told-to-fail", "failing after the link"));

@@ -355,6 +355,19 @@ impl RecordStore for EmbeddedStore {
         .await
     }
 
+    async fn record_delete_many(&self, kind: RecordKind, keys: &[String]) -> Result<u64> {
+        let keys: Vec<String> = keys.iter().map(|k| record_key(kind, k)).collect();
+        self.write_txn(move |txn| {
+            let mut table = txn.open_table(RECORDS).map_err(backend)?;
+            let mut n = 0;
+            for k in &keys {
+                n += u64::from(table.remove(k.as_str()).map_err(backend)?.is_some());
+            }
+            Ok(n)
+        })
+        .await
+    }
+
     async fn record_list(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
         let start = record_key(kind, prefix);
         let base = record_key(kind, "").len();
