@@ -277,3 +277,24 @@ async fn a_full_mailbox_refuses_more() {
     assert_eq!(s.req(Method::POST, "/v1/agents/b/start", &dev).send().await.unwrap().status(), 200);
     assert_eq!(inbox_of(&s, &dev, "b", 3).await, ["m0", "m1", "m2"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_count_against_the_tenants_rate_and_wait_for_it() {
+    let s = Server::start().await;
+    let q = cortex_host::registry::Quotas { invocations_per_second: 20, burst: 5, ..Default::default() };
+    s.tenant_with("acme", Some(q)).await;
+    let dev = s.token(Some("acme"), Role::Developer);
+    let m = s.upload(&dev, art::MESSENGER).await;
+    s.deploy(&dev, "a", &m, json!({})).await;
+    s.deploy_with(&dev, "b", &m, json!({ "config": { "quiet": "yes" } })).await;
+    // One invocation sends 30 messages: far more deliveries than the burst allows at once.
+    assert_eq!(s.invoke_ok(&dev, "a", "sendn:b:30").await, "sent");
+    let b = until("30 deliveries", || async {
+        let v = s.get_json(&dev, "/v1/agents/b").await;
+        (v["messages"]["delivered"] == 30).then_some(v)
+    })
+    .await;
+    // They waited for the bucket (refusals counted), and none used up a retry.
+    assert_eq!((b["messages"]["retried"].as_u64(), b["messages"]["dead_lettered"].as_u64()), (Some(0), Some(0)));
+    assert!(metric(&s, r#"cortex_rate_limited_total{reason="rate_limited",tenant="acme"}"#).await >= 1.0);
+}

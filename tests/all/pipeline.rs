@@ -299,7 +299,10 @@ fn check_answer(body_in: &str, expect: &Expect, status: StatusCode, text: &str) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_orders_flow_through_the_pipeline_exactly_once() {
     let s = Arc::new(Server::start().await);
-    s.tenant("acme").await;
+    // Every delivery and call is an invocation of the tenant, counted against its rate
+    // quota: a pipeline under load needs more than the default 200/s (burst 400).
+    let busy = cortex_host::registry::Quotas { invocations_per_second: 5_000, burst: 5_000, ..Default::default() };
+    s.tenant_with("acme", Some(busy)).await;
     let dev = s.token(Some("acme"), Role::Developer);
     deploy_pipeline(&s, &dev).await;
     let kv = s.upload(&dev, art::KV).await;

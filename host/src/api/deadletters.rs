@@ -79,6 +79,11 @@ pub async fn replay(
             st.registry.delete(RecordKind::DeadLetter, &key).await?;
             Ok(Json(done).into_response())
         }
+        Delivery::Throttled(_) => Err(ApiError::TooMany {
+            code: "rate_limited",
+            message: format!("tenant {:?} is over its invocation rate", letter.tenant),
+            retry_after: 1,
+        }),
         Delivery::Gone => {
             Err(ApiError::Conflict { code: "agent_stopped", message: format!("agent {name:?} is stopped") })
         }

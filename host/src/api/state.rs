@@ -466,6 +466,13 @@ impl AppState {
             Ok(None) => return Delivery::Gone,
             Err(e) => return Delivery::Failed { code: "store".into(), message: format!("reading the tenant: {e}") },
         };
+        // Deliveries are invocations of the tenant: they count against its rate quota, and
+        // wait (without using up a retry) while it is spent.
+        if self.limiters.take(tenant, &quotas).is_err() {
+            self.metrics.refused(tenant, "rate_limited");
+            let per = 1000 / u64::from(quotas.invocations_per_second.max(1));
+            return Delivery::Throttled(Duration::from_millis(per.clamp(5, 1000)));
+        }
         let Ok(_slot) = d.shared.pool.clone().acquire_owned().await else { return Delivery::Gone };
         let report = self
             .runtime
@@ -555,6 +562,13 @@ impl AppState {
         };
         if std::time::Instant::now() >= from.deadline {
             return Err(MessagingError::DeadlineExceeded);
+        }
+        if self.limiters.take(&from.tenant, &quotas).is_err() {
+            self.metrics.refused(&from.tenant, "rate_limited");
+            return Err(MessagingError::Unavailable(format!(
+                "over the tenant's {} invocations per second; retry later",
+                quotas.invocations_per_second
+            )));
         }
         let slot = tokio::time::timeout_at(from.deadline.into(), d.shared.pool.clone().acquire_owned()).await;
         let Ok(Ok(_slot)) = slot else { return Err(MessagingError::DeadlineExceeded) };

@@ -232,17 +232,23 @@ impl Dispatcher {
                     attempt += 1;
                     let host = self.host()?;
                     let delivery = host.deliver(&tenant, &self.agent, &guest).await;
+                    if let Delivery::Throttled(wait) = delivery {
+                        drop(host);
+                        attempt -= 1;
+                        self.sleep(wait).await?;
+                        continue;
+                    }
                     let what = match &delivery {
                         Delivery::Delivered => "delivered",
                         Delivery::Failed { .. } if attempt >= self.settings.attempts.max(1) => "dead_lettered",
                         Delivery::Failed { .. } => "retried",
-                        Delivery::Gone => "gone",
+                        Delivery::Gone | Delivery::Throttled(_) => "gone",
                     };
                     host.count(&tenant, what);
                     drop(host);
                     match delivery {
                         Delivery::Delivered => break None,
-                        Delivery::Gone => return Err(End::Stop),
+                        Delivery::Gone | Delivery::Throttled(_) => return Err(End::Stop),
                         Delivery::Failed { code, message } => {
                             tracing::info!(%tenant, agent = %self.agent, attempt, %code, %message,
                                 first = events[0].seq, last, "change feed: batch failed");

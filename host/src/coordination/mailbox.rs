@@ -237,6 +237,8 @@ enum Step {
     },
     /// The agent is gone or stopped.
     Gone,
+    /// The tenant is over its invocation rate: wait, then deliver (no attempt counted).
+    Throttled(Duration),
     /// A store call failed: try again after a pause.
     StoreFailed,
 }
@@ -256,6 +258,14 @@ impl Runner {
         let wake = self.wake.clone();
         tokio::select! {
             () = wake.notified() => true,
+            () = tokio::time::sleep(d) => true,
+            _ = self.stopped.wait_for(|s| *s) => false,
+        }
+    }
+
+    /// Sleep `d` (new messages do not cut it short), or stop (`false`).
+    async fn wait_quietly(&mut self, d: Duration) -> bool {
+        tokio::select! {
             () = tokio::time::sleep(d) => true,
             _ = self.stopped.wait_for(|s| *s) => false,
         }
@@ -296,6 +306,7 @@ impl Runner {
             }
             let mut gone = false;
             let mut failed = false;
+            let mut throttled: Option<Duration> = None;
             let mut ready = ready.into_iter().peekable();
             while ready.peek().is_some() && !gone {
                 let chunk: Vec<MessageRecord> = ready.by_ref().take(CHUNK).collect();
@@ -307,8 +318,18 @@ impl Runner {
                 gone = steps.iter().any(|s| matches!(s, Step::Gone));
                 failed |= steps.iter().any(|s| matches!(s, Step::StoreFailed));
                 failed |= !self.remove_delivered(store.as_ref(), &steps).await;
+                throttled = throttled
+                    .max(steps.iter().filter_map(|s| if let Step::Throttled(d) = s { Some(*d) } else { None }).max());
+                if throttled.is_some() {
+                    break;
+                }
             }
             if gone {
+                break;
+            }
+            if let Some(wait) = throttled
+                && !self.wait_quietly(wait).await
+            {
                 break;
             }
             if failed && !self.wait(self.settings.backoff).await {
@@ -346,6 +367,7 @@ impl Runner {
         drop(host);
         match delivery {
             Delivery::Gone => Step::Gone,
+            Delivery::Throttled(wait) => Step::Throttled(wait),
             Delivery::Delivered => Step::Delivered { key, dedup: dedup_key.is_some() },
             Delivery::Failed { code, message } => {
                 msg.attempts += 1;

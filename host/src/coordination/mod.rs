@@ -66,6 +66,9 @@ pub enum Delivery {
     },
     /// The agent is deleted or stopped: its dispatcher ends.
     Gone,
+    /// The tenant is over its invocation rate: try again after the wait, without counting
+    /// an attempt.
+    Throttled(Duration),
 }
 
 /// What a dispatcher needs from the host: the store, and a way to run the agent's
