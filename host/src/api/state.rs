@@ -141,6 +141,8 @@ pub struct AppState {
     watchers: Mutex<HashMap<String, Watcher>>,
     dispatch: DispatchSettings,
     mailboxes: Mutex<HashMap<String, Mailbox>>,
+    /// Messages waiting per agent, running or stopped (counted from the store once).
+    pending: Mutex<HashMap<String, Arc<std::sync::atomic::AtomicUsize>>>,
     mailbox_settings: MailboxSettings,
     mesh: std::sync::OnceLock<Arc<dyn Messenger>>,
     tenant_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -188,6 +190,7 @@ impl AppState {
             watchers: Mutex::new(HashMap::new()),
             dispatch: DispatchSettings::default(),
             mailboxes: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
             mailbox_settings,
             mesh: std::sync::OnceLock::new(),
             tenant_locks: Mutex::new(HashMap::new()),
@@ -388,6 +391,7 @@ impl AppState {
             record.name.clone(),
             record.max_concurrency.max(1) as usize,
             self.mailbox_settings.clone(),
+            self.pending.lock().unwrap_or_else(PoisonError::into_inner).entry(k.clone()).or_default().clone(),
         );
         boxes.insert(k, m);
     }
@@ -420,6 +424,7 @@ impl AppState {
         self.agents.write().unwrap_or_else(PoisonError::into_inner).remove(&key(tenant, name));
         self.watchers.lock().unwrap_or_else(PoisonError::into_inner).remove(&key(tenant, name));
         self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).remove(&key(tenant, name));
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&key(tenant, name));
     }
 
     /// Whether the change-feed dispatcher of an agent is running.
@@ -495,9 +500,11 @@ impl AppState {
         self.metrics.invocation(&d.record.tenant, &d.record.name, report);
     }
 
-    /// Messages waiting in an agent's mailbox (as its running mailbox last saw them).
+    /// Messages waiting in an agent's mailbox (as its mailbox last counted them, plus those
+    /// sent since).
     pub fn mailbox_pending(&self, tenant: &str, name: &str) -> Option<usize> {
-        self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).get(&key(tenant, name)).map(Mailbox::pending)
+        let counters = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        counters.get(&key(tenant, name)).map(|c| c.load(Ordering::Relaxed))
     }
 
     /// Queue `msg` in its mailbox and wake the mailbox.
@@ -507,20 +514,23 @@ impl AppState {
             tracing::warn!(tenant = %msg.tenant, agent = %msg.agent, error = %e, "cannot queue a message");
             MessagingError::Unavailable("storage is temporarily unavailable; retry later".into())
         };
-        let running = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).get(&k).map(Mailbox::pending);
-        let pending = match running {
-            Some(n) => n,
-            // A stopped agent's mailbox is not watched: count what waits in it.
-            None => self
-                .registry
-                .store()
-                .record_list(RecordKind::Message, &mailbox::mailbox_prefix(&msg.tenant, &msg.agent))
-                .await
-                .map_err(unavailable)?
-                .len(),
+        let known = self.pending.lock().unwrap_or_else(PoisonError::into_inner).get(&k).cloned();
+        let counter = match known {
+            Some(c) => c,
+            None => {
+                // First message this node sends there (a stopped agent, or a fresh start):
+                // count what waits in the store once.
+                let prefix = mailbox::mailbox_prefix(&msg.tenant, &msg.agent);
+                let n =
+                    self.registry.store().record_list(RecordKind::Message, &prefix).await.map_err(unavailable)?.len();
+                let mut counters = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                let c = counters.entry(k.clone()).or_default();
+                c.fetch_max(n, Ordering::Relaxed);
+                c.clone()
+            }
         };
         let max = self.mailbox_settings.max_pending;
-        if pending >= max {
+        if counter.load(Ordering::Relaxed) >= max {
             return Err(MessagingError::Unavailable(format!(
                 "the mailbox of {:?} is full ({max} messages); retry later",
                 msg.agent
@@ -528,6 +538,7 @@ impl AppState {
         }
         let fresh = mailbox::enqueue(self.registry.store().as_ref(), msg).await.map_err(unavailable)?;
         if fresh {
+            counter.fetch_add(1, Ordering::Relaxed);
             self.metrics.message(&msg.tenant, "sent");
             if let Some(m) = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).get(&k) {
                 m.wake();

@@ -159,7 +159,6 @@ pub struct Mailbox {
 impl Mailbox {
     /// A message was written: look now.
     pub fn wake(&self) {
-        self.pending.fetch_add(1, Ordering::Relaxed);
         self.wake.notify_one();
     }
 
@@ -186,18 +185,19 @@ impl Drop for Mailbox {
 }
 
 /// Start the mailbox of `tenant/agent`, delivering up to `concurrency` messages at once.
-/// It ends when the host is dropped, the agent is gone or stopped, or the [`Mailbox`] is
-/// dropped.
+/// It sets `pending` to the number of waiting messages each time it looks (senders add to
+/// it between looks). It ends when the host is dropped, the agent is gone or stopped, or
+/// the [`Mailbox`] is dropped.
 pub fn spawn_mailbox(
     host: Weak<dyn Host>,
     tenant: String,
     agent: String,
     concurrency: usize,
     settings: MailboxSettings,
+    pending: Arc<AtomicUsize>,
 ) -> Mailbox {
     let (stop, stopped) = watch::channel(false);
     let wake = Arc::new(Notify::new());
-    let pending = Arc::new(AtomicUsize::new(0));
     let run = Runner {
         host,
         tenant,
@@ -588,7 +588,7 @@ mod tests {
             enqueue(store.as_ref(), &new_message("t", "b", "a", None, body, key)).await.unwrap();
         }
         let host: Weak<dyn Host> = Arc::downgrade(&fake) as Weak<dyn Host>;
-        let mb = spawn_mailbox(host, "t".into(), "b".into(), 1, settings());
+        let mb = spawn_mailbox(host, "t".into(), "b".into(), 1, settings(), Arc::default());
         until("two deliveries", || fake.got.lock().unwrap().len() == 2).await;
         until("an empty mailbox", || fake.counts.lock().unwrap().len() == 2).await;
         assert_eq!(*fake.got.lock().unwrap(), vec![b"one".to_vec(), b"two".to_vec()], "oldest first, dup dropped");
@@ -608,7 +608,7 @@ mod tests {
         *fake.mode.lock().unwrap() = Mode::Fail;
         enqueue(store.as_ref(), &new_message("t", "b", "a", Some("news"), b"bad", None)).await.unwrap();
         let host: Weak<dyn Host> = Arc::downgrade(&fake) as Weak<dyn Host>;
-        let mb = spawn_mailbox(host, "t".into(), "b".into(), 4, settings());
+        let mb = spawn_mailbox(host, "t".into(), "b".into(), 4, settings(), Arc::default());
         until("a dead letter", || fake.counts.lock().unwrap().contains(&"dead_lettered")).await;
         assert_eq!(fake.got.lock().unwrap().len(), 3, "three attempts");
         assert_eq!(*fake.counts.lock().unwrap(), vec!["retried", "retried", "dead_lettered"]);
