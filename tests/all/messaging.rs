@@ -247,6 +247,7 @@ async fn messages_to_a_stopped_agent_wait_across_a_restart() {
     for i in 0..5 {
         assert_eq!(s.invoke_ok(&dev, "a", &format!("send:b:m{i}")).await, "sent");
     }
+    assert_eq!(s.get_json(&dev, "/v1/agents/b").await["messages"]["pending"], 5);
     let dir = s.stop().await;
     let s = Server::start_in(dir, |_| {}).await;
     assert_eq!(s.req(Method::POST, "/v1/agents/b/start", &dev).send().await.unwrap().status(), 200);
@@ -274,6 +275,7 @@ async fn a_full_mailbox_refuses_more() {
     let r = s.invoke_ok(&dev, "a", "sendn:b:5").await;
     assert!(r.starts_with("error:messaging-unavailable:"), "{r}");
     assert!(r.contains("full"), "{r}");
+    assert_eq!(s.get_json(&dev, "/v1/agents/b").await["messages"]["pending"], 3);
     assert_eq!(s.req(Method::POST, "/v1/agents/b/start", &dev).send().await.unwrap().status(), 200);
     assert_eq!(inbox_of(&s, &dev, "b", 3).await, ["m0", "m1", "m2"]);
 }

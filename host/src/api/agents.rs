@@ -158,9 +158,11 @@ struct MessageCounters {
     delivered: u64,
     retried: u64,
     dead_lettered: u64,
+    /// Waiting in its mailbox (as last counted, plus those sent since).
+    pending: usize,
 }
 
-fn view(d: &Deployed) -> AgentView {
+fn view(st: &AppState, d: &Deployed) -> AgentView {
     let s = &d.shared;
     AgentView {
         record: d.record.clone(),
@@ -171,6 +173,7 @@ fn view(d: &Deployed) -> AgentView {
             delivered: s.messages_delivered.load(Ordering::Relaxed),
             retried: s.messages_retried.load(Ordering::Relaxed),
             dead_lettered: s.messages_dead_lettered.load(Ordering::Relaxed),
+            pending: st.mailbox_pending(&d.record.tenant, &d.record.name).unwrap_or(0),
         },
     }
 }
@@ -322,7 +325,7 @@ pub async fn deploy(
     };
     let d = st.install(rec, rev, module);
     d.shared.record_logs(&init);
-    Ok((StatusCode::CREATED, Json(view(&d))))
+    Ok((StatusCode::CREATED, Json(view(&st, &d))))
 }
 
 pub async fn list_agents(
@@ -332,7 +335,7 @@ pub async fn list_agents(
 ) -> ApiResult<Json<Vec<AgentView>>> {
     authorize(&p, Action::ReadAgents)?;
     let t = tenant_scope(&st, &p, &headers).await?;
-    Ok(Json(st.agents_of(&t.name).values().map(|d| view(d)).collect()))
+    Ok(Json(st.agents_of(&t.name).values().map(|d| view(&st, d)).collect()))
 }
 
 pub(super) async fn deployed(
@@ -355,7 +358,7 @@ pub async fn get_agent(
     Path(name): Path<String>,
 ) -> ApiResult<Json<AgentView>> {
     let (_, d) = deployed(&st, &p, &headers, &name, Action::ReadAgents).await?;
-    Ok(Json(view(&d)))
+    Ok(Json(view(&st, &d)))
 }
 
 /// Persist a changed record (compare-and-swap on the revision the change started from)
@@ -389,7 +392,7 @@ pub async fn update_config(
     rec.config = body.config;
     // `init` sees the new config first; if it refuses, the old config stays in force.
     st.run_init(&d.module, &rec, &t.quotas).await?;
-    Ok(Json(view(commit(&st, &d, rec, d.module.clone()).await?.as_ref())))
+    Ok(Json(view(&st, commit(&st, &d, rec, d.module.clone()).await?.as_ref())))
 }
 
 #[derive(Deserialize)]
@@ -415,7 +418,7 @@ pub async fn upgrade(
     rec.previous_module = Some(rec.module.clone());
     rec.module = body.module;
     st.run_init(&module, &rec, &t.quotas).await?;
-    Ok(Json(view(commit(&st, &d, rec, module).await?.as_ref())))
+    Ok(Json(view(&st, commit(&st, &d, rec, module).await?.as_ref())))
 }
 
 pub async fn rollback(
@@ -432,7 +435,7 @@ pub async fn rollback(
     let module = st.module(&prev).await?;
     rec.previous_module = Some(std::mem::replace(&mut rec.module, prev));
     st.run_init(&module, &rec, &t.quotas).await?;
-    Ok(Json(view(commit(&st, &d, rec, module).await?.as_ref())))
+    Ok(Json(view(&st, commit(&st, &d, rec, module).await?.as_ref())))
 }
 
 async fn set_status(
@@ -445,7 +448,7 @@ async fn set_status(
     let (_, d) = deployed(st, p, headers, name, Action::WriteAgents).await?;
     let mut rec = d.record.clone();
     rec.status = status;
-    Ok(Json(view(commit(st, &d, rec, d.module.clone()).await?.as_ref())))
+    Ok(Json(view(st, commit(st, &d, rec, d.module.clone()).await?.as_ref())))
 }
 
 pub async fn stop(
