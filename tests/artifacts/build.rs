@@ -5,6 +5,10 @@
 //!   one `cargo build --release --target wasm32-wasip2` of the plugins workspace, in a
 //!   target directory of its own beside the outer one (`<target>/wasm-plugins`), so
 //!   repeated builds are incremental.
+//! - A member is a component if its `Cargo.toml` has a `cdylib` crate-type or a `[[bin]]`
+//!   (or it has cargo's default binary, `src/main.rs`). Any other member is a library the
+//!   components share (`order-common`): built as their dependency, it has no `.wasm` and
+//!   no constant, but its sources are watched like a component's.
 //! - Every `plugins/wat/*.wat` is compiled with the `wat` crate into `$OUT_DIR`.
 //! - Each component gets a constant named after it (`huge-memory` -> `HUGE_MEMORY`), and
 //!   `ALL` lists them all as `(name, path)`.
@@ -56,14 +60,16 @@ fn main() {
     let wasm_dir = build_plugins(&plugins, &out_dir);
 
     let mut artifacts: Vec<(String, PathBuf)> = Vec::new();
-    for member in &members {
+    for member in members.iter().filter(|member| is_component(&plugins.join(member))) {
         // A `cdylib` is named after its crate (`-` becomes `_`), a `[[bin]]` after itself.
         let candidates =
             [wasm_dir.join(format!("{}.wasm", member.replace('-', "_"))), wasm_dir.join(format!("{member}.wasm"))];
         let path = candidates
             .iter()
             .find(|p| p.is_file())
-            .unwrap_or_else(|| panic!("plugin `{member}` built, but none of {candidates:?} exists"))
+            .unwrap_or_else(|| {
+                panic!("plugin `{member}` (a cdylib or binary) built, but none of {candidates:?} exists")
+            })
             .clone();
         artifacts.push((member.clone(), path));
     }
@@ -77,7 +83,8 @@ fn env_path(name: &str) -> PathBuf {
     env::var_os(name).map(PathBuf::from).unwrap_or_else(|| panic!("cargo did not set {name}"))
 }
 
-/// Directories of `plugins/` with a `Cargo.toml`, sorted: the workspace's members.
+/// Directories of `plugins/` with a `Cargo.toml`, sorted: the workspace's members, both
+/// components and libraries.
 fn plugin_members(plugins: &Path) -> Vec<String> {
     let entries = fs::read_dir(plugins).unwrap_or_else(|e| panic!("reading {}: {e}", plugins.display()));
     let mut members: Vec<String> = entries
@@ -89,6 +96,54 @@ fn plugin_members(plugins: &Path) -> Vec<String> {
     members
 }
 
+/// Whether the member in `dir` builds a component: see [`builds_component`], plus cargo's
+/// default binary `src/main.rs`.
+fn is_component(dir: &Path) -> bool {
+    let manifest = dir.join("Cargo.toml");
+    let text = fs::read_to_string(&manifest).unwrap_or_else(|e| panic!("reading {}: {e}", manifest.display()));
+    builds_component(&text) || dir.join("src/main.rs").is_file()
+}
+
+/// Whether a member's `Cargo.toml` asks for a component: a `[[bin]]` table, or a
+/// `crate-type` of `[lib]` that names `cdylib` (the array may span lines). A line scan
+/// without a TOML parser, enough for the plain manifests of `plugins/`: `#` comments are
+/// dropped, table headers may hold spaces.
+fn builds_component(manifest: &str) -> bool {
+    let mut table = String::new();
+    let mut in_crate_type = false;
+    for line in manifest.lines() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        let value = if in_crate_type {
+            line
+        } else if line.starts_with('[') {
+            let header: String = line.chars().filter(|c| !c.is_whitespace()).collect();
+            if header == "[[bin]]" {
+                return true;
+            }
+            table = header;
+            continue;
+        } else if table == "[lib]" {
+            let Some(value) = ["crate-type", "crate_type"]
+                .iter()
+                .find_map(|key| line.strip_prefix(key))
+                .and_then(|rest| rest.trim_start().strip_prefix('='))
+            else {
+                continue;
+            };
+            value
+        } else {
+            continue;
+        };
+        if value.contains("\"cdylib\"") || value.contains("'cdylib'") {
+            return true;
+        }
+        in_crate_type = !value.contains(']');
+    }
+    false
+}
+
+/// Every member's `Cargo.toml` and `src/`, libraries too (a component is rebuilt when a
+/// library it uses changes), and what all of them build from.
 fn rerun_if_changed(repo: &Path, plugins: &Path, members: &[String]) {
     // Not `plugins/` itself: a directory is scanned recursively, and its `target/` (from
     // a manual build) would retrigger us. A new member is listed in `plugins/Cargo.toml`.

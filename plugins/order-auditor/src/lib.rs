@@ -25,20 +25,23 @@
 //! `bad-input`.
 //!
 //! **Config:** none.
+//!
+//! The legal paths ([`order_common::PATHS`]) and the orders collection come from
+//! `order-common`, shared with the other stages.
 
 use std::collections::BTreeMap;
 
 use cortex_agent::documents::{self, StoreError};
 use cortex_agent::{Agent, AgentError, ChangeEvent};
+use order_common::{ORDERS, PATHS};
 use serde::{Deserialize, Serialize};
 
 struct OrderAuditor;
 
-const ORDERS: &str = "orders";
+/// Where the audit records live: `audit/<id>`.
 const AUDIT: &str = "audit";
+/// The status recorded once an order is gone.
 const DELETED: &str = "deleted";
-/// The paths an order may take; its history must be a prefix of one of them.
-const PATHS: [&[&str]; 2] = [&["received", "priced", "fulfilled"], &["received", "rejected"]];
 /// Compare-and-swap rounds on one record before the batch fails (and is delivered again).
 const MAX_ATTEMPTS: usize = 32;
 /// Page size when listing the records.
@@ -52,7 +55,8 @@ struct Record {
     anomalies: Vec<String>,
 }
 
-/// The fields of an order the auditor reads.
+/// The fields of an order the auditor reads (not the whole `order_common::Order`: a
+/// document that is not a whole order is still audited by its statuses).
 #[derive(Debug, Deserialize)]
 struct Seen {
     status: String,

@@ -19,42 +19,26 @@
 //! pricing agent's own errors, passed through by `call`.
 //!
 //! **Config:** `pricing` = the agent that answers quotes (required).
+//!
+//! The order document ([`order_common::Order`]), its statuses, the id check and the config
+//! lookups come from `order-common`, shared with the other stages.
 
 use cortex_agent::documents::{self, Op, PutOp, StoreError};
 use cortex_agent::{Agent, AgentError, messaging};
+use order_common::{
+    FULFILLED, Item, MAX_ATTEMPTS, ORDERS, PRICED, RECEIVED, REJECTED, check_id, kept_changing, load, require_config,
+    required_config,
+};
 use serde::{Deserialize, Serialize};
 
 struct OrderFulfilment;
 
-const ORDERS: &str = "orders";
+/// Where shipments live: `shipments/<id>`, created when the order is fulfilled.
 const SHIPMENTS: &str = "shipments";
-const RECEIVED: &str = "received";
-const PRICED: &str = "priced";
-const REJECTED: &str = "rejected";
-const FULFILLED: &str = "fulfilled";
-/// Read-modify-write rounds before giving up on a contended order (the mailbox retries).
-const MAX_ATTEMPTS: usize = 16;
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Item {
-    sku: String,
-    qty: u64,
-}
-
-/// An order as stored in `orders/<id>`.
-#[derive(Debug, Serialize, Deserialize)]
-struct Order {
-    id: String,
-    customer: String,
-    items: Vec<Item>,
-    status: String,
-    #[serde(default)]
-    history: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    total_cents: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    reason: Option<String>,
-}
+/// The config key naming the agent that answers quotes.
+const PRICING: &str = "pricing";
+/// What config `pricing` names, for its error.
+const PRICING_IS: &str = "the quoting agent";
 
 /// What `quote:<ID>` answers.
 #[derive(Debug, Deserialize)]
@@ -72,18 +56,9 @@ struct Shipment<'a> {
     total_cents: u64,
 }
 
-/// An order id as `order-intake` accepts them: `[A-Za-z0-9._-]{1,64}`.
-fn check_id(id: &str) -> Result<&str, AgentError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok { Ok(id) } else { Err(AgentError::bad_input(format!("bad order id {id:?}"))) }
-}
-
 /// Asks the pricing agent for the order's final total.
 fn final_quote(id: &str) -> Result<u64, AgentError> {
-    let pricing = cortex_agent::config("pricing")
-        .ok_or_else(|| AgentError::new("bad-config", "config `pricing` (the quoting agent) is not set"))?;
+    let pricing = required_config(PRICING, PRICING_IS)?;
     let reply = messaging::call(&pricing, format!("quote:{id}").as_bytes())?
         .ok_or_else(|| AgentError::new("bad-quote", format!("{pricing} answered nothing to quote:{id}")))?;
     let quote: Quote = serde_json::from_slice(&reply)
@@ -94,10 +69,10 @@ fn final_quote(id: &str) -> Result<u64, AgentError> {
     Ok(quote.total_cents)
 }
 
+/// `<ID>`: priced -> fulfilled, with its shipment, at the final quote.
 fn fulfil(id: &str) -> Result<&'static str, AgentError> {
     for _ in 0..MAX_ATTEMPTS {
-        let (mut order, revision) = documents::get_json::<Order>(ORDERS, id)?
-            .ok_or_else(|| AgentError::new("unknown-order", format!("no order {id:?}")))?;
+        let (mut order, revision) = load(id)?;
         match order.status.as_str() {
             PRICED => {}
             FULFILLED => return Ok(FULFILLED),
@@ -108,8 +83,7 @@ fn fulfil(id: &str) -> Result<&'static str, AgentError> {
         let total_cents = final_quote(id)?;
         let shipment = Shipment { order: id, customer: &order.customer, items: &order.items, total_cents };
         let shipment = serde_json::to_string(&shipment)?;
-        order.status = FULFILLED.to_owned();
-        order.history.push(FULFILLED.to_owned());
+        order.advance(FULFILLED);
         let ops = [
             Op::Put(PutOp {
                 collection: ORDERS.to_owned(),
@@ -126,16 +100,12 @@ fn fulfil(id: &str) -> Result<&'static str, AgentError> {
             Err(e) => return Err(e.into()),
         }
     }
-    Err(AgentError::new("conflict", format!("order {id} kept changing; deliver again")))
+    Err(kept_changing(id))
 }
 
 impl Agent for OrderFulfilment {
     fn init(config: Vec<(String, String)>) -> Result<(), AgentError> {
-        if config.iter().any(|(k, v)| k == "pricing" && !v.trim().is_empty()) {
-            Ok(())
-        } else {
-            Err(AgentError::new("bad-config", "config `pricing` (the quoting agent) is not set"))
-        }
+        require_config(&config, PRICING, PRICING_IS)
     }
 
     fn handle(input: Vec<u8>) -> Result<Option<Vec<u8>>, AgentError> {

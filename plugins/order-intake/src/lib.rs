@@ -22,34 +22,26 @@
 //! graph (`-feeds->`, attributes `{"via":"send"}`), removing `feeds` edges to agents no
 //! longer named; a downstream agent that does not exist fails `init` with
 //! `unknown-downstream`, so deploy downstream agents first.
+//!
+//! The order document ([`order_common::Order`]), the id and SKU rule, the config checks
+//! and the graph links of `init` ([`order_common::link_downstream`]) come from
+//! `order-common`, shared with the other stages.
 
 use cortex_agent::documents::{self, StoreError};
-use cortex_agent::graph::{self, Direction};
 use cortex_agent::{Agent, AgentError, messaging};
-use serde::{Deserialize, Serialize};
+use order_common::{Item, NEXT, ORDERS, Order, RECEIVED, is_name, link_downstream, require_config, required_config};
+use serde::Deserialize;
 
 struct OrderIntake;
 
-/// Where orders live.
-const ORDERS: &str = "orders";
-/// The status an accepted order starts in.
-const RECEIVED: &str = "received";
-/// Longest order id and SKU.
-const MAX_NAME: usize = 64;
 /// Longest customer name, in characters.
 const MAX_CUSTOMER: usize = 128;
 /// Most items in one order.
 const MAX_ITEMS: usize = 100;
 /// Largest quantity of one item.
 const MAX_QTY: u64 = 10_000;
-
-/// One line of an order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Item {
-    sku: String,
-    qty: u64,
-}
+/// What config `next` names, for its error.
+const NEXT_IS: &str = "the pricing agent";
 
 /// An order as submitted.
 #[derive(Debug, Deserialize)]
@@ -58,25 +50,6 @@ struct Submitted {
     id: String,
     customer: String,
     items: Vec<Item>,
-}
-
-/// An order as stored in `orders/<id>` (the fields this agent cares about; the other
-/// agents add `total_cents` or `reason`).
-#[derive(Debug, Serialize, Deserialize)]
-struct Stored {
-    id: String,
-    customer: String,
-    items: Vec<Item>,
-    status: String,
-    #[serde(default)]
-    history: Vec<String>,
-}
-
-/// Whether `s` is a usable id or SKU: `[A-Za-z0-9._-]{1,64}`.
-fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_NAME
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Parses and checks a submitted order.
@@ -120,74 +93,30 @@ fn parse(input: &[u8]) -> Result<Submitted, AgentError> {
     Ok(order)
 }
 
-/// The pricing agent, from the config in force.
-fn next_agent() -> Result<String, AgentError> {
-    cortex_agent::config("next")
-        .ok_or_else(|| AgentError::new("bad-config", "config `next` (the pricing agent) is not set"))
-}
-
-/// Hands the order to pricing; the key makes a repeated send of one order a single delivery.
+/// Hands the order to pricing (config `next`); the key makes a repeated send of one order
+/// a single delivery.
 fn send_to_pricing(id: &str) -> Result<(), AgentError> {
-    let next = next_agent()?;
+    let next = required_config(NEXT, NEXT_IS)?;
     messaging::send(&next, format!("price:{id}").as_bytes(), Some(&format!("order:{id}")))?;
-    Ok(())
-}
-
-/// Makes this agent's outgoing `feeds` edges match `next` (comma-separated agent names).
-fn link_downstream(config: &[(String, String)], attributes: &str) -> Result<(), AgentError> {
-    let me = cortex_agent::whoami().agent;
-    let wanted: Vec<&str> = config
-        .iter()
-        .filter(|(k, _)| k == "next")
-        .flat_map(|(_, v)| v.split(','))
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .collect();
-    for &next in &wanted {
-        match graph::link(&me, next, "feeds", attributes) {
-            Ok(()) => {}
-            Err(graph::Error::UnknownAgent(detail)) => {
-                return Err(AgentError::new(
-                    "unknown-downstream",
-                    format!("cannot link {me} -feeds-> {next}: {detail}"),
-                ));
-            }
-            Err(other) => return Err(other.into()),
-        }
-    }
-    // Only once every wanted edge is in: a refused config removes no edge.
-    for edge in graph::neighbours(&me, Some("feeds"), Direction::Outgoing, 100)? {
-        if !wanted.contains(&edge.to.as_str()) {
-            graph::unlink(&me, &edge.to, "feeds")?;
-        }
-    }
     Ok(())
 }
 
 impl Agent for OrderIntake {
     fn init(config: Vec<(String, String)>) -> Result<(), AgentError> {
-        if !config.iter().any(|(k, v)| k == "next" && !v.trim().is_empty()) {
-            return Err(AgentError::new("bad-config", "config `next` (the pricing agent) is not set"));
-        }
+        require_config(&config, NEXT, NEXT_IS)?;
         link_downstream(&config, r#"{"via":"send"}"#)
     }
 
     fn handle(input: Vec<u8>) -> Result<Option<Vec<u8>>, AgentError> {
         let order = parse(&input)?;
-        let stored = Stored {
-            id: order.id.clone(),
-            customer: order.customer.clone(),
-            items: order.items.clone(),
-            status: RECEIVED.to_owned(),
-            history: vec![RECEIVED.to_owned()],
-        };
+        let stored = Order::received(order.id.clone(), order.customer.clone(), order.items.clone());
         match documents::put_json(ORDERS, &order.id, &stored, Some(0)) {
             Ok(_) => {
                 send_to_pricing(&order.id)?;
                 Ok(Some(b"accepted".to_vec()))
             }
             Err(documents::Error::Store(StoreError::Conflict(_))) => {
-                let Some((existing, _)) = documents::get_json::<Stored>(ORDERS, &order.id)? else {
+                let Some((existing, _)) = documents::get_json::<Order>(ORDERS, &order.id)? else {
                     // Deleted in between: let the client try again.
                     return Err(AgentError::new("conflict", format!("order {} changed meanwhile; retry", order.id)));
                 };

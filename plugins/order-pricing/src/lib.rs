@@ -22,48 +22,27 @@
 //! `orders.priced`); `next` = downstream agents (comma-separated), linked in the graph by
 //! `init` (`-feeds->`, attributes `{"via":"publish","topic":TOPIC}`; an agent that does
 //! not exist fails `init` with `unknown-downstream`).
+//!
+//! The order document ([`order_common::Order`]), its statuses, the id check and the graph
+//! links of `init` ([`order_common::link_downstream`]) come from `order-common`, shared
+//! with the other stages.
 
 use std::collections::BTreeMap;
 
 use cortex_agent::documents::{self, StoreError};
-use cortex_agent::graph::{self, Direction};
 use cortex_agent::{Agent, AgentError, messaging};
-use serde::{Deserialize, Serialize};
+use order_common::{
+    FULFILLED, Item, MAX_ATTEMPTS, ORDERS, PRICED, RECEIVED, REJECTED, check_id, config_value, kept_changing,
+    link_downstream, load,
+};
 use serde_json::json;
 
 struct OrderPricing;
 
-const ORDERS: &str = "orders";
-const RECEIVED: &str = "received";
-const PRICED: &str = "priced";
-const REJECTED: &str = "rejected";
-const FULFILLED: &str = "fulfilled";
+/// Where priced orders are published unless config `topic` says otherwise.
 const DEFAULT_TOPIC: &str = "orders.priced";
 /// Config keys of the price table start with this.
 const PRICE_PREFIX: &str = "price.";
-/// Read-modify-write rounds before giving up on a contended order (the mailbox retries).
-const MAX_ATTEMPTS: usize = 16;
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Item {
-    sku: String,
-    qty: u64,
-}
-
-/// An order as stored in `orders/<id>`.
-#[derive(Debug, Serialize, Deserialize)]
-struct Order {
-    id: String,
-    customer: String,
-    items: Vec<Item>,
-    status: String,
-    #[serde(default)]
-    history: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    total_cents: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    reason: Option<String>,
-}
 
 /// SKU -> cents, from `price.<SKU>` config entries.
 fn price_table(config: &[(String, String)]) -> Result<BTreeMap<String, u64>, AgentError> {
@@ -92,19 +71,7 @@ fn total(items: &[Item], prices: &BTreeMap<String, u64>) -> Result<u64, String> 
     Ok(sum)
 }
 
-/// An order id as `order-intake` accepts them: `[A-Za-z0-9._-]{1,64}`.
-fn check_id(id: &str) -> Result<&str, AgentError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok { Ok(id) } else { Err(AgentError::bad_input(format!("bad order id {id:?}"))) }
-}
-
-fn load(id: &str) -> Result<(Order, u64), AgentError> {
-    documents::get_json::<Order>(ORDERS, id)?
-        .ok_or_else(|| AgentError::new("unknown-order", format!("no order {id:?}")))
-}
-
+/// Publishes a priced order's id to the topic (config `topic`).
 fn publish(id: &str) -> Result<(), AgentError> {
     let topic = cortex_agent::config("topic").unwrap_or_else(|| DEFAULT_TOPIC.to_owned());
     messaging::publish(&topic, id.as_bytes())?;
@@ -138,8 +105,7 @@ fn price(id: &str) -> Result<&'static str, AgentError> {
                 REJECTED
             }
         };
-        order.status = status.to_owned();
-        order.history.push(status.to_owned());
+        order.advance(status);
         match documents::put_json(ORDERS, id, &order, Some(revision)) {
             Ok(_) => {
                 if status == PRICED {
@@ -151,7 +117,7 @@ fn price(id: &str) -> Result<&'static str, AgentError> {
             Err(e) => return Err(e.into()),
         }
     }
-    Err(AgentError::new("conflict", format!("order {id} kept changing; deliver again")))
+    Err(kept_changing(id))
 }
 
 /// `quote:<ID>`: the order's total at the prices in force.
@@ -162,41 +128,10 @@ fn quote(id: &str) -> Result<String, AgentError> {
     Ok(json!({ "order": id, "total_cents": cents }).to_string())
 }
 
-/// Makes this agent's outgoing `feeds` edges match `next` (comma-separated agent names).
-fn link_downstream(config: &[(String, String)], attributes: &str) -> Result<(), AgentError> {
-    let me = cortex_agent::whoami().agent;
-    let wanted: Vec<&str> = config
-        .iter()
-        .filter(|(k, _)| k == "next")
-        .flat_map(|(_, v)| v.split(','))
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .collect();
-    for &next in &wanted {
-        match graph::link(&me, next, "feeds", attributes) {
-            Ok(()) => {}
-            Err(graph::Error::UnknownAgent(detail)) => {
-                return Err(AgentError::new(
-                    "unknown-downstream",
-                    format!("cannot link {me} -feeds-> {next}: {detail}"),
-                ));
-            }
-            Err(other) => return Err(other.into()),
-        }
-    }
-    // Only once every wanted edge is in: a refused config removes no edge.
-    for edge in graph::neighbours(&me, Some("feeds"), Direction::Outgoing, 100)? {
-        if !wanted.contains(&edge.to.as_str()) {
-            graph::unlink(&me, &edge.to, "feeds")?;
-        }
-    }
-    Ok(())
-}
-
 impl Agent for OrderPricing {
     fn init(config: Vec<(String, String)>) -> Result<(), AgentError> {
         price_table(&config)?;
-        let topic = config.iter().find(|(k, _)| k == "topic").map_or(DEFAULT_TOPIC, |(_, v)| v.as_str());
+        let topic = config_value(&config, "topic").unwrap_or(DEFAULT_TOPIC);
         let attributes = json!({ "via": "publish", "topic": topic }).to_string();
         link_downstream(&config, &attributes)
     }
