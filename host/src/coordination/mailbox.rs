@@ -9,7 +9,7 @@
 //! [`DeliveredRecord`] remembers the key for the idempotency window, and a later message
 //! with that key is dropped instead of delivered.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -95,7 +95,9 @@ pub fn new_message(
             format!("{now:013}-{salt}")
         }
     };
+    static SEQ: AtomicU64 = AtomicU64::new(0);
     MessageRecord {
+        seq: SEQ.fetch_add(1, Ordering::Relaxed),
         id,
         tenant: tenant.to_owned(),
         agent: to.to_owned(),
@@ -143,7 +145,7 @@ pub async fn pending(store: &dyn Store, tenant: &str, agent: &str) -> store::Res
             Err(e) => tracing::error!(%key, error = %e, "mailbox: unreadable message record skipped"),
         }
     }
-    all.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+    all.sort_by(|a, b| (a.created_ms, a.seq, &a.id).cmp(&(b.created_ms, b.seq, &b.id)));
     Ok(all)
 }
 

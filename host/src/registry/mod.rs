@@ -230,6 +230,9 @@ pub struct MessageRecord {
     pub error: Option<String>,
     /// When it was sent (ms since the epoch).
     pub created_ms: u64,
+    /// Order among the messages this node sent in the same millisecond.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// A delivered message that was sent with an idempotency key: a later message with the
