@@ -11,15 +11,18 @@ pub mod quota;
 mod routes;
 pub mod state;
 
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
-use axum::http::{HeaderMap, Method};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request};
+use axum::http::{HeaderMap, HeaderName, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
+use tower::{Layer, Service};
 
 pub use self::auth::{Action, Principal, Role};
 pub use self::error::{ApiError, ApiResult};
@@ -30,6 +33,19 @@ use crate::store::RecordKind;
 
 /// Header a platform-admin uses to act within a tenant.
 pub const TENANT_HEADER: &str = "x-cortex-tenant";
+
+// Headers of an invocation's response, as constants: a header name given as a `&str` is
+// parsed and copied on every insert.
+/// The invocation's outcome code.
+pub const OUTCOME_HEADER: HeaderName = HeaderName::from_static("x-cortex-outcome");
+/// The invocation id.
+pub const INVOCATION_HEADER: HeaderName = HeaderName::from_static("x-cortex-invocation");
+/// Fuel the invocation used.
+pub const FUEL_HEADER: HeaderName = HeaderName::from_static("x-cortex-fuel");
+/// The invocation's wall time, in microseconds.
+pub const DURATION_HEADER: HeaderName = HeaderName::from_static("x-cortex-duration-us");
+/// The invocation's peak linear memory, in bytes.
+pub const PEAK_MEMORY_HEADER: HeaderName = HeaderName::from_static("x-cortex-peak-memory");
 
 /// A JSON body whose rejections are problem+json (400, 413).
 #[derive(Debug)]
@@ -82,16 +98,6 @@ pub async fn tenant_scope(st: &AppState, p: &Principal, headers: &HeaderMap) -> 
     }
 }
 
-async fn authenticate(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
-    match principal(&st, req.headers()).await {
-        Ok(p) => {
-            req.extensions_mut().insert(p);
-            next.run(req).await
-        }
-        Err(e) => e.into_response(),
-    }
-}
-
 async fn principal(st: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
     let unauthorized = |why: String| {
         tracing::info!(reason = %why, "refused credentials");
@@ -129,32 +135,80 @@ async fn principal(st: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
     Ok(Principal { subject: claims.sub, tenant: claims.tenant, role })
 }
 
-/// Append an audit event for every mutating call (invocations excepted: they are counted
-/// in metrics, not audited).
-async fn audit(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    let path = req.uri().path().to_owned();
-    let route = req.extensions().get::<MatchedPath>().map_or_else(|| path.clone(), |m| m.as_str().to_owned());
-    if !mutating || route.ends_with("/invoke") {
-        return next.run(req).await;
+/// Authentication and audit around each `/v1` route, as one layer: the principal from the
+/// credentials (401 without), put in the request's extensions for the handlers; and an audit
+/// event for every mutating call (invocations excepted: they are counted in metrics, not
+/// audited).
+#[derive(Clone)]
+struct Guard(Arc<AppState>);
+
+impl<S> Layer<S> for Guard {
+    type Service = Guarded<S>;
+
+    fn layer(&self, inner: S) -> Guarded<S> {
+        Guarded { state: self.0.clone(), inner }
     }
-    let p = req.extensions().get::<Principal>().cloned();
+}
+
+#[derive(Clone)]
+struct Guarded<S> {
+    state: Arc<AppState>,
+    inner: S,
+}
+
+impl<S> Service<Request> for Guarded<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        // The inner service was polled ready; the clone takes its place for the next call.
+        let ready = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, ready);
+        Box::pin(guard(self.state.clone(), req, inner))
+    }
+}
+
+async fn guard<S>(st: Arc<AppState>, mut req: Request, mut inner: S) -> Result<Response, Infallible>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    let p = match principal(&st, req.headers()).await {
+        Ok(p) => p,
+        Err(e) => return Ok(e.into_response()),
+    };
+    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let route = req.extensions().get::<MatchedPath>().map_or_else(|| req.uri().path(), MatchedPath::as_str);
+    if !mutating || route.ends_with("/invoke") {
+        req.extensions_mut().insert(p);
+        return inner.call(req).await;
+    }
+    let route = route.to_owned();
+    let path = req.uri().path().to_owned();
     let named = req.headers().get(TENANT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let action = format!("{} {route}", req.method());
-    let resp = next.run(req).await;
+    req.extensions_mut().insert(p.clone());
+    let resp = inner.call(req).await?;
     let tenant = match &p {
-        Some(p) if p.role == Role::PlatformAdmin && route.starts_with("/v1/tenants") => path
+        p if p.role == Role::PlatformAdmin && route.starts_with("/v1/tenants") => path
             .strip_prefix("/v1/tenants/")
             .map(|s| s.split('/').next().unwrap_or_default().to_owned())
             .unwrap_or_default(),
-        Some(p) if p.role == Role::PlatformAdmin => named.unwrap_or_default(),
-        Some(p) => p.tenant.clone().unwrap_or_default(),
-        None => String::new(),
+        p if p.role == Role::PlatformAdmin => named.unwrap_or_default(),
+        p => p.tenant.clone().unwrap_or_default(),
     };
     let event = AuditEvent {
         seq: 0,
         time_ms: now_ms(),
-        actor: p.map_or_else(|| "anonymous".into(), |p| p.subject),
+        actor: p.subject,
         tenant,
         action,
         target: path,
@@ -163,12 +217,12 @@ async fn audit(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
     if let Err(e) = st.registry.audit(&event).await {
         tracing::error!(error = %e, "cannot append an audit event");
     }
-    resp
+    Ok(resp)
 }
 
-/// The whole API.
+/// The whole API. The default body limit (`http.body_limit_bytes`) is applied outside, by
+/// [`crate::server::service`], once per request; module uploads have their own.
 pub fn router(state: Arc<AppState>) -> Router {
-    let body_limit = state.config.http.body_limit_bytes;
     let module_limit = state.config.http.module_limit_bytes;
     let authed = Router::new()
         .route("/v1/tenants", post(routes::create_tenant).get(routes::list_tenants))
@@ -198,8 +252,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/agents/{name}/deadletters", get(deadletters::list))
         .route("/v1/agents/{name}/deadletters/{id}", axum::routing::delete(deadletters::discard))
         .route("/v1/agents/{name}/deadletters/{id}/replay", post(deadletters::replay))
-        .layer(middleware::from_fn_with_state(state.clone(), audit))
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+        .layer(Guard(state.clone()));
     Router::new()
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
@@ -207,6 +260,5 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/openapi.json", get(routes::openapi_doc))
         .merge(authed)
         .fallback(routes::not_found)
-        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
