@@ -494,17 +494,20 @@ pub async fn invoke(
     st.metrics.invocation(&t.name, &name, &report);
 
     let status = outcome_status(&report.outcome);
-    let mut resp = match &report.outcome {
+    let code = report.outcome.code();
+    let mut resp = match report.outcome {
         Outcome::Ok { output: Some(out) } => {
-            ([(header::CONTENT_TYPE, "application/octet-stream")], out.clone()).into_response()
+            ([(header::CONTENT_TYPE, "application/octet-stream")], out).into_response()
         }
         Outcome::Ok { output: None } => StatusCode::NO_CONTENT.into_response(),
         // The agent's own failure: the tenant owns the agent, so the detail is theirs to see.
         other => problem(status, other.code(), other.to_string()),
     };
     let h = resp.headers_mut();
+    // Room for the headers below at once, rather than growing the map twice.
+    h.reserve(6);
     let s = &report.stats;
-    h.insert(OUTCOME_HEADER, HeaderValue::from_static(report.outcome.code()));
+    h.insert(OUTCOME_HEADER, HeaderValue::from_static(code));
     if let Ok(v) = HeaderValue::from_str(&report.id) {
         h.insert(INVOCATION_HEADER, v);
     }

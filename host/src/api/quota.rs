@@ -47,9 +47,13 @@ impl Limiters {
     pub fn enter(&self, tenant: &str, q: &Quotas) -> Option<OwnedSemaphorePermit> {
         let sem = {
             let mut map = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-            let entry = map.entry(tenant.to_owned()).or_insert_with(|| {
-                (q.concurrent_invocations, Arc::new(Semaphore::new(q.concurrent_invocations as usize)))
-            });
+            // By borrow on the hot path: the key is allocated once per tenant.
+            let entry = match map.get_mut(tenant) {
+                Some(entry) => entry,
+                None => map.entry(tenant.to_owned()).or_insert_with(|| {
+                    (q.concurrent_invocations, Arc::new(Semaphore::new(q.concurrent_invocations as usize)))
+                }),
+            };
             if entry.0 != q.concurrent_invocations {
                 // Quotas changed: new invocations count against a fresh semaphore.
                 *entry = (q.concurrent_invocations, Arc::new(Semaphore::new(q.concurrent_invocations as usize)));
