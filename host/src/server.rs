@@ -1,16 +1,25 @@
 //! `cortex serve`: open the store, restore agents, serve the API, drain on shutdown.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::body::HttpBody;
+use axum::extract::DefaultBodyLimit;
+use axum::http::header::HeaderName;
+use axum::http::{HeaderValue, Request, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tower::Service;
+use tracing::Instrument;
 
 use crate::api::auth::{AuthError, Verifier};
 use crate::api::error::ApiError;
@@ -59,39 +68,120 @@ pub async fn build(config: ServerConfig) -> Result<Arc<AppState>, ServeError> {
     Ok(state)
 }
 
-async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(resp) => resp,
-        Err(_) => crate::api::error::problem(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            format!("the request took longer than {} ms", limit.as_millis()),
+/// The header echoing a request's id.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// A server-made request id, `<pid hex>-<sequence hex>`: formatted for the span only when a
+/// subscriber records it, and written once into the `x-request-id` header.
+#[derive(Clone, Copy, Debug)]
+struct RequestId {
+    pid: u32,
+    seq: u64,
+}
+
+impl RequestId {
+    fn next() -> Self {
+        Self { pid: crate::telemetry::pid(), seq: REQUESTS.fetch_add(1, Ordering::Relaxed) }
+    }
+
+    fn header_value(self) -> HeaderValue {
+        // 8 hex digits, a dash, 16 hex digits at most.
+        let mut buf = [0u8; 25];
+        let mut n = hex(u64::from(self.pid), &mut buf);
+        buf[n] = b'-';
+        n += 1;
+        n += hex(self.seq, &mut buf[n..]);
+        HeaderValue::from_bytes(&buf[..n]).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:x}-{:x}", self.pid, self.seq)
+    }
+}
+
+/// Write `n` in lower-case hex (no leading zeros) at the start of `out`; the digits written.
+fn hex(n: u64, out: &mut [u8]) -> usize {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let len = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, slot) in out.iter_mut().take(len).enumerate() {
+        *slot = DIGITS[((n >> (4 * (len - 1 - i))) & 0xf) as usize];
+    }
+    len.min(out.len())
+}
+
+/// What every request goes through before and after routing, once (not wrapped around each
+/// route, where axum would clone and box it per route level): a span with the method, path and
+/// a server-made request id (echoed as `x-request-id`), the default body limit, and the
+/// request timeout.
+#[derive(Clone)]
+pub struct Edge {
+    router: axum::Router,
+    body_limit: DefaultBodyLimit,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edge").field("timeout", &self.timeout).finish_non_exhaustive()
+    }
+}
+
+impl<B> Service<Request<B>> for Edge
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The router is always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let id = RequestId::next();
+        let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
+        self.body_limit.apply(&mut req);
+        let routed = {
+            let _entered = span.enter();
+            Service::<Request<B>>::call(&mut self.router, req)
+        };
+        let limit = self.timeout;
+        Box::pin(
+            async move {
+                let mut resp = match tokio::time::timeout(limit, routed).await {
+                    Ok(Ok(resp)) => resp,
+                    Ok(Err(never)) => match never {},
+                    Err(_) => crate::api::error::problem(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_timeout",
+                        format!("the request took longer than {} ms", limit.as_millis()),
+                    ),
+                };
+                resp.headers_mut().insert(REQUEST_ID, id.header_value());
+                Ok(resp)
+            }
+            .instrument(span),
         )
-        .into_response(),
     }
 }
 
-static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// A span per request (method, path, a server-made request id, echoed as `x-request-id`).
-async fn trace_request(req: Request, next: Next) -> Response {
-    use tracing::Instrument;
-    let id = REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let id = format!("{:x}-{id:x}", std::process::id());
-    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
-    let mut resp = next.run(req).instrument(span).await;
-    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
-        resp.headers_mut().insert("x-request-id", v);
-    }
-    resp
+/// The whole API as one service: [`api::router`] inside the [`Edge`] layers.
+pub fn service(state: Arc<AppState>) -> Edge {
+    let timeout = Duration::from_millis(state.config.http.request_timeout_ms);
+    let body_limit = DefaultBodyLimit::max(state.config.http.body_limit_bytes);
+    Edge { router: api::router(state), body_limit, timeout }
 }
 
-/// The router with server-wide layers (request timeout, request spans).
+/// [`service`] as a router, for in-process callers (`oneshot`).
 pub fn app(state: Arc<AppState>) -> axum::Router {
-    let limit = Duration::from_millis(state.config.http.request_timeout_ms);
-    api::router(state)
-        .layer(middleware::from_fn_with_state(limit, request_timeout))
-        .layer(middleware::from_fn(trace_request))
+    axum::Router::new().fallback_service(service(state))
 }
 
 /// Serve on `listener` until `shutdown` resolves, then drain in-flight requests within
@@ -103,7 +193,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let header_timeout = Duration::from_millis(state.config.http.header_timeout_ms);
     let grace = Duration::from_millis(state.config.http.shutdown_grace_ms);
-    let app = app(state.clone());
+    let app = service(state.clone());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

@@ -4,11 +4,18 @@
 //! are counted under the label `other`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 
 use crate::runtime::{Outcome, Report};
+
+/// The process id, read once (`std::process::id` is a system call each time), for the
+/// request and invocation ids.
+pub fn pid() -> u32 {
+    static PID: OnceLock<u32> = OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}
 
 /// The host's metrics.
 pub struct Metrics {

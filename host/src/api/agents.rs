@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 use super::auth::{Action, Principal};
 use super::error::{ApiError, ApiResult, problem};
 use super::state::{Deployed, LogLine};
-use super::{AppState, JsonBody, authorize, check_name, tenant_scope};
+use super::{
+    AppState, DURATION_HEADER, FUEL_HEADER, INVOCATION_HEADER, JsonBody, OUTCOME_HEADER, PEAK_MEMORY_HEADER, authorize,
+    check_name, tenant_scope,
+};
 use crate::coordination;
 use crate::registry::{AgentLimits, AgentRecord, AgentStatus, ModuleRecord, Tenant, Watch, now_ms, scoped};
 use crate::runtime::{Module, Outcome, World, digest};
@@ -536,9 +539,15 @@ pub async fn invoke(
     st.account(&d, &report);
 
     let status = outcome_status(&report.outcome);
-    let mut resp = match &report.outcome {
+    let code = report.outcome.code();
+    let mut resp = match report.outcome {
         Outcome::Ok { output: Some(out) } => {
-            ([(header::CONTENT_TYPE, "application/octet-stream")], out.clone()).into_response()
+            // Sized once for every header this response gets (content type and length, the
+            // five below, the request id), rather than grown twice.
+            let mut resp = Response::new(axum::body::Body::from(out));
+            *resp.headers_mut() = HeaderMap::with_capacity(8);
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            resp
         }
         Outcome::Ok { output: None } => StatusCode::NO_CONTENT.into_response(),
         // The agent's own failure: the tenant owns the agent, so the detail is theirs to see.
@@ -546,13 +555,13 @@ pub async fn invoke(
     };
     let h = resp.headers_mut();
     let s = &report.stats;
-    h.insert("x-cortex-outcome", HeaderValue::from_static(report.outcome.code()));
+    h.insert(OUTCOME_HEADER, HeaderValue::from_static(code));
     if let Ok(v) = HeaderValue::from_str(&report.id) {
-        h.insert("x-cortex-invocation", v);
+        h.insert(INVOCATION_HEADER, v);
     }
-    h.insert("x-cortex-fuel", HeaderValue::from(s.fuel_used));
-    h.insert("x-cortex-duration-us", HeaderValue::from(u64::try_from(s.wall_time.as_micros()).unwrap_or(u64::MAX)));
-    h.insert("x-cortex-peak-memory", HeaderValue::from(s.peak_memory));
+    h.insert(FUEL_HEADER, HeaderValue::from(s.fuel_used));
+    h.insert(DURATION_HEADER, HeaderValue::from(u64::try_from(s.wall_time.as_micros()).unwrap_or(u64::MAX)));
+    h.insert(PEAK_MEMORY_HEADER, HeaderValue::from(s.peak_memory));
     Ok(resp)
 }
 

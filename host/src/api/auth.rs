@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -107,15 +108,28 @@ impl Action {
     ];
 }
 
-/// Who is calling, from verified credentials.
+/// Who is calling, from verified credentials. Cheap to clone: it is cached with its
+/// token and cloned into every request made with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
     /// Token subject, or `key:<id>` for API keys.
-    pub subject: String,
+    pub subject: Arc<str>,
     /// The tenant the credentials belong to (`None`: a platform-admin without one).
-    pub tenant: Option<String>,
+    pub tenant: Option<Arc<str>>,
     /// The role.
     pub role: Role,
+}
+
+impl Principal {
+    /// The principal of verified claims: a known role, and a tenant unless platform-admin.
+    pub fn from_claims(claims: Claims) -> Result<Self, AuthError> {
+        let role =
+            Role::parse(&claims.role).ok_or_else(|| AuthError::Invalid(format!("unknown role {:?}", claims.role)))?;
+        if claims.tenant.is_none() && role != Role::PlatformAdmin {
+            return Err(AuthError::Invalid("token without a tenant".into()));
+        }
+        Ok(Self { subject: claims.sub.into(), tenant: claims.tenant.map(Arc::from), role })
+    }
 }
 
 /// Claims Cortex reads from a token.
@@ -158,12 +172,17 @@ enum Keys {
     Jwks(HashMap<String, DecodingKey>),
 }
 
+/// Verified tokens kept before the cache is emptied.
+const MAX_CACHED_TOKENS: usize = 10_000;
+
 /// Verifies bearer tokens.
 pub struct Verifier {
     validation: Validation,
     keys: Keys,
     /// The HS256 secret, for minting development tokens.
     hs_secret: Option<Vec<u8>>,
+    /// Verified tokens and their principals, until they expire (`exp`, seconds).
+    verified: Mutex<HashMap<String, (u64, Principal)>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -239,7 +258,26 @@ impl Verifier {
         } else {
             return Err(AuthError::Config(format!("{} needs auth.public_key_file or auth.jwks_file", cfg.algorithm)));
         };
-        Ok(Self { validation, keys, hs_secret })
+        Ok(Self { validation, keys, hs_secret, verified: Mutex::new(HashMap::new()) })
+    }
+
+    /// The principal of a bearer token, remembering verified tokens until they expire.
+    pub fn principal(&self, token: &str) -> Result<Principal, AuthError> {
+        let now = crate::registry::now_ms() / 1000;
+        if let Some((exp, p)) = self.verified.lock().unwrap_or_else(PoisonError::into_inner).get(token)
+            && *exp > now
+        {
+            return Ok(p.clone());
+        }
+        let claims = self.verify(token)?;
+        let exp = claims.exp;
+        let p = Principal::from_claims(claims)?;
+        let mut cache = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= MAX_CACHED_TOKENS {
+            cache.clear();
+        }
+        cache.insert(token.to_owned(), (exp, p.clone()));
+        Ok(p)
     }
 
     /// Verify a token and return its claims.

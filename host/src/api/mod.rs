@@ -11,15 +11,18 @@ pub mod quota;
 mod routes;
 pub mod state;
 
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
-use axum::http::{HeaderMap, Method};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request};
+use axum::http::{HeaderMap, HeaderName, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
+use tower::{Layer, Service};
 
 pub use self::auth::{Action, Principal, Role};
 pub use self::error::{ApiError, ApiResult};
@@ -30,6 +33,19 @@ use crate::store::RecordKind;
 
 /// Header a platform-admin uses to act within a tenant.
 pub const TENANT_HEADER: &str = "x-cortex-tenant";
+
+// Headers of an invocation's response, as constants: a header name given as a `&str` is
+// parsed and copied on every insert.
+/// The invocation's outcome code.
+pub const OUTCOME_HEADER: HeaderName = HeaderName::from_static("x-cortex-outcome");
+/// The invocation id.
+pub const INVOCATION_HEADER: HeaderName = HeaderName::from_static("x-cortex-invocation");
+/// Fuel the invocation used.
+pub const FUEL_HEADER: HeaderName = HeaderName::from_static("x-cortex-fuel");
+/// The invocation's wall time, in microseconds.
+pub const DURATION_HEADER: HeaderName = HeaderName::from_static("x-cortex-duration-us");
+/// The invocation's peak linear memory, in bytes.
+pub const PEAK_MEMORY_HEADER: HeaderName = HeaderName::from_static("x-cortex-peak-memory");
 
 /// A JSON body whose rejections are problem+json (400, 413).
 #[derive(Debug)]
@@ -72,23 +88,13 @@ pub fn authorize(p: &Principal, action: Action) -> ApiResult<()> {
 pub async fn tenant_scope(st: &AppState, p: &Principal, headers: &HeaderMap) -> ApiResult<Tenant> {
     let named = headers.get(TENANT_HEADER).and_then(|v| v.to_str().ok());
     let name = match (p.role, named, &p.tenant) {
-        (Role::PlatformAdmin, Some(h), _) => h.to_owned(),
-        (_, _, Some(t)) => t.clone(),
+        (Role::PlatformAdmin, Some(h), _) => h,
+        (_, _, Some(t)) => t,
         _ => return Err(ApiError::BadRequest(format!("name the tenant with the {TENANT_HEADER} header"))),
     };
-    match st.tenant(&name).await? {
+    match st.tenant(name).await? {
         Some(t) => Ok(t),
         None => Err(ApiError::NotFound(format!("tenant {name:?} not found"))),
-    }
-}
-
-async fn authenticate(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
-    match principal(&st, req.headers()).await {
-        Ok(p) => {
-            req.extensions_mut().insert(p);
-            next.run(req).await
-        }
-        Err(e) => e.into_response(),
     }
 }
 
@@ -113,48 +119,91 @@ async fn principal(st: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
             return Err(unauthorized(format!("key {id} of a deleted tenant")));
         }
         let role = Role::parse(&k.role).ok_or_else(|| unauthorized("bad role on key".into()))?;
-        return Ok(Principal { subject: format!("key:{id}"), tenant: Some(k.tenant), role });
+        return Ok(Principal { subject: format!("key:{id}").into(), tenant: Some(k.tenant.into()), role });
     }
-    let claims = st.verify_token(raw).map_err(|e| unauthorized(e.to_string()))?;
-    let role = Role::parse(&claims.role).ok_or_else(|| unauthorized(format!("unknown role {:?}", claims.role)))?;
-    match (&claims.tenant, role) {
-        (Some(t), _) => {
-            if st.tenant(t).await?.is_none() {
-                return Err(unauthorized(format!("token of unknown or deleted tenant {t:?}")));
-            }
-        }
-        (None, Role::PlatformAdmin) => {}
-        (None, _) => return Err(unauthorized("token without a tenant".into())),
+    let p = st.verifier.principal(raw).map_err(|e| unauthorized(e.to_string()))?;
+    if let Some(t) = &p.tenant
+        && st.tenant(t).await?.is_none()
+    {
+        return Err(unauthorized(format!("token of unknown or deleted tenant {t:?}")));
     }
-    Ok(Principal { subject: claims.sub, tenant: claims.tenant, role })
+    Ok(p)
 }
 
-/// Append an audit event for every mutating call (invocations excepted: they are counted
-/// in metrics, not audited).
-async fn audit(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    let path = req.uri().path().to_owned();
-    let route = req.extensions().get::<MatchedPath>().map_or_else(|| path.clone(), |m| m.as_str().to_owned());
-    if !mutating || route.ends_with("/invoke") {
-        return next.run(req).await;
+/// Authentication and audit around each `/v1` route, as one layer: the principal from the
+/// credentials (401 without), put in the request's extensions for the handlers; and an audit
+/// event for every mutating call (invocations excepted: they are counted in metrics, not
+/// audited).
+#[derive(Clone)]
+struct Guard(Arc<AppState>);
+
+impl<S> Layer<S> for Guard {
+    type Service = Guarded<S>;
+
+    fn layer(&self, inner: S) -> Guarded<S> {
+        Guarded { state: self.0.clone(), inner }
     }
-    let p = req.extensions().get::<Principal>().cloned();
+}
+
+#[derive(Clone)]
+struct Guarded<S> {
+    state: Arc<AppState>,
+    inner: S,
+}
+
+impl<S> Service<Request> for Guarded<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        // The inner service was polled ready; the clone takes its place for the next call.
+        let ready = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, ready);
+        Box::pin(guard(self.state.clone(), req, inner))
+    }
+}
+
+async fn guard<S>(st: Arc<AppState>, mut req: Request, mut inner: S) -> Result<Response, Infallible>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    let p = match principal(&st, req.headers()).await {
+        Ok(p) => p,
+        Err(e) => return Ok(e.into_response()),
+    };
+    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let route = req.extensions().get::<MatchedPath>().map_or_else(|| req.uri().path(), MatchedPath::as_str);
+    if !mutating || route.ends_with("/invoke") {
+        req.extensions_mut().insert(p);
+        return inner.call(req).await;
+    }
+    let route = route.to_owned();
+    let path = req.uri().path().to_owned();
     let named = req.headers().get(TENANT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let action = format!("{} {route}", req.method());
-    let resp = next.run(req).await;
+    req.extensions_mut().insert(p.clone());
+    let resp = inner.call(req).await?;
     let tenant = match &p {
-        Some(p) if p.role == Role::PlatformAdmin && route.starts_with("/v1/tenants") => path
+        p if p.role == Role::PlatformAdmin && route.starts_with("/v1/tenants") => path
             .strip_prefix("/v1/tenants/")
             .map(|s| s.split('/').next().unwrap_or_default().to_owned())
             .unwrap_or_default(),
-        Some(p) if p.role == Role::PlatformAdmin => named.unwrap_or_default(),
-        Some(p) => p.tenant.clone().unwrap_or_default(),
-        None => String::new(),
+        p if p.role == Role::PlatformAdmin => named.unwrap_or_default(),
+        p => p.tenant.as_deref().unwrap_or_default().to_owned(),
     };
     let event = AuditEvent {
         seq: 0,
         time_ms: now_ms(),
-        actor: p.map_or_else(|| "anonymous".into(), |p| p.subject),
+        actor: p.subject.to_string(),
         tenant,
         action,
         target: path,
@@ -163,12 +212,12 @@ async fn audit(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
     if let Err(e) = st.registry.audit(&event).await {
         tracing::error!(error = %e, "cannot append an audit event");
     }
-    resp
+    Ok(resp)
 }
 
-/// The whole API.
+/// The whole API. The default body limit (`http.body_limit_bytes`) is applied outside, by
+/// [`crate::server::service`], once per request; module uploads have their own.
 pub fn router(state: Arc<AppState>) -> Router {
-    let body_limit = state.config.http.body_limit_bytes;
     let module_limit = state.config.http.module_limit_bytes;
     let authed = Router::new()
         .route("/v1/tenants", post(routes::create_tenant).get(routes::list_tenants))
@@ -198,8 +247,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/agents/{name}/deadletters", get(deadletters::list))
         .route("/v1/agents/{name}/deadletters/{id}", axum::routing::delete(deadletters::discard))
         .route("/v1/agents/{name}/deadletters/{id}/replay", post(deadletters::replay))
-        .layer(middleware::from_fn_with_state(state.clone(), audit))
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+        .layer(Guard(state.clone()));
     Router::new()
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
@@ -207,6 +255,5 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/openapi.json", get(routes::openapi_doc))
         .merge(authed)
         .fallback(routes::not_found)
-        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

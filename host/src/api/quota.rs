@@ -28,10 +28,11 @@ impl Limiters {
         let burst = f64::from(q.burst.max(1));
         let mut map = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
-        if !map.contains_key(tenant) {
-            map.insert(tenant.to_owned(), Bucket { tokens: burst, last: now });
-        }
-        let Some(b) = map.get_mut(tenant) else { return Ok(()) };
+        // One lookup by borrow on the hot path; the key is allocated once per tenant.
+        let b = match map.get_mut(tenant) {
+            Some(b) => b,
+            None => map.entry(tenant.to_owned()).or_insert(Bucket { tokens: burst, last: now }),
+        };
         b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(burst);
         b.last = now;
         if b.tokens >= 1.0 {
@@ -46,9 +47,13 @@ impl Limiters {
     pub fn enter(&self, tenant: &str, q: &Quotas) -> Option<OwnedSemaphorePermit> {
         let sem = {
             let mut map = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-            let entry = map.entry(tenant.to_owned()).or_insert_with(|| {
-                (q.concurrent_invocations, Arc::new(Semaphore::new(q.concurrent_invocations as usize)))
-            });
+            // By borrow on the hot path: the key is allocated once per tenant.
+            let entry = match map.get_mut(tenant) {
+                Some(entry) => entry,
+                None => map.entry(tenant.to_owned()).or_insert_with(|| {
+                    (q.concurrent_invocations, Arc::new(Semaphore::new(q.concurrent_invocations as usize)))
+                }),
+            };
             if entry.0 != q.concurrent_invocations {
                 // Quotas changed: new invocations count against a fresh semaphore.
                 *entry = (q.concurrent_invocations, Arc::new(Semaphore::new(q.concurrent_invocations as usize)));

@@ -261,7 +261,8 @@ pub async fn list_audit(
     // Tenant-admins see their own tenant only, whatever they ask for; platform-admins may
     // filter with `?tenant=` or the tenant header.
     let named = headers.get(super::TENANT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let tenant = if p.role == Role::PlatformAdmin { q.tenant.or(named) } else { p.tenant.clone() };
+    let tenant =
+        if p.role == Role::PlatformAdmin { q.tenant.or(named) } else { p.tenant.as_deref().map(str::to_owned) };
     let limit = q.limit.unwrap_or(100).min(1000);
     let events = st
         .registry

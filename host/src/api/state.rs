@@ -147,14 +147,11 @@ pub struct AppState {
     mesh: std::sync::OnceLock<Arc<dyn Messenger>>,
     tenant_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     tenants: RwLock<HashMap<String, (Tenant, std::time::Instant)>>,
-    tokens: Mutex<HashMap<String, super::auth::Claims>>,
 }
 
 /// How long a cached tenant record is trusted: bounds how long another node's change
 /// (quotas, deletion) takes to be seen here.
 const TENANT_TTL: Duration = Duration::from_secs(1);
-/// Verified tokens kept before the cache is emptied.
-const MAX_CACHED_TOKENS: usize = 10_000;
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -195,7 +192,6 @@ impl AppState {
             mesh: std::sync::OnceLock::new(),
             tenant_locks: Mutex::new(HashMap::new()),
             tenants: RwLock::new(HashMap::new()),
-            tokens: Mutex::new(HashMap::new()),
         })
     }
 
@@ -222,23 +218,6 @@ impl AppState {
     /// Forget a cached tenant record (after this node changed or deleted it).
     pub fn forget_tenant(&self, name: &str) {
         self.tenants.write().unwrap_or_else(PoisonError::into_inner).remove(name);
-    }
-
-    /// Verify a bearer token, remembering verified ones until they expire.
-    pub fn verify_token(&self, token: &str) -> Result<super::auth::Claims, super::auth::AuthError> {
-        let now = now_ms() / 1000;
-        if let Some(c) = self.tokens.lock().unwrap_or_else(PoisonError::into_inner).get(token)
-            && c.exp > now
-        {
-            return Ok(c.clone());
-        }
-        let claims = self.verifier.verify(token)?;
-        let mut cache = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= MAX_CACHED_TOKENS {
-            cache.clear();
-        }
-        cache.insert(token.to_owned(), claims.clone());
-        Ok(claims)
     }
 
     /// Held while a tenant's quota is checked and what it counts is written, so that

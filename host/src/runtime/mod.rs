@@ -221,7 +221,7 @@ static INVOCATIONS: AtomicU64 = AtomicU64::new(0);
 fn invocation_id() -> String {
     let n = INVOCATIONS.fetch_add(1, Ordering::Relaxed);
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    format!("{ms:x}-{}-{n:x}", std::process::id())
+    format!("{ms:x}-{}-{n:x}", crate::telemetry::pid())
 }
 
 /// Hex SHA-256 of `bytes`: a module's address.
