@@ -124,7 +124,7 @@ async fn change_feed(state: &Arc<AppState>, api: &Api, writes: usize) {
         let key = format!("b{i}");
         let revision = store.put(&scope, "base", &key, "{}", None).await.unwrap();
         let event = ChangeEvent { seq: 0, collection: "base".into(), key, op: ChangeOp::Put, revision };
-        let ctx = state.context(&d.record, &q);
+        let ctx = state.deployed_context(&d, &q);
         let r = state.runtime.call(&d.module, &ctx, &Limits::default(), Export::OnChange(&[event])).await;
         assert!(r.outcome.is_ok());
         base.push(t0.elapsed());
@@ -175,7 +175,7 @@ async fn messages(state: &Arc<AppState>, api: &Api, n: usize) {
         let (st, d) = (state.clone(), rx.clone());
         let q = q.clone();
         tasks.push(tokio::spawn(async move {
-            let ctx = st.context(&d.record, &q);
+            let ctx = st.deployed_context(&d, &q);
             for _ in (w..n).step_by(16) {
                 let r = st.runtime.invoke(&d.module, &ctx, &Limits::default(), b"m").await;
                 assert!(r.outcome.is_ok());

@@ -126,7 +126,7 @@ fn main() {
             let (st, d) = (st.clone(), d.clone());
             async move {
                 let q = Quotas::default();
-                let ctx = st.context(&d.record, &q);
+                let ctx = st.deployed_context(&d, &q);
                 let r = st.runtime.invoke(&d.module, &ctx, &Limits::default(), b"bench").await;
                 r.outcome.is_ok()
             }

@@ -6,7 +6,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
-use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 use crate::runtime::{Outcome, Report};
 
@@ -15,6 +17,17 @@ use crate::runtime::{Outcome, Report};
 pub fn pid() -> u32 {
     static PID: OnceLock<u32> = OnceLock::new();
     *PID.get_or_init(std::process::id)
+}
+
+/// The metric handles of one agent, resolved once when it is installed, so that an
+/// invocation updates them without label lookups.
+#[derive(Clone, Debug)]
+pub struct AgentMetrics {
+    tenant: String,
+    label: String,
+    ok: IntCounter,
+    duration: Histogram,
+    fuel: IntCounter,
 }
 
 /// The host's metrics.
@@ -135,12 +148,42 @@ impl Metrics {
         }
     }
 
+    /// The handles of `tenant/agent` (its agent label decided now, as for
+    /// [`invocation`](Self::invocation)).
+    pub fn agent(&self, tenant: &str, agent: &str) -> AgentMetrics {
+        let label = self.agent_label(tenant, agent).to_owned();
+        AgentMetrics {
+            ok: self.invocations.with_label_values(&[tenant, &label, "ok"]),
+            duration: self.duration.with_label_values(&[tenant]),
+            fuel: self.fuel.with_label_values(&[tenant]),
+            tenant: tenant.to_owned(),
+            label,
+        }
+    }
+
+    /// Count one invocation of the agent of `m`.
+    pub fn invocation_of(&self, m: &AgentMetrics, report: &Report) {
+        if report.outcome.is_ok() {
+            m.ok.inc();
+        } else {
+            self.invocations.with_label_values(&[&m.tenant, &m.label, report.outcome.code()]).inc();
+        }
+        m.duration.observe(report.stats.wall_time.as_secs_f64());
+        m.fuel.inc_by(report.stats.fuel_used);
+        self.rest(&m.tenant, report);
+    }
+
     /// Count one invocation.
     pub fn invocation(&self, tenant: &str, agent: &str, report: &Report) {
         let label = self.agent_label(tenant, agent);
         self.invocations.with_label_values(&[tenant, label, report.outcome.code()]).inc();
         self.duration.with_label_values(&[tenant]).observe(report.stats.wall_time.as_secs_f64());
         self.fuel.with_label_values(&[tenant]).inc_by(report.stats.fuel_used);
+        self.rest(tenant, report);
+    }
+
+    /// What every invocation counts beyond its agent's handles.
+    fn rest(&self, tenant: &str, report: &Report) {
         self.peak_memory.observe(report.stats.peak_memory as f64);
         for iface in crate::capabilities::Interface::ALL {
             let n = report.stats.host_calls_by_interface[iface as usize];

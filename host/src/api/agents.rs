@@ -16,8 +16,8 @@ use super::auth::{Action, Principal};
 use super::error::{ApiError, ApiResult, problem};
 use super::state::{Deployed, LogLine};
 use super::{
-    AppState, DURATION_HEADER, FUEL_HEADER, INVOCATION_HEADER, JsonBody, OUTCOME_HEADER, PEAK_MEMORY_HEADER, authorize,
-    check_name, tenant_scope,
+    AppState, DURATION_HEADER, FUEL_HEADER, INVOCATION_HEADER, JsonBody, OUTCOME_HEADER, PEAK_MEMORY_HEADER,
+    TenantHeader, authorize, check_name, tenant_scope, tenant_scope_named,
 };
 use crate::coordination;
 use crate::registry::{AgentLimits, AgentRecord, AgentStatus, ModuleRecord, Tenant, Watch, now_ms, scoped};
@@ -500,12 +500,12 @@ fn outcome_status(o: &Outcome) -> StatusCode {
 pub async fn invoke(
     State(st): St,
     Extension(p): Extension<Principal>,
-    headers: HeaderMap,
+    TenantHeader(named): TenantHeader,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     authorize(&p, Action::Invoke)?;
-    let t = tenant_scope(&st, &p, &headers).await?;
+    let t = tenant_scope_named(&st, &p, named.as_ref()).await?;
     st.limiters.take(&t.name, &t.quotas).map_err(|retry| {
         too_many(
             &st,
@@ -534,7 +534,7 @@ pub async fn invoke(
     })?;
     let report = st
         .runtime
-        .invoke(&d.module, &st.context(&d.record, &t.quotas), &st.limits_for(&d.record, &t.quotas), &input)
+        .invoke(&d.module, &st.deployed_context(&d, &t.quotas), &st.limits_for(&d.record, &t.quotas), &input)
         .await;
     st.account(&d, &report);
 

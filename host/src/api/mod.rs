@@ -86,7 +86,29 @@ pub fn authorize(p: &Principal, action: Action) -> ApiResult<()> {
 
 /// The tenant a tenant-scoped request acts in, and that tenant's record.
 pub async fn tenant_scope(st: &AppState, p: &Principal, headers: &HeaderMap) -> ApiResult<Tenant> {
-    let named = headers.get(TENANT_HEADER).and_then(|v| v.to_str().ok());
+    tenant_scope_named(st, p, headers.get(TENANT_HEADER)).await
+}
+
+/// The `X-Cortex-Tenant` header alone, for handlers on the hot path (the `HeaderMap`
+/// extractor copies every header).
+#[derive(Debug)]
+pub struct TenantHeader(pub Option<axum::http::HeaderValue>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TenantHeader {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(Self(parts.headers.get(TENANT_HEADER).cloned()))
+    }
+}
+
+/// [`tenant_scope`] with the tenant header already taken out.
+pub async fn tenant_scope_named(
+    st: &AppState,
+    p: &Principal,
+    header: Option<&axum::http::HeaderValue>,
+) -> ApiResult<Tenant> {
+    let named = header.and_then(|v| v.to_str().ok());
     let name = match (p.role, named, &p.tenant) {
         (Role::PlatformAdmin, Some(h), _) => h,
         (_, _, Some(t)) => t,

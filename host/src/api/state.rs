@@ -119,6 +119,10 @@ pub struct Deployed {
     pub module: Arc<Module>,
     /// Pool, counters, logs.
     pub shared: Arc<Shared>,
+    /// The parts of its sandbox context that do not change between invocations.
+    base: AgentContext,
+    /// Its metric handles.
+    metrics: crate::telemetry::AgentMetrics,
 }
 
 /// Everything a handler needs.
@@ -145,6 +149,7 @@ pub struct AppState {
     pending: Mutex<HashMap<String, Arc<std::sync::atomic::AtomicUsize>>>,
     mailbox_settings: MailboxSettings,
     mesh: std::sync::OnceLock<Arc<dyn Messenger>>,
+    no_callers: Arc<[Arc<str>]>,
     tenant_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     tenants: RwLock<HashMap<String, (Tenant, std::time::Instant)>>,
 }
@@ -190,6 +195,7 @@ impl AppState {
             pending: Mutex::new(HashMap::new()),
             mailbox_settings,
             mesh: std::sync::OnceLock::new(),
+            no_callers: Arc::from([]),
             tenant_locks: Mutex::new(HashMap::new()),
             tenants: RwLock::new(HashMap::new()),
         })
@@ -284,7 +290,26 @@ impl AppState {
 
     /// The sandbox context of an agent invoked from outside.
     pub fn context(&self, record: &AgentRecord, q: &Quotas) -> AgentContext {
-        self.context_with(record, q, Arc::from([]), None)
+        self.context_with(record, q, self.no_callers.clone(), None)
+    }
+
+    /// The sandbox context of a deployed agent invoked from outside: its prepared parts,
+    /// no allocation.
+    pub fn deployed_context(&self, d: &Deployed, q: &Quotas) -> AgentContext {
+        self.deployed_context_with(d, q, self.no_callers.clone(), None)
+    }
+
+    fn deployed_context_with(
+        &self,
+        d: &Deployed,
+        q: &Quotas,
+        callers: Arc<[Arc<str>]>,
+        deadline: Option<std::time::Instant>,
+    ) -> AgentContext {
+        let mut c = d.base.clone();
+        c.stored_bytes_quota = Some(q.stored_bytes);
+        c.messaging = self.mesh.get().map(|m| MessagingLink { messenger: m.clone(), callers, deadline });
+        c
     }
 
     /// The sandbox context of an agent called by `callers` (outermost first), within
@@ -342,7 +367,9 @@ impl AppState {
                 Some(old) => old.shared.clone(),
                 None => Arc::new(Shared::new(record.max_concurrency, self.config.http.log_ring_lines)),
             };
-            let d = Arc::new(Deployed { record, revision, module, shared });
+            let base = self.context(&record, &Quotas::default());
+            let metrics = self.metrics.agent(&record.tenant, &record.name);
+            let d = Arc::new(Deployed { record, revision, module, shared, base, metrics });
             map.insert(k, d.clone());
             d
         };
@@ -460,7 +487,7 @@ impl AppState {
         let Ok(_slot) = d.shared.pool.clone().acquire_owned().await else { return Delivery::Gone };
         let report = self
             .runtime
-            .call(&d.module, &self.context(&d.record, &quotas), &self.limits_for(&d.record, &quotas), export)
+            .call(&d.module, &self.deployed_context(&d, &quotas), &self.limits_for(&d.record, &quotas), export)
             .await;
         self.account(&d, &report);
         match report.outcome {
@@ -476,7 +503,7 @@ impl AppState {
             d.shared.failures.fetch_add(1, Ordering::Relaxed);
         }
         d.shared.record_logs(report);
-        self.metrics.invocation(&d.record.tenant, &d.record.name, report);
+        self.metrics.invocation_of(&d.metrics, report);
     }
 
     /// Messages waiting in an agent's mailbox (as its mailbox last counted them, plus those
@@ -562,7 +589,7 @@ impl AppState {
         }
         let slot = tokio::time::timeout_at(from.deadline.into(), d.shared.pool.clone().acquire_owned()).await;
         let Ok(Ok(_slot)) = slot else { return Err(MessagingError::DeadlineExceeded) };
-        let ctx = self.context_with(&d.record, &quotas, from.chain_for_callee(), Some(from.deadline));
+        let ctx = self.deployed_context_with(&d, &quotas, from.chain_for_callee(), Some(from.deadline));
         let report =
             self.runtime.call(&d.module, &ctx, &self.limits_for(&d.record, &quotas), Export::Handle(body)).await;
         self.account(&d, &report);
