@@ -19,11 +19,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cortex_artifacts as art;
+#[path = "common/served.rs"]
+mod served;
+
 use cortex_host::api::AppState;
-use cortex_host::api::auth::Claims;
 use cortex_host::capabilities::{ChangeEvent, ChangeOp};
 use cortex_host::config::ServerConfig;
-use cortex_host::registry::{Quotas, now_ms};
+use cortex_host::registry::Quotas;
 use cortex_host::runtime::{Export, Limits};
 use cortex_host::store::{RecordKind, Scope};
 use serde_json::json;
@@ -218,45 +220,13 @@ fn main() {
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = ServerConfig { data_dir: dir.path().to_owned(), ..ServerConfig::default() };
-        cfg.quotas = Quotas {
-            invocations_per_second: 1_000_000,
-            burst: 1_000_000,
-            concurrent_invocations: 10_000,
-            ..Quotas::default()
-        };
         cfg.messaging.max_pending = 1_000_000;
-        let state = cortex_host::server::build(cfg.clone()).await.unwrap();
-        let mint = |tenant: Option<&str>, role: &str| {
-            state
-                .verifier
-                .mint(&Claims {
-                    sub: "bench".into(),
-                    iss: cfg.auth.issuer.clone(),
-                    aud: cfg.auth.audience.clone(),
-                    exp: now_ms() / 1000 + 3600,
-                    iat: None,
-                    tenant: tenant.map(str::to_owned),
-                    role: role.into(),
-                })
-                .unwrap()
-        };
-        let admin = mint(None, "platform-admin");
-        let app = cortex_host::server::app(state.clone());
-        cortex_host::cli::client::bootstrap_demo(app, &admin, &[]).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(cortex_host::server::serve(state.clone(), listener, async {
-            let _ = stop_rx.await;
-        }));
-        let api = Api {
-            base: format!("http://{addr}"),
-            token: mint(Some("demo"), "developer"),
-            http: reqwest::Client::new(),
-        };
+        let served = served::serve(cfg, &[]).await;
+        let (state, addr) = (served.state.clone(), served.addr);
+        let api = Api { base: format!("http://{addr}"), token: served.developer.clone(), http: reqwest::Client::new() };
         println!("== coordination: embedded store, 2 cores shared by everything");
         change_feed(&state, &api, writes).await;
         messages(&state, &api, n).await;
-        let _ = stop_tx.send(());
+        drop(served);
     });
 }

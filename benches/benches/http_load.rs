@@ -21,13 +21,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cortex_artifacts as art;
-use cortex_host::api::auth::Claims;
 use cortex_host::config::ServerConfig;
-use cortex_host::registry::{Quotas, now_ms};
+use cortex_host::registry::Quotas;
 use cortex_host::runtime::Limits;
 
 #[path = "common/bare.rs"]
 mod bare;
+#[path = "common/served.rs"]
+mod served;
 
 struct Run {
     requests: u64,
@@ -91,38 +92,9 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = ServerConfig { data_dir: dir.path().to_owned(), ..ServerConfig::default() };
-        cfg.quotas = Quotas {
-            invocations_per_second: 1_000_000,
-            burst: 1_000_000,
-            concurrent_invocations: 10_000,
-            ..Quotas::default()
-        };
-        let state = cortex_host::server::build(cfg.clone()).await.unwrap();
-        let mint = |tenant: Option<&str>, role: &str| {
-            state
-                .verifier
-                .mint(&Claims {
-                    sub: "bench".into(),
-                    iss: cfg.auth.issuer.clone(),
-                    aud: cfg.auth.audience.clone(),
-                    exp: now_ms() / 1000 + 3600,
-                    iat: None,
-                    tenant: tenant.map(str::to_owned),
-                    role: role.into(),
-                })
-                .unwrap()
-        };
-        let admin = mint(None, "platform-admin");
-        let app = cortex_host::server::app(state.clone());
-        cortex_host::cli::client::bootstrap_demo(app, &admin, &[format!("hello={}", art::HELLO)]).await.unwrap();
-        let token = mint(Some("demo"), "developer");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(cortex_host::server::serve(state.clone(), listener, async {
-            let _ = stop_rx.await;
-        }));
+        let cfg = ServerConfig { data_dir: dir.path().to_owned(), ..ServerConfig::default() };
+        let served = served::serve(cfg, &[format!("hello={}", art::HELLO)]).await;
+        let (state, addr, token) = (served.state.clone(), served.addr, served.developer.clone());
 
         println!("== http_load: hello, {clients} clients, {seconds} s each, 2 cores shared by clients and server");
         // In-process: the same agent, the same concurrency, no HTTP.
@@ -215,7 +187,7 @@ fn main() {
                  --version 48.0.8 --locked, ~18 min); it serves WASMTIME_SERVE_WASM, by default plugins/http-hello"
             ),
         }
-        let _ = stop_tx.send(());
+        drop(served);
     });
 }
 

@@ -18,15 +18,15 @@
 use std::time::Instant;
 
 use cortex_artifacts as art;
-use cortex_host::api::auth::Claims;
 use cortex_host::config::ServerConfig;
-use cortex_host::registry::{Quotas, now_ms};
 use cortex_host::runtime::EngineConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmtime::component::Component;
 
 #[path = "common/bare.rs"]
 mod bare;
+#[path = "common/served.rs"]
+mod served;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
@@ -87,34 +87,9 @@ fn engine_config() -> EngineConfig {
 async fn cortex(dir: &std::path::Path) -> (std::net::SocketAddr, Vec<u8>) {
     let mut cfg = ServerConfig { data_dir: dir.to_owned(), ..ServerConfig::default() };
     cfg.engine = engine_config();
-    cfg.quotas = Quotas {
-        invocations_per_second: 1_000_000,
-        burst: 1_000_000,
-        concurrent_invocations: 10_000,
-        ..Quotas::default()
-    };
-    let state = cortex_host::server::build(cfg.clone()).await.unwrap();
-    let mint = |tenant: Option<&str>, role: &str| {
-        state
-            .verifier
-            .mint(&Claims {
-                sub: "bench".into(),
-                iss: cfg.auth.issuer.clone(),
-                aud: cfg.auth.audience.clone(),
-                exp: now_ms() / 1000 + 3600,
-                iat: None,
-                tenant: tenant.map(str::to_owned),
-                role: role.into(),
-            })
-            .unwrap()
-    };
-    let admin = mint(None, "platform-admin");
-    let app = cortex_host::server::app(state.clone());
-    cortex_host::cli::client::bootstrap_demo(app, &admin, &[]).await.unwrap();
-    let token = mint(Some("demo"), "developer");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(cortex_host::server::serve(state, listener, std::future::pending()));
+    // Served for the whole run (a profile ends with the process).
+    let served = std::mem::ManuallyDrop::new(served::serve(cfg, &[]).await);
+    let (addr, token) = (served.addr, served.developer.clone());
     // `hello` with a pool that fits the small engine (idempotent: 409 once deployed).
     let client = reqwest::Client::new();
     let digest = client

@@ -1,0 +1,64 @@
+//! A Cortex server in the bench's own process: quotas high enough never to refuse a bench,
+//! the `demo` tenant with the given agents deployed, and tokens for it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use cortex_host::api::AppState;
+use cortex_host::api::auth::Claims;
+use cortex_host::config::ServerConfig;
+use cortex_host::registry::{Quotas, now_ms};
+
+/// A running server.
+// Each bench uses part of it.
+#[allow(dead_code)]
+pub struct Served {
+    pub state: Arc<AppState>,
+    pub addr: SocketAddr,
+    /// A developer token of the `demo` tenant.
+    pub developer: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Serve `cfg` (its quotas raised out of the way) on 127.0.0.1, with the `demo` tenant and
+/// `deploys` (`NAME=PATH`) deployed in it.
+pub async fn serve(mut cfg: ServerConfig, deploys: &[String]) -> Served {
+    cfg.quotas = Quotas {
+        invocations_per_second: 1_000_000,
+        burst: 1_000_000,
+        concurrent_invocations: 10_000,
+        ..Quotas::default()
+    };
+    let state = cortex_host::server::build(cfg.clone()).await.unwrap();
+    let mint = |tenant: Option<&str>, role: &str| {
+        let claims = Claims {
+            sub: "bench".into(),
+            iss: cfg.auth.issuer.clone(),
+            aud: cfg.auth.audience.clone(),
+            exp: now_ms() / 1000 + 3600,
+            iat: None,
+            tenant: tenant.map(str::to_owned),
+            role: role.into(),
+        };
+        state.verifier.mint(&claims).unwrap()
+    };
+    let admin = mint(None, "platform-admin");
+    let app = cortex_host::server::app(state.clone());
+    cortex_host::cli::client::bootstrap_demo(app, &admin, deploys).await.unwrap();
+    let developer = mint(Some("demo"), "developer");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(cortex_host::server::serve(state.clone(), listener, async {
+        let _ = stopped.await;
+    }));
+    Served { state, addr, developer, stop: Some(stop) }
+}
