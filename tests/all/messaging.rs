@@ -75,10 +75,11 @@ async fn send_delivers_each_idempotency_key_once() {
     let b = s.get_json(&dev, "/v1/agents/b").await;
     assert_eq!(b["messages"]["delivered"], 3, "{b}");
     // Each duplicate was dropped once: when it was sent (its first copy still waiting) or
-    // by the mailbox (the first copy already delivered), so 4 to 6 were written.
+    // by the mailbox (the first copy already delivered): `first` and the two plain sends
+    // are always written, each duplicate at most once, so 3 to 5.
     assert_eq!(metric(&s, r#"cortex_messages_total{result="deduplicated",tenant="acme"}"#).await, 2.0);
     let sent = metric(&s, r#"cortex_messages_total{result="sent",tenant="acme"}"#).await;
-    assert!((4.0..=6.0).contains(&sent), "{sent}");
+    assert!((3.0..=5.0).contains(&sent), "{sent}");
     assert_eq!(metric(&s, r#"cortex_host_calls_total{interface="messaging",tenant="acme"}"#).await, 5.0);
 }
 
@@ -177,8 +178,6 @@ async fn a_callee_runs_within_its_callers_deadline() {
     })
     .await;
     assert_eq!(slow["failures"], 1, "{slow}");
-    let logs = s.get_json(&dev, "/v1/agents/slow/logs").await;
-    assert!(logs.as_array().is_some(), "{logs}");
     let d = metric(&s, r#"cortex_invocations_total{agent="slow",outcome="deadline_exceeded",tenant="acme"}"#).await;
     assert_eq!(d, 1.0);
 }
@@ -231,12 +230,19 @@ async fn a_tenant_cannot_message_another_tenants_agents() {
         let r = s.invoke_ok(&b, "intruder", input).await;
         assert!(r.starts_with("error:messaging-unknown-agent:"), "{input}: {r}");
     }
-    assert_eq!(s.invoke_ok(&b, "intruder", "publish:news:from-beta").await, "published");
-    assert_eq!(s.invoke_ok(&a, "sender", "publish:news:from-alpha").await, "published");
-    assert_eq!(inbox_of(&s, &a, "target", 1).await, ["from-alpha"]);
     // Beta cannot see alpha's mailbox dead letters either.
     let r = s.req(Method::GET, "/v1/agents/target/deadletters", &b).send().await.unwrap();
     assert_eq!(r.status(), 404);
+    // With an agent of the same name (and topic) in beta, beta's messages reach beta's.
+    s.deploy_with(&b, "target", &mb, json!({ "subscriptions": ["news"] })).await;
+    for input in ["send:target:x", "sendk:target:k:y", "publish:news:from-beta"] {
+        let r = s.invoke_ok(&b, "intruder", input).await;
+        assert!(r == "sent" || r == "published", "{input}: {r}");
+    }
+    assert_eq!(s.invoke_ok(&b, "intruder", "call:target:z").await, "got");
+    assert_eq!(s.invoke_ok(&a, "sender", "publish:news:from-alpha").await, "published");
+    assert_eq!(inbox_of(&s, &b, "target", 4).await, ["from-beta", "x", "y", "z"]);
+    assert_eq!(inbox_of(&s, &a, "target", 1).await, ["from-alpha"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

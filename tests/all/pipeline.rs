@@ -419,7 +419,16 @@ async fn concurrent_orders_flow_through_the_pipeline_exactly_once() {
     for (agent, messages) in [(INTAKE, 0), (PRICING, ORDERS), (FULFILMENT, shipped.len()), (AUDITOR, 0)] {
         let letters = s.get_json(&dev, &format!("/v1/agents/{agent}/deadletters")).await;
         assert_eq!(letters, json!([]), "dead letters of {agent}");
-        let counters = &s.get_json(&dev, &format!("/v1/agents/{agent}")).await["messages"];
+        // A mailbox counts a delivery once it has removed the message, which may come a
+        // moment after the order's final write is visible: wait for it, bounded.
+        let mut counters = Value::Null;
+        for _ in 0..500 {
+            counters = s.get_json(&dev, &format!("/v1/agents/{agent}")).await["messages"].clone();
+            if counters["delivered"].as_u64() >= Some(messages as u64) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         assert_eq!(counters["dead_lettered"], 0, "{agent}: {counters}");
         assert_eq!(counters["delivered"].as_u64(), Some(messages as u64), "{agent}: {counters}");
     }

@@ -316,6 +316,9 @@ pub async fn deploy(
             return Err(e);
         }
     };
+    // Whatever a former agent of this name left (a delivery that finished after its
+    // delete) is not the new agent's.
+    coordination::forget(&st.registry, &t.name, &rec.name).await?;
     if !rec.watches.is_empty() {
         // Before the agent record: a watching agent always has its cursor.
         coordination::start_cursor(&st.registry, &t.name, &rec.name).await?;
@@ -480,7 +483,7 @@ pub async fn delete_agent(
 ) -> ApiResult<StatusCode> {
     let (t, _) = deployed(&st, &p, &headers, &name, Action::WriteAgents).await?;
     st.registry.delete(RecordKind::Agent, &scoped(&t.name, &name)).await?;
-    st.uninstall(&t.name, &name);
+    st.uninstall(&t.name, &name).await;
     coordination::forget(&st.registry, &t.name, &name).await?;
     // Its edges go with it (graph import).
     st.registry.store().remove_agent_edges(&t.name, &name).await?;

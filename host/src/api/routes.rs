@@ -131,7 +131,7 @@ pub async fn delete_tenant(
     st.forget_tenant(&name);
     let prefix = scoped(&name, "");
     for a in st.registry.list::<AgentRecord>(RecordKind::Agent, &prefix).await? {
-        st.uninstall(&a.tenant, &a.name);
+        st.uninstall(&a.tenant, &a.name).await;
         st.registry.delete(RecordKind::Agent, &scoped(&a.tenant, &a.name)).await?;
         crate::coordination::forget(&st.registry, &a.tenant, &a.name).await?;
     }

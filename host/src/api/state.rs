@@ -338,10 +338,11 @@ impl AppState {
     /// the agent is installed.
     pub async fn run_init(&self, module: &Module, record: &AgentRecord, q: &Quotas) -> ApiResult<Report> {
         let config: Vec<(String, String)> = record.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let report = self
-            .runtime
-            .call(module, &self.context(record, q), &self.limits_for(record, q), Export::Init(&config))
-            .await;
+        // `init` may fail and be undone, so it cannot reach other agents: its messaging
+        // calls answer `unavailable`.
+        let mut ctx = self.context(record, q);
+        ctx.messaging = None;
+        let report = self.runtime.call(module, &ctx, &self.limits_for(record, q), Export::Init(&config)).await;
         if let Some(d) = self.agent(&record.tenant, &record.name) {
             d.shared.record_logs(&report);
         }
@@ -395,7 +396,9 @@ impl AppState {
             host,
             record.tenant.clone(),
             record.name.clone(),
-            record.max_concurrency.max(1) as usize,
+            // At most half the agent's instances (rounded up), so that calls and HTTP
+            // invocations still find one while a backlog drains.
+            (record.max_concurrency.max(1) as usize).div_ceil(2),
             self.mailbox_settings.clone(),
             self.pending.lock().unwrap_or_else(PoisonError::into_inner).entry(k.clone()).or_default().clone(),
         );
@@ -426,11 +429,17 @@ impl AppState {
     }
 
     /// Forget a deployed agent (and stop its dispatcher).
-    pub fn uninstall(&self, tenant: &str, name: &str) {
+    ///
+    /// Waits until the agent's mailbox task is gone, so that no delivery in flight writes
+    /// after the caller forgets the agent's records.
+    pub async fn uninstall(&self, tenant: &str, name: &str) {
         self.agents.write().unwrap_or_else(PoisonError::into_inner).remove(&key(tenant, name));
         self.watchers.lock().unwrap_or_else(PoisonError::into_inner).remove(&key(tenant, name));
-        self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).remove(&key(tenant, name));
+        let mailbox = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).remove(&key(tenant, name));
         self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&key(tenant, name));
+        if let Some(m) = mailbox {
+            m.halt().await;
+        }
     }
 
     /// Whether the change-feed dispatcher of an agent is running.
@@ -475,16 +484,31 @@ impl AppState {
         let quotas = match self.tenant(tenant).await {
             Ok(Some(t)) => t.quotas,
             Ok(None) => return Delivery::Gone,
-            Err(e) => return Delivery::Failed { code: "store".into(), message: format!("reading the tenant: {e}") },
+            Err(e) => {
+                // Not the agent's failure: try again later without using up an attempt.
+                tracing::warn!(%tenant, agent = %name, error = %e, "delivery: reading the tenant failed");
+                return Delivery::Throttled(Duration::from_millis(200));
+            }
         };
-        // Deliveries are invocations of the tenant: they count against its rate quota, and
-        // wait (without using up a retry) while it is spent.
+        // Deliveries are invocations of the tenant: they count against its rate and
+        // concurrency quotas, and wait (without using up a retry) while those are spent.
+        // The wait lets the bucket refill for a few deliveries, so that a backlog is not
+        // re-read for every single token.
+        let refill = Duration::from_millis((8_000 / u64::from(quotas.invocations_per_second.max(1))).clamp(20, 1000));
         if self.limiters.take(tenant, &quotas).is_err() {
             self.metrics.refused(tenant, "rate_limited");
-            let per = 1000 / u64::from(quotas.invocations_per_second.max(1));
-            return Delivery::Throttled(Duration::from_millis(per.clamp(5, 1000)));
+            return Delivery::Throttled(refill);
         }
+        let Some(_tenant_slot) = self.limiters.enter(tenant, &quotas) else {
+            self.metrics.refused(tenant, "concurrency_quota");
+            return Delivery::Throttled(Duration::from_millis(20));
+        };
         let Ok(_slot) = d.shared.pool.clone().acquire_owned().await else { return Delivery::Gone };
+        // Stopped or replaced while waiting for the slot.
+        match self.agent(tenant, name) {
+            Some(now) if Self::is_running(&now) => {}
+            _ => return Delivery::Gone,
+        }
         let report = self
             .runtime
             .call(&d.module, &self.deployed_context(&d, &quotas), &self.limits_for(&d.record, &quotas), export)
@@ -536,15 +560,24 @@ impl AppState {
             }
         };
         let max = self.mailbox_settings.max_pending;
-        if counter.load(Ordering::Relaxed) >= max {
+        // Reserve the place first, so that concurrent senders cannot all pass the check.
+        if counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1)).is_err() {
             return Err(MessagingError::Unavailable(format!(
                 "the mailbox of {:?} is full ({max} messages); retry later",
                 msg.agent
             )));
         }
-        let fresh = mailbox::enqueue(self.registry.store().as_ref(), msg).await.map_err(unavailable)?;
+        let fresh = match mailbox::enqueue(self.registry.store().as_ref(), msg).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                counter.fetch_sub(1, Ordering::Relaxed);
+                return Err(unavailable(e));
+            }
+        };
+        if !fresh {
+            counter.fetch_sub(1, Ordering::Relaxed);
+        }
         if fresh {
-            counter.fetch_add(1, Ordering::Relaxed);
             self.metrics.message(&msg.tenant, "sent");
             if let Some(m) = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).get(&k) {
                 m.wake();
@@ -587,6 +620,13 @@ impl AppState {
                 quotas.invocations_per_second
             )));
         }
+        let Some(_tenant_slot) = self.limiters.enter(&from.tenant, &quotas) else {
+            self.metrics.refused(&from.tenant, "concurrency_quota");
+            return Err(MessagingError::Unavailable(format!(
+                "over the tenant's {} concurrent invocations; retry later",
+                quotas.concurrent_invocations
+            )));
+        };
         let slot = tokio::time::timeout_at(from.deadline.into(), d.shared.pool.clone().acquire_owned()).await;
         let Ok(Ok(_slot)) = slot else { return Err(MessagingError::DeadlineExceeded) };
         let ctx = self.deployed_context_with(&d, &quotas, from.chain_for_callee(), Some(from.deadline));
@@ -716,10 +756,15 @@ impl Messenger for Mesh {
             .filter(|d| d.record.subscriptions.iter().any(|t| t == topic))
             .map(|d| d.record.name.clone())
             .collect();
+        // Every subscriber gets its copy even if another's mailbox refuses it; the first
+        // refusal is reported.
+        let mut first_error = None;
         for to in subscribers {
             let msg = mailbox::new_message(&from.tenant, &to, &from.agent, Some(topic), &body, None);
-            st.post(&msg).await?;
+            if let Err(e) = st.post(&msg).await {
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }

@@ -56,7 +56,8 @@ pub fn mailbox_prefix(tenant: &str, agent: &str) -> String {
     format!("{}/", scoped(tenant, agent))
 }
 
-fn message_key(tenant: &str, agent: &str, id: &str) -> String {
+/// Key of a message (and of its delivered idempotency key).
+pub fn message_key(tenant: &str, agent: &str, id: &str) -> String {
     format!("{}{id}", mailbox_prefix(tenant, agent))
 }
 
@@ -73,6 +74,8 @@ pub fn decode_body(hex: &str) -> Option<Vec<u8>> {
     (0..hex.len()).step_by(2).map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect()
 }
 
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
 /// A new message for `to`, from `from`; with an idempotency key its id is derived from
 /// the key (`k` and 40 hex digits of its SHA-256), otherwise from the time and randomness.
 pub fn new_message(
@@ -84,6 +87,7 @@ pub fn new_message(
     idempotency_key: Option<&str>,
 ) -> MessageRecord {
     let now = now_ms();
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
     let idempotency = idempotency_key.map(|k| crate::secrets::sha256_hex(k.as_bytes()));
     let id = match &idempotency {
         Some(h) => format!("k{}", &h[..40]),
@@ -92,12 +96,12 @@ pub fn new_message(
                 |_| format!("{:016x}", std::process::id() as u64 ^ now.rotate_left(17)),
                 |b| crate::secrets::hex(&b),
             );
-            format!("{now:013}-{salt}")
+            // The node's sequence keeps ids unique even if randomness failed.
+            format!("{now:013}-{seq:08x}{salt}")
         }
     };
-    static SEQ: AtomicU64 = AtomicU64::new(0);
     MessageRecord {
-        seq: SEQ.fetch_add(1, Ordering::Relaxed),
+        seq,
         id,
         tenant: tenant.to_owned(),
         agent: to.to_owned(),
@@ -424,7 +428,7 @@ impl Runner {
         msg.error_code = Some(code.to_owned());
         msg.error = Some(error.to_owned());
         let id = format!("m-{}", msg.id);
-        let letter = DeadLetter {
+        let mut letter = DeadLetter {
             id: id.clone(),
             kind: LetterKind::Message,
             tenant: self.tenant.clone(),
@@ -440,10 +444,25 @@ impl Runner {
             message: Some(msg),
         };
         let Ok(bytes) = serde_json::to_vec(&letter) else { return Step::StoreFailed };
-        let letter_key = super::dead_letter_key(&self.tenant, &self.agent, &id);
-        if store.record_put(RecordKind::DeadLetter, &letter_key, bytes, None).await.is_err()
-            || store.record_delete(RecordKind::Message, key).await.is_err()
-        {
+        // Create-only: an earlier letter under the same id (the same idempotency key failed
+        // before) is kept, and this one gets an id of its own.
+        let mut letter_key = super::dead_letter_key(&self.tenant, &self.agent, &id);
+        let mut bytes = bytes;
+        match store.record_put(RecordKind::DeadLetter, &letter_key, bytes.clone(), Some(0)).await {
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. }) => {
+                let id = format!("{id}-{:x}", now_ms());
+                letter.id.clone_from(&id);
+                let Ok(b) = serde_json::to_vec(&letter) else { return Step::StoreFailed };
+                bytes = b;
+                letter_key = super::dead_letter_key(&self.tenant, &self.agent, &id);
+                if store.record_put(RecordKind::DeadLetter, &letter_key, bytes, None).await.is_err() {
+                    return Step::StoreFailed;
+                }
+            }
+            Err(_) => return Step::StoreFailed,
+        }
+        if store.record_delete(RecordKind::Message, key).await.is_err() {
             return Step::StoreFailed;
         }
         tracing::warn!(tenant = %self.tenant, agent = %self.agent, %id, "mailbox: message parked as a dead letter");
