@@ -47,6 +47,14 @@ async fn metric(s: &Server, name_and_labels: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
 }
 
+/// The `acme` tenant with the messenger module uploaded: a developer token and the digest.
+async fn acme(s: &Server) -> (String, String) {
+    s.tenant("acme").await;
+    let dev = s.token(Some("acme"), Role::Developer);
+    let m = s.upload(&dev, art::MESSENGER).await;
+    (dev, m)
+}
+
 fn fast_retries(cfg: &mut cortex_host::config::ServerConfig) {
     cfg.messaging.attempts = 2;
     cfg.messaging.backoff_ms = 10;
@@ -56,9 +64,7 @@ fn fast_retries(cfg: &mut cortex_host::config::ServerConfig) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_delivers_each_idempotency_key_once() {
     let s = Server::start().await;
-    s.tenant("acme").await;
-    let dev = s.token(Some("acme"), Role::Developer);
-    let m = s.upload(&dev, art::MESSENGER).await;
+    let (dev, m) = acme(&s).await;
     s.deploy(&dev, "a", &m, json!({})).await;
     s.deploy(&dev, "b", &m, json!({})).await;
     for input in ["sendk:b:order-1:first", "sendk:b:order-1:again", "send:b:plain", "send:b:plain"] {
@@ -86,9 +92,7 @@ async fn send_delivers_each_idempotency_key_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_message_is_retried_then_dead_lettered_and_replayed() {
     let s = Server::start_with(fast_retries).await;
-    s.tenant("acme").await;
-    let dev = s.token(Some("acme"), Role::Developer);
-    let m = s.upload(&dev, art::MESSENGER).await;
+    let (dev, m) = acme(&s).await;
     s.deploy(&dev, "a", &m, json!({})).await;
     s.deploy(&dev, "b", &m, json!({ "fail": "yes" })).await;
     assert_eq!(s.invoke_ok(&dev, "a", "sendk:b:k:payload").await, "sent");
@@ -125,9 +129,7 @@ async fn a_failing_message_is_retried_then_dead_lettered_and_replayed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_reply_and_stop_at_the_depth_limit_and_on_cycles() {
     let s = Server::start().await;
-    s.tenant("acme").await;
-    let dev = s.token(Some("acme"), Role::Developer);
-    let m = s.upload(&dev, art::MESSENGER).await;
+    let (dev, m) = acme(&s).await;
     for i in 1..=9 {
         s.deploy(&dev, &format!("m{i}"), &m, json!({})).await;
     }
@@ -157,9 +159,7 @@ async fn calls_reply_and_stop_at_the_depth_limit_and_on_cycles() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callee_runs_within_its_callers_deadline() {
     let s = Server::start().await;
-    s.tenant("acme").await;
-    let dev = s.token(Some("acme"), Role::Developer);
-    let m = s.upload(&dev, art::MESSENGER).await;
+    let (dev, m) = acme(&s).await;
     s.deploy_with(&dev, "caller", &m, json!({ "limits": { "timeout_ms": 400 } })).await;
     // Enough fuel that the spinning callees hit a deadline, never their fuel.
     let fuel = 10_000_000_000u64;
@@ -185,9 +185,7 @@ async fn a_callee_runs_within_its_callers_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_reaches_every_subscriber_of_the_topic_only() {
     let s = Server::start().await;
-    s.tenant("acme").await;
-    let dev = s.token(Some("acme"), Role::Developer);
-    let m = s.upload(&dev, art::MESSENGER).await;
+    let (dev, m) = acme(&s).await;
     s.deploy(&dev, "p", &m, json!({})).await;
     s.deploy_with(&dev, "s1", &m, json!({ "subscriptions": ["news"] })).await;
     s.deploy_with(&dev, "s2", &m, json!({ "subscriptions": ["other", "news"] })).await;
@@ -248,9 +246,7 @@ async fn a_tenant_cannot_message_another_tenants_agents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_to_a_stopped_agent_wait_across_a_restart() {
     let s = Server::start().await;
-    s.tenant("acme").await;
-    let dev = s.token(Some("acme"), Role::Developer);
-    let m = s.upload(&dev, art::MESSENGER).await;
+    let (dev, m) = acme(&s).await;
     s.deploy(&dev, "a", &m, json!({})).await;
     s.deploy(&dev, "b", &m, json!({})).await;
     assert_eq!(s.req(Method::POST, "/v1/agents/b/stop", &dev).send().await.unwrap().status(), 200);
@@ -276,9 +272,7 @@ async fn messages_to_a_stopped_agent_wait_across_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_mailbox_refuses_more() {
     let s = Server::start_with(|c| c.messaging.max_pending = 3).await;
-    s.tenant("acme").await;
-    let dev = s.token(Some("acme"), Role::Developer);
-    let m = s.upload(&dev, art::MESSENGER).await;
+    let (dev, m) = acme(&s).await;
     s.deploy(&dev, "a", &m, json!({})).await;
     s.deploy(&dev, "b", &m, json!({})).await;
     assert_eq!(s.req(Method::POST, "/v1/agents/b/stop", &dev).send().await.unwrap().status(), 200);
