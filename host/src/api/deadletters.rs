@@ -16,7 +16,7 @@ use super::agents::deployed;
 use super::auth::{Action, Principal};
 use super::error::{ApiError, ApiResult, problem};
 use crate::coordination::{self, Delivery, mailbox};
-use crate::registry::{DeadLetter, DeliveredRecord, LetterKind, now_ms};
+use crate::registry::{DeadLetter, LetterKind, now_ms};
 use crate::store::RecordKind;
 
 type St = State<Arc<AppState>>;
@@ -62,17 +62,17 @@ pub async fn replay(
                 .ok_or_else(|| ApiError::Internal(format!("dead letter {id:?} has an unreadable body")))?;
             // A message with an idempotency key is delivered once: not again if a later copy
             // got through, and its key is remembered once this one does.
-            let seen = m.idempotency.as_ref().map(|_| mailbox::message_key(&m.tenant, &m.agent, &m.id));
+            let store = st.registry.store();
+            let seen = mailbox::delivered_key(m);
             if let Some(k) = &seen
-                && st.registry.store().record_get(RecordKind::Delivered, k).await?.is_some()
+                && mailbox::was_delivered(store.as_ref(), k).await?
             {
                 st.registry.delete(RecordKind::DeadLetter, &key).await?;
                 return Ok(Json(json!({ "id": letter.id, "outcome": "duplicate" })).into_response());
             }
             let delivery = st.deliver_message(&letter.tenant, &name, &body).await;
             if let (Delivery::Delivered, Some(k)) = (&delivery, &seen) {
-                let rec = DeliveredRecord { delivered_ms: now_ms() };
-                st.registry.put(RecordKind::Delivered, k, &rec, None).await?;
+                mailbox::remember_delivered(store.as_ref(), k).await?;
             }
             (delivery, json!({ "id": letter.id, "outcome": "ok" }))
         }

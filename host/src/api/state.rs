@@ -288,9 +288,18 @@ impl AppState {
         l
     }
 
-    /// The sandbox context of an agent invoked from outside.
+    /// The sandbox context of an agent, without messaging: for `init` (which may fail and
+    /// be undone, so it cannot reach other agents) and as the prepared base of a deployed
+    /// agent's context.
     pub fn context(&self, record: &AgentRecord, q: &Quotas) -> AgentContext {
-        self.context_with(record, q, self.no_callers.clone(), None)
+        AgentContext {
+            tenant: record.tenant.as_str().into(),
+            agent: record.name.as_str().into(),
+            config: Arc::new(record.config.clone()),
+            store: self.registry.store().clone(),
+            stored_bytes_quota: Some(q.stored_bytes),
+            messaging: None,
+        }
     }
 
     /// The sandbox context of a deployed agent invoked from outside: its prepared parts,
@@ -299,6 +308,8 @@ impl AppState {
         self.deployed_context_with(d, q, self.no_callers.clone(), None)
     }
 
+    /// The context of a deployed agent called by `callers` (outermost first), within
+    /// `deadline`.
     fn deployed_context_with(
         &self,
         d: &Deployed,
@@ -312,25 +323,6 @@ impl AppState {
         c
     }
 
-    /// The sandbox context of an agent called by `callers` (outermost first), within
-    /// `deadline`.
-    fn context_with(
-        &self,
-        record: &AgentRecord,
-        q: &Quotas,
-        callers: Arc<[Arc<str>]>,
-        deadline: Option<std::time::Instant>,
-    ) -> AgentContext {
-        AgentContext {
-            tenant: record.tenant.as_str().into(),
-            agent: record.name.as_str().into(),
-            config: Arc::new(record.config.clone()),
-            store: self.registry.store().clone(),
-            stored_bytes_quota: Some(q.stored_bytes),
-            messaging: self.mesh.get().map(|m| MessagingLink { messenger: m.clone(), callers, deadline }),
-        }
-    }
-
     /// Run `init` with `record`'s config on `module`; an error if it does not succeed.
     ///
     /// What `init` wrote goes to the agent's log ring when the agent is deployed (a config
@@ -338,10 +330,8 @@ impl AppState {
     /// the agent is installed.
     pub async fn run_init(&self, module: &Module, record: &AgentRecord, q: &Quotas) -> ApiResult<Report> {
         let config: Vec<(String, String)> = record.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        // `init` may fail and be undone, so it cannot reach other agents: its messaging
-        // calls answer `unavailable`.
-        let mut ctx = self.context(record, q);
-        ctx.messaging = None;
+        // Without messaging: its calls answer `unavailable`.
+        let ctx = self.context(record, q);
         let report = self.runtime.call(module, &ctx, &self.limits_for(record, q), Export::Init(&config)).await;
         if let Some(d) = self.agent(&record.tenant, &record.name) {
             d.shared.record_logs(&report);
@@ -574,15 +564,14 @@ impl AppState {
                 return Err(unavailable(e));
             }
         };
-        if !fresh {
-            counter.fetch_sub(1, Ordering::Relaxed);
-        }
         if fresh {
             self.metrics.message(&msg.tenant, "sent");
             if let Some(m) = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).get(&k) {
                 m.wake();
             }
         } else {
+            // The waiting copy holds the place already.
+            counter.fetch_sub(1, Ordering::Relaxed);
             self.metrics.message(&msg.tenant, "deduplicated");
         }
         Ok(())

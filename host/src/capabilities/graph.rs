@@ -25,10 +25,11 @@ fn direction(d: wit::Direction) -> Direction {
 }
 
 fn check_name(what: &str, name: &str) -> Result<(), wit::Error> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if ok { Ok(()) } else { Err(wit::Error::InvalidArgument(format!("{what} {name:?} must match [a-z0-9_-]{{1,63}}"))) }
+    if super::is_name(name) {
+        Ok(())
+    } else {
+        Err(wit::Error::InvalidArgument(format!("{what} {name:?} must match [a-z0-9_-]{{1,63}}")))
+    }
 }
 
 /// An agent of the invocation's tenant must exist. The invoking agent itself always does,

@@ -17,12 +17,9 @@ use super::{HostState, Interface};
 
 pub use super::bindings::cortex::agent::messaging::Error as MessagingError;
 
-/// Longest agent name, and the name pattern: `[a-z0-9_-]{1,63}` (as the API checks).
+/// An agent name the imports accept (see [`super::is_name`]).
 fn check_agent(name: &str) -> Result<(), MessagingError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_');
-    if ok {
+    if super::is_name(name) {
         Ok(())
     } else {
         Err(MessagingError::InvalidArgument(format!("{name:?} is not an agent name ([a-z0-9_-]{{1,63}})")))

@@ -232,23 +232,25 @@ impl Dispatcher {
                     attempt += 1;
                     let host = self.host()?;
                     let delivery = host.deliver(&tenant, &self.agent, &guest).await;
-                    if let Delivery::Throttled(wait) = delivery {
-                        drop(host);
-                        attempt -= 1;
-                        self.sleep(wait).await?;
-                        continue;
-                    }
                     let what = match &delivery {
-                        Delivery::Delivered => "delivered",
-                        Delivery::Failed { .. } if attempt >= self.settings.attempts.max(1) => "dead_lettered",
-                        Delivery::Failed { .. } => "retried",
-                        Delivery::Gone | Delivery::Throttled(_) => "gone",
+                        Delivery::Delivered => Some("delivered"),
+                        Delivery::Failed { .. } if attempt >= self.settings.attempts.max(1) => Some("dead_lettered"),
+                        Delivery::Failed { .. } => Some("retried"),
+                        Delivery::Gone => Some("gone"),
+                        Delivery::Throttled(_) => None,
                     };
-                    host.count(&tenant, what);
+                    if let Some(what) = what {
+                        host.count(&tenant, what);
+                    }
                     drop(host);
                     match delivery {
                         Delivery::Delivered => break None,
-                        Delivery::Gone | Delivery::Throttled(_) => return Err(End::Stop),
+                        Delivery::Gone => return Err(End::Stop),
+                        // Over the tenant's quotas: wait, and do not count it as an attempt.
+                        Delivery::Throttled(wait) => {
+                            attempt -= 1;
+                            self.sleep(wait).await?;
+                        }
                         Delivery::Failed { code, message } => {
                             tracing::info!(%tenant, agent = %self.agent, attempt, %code, %message,
                                 first = events[0].seq, last, "change feed: batch failed");

@@ -56,8 +56,7 @@ pub fn mailbox_prefix(tenant: &str, agent: &str) -> String {
     format!("{}/", scoped(tenant, agent))
 }
 
-/// Key of a message (and of its delivered idempotency key).
-pub fn message_key(tenant: &str, agent: &str, id: &str) -> String {
+fn message_key(tenant: &str, agent: &str, id: &str) -> String {
     format!("{}{id}", mailbox_prefix(tenant, agent))
 }
 
@@ -129,13 +128,30 @@ pub async fn enqueue(store: &dyn Store, msg: &MessageRecord) -> store::Result<bo
     }
 }
 
+/// The key under which a message's delivery is remembered, if it was sent with an
+/// idempotency key (the message's own key: the id is derived from the idempotency key).
+pub fn delivered_key(msg: &MessageRecord) -> Option<String> {
+    msg.idempotency.as_ref().map(|_| message_key(&msg.tenant, &msg.agent, &msg.id))
+}
+
+/// Whether a message with this delivered key was delivered already.
+pub async fn was_delivered(store: &dyn Store, delivered_key: &str) -> store::Result<bool> {
+    Ok(store.record_get(RecordKind::Delivered, delivered_key).await?.is_some())
+}
+
+/// Remember that the message with this delivered key was delivered (for the window).
+pub async fn remember_delivered(store: &dyn Store, delivered_key: &str) -> store::Result<()> {
+    let rec = DeliveredRecord { delivered_ms: now_ms() };
+    let bytes = serde_json::to_vec(&rec).map_err(|e| StoreError::Corrupted(e.to_string()))?;
+    store.record_put(RecordKind::Delivered, delivered_key, bytes, None).await.map(|_| ())
+}
+
 /// Delete an agent's mailbox and delivered idempotency keys.
 pub async fn forget_mailbox(store: &dyn Store, tenant: &str, agent: &str) -> store::Result<()> {
     let prefix = mailbox_prefix(tenant, agent);
     for kind in [RecordKind::Message, RecordKind::Delivered] {
-        for (key, _) in store.record_list(kind, &prefix).await? {
-            store.record_delete(kind, &key).await?;
-        }
+        let keys: Vec<String> = store.record_list(kind, &prefix).await?.into_iter().map(|(k, _)| k).collect();
+        store.record_delete_many(kind, &keys).await?;
     }
     Ok(())
 }
@@ -157,7 +173,6 @@ pub async fn pending(store: &dyn Store, tenant: &str, agent: &str) -> store::Res
 #[derive(Debug)]
 pub struct Mailbox {
     wake: Arc<Notify>,
-    pending: Arc<AtomicUsize>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
 }
@@ -166,11 +181,6 @@ impl Mailbox {
     /// A message was written: look now.
     pub fn wake(&self) {
         self.wake.notify_one();
-    }
-
-    /// Messages waiting (as of the last look, plus those written since).
-    pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Relaxed)
     }
 
     /// Stop at once, abandoning deliveries in flight (they are delivered again later), and
@@ -204,18 +214,10 @@ pub fn spawn_mailbox(
 ) -> Mailbox {
     let (stop, stopped) = watch::channel(false);
     let wake = Arc::new(Notify::new());
-    let run = Runner {
-        host,
-        tenant,
-        agent,
-        concurrency: concurrency.max(1),
-        settings,
-        stopped,
-        wake: wake.clone(),
-        pending: pending.clone(),
-    };
+    let run =
+        Runner { host, tenant, agent, concurrency: concurrency.max(1), settings, stopped, wake: wake.clone(), pending };
     let task = tokio::spawn(run.run());
-    Mailbox { wake, pending, stop, task: Some(task) }
+    Mailbox { wake, stop, task: Some(task) }
 }
 
 struct Runner {
@@ -347,10 +349,10 @@ impl Runner {
 
     async fn deliver(&self, store: Arc<dyn Store>, mut msg: MessageRecord) -> Step {
         let key = message_key(&self.tenant, &self.agent, &msg.id);
-        let dedup_key = msg.idempotency.as_ref().map(|_| key.clone());
+        let dedup_key = delivered_key(&msg);
         if let Some(k) = &dedup_key {
-            match store.record_get(RecordKind::Delivered, k).await {
-                Ok(Some(_)) => {
+            match was_delivered(store.as_ref(), k).await {
+                Ok(true) => {
                     // Delivered before, under the same key: drop this copy.
                     return match store.record_delete(RecordKind::Message, &key).await {
                         Ok(_) => {
@@ -360,7 +362,7 @@ impl Runner {
                         Err(_) => Step::StoreFailed,
                     };
                 }
-                Ok(None) => {}
+                Ok(false) => {}
                 Err(_) => return Step::StoreFailed,
             }
         }
@@ -402,9 +404,7 @@ impl Runner {
             let Step::Delivered { key, dedup } = step else { continue };
             if *dedup {
                 // Before the message goes: a crash in between must not forget the key.
-                let rec = DeliveredRecord { delivered_ms: now_ms() };
-                let bytes = serde_json::to_vec(&rec).unwrap_or_default();
-                if store.record_put(RecordKind::Delivered, key, bytes, None).await.is_err() {
+                if remember_delivered(store, key).await.is_err() {
                     return false;
                 }
             }
@@ -484,11 +484,12 @@ impl Runner {
         else {
             return;
         };
-        for (k, v) in keys {
-            if serde_json::from_slice::<DeliveredRecord>(&v).map_or(true, |r| r.delivered_ms < cutoff) {
-                let _ = store.record_delete(RecordKind::Delivered, &k).await;
-            }
-        }
+        let old: Vec<String> = keys
+            .into_iter()
+            .filter(|(_, v)| serde_json::from_slice::<DeliveredRecord>(v).map_or(true, |r| r.delivered_ms < cutoff))
+            .map(|(k, _)| k)
+            .collect();
+        let _ = store.record_delete_many(RecordKind::Delivered, &old).await;
     }
 }
 

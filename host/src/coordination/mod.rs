@@ -165,9 +165,9 @@ pub async fn forget(registry: &Registry, tenant: &str, agent: &str) -> store::Re
 
 async fn forget_dead_letters(registry: &Registry, tenant: &str, agent: &str) -> store::Result<()> {
     let store = registry.store();
-    for (key, _) in store.record_list(RecordKind::DeadLetter, &dead_letter_prefix(tenant, agent)).await? {
-        store.record_delete(RecordKind::DeadLetter, &key).await?;
-    }
+    let letters = store.record_list(RecordKind::DeadLetter, &dead_letter_prefix(tenant, agent)).await?;
+    let keys: Vec<String> = letters.into_iter().map(|(k, _)| k).collect();
+    store.record_delete_many(RecordKind::DeadLetter, &keys).await?;
     Ok(())
 }
 
