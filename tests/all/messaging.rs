@@ -127,6 +127,46 @@ async fn a_failing_message_is_retried_then_dead_lettered_and_replayed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_keyed_message_is_not_delivered_twice_and_init_cannot_message() {
+    let s = Server::start_with(fast_retries).await;
+    let (dev, m) = acme(&s).await;
+    s.deploy(&dev, "a", &m, json!({})).await;
+    s.deploy(&dev, "b", &m, json!({ "fail": "yes" })).await;
+    assert_eq!(s.invoke_ok(&dev, "a", "sendk:b:k:one").await, "sent");
+    let id = until("a dead letter", || async {
+        let l = s.get_json(&dev, "/v1/agents/b/deadletters").await;
+        l[0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+    // Fixed, b takes a later message under the same key (the key was never delivered)...
+    let r = s.req(Method::PUT, "/v1/agents/b/config", &dev).json(&json!({ "config": {} })).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.invoke_ok(&dev, "a", "sendk:b:k:two").await, "sent");
+    assert_eq!(inbox_of(&s, &dev, "b", 1).await, ["two"]);
+    // (its key is remembered once the mailbox has removed it, which the counter shows)
+    until("the delivery to be recorded", || async {
+        (s.get_json(&dev, "/v1/agents/b").await["messages"]["delivered"] == 1).then_some(())
+    })
+    .await;
+    // ...so replaying the parked copy delivers nothing and removes the letter.
+    let r = s.req(Method::POST, &format!("/v1/agents/b/deadletters/{id}/replay"), &dev).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["outcome"], "duplicate");
+    assert_eq!(s.get_json(&dev, "/v1/agents/b/deadletters").await, json!([]));
+    assert_eq!(inbox(&s, &dev, "b").await, ["two"]);
+
+    // `init` may be undone, so it cannot message: its send is refused and the deploy fails.
+    let r = s
+        .req(Method::POST, "/v1/agents", &dev)
+        .json(&json!({ "name": "c", "module": m, "config": { "init_send": "b" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("messaging-unavailable"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_reply_and_stop_at_the_depth_limit_and_on_cycles() {
     let s = Server::start().await;
     let (dev, m) = acme(&s).await;

@@ -17,7 +17,8 @@
 //! (`messaging-depth-exceeded`, ...), so tests see what the guest saw. While the config
 //! value `fail` is `yes`, received messages are refused (error code `told-to-fail`), so
 //! tests can make retries and dead letters. While `quiet` is `yes`, received messages are
-//! taken without being recorded (benchmarks).
+//! taken without being recorded (benchmarks). With the config value `init_send` = an agent,
+//! `init` sends it `from-init` and fails with the messaging error if that is refused.
 
 use cortex_agent::{Agent, AgentError, documents, messaging};
 
@@ -51,6 +52,13 @@ fn receive(body: &str) -> Result<Option<Vec<u8>>, AgentError> {
 }
 
 impl Agent for Messenger {
+    fn init(config: Vec<(String, String)>) -> Result<(), AgentError> {
+        match config.iter().find(|(k, _)| k == "init_send") {
+            Some((_, to)) => Ok(messaging::send(to, b"from-init", None)?),
+            None => Ok(()),
+        }
+    }
+
     fn handle(input: Vec<u8>) -> Result<Option<Vec<u8>>, AgentError> {
         let input = String::from_utf8(input)?;
         let (cmd, rest) = input.split_once(':').unwrap_or((input.as_str(), ""));
