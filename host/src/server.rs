@@ -116,12 +116,21 @@ fn hex(n: u64, out: &mut [u8]) -> usize {
 /// What every request goes through before and after routing, once (not wrapped around each
 /// route, where axum would clone and box it per route level): a span with the method, path and
 /// a server-made request id (echoed as `x-request-id`), the default body limit, and the
-/// request timeout.
+/// request timeout. Invocations, the hot path, skip the router (see [`api::invoke_direct`]).
 #[derive(Clone)]
 pub struct Edge {
+    state: Arc<AppState>,
     router: axum::Router,
     body_limit: DefaultBodyLimit,
+    body_limit_bytes: usize,
     timeout: Duration,
+}
+
+/// Where [`Edge`] sends a request: invocations straight to [`api::invoke_direct`], the rest
+/// through the router.
+enum Lane<R, I> {
+    Router(R),
+    Invoke(I),
 }
 
 impl std::fmt::Debug for Edge {
@@ -147,17 +156,27 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let id = RequestId::next();
         let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
-        self.body_limit.apply(&mut req);
-        let routed = {
+        let lane = if api::invoke_target(req.method(), req.uri().path()).is_some() {
+            Lane::Invoke(api::invoke_direct(self.state.clone(), req, self.body_limit_bytes))
+        } else {
+            self.body_limit.apply(&mut req);
             let _entered = span.enter();
-            Service::<Request<B>>::call(&mut self.router, req)
+            Lane::Router(Service::<Request<B>>::call(&mut self.router, req))
         };
         let limit = self.timeout;
         Box::pin(
             async move {
-                let mut resp = match tokio::time::timeout(limit, routed).await {
-                    Ok(Ok(resp)) => resp,
-                    Ok(Err(never)) => match never {},
+                let done = async {
+                    match lane {
+                        Lane::Invoke(invoked) => invoked.await,
+                        Lane::Router(routed) => match routed.await {
+                            Ok(resp) => resp,
+                            Err(never) => match never {},
+                        },
+                    }
+                };
+                let mut resp = match tokio::time::timeout(limit, done).await {
+                    Ok(resp) => resp,
                     Err(_) => crate::api::error::problem(
                         StatusCode::REQUEST_TIMEOUT,
                         "request_timeout",
@@ -175,8 +194,9 @@ where
 /// The whole API as one service: [`api::router`] inside the [`Edge`] layers.
 pub fn service(state: Arc<AppState>) -> Edge {
     let timeout = Duration::from_millis(state.config.http.request_timeout_ms);
-    let body_limit = DefaultBodyLimit::max(state.config.http.body_limit_bytes);
-    Edge { router: api::router(state), body_limit, timeout }
+    let body_limit_bytes = state.config.http.body_limit_bytes;
+    let body_limit = DefaultBodyLimit::max(body_limit_bytes);
+    Edge { router: api::router(state.clone()), state, body_limit, body_limit_bytes, timeout }
 }
 
 /// [`service`] as a router, for in-process callers (`oneshot`).

@@ -394,6 +394,61 @@ async fn bad_uploads_are_refused_with_a_code_and_never_a_5xx() {
     s.upload(&dev, art::HELLO).await;
 }
 
+/// Invocations skip the router (`api::invoke_direct`); what a client sees must not change:
+/// the body limit with and without a declared length, credentials, and a name the direct
+/// lane does not take (percent-encoded) answered by the router the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invocation_bodies_are_limited_and_both_lanes_answer_alike() {
+    let limit = 4096usize;
+    let s = Server::start_with(|c| c.http.body_limit_bytes = limit).await;
+    s.tenant("t").await;
+    let dev = s.token(Some("t"), Role::Developer);
+    let digest = s.upload(&dev, art::HELLO).await;
+    s.deploy(&dev, "hello", &digest, json!({})).await;
+
+    let at_limit = "a".repeat(limit);
+    assert_eq!(s.invoke_ok(&dev, "hello", &at_limit).await, format!("Hello, {at_limit}!"));
+    let r =
+        answer(s.req(Method::POST, "/v1/agents/hello/invoke", &dev).body("a".repeat(limit + 1)).send().await.unwrap())
+            .await;
+    assert_eq!((r.status, r.code.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"), "{}", r.text);
+    assert_eq!(r.content_type, "application/problem+json");
+
+    // Chunked, no declared length: refused once more than the limit has arrived.
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/agents/hello/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {dev}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..3 {
+        let chunk = format!("{:x}\r\n{}\r\n", limit / 2 + 1, "b".repeat(limit / 2 + 1));
+        if tcp.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let _ = tcp.write_all(b"0\r\n\r\n").await;
+    let mut resp = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut resp)).await;
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 413"), "chunked oversized invocation: {resp}");
+    assert!(resp.contains("\"code\":\"body_too_large\""), "{resp}");
+
+    // Both lanes: `h%65llo` is `hello` to the router.
+    for path in ["/v1/agents/hello/invoke", "/v1/agents/h%65llo/invoke"] {
+        let r = answer(s.req(Method::POST, path, &dev).body("you").send().await.unwrap()).await;
+        assert_eq!((r.status, r.text.as_str()), (StatusCode::OK, "Hello, you!"), "{path}");
+        let r = answer(s.client.post(s.url(path)).body("you").send().await.unwrap()).await;
+        assert_eq!((r.status, r.code.as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"), "{path}");
+        let observer = s.token(Some("t"), Role::Observer);
+        let r = answer(s.req(Method::POST, path, &observer).body("you").send().await.unwrap()).await;
+        assert_eq!((r.status, r.code.as_str()), (StatusCode::FORBIDDEN, "forbidden"), "{path}");
+    }
+    for path in ["/v1/agents/nobody/invoke", "/v1/agents/n%6Fbody/invoke"] {
+        let r = answer(s.req(Method::POST, path, &dev).body("you").send().await.unwrap()).await;
+        assert_eq!((r.status, r.code.as_str()), (StatusCode::NOT_FOUND, "not_found"), "{path}: {}", r.text);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_over_the_rate_quota_is_held_to_it() {
     let s = Server::start().await;

@@ -350,7 +350,7 @@ pub(super) async fn deployed(
     headers: &HeaderMap,
     name: &str,
     action: Action,
-) -> ApiResult<(Tenant, Arc<Deployed>)> {
+) -> ApiResult<(Arc<Tenant>, Arc<Deployed>)> {
     authorize(p, action)?;
     let t = tenant_scope(st, p, headers).await?;
     let d = st.agent(&t.name, name).ok_or_else(|| ApiError::NotFound(format!("agent {name:?} not found")))?;
@@ -500,6 +500,8 @@ fn outcome_status(o: &Outcome) -> StatusCode {
     }
 }
 
+/// `POST /v1/agents/{name}/invoke` through the router. [`crate::server`] sends the requests
+/// it can to [`super::invoke_direct`] instead, which ends in the same [`invoke_core`].
 pub async fn invoke(
     State(st): St,
     Extension(p): Extension<Principal>,
@@ -507,25 +509,38 @@ pub async fn invoke(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    authorize(&p, Action::Invoke)?;
-    let t = tenant_scope_named(&st, &p, named.as_ref()).await?;
+    invoke_core(&st, &p, named.as_ref(), &name, async { body_bytes(body) }).await
+}
+
+/// An invocation by `p` of agent `name`: RBAC, the tenant (`named` by a platform-admin), its
+/// rate quota, then the `body` (read only once the rate allows it), the agent, the tenant's
+/// concurrency quota and the agent's pool; the outcome as the response.
+pub(super) async fn invoke_core(
+    st: &AppState,
+    p: &Principal,
+    named: Option<&HeaderValue>,
+    name: &str,
+    body: impl Future<Output = ApiResult<Bytes>>,
+) -> ApiResult<Response> {
+    authorize(p, Action::Invoke)?;
+    let t = tenant_scope_named(st, p, named).await?;
     st.limiters.take(&t.name, &t.quotas).map_err(|retry| {
         too_many(
-            &st,
+            st,
             &t.name,
             "rate_limited",
             format!("over {} invocations per second", t.quotas.invocations_per_second),
             retry,
         )
     })?;
-    let input = body_bytes(body)?;
-    let d = st.agent(&t.name, &name).ok_or_else(|| ApiError::NotFound(format!("agent {name:?} not found")))?;
+    let input = body.await?;
+    let d = st.agent(&t.name, name).ok_or_else(|| ApiError::NotFound(format!("agent {name:?} not found")))?;
     if !AppState::is_running(&d) {
         return Err(ApiError::Conflict { code: "agent_stopped", message: format!("agent {name:?} is stopped") });
     }
     let _tenant_slot = st.limiters.enter(&t.name, &t.quotas).ok_or_else(|| {
         too_many(
-            &st,
+            st,
             &t.name,
             "concurrency_quota",
             format!("over {} concurrent invocations", t.quotas.concurrent_invocations),

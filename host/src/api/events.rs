@@ -83,7 +83,7 @@ pub async fn stream(
     let t = tenant_scope(&st, &p, &headers).await?;
     let batch = q.limit.unwrap_or(100).clamp(1, 1000);
     let follow = q.follow.unwrap_or(true);
-    let state = (st, t.name, q.since, std::collections::VecDeque::<ChangeEvent>::new());
+    let state = (st, t.name.clone(), q.since, std::collections::VecDeque::<ChangeEvent>::new());
     let events = futures_util::stream::unfold(state, move |(st, tenant, mut cursor, mut pending)| async move {
         loop {
             if let Some(e) = pending.pop_front() {

@@ -85,7 +85,7 @@ pub fn authorize(p: &Principal, action: Action) -> ApiResult<()> {
 }
 
 /// The tenant a tenant-scoped request acts in, and that tenant's record.
-pub async fn tenant_scope(st: &AppState, p: &Principal, headers: &HeaderMap) -> ApiResult<Tenant> {
+pub async fn tenant_scope(st: &AppState, p: &Principal, headers: &HeaderMap) -> ApiResult<Arc<Tenant>> {
     tenant_scope_named(st, p, headers.get(TENANT_HEADER)).await
 }
 
@@ -107,7 +107,7 @@ pub async fn tenant_scope_named(
     st: &AppState,
     p: &Principal,
     header: Option<&axum::http::HeaderValue>,
-) -> ApiResult<Tenant> {
+) -> ApiResult<Arc<Tenant>> {
     let named = header.and_then(|v| v.to_str().ok());
     let name = match (p.role, named, &p.tenant) {
         (Role::PlatformAdmin, Some(h), _) => h,
@@ -150,6 +150,61 @@ async fn principal(st: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
         return Err(unauthorized(format!("token of unknown or deleted tenant {t:?}")));
     }
     Ok(p)
+}
+
+/// The agent name of an invocation the server can run without the router: `POST
+/// /v1/agents/{name}/invoke` with a well-formed name (anything else, including a
+/// percent-encoded name, takes the router and gets the same answer there).
+pub fn invoke_target<'a>(method: &Method, path: &'a str) -> Option<&'a str> {
+    if *method != Method::POST {
+        return None;
+    }
+    let name = path.strip_prefix("/v1/agents/")?.strip_suffix("/invoke")?;
+    check_name("agent", name).is_ok().then_some(name)
+}
+
+/// An invocation straight from the server, for requests [`invoke_target`] accepts: the
+/// same credentials, RBAC, quotas and outcome as through the router (both end in
+/// [`agents::invoke_core`]), without routing, extractors and the per-route futures. The body
+/// is read only up to `limit` bytes (413 past it).
+pub async fn invoke_direct<B>(st: Arc<AppState>, req: axum::http::Request<B>, limit: usize) -> Response
+where
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let (parts, body) = req.into_parts();
+    let Some(name) = invoke_target(&parts.method, parts.uri.path()) else {
+        return ApiError::NoRoute.into_response();
+    };
+    let p = match principal(&st, &parts.headers).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let body = read_body(body, &parts.headers, limit);
+    agents::invoke_core(&st, &p, parts.headers.get(TENANT_HEADER), name, body).await.into_response()
+}
+
+/// A whole request body of at most `limit` bytes: refused at once when its declared
+/// length is larger, else as soon as more arrives.
+async fn read_body<B>(body: B, headers: &HeaderMap, limit: usize) -> ApiResult<axum::body::Bytes>
+where
+    B: axum::body::HttpBody<Data = axum::body::Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
+    use http_body_util::BodyExt;
+    let too_large = || ApiError::TooLarge(format!("the request body is larger than {limit} bytes"));
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::BadRequest(format!("cannot read the request body: {e}"))),
+    }
 }
 
 /// Authentication and audit around each `/v1` route, as one layer: the principal from the

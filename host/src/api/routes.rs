@@ -204,7 +204,7 @@ pub async fn create_key(
         revoked: false,
     };
     st.registry.put(RecordKind::ApiKey, &id, &rec, Some(0)).await?;
-    Ok((StatusCode::CREATED, Json(NewKey { id, key, role: rec.role, tenant: t.name })))
+    Ok((StatusCode::CREATED, Json(NewKey { id, key, role: rec.role, tenant: t.name.clone() })))
 }
 
 pub async fn list_keys(

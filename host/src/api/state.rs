@@ -151,7 +151,7 @@ pub struct AppState {
     mesh: std::sync::OnceLock<Arc<dyn Messenger>>,
     no_callers: Arc<[Arc<str>]>,
     tenant_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    tenants: RwLock<HashMap<String, (Tenant, std::time::Instant)>>,
+    tenants: RwLock<HashMap<String, (Arc<Tenant>, std::time::Instant)>>,
 }
 
 /// How long a cached tenant record is trusted: bounds how long another node's change
@@ -165,7 +165,12 @@ impl std::fmt::Debug for AppState {
 }
 
 fn key(tenant: &str, name: &str) -> String {
-    format!("{tenant}/{name}")
+    // On every invocation: concatenated, not formatted.
+    let mut k = String::with_capacity(tenant.len() + 1 + name.len());
+    k.push_str(tenant);
+    k.push('/');
+    k.push_str(name);
+    k
 }
 
 impl AppState {
@@ -202,13 +207,13 @@ impl AppState {
     }
 
     /// A tenant record, from a short-lived cache (see [`TENANT_TTL`]) or the registry.
-    pub async fn tenant(&self, name: &str) -> ApiResult<Option<Tenant>> {
+    pub async fn tenant(&self, name: &str) -> ApiResult<Option<Arc<Tenant>>> {
         if let Some((t, at)) = self.tenants.read().unwrap_or_else(PoisonError::into_inner).get(name)
             && at.elapsed() < TENANT_TTL
         {
             return Ok(Some(t.clone()));
         }
-        let found = self.registry.get::<Tenant>(RecordKind::Tenant, name).await?.map(|(t, _)| t);
+        let found = self.registry.get::<Tenant>(RecordKind::Tenant, name).await?.map(|(t, _)| Arc::new(t));
         let mut cache = self.tenants.write().unwrap_or_else(PoisonError::into_inner);
         match &found {
             Some(t) => {
@@ -472,7 +477,7 @@ impl AppState {
             return Delivery::Gone;
         }
         let quotas = match self.tenant(tenant).await {
-            Ok(Some(t)) => t.quotas,
+            Ok(Some(t)) => t.quotas.clone(),
             Ok(None) => return Delivery::Gone,
             Err(e) => {
                 // Not the agent's failure: try again later without using up an attempt.
@@ -592,7 +597,7 @@ impl AppState {
             return Err(MessagingError::Unavailable(format!("agent {to:?} is stopped")));
         }
         let quotas = match self.tenant(&from.tenant).await {
-            Ok(Some(t)) => t.quotas,
+            Ok(Some(t)) => t.quotas.clone(),
             Ok(None) => return Err(MessagingError::UnknownAgent(format!("no agent {to:?} in this tenant"))),
             Err(e) => {
                 tracing::warn!(tenant = %from.tenant, error = %e, "call: reading the tenant failed");
