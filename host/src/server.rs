@@ -11,7 +11,8 @@ use std::time::Duration;
 use axum::body::HttpBody;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header::HeaderName;
-use axum::http::{HeaderValue, Request, StatusCode};
+use axum::http::{HeaderValue, Request};
+use axum::response::IntoResponse;
 use axum::response::Response;
 use bytes::Bytes;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -157,7 +158,9 @@ where
         let id = RequestId::next();
         let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
         let lane = if api::invoke_target(req.method(), req.uri().path()).is_some() {
-            Lane::Invoke(api::invoke_direct(self.state.clone(), req, self.body_limit_bytes))
+            // Bounded inside: the body read by the request timeout, the invocation by its own
+            // deadline (at most the request timeout), each armed only if it can matter.
+            Lane::Invoke(api::invoke_direct(self.state.clone(), req, self.body_limit_bytes, self.timeout))
         } else {
             self.body_limit.apply(&mut req);
             let _entered = span.enter();
@@ -166,22 +169,13 @@ where
         let limit = self.timeout;
         Box::pin(
             async move {
-                let done = async {
-                    match lane {
-                        Lane::Invoke(invoked) => invoked.await,
-                        Lane::Router(routed) => match routed.await {
-                            Ok(resp) => resp,
-                            Err(never) => match never {},
-                        },
-                    }
-                };
-                let mut resp = match tokio::time::timeout(limit, done).await {
-                    Ok(resp) => resp,
-                    Err(_) => crate::api::error::problem(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "request_timeout",
-                        format!("the request took longer than {} ms", limit.as_millis()),
-                    ),
+                let mut resp = match lane {
+                    Lane::Invoke(invoked) => invoked.await,
+                    Lane::Router(routed) => match tokio::time::timeout(limit, routed).await {
+                        Ok(Ok(resp)) => resp,
+                        Ok(Err(never)) => match never {},
+                        Err(_) => ApiError::RequestTimeout(limit).into_response(),
+                    },
                 };
                 resp.headers_mut().insert(REQUEST_ID, id.header_value());
                 Ok(resp)

@@ -449,6 +449,44 @@ async fn invocation_bodies_are_limited_and_both_lanes_answer_alike() {
     }
 }
 
+/// `http.request_timeout_ms` bounds an invocation: a body that never arrives gets 408, and
+/// an agent that sleeps past it ends with its own outcome (504) at that time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invocation_ends_by_the_request_timeout() {
+    // Compiling the agent takes longer than the timeout: deploy, then restart with it.
+    let s = Server::start().await;
+    s.tenant("t").await;
+    let dev = s.token(Some("t"), Role::Developer);
+    let digest = s.upload(&dev, art::HOSTILE).await;
+    s.deploy(&dev, "hostile", &digest, json!({})).await;
+    let s = Server::start_in(s.stop().await, |c| c.http.request_timeout_ms = 400).await;
+
+    for input in ["sleep:10000", "sleep:3000"] {
+        let start = Instant::now();
+        let r = answer(s.req(Method::POST, "/v1/agents/hostile/invoke", &dev).body(input).send().await.unwrap()).await;
+        assert_eq!(
+            (r.status, r.code.as_str()),
+            (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
+            "{input}: {}",
+            r.text
+        );
+        assert!(start.elapsed() < Duration::from_secs(5), "{input} took {:?}", start.elapsed());
+    }
+
+    // Ten bytes announced, none sent.
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/agents/hostile/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {dev}\r\nContent-Length: 10\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut resp = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut resp)).await.unwrap().unwrap();
+    let resp = String::from_utf8_lossy(&resp[..n]);
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    assert!(resp.contains("\"code\":\"request_timeout\""), "{resp}");
+    assert_eq!(s.invoke_ok(&dev, "hostile", "echo:still up").await, "still up");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_over_the_rate_quota_is_held_to_it() {
     let s = Server::start().await;

@@ -509,18 +509,20 @@ pub async fn invoke(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    invoke_core(&st, &p, named.as_ref(), &name, async { body_bytes(body) }).await
+    invoke_core(&st, &p, named.as_ref(), &name, async { body_bytes(body) }, None).await
 }
 
 /// An invocation by `p` of agent `name`: RBAC, the tenant (`named` by a platform-admin), its
 /// rate quota, then the `body` (read only once the rate allows it), the agent, the tenant's
-/// concurrency quota and the agent's pool; the outcome as the response.
+/// concurrency quota and the agent's pool; the outcome as the response. The invocation ends
+/// by `deadline` (the request's) if that comes before its own timeout.
 pub(super) async fn invoke_core(
     st: &AppState,
     p: &Principal,
     named: Option<&HeaderValue>,
     name: &str,
     body: impl Future<Output = ApiResult<Bytes>>,
+    deadline: Option<tokio::time::Instant>,
 ) -> ApiResult<Response> {
     authorize(p, Action::Invoke)?;
     let t = tenant_scope_named(st, p, named).await?;
@@ -550,10 +552,11 @@ pub(super) async fn invoke_core(
     let _slot = d.shared.pool.clone().try_acquire_owned().map_err(|_| {
         ApiError::PoolFull(format!("agent {name:?} already runs {} invocations", d.record.max_concurrency))
     })?;
-    let report = st
-        .runtime
-        .invoke(&d.module, &st.deployed_context(&d, &t.quotas), &st.limits_for(&d.record, &t.quotas), &input)
-        .await;
+    let mut limits = st.limits_for(&d.record, &t.quotas);
+    if let Some(deadline) = deadline {
+        limits.timeout = limits.timeout.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+    }
+    let report = st.runtime.invoke(&d.module, &st.deployed_context(&d, &t.quotas), &limits, &input).await;
     st.account(&d, &report);
 
     let status = outcome_status(&report.outcome);

@@ -28,6 +28,9 @@ pub enum ApiError {
     /// 404: no such route.
     #[error("no such route")]
     NoRoute,
+    /// 408: the request took longer than the request timeout.
+    #[error("the request took longer than {} ms", .0.as_millis())]
+    RequestTimeout(std::time::Duration),
     /// 409: conflicts with the current state.
     #[error("{message}")]
     Conflict {
@@ -104,6 +107,7 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::Module(e) => match e {

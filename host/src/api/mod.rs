@@ -166,12 +166,19 @@ pub fn invoke_target<'a>(method: &Method, path: &'a str) -> Option<&'a str> {
 /// An invocation straight from the server, for requests [`invoke_target`] accepts: the
 /// same credentials, RBAC, quotas and outcome as through the router (both end in
 /// [`agents::invoke_core`]), without routing, extractors and the per-route futures. The body
-/// is read only up to `limit` bytes (413 past it).
-pub async fn invoke_direct<B>(st: Arc<AppState>, req: axum::http::Request<B>, limit: usize) -> Response
+/// is read only up to `limit` bytes (413 past it) and within `timeout` (408 past it); the
+/// invocation ends by then too (its outcome is then a 504 `deadline_exceeded`).
+pub async fn invoke_direct<B>(
+    st: Arc<AppState>,
+    req: axum::http::Request<B>,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Response
 where
     B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
+    let deadline = tokio::time::Instant::now() + timeout;
     let (parts, body) = req.into_parts();
     let Some(name) = invoke_target(&parts.method, parts.uri.path()) else {
         return ApiError::NoRoute.into_response();
@@ -180,8 +187,13 @@ where
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let body = read_body(body, &parts.headers, limit);
-    agents::invoke_core(&st, &p, parts.headers.get(TENANT_HEADER), name, body).await.into_response()
+    let body = async {
+        match crate::runtime::deadline::within(deadline, read_body(body, &parts.headers, limit)).await {
+            Some(read) => read,
+            None => Err(ApiError::RequestTimeout(timeout)),
+        }
+    };
+    agents::invoke_core(&st, &p, parts.headers.get(TENANT_HEADER), name, body, Some(deadline)).await.into_response()
 }
 
 /// A whole request body of at most `limit` bytes: refused at once when its declared

@@ -7,6 +7,7 @@
 
 mod cache;
 mod config;
+pub mod deadline;
 mod engine;
 mod limiter;
 pub mod logbuf;
@@ -412,14 +413,14 @@ impl Runtime {
         // The epoch deadline stops guest code; this bound also stops a guest blocked in a
         // host call (a WASI sleep, a slow store), one tick after the deadline.
         let hard = (start + timeout + self.config.epoch_tick).into();
-        let result: Result<wasmtime::Result<HandleResult>, _> = tokio::time::timeout_at(hard, run).await;
+        let result: Option<wasmtime::Result<HandleResult>> = deadline::within(hard, run).await;
 
         let logs = log.snapshot();
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         let mut bytes_out = 0u64;
         let outcome = match result {
-            Err(_elapsed) => Outcome::DeadlineExceeded { limit_ms: timeout_ms },
-            Ok(Ok(Ok(output))) => {
+            None => Outcome::DeadlineExceeded { limit_ms: timeout_ms },
+            Some(Ok(Ok(output))) => {
                 bytes_out = output.as_ref().map_or(0, |o| o.len() as u64);
                 if bytes_out > limits.output_bytes {
                     Outcome::OutputTooLarge { size: bytes_out, limit: limits.output_bytes }
@@ -427,8 +428,8 @@ impl Runtime {
                     Outcome::Ok { output }
                 }
             }
-            Ok(Ok(Err(e))) => Outcome::AgentError { code: e.code, message: e.message },
-            Ok(Err(e)) => outcome::classify(
+            Some(Ok(Err(e))) => Outcome::AgentError { code: e.code, message: e.message },
+            Some(Err(e)) => outcome::classify(
                 &e,
                 FailureContext {
                     fuel_limit: limits.fuel,
