@@ -3,22 +3,27 @@
 //! (the ratio is the cost of HTTP, auth, rate limiting, metrics and audit-free routing).
 //!
 //! `cargo bench -p cortex-benches --bench http_load [-- SECONDS CLIENTS ROUNDS]` (defaults 5 s,
-//! 16 clients, 9 interleaved 1 s rounds of Cortex against the bare peer, median ratio).
+//! 16 clients, 9 interleaved 1 s rounds of Cortex against each peer, median ratios).
 //!
-//! Peers, serving `plugins/http-hello` (a wasi:http proxy component answering 200
-//! `Hello, world!`) on 127.0.0.1 and driven with `GET /` by the same load loop:
+//! Every server is driven by the same load tool (`common/load.rs`: keep-alive HTTP/1.1
+//! clients sending one prebuilt request, like `wrk`); Cortex gets `POST
+//! /v1/agents/hello/invoke` with a developer token and a 5-byte body. Peers, serving
+//! `plugins/http-hello` (a wasi:http proxy component answering 200 `Hello, world!`) on
+//! 127.0.0.1, get `GET /`:
 //! - a tuned bare hyper + wasmtime-wasi-http server, in this process: same wasmtime
 //!   configuration as Cortex, one pre-instantiated component, a fresh store per request,
 //!   HTTP/1.1 keep-alive, no auth, no metrics, no logs;
-//! - `wasmtime serve` (wasmtime-cli 48.0.8) when `wasmtime` is on PATH, serving
+//! - `wasmtime serve -S cli` (wasmtime-cli 48.0.8, its default settings otherwise; `-S cli`
+//!   because Rust's std imports wasi:cli) when `wasmtime` is on PATH, serving
 //!   `WASMTIME_SERVE_WASM` (default: the same component); installing it takes
 //!   `cargo install wasmtime-cli --version 48.0.8 --locked` (about 18 minutes here), so it is
 //!   skipped with a message otherwise, and never run in CI.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cortex_artifacts as art;
 use cortex_host::config::ServerConfig;
@@ -27,60 +32,16 @@ use cortex_host::runtime::Limits;
 
 #[path = "common/bare.rs"]
 mod bare;
+#[path = "common/load.rs"]
+mod load;
 #[path = "common/served.rs"]
 mod served;
 
-struct Run {
-    requests: u64,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-}
-
-impl Run {
-    fn rate(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn report(&self, label: &str) -> f64 {
-        let mut l = self.latencies.clone();
-        l.sort();
-        let pct =
-            |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or_default();
-        let rps = self.requests as f64 / self.elapsed.as_secs_f64();
-        println!(
-            "{label:<28} {rps:>10.0} req/s   p50 {:>8.1} us   p99 {:>8.1} us   ({} requests)",
-            pct(0.50).as_secs_f64() * 1e6,
-            pct(0.99).as_secs_f64() * 1e6,
-            self.requests
-        );
-        rps
-    }
-}
-
-async fn drive<F, Fut>(clients: usize, duration: Duration, make: F) -> Run
-where
-    F: Fn() -> Fut + Send + Sync + 'static + Clone,
-    Fut: std::future::Future<Output = bool> + Send,
-{
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let make = make.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            while start.elapsed() < duration {
-                let t = Instant::now();
-                assert!(make().await, "a request failed");
-                lat.push(t.elapsed());
-            }
-            lat
-        }));
-    }
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await.unwrap());
-    }
-    Run { requests: latencies.len() as u64, elapsed: start.elapsed(), latencies }
+/// A server under load: its name, address and the request it gets.
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    request: Arc<[u8]>,
 }
 
 fn main() {
@@ -94,13 +55,13 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = ServerConfig { data_dir: dir.path().to_owned(), ..ServerConfig::default() };
         let served = served::serve(cfg, &[format!("hello={}", art::HELLO)]).await;
-        let (state, addr, token) = (served.state.clone(), served.addr, served.developer.clone());
+        let state = served.state.clone();
 
-        println!("== http_load: hello, {clients} clients, {seconds} s each, 2 cores shared by clients and server");
+        println!("== http_load: hello, {clients} clients, {seconds} s each, 2 cores shared by clients and servers");
         // In-process: the same agent, the same concurrency, no HTTP.
         let d = state.agent("demo", "hello").unwrap();
         let st = state.clone();
-        let inproc = drive(clients, duration, move || {
+        let inproc = load::drive(clients, duration, move || {
             let (st, d) = (st.clone(), d.clone());
             async move {
                 let q = Quotas::default();
@@ -112,99 +73,90 @@ fn main() {
         .await
         .report("in-process invoke");
 
-        let client = reqwest::Client::builder().pool_max_idle_per_host(clients).build().unwrap();
-        let url = Arc::new(format!("http://{addr}/v1/agents/hello/invoke"));
-        let auth = Arc::new(format!("Bearer {token}"));
-        let cortex = move |d: Duration| {
-            let (client, url, auth) = (client.clone(), url.clone(), auth.clone());
-            drive(clients, d, move || {
-                let (client, url, auth) = (client.clone(), url.clone(), auth.clone());
-                async move {
-                    match client.post(url.as_str()).header("authorization", auth.as_str()).body("bench").send().await {
-                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                        Err(_) => false,
-                    }
-                }
-            })
-        };
-        let http = cortex(duration).await.report("HTTP over loopback");
-        println!("ratio HTTP / in-process throughput: {:.2}", http / inproc);
-
+        let auth = format!("authorization: Bearer {}", served.developer);
+        let mut targets = vec![Target {
+            name: "Cortex HTTP",
+            addr: served.addr,
+            request: load::request("POST", served.addr, "/v1/agents/hello/invoke", &[auth], b"bench"),
+        }];
         let bare_addr = bare::bare_server(art::HTTP_HELLO).await;
-        let bare_url = format!("http://{bare_addr}/");
-        let bare = drive_get(clients, duration, bare_url.clone()).await.report("bare hyper+wasi-http");
-        println!("ratio Cortex HTTP / bare hyper+wasi-http throughput: {:.2}", http / bare);
-
-        // One pass each swings by 10-20% on a shared 2-core machine: interleave short rounds,
-        // alternating which goes first, and take the median of the per-round ratios.
-        if rounds > 0 {
-            let mut ratios = Vec::with_capacity(rounds);
-            for r in 0..rounds {
-                let round = Duration::from_secs(1);
-                let (c, b) = if r % 2 == 0 {
-                    let c = cortex(round).await.rate();
-                    (c, drive_get(clients, round, bare_url.clone()).await.rate())
-                } else {
-                    let b = drive_get(clients, round, bare_url.clone()).await.rate();
-                    (cortex(round).await.rate(), b)
-                };
-                ratios.push(c / b);
-            }
-            let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
-            ratios.sort_by(f64::total_cmp);
-            println!(
-                "ratio Cortex HTTP / bare over {rounds} interleaved 1 s rounds: median {:.2} (rounds: {})",
-                ratios[ratios.len() / 2],
-                shown.join(" ")
-            );
-        }
-
+        targets.push(Target { name: "bare hyper+wasi-http", addr: bare_addr, request: get(bare_addr) });
+        let mut child = None;
         match which("wasmtime") {
             Some(bin) => {
                 let wasm = std::env::var("WASMTIME_SERVE_WASM").unwrap_or_else(|_| art::HTTP_HELLO.to_owned());
                 let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-                let mut child = std::process::Command::new(bin)
-                    .args(["serve", "--addr", &format!("127.0.0.1:{port}"), &wasm])
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .spawn()
-                    .unwrap();
-                let peer_url = format!("http://127.0.0.1:{port}/");
-                let client = reqwest::Client::new();
+                let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+                child = Some(
+                    std::process::Command::new(bin)
+                        .args(["serve", "-S", "cli", "--addr", &addr.to_string(), &wasm])
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .spawn()
+                        .unwrap(),
+                );
+                let mut up = false;
                 for _ in 0..600 {
-                    if client.get(peer_url.as_str()).send().await.is_ok() {
+                    if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                        up = true;
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                let peer = drive_get(clients, duration, peer_url).await.report("wasmtime serve (peer)");
-                println!("ratio Cortex HTTP / wasmtime serve throughput: {:.2}", http / peer);
-                let _ = child.kill();
-                let _ = child.wait();
+                assert!(up, "wasmtime serve did not start listening on {addr}");
+                targets.push(Target { name: "wasmtime serve", addr, request: get(addr) });
             }
             None => println!(
                 "peer `wasmtime serve` skipped: put wasmtime-cli 48.0.8 on PATH (cargo install wasmtime-cli \
                  --version 48.0.8 --locked, ~18 min); it serves WASMTIME_SERVE_WASM, by default plugins/http-hello"
             ),
         }
+
+        let mut rates = Vec::new();
+        for t in &targets {
+            rates.push(load::hammer(t.addr, t.request.clone(), clients, duration).await.report(t.name));
+        }
+        println!("ratio Cortex HTTP / in-process throughput: {:.2}", rates[0] / inproc);
+        for (t, rate) in targets.iter().zip(&rates).skip(1) {
+            println!("ratio Cortex HTTP / {}: {:.2}", t.name, rates[0] / rate);
+        }
+
+        // One pass each swings by 10-20% on a shared 2-core machine: interleave short rounds,
+        // rotating which goes first, and take the median of each per-round ratio.
+        if rounds > 0 {
+            let mut ratios = vec![Vec::with_capacity(rounds); targets.len()];
+            for r in 0..rounds {
+                let mut round = vec![0.0; targets.len()];
+                for k in 0..targets.len() {
+                    let i = (r + k) % targets.len();
+                    let t = &targets[i];
+                    round[i] = load::hammer(t.addr, t.request.clone(), clients, Duration::from_secs(1)).await.rate();
+                }
+                for (i, rate) in round.iter().enumerate().skip(1) {
+                    ratios[i].push(round[0] / rate);
+                }
+            }
+            for (t, mut rs) in targets.iter().zip(ratios).skip(1) {
+                let shown: Vec<String> = rs.iter().map(|r| format!("{r:.2}")).collect();
+                rs.sort_by(f64::total_cmp);
+                println!(
+                    "ratio Cortex HTTP / {} over {rounds} interleaved 1 s rounds: median {:.2} (rounds: {})",
+                    t.name,
+                    rs[rs.len() / 2],
+                    shown.join(" ")
+                );
+            }
+        }
+        if let Some(mut c) = child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         drop(served);
     });
 }
 
-/// `GET url` from `clients` keep-alive clients for `duration`.
-async fn drive_get(clients: usize, duration: Duration, url: String) -> Run {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(clients).build().unwrap();
-    let url = Arc::new(url);
-    drive(clients, duration, move || {
-        let (client, url) = (client.clone(), url.clone());
-        async move {
-            match client.get(url.as_str()).send().await {
-                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                Err(_) => false,
-            }
-        }
-    })
-    .await
+fn get(addr: SocketAddr) -> Arc<[u8]> {
+    load::request("GET", addr, "/", &[], b"")
 }
 
 fn which(bin: &str) -> Option<std::path::PathBuf> {

@@ -20,11 +20,12 @@ use std::time::Instant;
 use cortex_artifacts as art;
 use cortex_host::config::ServerConfig;
 use cortex_host::runtime::EngineConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmtime::component::Component;
 
 #[path = "common/bare.rs"]
 mod bare;
+#[path = "common/load.rs"]
+mod load;
 #[path = "common/served.rs"]
 mod served;
 
@@ -64,7 +65,7 @@ fn main() {
         for i in 0..conns {
             let n = requests / conns + usize::from(i < requests % conns);
             let request = request.clone();
-            tasks.push(tokio::spawn(async move { keep_alive(addr, &request, n).await }));
+            tasks.push(tokio::spawn(async move { load::keep_alive(addr, &request, n).await }));
         }
         for t in tasks {
             t.await.unwrap();
@@ -120,36 +121,4 @@ async fn cortex(dir: &std::path::Path) -> (std::net::SocketAddr, Vec<u8>) {
          content-length: 5\r\n\r\nbench"
     );
     (addr, request.into_bytes())
-}
-
-/// Send `request` `n` times on one keep-alive connection, reading each response whole.
-async fn keep_alive(addr: std::net::SocketAddr, request: &[u8], n: usize) {
-    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    conn.set_nodelay(true).unwrap();
-    let mut buf = Vec::with_capacity(4096);
-    for _ in 0..n {
-        conn.write_all(request).await.unwrap();
-        buf.clear();
-        let (head, length) = loop {
-            let mut chunk = [0u8; 4096];
-            let got = conn.read(&mut chunk).await.unwrap();
-            assert!(got > 0, "connection closed");
-            buf.extend_from_slice(&chunk[..got]);
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                assert!(head.starts_with("http/1.1 200"), "unexpected response: {head}");
-                let length = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-                break (end + 4, length);
-            }
-        };
-        while buf.len() < head + length {
-            let mut chunk = [0u8; 4096];
-            let got = conn.read(&mut chunk).await.unwrap();
-            assert!(got > 0, "connection closed");
-            buf.extend_from_slice(&chunk[..got]);
-        }
-    }
 }

@@ -17,7 +17,7 @@ use super::error::{ApiError, ApiResult, problem};
 use super::state::{Deployed, LogLine};
 use super::{
     AppState, DURATION_HEADER, FUEL_HEADER, INVOCATION_HEADER, JsonBody, OUTCOME_HEADER, PEAK_MEMORY_HEADER,
-    TenantHeader, authorize, check_name, tenant_scope, tenant_scope_named,
+    TenantHeader, authorize, check_name, tenant_scope, tenant_scope_known,
 };
 use crate::coordination;
 use crate::registry::{AgentLimits, AgentRecord, AgentStatus, ModuleRecord, Tenant, Watch, now_ms, scoped};
@@ -509,23 +509,25 @@ pub async fn invoke(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    invoke_core(&st, &p, named.as_ref(), &name, async { body_bytes(body) }, None).await
+    invoke_core(&st, &p, None, named.as_ref(), &name, async { body_bytes(body) }, None).await
 }
 
-/// An invocation by `p` of agent `name`: RBAC, the tenant (`named` by a platform-admin), its
+/// An invocation by `p` of agent `name`: RBAC, the tenant (`named` by a platform-admin; `own`
+/// is `p`'s own tenant record if the caller has just read it), its
 /// rate quota, then the `body` (read only once the rate allows it), the agent, the tenant's
 /// concurrency quota and the agent's pool; the outcome as the response. The invocation ends
 /// by `deadline` (the request's) if that comes before its own timeout.
 pub(super) async fn invoke_core(
     st: &AppState,
     p: &Principal,
+    own: Option<Arc<Tenant>>,
     named: Option<&HeaderValue>,
     name: &str,
     body: impl Future<Output = ApiResult<Bytes>>,
-    deadline: Option<tokio::time::Instant>,
+    deadline: Option<std::time::Instant>,
 ) -> ApiResult<Response> {
     authorize(p, Action::Invoke)?;
-    let t = tenant_scope_named(st, p, named).await?;
+    let t = tenant_scope_known(st, p, named, own).await?;
     st.limiters.take(&t.name, &t.quotas).map_err(|retry| {
         too_many(
             st,
@@ -552,11 +554,11 @@ pub(super) async fn invoke_core(
     let _slot = d.shared.pool.clone().try_acquire_owned().map_err(|_| {
         ApiError::PoolFull(format!("agent {name:?} already runs {} invocations", d.record.max_concurrency))
     })?;
-    let mut limits = st.limits_for(&d.record, &t.quotas);
-    if let Some(deadline) = deadline {
-        limits.timeout = limits.timeout.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-    }
-    let report = st.runtime.invoke(&d.module, &st.deployed_context(&d, &t.quotas), &limits, &input).await;
+    let ctx = match deadline {
+        Some(deadline) => st.deployed_context_until(&d, &t.quotas, deadline),
+        None => st.deployed_context(&d, &t.quotas),
+    };
+    let report = st.runtime.invoke(&d.module, &ctx, &st.limits_for(&d.record, &t.quotas), &input).await;
     st.account(&d, &report);
 
     let status = outcome_status(&report.outcome);

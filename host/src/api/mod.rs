@@ -108,12 +108,26 @@ pub async fn tenant_scope_named(
     p: &Principal,
     header: Option<&axum::http::HeaderValue>,
 ) -> ApiResult<Arc<Tenant>> {
+    tenant_scope_known(st, p, header, None).await
+}
+
+/// [`tenant_scope_named`], reusing `known` (the record of the principal's own tenant, just
+/// read while checking the credentials) when the scope is that tenant.
+pub(super) async fn tenant_scope_known(
+    st: &AppState,
+    p: &Principal,
+    header: Option<&axum::http::HeaderValue>,
+    known: Option<Arc<Tenant>>,
+) -> ApiResult<Arc<Tenant>> {
     let named = header.and_then(|v| v.to_str().ok());
     let name = match (p.role, named, &p.tenant) {
         (Role::PlatformAdmin, Some(h), _) => h,
         (_, _, Some(t)) => t,
         _ => return Err(ApiError::BadRequest(format!("name the tenant with the {TENANT_HEADER} header"))),
     };
+    if let Some(t) = known.filter(|t| t.name == name) {
+        return Ok(t);
+    }
     match st.tenant(name).await? {
         Some(t) => Ok(t),
         None => Err(ApiError::NotFound(format!("tenant {name:?} not found"))),
@@ -121,6 +135,12 @@ pub async fn tenant_scope_named(
 }
 
 async fn principal(st: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
+    Ok(principal_and_tenant(st, headers).await?.0)
+}
+
+/// The principal of the request's credentials, and the record of its tenant (`None` for a
+/// platform-admin without one). Credentials of a deleted tenant are refused.
+async fn principal_and_tenant(st: &AppState, headers: &HeaderMap) -> ApiResult<(Principal, Option<Arc<Tenant>>)> {
     let unauthorized = |why: String| {
         tracing::info!(reason = %why, "refused credentials");
         ApiError::Unauthorized("missing or invalid credentials".into())
@@ -137,19 +157,22 @@ async fn principal(st: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
         if k.revoked || !auth::constant_time_eq(k.hash.as_bytes(), auth::hash_secret(secret).as_bytes()) {
             return Err(unauthorized(format!("revoked or wrong key {id}")));
         }
-        if st.tenant(&k.tenant).await?.is_none() {
+        let Some(tenant) = st.tenant(&k.tenant).await? else {
             return Err(unauthorized(format!("key {id} of a deleted tenant")));
-        }
+        };
         let role = Role::parse(&k.role).ok_or_else(|| unauthorized("bad role on key".into()))?;
-        return Ok(Principal { subject: format!("key:{id}").into(), tenant: Some(k.tenant.into()), role });
+        let p = Principal { subject: format!("key:{id}").into(), tenant: Some(k.tenant.into()), role };
+        return Ok((p, Some(tenant)));
     }
     let p = st.verifier.principal(raw).map_err(|e| unauthorized(e.to_string()))?;
-    if let Some(t) = &p.tenant
-        && st.tenant(t).await?.is_none()
-    {
-        return Err(unauthorized(format!("token of unknown or deleted tenant {t:?}")));
-    }
-    Ok(p)
+    let tenant = match &p.tenant {
+        Some(t) => match st.tenant(t).await? {
+            Some(record) => Some(record),
+            None => return Err(unauthorized(format!("token of unknown or deleted tenant {t:?}"))),
+        },
+        None => None,
+    };
+    Ok((p, tenant))
 }
 
 /// The agent name of an invocation the server can run without the router: `POST
@@ -178,22 +201,24 @@ where
     B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = std::time::Instant::now() + timeout;
     let (parts, body) = req.into_parts();
     let Some(name) = invoke_target(&parts.method, parts.uri.path()) else {
         return ApiError::NoRoute.into_response();
     };
-    let p = match principal(&st, &parts.headers).await {
-        Ok(p) => p,
+    let (p, own) = match principal_and_tenant(&st, &parts.headers).await {
+        Ok(found) => found,
         Err(e) => return e.into_response(),
     };
     let body = async {
-        match crate::runtime::deadline::within(deadline, read_body(body, &parts.headers, limit)).await {
+        match crate::runtime::deadline::within(deadline.into(), read_body(body, &parts.headers, limit)).await {
             Some(read) => read,
             None => Err(ApiError::RequestTimeout(timeout)),
         }
     };
-    agents::invoke_core(&st, &p, parts.headers.get(TENANT_HEADER), name, body, Some(deadline)).await.into_response()
+    agents::invoke_core(&st, &p, own, parts.headers.get(TENANT_HEADER), name, body, Some(deadline))
+        .await
+        .into_response()
 }
 
 /// A whole request body of at most `limit` bytes: refused at once when its declared
