@@ -109,7 +109,8 @@ impl HostCalls {
 
 /// Everything one invocation's imports can reach.
 pub struct HostState {
-    pub(crate) wasi: WasiCtx,
+    /// Built on the first WASI call (see [`sandbox_wasi`]): many agents make none.
+    pub(crate) wasi: Option<WasiCtx>,
     pub(crate) table: ResourceTable,
     pub(crate) limiter: Limiter,
     pub(crate) calls: HostCalls,
@@ -120,8 +121,21 @@ pub struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        let log = &self.runtime.log;
+        WasiCtxView { ctx: self.wasi.get_or_insert_with(|| sandbox_wasi(log)), table: &mut self.table }
     }
+}
+
+/// The WASI an agent sees: stdout and stderr into its log, no network, no files, no
+/// environment, no arguments (the builder's defaults grant none of those).
+pub fn sandbox_wasi(log: &crate::runtime::logbuf::LogSink) -> WasiCtx {
+    wasmtime_wasi::WasiCtxBuilder::new()
+        .stdout(log.stdout())
+        .stderr(log.stderr())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build()
 }
 
 /// Interfaces of the `cortex:agent` package the host serves today.

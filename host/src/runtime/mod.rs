@@ -23,7 +23,6 @@ use std::time::Instant;
 use tracing::Instrument;
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker, ResourceTable};
 use wasmtime::{Engine, Store, UpdateDeadline};
-use wasmtime_wasi::WasiCtxBuilder;
 
 pub use self::cache::{ArtifactCache, engine_fingerprint};
 pub use self::config::{EngineConfig, Limits};
@@ -327,15 +326,8 @@ impl Runtime {
             None => limits.timeout,
         };
         let log = LogSink::new(limits.log_bytes);
-        let wasi = WasiCtxBuilder::new()
-            .stdout(log.stdout())
-            .stderr(log.stderr())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
         let state = HostState {
-            wasi,
+            wasi: None,
             table: ResourceTable::new(),
             limiter: Limiter::new(limits.memory_bytes, limits.table_elements, limits.instances),
             calls: HostCalls::new(limits.host_calls),
