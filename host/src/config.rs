@@ -130,7 +130,8 @@ pub struct HttpConfig {
     pub module_limit_bytes: usize,
     /// Time a client has to send its request headers.
     pub header_timeout_ms: u64,
-    /// Time a whole request may take, body read included.
+    /// Time a whole request may take, body read included; an invocation ends by then
+    /// (504 `deadline_exceeded`) even if its own timeout is longer.
     pub request_timeout_ms: u64,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace_ms: u64,
