@@ -65,11 +65,7 @@ where
             lat
         }));
     }
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await.unwrap());
-    }
-    Run { requests: latencies.len() as u64, elapsed: start.elapsed(), latencies }
+    collect(start, tasks).await
 }
 
 /// `request` (a whole HTTP/1.1 request) sent by `clients` keep-alive connections to `addr`
@@ -91,6 +87,12 @@ pub async fn hammer(addr: SocketAddr, request: Arc<[u8]>, clients: usize, durati
             lat
         }));
     }
+    collect(start, tasks).await
+}
+
+/// The latencies the client tasks recorded, as one run that began at `start`.
+#[allow(dead_code)]
+async fn collect(start: Instant, tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>) -> Run {
     let mut latencies = Vec::new();
     for t in tasks {
         latencies.extend(t.await.unwrap());
