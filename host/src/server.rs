@@ -121,8 +121,7 @@ fn hex(n: u64, out: &mut [u8]) -> usize {
 pub struct Edge {
     state: Arc<AppState>,
     router: axum::Router,
-    body_limit: DefaultBodyLimit,
-    body_limit_bytes: usize,
+    body_limit: usize,
     timeout: Duration,
 }
 
@@ -156,14 +155,17 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let id = RequestId::next();
         let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
-        let lane = if api::invoke_target(req.method(), req.uri().path()).is_some() {
+        let lane = match api::invoke_target(req.method(), req.uri().path()).map(str::to_owned) {
             // Bounded inside: the body read by the request timeout, the invocation by its own
             // deadline (at most the request timeout), each armed only if it can matter.
-            Lane::Invoke(api::invoke_direct(self.state.clone(), req, self.body_limit_bytes, self.timeout))
-        } else {
-            self.body_limit.apply(&mut req);
-            let _entered = span.enter();
-            Lane::Router(Service::<Request<B>>::call(&mut self.router, req))
+            Some(agent) => {
+                Lane::Invoke(api::invoke_direct(self.state.clone(), req, agent, self.body_limit, self.timeout))
+            }
+            None => {
+                DefaultBodyLimit::max(self.body_limit).apply(&mut req);
+                let _entered = span.enter();
+                Lane::Router(Service::<Request<B>>::call(&mut self.router, req))
+            }
         };
         let limit = self.timeout;
         Box::pin(
@@ -187,9 +189,8 @@ where
 /// The whole API as one service: [`api::router`] inside the [`Edge`] layers.
 pub fn service(state: Arc<AppState>) -> Edge {
     let timeout = Duration::from_millis(state.config.http.request_timeout_ms);
-    let body_limit_bytes = state.config.http.body_limit_bytes;
-    let body_limit = DefaultBodyLimit::max(body_limit_bytes);
-    Edge { router: api::router(state.clone()), state, body_limit, body_limit_bytes, timeout }
+    let body_limit = state.config.http.body_limit_bytes;
+    Edge { router: api::router(state.clone()), state, body_limit, timeout }
 }
 
 /// [`service`] as a router, for in-process callers (`oneshot`).

@@ -17,8 +17,7 @@ use crate::server::{Server, answer};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_lifecycle_from_upload_to_delete() {
     let s = Server::start().await;
-    s.tenant("acme").await;
-    let dev = s.token(Some("acme"), Role::Developer);
+    let dev = s.developer_in("acme").await;
     let kv = s.upload(&dev, art::KV).await;
     let counter = s.upload(&dev, art::COUNTER).await;
     assert_ne!(kv, counter);
@@ -106,8 +105,7 @@ async fn agent_lifecycle_from_upload_to_delete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_in_use_cannot_be_deleted() {
     let s = Server::start().await;
-    s.tenant("acme").await;
-    let dev = s.token(Some("acme"), Role::Developer);
+    let dev = s.developer_in("acme").await;
     let kv = s.upload(&dev, art::KV).await;
     s.deploy(&dev, "svc", &kv, json!({})).await;
     let r = answer(s.req(Method::DELETE, &format!("/v1/modules/{kv}"), &dev).send().await.unwrap()).await;
@@ -328,8 +326,7 @@ async fn a_key_cannot_have_more_rights_than_its_creator() {
 async fn bad_uploads_are_refused_with_a_code_and_never_a_5xx() {
     let limit = 300_000usize;
     let s = Server::start_with(|c| c.http.module_limit_bytes = limit).await;
-    s.tenant("t").await;
-    let dev = s.token(Some("t"), Role::Developer);
+    let dev = s.developer_in("t").await;
     let hello = std::fs::read(art::HELLO).unwrap();
     let mut random = vec![0u8; 50_000];
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
@@ -401,8 +398,7 @@ async fn bad_uploads_are_refused_with_a_code_and_never_a_5xx() {
 async fn invocation_bodies_are_limited_and_both_lanes_answer_alike() {
     let limit = 4096usize;
     let s = Server::start_with(|c| c.http.body_limit_bytes = limit).await;
-    s.tenant("t").await;
-    let dev = s.token(Some("t"), Role::Developer);
+    let dev = s.developer_in("t").await;
     let digest = s.upload(&dev, art::HELLO).await;
     s.deploy(&dev, "hello", &digest, json!({})).await;
 
@@ -455,8 +451,7 @@ async fn invocation_bodies_are_limited_and_both_lanes_answer_alike() {
 async fn an_invocation_ends_by_the_request_timeout() {
     // Compiling the agent takes longer than the timeout: deploy, then restart with it.
     let s = Server::start().await;
-    s.tenant("t").await;
-    let dev = s.token(Some("t"), Role::Developer);
+    let dev = s.developer_in("t").await;
     let digest = s.upload(&dev, art::HOSTILE).await;
     s.deploy(&dev, "hostile", &digest, json!({})).await;
     let s = Server::start_in(s.stop().await, |c| c.http.request_timeout_ms = 400).await;
@@ -523,8 +518,7 @@ async fn a_burst_over_the_rate_quota_is_held_to_it() {
     assert!(f64::from(ok) <= max, "{ok} invocations passed in {elapsed:.2}s, more than {max:.1}");
     assert_eq!(ok + limited, 30);
     // Another tenant is not affected.
-    s.tenant("other").await;
-    let other = s.token(Some("other"), Role::Developer);
+    let other = s.developer_in("other").await;
     let kv2 = s.upload(&other, art::KV).await;
     s.deploy(&other, "a", &kv2, json!({})).await;
     s.invoke_ok(&other, "a", "whoami").await;

@@ -62,8 +62,7 @@ async fn events_list_and_stream_the_tenants_writes_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_following_stream_delivers_a_write_made_after_it_connected() {
     let s = Server::start().await;
-    s.tenant("alpha").await;
-    let a = s.token(Some("alpha"), Role::Developer);
+    let a = s.developer_in("alpha").await;
     let kv = s.upload(&a, art::KV).await;
     s.deploy(&a, "kv", &kv, json!({})).await;
     let mut r = s.req(Method::GET, "/v1/events/stream", &a).send().await.unwrap();

@@ -94,8 +94,7 @@ fn strictly_increasing(seen: &[Seen]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchers_get_every_watched_write_in_order_without_gaps() {
     let s = Server::start().await;
-    s.tenant("acme").await;
-    let dev = s.token(Some("acme"), Role::Developer);
+    let dev = s.developer_in("acme").await;
     let kv = s.upload(&dev, art::KV).await;
     let watcher = s.upload(&dev, art::WATCHER).await;
     s.deploy(&dev, "writer", &kv, json!({})).await;
@@ -149,8 +148,7 @@ async fn watchers_get_every_watched_write_in_order_without_gaps() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_resumes_after_a_restart_without_skipping() {
     let s = Server::start().await;
-    s.tenant("acme").await;
-    let dev = s.token(Some("acme"), Role::Developer);
+    let dev = s.developer_in("acme").await;
     let kv = s.upload(&dev, art::KV).await;
     let watcher = s.upload(&dev, art::WATCHER).await;
     s.deploy(&dev, "writer", &kv, json!({})).await;
@@ -205,8 +203,7 @@ async fn delivery_resumes_after_a_restart_without_skipping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_batches_become_dead_letters_that_can_be_replayed_or_discarded() {
     let s = Server::start().await;
-    s.tenant("acme").await;
-    let dev = s.token(Some("acme"), Role::Developer);
+    let dev = s.developer_in("acme").await;
     let observer = s.token(Some("acme"), Role::Observer);
     let kv = s.upload(&dev, art::KV).await;
     let watcher = s.upload(&dev, art::WATCHER).await;
@@ -323,8 +320,7 @@ async fn a_tenant_never_sees_another_tenants_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_are_validated_and_follow_the_agent_lifecycle() {
     let s = Server::start().await;
-    s.tenant("acme").await;
-    let dev = s.token(Some("acme"), Role::Developer);
+    let dev = s.developer_in("acme").await;
     let watcher = s.upload(&dev, art::WATCHER).await;
     let hello = s.upload(&dev, art::HELLO).await;
     for (module, watches) in [

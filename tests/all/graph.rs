@@ -9,8 +9,7 @@ use crate::server::Server;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_link_query_traverse_and_unlink() {
     let s = Server::start().await;
-    s.tenant("acme").await;
-    let dev = s.token(Some("acme"), Role::Developer);
+    let dev = s.developer_in("acme").await;
     let g = s.upload(&dev, art::GRAPH).await;
     let hello = s.upload(&dev, art::HELLO).await;
     s.deploy(&dev, "g", &g, json!({})).await;
@@ -63,8 +62,7 @@ async fn a_tenant_cannot_link_or_see_another_tenants_agents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_an_agent_removes_its_edges() {
     let s = Server::start().await;
-    s.tenant("acme").await;
-    let dev = s.token(Some("acme"), Role::Developer);
+    let dev = s.developer_in("acme").await;
     let g = s.upload(&dev, art::GRAPH).await;
     let hello = s.upload(&dev, art::HELLO).await;
     s.deploy(&dev, "g", &g, json!({})).await;
@@ -83,8 +81,7 @@ async fn deleting_an_agent_removes_its_edges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_links_the_new_agent_and_a_failed_deploy_leaves_no_edge() {
     let s = Server::start().await;
-    s.tenant("acme").await;
-    let dev = s.token(Some("acme"), Role::Developer);
+    let dev = s.developer_in("acme").await;
     let g = s.upload(&dev, art::GRAPH).await;
     let hello = s.upload(&dev, art::HELLO).await;
     s.deploy(&dev, "x", &hello, json!({})).await;

@@ -49,8 +49,7 @@ async fn metric(s: &Server, name_and_labels: &str) -> f64 {
 
 /// The `acme` tenant with the messenger module uploaded: a developer token and the digest.
 async fn acme(s: &Server) -> (String, String) {
-    s.tenant("acme").await;
-    let dev = s.token(Some("acme"), Role::Developer);
+    let dev = s.developer_in("acme").await;
     let m = s.upload(&dev, art::MESSENGER).await;
     (dev, m)
 }

@@ -1,7 +1,6 @@
 //! `/metrics`: invocations by tenant, agent and outcome, with bounded agent labels.
 
 use cortex_artifacts as art;
-use cortex_host::api::Role;
 use serde_json::json;
 
 use crate::server::Server;
@@ -9,8 +8,7 @@ use crate::server::Server;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invocations_are_counted_by_outcome_and_extra_agents_fold_into_other() {
     let s = Server::start_with(|c| c.metrics.max_agent_labels = 1).await;
-    s.tenant("acme").await;
-    let dev = s.token(Some("acme"), Role::Developer);
+    let dev = s.developer_in("acme").await;
     let hello = s.upload(&dev, art::HELLO).await;
     let hostile = s.upload(&dev, art::HOSTILE).await;
     s.deploy(&dev, "first", &hello, json!({})).await;

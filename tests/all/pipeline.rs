@@ -437,8 +437,7 @@ async fn concurrent_orders_flow_through_the_pipeline_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_refuses_a_downstream_agent_that_does_not_exist() {
     let s = Server::start().await;
-    s.tenant("acme").await;
-    let dev = s.token(Some("acme"), Role::Developer);
+    let dev = s.developer_in("acme").await;
     let hello = s.upload(&dev, art::HELLO).await;
     let graph = s.upload(&dev, art::GRAPH).await;
     s.deploy(&dev, "graph", &graph, json!({})).await;

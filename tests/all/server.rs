@@ -118,6 +118,12 @@ impl Server {
         self.tenant_with(name, None).await;
     }
 
+    /// Create a tenant (as [`Self::tenant`]) and mint a developer token of it.
+    pub async fn developer_in(&self, name: &str) -> String {
+        self.tenant(name).await;
+        self.token(Some(name), Role::Developer)
+    }
+
     pub async fn tenant_with(&self, name: &str, quotas: Option<Quotas>) {
         let mut body = json!({ "name": name });
         if let Some(q) = quotas {

@@ -17,7 +17,7 @@ use super::error::{ApiError, ApiResult, problem};
 use super::state::{Deployed, LogLine};
 use super::{
     AppState, DURATION_HEADER, FUEL_HEADER, INVOCATION_HEADER, JsonBody, OUTCOME_HEADER, PEAK_MEMORY_HEADER,
-    TenantHeader, authorize, check_name, tenant_scope, tenant_scope_known,
+    TENANT_HEADER, authorize, check_name, tenant_scope, tenant_scope_known,
 };
 use crate::coordination;
 use crate::registry::{AgentLimits, AgentRecord, AgentStatus, ModuleRecord, Tenant, Watch, now_ms, scoped};
@@ -501,15 +501,17 @@ fn outcome_status(o: &Outcome) -> StatusCode {
 }
 
 /// `POST /v1/agents/{name}/invoke` through the router. [`crate::server`] sends the requests
-/// it can to [`super::invoke_direct`] instead, which ends in the same [`invoke_core`].
+/// it can to [`super::invoke_direct`] instead; both read the body with [`super::read_body`]
+/// and end in [`invoke_core`].
 pub async fn invoke(
     State(st): St,
     Extension(p): Extension<Principal>,
-    TenantHeader(named): TenantHeader,
     Path(name): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    req: axum::extract::Request,
 ) -> ApiResult<Response> {
-    invoke_core(&st, &p, None, named.as_ref(), &name, async { body_bytes(body) }, None).await
+    let (parts, body) = req.into_parts();
+    let body = super::read_body(body, &parts.headers, st.config.http.body_limit_bytes);
+    invoke_core(&st, &p, None, parts.headers.get(TENANT_HEADER), &name, body, None).await
 }
 
 /// An invocation by `p` of agent `name`: RBAC, the tenant (`named` by a platform-admin; `own`

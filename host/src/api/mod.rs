@@ -86,33 +86,12 @@ pub fn authorize(p: &Principal, action: Action) -> ApiResult<()> {
 
 /// The tenant a tenant-scoped request acts in, and that tenant's record.
 pub async fn tenant_scope(st: &AppState, p: &Principal, headers: &HeaderMap) -> ApiResult<Arc<Tenant>> {
-    tenant_scope_named(st, p, headers.get(TENANT_HEADER)).await
+    tenant_scope_known(st, p, headers.get(TENANT_HEADER), None).await
 }
 
-/// The `X-Cortex-Tenant` header alone, for handlers on the hot path (the `HeaderMap`
-/// extractor copies every header).
-#[derive(Debug)]
-pub struct TenantHeader(pub Option<axum::http::HeaderValue>);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TenantHeader {
-    type Rejection = Infallible;
-
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Infallible> {
-        Ok(Self(parts.headers.get(TENANT_HEADER).cloned()))
-    }
-}
-
-/// [`tenant_scope`] with the tenant header already taken out.
-pub async fn tenant_scope_named(
-    st: &AppState,
-    p: &Principal,
-    header: Option<&axum::http::HeaderValue>,
-) -> ApiResult<Arc<Tenant>> {
-    tenant_scope_known(st, p, header, None).await
-}
-
-/// [`tenant_scope_named`], reusing `known` (the record of the principal's own tenant, just
-/// read while checking the credentials) when the scope is that tenant.
+/// [`tenant_scope`] with the tenant header (`header`) already taken out, reusing `known` (the
+/// record of the principal's own tenant, if the caller has just read it while checking the
+/// credentials) when the scope is that tenant.
 pub(super) async fn tenant_scope_known(
     st: &AppState,
     p: &Principal,
@@ -186,7 +165,8 @@ pub fn invoke_target<'a>(method: &Method, path: &'a str) -> Option<&'a str> {
     check_name("agent", name).is_ok().then_some(name)
 }
 
-/// An invocation straight from the server, for requests [`invoke_target`] accepts: the
+/// An invocation of `agent` straight from the server, for requests [`invoke_target`] accepts
+/// (it gave `agent`): the
 /// same credentials, RBAC, quotas and outcome as through the router (both end in
 /// [`agents::invoke_core`]), without routing, extractors and the per-route futures. The body
 /// is read only up to `limit` bytes (413 past it) and within `timeout` (408 past it); the
@@ -194,6 +174,7 @@ pub fn invoke_target<'a>(method: &Method, path: &'a str) -> Option<&'a str> {
 pub async fn invoke_direct<B>(
     st: Arc<AppState>,
     req: axum::http::Request<B>,
+    agent: String,
     limit: usize,
     timeout: std::time::Duration,
 ) -> Response
@@ -203,9 +184,6 @@ where
 {
     let deadline = std::time::Instant::now() + timeout;
     let (parts, body) = req.into_parts();
-    let Some(name) = invoke_target(&parts.method, parts.uri.path()) else {
-        return ApiError::NoRoute.into_response();
-    };
     let (p, own) = match principal_and_tenant(&st, &parts.headers).await {
         Ok(found) => found,
         Err(e) => return e.into_response(),
@@ -216,14 +194,14 @@ where
             None => Err(ApiError::RequestTimeout(timeout)),
         }
     };
-    agents::invoke_core(&st, &p, own, parts.headers.get(TENANT_HEADER), name, body, Some(deadline))
+    agents::invoke_core(&st, &p, own, parts.headers.get(TENANT_HEADER), &agent, body, Some(deadline))
         .await
         .into_response()
 }
 
 /// A whole request body of at most `limit` bytes: refused at once when its declared
 /// length is larger, else as soon as more arrives.
-async fn read_body<B>(body: B, headers: &HeaderMap, limit: usize) -> ApiResult<axum::body::Bytes>
+pub(super) async fn read_body<B>(body: B, headers: &HeaderMap, limit: usize) -> ApiResult<axum::body::Bytes>
 where
     B: axum::body::HttpBody<Data = axum::body::Bytes>,
     B::Error: Into<axum::BoxError>,

@@ -128,7 +128,7 @@ impl WasiView for HostState {
 
 /// The WASI an agent sees: stdout and stderr into its log, no network, no files, no
 /// environment, no arguments (the builder's defaults grant none of those).
-pub fn sandbox_wasi(log: &crate::runtime::logbuf::LogSink) -> WasiCtx {
+fn sandbox_wasi(log: &crate::runtime::logbuf::LogSink) -> WasiCtx {
     wasmtime_wasi::WasiCtxBuilder::new()
         .stdout(log.stdout())
         .stderr(log.stderr())
