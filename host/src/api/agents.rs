@@ -515,10 +515,10 @@ pub async fn invoke(
 }
 
 /// An invocation by `p` of agent `name`: RBAC, the tenant (`named` by a platform-admin; `own`
-/// is `p`'s own tenant record if the caller has just read it), its
-/// rate quota, then the `body` (read only once the rate allows it), the agent, the tenant's
-/// concurrency quota and the agent's pool; the outcome as the response. The invocation ends
-/// by `deadline` (the request's) if that comes before its own timeout.
+/// is `p`'s own tenant record if the caller has just read it), its rate quota, then the
+/// `body` (read only once the rate allows it), the agent, the tenant's concurrency quota and
+/// the agent's pool; the outcome as the response. The invocation ends by `deadline` (the
+/// request's) if that comes before its own timeout.
 pub(super) async fn invoke_core(
     st: &AppState,
     p: &Principal,
@@ -556,10 +556,7 @@ pub(super) async fn invoke_core(
     let _slot = d.shared.pool.clone().try_acquire_owned().map_err(|_| {
         ApiError::PoolFull(format!("agent {name:?} already runs {} invocations", d.record.max_concurrency))
     })?;
-    let ctx = match deadline {
-        Some(deadline) => st.deployed_context_until(&d, &t.quotas, deadline),
-        None => st.deployed_context(&d, &t.quotas),
-    };
+    let ctx = st.deployed_context_until(&d, &t.quotas, deadline);
     let report = st.runtime.invoke(&d.module, &ctx, &st.limits_for(&d.record, &t.quotas), &input).await;
     st.account(&d, &report);
 

@@ -314,9 +314,14 @@ impl AppState {
     }
 
     /// [`Self::deployed_context`] for an invocation that must end by `deadline` (its
-    /// request's), whatever its own timeout; the agents it calls end by then too.
-    pub fn deployed_context_until(&self, d: &Deployed, q: &Quotas, deadline: std::time::Instant) -> AgentContext {
-        self.deployed_context_with(d, q, self.no_callers.clone(), Some(deadline))
+    /// request's, if any), whatever its own timeout; the agents it calls end by then too.
+    pub fn deployed_context_until(
+        &self,
+        d: &Deployed,
+        q: &Quotas,
+        deadline: Option<std::time::Instant>,
+    ) -> AgentContext {
+        self.deployed_context_with(d, q, self.no_callers.clone(), deadline)
     }
 
     /// The context of a deployed agent called by `callers` (outermost first), within
