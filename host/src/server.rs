@@ -14,7 +14,7 @@ use axum::http::header::HeaderName;
 use axum::http::{HeaderValue, Request};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -123,6 +123,59 @@ pub struct Edge {
     router: axum::Router,
     body_limit: usize,
     timeout: Duration,
+    /// The connection this copy serves, when a [`watchdog`] watches it.
+    activity: Option<Arc<Activity>>,
+}
+
+/// What a connection has done, for its [`watchdog`]: requests begun and responses ended
+/// (a streamed response ends when its body does). Written only by the connection's own
+/// task and read once per watchdog tick, so the hot path shares no cache line across cores.
+#[derive(Debug, Default)]
+struct Activity {
+    begun: AtomicU64,
+    ended: AtomicU64,
+}
+
+impl Activity {
+    fn end(&self) {
+        self.ended.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts its response as ended when dropped: with the response for a whole body, with the
+/// body for a streamed one.
+struct Ended(Arc<Activity>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// A streamed response body that tells its connection's watchdog when it is done.
+struct Tracked<B> {
+    body: B,
+    _ended: Ended,
+}
+
+impl<B: HttpBody + Unpin> HttpBody for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Where [`Edge`] sends a request: invocations straight to [`api::invoke_direct`], the rest
@@ -154,6 +207,13 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let id = RequestId::next();
+        let activity = self.activity.clone();
+        if let Some(a) = &activity {
+            a.begun.fetch_add(1, Ordering::Relaxed);
+        }
+        // Ends the request for the watchdog however its future ends (dropped included),
+        // unless the response streams on.
+        let mut ended = activity.map(Ended);
         let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
         let lane = match api::invoke_target(req.method(), req.uri().path()).map(str::to_owned) {
             // Bounded inside: the body read by the request timeout, the invocation by its own
@@ -179,6 +239,12 @@ where
                     },
                 };
                 resp.headers_mut().insert(REQUEST_ID, id.header_value());
+                if resp.body().size_hint().exact().is_none()
+                    && let Some(ended) = ended.take()
+                {
+                    // A stream: the connection is busy until its body ends.
+                    resp = resp.map(|body| axum::body::Body::new(Tracked { body, _ended: ended }));
+                }
                 Ok(resp)
             }
             .instrument(span),
@@ -190,7 +256,7 @@ where
 pub fn service(state: Arc<AppState>) -> Edge {
     let timeout = Duration::from_millis(state.config.http.request_timeout_ms);
     let body_limit = state.config.http.body_limit_bytes;
-    Edge { router: api::router(state.clone()), state, body_limit, timeout }
+    Edge { router: api::router(state.clone()), state, body_limit, timeout, activity: None }
 }
 
 /// [`service`] as a router, for in-process callers (`oneshot`).
@@ -199,7 +265,9 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
 }
 
 /// Serve on `listener` until `shutdown` resolves, then drain in-flight requests within
-/// the configured grace period.
+/// the configured grace period. A connection that has no request in progress for the
+/// header timeout (a request whose headers come too slowly, or an idle keep-alive) is
+/// closed by its [`watchdog`].
 pub async fn serve(
     state: Arc<AppState>,
     listener: TcpListener,
@@ -227,17 +295,20 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
-        let svc = TowerToHyperService::new(app.clone());
+        let activity = Arc::new(Activity::default());
+        let svc = TowerToHyperService::new(Edge { activity: Some(activity.clone()), ..app.clone() });
+        // No hyper header-read timer: it is armed and cleared around every request a
+        // keep-alive connection waits for; the watchdog ticks a few times per timeout instead.
         let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
+            .header_read_timeout(None)
             .serve_connection(TokioIo::new(stream), svc);
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        let served = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection closed with an error");
             }
         });
+        tokio::spawn(watchdog(activity, header_timeout, served));
     }
     drop(listener);
     tracing::info!("shutting down: draining in-flight requests");
@@ -246,6 +317,37 @@ pub async fn serve(
     }
     state.halt_watchers().await;
     Ok(())
+}
+
+/// Watch a connection served by the task `served`: once it has had no request in progress
+/// for `limit` (headers that come too slowly, or a keep-alive left idle), close it. Ticks
+/// four times per `limit`, so a quiet connection closes between `limit` and 1.25 `limit`
+/// after its last request began or ended.
+async fn watchdog(activity: Arc<Activity>, limit: Duration, mut served: tokio::task::JoinHandle<()>) {
+    const TICKS: u32 = 4;
+    let tick = (limit / TICKS).max(Duration::from_millis(1));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = (0, 0);
+    let mut quiet = 0;
+    loop {
+        tokio::select! {
+            _ = &mut served => return,
+            _ = ticker.tick() => {}
+        }
+        let now = (activity.begun.load(Ordering::Relaxed), activity.ended.load(Ordering::Relaxed));
+        if now != seen || now.0 != now.1 {
+            seen = now;
+            quiet = 0;
+            continue;
+        }
+        quiet += 1;
+        if quiet >= TICKS {
+            tracing::debug!(?limit, "closing a connection without a request in progress");
+            served.abort();
+            return;
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -622,6 +622,14 @@ async fn a_client_that_sends_headers_slowly_is_disconnected() {
     assert!(elapsed >= Duration::from_millis(400), "closed after {elapsed:?}, before the header timeout");
     let text = String::from_utf8_lossy(&buf);
     assert!(!text.contains("200 OK"), "answered an incomplete request: {text}");
+    // A keep-alive connection left idle after a request is closed by the same timeout.
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(read.is_ok(), "an idle keep-alive connection stayed open for 5 s: {text}");
+    assert!(text.starts_with("HTTP/1.1 200 OK") && text.ends_with("ok"), "{text}");
     // The server still serves.
     let r = s.client.get(s.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);

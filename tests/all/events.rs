@@ -61,12 +61,17 @@ async fn events_list_and_stream_the_tenants_writes_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_following_stream_delivers_a_write_made_after_it_connected() {
-    let s = Server::start().await;
+    // A short header timeout: the stream, a response still going on, must outlive it.
+    let s = Server::start_with(|c| c.http.header_timeout_ms = 200).await;
     let a = s.developer_in("alpha").await;
     let kv = s.upload(&a, art::KV).await;
     s.deploy(&a, "kv", &kv, json!({})).await;
+    let hostile = s.upload(&a, art::HOSTILE).await;
+    s.deploy(&a, "hostile", &hostile, json!({})).await;
     let mut r = s.req(Method::GET, "/v1/events/stream", &a).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    // Three header timeouts pass while the stream waits (and while this invocation runs).
+    s.invoke_ok(&a, "hostile", "sleep:600").await;
     s.invoke_ok(&a, "kv", r#"put:live/k={"x":1}"#).await;
     let mut body = String::new();
     let found = tokio::time::timeout(Duration::from_secs(10), async {
