@@ -52,9 +52,23 @@ async fn agent_lifecycle_from_upload_to_delete() {
     assert_eq!(s.invoke_ok(&dev, "svc", "config:reject").await, "none");
 
     // Logs of the agent's own log calls.
-    assert_eq!(s.invoke_ok(&dev, "svc", "log:lifecycle-marker").await, "logged");
+    let r = s.req(Method::POST, "/v1/agents/svc/invoke", &dev).body("log:lifecycle-marker").send().await.unwrap();
+    let id = r.headers()["x-cortex-invocation"].to_str().unwrap().to_owned();
+    assert_eq!(r.text().await.unwrap(), "logged");
     let logs = s.get_json(&dev, "/v1/agents/svc/logs").await;
-    assert!(logs.to_string().contains("lifecycle-marker"), "{logs}");
+    let line = logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["message"].as_str().is_some_and(|m| m.starts_with("lifecycle-marker")))
+        .unwrap_or_else(|| panic!("no log line: {logs}"));
+    assert_eq!(line["invocation"], id, "the log line names the invocation of the response header: {logs}");
+    // Every invocation has an id of its own, the one the agent sees.
+    let r = s.req(Method::POST, "/v1/agents/svc/invoke", &dev).body("whoami").send().await.unwrap();
+    let other = r.headers()["x-cortex-invocation"].to_str().unwrap().to_owned();
+    let who: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(who["invocation"], other);
+    assert_ne!(other, id);
 
     // Upgrade to another module: the counter runs now.
     let r =

@@ -530,7 +530,8 @@ pub(super) async fn invoke_core(
 ) -> ApiResult<Response> {
     authorize(p, Action::Invoke)?;
     let t = tenant_scope_known(st, p, named, own).await?;
-    st.limiters.take(&t.name, &t.quotas).map_err(|retry| {
+    let limiter = st.limiters.of(&t.name, &t.quotas);
+    limiter.take().map_err(|retry| {
         too_many(
             st,
             &t.name,
@@ -544,7 +545,7 @@ pub(super) async fn invoke_core(
     if !AppState::is_running(&d) {
         return Err(ApiError::Conflict { code: "agent_stopped", message: format!("agent {name:?} is stopped") });
     }
-    let _tenant_slot = st.limiters.enter(&t.name, &t.quotas).ok_or_else(|| {
+    let _tenant_slot = limiter.enter().ok_or_else(|| {
         too_many(
             st,
             &t.name,
@@ -578,13 +579,30 @@ pub(super) async fn invoke_core(
     let h = resp.headers_mut();
     let s = &report.stats;
     h.insert(OUTCOME_HEADER, HeaderValue::from_static(code));
-    if let Ok(v) = HeaderValue::from_str(&report.id) {
+    if let Some(v) = header_value_of(report.id) {
         h.insert(INVOCATION_HEADER, v);
     }
     h.insert(FUEL_HEADER, HeaderValue::from(s.fuel_used));
     h.insert(DURATION_HEADER, HeaderValue::from(u64::try_from(s.wall_time.as_micros()).unwrap_or(u64::MAX)));
     h.insert(PEAK_MEMORY_HEADER, HeaderValue::from(s.peak_memory));
     Ok(resp)
+}
+
+/// `v` as a header value, formatted on the stack; `None` past 64 bytes or for bytes a header
+/// cannot hold.
+fn header_value_of(v: impl std::fmt::Display) -> Option<HeaderValue> {
+    struct Buf([u8; 64], usize);
+    impl std::fmt::Write for Buf {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let end = self.1 + s.len();
+            self.0.get_mut(self.1..end).ok_or(std::fmt::Error)?.copy_from_slice(s.as_bytes());
+            self.1 = end;
+            Ok(())
+        }
+    }
+    let mut buf = Buf([0; 64], 0);
+    std::fmt::write(&mut buf, format_args!("{v}")).ok()?;
+    HeaderValue::from_bytes(&buf.0[..buf.1]).ok()
 }
 
 #[derive(Deserialize)]

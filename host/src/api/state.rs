@@ -90,11 +90,12 @@ impl Shared {
         if lines.is_empty() {
             return;
         }
+        let invocation = report.id.to_string();
         let mut ring = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
         let time_ms = now_ms();
         for (stream, level, message) in lines {
             let seq = self.log_seq.fetch_add(1, Ordering::Relaxed) + 1;
-            ring.push_back(LogLine { seq, time_ms, invocation: report.id.clone(), stream, level, message });
+            ring.push_back(LogLine { seq, time_ms, invocation: invocation.clone(), stream, level, message });
             while ring.len() > self.ring {
                 ring.pop_front();
             }
@@ -501,11 +502,12 @@ impl AppState {
         // The wait lets the bucket refill for a few deliveries, so that a backlog is not
         // re-read for every single token.
         let refill = Duration::from_millis((8_000 / u64::from(quotas.invocations_per_second.max(1))).clamp(20, 1000));
-        if self.limiters.take(tenant, &quotas).is_err() {
+        let limiter = self.limiters.of(tenant, &quotas);
+        if limiter.take().is_err() {
             self.metrics.refused(tenant, "rate_limited");
             return Delivery::Throttled(refill);
         }
-        let Some(_tenant_slot) = self.limiters.enter(tenant, &quotas) else {
+        let Some(_tenant_slot) = limiter.enter() else {
             self.metrics.refused(tenant, "concurrency_quota");
             return Delivery::Throttled(Duration::from_millis(20));
         };
@@ -618,14 +620,15 @@ impl AppState {
         if std::time::Instant::now() >= from.deadline {
             return Err(MessagingError::DeadlineExceeded);
         }
-        if self.limiters.take(&from.tenant, &quotas).is_err() {
+        let limiter = self.limiters.of(&from.tenant, &quotas);
+        if limiter.take().is_err() {
             self.metrics.refused(&from.tenant, "rate_limited");
             return Err(MessagingError::Unavailable(format!(
                 "over the tenant's {} invocations per second; retry later",
                 quotas.invocations_per_second
             )));
         }
-        let Some(_tenant_slot) = self.limiters.enter(&from.tenant, &quotas) else {
+        let Some(_tenant_slot) = limiter.enter() else {
             self.metrics.refused(&from.tenant, "concurrency_quota");
             return Err(MessagingError::Unavailable(format!(
                 "over the tenant's {} concurrent invocations; retry later",

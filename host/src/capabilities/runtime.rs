@@ -20,7 +20,7 @@ pub struct RuntimeCtx {
     /// Agent of the invocation.
     pub agent: Arc<str>,
     /// Id of the invocation.
-    pub invocation: String,
+    pub invocation: crate::runtime::InvocationId,
     /// The agent's configuration.
     pub config: Arc<BTreeMap<String, String>>,
     /// Where log records go.
@@ -31,7 +31,7 @@ impl Host for HostState {
     fn whoami(&mut self) -> wasmtime::Result<Identity> {
         self.calls.charge(Interface::Runtime)?;
         let r = &self.runtime;
-        Ok(Identity { tenant: r.tenant.to_string(), agent: r.agent.to_string(), invocation: r.invocation.clone() })
+        Ok(Identity { tenant: r.tenant.to_string(), agent: r.agent.to_string(), invocation: r.invocation.to_string() })
     }
 
     fn config(&mut self, key: String) -> wasmtime::Result<Option<String>> {

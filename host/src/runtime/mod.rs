@@ -192,7 +192,7 @@ pub enum Export<'a> {
 #[derive(Debug, Clone)]
 pub struct Report {
     /// The invocation's id.
-    pub id: String,
+    pub id: InvocationId,
     /// How it ended.
     pub outcome: Outcome,
     /// What it consumed.
@@ -218,10 +218,25 @@ impl std::fmt::Debug for Runtime {
 
 static INVOCATIONS: AtomicU64 = AtomicU64::new(0);
 
-fn invocation_id() -> String {
-    let n = INVOCATIONS.fetch_add(1, Ordering::Relaxed);
-    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    format!("{ms:x}-{}-{n:x}", crate::telemetry::pid())
+/// An invocation's id, `<process start, ms since the Unix epoch, hex>-<pid>-<sequence hex>`:
+/// unique across the node's restarts, and formatted only where it is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InvocationId(u64);
+
+impl InvocationId {
+    fn next() -> Self {
+        Self(INVOCATIONS.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl std::fmt::Display for InvocationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        static STARTED_MS: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+        let ms = STARTED_MS.get_or_init(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
+        });
+        write!(f, "{ms:x}-{}-{:x}", crate::telemetry::pid(), self.0)
+    }
 }
 
 /// Hex SHA-256 of `bytes`: a module's address.
@@ -306,7 +321,7 @@ impl Runtime {
 
     /// Call one export once in a fresh sandbox.
     pub async fn call(&self, module: &Module, agent: &AgentContext, limits: &Limits, export: Export<'_>) -> Report {
-        let id = invocation_id();
+        let id = InvocationId::next();
         let span = tracing::info_span!("invocation", tenant = %agent.tenant, agent = %agent.agent, invocation = %id);
         self.call_inner(module, agent, limits, export, id).instrument(span).await
     }
@@ -317,7 +332,7 @@ impl Runtime {
         agent: &AgentContext,
         limits: &Limits,
         export: Export<'_>,
-        id: String,
+        id: InvocationId,
     ) -> Report {
         let start = Instant::now();
         // A callee runs within what is left of its caller's time.
@@ -340,7 +355,7 @@ impl Runtime {
             runtime: RuntimeCtx {
                 tenant: agent.tenant.clone(),
                 agent: agent.agent.clone(),
-                invocation: id.clone(),
+                invocation: id,
                 config: agent.config.clone(),
                 log: log.clone(),
             },
