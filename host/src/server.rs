@@ -299,8 +299,10 @@ pub async fn serve(
         let svc = TowerToHyperService::new(Edge { activity: Some(activity.clone()), ..app.clone() });
         // No hyper header-read timer: it is armed and cleared around every request a
         // keep-alive connection waits for; the watchdog ticks a few times per timeout instead.
+        // Responses are small: one flattened buffer and one send, not a vectored write.
         let conn = hyper::server::conn::http1::Builder::new()
             .header_read_timeout(None)
+            .writev(false)
             .serve_connection(TokioIo::new(stream), svc);
         let conn = graceful.watch(conn);
         let served = tokio::spawn(async move {

@@ -6,6 +6,7 @@
 //! SHA-256 hashes and can be revoked.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -182,7 +183,46 @@ pub struct Verifier {
     /// The HS256 secret, for minting development tokens.
     hs_secret: Option<Vec<u8>>,
     /// Verified tokens and their principals, until they expire (`exp`, seconds).
-    verified: Mutex<HashMap<String, (u64, Principal)>>,
+    verified: Mutex<HashMap<u64, Verified, BuildHasherDefault<TailHasher>>>,
+}
+
+/// A verified token in the cache, under the [`tail`] of its signature.
+struct Verified {
+    token: Box<str>,
+    exp: u64,
+    principal: Principal,
+}
+
+/// The last 8 bytes of a token, which end its signature: keys for the verified-token cache
+/// that cost nothing to hash. A signature cannot be chosen without the signing key, so
+/// callers cannot crowd one slot of the map; a token that only shares the tail of a cached
+/// one fails the comparison of whole tokens and is verified.
+fn tail(token: &str) -> u64 {
+    let mut last = [0u8; 8];
+    let b = token.as_bytes();
+    let n = b.len().min(8);
+    last[..n].copy_from_slice(&b[b.len() - n..]);
+    u64::from_le_bytes(last)
+}
+
+/// Hashes a [`tail`]: a multiply spreads its bits.
+#[derive(Default)]
+struct TailHasher(u64);
+
+impl std::hash::Hasher for TailHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 impl std::fmt::Debug for Verifier {
@@ -258,16 +298,18 @@ impl Verifier {
         } else {
             return Err(AuthError::Config(format!("{} needs auth.public_key_file or auth.jwks_file", cfg.algorithm)));
         };
-        Ok(Self { validation, keys, hs_secret, verified: Mutex::new(HashMap::new()) })
+        Ok(Self { validation, keys, hs_secret, verified: Mutex::default() })
     }
 
     /// The principal of a bearer token, remembering verified tokens until they expire.
     pub fn principal(&self, token: &str) -> Result<Principal, AuthError> {
         let now = crate::registry::now_ms() / 1000;
-        if let Some((exp, p)) = self.verified.lock().unwrap_or_else(PoisonError::into_inner).get(token)
-            && *exp > now
+        let key = tail(token);
+        if let Some(v) = self.verified.lock().unwrap_or_else(PoisonError::into_inner).get(&key)
+            && v.exp > now
+            && *v.token == *token
         {
-            return Ok(p.clone());
+            return Ok(v.principal.clone());
         }
         let claims = self.verify(token)?;
         let exp = claims.exp;
@@ -276,7 +318,7 @@ impl Verifier {
         if cache.len() >= MAX_CACHED_TOKENS {
             cache.clear();
         }
-        cache.insert(token.to_owned(), (exp, p.clone()));
+        cache.insert(key, Verified { token: token.into(), exp, principal: p.clone() });
         Ok(p)
     }
 
@@ -346,6 +388,40 @@ mod tests {
         assert_eq!(row(ReadLogs), [true, true, true, true]);
         assert_eq!(row(ReadAudit), [false, false, true, true]);
         assert_eq!(row(ManageKeys), [false, false, true, true]);
+    }
+
+    #[test]
+    fn a_cached_token_vouches_only_for_itself() {
+        let dir = std::env::temp_dir().join(format!("cortex-verifier-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = AuthConfig::default();
+        let v = Verifier::new(&cfg, &dir).unwrap();
+        let claims = |tenant: &str, role: &str| Claims {
+            sub: "someone".into(),
+            iss: cfg.issuer.clone(),
+            aud: cfg.audience.clone(),
+            exp: crate::registry::now_ms() / 1000 + 600,
+            iat: None,
+            tenant: Some(tenant.into()),
+            role: role.into(),
+        };
+        let token = v.mint(&claims("alpha", "observer")).unwrap();
+        assert_eq!(v.principal(&token).unwrap().role, Role::Observer);
+        // Cached now. The same signature under other claims (another tenant, a stronger
+        // role) shares the cache slot of the verified token, and must still be refused.
+        let forged_claims = v.mint(&claims("beta", "tenant-admin")).unwrap();
+        let payload = forged_claims.split('.').nth(1).unwrap();
+        let mut parts = token.split('.');
+        let (head, _, sig) = (parts.next().unwrap(), parts.next(), parts.next().unwrap());
+        let forged = format!("{head}.{payload}.{sig}");
+        assert_eq!(tail(&forged), tail(&token));
+        assert!(matches!(v.principal(&forged), Err(AuthError::Invalid(_))), "a forged token was let in");
+        // The genuine token still answers from the cache, and a second genuine one too.
+        assert_eq!(v.principal(&token).unwrap().tenant.as_deref(), Some("alpha"));
+        let other = v.mint(&claims("beta", "developer")).unwrap();
+        assert_eq!(v.principal(&other).unwrap().tenant.as_deref(), Some("beta"));
+        assert_eq!(v.principal(&token).unwrap().tenant.as_deref(), Some("alpha"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
