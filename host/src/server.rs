@@ -4,18 +4,17 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::HttpBody;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header::HeaderName;
-use axum::http::{HeaderValue, Request};
+use axum::http::{HeaderValue, Request, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::Service;
@@ -130,10 +129,12 @@ pub struct Edge {
 /// What a connection has done, for its [`watchdog`]: requests begun and responses ended
 /// (a streamed response ends when its body does). Written only by the connection's own
 /// task and read once per watchdog tick, so the hot path shares no cache line across cores.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Activity {
     begun: AtomicU64,
     ended: AtomicU64,
+    /// Set for the whole server once it shuts down: responses then close their connection.
+    closing: Arc<AtomicBool>,
 }
 
 impl Activity {
@@ -239,6 +240,10 @@ where
                     },
                 };
                 resp.headers_mut().insert(REQUEST_ID, id.header_value());
+                if ended.as_ref().is_some_and(|e| e.0.closing.load(Ordering::Relaxed)) {
+                    // Shutting down: the client must not send another request here.
+                    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 if resp.body().size_hint().exact().is_none()
                     && let Some(ended) = ended.take()
                 {
@@ -276,7 +281,10 @@ pub async fn serve(
     let header_timeout = Duration::from_millis(state.config.http.header_timeout_ms);
     let grace = Duration::from_millis(state.config.http.shutdown_grace_ms);
     let app = service(state.clone());
-    let graceful = GracefulShutdown::new();
+    let closing = Arc::new(AtomicBool::new(false));
+    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
+    // Each watchdog holds a sender; all are gone once every connection has closed.
+    let (drained_tx, mut drained) = tokio::sync::mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -295,7 +303,8 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
-        let activity = Arc::new(Activity::default());
+        let activity =
+            Arc::new(Activity { begun: AtomicU64::new(0), ended: AtomicU64::new(0), closing: closing.clone() });
         let svc = TowerToHyperService::new(Edge { activity: Some(activity.clone()), ..app.clone() });
         // No hyper header-read timer: it is armed and cleared around every request a
         // keep-alive connection waits for; the watchdog ticks a few times per timeout instead.
@@ -304,40 +313,77 @@ pub async fn serve(
             .header_read_timeout(None)
             .writev(false)
             .serve_connection(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn);
         let served = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection closed with an error");
             }
         });
-        tokio::spawn(watchdog(activity, header_timeout, served));
+        let watch =
+            Watch { activity, limit: header_timeout, closing: closing_rx.clone(), _drained: drained_tx.clone() };
+        tokio::spawn(watchdog(watch, served));
     }
     drop(listener);
     tracing::info!("shutting down: draining in-flight requests");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    closing.store(true, Ordering::Relaxed);
+    closing_tx.send_replace(true);
+    drop(drained_tx);
+    if tokio::time::timeout(grace, drained.recv()).await.is_err() {
         tracing::warn!(?grace, "in-flight requests did not finish within the grace period");
     }
     state.halt_watchers().await;
     Ok(())
 }
 
-/// Watch a connection served by the task `served`: once it has had no request in progress
-/// for `limit` (headers that come too slowly, or a keep-alive left idle), close it. Ticks
-/// four times per `limit`, so a quiet connection closes between `limit` and 1.25 `limit`
-/// after its last request began or ended.
-async fn watchdog(activity: Arc<Activity>, limit: Duration, mut served: tokio::task::JoinHandle<()>) {
+/// What a connection's [`watchdog`] watches.
+struct Watch {
+    activity: Arc<Activity>,
+    /// How long the connection may go without a request in progress.
+    limit: Duration,
+    /// Turns `true` when the server shuts down.
+    closing: tokio::sync::watch::Receiver<bool>,
+    /// Dropped when the watchdog ends: the server drains until all are dropped.
+    _drained: tokio::sync::mpsc::Sender<()>,
+}
+
+/// Watch a connection served by the task `served`, on a task of its own (the connection's
+/// task polls nothing but the connection):
+/// - once it has had no request in progress for `limit` (headers that come too slowly, or a
+///   keep-alive left idle), close it. Ticks four times per `limit`, so a quiet connection
+///   closes between `limit` and 1.25 `limit` after its last request began or ended;
+/// - once the server shuts down, close it as soon as no request is in progress (responses
+///   sent meanwhile carry `connection: close`, so clients send no more).
+async fn watchdog(mut w: Watch, mut served: tokio::task::JoinHandle<()>) {
     const TICKS: u32 = 4;
-    let tick = (limit / TICKS).max(Duration::from_millis(1));
+    /// How often a connection is checked for idleness while the server shuts down.
+    const DRAIN_TICK: Duration = Duration::from_millis(10);
+    let tick = (w.limit / TICKS).max(Duration::from_millis(1));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen = (0, 0);
     let mut quiet = 0;
+    let mut draining = *w.closing.borrow();
     loop {
+        let now = (w.activity.begun.load(Ordering::Relaxed), w.activity.ended.load(Ordering::Relaxed));
+        if draining && now.0 == now.1 {
+            served.abort();
+            return;
+        }
         tokio::select! {
             _ = &mut served => return,
             _ = ticker.tick() => {}
+            changed = w.closing.changed(), if !draining => {
+                // A dropped sender means the server is gone: drain as well.
+                if changed.is_err() || *w.closing.borrow() {
+                    draining = true;
+                    ticker = tokio::time::interval(DRAIN_TICK);
+                }
+                continue;
+            }
         }
-        let now = (activity.begun.load(Ordering::Relaxed), activity.ended.load(Ordering::Relaxed));
+        if draining {
+            continue;
+        }
+        let now = (w.activity.begun.load(Ordering::Relaxed), w.activity.ended.load(Ordering::Relaxed));
         if now != seen || now.0 != now.1 {
             seen = now;
             quiet = 0;
@@ -345,7 +391,7 @@ async fn watchdog(activity: Arc<Activity>, limit: Duration, mut served: tokio::t
         }
         quiet += 1;
         if quiet >= TICKS {
-            tracing::debug!(?limit, "closing a connection without a request in progress");
+            tracing::debug!(limit = ?w.limit, "closing a connection without a request in progress");
             served.abort();
             return;
         }
