@@ -72,14 +72,7 @@ fn measure(rt: &tokio::runtime::Runtime, lang: &str) -> Row {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let store = Arc::new(EmbeddedStore::open(&dir.path().join("store")).unwrap());
-    let agent = AgentContext {
-        tenant: "bench".into(),
-        agent: "bench".into(),
-        config: Arc::default(),
-        store,
-        stored_bytes_quota: None,
-        messaging: None,
-    };
+    let agent = AgentContext::new("bench", "bench", Default::default(), store);
 
     // First load: compile (and write the cache).
     let runtime = Runtime::new(EngineConfig::default(), Some(&cache)).unwrap();

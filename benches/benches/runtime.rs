@@ -57,14 +57,7 @@ impl Cortex {
         let runtime = Runtime::new(cfg, None).unwrap();
         let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
         rt.block_on(store.put(&Scope::new("bench", "bench"), "c", "k", r#"{"n":1}"#, None)).unwrap();
-        let agent = AgentContext {
-            tenant: "bench".into(),
-            agent: "bench".into(),
-            config: Arc::default(),
-            store,
-            stored_bytes_quota: None,
-            messaging: None,
-        };
+        let agent = AgentContext::new("bench", "bench", Default::default(), store);
         Self { runtime, agent, _dir: dir }
     }
 

@@ -227,14 +227,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let agent_name = args.agent.file_stem().map_or_else(|| "agent".to_owned(), |s| s.to_string_lossy().into_owned());
-    let agent = AgentContext {
-        tenant: args.tenant.as_str().into(),
-        agent: agent_name.into(),
-        config: Arc::new(config),
-        store: Arc::new(store),
-        stored_bytes_quota: None,
-        messaging: None,
-    };
+    let agent = AgentContext::new(&args.tenant, &agent_name, config, Arc::new(store));
     let report = runtime.invoke(&module, &agent, &limits, &input).await;
     if !args.quiet {
         for line in String::from_utf8_lossy(&report.logs.stdout).lines() {

@@ -44,14 +44,7 @@ impl Sandbox {
     }
 
     pub fn agent_with_config(&self, tenant: &str, name: &str, config: BTreeMap<String, String>) -> AgentContext {
-        AgentContext {
-            tenant: tenant.into(),
-            agent: name.into(),
-            config: Arc::new(config),
-            store: self.store.clone(),
-            stored_bytes_quota: None,
-            messaging: None,
-        }
+        AgentContext::new(tenant, name, config, self.store.clone())
     }
 
     pub async fn invoke(&self, module: &Module, input: &str, limits: &Limits) -> Report {

@@ -299,12 +299,8 @@ impl AppState {
     /// agent's context.
     pub fn context(&self, record: &AgentRecord, q: &Quotas) -> AgentContext {
         AgentContext {
-            tenant: record.tenant.as_str().into(),
-            agent: record.name.as_str().into(),
-            config: Arc::new(record.config.clone()),
-            store: self.registry.store().clone(),
             stored_bytes_quota: Some(q.stored_bytes),
-            messaging: None,
+            ..AgentContext::new(&record.tenant, &record.name, record.config.clone(), self.registry.store().clone())
         }
     }
 

@@ -10,27 +10,36 @@ use super::bindings::cortex::agent::documents::{self as wit, Host};
 use super::{HostState, Interface};
 use crate::store::{self, KeyLimits, Scope, Store, StoreError, WriteOp};
 
-/// What the documents capability needs: a store, the caller's scope and the size limits.
-#[derive(Clone)]
-pub struct DocumentsCtx {
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) scope: Scope,
-    pub(crate) limits: KeyLimits,
+/// What the documents capability needs, borrowed from the invocation's state: the store,
+/// the caller's scope and the size limits.
+#[derive(Clone, Copy)]
+pub struct DocumentsCtx<'a> {
+    pub(crate) store: &'a Arc<dyn Store>,
+    pub(crate) scope: &'a Scope,
+    pub(crate) limits: &'a KeyLimits,
     stored_bytes_quota: Option<u64>,
 }
 
-impl std::fmt::Debug for DocumentsCtx {
+impl std::fmt::Debug for DocumentsCtx<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DocumentsCtx").field("scope", &self.scope).finish_non_exhaustive()
+        f.debug_struct("DocumentsCtx").field("scope", self.scope).finish_non_exhaustive()
     }
 }
 
-impl DocumentsCtx {
-    /// Documents of `scope`'s tenant in `store`, bounded by `limits` and the tenant's quota.
-    pub fn new(store: Arc<dyn Store>, scope: Scope, limits: KeyLimits, stored_bytes_quota: Option<u64>) -> Self {
-        Self { store, scope, limits, stored_bytes_quota }
+impl HostState {
+    /// The documents capability of this invocation.
+    pub(crate) fn documents(&self) -> DocumentsCtx<'_> {
+        let base = &*self.agent.base;
+        DocumentsCtx {
+            store: &base.store,
+            scope: &base.scope,
+            limits: &self.keys,
+            stored_bytes_quota: self.agent.stored_bytes_quota,
+        }
     }
+}
 
+impl DocumentsCtx<'_> {
     /// Refuse a write of `incoming` bytes that would take the tenant over its storage quota.
     ///
     /// Checked before the write; concurrent writers can overshoot by at most their own
@@ -53,10 +62,10 @@ fn name_error(e: store::keys::NameError) -> wit::Error {
     if e.is_size() { wit::Error::TooLarge(e.to_string()) } else { wit::Error::InvalidKey(e.to_string()) }
 }
 
-impl DocumentsCtx {
+impl DocumentsCtx<'_> {
     fn check_name(&self, collection: &str, key: &str) -> Result<(), wit::Error> {
-        store::check_collection(collection, &self.limits).map_err(name_error)?;
-        store::check_key(key, &self.limits).map_err(name_error)
+        store::check_collection(collection, self.limits).map_err(name_error)?;
+        store::check_key(key, self.limits).map_err(name_error)
     }
 
     fn check_value(&self, value: &str) -> Result<(), wit::Error> {
@@ -123,27 +132,27 @@ macro_rules! check {
 impl Host for HostState {
     async fn get(&mut self, collection: String, key: String) -> WitResult<Option<wit::Document>> {
         self.calls.charge(Interface::Documents)?;
-        let cx = &self.documents;
+        let cx = self.documents();
         check!(cx.check_name(&collection, &key));
-        let r = cx.store.get(&cx.scope, &collection, &key).await;
+        let r = cx.store.get(cx.scope, &collection, &key).await;
         cx.answer(r.map(|d| d.map(to_wit)))
     }
 
     async fn put(&mut self, collection: String, key: String, value: String, expected: Option<u64>) -> WitResult<u64> {
         self.calls.charge(Interface::Documents)?;
-        let cx = &self.documents;
+        let cx = self.documents();
         check!(cx.check_name(&collection, &key));
         check!(cx.check_value(&value));
         check!(cx.check_quota(value.len()).await);
-        let r = cx.store.put(&cx.scope, &collection, &key, &value, expected).await;
+        let r = cx.store.put(cx.scope, &collection, &key, &value, expected).await;
         cx.answer(r)
     }
 
     async fn delete(&mut self, collection: String, key: String, expected: Option<u64>) -> WitResult<bool> {
         self.calls.charge(Interface::Documents)?;
-        let cx = &self.documents;
+        let cx = self.documents();
         check!(cx.check_name(&collection, &key));
-        let r = cx.store.delete(&cx.scope, &collection, &key, expected).await;
+        let r = cx.store.delete(cx.scope, &collection, &key, expected).await;
         cx.answer(r)
     }
 
@@ -155,20 +164,20 @@ impl Host for HostState {
         cursor: Option<String>,
     ) -> WitResult<wit::Page> {
         self.calls.charge(Interface::Documents)?;
-        let cx = &self.documents;
-        check!(store::check_collection(&collection, &cx.limits).map_err(name_error));
-        check!(store::keys::check_prefix(&prefix, &cx.limits).map_err(name_error));
+        let cx = self.documents();
+        check!(store::check_collection(&collection, cx.limits).map_err(name_error));
+        check!(store::keys::check_prefix(&prefix, cx.limits).map_err(name_error));
         if let Some(c) = &cursor {
-            check!(store::check_key(c, &cx.limits).map_err(name_error));
+            check!(store::check_key(c, cx.limits).map_err(name_error));
         }
         let limit = limit.min(cx.limits.max_list);
-        let r = cx.store.list(&cx.scope, &collection, &prefix, limit, cursor.as_deref()).await;
+        let r = cx.store.list(cx.scope, &collection, &prefix, limit, cursor.as_deref()).await;
         cx.answer(r.map(|p| wit::Page { documents: p.documents.into_iter().map(to_wit).collect(), next: p.next }))
     }
 
     async fn transact(&mut self, ops: Vec<wit::Op>) -> WitResult<Vec<u64>> {
         self.calls.charge(Interface::Documents)?;
-        let cx = &self.documents;
+        let cx = self.documents();
         if ops.len() > cx.limits.max_transact_ops {
             return Ok(Err(wit::Error::TooLarge(format!(
                 "{} ops in one transaction, over the limit of {}",
@@ -185,7 +194,7 @@ impl Host for HostState {
         }
         let incoming = checked.iter().map(|op| if let WriteOp::Put { value, .. } = op { value.len() } else { 0 }).sum();
         check!(cx.check_quota(incoming).await);
-        let r = cx.store.transact(&cx.scope, &checked).await;
+        let r = cx.store.transact(cx.scope, &checked).await;
         cx.answer(r)
     }
 }

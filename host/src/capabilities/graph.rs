@@ -35,7 +35,7 @@ fn check_name(what: &str, name: &str) -> Result<(), wit::Error> {
 /// An agent of the invocation's tenant must exist. The invoking agent itself always does,
 /// even during the `init` of its first deploy (before its record is written), so an agent
 /// can link itself to others from `init`.
-async fn known_agent(cx: &DocumentsCtx, name: &str) -> Result<Result<(), wit::Error>, StoreError> {
+async fn known_agent(cx: DocumentsCtx<'_>, name: &str) -> Result<Result<(), wit::Error>, StoreError> {
     if let Err(e) = check_name("agent", name) {
         return Ok(Err(e));
     }
@@ -80,16 +80,16 @@ impl Host for HostState {
         if let Err(e) = check_name("kind", &kind) {
             return Ok(Err(e));
         }
-        let max = self.documents.limits.max_value_bytes;
+        let max = self.keys.max_value_bytes;
         if attributes.len() > max {
             return Ok(Err(wit::Error::TooLarge(format!("attributes are {} bytes, over {max}", attributes.len()))));
         }
         if serde_json::from_str::<serde::de::IgnoredAny>(&attributes).is_err() {
             return Ok(Err(wit::Error::InvalidArgument("attributes are not JSON".into())));
         }
-        check!(self, known_agent(&self.documents, &from).await);
-        check!(self, known_agent(&self.documents, &to).await);
-        let cx = &self.documents;
+        check!(self, known_agent(self.documents(), &from).await);
+        check!(self, known_agent(self.documents(), &to).await);
+        let cx = self.documents();
         let r = cx.store.link(&cx.scope.tenant, &from, &to, &kind, &attributes).await;
         self.graph_answer(r)
     }
@@ -101,7 +101,7 @@ impl Host for HostState {
                 return Ok(Err(e));
             }
         }
-        let cx = &self.documents;
+        let cx = self.documents();
         let r = cx.store.unlink(&cx.scope.tenant, &from, &to, &kind).await;
         self.graph_answer(r)
     }
@@ -119,7 +119,7 @@ impl Host for HostState {
         {
             return Ok(Err(e));
         }
-        let cx = &self.documents;
+        let cx = self.documents();
         let limit = limit.min(cx.limits.max_list) as usize;
         let r = cx.store.neighbours(&cx.scope.tenant, &agent, kind.as_deref(), direction(dir), limit).await;
         self.graph_answer(r.map(|edges| {
@@ -141,7 +141,7 @@ impl Host for HostState {
         {
             return Ok(Err(e));
         }
-        let limit = limit.min(self.documents.limits.max_list) as usize;
+        let limit = limit.min(self.keys.max_list) as usize;
         let depth = max_depth.min(MAX_DEPTH);
         let mut seen = BTreeSet::from([start.clone()]);
         let mut found = Vec::new();
@@ -152,7 +152,7 @@ impl Host for HostState {
             }
             // Each hop is a store read: it counts against the host-call budget.
             self.calls.charge(Interface::Graph)?;
-            let cx = &self.documents;
+            let cx = self.documents();
             let edges =
                 match cx.store.neighbours(&cx.scope.tenant, &agent, kind.as_deref(), direction(dir), limit).await {
                     Ok(e) => e,

@@ -113,6 +113,23 @@ pub struct MessagingCtx {
 
 type WitResult<T> = wasmtime::Result<Result<T, MessagingError>>;
 
+impl HostState {
+    /// The messaging capability of this invocation (built for each call: few agents send).
+    fn messaging(&self) -> MessagingCtx {
+        let link = self.agent.messaging.as_ref();
+        MessagingCtx {
+            messenger: link.map(|l| l.messenger.clone()),
+            caller: Caller {
+                tenant: self.agent.tenant().clone(),
+                agent: self.agent.agent().clone(),
+                callers: link.map_or_else(|| Arc::from([]), |l| l.callers.clone()),
+                deadline: self.deadline,
+            },
+            max_body: self.max_message,
+        }
+    }
+}
+
 impl MessagingCtx {
     fn messenger(&self) -> Result<&Arc<dyn Messenger>, MessagingError> {
         self.messenger
@@ -135,7 +152,7 @@ impl MessagingCtx {
 impl Host for HostState {
     async fn send(&mut self, agent: String, body: Vec<u8>, idempotency_key: Option<String>) -> WitResult<()> {
         self.calls.charge(Interface::Messaging)?;
-        let m = &self.messaging;
+        let m = self.messaging();
         let checked = check_agent(&agent).and_then(|()| m.check_body(&body)).and_then(|()| match &idempotency_key {
             Some(k) if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY => Err(MessagingError::InvalidArgument(format!(
                 "an idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes, not {}",
@@ -155,7 +172,7 @@ impl Host for HostState {
 
     async fn call(&mut self, agent: String, body: Vec<u8>) -> WitResult<Option<Vec<u8>>> {
         self.calls.charge(Interface::Messaging)?;
-        let m = &self.messaging;
+        let m = self.messaging();
         if let Err(e) = check_agent(&agent).and_then(|()| m.check_body(&body)) {
             return Ok(Err(e));
         }
@@ -168,7 +185,7 @@ impl Host for HostState {
 
     async fn publish(&mut self, topic: String, body: Vec<u8>) -> WitResult<()> {
         self.calls.charge(Interface::Messaging)?;
-        let m = &self.messaging;
+        let m = self.messaging();
         if !valid_topic(&topic) {
             return Ok(Err(MessagingError::InvalidArgument(format!(
                 "{topic:?} is not a topic name ([a-z0-9._-]{{1,128}})"

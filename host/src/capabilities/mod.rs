@@ -12,15 +12,17 @@ pub mod messaging;
 pub mod runtime;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::runtime::Limiter;
+use crate::runtime::logbuf::LogSink;
+use crate::runtime::{AgentContext, InvocationId, Limiter};
+use crate::store::KeyLimits;
 
 pub use self::documents::DocumentsCtx;
 pub use self::messaging::{Caller, MessagingCtx, MessagingError, MessagingLink, Messenger};
-pub use self::runtime::RuntimeCtx;
 
 /// Host bindings generated from `wit/`, in one place.
 pub(crate) mod bindings {
@@ -114,14 +116,21 @@ pub struct HostState {
     pub(crate) table: ResourceTable,
     pub(crate) limiter: Limiter,
     pub(crate) calls: HostCalls,
-    pub(crate) documents: DocumentsCtx,
-    pub(crate) runtime: RuntimeCtx,
-    pub(crate) messaging: MessagingCtx,
+    /// Who runs, and what it reaches: its capabilities read it from here.
+    pub(crate) agent: AgentContext,
+    pub(crate) invocation: InvocationId,
+    /// Where stdout, stderr and log records go.
+    pub(crate) log: LogSink,
+    pub(crate) keys: KeyLimits,
+    /// When the invocation's time is up: the agents it calls end by then too.
+    pub(crate) deadline: Instant,
+    /// Largest message body the agent may send.
+    pub(crate) max_message: usize,
 }
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        let log = &self.runtime.log;
+        let log = &self.log;
         WasiCtxView { ctx: self.wasi.get_or_insert_with(|| sandbox_wasi(log)), table: &mut self.table }
     }
 }

@@ -34,9 +34,7 @@ pub use self::validate::{Shape, World};
 
 use self::logbuf::LogSink;
 use self::outcome::FailureContext;
-use crate::capabilities::{
-    self, AgentError, Caller, ChangeEvent, DocumentsCtx, HostCalls, HostState, MessagingCtx, MessagingLink, RuntimeCtx,
-};
+use crate::capabilities::{self, AgentError, ChangeEvent, HostCalls, HostState, MessagingLink};
 use crate::store::{self as cstore, Scope};
 
 /// Why a component was refused at load. Each variant has a stable [`code`](LoadError::code).
@@ -153,17 +151,22 @@ impl std::fmt::Debug for Module {
     }
 }
 
+/// What an agent is and reaches while it is deployed: shared by all its invocations, so
+/// that starting one clones a single pointer.
+pub struct AgentBase {
+    /// Its tenant and name: the scope of every store call it makes.
+    pub scope: Scope,
+    /// Deploy-time configuration.
+    pub config: BTreeMap<String, String>,
+    /// Where documents live.
+    pub store: Arc<dyn cstore::Store>,
+}
+
 /// Who an invocation runs as, and what it can reach. Built by the host, never by a guest.
 #[derive(Clone)]
 pub struct AgentContext {
-    /// Tenant that owns the agent.
-    pub tenant: Arc<str>,
-    /// The agent's name.
-    pub agent: Arc<str>,
-    /// Deploy-time configuration.
-    pub config: Arc<BTreeMap<String, String>>,
-    /// Where documents live.
-    pub store: Arc<dyn cstore::Store>,
+    /// The agent, its configuration and its store.
+    pub base: Arc<AgentBase>,
     /// Most bytes of documents the tenant may store (`None`: no quota).
     pub stored_bytes_quota: Option<u64>,
     /// How the invocation reaches other agents, and a deadline inherited from a caller
@@ -171,9 +174,34 @@ pub struct AgentContext {
     pub messaging: Option<MessagingLink>,
 }
 
+impl AgentContext {
+    /// Agent `agent` of `tenant` with `config`, its documents in `store`; no storage quota
+    /// and no messaging until set.
+    pub fn new(tenant: &str, agent: &str, config: BTreeMap<String, String>, store: Arc<dyn cstore::Store>) -> Self {
+        Self {
+            base: Arc::new(AgentBase { scope: Scope::new(tenant, agent), config, store }),
+            stored_bytes_quota: None,
+            messaging: None,
+        }
+    }
+
+    /// The tenant that owns the agent.
+    pub fn tenant(&self) -> &Arc<str> {
+        &self.base.scope.tenant
+    }
+
+    /// The agent's name.
+    pub fn agent(&self) -> &Arc<str> {
+        &self.base.scope.agent
+    }
+}
+
 impl std::fmt::Debug for AgentContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentContext").field("tenant", &self.tenant).field("agent", &self.agent).finish_non_exhaustive()
+        f.debug_struct("AgentContext")
+            .field("tenant", self.tenant())
+            .field("agent", self.agent())
+            .finish_non_exhaustive()
     }
 }
 
@@ -322,7 +350,8 @@ impl Runtime {
     /// Call one export once in a fresh sandbox.
     pub async fn call(&self, module: &Module, agent: &AgentContext, limits: &Limits, export: Export<'_>) -> Report {
         let id = InvocationId::next();
-        let span = tracing::info_span!("invocation", tenant = %agent.tenant, agent = %agent.agent, invocation = %id);
+        let span =
+            tracing::info_span!("invocation", tenant = %agent.tenant(), agent = %agent.agent(), invocation = %id);
         self.call_inner(module, agent, limits, export, id).instrument(span).await
     }
 
@@ -346,29 +375,12 @@ impl Runtime {
             table: ResourceTable::new(),
             limiter: Limiter::new(limits.memory_bytes, limits.table_elements, limits.instances),
             calls: HostCalls::new(limits.host_calls),
-            documents: DocumentsCtx::new(
-                agent.store.clone(),
-                Scope { tenant: agent.tenant.clone(), agent: agent.agent.clone() },
-                limits.keys.clone(),
-                agent.stored_bytes_quota,
-            ),
-            runtime: RuntimeCtx {
-                tenant: agent.tenant.clone(),
-                agent: agent.agent.clone(),
-                invocation: id,
-                config: agent.config.clone(),
-                log: log.clone(),
-            },
-            messaging: MessagingCtx {
-                messenger: agent.messaging.as_ref().map(|m| m.messenger.clone()),
-                caller: Caller {
-                    tenant: agent.tenant.clone(),
-                    agent: agent.agent.clone(),
-                    callers: agent.messaging.as_ref().map_or_else(|| Arc::from([]), |m| m.callers.clone()),
-                    deadline: start + timeout,
-                },
-                max_body: usize::try_from(limits.message_bytes).unwrap_or(usize::MAX),
-            },
+            agent: agent.clone(),
+            invocation: id,
+            log: log.clone(),
+            keys: limits.keys.clone(),
+            deadline: start + timeout,
+            max_message: usize::try_from(limits.message_bytes).unwrap_or(usize::MAX),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
