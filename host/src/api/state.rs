@@ -357,7 +357,19 @@ impl AppState {
 
     /// A deployed agent.
     pub fn agent(&self, tenant: &str, name: &str) -> Option<Arc<Deployed>> {
-        self.agents.read().unwrap_or_else(PoisonError::into_inner).get(&key(tenant, name)).cloned()
+        // On every invocation: the key is put together on the stack when it fits.
+        let mut buf = [0u8; 160];
+        let len = tenant.len() + 1 + name.len();
+        let agents = self.agents.read().unwrap_or_else(PoisonError::into_inner);
+        match buf.get_mut(..len) {
+            Some(k) => {
+                k[..tenant.len()].copy_from_slice(tenant.as_bytes());
+                k[tenant.len()] = b'/';
+                k[tenant.len() + 1..].copy_from_slice(name.as_bytes());
+                std::str::from_utf8(k).ok().and_then(|k| agents.get(k)).cloned()
+            }
+            None => agents.get(&key(tenant, name)).cloned(),
+        }
     }
 
     /// Install (or replace) a deployed agent, keeping its pool, counters and logs; start
