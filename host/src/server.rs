@@ -219,9 +219,15 @@ where
         let lane = match api::invoke_target(req.method(), req.uri().path()).map(str::to_owned) {
             // Bounded inside: the body read by the request timeout, the invocation by its own
             // deadline (at most the request timeout), each armed only if it can matter.
-            Some(agent) => {
-                Lane::Invoke(api::invoke_direct(self.state.clone(), req, agent, self.body_limit, self.timeout))
-            }
+            // Boxed where it is made: the invocation's future is large (some 5 KB), and
+            // every move of the request future below would copy it whole.
+            Some(agent) => Lane::Invoke(Box::pin(api::invoke_direct(
+                self.state.clone(),
+                req,
+                agent,
+                self.body_limit,
+                self.timeout,
+            ))),
             None => {
                 DefaultBodyLimit::max(self.body_limit).apply(&mut req);
                 let _entered = span.enter();
