@@ -23,4 +23,16 @@ async fn invocations_are_counted_by_outcome_and_extra_agents_fold_into_other() {
     assert!(text.contains(r#"cortex_traps_total{kind="unreachable"} 1"#), "{text}");
     assert!(text.contains("cortex_store_operation_seconds_count"), "store latency is exported");
     assert!(!text.contains(r#"agent="second""#), "the label set is bounded");
+    // Every invocation is timed and its peak memory recorded, buckets consistent with counts.
+    let value = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let timed = value(r#"cortex_invocation_duration_seconds_count{tenant="acme"}"#);
+    assert!(timed >= 3.0, "{timed} invocations timed");
+    assert_eq!(value(r#"cortex_invocation_duration_seconds_bucket{tenant="acme",le="+Inf"}"#), timed);
+    assert!(value(r#"cortex_invocation_duration_seconds_sum{tenant="acme"}"#) > 0.0);
+    let measured = value("cortex_invocation_peak_memory_bytes_count");
+    assert!(measured >= 3.0, "{measured} invocations measured");
+    assert!(value("cortex_invocation_peak_memory_bytes_sum") >= 3.0 * 65536.0, "a component has at least a page");
 }

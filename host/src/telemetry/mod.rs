@@ -4,13 +4,14 @@
 //! are counted under the label `other`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 
+use self::sharded::{ShardedHistogram, ShardedHistogramVec};
 use crate::runtime::{Outcome, Report};
+
+pub mod sharded;
 
 /// The process id, read once (`std::process::id` is a system call each time), for the
 /// request and invocation ids.
@@ -26,7 +27,7 @@ pub struct AgentMetrics {
     tenant: String,
     label: String,
     ok: IntCounter,
-    duration: Histogram,
+    duration: Arc<ShardedHistogram>,
     fuel: IntCounter,
 }
 
@@ -34,9 +35,9 @@ pub struct AgentMetrics {
 pub struct Metrics {
     registry: Registry,
     invocations: IntCounterVec,
-    duration: HistogramVec,
+    duration: ShardedHistogramVec,
     fuel: IntCounterVec,
-    peak_memory: Histogram,
+    peak_memory: Arc<ShardedHistogram>,
     traps: IntCounterVec,
     host_calls: IntCounterVec,
     rate_limited: IntCounterVec,
@@ -60,6 +61,14 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
     c
 }
 
+/// Histograms every invocation observes: sharded per thread (see [`sharded`]).
+fn sharded(r: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> ShardedHistogramVec {
+    let h = ShardedHistogramVec::new(name, help, labels, buckets)
+        .unwrap_or_else(|e| unreachable!("static metric {name}: {e}"));
+    let _ = r.register(Box::new(h.clone()));
+    h
+}
+
 fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
     let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
         .unwrap_or_else(|e| unreachable!("static metric {name}: {e}"));
@@ -73,12 +82,9 @@ impl Metrics {
         let r = Registry::new();
         let secs = prometheus::exponential_buckets(0.000_05, 2.5, 14).unwrap_or_default();
         let bytes = prometheus::exponential_buckets(65536.0, 4.0, 10).unwrap_or_default();
-        let peak = Histogram::with_opts(
-            HistogramOpts::new("cortex_invocation_peak_memory_bytes", "Peak linear memory of an invocation")
-                .buckets(bytes),
-        )
-        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
-        let _ = r.register(Box::new(peak.clone()));
+        let peak =
+            sharded(&r, "cortex_invocation_peak_memory_bytes", "Peak linear memory of an invocation", &[], bytes)
+                .with_label_values(&[]);
         Self {
             invocations: counter(
                 &r,
@@ -86,7 +92,7 @@ impl Metrics {
                 "Invocations by tenant, agent and outcome",
                 &["tenant", "agent", "outcome"],
             ),
-            duration: histogram(
+            duration: sharded(
                 &r,
                 "cortex_invocation_duration_seconds",
                 "Wall time of invocations",
@@ -171,15 +177,6 @@ impl Metrics {
         m.duration.observe(report.stats.wall_time.as_secs_f64());
         m.fuel.inc_by(report.stats.fuel_used);
         self.rest(&m.tenant, report);
-    }
-
-    /// Count one invocation.
-    pub fn invocation(&self, tenant: &str, agent: &str, report: &Report) {
-        let label = self.agent_label(tenant, agent);
-        self.invocations.with_label_values(&[tenant, label, report.outcome.code()]).inc();
-        self.duration.with_label_values(&[tenant]).observe(report.stats.wall_time.as_secs_f64());
-        self.fuel.with_label_values(&[tenant]).inc_by(report.stats.fuel_used);
-        self.rest(tenant, report);
     }
 
     /// What every invocation counts beyond its agent's handles.
