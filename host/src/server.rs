@@ -82,7 +82,10 @@ struct RequestId {
 
 impl RequestId {
     fn next() -> Self {
-        Self { pid: crate::telemetry::pid(), seq: REQUESTS.fetch_add(1, Ordering::Relaxed) }
+        thread_local! {
+            static BLOCK: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+        }
+        Self { pid: crate::telemetry::pid(), seq: crate::telemetry::next_id(&REQUESTS, &BLOCK) }
     }
 
     fn header_value(self) -> HeaderValue {

@@ -17,7 +17,7 @@ pub mod validate;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use tracing::Instrument;
@@ -253,7 +253,10 @@ pub struct InvocationId(u64);
 
 impl InvocationId {
     fn next() -> Self {
-        Self(INVOCATIONS.fetch_add(1, Ordering::Relaxed))
+        thread_local! {
+            static BLOCK: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+        }
+        Self(crate::telemetry::next_id(&INVOCATIONS, &BLOCK))
     }
 }
 
