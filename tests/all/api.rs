@@ -531,6 +531,14 @@ async fn a_burst_over_the_rate_quota_is_held_to_it() {
     assert!(ok >= 5, "the burst of 5 must pass: {ok}");
     assert!(f64::from(ok) <= max, "{ok} invocations passed in {elapsed:.2}s, more than {max:.1}");
     assert_eq!(ok + limited, 30);
+    // Raised quotas hold at once: the new burst, less what was just spent.
+    let raised = Quotas { invocations_per_second: 1000, burst: 100, ..Quotas::default() };
+    let r = s.req(Method::PATCH, "/v1/tenants/t", &s.admin()).json(&json!({ "quotas": raised })).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    for i in 0..50 {
+        let (status, _) = s.invoke(&dev, "a", "whoami").await;
+        assert_eq!(status, StatusCode::OK, "invocation {i} after the quota was raised");
+    }
     // Another tenant is not affected.
     let other = s.developer_in("other").await;
     let kv2 = s.upload(&other, art::KV).await;

@@ -350,7 +350,7 @@ pub(super) async fn deployed(
     headers: &HeaderMap,
     name: &str,
     action: Action,
-) -> ApiResult<(Arc<Tenant>, Arc<Deployed>)> {
+) -> ApiResult<(Arc<super::CachedTenant>, Arc<Deployed>)> {
     authorize(p, action)?;
     let t = tenant_scope(st, p, headers).await?;
     let d = st.agent(&t.name, name).ok_or_else(|| ApiError::NotFound(format!("agent {name:?} not found")))?;
@@ -522,7 +522,7 @@ pub async fn invoke(
 pub(super) async fn invoke_core(
     st: &AppState,
     p: &Principal,
-    own: Option<Arc<Tenant>>,
+    own: Option<Arc<super::CachedTenant>>,
     named: Option<&HeaderValue>,
     name: &str,
     body: impl Future<Output = ApiResult<Bytes>>,
@@ -530,8 +530,7 @@ pub(super) async fn invoke_core(
 ) -> ApiResult<Response> {
     authorize(p, Action::Invoke)?;
     let t = tenant_scope_known(st, p, named, own).await?;
-    let limiter = st.limiters.of(&t.name, &t.quotas);
-    limiter.take().map_err(|retry| {
+    t.limiter.take().map_err(|retry| {
         too_many(
             st,
             &t.name,
@@ -545,7 +544,7 @@ pub(super) async fn invoke_core(
     if !AppState::is_running(&d) {
         return Err(ApiError::Conflict { code: "agent_stopped", message: format!("agent {name:?} is stopped") });
     }
-    let _tenant_slot = limiter.enter().ok_or_else(|| {
+    let _tenant_slot = t.limiter.enter().ok_or_else(|| {
         too_many(
             st,
             &t.name,

@@ -27,8 +27,8 @@ use tower::{Layer, Service};
 pub use self::auth::{Action, Principal, Role};
 pub use self::error::{ApiError, ApiResult};
 pub use self::openapi::openapi;
-pub use self::state::AppState;
-use crate::registry::{AuditEvent, Tenant, now_ms};
+pub use self::state::{AppState, CachedTenant};
+use crate::registry::{AuditEvent, now_ms};
 use crate::store::RecordKind;
 
 /// Header a platform-admin uses to act within a tenant.
@@ -85,7 +85,7 @@ pub fn authorize(p: &Principal, action: Action) -> ApiResult<()> {
 }
 
 /// The tenant a tenant-scoped request acts in, and that tenant's record.
-pub async fn tenant_scope(st: &AppState, p: &Principal, headers: &HeaderMap) -> ApiResult<Arc<Tenant>> {
+pub async fn tenant_scope(st: &AppState, p: &Principal, headers: &HeaderMap) -> ApiResult<Arc<CachedTenant>> {
     tenant_scope_known(st, p, headers.get(TENANT_HEADER), None).await
 }
 
@@ -96,8 +96,8 @@ pub(super) async fn tenant_scope_known(
     st: &AppState,
     p: &Principal,
     header: Option<&axum::http::HeaderValue>,
-    known: Option<Arc<Tenant>>,
-) -> ApiResult<Arc<Tenant>> {
+    known: Option<Arc<CachedTenant>>,
+) -> ApiResult<Arc<CachedTenant>> {
     let named = header.and_then(|v| v.to_str().ok());
     let name = match (p.role, named, &p.tenant) {
         (Role::PlatformAdmin, Some(h), _) => h,
@@ -119,7 +119,7 @@ async fn principal(st: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
 
 /// The principal of the request's credentials, and the record of its tenant (`None` for a
 /// platform-admin without one). Credentials of a deleted tenant are refused.
-async fn principal_and_tenant(st: &AppState, headers: &HeaderMap) -> ApiResult<(Principal, Option<Arc<Tenant>>)> {
+async fn principal_and_tenant(st: &AppState, headers: &HeaderMap) -> ApiResult<(Principal, Option<Arc<CachedTenant>>)> {
     let unauthorized = |why: String| {
         tracing::info!(reason = %why, "refused credentials");
         ApiError::Unauthorized("missing or invalid credentials".into())

@@ -29,7 +29,7 @@ impl Default for Limiters {
 
 impl Limiters {
     /// The limiter of `tenant` for its current quotas `q`. When the quotas changed since the
-    /// last call, a new limiter takes over: the bucket keeps its level, and invocations
+    /// last call, a new limiter takes over: the tokens spent stay spent, and invocations
     /// already running no longer count against the new cap.
     pub fn of(&self, tenant: &str, q: &Quotas) -> Arc<TenantLimiter> {
         let wanted = Settings::of(q);
@@ -41,7 +41,13 @@ impl Limiters {
         let mut map = self.tenants.write().unwrap_or_else(PoisonError::into_inner);
         let level = match map.get(tenant) {
             Some(l) if l.settings == wanted => return l.clone(),
-            Some(l) => l.full_at.load(Ordering::Relaxed),
+            // The tokens the old bucket was missing are missing from the new one (at most
+            // all of them): raised quotas give the new burst at once, less what was spent.
+            Some(l) => {
+                let now = self.now();
+                let missing = l.full_at.load(Ordering::Relaxed).saturating_sub(now).div_ceil(l.settings.interval);
+                now + missing.min(u64::from(wanted.burst)) * wanted.interval
+            }
             None => 0,
         };
         let l = Arc::new(TenantLimiter {
@@ -52,6 +58,11 @@ impl Limiters {
         });
         map.insert(tenant.to_owned(), l.clone());
         l
+    }
+
+    /// Nanoseconds since the limiters' epoch.
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Forget a tenant (deleted).
@@ -114,7 +125,7 @@ impl TenantLimiter {
 
     /// A slot among the tenant's concurrent invocations, if one is free; it is given back
     /// when the slot is dropped.
-    pub fn enter(self: Arc<Self>) -> Option<Slot> {
+    pub fn enter(&self) -> Option<Slot<'_>> {
         if self.running.fetch_add(1, Ordering::Acquire) >= self.settings.concurrent {
             self.running.fetch_sub(1, Ordering::Release);
             return None;
@@ -125,9 +136,9 @@ impl TenantLimiter {
 
 /// One running invocation counted against its tenant's cap.
 #[derive(Debug)]
-pub struct Slot(Arc<TenantLimiter>);
+pub struct Slot<'a>(&'a TenantLimiter);
 
-impl Drop for Slot {
+impl Drop for Slot<'_> {
     fn drop(&mut self) {
         self.0.running.fetch_sub(1, Ordering::Release);
     }
@@ -167,7 +178,7 @@ mod tests {
     }
 
     #[test]
-    fn new_quotas_keep_the_bucket_level_and_start_a_new_count() {
+    fn new_quotas_keep_the_tokens_spent_and_start_a_new_count() {
         let l = Limiters::default();
         let q = Quotas { invocations_per_second: 1, burst: 1, concurrent_invocations: 1, ..Quotas::default() };
         let t = l.of("t", &q);
@@ -176,8 +187,14 @@ mod tests {
         let q2 = Quotas { concurrent_invocations: 2, ..q };
         let t2 = l.of("t", &q2);
         assert!(t2.take().is_err(), "a quota change must not refill the bucket");
-        let a = t2.clone().enter();
-        let b = t2.clone().enter();
+        // A larger burst: the one token spent is still missing, the rest is there.
+        let q3 = Quotas { burst: 4, ..q2 };
+        let t3 = l.of("t", &q3);
+        assert!(t3.take().is_ok() && t3.take().is_ok() && t3.take().is_ok());
+        assert!(t3.take().is_err(), "one token of the new burst was already spent");
+        let t2 = l.of("t", &q2);
+        let a = t2.enter();
+        let b = t2.enter();
         assert!(a.is_some() && b.is_some(), "running invocations count against the old cap only");
         assert!(t2.enter().is_none());
         drop(running);
@@ -187,7 +204,8 @@ mod tests {
     fn concurrency_cap_holds_until_a_slot_is_dropped() {
         let l = Limiters::default();
         let q = Quotas { concurrent_invocations: 1, ..Quotas::default() };
-        let p = l.of("t", &q).enter().unwrap();
+        let t = l.of("t", &q);
+        let p = t.enter().unwrap();
         assert!(l.of("t", &q).enter().is_none());
         drop(p);
         assert!(l.of("t", &q).enter().is_some());

@@ -152,7 +152,7 @@ pub struct AppState {
     mesh: std::sync::OnceLock<Arc<dyn Messenger>>,
     no_callers: Arc<[Arc<str>]>,
     tenant_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    tenants: RwLock<HashMap<String, (Arc<Tenant>, std::time::Instant)>>,
+    tenants: RwLock<HashMap<String, (Arc<CachedTenant>, std::time::Instant)>>,
 }
 
 /// How long a cached tenant record is trusted: bounds how long another node's change
@@ -172,6 +172,23 @@ fn key(tenant: &str, name: &str) -> String {
     k.push('/');
     k.push_str(name);
     k
+}
+
+/// A tenant's record as this node caches it, with the limiter of its current quotas.
+#[derive(Debug)]
+pub struct CachedTenant {
+    /// The record.
+    pub record: Tenant,
+    /// Its rate bucket and concurrency count.
+    pub limiter: Arc<crate::api::quota::TenantLimiter>,
+}
+
+impl std::ops::Deref for CachedTenant {
+    type Target = Tenant;
+
+    fn deref(&self) -> &Tenant {
+        &self.record
+    }
 }
 
 impl AppState {
@@ -207,14 +224,19 @@ impl AppState {
         })
     }
 
-    /// A tenant record, from a short-lived cache (see [`TENANT_TTL`]) or the registry.
-    pub async fn tenant(&self, name: &str) -> ApiResult<Option<Arc<Tenant>>> {
+    /// A tenant record and its limiter, from a short-lived cache (see [`TENANT_TTL`]) or
+    /// the registry.
+    pub async fn tenant(&self, name: &str) -> ApiResult<Option<Arc<CachedTenant>>> {
         if let Some((t, at)) = self.tenants.read().unwrap_or_else(PoisonError::into_inner).get(name)
             && at.elapsed() < TENANT_TTL
         {
             return Ok(Some(t.clone()));
         }
-        let found = self.registry.get::<Tenant>(RecordKind::Tenant, name).await?.map(|(t, _)| Arc::new(t));
+        let found = self.registry.get::<Tenant>(RecordKind::Tenant, name).await?.map(|(record, _)| {
+            // The limiter for the quotas just read: a new one if they changed.
+            let limiter = self.limiters.of(name, &record.quotas);
+            Arc::new(CachedTenant { record, limiter })
+        });
         let mut cache = self.tenants.write().unwrap_or_else(PoisonError::into_inner);
         match &found {
             Some(t) => {
@@ -496,8 +518,8 @@ impl AppState {
         if !Self::is_running(&d) {
             return Delivery::Gone;
         }
-        let quotas = match self.tenant(tenant).await {
-            Ok(Some(t)) => t.quotas.clone(),
+        let t = match self.tenant(tenant).await {
+            Ok(Some(t)) => t,
             Ok(None) => return Delivery::Gone,
             Err(e) => {
                 // Not the agent's failure: try again later without using up an attempt.
@@ -509,13 +531,13 @@ impl AppState {
         // concurrency quotas, and wait (without using up a retry) while those are spent.
         // The wait lets the bucket refill for a few deliveries, so that a backlog is not
         // re-read for every single token.
+        let quotas = &t.quotas;
         let refill = Duration::from_millis((8_000 / u64::from(quotas.invocations_per_second.max(1))).clamp(20, 1000));
-        let limiter = self.limiters.of(tenant, &quotas);
-        if limiter.take().is_err() {
+        if t.limiter.take().is_err() {
             self.metrics.refused(tenant, "rate_limited");
             return Delivery::Throttled(refill);
         }
-        let Some(_tenant_slot) = limiter.enter() else {
+        let Some(_tenant_slot) = t.limiter.enter() else {
             self.metrics.refused(tenant, "concurrency_quota");
             return Delivery::Throttled(Duration::from_millis(20));
         };
@@ -527,7 +549,7 @@ impl AppState {
         }
         let report = self
             .runtime
-            .call(&d.module, &self.deployed_context(&d, &quotas), &self.limits_for(&d.record, &quotas), export)
+            .call(&d.module, &self.deployed_context(&d, quotas), &self.limits_for(&d.record, quotas), export)
             .await;
         self.account(&d, &report);
         match report.outcome {
@@ -617,8 +639,8 @@ impl AppState {
         if !Self::is_running(&d) {
             return Err(MessagingError::Unavailable(format!("agent {to:?} is stopped")));
         }
-        let quotas = match self.tenant(&from.tenant).await {
-            Ok(Some(t)) => t.quotas.clone(),
+        let t = match self.tenant(&from.tenant).await {
+            Ok(Some(t)) => t,
             Ok(None) => return Err(MessagingError::UnknownAgent(format!("no agent {to:?} in this tenant"))),
             Err(e) => {
                 tracing::warn!(tenant = %from.tenant, error = %e, "call: reading the tenant failed");
@@ -628,15 +650,15 @@ impl AppState {
         if std::time::Instant::now() >= from.deadline {
             return Err(MessagingError::DeadlineExceeded);
         }
-        let limiter = self.limiters.of(&from.tenant, &quotas);
-        if limiter.take().is_err() {
+        let quotas = &t.quotas;
+        if t.limiter.take().is_err() {
             self.metrics.refused(&from.tenant, "rate_limited");
             return Err(MessagingError::Unavailable(format!(
                 "over the tenant's {} invocations per second; retry later",
                 quotas.invocations_per_second
             )));
         }
-        let Some(_tenant_slot) = limiter.enter() else {
+        let Some(_tenant_slot) = t.limiter.enter() else {
             self.metrics.refused(&from.tenant, "concurrency_quota");
             return Err(MessagingError::Unavailable(format!(
                 "over the tenant's {} concurrent invocations; retry later",
@@ -645,9 +667,9 @@ impl AppState {
         };
         let slot = tokio::time::timeout_at(from.deadline.into(), d.shared.pool.clone().acquire_owned()).await;
         let Ok(Ok(_slot)) = slot else { return Err(MessagingError::DeadlineExceeded) };
-        let ctx = self.deployed_context_with(&d, &quotas, from.chain_for_callee(), Some(from.deadline));
+        let ctx = self.deployed_context_with(&d, quotas, from.chain_for_callee(), Some(from.deadline));
         let report =
-            self.runtime.call(&d.module, &ctx, &self.limits_for(&d.record, &quotas), Export::Handle(body)).await;
+            self.runtime.call(&d.module, &ctx, &self.limits_for(&d.record, quotas), Export::Handle(body)).await;
         self.account(&d, &report);
         match report.outcome {
             Outcome::Ok { output } => Ok(output),
