@@ -197,3 +197,38 @@ async fn real_arangodb_passes_the_contract() {
     cfg.database = format!("cortex_contract_{nanos}");
     contract(Arc::new(ArangoStore::connect(&cfg).await.unwrap())).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_store_ends_requests_by_the_request_timeout_on_both_lanes() {
+    let fake = FakeArango::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut arango = config(&fake.url, &dir, PASSWORD);
+    // The store would wait far longer than the API lets a request take.
+    arango.request_timeout_ms = 30_000;
+    let s = crate::server::Server::start_with(|c| {
+        c.store = cortex_host::config::StoreConfig::Arangodb(arango);
+        c.http.request_timeout_ms = 400;
+    })
+    .await;
+    s.tenant("t").await;
+    let dev = s.token(Some("t"), cortex_host::api::Role::TenantAdmin);
+    let hello = s.upload(&dev, cortex_artifacts::HELLO).await;
+    s.deploy(&dev, "hello", &hello, serde_json::json!({})).await;
+    let r =
+        s.req(reqwest::Method::POST, "/v1/keys", &dev).json(&serde_json::json!({ "role": "developer" })).send().await;
+    let key: serde_json::Value = r.unwrap().json().await.unwrap();
+    let key = key["key"].as_str().unwrap_or_else(|| panic!("no key in {key}")).to_owned();
+    assert_eq!(s.invoke_ok(&key, "hello", "key").await, "Hello, key!");
+
+    // An API key is looked up in the store on every request: with the store stalled, the
+    // invocation (direct lane) and a routed call both end by the request timeout.
+    fake.state.lock().unwrap().hang = true;
+    for (lane, path) in [("invoke", "/v1/agents/hello/invoke"), ("routed", "/v1/agents/hello")] {
+        let method = if lane == "invoke" { reqwest::Method::POST } else { reqwest::Method::GET };
+        let started = Instant::now();
+        let r = s.req(method, path, &key).body("late").send().await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(r.status(), 408, "{lane}: {}", r.text().await.unwrap());
+        assert!(took < Duration::from_secs(5), "{lane} took {took:?}");
+    }
+}

@@ -343,3 +343,28 @@ async fn deliveries_count_against_the_tenants_rate_and_wait_for_it() {
     assert_eq!((b["messages"]["retried"].as_u64(), b["messages"]["dead_lettered"].as_u64()), (Some(0), Some(0)));
     assert!(metric(&s, r#"cortex_rate_limited_total{reason="rate_limited",tenant="acme"}"#).await >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_and_deliveries_count_against_the_tenants_concurrency_quota() {
+    let s = Server::start().await;
+    let q = cortex_host::registry::Quotas { concurrent_invocations: 1, ..Default::default() };
+    s.tenant_with("acme", Some(q)).await;
+    let dev = s.token(Some("acme"), Role::Developer);
+    let m = s.upload(&dev, art::MESSENGER).await;
+    s.deploy(&dev, "a", &m, json!({})).await;
+    s.deploy(&dev, "b", &m, json!({})).await;
+    // The caller holds the tenant's only slot: its call finds none, and says why.
+    let r = s.invoke_ok(&dev, "a", "call:b:hello").await;
+    assert!(r.starts_with("error:messaging-unavailable:") && r.contains("1 concurrent invocations"), "{r}");
+    assert!(metric(&s, r#"cortex_rate_limited_total{reason="concurrency_quota",tenant="acme"}"#).await >= 1.0);
+    // A message waits for the slot (without using up a retry), and arrives once it is free.
+    assert_eq!(s.invoke_ok(&dev, "a", "send:b:later").await, "sent");
+    // Watched through the agent's counters: an invocation of b now could take the slot.
+    let b = until("the delivery", || async {
+        let v = s.get_json(&dev, "/v1/agents/b").await;
+        (v["messages"]["delivered"] == 1).then_some(v)
+    })
+    .await;
+    assert_eq!(inbox(&s, &dev, "b").await, ["later"]);
+    assert_eq!((b["messages"]["retried"].as_u64(), b["messages"]["dead_lettered"].as_u64()), (Some(0), Some(0)), "{b}");
+}

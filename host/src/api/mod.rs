@@ -184,10 +184,14 @@ where
 {
     let deadline = std::time::Instant::now() + timeout;
     let (parts, body) = req.into_parts();
-    let (p, own) = match principal_and_tenant(&st, &parts.headers).await {
-        Ok(found) => found,
-        Err(e) => return e.into_response(),
-    };
+    // Answered from caches on the first poll almost always; a slow store (an API key, a
+    // tenant not cached yet) is bounded by the request timeout, as on the routed lane.
+    let (p, own) =
+        match crate::runtime::deadline::within(deadline.into(), principal_and_tenant(&st, &parts.headers)).await {
+            Some(Ok(found)) => found,
+            Some(Err(e)) => return e.into_response(),
+            None => return ApiError::RequestTimeout(timeout).into_response(),
+        };
     let body = async {
         match crate::runtime::deadline::within(deadline.into(), read_body(body, &parts.headers, limit)).await {
             Some(read) => read,
