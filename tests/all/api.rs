@@ -329,7 +329,11 @@ async fn a_key_cannot_have_more_rights_than_its_creator() {
     // Listing shows the key without its secret.
     let keys = s.get_json(&ta, "/v1/keys").await;
     assert!(keys.to_string().contains(&id) && !keys.to_string().contains(&key), "{keys}");
-    // Revoked: refused.
+    // The key's id with another secret is refused, also while the key is in use.
+    let forged = format!("ck_{id}_{}", "0".repeat(key.len() - id.len() - 4));
+    let r = answer(s.req(Method::GET, "/v1/agents", &forged).send().await.unwrap()).await;
+    assert_eq!((r.status, r.code.as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    // Revoked: refused at once.
     let r = s.req(Method::DELETE, &format!("/v1/keys/{id}"), &ta).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let r = answer(s.req(Method::GET, "/v1/agents", &key).send().await.unwrap()).await;

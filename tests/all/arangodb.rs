@@ -214,19 +214,23 @@ async fn a_stalled_store_ends_requests_by_the_request_timeout_on_both_lanes() {
     let dev = s.token(Some("t"), cortex_host::api::Role::TenantAdmin);
     let hello = s.upload(&dev, cortex_artifacts::HELLO).await;
     s.deploy(&dev, "hello", &hello, serde_json::json!({})).await;
-    let r =
-        s.req(reqwest::Method::POST, "/v1/keys", &dev).json(&serde_json::json!({ "role": "developer" })).send().await;
-    let key: serde_json::Value = r.unwrap().json().await.unwrap();
-    let key = key["key"].as_str().unwrap_or_else(|| panic!("no key in {key}")).to_owned();
-    assert_eq!(s.invoke_ok(&key, "hello", "key").await, "Hello, key!");
+    let new_key = || async {
+        let r = s.req(reqwest::Method::POST, "/v1/keys", &dev).json(&serde_json::json!({ "role": "developer" }));
+        let key: serde_json::Value = r.send().await.unwrap().json().await.unwrap();
+        key["key"].as_str().unwrap_or_else(|| panic!("no key in {key}")).to_owned()
+    };
+    assert_eq!(s.invoke_ok(&new_key().await, "hello", "key").await, "Hello, key!");
 
-    // An API key is looked up in the store on every request: with the store stalled, the
-    // invocation (direct lane) and a routed call both end by the request timeout.
+    // A key not used yet is looked up in the store: with the store stalled, the invocation
+    // (direct lane) and a routed call both end by the request timeout.
+    let keys = [new_key().await, new_key().await];
     fake.state.lock().unwrap().hang = true;
-    for (lane, path) in [("invoke", "/v1/agents/hello/invoke"), ("routed", "/v1/agents/hello")] {
+    for ((lane, path), key) in
+        [("invoke", "/v1/agents/hello/invoke"), ("routed", "/v1/agents/hello")].into_iter().zip(&keys)
+    {
         let method = if lane == "invoke" { reqwest::Method::POST } else { reqwest::Method::GET };
         let started = Instant::now();
-        let r = s.req(method, path, &key).body("late").send().await.unwrap();
+        let r = s.req(method, path, key).body("late").send().await.unwrap();
         let took = started.elapsed();
         assert_eq!(r.status(), 408, "{lane}: {}", r.text().await.unwrap());
         assert!(took < Duration::from_secs(5), "{lane} took {took:?}");

@@ -29,7 +29,6 @@ pub use self::error::{ApiError, ApiResult};
 pub use self::openapi::openapi;
 pub use self::state::{AppState, CachedTenant};
 use crate::registry::{AuditEvent, now_ms};
-use crate::store::RecordKind;
 
 /// Header a platform-admin uses to act within a tenant.
 pub const TENANT_HEADER: &str = "x-cortex-tenant";
@@ -130,7 +129,7 @@ async fn principal_and_tenant(st: &AppState, headers: &HeaderMap) -> ApiResult<(
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| unauthorized("no bearer credentials".into()))?;
     if let Some((id, secret)) = auth::parse_api_key(raw) {
-        let Some((k, _)) = st.registry.get::<crate::registry::ApiKeyRecord>(RecordKind::ApiKey, id).await? else {
+        let Some(k) = st.api_key(id).await? else {
             return Err(unauthorized(format!("unknown key {id}")));
         };
         if k.revoked || !auth::constant_time_eq(k.hash.as_bytes(), auth::hash_secret(secret).as_bytes()) {
@@ -140,7 +139,7 @@ async fn principal_and_tenant(st: &AppState, headers: &HeaderMap) -> ApiResult<(
             return Err(unauthorized(format!("key {id} of a deleted tenant")));
         };
         let role = Role::parse(&k.role).ok_or_else(|| unauthorized("bad role on key".into()))?;
-        let p = Principal { subject: format!("key:{id}").into(), tenant: Some(k.tenant.into()), role };
+        let p = Principal { subject: format!("key:{id}").into(), tenant: Some(k.tenant.as_str().into()), role };
         return Ok((p, Some(tenant)));
     }
     let p = st.verifier.principal(raw).map_err(|e| unauthorized(e.to_string()))?;

@@ -141,6 +141,7 @@ pub async fn delete_tenant(
     for k in st.registry.list::<ApiKeyRecord>(RecordKind::ApiKey, "").await? {
         if k.tenant == name {
             st.registry.delete(RecordKind::ApiKey, &k.id).await?;
+            st.forget_api_key(&k.id);
         }
     }
     st.registry.store().purge_tenant_documents(&name).await?;
@@ -233,6 +234,7 @@ pub async fn revoke_key(
     }
     k.revoked = true;
     st.registry.put(RecordKind::ApiKey, &id, &k, Some(rev)).await?;
+    st.forget_api_key(&id);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -153,6 +153,9 @@ pub struct AppState {
     no_callers: Arc<[Arc<str>]>,
     tenant_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     tenants: RwLock<HashMap<String, (Arc<CachedTenant>, std::time::Instant)>>,
+    /// API keys found in the store, by id, for [`TENANT_TTL`] (revocations on this node
+    /// forget them at once).
+    api_keys: RwLock<HashMap<String, (Arc<crate::registry::ApiKeyRecord>, std::time::Instant)>>,
 }
 
 /// How long a cached tenant record is trusted: bounds how long another node's change
@@ -221,6 +224,7 @@ impl AppState {
             no_callers: Arc::from([]),
             tenant_locks: Mutex::new(HashMap::new()),
             tenants: RwLock::new(HashMap::new()),
+            api_keys: RwLock::new(HashMap::new()),
         })
     }
 
@@ -247,6 +251,33 @@ impl AppState {
             }
         }
         Ok(found)
+    }
+
+    /// An API key's record, from a short-lived cache (see [`TENANT_TTL`]) or the registry:
+    /// a key in use costs no store read per request. Unknown ids are not remembered.
+    pub async fn api_key(&self, id: &str) -> ApiResult<Option<Arc<crate::registry::ApiKeyRecord>>> {
+        if let Some((k, at)) = self.api_keys.read().unwrap_or_else(PoisonError::into_inner).get(id)
+            && at.elapsed() < TENANT_TTL
+        {
+            return Ok(Some(k.clone()));
+        }
+        let found =
+            self.registry.get::<crate::registry::ApiKeyRecord>(RecordKind::ApiKey, id).await?.map(|(k, _)| Arc::new(k));
+        let mut cache = self.api_keys.write().unwrap_or_else(PoisonError::into_inner);
+        match &found {
+            Some(k) => {
+                cache.insert(id.to_owned(), (k.clone(), std::time::Instant::now()));
+            }
+            None => {
+                cache.remove(id);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Forget a cached API key (after this node revoked or deleted it).
+    pub fn forget_api_key(&self, id: &str) {
+        self.api_keys.write().unwrap_or_else(PoisonError::into_inner).remove(id);
     }
 
     /// Forget a cached tenant record (after this node changed or deleted it).
