@@ -152,10 +152,9 @@ pub struct AppState {
     mesh: std::sync::OnceLock<Arc<dyn Messenger>>,
     no_callers: Arc<[Arc<str>]>,
     tenant_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    tenants: RwLock<HashMap<String, (Arc<CachedTenant>, std::time::Instant)>>,
-    /// API keys found in the store, by id, for [`TENANT_TTL`] (revocations on this node
-    /// forget them at once).
-    api_keys: RwLock<HashMap<String, (Arc<crate::registry::ApiKeyRecord>, std::time::Instant)>>,
+    tenants: TtlCache<CachedTenant>,
+    /// API keys found in the store, by id (revocations on this node forget them at once).
+    api_keys: TtlCache<crate::registry::ApiKeyRecord>,
 }
 
 /// How long a cached tenant record is trusted: bounds how long another node's change
@@ -175,6 +174,54 @@ fn key(tenant: &str, name: &str) -> String {
     k.push('/');
     k.push_str(name);
     k
+}
+
+/// Records read from the registry, trusted for [`TENANT_TTL`]: bounds how long a change
+/// made by another node takes to be seen here. A change made on this node forgets the
+/// record at once, and a read that started before that change does not put back what it
+/// read (each forget moves the generation on).
+struct TtlCache<V> {
+    entries: RwLock<HashMap<String, (Arc<V>, std::time::Instant)>>,
+    generation: AtomicU64,
+}
+
+impl<V> Default for TtlCache<V> {
+    fn default() -> Self {
+        Self { entries: RwLock::default(), generation: AtomicU64::new(0) }
+    }
+}
+
+impl<V> TtlCache<V> {
+    /// The record of `key`, if read less than [`TENANT_TTL`] ago.
+    fn fresh(&self, key: &str) -> Option<Arc<V>> {
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        entries.get(key).filter(|(_, at)| at.elapsed() < TENANT_TTL).map(|(v, _)| v.clone())
+    }
+
+    /// Taken before reading the registry, for [`Self::remember`].
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Keep what a read that began at generation `seen` found (`None`: nothing, which is not
+    /// remembered), unless something was forgotten since.
+    fn remember(&self, key: &str, found: Option<Arc<V>>, seen: u64) {
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        match found {
+            Some(v) if self.generation.load(Ordering::Acquire) == seen => {
+                entries.insert(key.to_owned(), (v, std::time::Instant::now()));
+            }
+            _ => {
+                entries.remove(key);
+            }
+        }
+    }
+
+    fn forget(&self, key: &str) {
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        entries.remove(key);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// A tenant's record as this node caches it, with the limiter of its current quotas.
@@ -223,66 +270,48 @@ impl AppState {
             mesh: std::sync::OnceLock::new(),
             no_callers: Arc::from([]),
             tenant_locks: Mutex::new(HashMap::new()),
-            tenants: RwLock::new(HashMap::new()),
-            api_keys: RwLock::new(HashMap::new()),
+            tenants: TtlCache::default(),
+            api_keys: TtlCache::default(),
         })
     }
 
     /// A tenant record and its limiter, from a short-lived cache (see [`TENANT_TTL`]) or
     /// the registry.
     pub async fn tenant(&self, name: &str) -> ApiResult<Option<Arc<CachedTenant>>> {
-        if let Some((t, at)) = self.tenants.read().unwrap_or_else(PoisonError::into_inner).get(name)
-            && at.elapsed() < TENANT_TTL
-        {
-            return Ok(Some(t.clone()));
+        if let Some(t) = self.tenants.fresh(name) {
+            return Ok(Some(t));
         }
+        let seen = self.tenants.generation();
         let found = self.registry.get::<Tenant>(RecordKind::Tenant, name).await?.map(|(record, _)| {
             // The limiter for the quotas just read: a new one if they changed.
             let limiter = self.limiters.of(name, &record.quotas);
             Arc::new(CachedTenant { record, limiter })
         });
-        let mut cache = self.tenants.write().unwrap_or_else(PoisonError::into_inner);
-        match &found {
-            Some(t) => {
-                cache.insert(name.to_owned(), (t.clone(), std::time::Instant::now()));
-            }
-            None => {
-                cache.remove(name);
-            }
-        }
+        self.tenants.remember(name, found.clone(), seen);
         Ok(found)
     }
 
     /// An API key's record, from a short-lived cache (see [`TENANT_TTL`]) or the registry:
-    /// a key in use costs no store read per request. Unknown ids are not remembered.
+    /// a key in use costs no store read per request.
     pub async fn api_key(&self, id: &str) -> ApiResult<Option<Arc<crate::registry::ApiKeyRecord>>> {
-        if let Some((k, at)) = self.api_keys.read().unwrap_or_else(PoisonError::into_inner).get(id)
-            && at.elapsed() < TENANT_TTL
-        {
-            return Ok(Some(k.clone()));
+        if let Some(k) = self.api_keys.fresh(id) {
+            return Ok(Some(k));
         }
+        let seen = self.api_keys.generation();
         let found =
             self.registry.get::<crate::registry::ApiKeyRecord>(RecordKind::ApiKey, id).await?.map(|(k, _)| Arc::new(k));
-        let mut cache = self.api_keys.write().unwrap_or_else(PoisonError::into_inner);
-        match &found {
-            Some(k) => {
-                cache.insert(id.to_owned(), (k.clone(), std::time::Instant::now()));
-            }
-            None => {
-                cache.remove(id);
-            }
-        }
+        self.api_keys.remember(id, found.clone(), seen);
         Ok(found)
     }
 
     /// Forget a cached API key (after this node revoked or deleted it).
     pub fn forget_api_key(&self, id: &str) {
-        self.api_keys.write().unwrap_or_else(PoisonError::into_inner).remove(id);
+        self.api_keys.forget(id);
     }
 
     /// Forget a cached tenant record (after this node changed or deleted it).
     pub fn forget_tenant(&self, name: &str) {
-        self.tenants.write().unwrap_or_else(PoisonError::into_inner).remove(name);
+        self.tenants.forget(name);
     }
 
     /// Held while a tenant's quota is checked and what it counts is written, so that
@@ -835,5 +864,27 @@ impl Messenger for Mesh {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_older_than_a_forget_is_not_remembered() {
+        let c = TtlCache::<u32>::default();
+        c.remember("k", Some(Arc::new(1)), c.generation());
+        assert_eq!(c.fresh("k").as_deref(), Some(&1));
+        // A read starts, the record changes and is forgotten, then the read ends.
+        let seen = c.generation();
+        c.forget("k");
+        c.remember("k", Some(Arc::new(1)), seen);
+        assert_eq!(c.fresh("k"), None, "the stale record came back");
+        // A read that starts after the change is remembered; nothing found is not.
+        c.remember("k", Some(Arc::new(2)), c.generation());
+        assert_eq!(c.fresh("k").as_deref(), Some(&2));
+        c.remember("k", None, c.generation());
+        assert_eq!(c.fresh("k"), None);
     }
 }
