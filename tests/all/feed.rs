@@ -245,9 +245,21 @@ async fn failed_batches_become_dead_letters_that_can_be_replayed_or_discarded() 
     // Fixed: replay delivers the batch and removes the dead letter.
     let r = s.req(Method::PUT, "/v1/agents/w/config", &dev).json(&json!({ "config": { "fail": "no" } })).send().await;
     assert_eq!(r.unwrap().status(), StatusCode::OK);
-    let r = answer(s.req(Method::POST, &replay, &dev).send().await.unwrap()).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert_eq!(r.body["outcome"], "ok");
+    // Two replays at once: the batch is delivered once, the other replay is told why not.
+    let (one, two) =
+        tokio::join!(async { answer(s.req(Method::POST, &replay, &dev).send().await.unwrap()).await }, async {
+            answer(s.req(Method::POST, &replay, &dev).send().await.unwrap()).await
+        },);
+    let (won, lost) = if one.status == StatusCode::OK { (one, two) } else { (two, one) };
+    assert_eq!(won.status, StatusCode::OK, "{}", won.text);
+    assert_eq!(won.body["outcome"], "ok");
+    assert!(
+        [(StatusCode::CONFLICT, "replay_in_progress"), (StatusCode::NOT_FOUND, "not_found")]
+            .contains(&(lost.status, lost.code.as_str())),
+        "{} {}",
+        lost.status,
+        lost.text
+    );
     let seen_now = seen(&s, &dev, "w").await;
     assert_eq!(docs(&seen_now), expect(&[("orders/a", 1, false)]));
     let r = answer(s.req(Method::POST, &replay, &dev).send().await.unwrap()).await;

@@ -55,7 +55,17 @@ pub async fn replay(
     headers: HeaderMap,
     Path((name, id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let (key, mut letter, rev) = find(&st, &p, &headers, &name, &id).await?;
+    let (key, _, _) = find(&st, &p, &headers, &name, &id).await?;
+    // One replay of a letter at a time: two at once would both deliver it.
+    let Some(_claim) = st.claim_replay(&key) else {
+        return Err(ApiError::Conflict {
+            code: "replay_in_progress",
+            message: format!("dead letter {id:?} is being replayed; look again once that ends"),
+        });
+    };
+    // Read again under the claim: a replay that just ended has removed it.
+    let missing = || ApiError::NotFound(format!("dead letter {id:?} of agent {name:?} not found"));
+    let (mut letter, rev) = st.registry.get::<DeadLetter>(RecordKind::DeadLetter, &key).await?.ok_or_else(missing)?;
     let (delivery, done) = match (&letter.kind, &letter.message) {
         (LetterKind::Message, Some(m)) => {
             let body = mailbox::decode_body(&m.body_hex)

@@ -152,6 +152,8 @@ pub struct AppState {
     mesh: std::sync::OnceLock<Arc<dyn Messenger>>,
     no_callers: Arc<[Arc<str>]>,
     tenant_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Dead letters being replayed on this node, by record key.
+    replaying: Mutex<std::collections::HashSet<String>>,
     tenants: TtlCache<CachedTenant>,
     /// API keys found in the store, by id (revocations on this node forget them at once).
     api_keys: TtlCache<crate::registry::ApiKeyRecord>,
@@ -224,6 +226,18 @@ impl<V> TtlCache<V> {
     }
 }
 
+/// A dead letter being replayed (see [`AppState::claim_replay`]).
+pub struct ReplayClaim {
+    state: Arc<AppState>,
+    key: String,
+}
+
+impl Drop for ReplayClaim {
+    fn drop(&mut self) {
+        self.state.replaying.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.key);
+    }
+}
+
 /// A tenant's record as this node caches it, with the limiter of its current quotas.
 #[derive(Debug)]
 pub struct CachedTenant {
@@ -270,6 +284,7 @@ impl AppState {
             mesh: std::sync::OnceLock::new(),
             no_callers: Arc::from([]),
             tenant_locks: Mutex::new(HashMap::new()),
+            replaying: Mutex::default(),
             tenants: TtlCache::default(),
             api_keys: TtlCache::default(),
         })
@@ -325,6 +340,13 @@ impl AppState {
             .or_default()
             .clone();
         m.lock_owned().await
+    }
+
+    /// Claim the dead letter under `key` for one replay on this node; `None` while another
+    /// replay of it runs. The claim ends when the guard is dropped.
+    pub fn claim_replay(self: &Arc<Self>, key: &str) -> Option<ReplayClaim> {
+        let fresh = self.replaying.lock().unwrap_or_else(PoisonError::into_inner).insert(key.to_owned());
+        fresh.then(|| ReplayClaim { state: self.clone(), key: key.to_owned() })
     }
 
     fn module_path(&self, digest: &str) -> PathBuf {
