@@ -139,6 +139,9 @@ pub struct HttpConfig {
     pub shutdown_grace_ms: u64,
     /// Lines of log kept per agent.
     pub log_ring_lines: usize,
+    /// Connections served at once; past it the server accepts no more until one closes
+    /// (they wait in the listen backlog).
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -150,6 +153,7 @@ impl Default for HttpConfig {
             request_timeout_ms: 60_000,
             shutdown_grace_ms: 10_000,
             log_ring_lines: 1000,
+            max_connections: 10_000,
         }
     }
 }

@@ -294,8 +294,17 @@ pub async fn serve(
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
     // Each watchdog holds a sender; all are gone once every connection has closed.
     let (drained_tx, mut drained) = tokio::sync::mpsc::channel::<()>(1);
+    // A connection holds a slot until its watchdog ends; with none free, nothing is accepted.
+    let slots = Arc::new(tokio::sync::Semaphore::new(state.config.http.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -327,8 +336,13 @@ pub async fn serve(
                 tracing::debug!(%peer, error = %e, "connection closed with an error");
             }
         });
-        let watch =
-            Watch { activity, limit: header_timeout, closing: closing_rx.clone(), _drained: drained_tx.clone() };
+        let watch = Watch {
+            activity,
+            limit: header_timeout,
+            closing: closing_rx.clone(),
+            _drained: drained_tx.clone(),
+            _slot: slot,
+        };
         tokio::spawn(watchdog(watch, served));
     }
     drop(listener);
@@ -352,6 +366,8 @@ struct Watch {
     closing: tokio::sync::watch::Receiver<bool>,
     /// Dropped when the watchdog ends: the server drains until all are dropped.
     _drained: tokio::sync::mpsc::Sender<()>,
+    /// The connection's place among `http.max_connections`.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Watch a connection served by the task `served`, on a task of its own (the connection's
