@@ -136,11 +136,22 @@ pub struct Edge {
 struct Activity {
     begun: AtomicU64,
     ended: AtomicU64,
+    /// Writes that made progress: a response still going out to a slow reader is activity.
+    written: AtomicU64,
     /// Set for the whole server once it shuts down: responses then close their connection.
     closing: Arc<AtomicBool>,
 }
 
 impl Activity {
+    fn new(closing: Arc<AtomicBool>) -> Self {
+        Self { begun: AtomicU64::new(0), ended: AtomicU64::new(0), written: AtomicU64::new(0), closing }
+    }
+
+    /// Requests begun, responses ended and writes made so far.
+    fn now(&self) -> (u64, u64, u64) {
+        (self.begun.load(Ordering::Relaxed), self.ended.load(Ordering::Relaxed), self.written.load(Ordering::Relaxed))
+    }
+
     fn end(&self) {
         self.ended.fetch_add(1, Ordering::Relaxed);
     }
@@ -153,6 +164,62 @@ struct Ended(Arc<Activity>);
 impl Drop for Ended {
     fn drop(&mut self) {
         self.0.end();
+    }
+}
+
+/// A connection's socket, counting the writes that make progress for its [`watchdog`].
+struct Watched<S> {
+    io: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> Watched<S> {
+    fn wrote(&self, r: &Poll<std::io::Result<usize>>) {
+        if matches!(r, Poll::Ready(Ok(n)) if *n > 0) {
+            self.activity.written.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.wrote(&r);
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.wrote(&r);
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -321,8 +388,7 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
-        let activity =
-            Arc::new(Activity { begun: AtomicU64::new(0), ended: AtomicU64::new(0), closing: closing.clone() });
+        let activity = Arc::new(Activity::new(closing.clone()));
         let svc = TowerToHyperService::new(Edge { activity: Some(activity.clone()), ..app.clone() });
         // No hyper header-read timer: it is armed and cleared around every request a
         // keep-alive connection waits for; the watchdog ticks a few times per timeout instead.
@@ -330,7 +396,7 @@ pub async fn serve(
         let conn = hyper::server::conn::http1::Builder::new()
             .header_read_timeout(None)
             .writev(false)
-            .serve_connection(TokioIo::new(stream), svc);
+            .serve_connection(TokioIo::new(Watched { io: stream, activity: activity.clone() }), svc);
         let served = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection closed with an error");
@@ -372,8 +438,9 @@ struct Watch {
 
 /// Watch a connection served by the task `served`, on a task of its own (the connection's
 /// task polls nothing but the connection):
-/// - once it has had no request in progress for `limit` (headers that come too slowly, or a
-///   keep-alive left idle), close it. Ticks four times per `limit`, so a quiet connection
+/// - once it has had no request in progress and no response bytes going out for `limit`
+///   (headers that come too slowly, a keep-alive left idle, a reader that stopped reading),
+///   close it. Ticks four times per `limit`, so a quiet connection
 ///   closes between `limit` and 1.25 `limit` after its last request began or ended;
 /// - once the server shuts down, close it as soon as no request is in progress (responses
 ///   sent meanwhile carry `connection: close`, so clients send no more).
@@ -384,11 +451,11 @@ async fn watchdog(mut w: Watch, mut served: tokio::task::JoinHandle<()>) {
     let tick = (w.limit / TICKS).max(Duration::from_millis(1));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seen = (0, 0);
+    let mut seen = (0, 0, 0);
     let mut quiet = 0;
     let mut draining = *w.closing.borrow();
     loop {
-        let now = (w.activity.begun.load(Ordering::Relaxed), w.activity.ended.load(Ordering::Relaxed));
+        let now = w.activity.now();
         if draining && now.0 == now.1 {
             served.abort();
             return;
@@ -408,7 +475,7 @@ async fn watchdog(mut w: Watch, mut served: tokio::task::JoinHandle<()>) {
         if draining {
             continue;
         }
-        let now = (w.activity.begun.load(Ordering::Relaxed), w.activity.ended.load(Ordering::Relaxed));
+        let now = w.activity.now();
         if now != seen || now.0 != now.1 {
             seen = now;
             quiet = 0;
@@ -448,4 +515,57 @@ pub async fn shutdown_signal() {
 /// Bind `addr`.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A watchdog over a connection task that never ends by itself, with `limit`.
+    fn watched(limit: Duration) -> (Arc<Activity>, tokio::task::JoinHandle<()>, tokio::sync::watch::Sender<bool>) {
+        let activity = Arc::new(Activity::new(Arc::new(AtomicBool::new(false))));
+        let served = tokio::spawn(std::future::pending::<()>());
+        let probe = served.abort_handle();
+        let (closing_tx, closing) = tokio::sync::watch::channel(false);
+        let (drained, _) = tokio::sync::mpsc::channel(1);
+        let slot = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
+        let w = Watch { activity: activity.clone(), limit, closing, _drained: drained, _slot: slot };
+        let dog = tokio::spawn(watchdog(w, served));
+        // The test watches the connection through its abort handle.
+        let watcher = tokio::spawn(async move {
+            while !probe.is_finished() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        drop(dog);
+        (activity, watcher, closing_tx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_still_going_out_keeps_its_connection_and_a_stall_closes_it() {
+        let limit = Duration::from_millis(100);
+        let (activity, closed, _closing) = watched(limit);
+        // A response being written slowly: a write makes progress every 30 ms for 1 s.
+        let start = tokio::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(1) {
+            activity.written.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            assert!(!closed.is_finished(), "closed while the response was going out");
+        }
+        // The reader stops: the connection closes within 1.25 limits (and a tick).
+        let stalled = tokio::time::Instant::now();
+        closed.await.unwrap();
+        let took = stalled.elapsed();
+        assert!(took >= limit - Duration::from_millis(30) && took <= limit * 2, "closed after {took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_progress_keeps_its_connection_however_long() {
+        let (activity, closed, _closing) = watched(Duration::from_millis(100));
+        activity.begun.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!closed.is_finished(), "closed during a request");
+        activity.end();
+        closed.await.unwrap();
+    }
 }
