@@ -128,9 +128,10 @@ pub struct HttpConfig {
     pub body_limit_bytes: usize,
     /// Largest module upload, in bytes.
     pub module_limit_bytes: usize,
-    /// How long a connection may go without a request in progress: a client that sends
-    /// its headers too slowly, or a keep-alive connection left idle, is closed after this
-    /// (checked four times per period, so within 1.25 times it).
+    /// How long a connection may go without a request in progress or a response going
+    /// out: a client that sends its headers too slowly, a keep-alive connection left idle,
+    /// or a reader that stopped reading is closed after this (checked four times per
+    /// period, so within 1.25 times it).
     pub header_timeout_ms: u64,
     /// Time a whole request may take, body read included; an invocation ends by then
     /// (504 `deadline_exceeded`) even if its own timeout is longer.
