@@ -346,9 +346,9 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
 }
 
 /// Serve on `listener` until `shutdown` resolves, then drain in-flight requests within
-/// the configured grace period. A connection that has no request in progress for the
-/// header timeout (a request whose headers come too slowly, or an idle keep-alive) is
-/// closed by its [`watchdog`].
+/// the configured grace period. A connection that has no request in progress and no
+/// response going out for the header timeout (headers that come too slowly, an idle
+/// keep-alive, a reader that stopped) is closed by its [`watchdog`].
 pub async fn serve(
     state: Arc<AppState>,
     listener: TcpListener,
@@ -426,7 +426,7 @@ pub async fn serve(
 /// What a connection's [`watchdog`] watches.
 struct Watch {
     activity: Arc<Activity>,
-    /// How long the connection may go without a request in progress.
+    /// How long the connection may go without a request in progress or a response going out.
     limit: Duration,
     /// Turns `true` when the server shuts down.
     closing: tokio::sync::watch::Receiver<bool>,
@@ -440,26 +440,26 @@ struct Watch {
 /// task polls nothing but the connection):
 /// - once it has had no request in progress and no response bytes going out for `limit`
 ///   (headers that come too slowly, a keep-alive left idle, a reader that stopped reading),
-///   close it. Ticks four times per `limit`, so a quiet connection
-///   closes between `limit` and 1.25 `limit` after its last request began or ended;
-/// - once the server shuts down, close it as soon as no request is in progress (responses
-///   sent meanwhile carry `connection: close`, so clients send no more).
+///   close it. Ticks four times per `limit`, so a quiet connection closes between `limit`
+///   and 1.25 `limit` after its last request began or ended or its last write;
+/// - once the server shuts down, close it as soon as it is quiet for one short tick: no
+///   request in progress and no response going out (responses sent meanwhile carry
+///   `connection: close`, so clients send no more).
 async fn watchdog(mut w: Watch, mut served: tokio::task::JoinHandle<()>) {
     const TICKS: u32 = 4;
     /// How often a connection is checked for idleness while the server shuts down.
     const DRAIN_TICK: Duration = Duration::from_millis(10);
     let tick = (w.limit / TICKS).max(Duration::from_millis(1));
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    let mut draining = *w.closing.borrow();
+    let mut ticker = if draining {
+        tokio::time::interval(DRAIN_TICK)
+    } else {
+        tokio::time::interval_at(tokio::time::Instant::now() + tick, tick)
+    };
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen = (0, 0, 0);
     let mut quiet = 0;
-    let mut draining = *w.closing.borrow();
     loop {
-        let now = w.activity.now();
-        if draining && now.0 == now.1 {
-            served.abort();
-            return;
-        }
         tokio::select! {
             _ = &mut served => return,
             _ = ticker.tick() => {}
@@ -467,13 +467,11 @@ async fn watchdog(mut w: Watch, mut served: tokio::task::JoinHandle<()>) {
                 // A dropped sender means the server is gone: drain as well.
                 if changed.is_err() || *w.closing.borrow() {
                     draining = true;
+                    // Its first tick comes at once.
                     ticker = tokio::time::interval(DRAIN_TICK);
                 }
                 continue;
             }
-        }
-        if draining {
-            continue;
         }
         let now = w.activity.now();
         if now != seen || now.0 != now.1 {
@@ -482,8 +480,9 @@ async fn watchdog(mut w: Watch, mut served: tokio::task::JoinHandle<()>) {
             continue;
         }
         quiet += 1;
-        if quiet >= TICKS {
-            tracing::debug!(limit = ?w.limit, "closing a connection without a request in progress");
+        // Draining, one quiet look is enough; else the whole limit.
+        if draining || quiet >= TICKS {
+            tracing::debug!(limit = ?w.limit, draining, "closing a quiet connection");
             served.abort();
             return;
         }
@@ -557,6 +556,35 @@ mod tests {
         closed.await.unwrap();
         let took = stalled.elapsed();
         assert!(took >= limit - Duration::from_millis(30) && took <= limit * 2, "closed after {took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_lets_a_response_going_out_finish_and_closes_quiet_connections_at_once() {
+        let limit = Duration::from_secs(60);
+        let (activity, closed, closing) = watched(limit);
+        // A request ends, its response still going out when the server shuts down.
+        activity.begun.fetch_add(1, Ordering::Relaxed);
+        activity.end();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        closing.send_replace(true);
+        let start = tokio::time::Instant::now();
+        while start.elapsed() < Duration::from_millis(500) {
+            activity.written.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            assert!(!closed.is_finished(), "shutdown cut a response going out");
+        }
+        // The last bytes are out: closed within two short ticks, not the minute of `limit`.
+        let done = tokio::time::Instant::now();
+        closed.await.unwrap();
+        assert!(done.elapsed() <= Duration::from_millis(50), "closed after {:?}", done.elapsed());
+
+        // A connection already quiet closes as soon as shutdown begins.
+        let (_, closed, closing) = watched(limit);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        closing.send_replace(true);
+        let start = tokio::time::Instant::now();
+        closed.await.unwrap();
+        assert!(start.elapsed() <= Duration::from_millis(20), "closed after {:?}", start.elapsed());
     }
 
     #[tokio::test(start_paused = true)]
