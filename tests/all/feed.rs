@@ -65,20 +65,6 @@ async fn seen_until(s: &Server, token: &str, name: &str, done: impl Fn(&[Seen]) 
     }
 }
 
-/// Poll (bounded) the dead letters of `name` until there are `n`.
-async fn dead_letters_until(s: &Server, token: &str, name: &str, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let list = s.get_json(token, &format!("/v1/agents/{name}/deadletters")).await;
-        let list = list.as_array().unwrap().clone();
-        if list.len() == n {
-            return list;
-        }
-        assert!(Instant::now() < deadline, "{name} has {} dead letters, not {n}: {list:?}", list.len());
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 fn docs(seen: &[Seen]) -> Vec<(String, u64, bool)> {
     seen.iter().map(|e| (e.doc.clone(), e.rev, e.del)).collect()
 }
@@ -211,7 +197,7 @@ async fn failed_batches_become_dead_letters_that_can_be_replayed_or_discarded() 
     deploy_watcher(&s, &dev, "w", &watcher, json!({ "fail": "yes" }), json!([{ "collection": "orders" }])).await;
 
     s.invoke_ok(&dev, "writer", r#"put:orders/a={"n":1}"#).await;
-    let letters = dead_letters_until(&s, &dev, "w", 1).await;
+    let letters = s.dead_letters_until(&dev, "w", 1).await;
     let first = letters[0].clone();
     assert_eq!(first["error_code"], "agent_error", "{first}");
     assert!(first["error"].as_str().unwrap().contains("told-to-fail"), "{first}");
@@ -232,14 +218,14 @@ async fn failed_batches_become_dead_letters_that_can_be_replayed_or_discarded() 
 
     // The cursor moved past the dead letter: the next write is a batch of its own.
     s.invoke_ok(&dev, "writer", r#"put:orders/b={"n":1}"#).await;
-    let letters = dead_letters_until(&s, &dev, "w", 2).await;
+    let letters = s.dead_letters_until(&dev, "w", 2).await;
     let second = letters[1]["id"].as_str().unwrap().to_owned();
     assert_eq!(letters[1]["events"][0]["key"], "b");
 
     // A replay that fails again: 422 with the outcome, the dead letter stays.
     let r = answer(s.req(Method::POST, &replay, &dev).send().await.unwrap()).await;
     assert_eq!((r.status, r.code.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "agent_error"), "{}", r.text);
-    let letters = dead_letters_until(&s, &dev, "w", 2).await;
+    let letters = s.dead_letters_until(&dev, "w", 2).await;
     assert!(letters[0]["attempts"].as_u64() > first["attempts"].as_u64(), "{letters:?}");
 
     // Fixed: replay delivers the batch and removes the dead letter.
@@ -299,7 +285,7 @@ async fn a_tenant_never_sees_another_tenants_changes() {
 
     // A dead letter in A, under the same agent name as B's watcher.
     s.invoke_ok(&dev_a, "writer", r#"put:orders/x={"i":0}"#).await;
-    let a_letters = dead_letters_until(&s, &dev_a, "w", 1).await;
+    let a_letters = s.dead_letters_until(&dev_a, "w", 1).await;
     let r = s.req(Method::PUT, "/v1/agents/w/config", &dev_a).json(&json!({ "config": {} })).send().await;
     assert_eq!(r.unwrap().status(), StatusCode::OK);
 
@@ -325,7 +311,7 @@ async fn a_tenant_never_sees_another_tenants_changes() {
         let r = answer(s.req(method, &path, &dev_b).send().await.unwrap()).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
     }
-    assert_eq!(dead_letters_until(&s, &dev_a, "w", 1).await, a_letters);
+    assert_eq!(s.dead_letters_until(&dev_a, "w", 1).await, a_letters);
     assert_eq!(seen(&s, &dev_b, "w").await, b);
 }
 

@@ -95,13 +95,7 @@ async fn a_failing_message_is_retried_then_dead_lettered_and_replayed() {
     s.deploy(&dev, "a", &m, json!({})).await;
     s.deploy(&dev, "b", &m, json!({ "fail": "yes" })).await;
     assert_eq!(s.invoke_ok(&dev, "a", "sendk:b:k:payload").await, "sent");
-    let letters: Vec<Value> = until("a dead letter", || async {
-        let l = s.get_json(&dev, "/v1/agents/b/deadletters").await;
-        let l = l.as_array().cloned().unwrap_or_default();
-        (!l.is_empty()).then_some(l)
-    })
-    .await;
-    assert_eq!(letters.len(), 1);
+    let letters = s.dead_letters_until(&dev, "b", 1).await;
     let l = &letters[0];
     assert_eq!(l["kind"], "message", "{l}");
     assert_eq!(l["attempts"], 2, "{l}");
@@ -132,11 +126,7 @@ async fn a_replayed_keyed_message_is_not_delivered_twice_and_init_cannot_message
     s.deploy(&dev, "a", &m, json!({})).await;
     s.deploy(&dev, "b", &m, json!({ "fail": "yes" })).await;
     assert_eq!(s.invoke_ok(&dev, "a", "sendk:b:k:one").await, "sent");
-    let id = until("a dead letter", || async {
-        let l = s.get_json(&dev, "/v1/agents/b/deadletters").await;
-        l[0]["id"].as_str().map(str::to_owned)
-    })
-    .await;
+    let id = s.dead_letters_until(&dev, "b", 1).await[0]["id"].as_str().unwrap().to_owned();
     // Fixed, b takes a later message under the same key (the key was never delivered)...
     let r = s.req(Method::PUT, "/v1/agents/b/config", &dev).json(&json!({ "config": {} })).send().await.unwrap();
     assert_eq!(r.status(), 200);

@@ -187,6 +187,20 @@ impl Server {
         assert_eq!(s, StatusCode::OK, "GET {path}: {body}");
         serde_json::from_str(&body).unwrap()
     }
+
+    /// The dead letters of agent `name` once there are exactly `n` (bounded wait).
+    pub async fn dead_letters_until(&self, token: &str, name: &str, n: usize) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let list = self.get_json(token, &format!("/v1/agents/{name}/deadletters")).await;
+            let list = list.as_array().unwrap().clone();
+            if list.len() == n {
+                return list;
+            }
+            assert!(std::time::Instant::now() < deadline, "{name} has {} dead letters, not {n}: {list:?}", list.len());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
 }
 
 impl Drop for Server {

@@ -411,7 +411,7 @@ impl AppState {
     /// The sandbox context of a deployed agent invoked from outside: its prepared parts,
     /// no allocation.
     pub fn deployed_context(&self, d: &Deployed, q: &Quotas) -> AgentContext {
-        self.deployed_context_with(d, q, self.no_callers.clone(), None)
+        self.deployed_context_until(d, q, None)
     }
 
     /// [`Self::deployed_context`] for an invocation that must end by `deadline` (its
