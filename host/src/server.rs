@@ -540,17 +540,28 @@ mod tests {
         (activity, watcher, closing_tx)
     }
 
+    /// A response going out: a write makes progress `every` for `during`, and the
+    /// connection must stay open throughout.
+    async fn keep_writing(
+        activity: &Activity,
+        closed: &tokio::task::JoinHandle<()>,
+        every: Duration,
+        during: Duration,
+    ) {
+        let start = tokio::time::Instant::now();
+        while start.elapsed() < during {
+            activity.written.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(every).await;
+            assert!(!closed.is_finished(), "closed while a response was going out");
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_response_still_going_out_keeps_its_connection_and_a_stall_closes_it() {
         let limit = Duration::from_millis(100);
         let (activity, closed, _closing) = watched(limit);
         // A response being written slowly: a write makes progress every 30 ms for 1 s.
-        let start = tokio::time::Instant::now();
-        while start.elapsed() < Duration::from_secs(1) {
-            activity.written.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            assert!(!closed.is_finished(), "closed while the response was going out");
-        }
+        keep_writing(&activity, &closed, Duration::from_millis(30), Duration::from_secs(1)).await;
         // The reader stops: the connection closes within 1.25 limits (and a tick).
         let stalled = tokio::time::Instant::now();
         closed.await.unwrap();
@@ -567,12 +578,7 @@ mod tests {
         activity.end();
         tokio::time::sleep(Duration::from_millis(5)).await;
         closing.send_replace(true);
-        let start = tokio::time::Instant::now();
-        while start.elapsed() < Duration::from_millis(500) {
-            activity.written.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            assert!(!closed.is_finished(), "shutdown cut a response going out");
-        }
+        keep_writing(&activity, &closed, Duration::from_millis(5), Duration::from_millis(500)).await;
         // The last bytes are out: closed within two short ticks, not the minute of `limit`.
         let done = tokio::time::Instant::now();
         closed.await.unwrap();
