@@ -140,6 +140,9 @@ pub struct HttpConfig {
     pub shutdown_grace_ms: u64,
     /// Lines of log kept per agent.
     pub log_ring_lines: usize,
+    /// Bytes of log kept per agent (text plus about 100 bytes a line); the oldest lines go
+    /// first, a longer single line is cut.
+    pub log_ring_bytes: usize,
     /// Connections served at once; past it the server accepts no more until one closes
     /// (they wait in the listen backlog).
     pub max_connections: usize,
@@ -154,6 +157,7 @@ impl Default for HttpConfig {
             request_timeout_ms: 60_000,
             shutdown_grace_ms: 10_000,
             log_ring_lines: 1000,
+            log_ring_bytes: 1 << 20,
             max_connections: 10_000,
         }
     }

@@ -41,15 +41,55 @@ fn run_prints_the_output_and_exits_0() {
     assert!(stderr.contains("ok fuel="), "{stderr}");
 }
 
+/// Fuel no loop burns before its deadline, however fast the machine: a deadline test must
+/// not end by fuel (the default, 2e9 units, lasts under 200 ms on a fast machine).
+const UNLIMITED_FUEL: &str = "1000000000000000";
+
+/// The `fuel=N` of a `cortex run` stats line.
+fn fuel_of(stderr: &str) -> u64 {
+    let n = stderr.split("fuel=").nth(1).and_then(|rest| rest.split(' ').next());
+    n.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no fuel=N in {stderr}"))
+}
+
 #[test]
 fn run_of_a_looping_agent_exits_1_with_deadline_exceeded() {
     let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
     let out =
-        run(&["run", art::HOSTILE, "--input", "loop", "--timeout", "200ms", "--data", dir.path().to_str().unwrap()]);
+        run(&["run", art::HOSTILE, "--input", "loop", "--timeout", "200ms", "--fuel", UNLIMITED_FUEL, "--data", data]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("error[deadline_exceeded]"), "{stderr}");
     assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn run_reports_the_fuel_burnt_before_the_deadline() {
+    // `bulk-memory l` burns 64 MiB units of fuel (one a byte of 64 `memory.fill`s), then
+    // loops without a call: the stats line used to report only what came before the loop.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let out =
+        run(&["run", art::BULK_MEMORY, "--input", "l", "--timeout", "300ms", "--fuel", UNLIMITED_FUEL, "--data", data]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("error[deadline_exceeded]"), "{stderr}");
+    assert!(fuel_of(&stderr) >= 64 << 20, "{stderr}");
+}
+
+#[test]
+fn run_of_an_agent_that_exits_0_is_ok_and_a_failed_exit_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let out = run(&["run", art::HOSTILE, "--input", "exit:0", "--data", data]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("[stdout] exiting") && stderr.contains("ok fuel="), "{stderr}");
+    assert!(out.stdout.is_empty());
+    let out = run(&["run", art::HOSTILE, "--input", "exit:3", "--data", data]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("error[exit]: exit: the agent exited with code 1"), "{stderr}");
 }
 
 #[test]

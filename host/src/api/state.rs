@@ -1,7 +1,7 @@
 //! Shared state of the API: the runtime, the registry, deployed agents and their pools,
 //! per-agent log rings, rate limiters, metrics.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -17,27 +17,10 @@ use crate::capabilities::{AgentError, Caller, ChangeEvent, MessagingError, Messa
 use crate::config::ServerConfig;
 use crate::coordination::{self, Delivery, DispatchSettings, Host, Mailbox, MailboxSettings, Watcher, mailbox};
 use crate::registry::{AgentRecord, AgentStatus, Quotas, Registry, Tenant, now_ms};
-use crate::runtime::{AgentContext, Export, Limits, Module, Outcome, Report, Runtime};
+pub use crate::runtime::LogLine;
+use crate::runtime::{AgentContext, Export, Limits, LogRing, Module, Outcome, Report, Runtime};
 use crate::store::{RecordKind, Store};
 use crate::telemetry::Metrics;
-
-/// One line of an agent's log ring.
-#[derive(Clone, Debug, Serialize)]
-pub struct LogLine {
-    /// Position in the agent's ring (from 1, increasing).
-    pub seq: u64,
-    /// When (ms since the epoch).
-    pub time_ms: u64,
-    /// The invocation that wrote it.
-    pub invocation: String,
-    /// `stdout`, `stderr` or `log`.
-    pub stream: &'static str,
-    /// Level of a `log` record.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub level: Option<String>,
-    /// The text.
-    pub message: String,
-}
 
 /// What stays with an agent across config changes and upgrades.
 #[derive(Debug)]
@@ -54,13 +37,11 @@ pub struct Shared {
     pub messages_retried: AtomicU64,
     /// Messages parked as dead letters after their retries.
     pub messages_dead_lettered: AtomicU64,
-    logs: Mutex<VecDeque<LogLine>>,
-    log_seq: AtomicU64,
-    ring: usize,
+    logs: Mutex<LogRing>,
 }
 
 impl Shared {
-    fn new(max_concurrency: u32, ring: usize) -> Self {
+    fn new(max_concurrency: u32, ring_lines: usize, ring_bytes: usize) -> Self {
         Self {
             pool: Arc::new(Semaphore::new(max_concurrency.max(1) as usize)),
             invocations: AtomicU64::new(0),
@@ -68,44 +49,23 @@ impl Shared {
             messages_delivered: AtomicU64::new(0),
             messages_retried: AtomicU64::new(0),
             messages_dead_lettered: AtomicU64::new(0),
-            logs: Mutex::new(VecDeque::new()),
-            log_seq: AtomicU64::new(0),
-            ring,
+            logs: Mutex::new(LogRing::new(ring_lines, ring_bytes)),
         }
     }
 
     /// Append what an invocation wrote.
     pub fn record_logs(&self, report: &Report) {
-        let mut lines = Vec::new();
-        for (stream, bytes) in [("stdout", &report.logs.stdout), ("stderr", &report.logs.stderr)] {
-            for l in String::from_utf8_lossy(bytes).lines() {
-                lines.push((stream, None, l.to_owned()));
-            }
-        }
-        for r in &report.logs.records {
-            let fields: Vec<String> = r.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let msg = if fields.is_empty() { r.message.clone() } else { format!("{} {}", r.message, fields.join(" ")) };
-            lines.push(("log", Some(format!("{:?}", r.level).to_lowercase()), msg));
-        }
-        if lines.is_empty() {
+        let l = &report.logs;
+        if l.stdout.is_empty() && l.stderr.is_empty() && l.records.is_empty() {
             return;
         }
         let invocation = report.id.to_string();
-        let mut ring = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
-        let time_ms = now_ms();
-        for (stream, level, message) in lines {
-            let seq = self.log_seq.fetch_add(1, Ordering::Relaxed) + 1;
-            ring.push_back(LogLine { seq, time_ms, invocation: invocation.clone(), stream, level, message });
-            while ring.len() > self.ring {
-                ring.pop_front();
-            }
-        }
+        self.logs.lock().unwrap_or_else(PoisonError::into_inner).record(l, &invocation, now_ms());
     }
 
     /// Lines after `since`, at most `limit`.
     pub fn logs(&self, since: u64, limit: usize) -> Vec<LogLine> {
-        let ring = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
-        ring.iter().filter(|l| l.seq > since).take(limit).cloned().collect()
+        self.logs.lock().unwrap_or_else(PoisonError::into_inner).since(since, limit)
     }
 }
 
@@ -485,7 +445,7 @@ impl AppState {
             let k = key(&record.tenant, &record.name);
             let shared = match map.get(&k) {
                 Some(old) => old.shared.clone(),
-                None => Arc::new(Shared::new(record.max_concurrency, self.config.http.log_ring_lines)),
+                None => Arc::new(Shared::new(record.max_concurrency, self.config.http.log_ring_lines, self.config.http.log_ring_bytes)),
             };
             let base = self.context(&record, &Quotas::default());
             let metrics = self.metrics.agent(&record.tenant, &record.name);

@@ -11,6 +11,7 @@ pub mod deadline;
 mod engine;
 mod limiter;
 pub mod logbuf;
+pub mod logring;
 mod outcome;
 pub mod validate;
 
@@ -29,6 +30,7 @@ pub use self::config::{EngineConfig, Limits};
 pub use self::engine::{Ticker, build_engine, wasmtime_config};
 pub use self::limiter::{LimitExceeded, Limiter};
 pub use self::logbuf::{LogRecord, Logs};
+pub use self::logring::{LogLine, LogRing};
 pub use self::outcome::{Outcome, Stats};
 pub use self::validate::{Shape, World};
 
@@ -244,6 +246,14 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+/// Fuel handed to guest code at a time. wasmtime keeps a function's running fuel count in a
+/// register and writes it back to the store only at calls, returns and when a slice runs
+/// out, so a trap or a deadline loses what was burnt since the last write: with slices the
+/// fuel reported for any outcome is short by less than one slice (about a millisecond of
+/// guest work), where a loop without calls used to report none of its work. Each slice ends
+/// with a yield to the executor, like an epoch tick.
+pub const FUEL_SLICE: u64 = 1_000_000;
+
 static INVOCATIONS: AtomicU64 = AtomicU64::new(0);
 
 /// An invocation's id, `<process start, ms since the Unix epoch, hex>-<pid>-<sequence hex>`:
@@ -372,6 +382,7 @@ impl Runtime {
             Some(deadline) => limits.timeout.min(deadline.saturating_duration_since(start)),
             None => limits.timeout,
         };
+        let deadline_at = start + timeout;
         let log = LogSink::new(limits.log_bytes);
         let state = HostState {
             wasi: None,
@@ -382,22 +393,21 @@ impl Runtime {
             invocation: id,
             log: log.clone(),
             keys: limits.keys.clone(),
-            deadline: start + timeout,
+            deadline: deadline_at,
             max_message: usize::try_from(limits.message_bytes).unwrap_or(usize::MAX),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         if self.config.fuel_metering
-            && let Err(e) = store.set_fuel(limits.fuel)
+            && let Err(e) = store.set_fuel(limits.fuel).and_then(|()| store.fuel_async_yield_interval(Some(FUEL_SLICE)))
         {
             tracing::error!(error = %e, "cannot set the fuel budget");
         }
         if self.config.epoch_interruption {
-            let deadline = start + timeout;
             store.epoch_deadline_callback(move |_| {
                 // Guest code yields to the executor every tick, so runaway guests cannot
                 // starve others on the same worker, and traps once the deadline has passed.
-                Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+                Ok(if Instant::now() >= deadline_at { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
             });
             store.set_epoch_deadline(1);
         }
@@ -434,8 +444,12 @@ impl Runtime {
         };
         // The epoch deadline stops guest code; this bound also stops a guest blocked in a
         // host call (a WASI sleep, a slow store), one tick after the deadline.
-        let hard = (start + timeout + self.config.epoch_tick).into();
+        let hard = (deadline_at + self.config.epoch_tick).into();
         let result: Option<wasmtime::Result<HandleResult>> = deadline::within(hard, run).await;
+        // One operation can outlast the deadline without a check inside it (a `memory.fill`
+        // of the whole memory, a blocking host call): an answer that comes after the
+        // deadline is not an answer.
+        let late = Instant::now() >= deadline_at;
 
         let logs = log.snapshot();
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
@@ -460,6 +474,15 @@ impl Runtime {
                     stderr_tail: logs.stderr_tail(),
                 },
             ),
+        };
+        // Whatever the guest answered (a value, its own error, an exit), it answered late.
+        let outcome = match outcome {
+            Outcome::Ok { .. } | Outcome::AgentError { .. } | Outcome::OutputTooLarge { .. } | Outcome::Exit { .. }
+                if late =>
+            {
+                Outcome::DeadlineExceeded { limit_ms: timeout_ms }
+            }
+            other => other,
         };
         let fuel_left = if self.config.fuel_metering { store.get_fuel().unwrap_or(0) } else { limits.fuel };
         let data = store.data();

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use wasmtime::{Trap, WasmBacktrace};
+use wasmtime_wasi::I32Exit;
 
 use super::limiter::LimitExceeded;
 use crate::capabilities::HostCallLimit;
@@ -61,6 +62,12 @@ pub enum Outcome {
         /// The limit.
         limit: u64,
     },
+    /// The guest called WASI `exit` with a failure (`exit(0)` is `ok`, without output).
+    Exit {
+        /// The exit code: 1 for WASI 0.2's `exit(err)`, which is what `std::process::exit`
+        /// with any non-zero code becomes in guests built for `wasm32-wasip2`.
+        code: i32,
+    },
 }
 
 impl Outcome {
@@ -75,6 +82,7 @@ impl Outcome {
             Outcome::DeadlineExceeded { .. } => "deadline_exceeded",
             Outcome::OutputTooLarge { .. } => "output_too_large",
             Outcome::HostCallLimit { .. } => "host_call_limit",
+            Outcome::Exit { .. } => "exit",
         }
     }
 
@@ -114,6 +122,7 @@ impl std::fmt::Display for Outcome {
                 write!(f, "{code}: returned {size} bytes, over the limit of {limit}")
             }
             Outcome::HostCallLimit { limit } => write!(f, "{code}: made more than {limit} host calls"),
+            Outcome::Exit { code: status } => write!(f, "{code}: the agent exited with code {status}"),
         }
     }
 }
@@ -187,6 +196,12 @@ fn backtrace_of(err: &wasmtime::Error) -> Vec<String> {
 
 /// Map an error out of instantiation or a call to its typed outcome.
 pub(crate) fn classify(err: &wasmtime::Error, cx: FailureContext<'_>) -> Outcome {
+    if let Some(exit) = err.downcast_ref::<I32Exit>() {
+        return match exit.0 {
+            0 => Outcome::Ok { output: None },
+            code => Outcome::Exit { code },
+        };
+    }
     if let Some(limit) = err.downcast_ref::<HostCallLimit>() {
         return Outcome::HostCallLimit { limit: limit.0 };
     }

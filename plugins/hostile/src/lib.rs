@@ -18,6 +18,7 @@
 //! | `probe`            | checks a 64 KiB bss array and 4 freshly grown pages are zero, then dirties them: `clean` / `dirty` (`grow-failed` if memory.grow failed) |
 //! | `print:N`          | writes N bytes of `x` to stdout; returns `printed`                |
 //! | `echo:TEXT`        | returns TEXT                                                      |
+//! | `exit:N`           | prints `exiting` to stdout, then `std::process::exit(N)`          |
 //!
 //! Anything else is `Err(bad-input)`.
 
@@ -175,6 +176,15 @@ impl Agent for Hostile {
                 "printed".to_owned()
             }
             "echo" => arg.to_owned(),
+            "exit" => {
+                let code = i32::try_from(parse_n(arg)?).map_err(|e| AgentError::bad_input(e.to_string()))?;
+                let mut stdout = std::io::stdout().lock();
+                stdout
+                    .write_all(b"exiting\n")
+                    .and_then(|()| stdout.flush())
+                    .map_err(|e| AgentError::internal(format!("stdout: {e}")))?;
+                std::process::exit(code)
+            }
             _ => return Err(AgentError::bad_input(format!("unknown command {command:?}"))),
         };
         Ok(Some(out.into_bytes()))
