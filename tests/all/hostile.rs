@@ -255,11 +255,7 @@ async fn fuel_burnt_before_a_trap_is_reported() {
     let sb = Sandbox::new();
     let l = Limits { fuel: UNLIMITED_FUEL, ..limits() };
     let r = bulk(&sb, "t", &l).await;
-    assert!(
-        matches!(&r.outcome, Outcome::Trap { kind, .. } if kind == "integer_division_by_zero"),
-        "{}",
-        r.outcome
-    );
+    assert!(matches!(&r.outcome, Outcome::Trap { kind, .. } if kind == "integer_division_by_zero"), "{}", r.outcome);
     assert!(r.stats.fuel_used >= BURNT, "reported {} units, burnt at least {BURNT}", r.stats.fuel_used);
     // Counted to within one slice: the burn and a few instructions around it.
     assert!(r.stats.fuel_used < BURNT + 2 * FUEL_SLICE, "reported {} units", r.stats.fuel_used);

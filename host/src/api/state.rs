@@ -444,7 +444,11 @@ impl AppState {
             let k = key(&record.tenant, &record.name);
             let shared = match map.get(&k) {
                 Some(old) => old.shared.clone(),
-                None => Arc::new(Shared::new(record.max_concurrency, self.config.http.log_ring_lines, self.config.http.log_ring_bytes)),
+                None => Arc::new(Shared::new(
+                    record.max_concurrency,
+                    self.config.http.log_ring_lines,
+                    self.config.http.log_ring_bytes,
+                )),
             };
             let base = self.context(&record, &Quotas::default());
             let metrics = self.metrics.agent(&record.tenant, &record.name);

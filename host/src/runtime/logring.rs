@@ -71,7 +71,14 @@ impl LogRing {
         let message = truncate(text, self.max_bytes.saturating_sub(fixed));
         self.bytes += fixed + message.len();
         self.seq += 1;
-        self.lines.push_back(LogLine { seq: self.seq, time_ms, invocation: invocation.to_owned(), stream, level, message });
+        self.lines.push_back(LogLine {
+            seq: self.seq,
+            time_ms,
+            invocation: invocation.to_owned(),
+            stream,
+            level,
+            message,
+        });
         while self.lines.len() > self.max_lines || self.bytes > self.max_bytes {
             let Some(old) = self.lines.pop_front() else { break };
             self.bytes -= cost(&old.invocation, old.level.as_deref(), &old.message);
