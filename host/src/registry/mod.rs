@@ -522,3 +522,51 @@ impl Registry {
 pub fn scoped(tenant: &str, name: &str) -> String {
     format!("{tenant}/{name}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_from_before_tenant_ids_stay_readable() {
+        let old = br#"{"name":"acme","quotas":{},"created_ms":1000}"#;
+        let t: Tenant = serde_json::from_slice(old).unwrap();
+        assert_eq!((t.name.as_str(), t.reused_name, t.id.len()), ("acme", false, 16));
+        let again: Tenant = serde_json::from_slice(old).unwrap();
+        assert_eq!(t.id, again.id, "a derived id is stable");
+        let later: Tenant = serde_json::from_slice(br#"{"name":"acme","quotas":{},"created_ms":2000}"#).unwrap();
+        assert_ne!(t.id, later.id, "a later tenant of the name gets another");
+        let round: Tenant = serde_json::from_slice(&serde_json::to_vec(&t).unwrap()).unwrap();
+        assert_eq!(round, t);
+        let key: ApiKeyRecord = serde_json::from_slice(
+            br#"{"id":"k","tenant":"acme","role":"observer","name":"","hash":"h","created_ms":1,"revoked":false}"#,
+        )
+        .unwrap();
+        assert_eq!(key.tenant_id, "");
+        let event: AuditEvent = serde_json::from_slice(
+            br#"{"seq":0,"time_ms":1,"actor":"a","tenant":"acme","action":"x","target":"/","outcome":200}"#,
+        )
+        .unwrap();
+        assert_eq!(event.tenant_id, "");
+    }
+
+    #[test]
+    fn a_reused_name_accepts_only_tokens_issued_from_its_creation_on() {
+        let mut t = Tenant::new("acme".into(), Quotas::default(), 5_500).unwrap();
+        assert!(t.accepts_token_issued_at(None) && t.accepts_token_issued_at(Some(1)), "a first tenant of a name");
+        t.reused_name = true;
+        assert!(!t.accepts_token_issued_at(None));
+        assert!(!t.accepts_token_issued_at(Some(4)));
+        assert!(t.accepts_token_issued_at(Some(5)) && t.accepts_token_issued_at(Some(6)));
+        assert_ne!(Tenant::new("acme".into(), Quotas::default(), 1).unwrap().id, t.id);
+    }
+
+    #[test]
+    fn a_quotas_patch_replaces_only_what_it_names() {
+        let base = Quotas { burst: 3, agents: 4, ..Quotas::default() };
+        let patch: QuotasPatch = serde_json::from_str(r#"{"agents": 9}"#).unwrap();
+        assert_eq!(patch.apply(&base), Quotas { agents: 9, ..base.clone() });
+        assert_eq!(QuotasPatch::default().apply(&base), base);
+        assert!(serde_json::from_str::<QuotasPatch>(r#"{"agentz": 9}"#).is_err());
+    }
+}
