@@ -133,6 +133,7 @@ mod tests {
 
     use super::*;
 
+    #[allow(clippy::unwrap_used)]
     fn mode(p: &Path) -> u32 {
         std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
     }
