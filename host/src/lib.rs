@@ -9,6 +9,7 @@ pub mod capabilities;
 pub mod cli;
 pub mod config;
 pub mod coordination;
+pub mod fsutil;
 pub mod registry;
 pub mod runtime;
 pub mod secrets;

@@ -217,6 +217,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         limits.timeout = t;
     }
 
+    cortex_host::fsutil::prepare_data_dir(&args.data)
+        .with_context(|| format!("cannot prepare the data directory {}", args.data.display()))?;
     let runtime = Runtime::new(EngineConfig::default(), Some(&args.data.join("cache")))?;
     let store = EmbeddedStore::open(&args.data.join("store"))?;
     let module = match runtime.load(&bytes).await {

@@ -27,15 +27,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// crash never leaves a half-written secret under the real name.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    crate::fsutil::private_dir(dir)?;
     let name = path.file_name().map_or_else(|| "secret".into(), |n| n.to_string_lossy().into_owned());
     let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
     {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(&tmp)?;
+        let mut f = crate::fsutil::create_private(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }

@@ -17,8 +17,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_cortex");
 
 /// `cortex ARGS` with no CORTEX_* variables from the environment.
 fn cortex(args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
+    let mut c = without_cortex_env(Command::new(BIN));
     c.args(args);
+    c
+}
+
+/// `c` with no CORTEX_* variables from the environment.
+fn without_cortex_env(mut c: Command) -> Command {
     for (k, _) in std::env::vars() {
         if k.starts_with("CORTEX") {
             c.env_remove(k);
@@ -112,9 +117,25 @@ struct Serve {
 
 impl Serve {
     fn start(data: &Path) -> Serve {
+        Self::start_umask(data, None)
+    }
+
+    /// [`Serve::start`] with the process umask set to `umask` (octal) first.
+    fn start_umask(data: &Path, umask: Option<&str>) -> Serve {
         let data = data.to_str().unwrap().to_owned();
         let log = std::fs::File::create(format!("{data}.stderr")).unwrap();
-        let mut child = cortex(&["serve", "--listen", "127.0.0.1:0", "--data", &data])
+        let args = ["serve", "--listen", "127.0.0.1:0", "--data", &data];
+        let mut command = match umask {
+            None => cortex(&args),
+            Some(mask) => {
+                // The shell sets the umask, then becomes the binary (`$0`) with the args.
+                let script = format!("umask {mask} && exec \"$0\" \"$@\"");
+                let mut sh = without_cortex_env(Command::new("sh"));
+                sh.args(["-c", &script, BIN]).args(args);
+                sh
+            }
+        };
+        let mut child = command
             .env("CORTEX_CFG__HTTP__SHUTDOWN_GRACE_MS", "10000")
             .stdout(Stdio::piped())
             .stderr(log)
@@ -458,4 +479,58 @@ async fn client_commands_drive_the_whole_lifecycle() {
     ok(client(&s, &dev, &["agents", "delete", "greeter"]));
     let agents: Value = serde_json::from_str(&ok(client(&s, &dev, &["agents", "list", "--json"]))).unwrap();
     assert_eq!(agents, json!([]));
+}
+
+/// Every entry under `dir` with its permission bits.
+fn modes(dir: &Path) -> Vec<(std::path::PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        out.push((p.clone(), meta.permissions().mode() & 0o7777));
+        if meta.is_dir() {
+            todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    out
+}
+
+fn assert_owner_only(data: &Path) {
+    let all = modes(data);
+    let names: Vec<String> = all.iter().map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    for want in ["documents.redb", "jwt-hs256.secret", "cache.key"] {
+        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+    }
+    assert!(names.iter().any(|n| n.ends_with(".wasm")), "no module in {names:?}");
+    assert!(names.iter().any(|n| n.ends_with(".cwasm")), "no compiled artifact in {names:?}");
+    let open: Vec<_> =
+        all.iter().filter(|(_, m)| m & 0o077 != 0).map(|(p, m)| format!("{} {m:o}", p.display())).collect();
+    assert!(open.is_empty(), "readable by group or others: {open:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_dir_and_everything_in_it_are_owner_only_whatever_the_umask() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let client = reqwest::Client::new();
+    {
+        // With no umask at all, everything would be created world-writable.
+        let s = Serve::start_umask(&data, Some("000"));
+        s.ready(&client).await;
+        let dev = deploy(&s, &client, art::HELLO, "hello").await;
+        let r =
+            client.post(format!("{}/v1/agents/hello/invoke", s.base)).bearer_auth(&dev).body("x").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_owner_only(&data);
+    }
+    // A data dir an older version left readable (umask 022) is made owner-only at start.
+    use std::os::unix::fs::PermissionsExt;
+    for (p, _) in modes(&data) {
+        let mode = if p.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let s = Serve::start(&data);
+    s.ready(&client).await;
+    assert_owner_only(&data);
 }

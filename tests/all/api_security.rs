@@ -287,8 +287,10 @@ async fn credentials_of_a_deleted_tenant_are_refused() {
         let r = answer(s.req(Method::GET, "/v1/agents", token).send().await.unwrap()).await;
         assert_eq!((r.status, r.code.as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"), "{what}: {}", r.text);
     }
-    // Re-creating a tenant of the same name does not bring back its objects.
+    // Re-creating a tenant of the same name does not bring back its objects, nor its
+    // credentials (see `tenants::a_tenant_created_again_gets_none_of_the_old_tenants_...`).
     s.tenant("gone").await;
+    let ta = s.token(Some("gone"), Role::TenantAdmin);
     assert_eq!(s.get_json(&ta, "/v1/agents").await, json!([]));
     assert_eq!(s.get_json(&ta, "/v1/modules").await, json!([]));
     let r = answer(s.req(Method::GET, "/v1/agents", &key).send().await.unwrap()).await;

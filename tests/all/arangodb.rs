@@ -130,19 +130,30 @@ async fn concurrent_audit_appends_get_dense_sequence_numbers() {
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
             for i in 0..10u8 {
-                got.push(s.audit_append(vec![t, i]).await.unwrap());
+                // Tenants 0 and 1 share one own log, tenants 2 and 3 have none.
+                let own = (t < 2).then_some("shared");
+                got.push(s.audit_append(vec![t, i], own).await.unwrap());
             }
             got
         }));
     }
     let mut all = Vec::new();
+    let mut own = Vec::new();
     for t in tasks {
-        all.extend(t.await.unwrap());
+        for (seq, own_seq) in t.await.unwrap() {
+            all.push(seq);
+            own.extend(own_seq);
+        }
     }
     all.sort_unstable();
+    own.sort_unstable();
     assert_eq!(all, (1..=40).collect::<Vec<u64>>());
-    let listed = store.audit_list(0, 100).await.unwrap();
+    assert_eq!(own, (1..=20).collect::<Vec<u64>>());
+    let listed = store.audit_list(None, 0, 100).await.unwrap();
     assert_eq!(listed.iter().map(|(s, _)| *s).collect::<Vec<_>>(), all);
+    let listed = store.audit_list(Some("shared"), 0, 100).await.unwrap();
+    assert_eq!(listed.iter().map(|(s, _)| *s).collect::<Vec<_>>(), own);
+    assert!(listed.iter().all(|(_, v)| v[0] < 2), "only the events given to the tenant's own log");
 }
 
 #[tokio::test]

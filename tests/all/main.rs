@@ -21,3 +21,4 @@ mod metrics;
 mod pipeline;
 mod server;
 mod store_contract;
+mod tenants;

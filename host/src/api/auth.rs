@@ -119,6 +119,8 @@ pub struct Principal {
     pub tenant: Option<Arc<str>>,
     /// The role.
     pub role: Role,
+    /// When the token was issued (its `iat`, seconds since the epoch; `None` for API keys).
+    pub issued_at: Option<u64>,
 }
 
 impl Principal {
@@ -129,7 +131,7 @@ impl Principal {
         if claims.tenant.is_none() && role != Role::PlatformAdmin {
             return Err(AuthError::Invalid("token without a tenant".into()));
         }
-        Ok(Self { subject: claims.sub.into(), tenant: claims.tenant.map(Arc::from), role })
+        Ok(Self { subject: claims.sub.into(), tenant: claims.tenant.map(Arc::from), role, issued_at: claims.iat })
     }
 }
 

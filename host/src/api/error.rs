@@ -19,6 +19,9 @@ pub enum ApiError {
     /// 401: no or invalid credentials.
     #[error("{0}")]
     Unauthorized(String),
+    /// 401: the credentials are of an earlier tenant of the same name (deleted since).
+    #[error("{0}")]
+    CredentialsPredateTenant(String),
     /// 403: authenticated, not allowed.
     #[error("{0}")]
     Forbidden(String),
@@ -104,6 +107,7 @@ impl ApiError {
         let (s, c): (StatusCode, &str) = match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::CredentialsPredateTenant(_) => (StatusCode::UNAUTHORIZED, "credentials_predate_tenant"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),

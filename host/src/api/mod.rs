@@ -112,10 +112,6 @@ pub(super) async fn tenant_scope_known(
     }
 }
 
-async fn principal(st: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
-    Ok(principal_and_tenant(st, headers).await?.0)
-}
-
 /// The principal of the request's credentials, and the record of its tenant (`None` for a
 /// platform-admin without one). Credentials of a deleted tenant are refused.
 async fn principal_and_tenant(st: &AppState, headers: &HeaderMap) -> ApiResult<(Principal, Option<Arc<CachedTenant>>)> {
@@ -138,14 +134,35 @@ async fn principal_and_tenant(st: &AppState, headers: &HeaderMap) -> ApiResult<(
         let Some(tenant) = st.tenant(&k.tenant).await? else {
             return Err(unauthorized(format!("key {id} of a deleted tenant")));
         };
+        // A key made for an earlier tenant of this name (keys from before tenant ids: made
+        // before this tenant was) never acts for this one.
+        let same = if k.tenant_id.is_empty() { k.created_ms >= tenant.created_ms } else { k.tenant_id == tenant.id };
+        if !same {
+            tracing::info!(key = id, tenant = %k.tenant, "refused an API key of an earlier tenant of this name");
+            return Err(ApiError::CredentialsPredateTenant(format!(
+                "this API key belongs to an earlier tenant named {:?}, deleted since",
+                k.tenant
+            )));
+        }
         let role = Role::parse(&k.role).ok_or_else(|| unauthorized("bad role on key".into()))?;
-        let p = Principal { subject: format!("key:{id}").into(), tenant: Some(k.tenant.as_str().into()), role };
+        let p = Principal {
+            subject: format!("key:{id}").into(),
+            tenant: Some(k.tenant.as_str().into()),
+            role,
+            issued_at: None,
+        };
         return Ok((p, Some(tenant)));
     }
     let p = st.verifier.principal(raw).map_err(|e| unauthorized(e.to_string()))?;
     let tenant = match &p.tenant {
         Some(t) => match st.tenant(t).await? {
-            Some(record) => Some(record),
+            Some(record) if record.accepts_token_issued_at(p.issued_at) => Some(record),
+            Some(_) => {
+                tracing::info!(tenant = %t, iat = ?p.issued_at, "refused a token of an earlier tenant of this name");
+                return Err(ApiError::CredentialsPredateTenant(format!(
+                    "tenant {t:?} was deleted and created again: its tokens must be issued (iat) after that"
+                )));
+            }
             None => return Err(unauthorized(format!("token of unknown or deleted tenant {t:?}"))),
         },
         None => None,
@@ -271,8 +288,8 @@ async fn guard<S>(st: Arc<AppState>, mut req: Request, mut inner: S) -> Result<R
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
-    let p = match principal(&st, req.headers()).await {
-        Ok(p) => p,
+    let (p, own) = match principal_and_tenant(&st, req.headers()).await {
+        Ok(found) => found,
         Err(e) => return Ok(e.into_response()),
     };
     let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
@@ -285,8 +302,6 @@ where
     let path = req.uri().path().to_owned();
     let named = req.headers().get(TENANT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let action = format!("{} {route}", req.method());
-    req.extensions_mut().insert(p.clone());
-    let resp = inner.call(req).await?;
     let tenant = match &p {
         p if p.role == Role::PlatformAdmin && route.starts_with("/v1/tenants") => path
             .strip_prefix("/v1/tenants/")
@@ -295,11 +310,21 @@ where
         p if p.role == Role::PlatformAdmin => named.unwrap_or_default(),
         p => p.tenant.as_deref().unwrap_or_default().to_owned(),
     };
+    // The id of the tenant acted on, found before the call (a delete removes it): the event
+    // goes to that tenant's own log, never to a later tenant of the same name.
+    let tenant_id = match own.filter(|t| t.name == tenant) {
+        Some(t) => t.id.clone(),
+        None if tenant.is_empty() => String::new(),
+        None => st.tenant(&tenant).await.ok().flatten().map(|t| t.id.clone()).unwrap_or_default(),
+    };
+    req.extensions_mut().insert(p.clone());
+    let resp = inner.call(req).await?;
     let event = AuditEvent {
         seq: 0,
         time_ms: now_ms(),
         actor: p.subject.to_string(),
         tenant,
+        tenant_id,
         action,
         target: path,
         outcome: resp.status().as_u16(),

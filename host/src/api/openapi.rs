@@ -13,7 +13,7 @@ pub const ROUTES: &[(&str, &str, &str, Option<&str>)] = &[
     ("post", "/v1/tenants", "Create a tenant (platform-admin)", Some("json")),
     ("get", "/v1/tenants", "List tenants (platform-admin)", None),
     ("get", "/v1/tenants/{tenant}", "Get a tenant", None),
-    ("patch", "/v1/tenants/{tenant}", "Update a tenant's quotas (platform-admin)", Some("json")),
+    ("patch", "/v1/tenants/{tenant}", "Change the quotas named, keep the others (platform-admin)", Some("json")),
     ("delete", "/v1/tenants/{tenant}", "Delete a tenant and everything it owns (platform-admin)", None),
     ("post", "/v1/keys", "Create an API key (shown once)", Some("json")),
     ("get", "/v1/keys", "List API keys", None),

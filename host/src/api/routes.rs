@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use super::auth::{self, Action, Principal, Role};
 use super::error::{ApiError, ApiResult, problem};
 use super::{AppState, JsonBody, authorize, check_name, tenant_scope};
-use crate::registry::{AgentRecord, ApiKeyRecord, AuditEvent, ModuleRecord, Quotas, Tenant, now_ms, scoped};
+use crate::registry::{
+    AgentRecord, ApiKeyRecord, AuditEvent, DeletedTenant, ModuleRecord, QuotasPatch, Tenant, now_ms, scoped,
+};
 use crate::store::RecordKind;
 
 type St = State<Arc<AppState>>;
@@ -46,9 +48,14 @@ pub async fn not_found() -> ApiError {
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     name: String,
+    /// The quotas it names; the others are the server's `[quotas]`.
     #[serde(default)]
-    quotas: Option<Quotas>,
+    quotas: QuotasPatch,
 }
+
+/// The longest a creation waits for the clock to pass the second a previous tenant of the
+/// same name was deleted in (more means the nodes' clocks disagree: it does not wait).
+const MAX_CREATE_WAIT_MS: u64 = 2_000;
 
 pub async fn create_tenant(
     State(st): St,
@@ -57,11 +64,21 @@ pub async fn create_tenant(
 ) -> ApiResult<(StatusCode, Json<Tenant>)> {
     authorize(&p, Action::ManageTenants)?;
     check_name("tenant", &body.name)?;
-    let t = Tenant {
-        name: body.name,
-        quotas: body.quotas.unwrap_or_else(|| st.config.quotas.clone()),
-        created_ms: now_ms(),
-    };
+    let quotas = body.quotas.apply(&st.config.quotas);
+    let mut t =
+        Tenant::new(body.name, quotas, now_ms()).map_err(|e| ApiError::Internal(format!("random bytes: {e}")))?;
+    if let Some((gone, _)) = st.registry.get::<DeletedTenant>(RecordKind::DeletedTenant, &t.name).await? {
+        // A tenant of this name existed: its tokens carry an `iat` up to the second it was
+        // deleted in, so this one starts in a later second and accepts only tokens issued
+        // from then on. Wait for that second, so that tokens issued after this answer work.
+        t.reused_name = true;
+        let start = (gone.deleted_ms / 1000 + 1) * 1000;
+        let wait = start.saturating_sub(t.created_ms);
+        if wait > 0 && wait <= MAX_CREATE_WAIT_MS {
+            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        }
+        t.created_ms = now_ms().max(start);
+    }
     match st.registry.put(RecordKind::Tenant, &t.name, &t, Some(0)).await {
         Ok(_) => {
             st.forget_tenant(&t.name);
@@ -102,7 +119,9 @@ pub async fn get_tenant(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTenant {
-    quotas: Quotas,
+    /// The quotas to change; the others keep their values.
+    #[serde(default)]
+    quotas: QuotasPatch,
 }
 
 pub async fn update_tenant(
@@ -113,7 +132,7 @@ pub async fn update_tenant(
 ) -> ApiResult<Json<Tenant>> {
     authorize(&p, Action::ManageTenants)?;
     let (mut t, rev) = visible_tenant(&st, &p, &name).await?;
-    t.quotas = body.quotas;
+    t.quotas = body.quotas.apply(&t.quotas);
     st.registry.put(RecordKind::Tenant, &name, &t, Some(rev)).await?;
     st.forget_tenant(&name);
     Ok(Json(t))
@@ -125,8 +144,12 @@ pub async fn delete_tenant(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     authorize(&p, Action::ManageTenants)?;
-    visible_tenant(&st, &p, &name).await?;
-    // The tenant record goes first: from then on its credentials are refused.
+    let (t, _) = visible_tenant(&st, &p, &name).await?;
+    // What is left of it first: a later tenant of this name must know the name was used
+    // (its tokens are refused then). Then the record: from then on its credentials are
+    // refused.
+    let gone = DeletedTenant { id: t.id.clone(), deleted_ms: now_ms() };
+    st.registry.put(RecordKind::DeletedTenant, &name, &gone, None).await?;
     st.registry.delete(RecordKind::Tenant, &name).await?;
     st.forget_tenant(&name);
     let prefix = scoped(&name, "");
@@ -198,6 +221,7 @@ pub async fn create_key(
     let rec = ApiKeyRecord {
         id: id.clone(),
         tenant: t.name.clone(),
+        tenant_id: t.id.clone(),
         role: role.as_str().into(),
         name: body.name,
         hash,
@@ -260,19 +284,25 @@ pub async fn list_audit(
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<Vec<AuditEvent>>> {
     authorize(&p, Action::ReadAudit)?;
-    // Tenant-admins see their own tenant only, whatever they ask for; platform-admins may
-    // filter with `?tenant=` or the tenant header.
-    let named = headers.get(super::TENANT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let tenant =
-        if p.role == Role::PlatformAdmin { q.tenant.or(named) } else { p.tenant.as_deref().map(str::to_owned) };
     let limit = q.limit.unwrap_or(100).min(1000);
+    let filter = |e: &AuditEvent| {
+        q.action.as_ref().is_none_or(|a| e.action.contains(a.as_str()))
+            && q.actor.as_ref().is_none_or(|a| &e.actor == a)
+    };
+    if p.role != Role::PlatformAdmin {
+        // Tenant-admins read their tenant's own log, whatever they ask for: only its events,
+        // numbered from 1 for this tenant (no gaps from other tenants' activity, nothing of
+        // an earlier tenant of the same name).
+        let own = tenant_scope(&st, &p, &headers).await?;
+        return Ok(Json(st.registry.audit_list(Some(&own.id), q.since, limit, filter).await?));
+    }
+    // Platform-admins read the platform's log (every tenant, deleted ones included, and
+    // platform-wide actions), filtered by tenant name with `?tenant=` or the tenant header.
+    let named = headers.get(super::TENANT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let tenant = q.tenant.or(named);
     let events = st
         .registry
-        .audit_list(q.since, limit, |e| {
-            tenant.as_ref().is_none_or(|t| &e.tenant == t)
-                && q.action.as_ref().is_none_or(|a| e.action.contains(a.as_str()))
-                && q.actor.as_ref().is_none_or(|a| &e.actor == a)
-        })
+        .audit_list(None, q.since, limit, |e| tenant.as_ref().is_none_or(|t| &e.tenant == t) && filter(e))
         .await?;
     Ok(Json(events))
 }

@@ -218,7 +218,7 @@ impl AppState {
     /// Build the state; `restore` then brings back deployed agents.
     pub fn new(config: ServerConfig, runtime: Runtime, store: Arc<dyn Store>, verifier: Verifier) -> ApiResult<Self> {
         let modules_dir = config.data_dir.join("modules");
-        std::fs::create_dir_all(&modules_dir).map_err(|e| ApiError::Internal(format!("modules dir: {e}")))?;
+        crate::fsutil::private_dir(&modules_dir).map_err(|e| ApiError::Internal(format!("modules dir: {e}")))?;
         let metrics = Metrics::new(config.metrics.max_agent_labels);
         let latency = metrics.store_latency();
         let observe: crate::store::Observer =
@@ -321,7 +321,7 @@ impl AppState {
         let tmp = self.modules_dir.join(format!("{digest}.{}.tmp", std::process::id()));
         let write = || -> std::io::Result<()> {
             use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
+            let mut f = crate::fsutil::create_private(&tmp)?;
             f.write_all(bytes)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)

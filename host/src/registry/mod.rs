@@ -59,15 +59,115 @@ impl Default for Quotas {
     }
 }
 
+/// Quotas a request names: each one given replaces that quota, the others stay as they
+/// are (`PATCH`) or come from the server's `[quotas]` (a new tenant).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotasPatch {
+    /// See [`Quotas::invocations_per_second`].
+    pub invocations_per_second: Option<u32>,
+    /// See [`Quotas::burst`].
+    pub burst: Option<u32>,
+    /// See [`Quotas::concurrent_invocations`].
+    pub concurrent_invocations: Option<u32>,
+    /// See [`Quotas::agents`].
+    pub agents: Option<u32>,
+    /// See [`Quotas::module_bytes`].
+    pub module_bytes: Option<u64>,
+    /// See [`Quotas::stored_bytes`].
+    pub stored_bytes: Option<u64>,
+    /// See [`Quotas::max_fuel`].
+    pub max_fuel: Option<u64>,
+    /// See [`Quotas::max_memory_bytes`].
+    pub max_memory_bytes: Option<u64>,
+    /// See [`Quotas::max_timeout_ms`].
+    pub max_timeout_ms: Option<u64>,
+}
+
+impl QuotasPatch {
+    /// `base` with the quotas this names replaced.
+    pub fn apply(&self, base: &Quotas) -> Quotas {
+        Quotas {
+            invocations_per_second: self.invocations_per_second.unwrap_or(base.invocations_per_second),
+            burst: self.burst.unwrap_or(base.burst),
+            concurrent_invocations: self.concurrent_invocations.unwrap_or(base.concurrent_invocations),
+            agents: self.agents.unwrap_or(base.agents),
+            module_bytes: self.module_bytes.unwrap_or(base.module_bytes),
+            stored_bytes: self.stored_bytes.unwrap_or(base.stored_bytes),
+            max_fuel: self.max_fuel.unwrap_or(base.max_fuel),
+            max_memory_bytes: self.max_memory_bytes.unwrap_or(base.max_memory_bytes),
+            max_timeout_ms: self.max_timeout_ms.unwrap_or(base.max_timeout_ms),
+        }
+    }
+}
+
 /// A tenant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredTenant")]
 pub struct Tenant {
-    /// Its name (also its id).
+    /// Its immutable id, never given to another tenant: a name can be used again after its
+    /// tenant was deleted, an id cannot. API keys and audit events are bound to it.
+    pub id: String,
+    /// Its name, unique among the tenants that exist.
     pub name: String,
     /// Its quotas.
     pub quotas: Quotas,
-    /// Creation time (ms since the epoch).
+    /// Creation time (ms since the epoch). For a name used before, later than the second
+    /// the previous tenant of that name was deleted in.
     pub created_ms: u64,
+    /// Whether a deleted tenant had this name before: then a token must carry an `iat` in
+    /// or after the second of `created_ms`, so that the old tenant's tokens are refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reused_name: bool,
+}
+
+impl Tenant {
+    /// A new tenant with a fresh id.
+    pub fn new(name: String, quotas: Quotas, created_ms: u64) -> std::io::Result<Self> {
+        let id = crate::secrets::hex(&crate::secrets::random_bytes::<8>()?);
+        Ok(Self { id, name, quotas, created_ms, reused_name: false })
+    }
+
+    /// Whether credentials issued at `issued_at` (seconds since the epoch, the JWT `iat`)
+    /// may act for this tenant: always, unless the name was used by a deleted tenant, whose
+    /// tokens are refused (a token without `iat` cannot show it is not one of them).
+    pub fn accepts_token_issued_at(&self, issued_at: Option<u64>) -> bool {
+        !self.reused_name || issued_at.is_some_and(|iat| iat >= self.created_ms / 1000)
+    }
+}
+
+/// A tenant record as stored: records written before tenants had ids get one derived from
+/// their name and creation time (stable, and different for a later tenant of that name).
+#[derive(Deserialize)]
+struct StoredTenant {
+    #[serde(default)]
+    id: String,
+    name: String,
+    quotas: Quotas,
+    created_ms: u64,
+    #[serde(default)]
+    reused_name: bool,
+}
+
+impl From<StoredTenant> for Tenant {
+    fn from(t: StoredTenant) -> Self {
+        let id = if t.id.is_empty() {
+            crate::secrets::sha256_hex(format!("{}/{}", t.name, t.created_ms).as_bytes())[..16].to_owned()
+        } else {
+            t.id
+        };
+        Self { id, name: t.name, quotas: t.quotas, created_ms: t.created_ms, reused_name: t.reused_name }
+    }
+}
+
+/// What is left of a deleted tenant, keyed by its name: a later tenant of the same name
+/// learns from it that the name was used ([`Tenant::reused_name`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedTenant {
+    /// The deleted tenant's id.
+    pub id: String,
+    /// When it was deleted (ms since the epoch).
+    pub deleted_ms: u64,
 }
 
 /// An uploaded module, as a tenant sees it.
@@ -285,6 +385,11 @@ pub struct ApiKeyRecord {
     pub id: String,
     /// Owner.
     pub tenant: String,
+    /// The owner's id ([`Tenant::id`]): the key acts for that tenant only, never for a later
+    /// one of the same name. Empty in keys made before tenants had ids (those are valid
+    /// for a tenant created before the key).
+    #[serde(default)]
+    pub tenant_id: String,
     /// Role the key acts with.
     pub role: String,
     /// A label for people.
@@ -309,6 +414,10 @@ pub struct AuditEvent {
     pub actor: String,
     /// Tenant acted on (empty for platform-wide actions).
     pub tenant: String,
+    /// Its id ([`Tenant::id`]), when the tenant existed: the event is in that tenant's own
+    /// log too, numbered there from 1 (its `seq` in that log).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tenant_id: String,
     /// What (`POST /v1/agents`).
     pub action: String,
     /// On what (the request path).
@@ -371,14 +480,19 @@ impl Registry {
         self.store.record_list(kind, prefix).await?.iter().map(|(_, v)| decode(v)).collect()
     }
 
-    /// Append an audit event; returns its sequence number.
+    /// Append an audit event to the platform's log and, when it names a tenant id, to that
+    /// tenant's own log; returns its number in the platform's log.
     pub async fn audit(&self, event: &AuditEvent) -> Result<u64> {
-        self.store.audit_append(encode(event)?).await
+        let own = (!event.tenant_id.is_empty()).then_some(event.tenant_id.as_str());
+        Ok(self.store.audit_append(encode(event)?, own).await?.0)
     }
 
-    /// Audit events after `since`, filtered, at most `limit`.
+    /// Audit events after `since`, filtered, at most `limit`: of the platform's log (`tenant_id`
+    /// `None`; `seq` numbers every event), or of one tenant's own log (`seq` numbers that
+    /// tenant's events only, from 1, so it tells nothing about other tenants).
     pub async fn audit_list(
         &self,
+        tenant_id: Option<&str>,
         since: u64,
         limit: usize,
         filter: impl Fn(&AuditEvent) -> bool,
@@ -386,7 +500,7 @@ impl Registry {
         let mut out = Vec::new();
         let mut cursor = since;
         loop {
-            let batch = self.store.audit_list(cursor, 512).await?;
+            let batch = self.store.audit_list(tenant_id, cursor, 512).await?;
             let Some((last, _)) = batch.last() else { break };
             cursor = *last;
             for (seq, raw) in &batch {
@@ -407,4 +521,52 @@ impl Registry {
 /// Key of a tenant-scoped record.
 pub fn scoped(tenant: &str, name: &str) -> String {
     format!("{tenant}/{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_from_before_tenant_ids_stay_readable() {
+        let old = br#"{"name":"acme","quotas":{},"created_ms":1000}"#;
+        let t: Tenant = serde_json::from_slice(old).unwrap();
+        assert_eq!((t.name.as_str(), t.reused_name, t.id.len()), ("acme", false, 16));
+        let again: Tenant = serde_json::from_slice(old).unwrap();
+        assert_eq!(t.id, again.id, "a derived id is stable");
+        let later: Tenant = serde_json::from_slice(br#"{"name":"acme","quotas":{},"created_ms":2000}"#).unwrap();
+        assert_ne!(t.id, later.id, "a later tenant of the name gets another");
+        let round: Tenant = serde_json::from_slice(&serde_json::to_vec(&t).unwrap()).unwrap();
+        assert_eq!(round, t);
+        let key: ApiKeyRecord = serde_json::from_slice(
+            br#"{"id":"k","tenant":"acme","role":"observer","name":"","hash":"h","created_ms":1,"revoked":false}"#,
+        )
+        .unwrap();
+        assert_eq!(key.tenant_id, "");
+        let event: AuditEvent = serde_json::from_slice(
+            br#"{"seq":0,"time_ms":1,"actor":"a","tenant":"acme","action":"x","target":"/","outcome":200}"#,
+        )
+        .unwrap();
+        assert_eq!(event.tenant_id, "");
+    }
+
+    #[test]
+    fn a_reused_name_accepts_only_tokens_issued_from_its_creation_on() {
+        let mut t = Tenant::new("acme".into(), Quotas::default(), 5_500).unwrap();
+        assert!(t.accepts_token_issued_at(None) && t.accepts_token_issued_at(Some(1)), "a first tenant of a name");
+        t.reused_name = true;
+        assert!(!t.accepts_token_issued_at(None));
+        assert!(!t.accepts_token_issued_at(Some(4)));
+        assert!(t.accepts_token_issued_at(Some(5)) && t.accepts_token_issued_at(Some(6)));
+        assert_ne!(Tenant::new("acme".into(), Quotas::default(), 1).unwrap().id, t.id);
+    }
+
+    #[test]
+    fn a_quotas_patch_replaces_only_what_it_names() {
+        let base = Quotas { burst: 3, agents: 4, ..Quotas::default() };
+        let patch: QuotasPatch = serde_json::from_str(r#"{"agents": 9}"#).unwrap();
+        assert_eq!(patch.apply(&base), Quotas { agents: 9, ..base.clone() });
+        assert_eq!(QuotasPatch::default().apply(&base), base);
+        assert!(serde_json::from_str::<QuotasPatch>(r#"{"agentz": 9}"#).is_err());
+    }
 }

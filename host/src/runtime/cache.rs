@@ -65,10 +65,10 @@ fn load_or_create_key(dir: &Path) -> std::io::Result<[u8; 32]> {
 impl ArtifactCache {
     /// Open the cache under `root`, in a sub-folder for this engine's compatibility hash.
     pub fn open(root: &Path, engine: &Engine) -> std::io::Result<Self> {
-        std::fs::create_dir_all(root)?;
+        crate::fsutil::private_dir(root)?;
         let key = load_or_create_key(root)?;
         let dir = root.join(engine_fingerprint(engine));
-        std::fs::create_dir_all(&dir)?;
+        crate::fsutil::private_dir(&dir)?;
         Ok(Self { dir, key })
     }
 
@@ -97,7 +97,7 @@ impl ArtifactCache {
     pub fn write(&self, digest: &str, payload: &[u8]) -> std::io::Result<()> {
         let tmp = self.dir.join(format!("{digest}.{}.tmp", std::process::id()));
         {
-            let mut f = std::fs::File::create(&tmp)?;
+            let mut f = crate::fsutil::create_private(&tmp)?;
             f.write_all(MAGIC)?;
             f.write_all(&hmac(&self.key, payload))?;
             f.write_all(payload)?;

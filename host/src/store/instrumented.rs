@@ -75,11 +75,11 @@ impl RecordStore for Instrumented {
     async fn record_list(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
         self.time("record_list", self.inner.record_list(kind, prefix)).await
     }
-    async fn audit_append(&self, event: Vec<u8>) -> Result<u64> {
-        self.time("audit_append", self.inner.audit_append(event)).await
+    async fn audit_append(&self, event: Vec<u8>, tenant: Option<&str>) -> Result<(u64, Option<u64>)> {
+        self.time("audit_append", self.inner.audit_append(event, tenant)).await
     }
-    async fn audit_list(&self, since: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
-        self.time("audit_list", self.inner.audit_list(since, limit)).await
+    async fn audit_list(&self, tenant: Option<&str>, since: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.time("audit_list", self.inner.audit_list(tenant, since, limit)).await
     }
     async fn purge_tenant_documents(&self, tenant: &str) -> Result<u64> {
         self.time("purge_tenant", self.inner.purge_tenant_documents(tenant)).await

@@ -151,6 +151,8 @@ pub enum RecordKind {
     Message,
     /// Idempotency keys of delivered messages, keyed by `tenant/agent/k<hash>`.
     Delivered,
+    /// What is left of deleted tenants, keyed by name.
+    DeletedTenant,
 }
 
 impl RecordKind {
@@ -165,6 +167,7 @@ impl RecordKind {
             RecordKind::DeadLetter => "deadletter",
             RecordKind::Message => "message",
             RecordKind::Delivered => "delivered",
+            RecordKind::DeletedTenant => "deleted-tenant",
         }
     }
 }
@@ -193,10 +196,13 @@ pub trait RecordStore: Send + Sync + 'static {
     }
     /// Records whose key starts with `prefix`, in key order.
     async fn record_list(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
-    /// Append an audit event; returns its sequence number (from 1, without gaps).
-    async fn audit_append(&self, event: Vec<u8>) -> Result<u64>;
-    /// Audit events after `since`, oldest first, at most `limit`.
-    async fn audit_list(&self, since: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>>;
+    /// Append an audit event to the platform's log and, with `tenant` (a tenant id), to that
+    /// tenant's own log too, in one atomic step. Returns its sequence number in the
+    /// platform's log and in the tenant's: each log numbers from 1, without gaps.
+    async fn audit_append(&self, event: Vec<u8>, tenant: Option<&str>) -> Result<(u64, Option<u64>)>;
+    /// Audit events after `since` of the platform's log (`tenant` `None`) or of one tenant's
+    /// own log, oldest first, at most `limit`.
+    async fn audit_list(&self, tenant: Option<&str>, since: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>>;
     /// Delete every document of a tenant, its change feed (the sequence starts again at 1)
     /// and its graph edges; returns how many documents there were.
     async fn purge_tenant_documents(&self, tenant: &str) -> Result<u64>;

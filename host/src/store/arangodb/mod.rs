@@ -12,7 +12,8 @@
 //! - `cortex_feed`: append-only event streams. `_key` = escaped stream + `-` + the sequence
 //!   number zero-padded to 20 digits, so a second writer of the same number is refused by
 //!   the primary index (409, unique constraint) and retries with the next one: numbers
-//!   are dense. The audit log is the stream `audit`; the change feed is one stream per
+//!   are dense. The audit log is the stream `audit`, and each tenant's own copy of its
+//!   events the stream `audit:{tenant id}` (both written in one stream transaction); the change feed is one stream per
 //!   tenant (`t:{tenant}`), appended in the same stream transaction as the writes it
 //!   reports, together with a head document ([`feed`]). ArangoDB has no change streams in
 //!   a cluster, so readers poll `seq > cursor` in order, with backoff.
@@ -72,7 +73,6 @@ const ERR_CONFLICT: u16 = 1200;
 const ERR_NOT_FOUND: u16 = 1202;
 const ERR_COLLECTION_NOT_FOUND: u16 = 1203;
 const ERR_DUPLICATE_NAME: u16 = 1207;
-const ERR_UNIQUE: u16 = 1210;
 const ERR_DATABASE_NOT_FOUND: u16 = 1228;
 
 type Db = Database<HttpClient>;
@@ -385,6 +385,64 @@ impl ArangoStore {
     }
 }
 
+/// The stream of a tenant's own audit log (by tenant id) in `cortex_feed`.
+fn tenant_audit_stream(tenant_id: &str) -> String {
+    format!("{AUDIT_STREAM}:{tenant_id}")
+}
+
+impl ArangoStore {
+    /// The last sequence number of an audit stream (0: none).
+    async fn audit_last(&self, stream: &str) -> Result<u64> {
+        let last: Vec<u64> = self
+            .query(
+                "FOR e IN cortex_feed FILTER e.stream == @stream SORT e.seq DESC LIMIT 1 RETURN e.seq",
+                vec![("stream", json!(stream))],
+            )
+            .await?;
+        Ok(last.first().copied().unwrap_or(0))
+    }
+
+    /// Insert an audit event as number `seq` of the platform's log and, with `own`, as
+    /// number `own.1` of the stream `own.0`, in one stream transaction; `Retry` when another
+    /// writer took either number first (the unique key refuses the second).
+    async fn audit_insert(&self, value: &str, seq: u64, own: Option<(&str, u64)>) -> Result<Step<()>> {
+        let settings = TransactionSettings::builder()
+            .collections(TransactionCollections::builder().write(vec![FEED.to_owned()]).build())
+            .wait_for_sync(true)
+            .build();
+        let trx = self.db.begin_transaction(settings).await.map_err(backend)?;
+        let feed = self.feed.clone_with_transaction(trx.id().clone()).map_err(backend)?;
+        let outcome = async {
+            for (stream, seq) in std::iter::once((AUDIT_STREAM, seq)).chain(own) {
+                let body = with_key(
+                    &event_key(stream, seq),
+                    &StoredEvent { stream: stream.to_owned(), seq, value: value.to_owned() },
+                )?;
+                match feed.create_document(body, InsertOptions::default()).await {
+                    Ok(_) => {}
+                    Err(e) if lost_race(&e) => return Ok(Step::Retry),
+                    Err(e) => return Err(backend(e)),
+                }
+            }
+            Ok(Step::Done(()))
+        }
+        .await;
+        match outcome {
+            Ok(Step::Done(())) => match trx.commit().await {
+                Ok(_) => Ok(Step::Done(())),
+                Err(e) if lost_race(&e) => Ok(Step::Retry),
+                Err(e) => Err(backend(e)),
+            },
+            other => {
+                if let Err(e) = trx.abort().await {
+                    tracing::warn!(error = %e, "arangodb: aborting a stream transaction failed");
+                }
+                other
+            }
+        }
+    }
+}
+
 /// What one op of a write did.
 enum Applied {
     /// A put, with the new revision.
@@ -558,31 +616,23 @@ impl RecordStore for ArangoStore {
         rows.into_iter().map(|r| Ok((r.key, bytes_of(&r.value)?))).collect()
     }
 
-    async fn audit_append(&self, event: Vec<u8>) -> Result<u64> {
+    async fn audit_append(&self, event: Vec<u8>, tenant: Option<&str>) -> Result<(u64, Option<u64>)> {
         let value = hex(&event);
+        let own = tenant.map(tenant_audit_stream);
         for _ in 0..MAX_ATTEMPTS {
-            let last: Vec<u64> = self
-                .query(
-                    "FOR e IN cortex_feed FILTER e.stream == @stream SORT e.seq DESC LIMIT 1 RETURN e.seq",
-                    vec![("stream", json!(AUDIT_STREAM))],
-                )
-                .await?;
-            let seq = last.first().copied().unwrap_or(0) + 1;
-            let body = with_key(
-                &event_key(AUDIT_STREAM, seq),
-                &StoredEvent { stream: AUDIT_STREAM.to_owned(), seq, value: value.clone() },
-            )?;
-            match self.feed.create_document(body, InsertOptions::default()).await {
-                Ok(_) => return Ok(seq),
-                // Another writer took `seq` first: the primary index refused ours.
-                Err(e) if matches!(arango_error(&e), Some((409, ERR_UNIQUE))) => continue,
-                Err(e) => return Err(backend(e)),
+            let seq = self.audit_last(AUDIT_STREAM).await? + 1;
+            let own_seq = match &own {
+                Some(stream) => Some((stream.as_str(), self.audit_last(stream).await? + 1)),
+                None => None,
+            };
+            if let Step::Done(()) = self.audit_insert(&value, seq, own_seq).await? {
+                return Ok((seq, own_seq.map(|(_, n)| n)));
             }
         }
         Err(too_busy("audit_append"))
     }
 
-    async fn audit_list(&self, since: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+    async fn audit_list(&self, tenant: Option<&str>, since: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -591,11 +641,12 @@ impl RecordStore for ArangoStore {
             seq: u64,
             value: String,
         }
+        let stream = tenant.map_or_else(|| AUDIT_STREAM.to_owned(), tenant_audit_stream);
         let rows: Vec<Row> = self
             .query(
                 "FOR e IN cortex_feed FILTER e.stream == @stream AND e.seq > @since \
                  SORT e.seq LIMIT @limit RETURN { seq: e.seq, value: e.value }",
-                vec![("stream", json!(AUDIT_STREAM)), ("since", json!(since)), ("limit", json!(limit))],
+                vec![("stream", json!(stream)), ("since", json!(since)), ("limit", json!(limit))],
             )
             .await?;
         rows.into_iter().map(|r| Ok((r.seq, bytes_of(&r.value)?))).collect()

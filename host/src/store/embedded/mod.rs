@@ -28,6 +28,8 @@ const USAGE: TableDefinition<&str, u64> = TableDefinition::new("usage");
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 /// The audit log: sequence number to JSON.
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// Each tenant's own audit log: `(tenant id, its sequence number)` to JSON.
+const TENANT_AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("tenant_audit");
 
 /// The tables a document write touches.
 struct Tables<'t> {
@@ -124,13 +126,18 @@ fn revision_of(raw: &[u8]) -> Result<u64> {
 impl EmbeddedStore {
     /// Open (or create) `dir/documents.redb`.
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Open { path: dir.to_owned(), source })?;
-        let db = Database::create(dir.join("documents.redb")).map_err(backend)?;
+        let open = |source| StoreError::Open { path: dir.to_owned(), source };
+        crate::fsutil::private_dir(dir).map_err(open)?;
+        // redb creates its file with the umask's mode: create it owner-only first.
+        let file = dir.join("documents.redb");
+        crate::fsutil::ensure_private_file(&file).map_err(open)?;
+        let db = Database::create(file).map_err(backend)?;
         let txn = db.begin_write().map_err(backend)?;
         txn.open_table(DOCUMENTS).map_err(backend)?;
         txn.open_table(USAGE).map_err(backend)?;
         txn.open_table(RECORDS).map_err(backend)?;
         txn.open_table(AUDIT).map_err(backend)?;
+        txn.open_table(TENANT_AUDIT).map_err(backend)?;
         feed::create_tables(&txn)?;
         graph::create_tables(&txn)?;
         txn.commit().map_err(backend)?;
@@ -385,24 +392,39 @@ impl RecordStore for EmbeddedStore {
         Ok(out)
     }
 
-    async fn audit_append(&self, event: Vec<u8>) -> Result<u64> {
+    async fn audit_append(&self, event: Vec<u8>, tenant: Option<&str>) -> Result<(u64, Option<u64>)> {
+        let tenant = tenant.map(str::to_owned);
         self.write_txn(move |txn| {
             let mut table = txn.open_table(AUDIT).map_err(backend)?;
             let last = table.last().map_err(backend)?.map_or(0, |(k, _)| k.value());
             table.insert(last + 1, event.as_slice()).map_err(backend)?;
-            Ok(last + 1)
+            let Some(tenant) = tenant else { return Ok((last + 1, None)) };
+            let mut own = txn.open_table(TENANT_AUDIT).map_err(backend)?;
+            let own_last =
+                match own.range((tenant.as_str(), 0)..=(tenant.as_str(), u64::MAX)).map_err(backend)?.next_back() {
+                    Some(item) => item.map_err(backend)?.0.value().1,
+                    None => 0,
+                };
+            own.insert((tenant.as_str(), own_last + 1), event.as_slice()).map_err(backend)?;
+            Ok((last + 1, Some(own_last + 1)))
         })
         .await
     }
 
-    async fn audit_list(&self, since: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+    async fn audit_list(&self, tenant: Option<&str>, since: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
         let txn = self.db.begin_read().map_err(backend)?;
-        let table = txn.open_table(AUDIT).map_err(backend)?;
         let mut out = Vec::new();
-        for item in table.range(since.saturating_add(1)..).map_err(backend)? {
-            if out.len() >= limit {
-                break;
+        let from = since.saturating_add(1);
+        if let Some(tenant) = tenant {
+            let table = txn.open_table(TENANT_AUDIT).map_err(backend)?;
+            for item in table.range((tenant, from)..=(tenant, u64::MAX)).map_err(backend)?.take(limit) {
+                let (k, v) = item.map_err(backend)?;
+                out.push((k.value().1, v.value().to_vec()));
             }
+            return Ok(out);
+        }
+        let table = txn.open_table(AUDIT).map_err(backend)?;
+        for item in table.range(from..).map_err(backend)?.take(limit) {
             let (k, v) = item.map_err(backend)?;
             out.push((k.value(), v.value().to_vec()));
         }
@@ -543,9 +565,9 @@ mod tests {
         assert_eq!(keys, ["t/a", "t/b"]);
         assert_eq!(s.record_get(RecordKind::Agent, "t/b").await.unwrap(), Some((b"2".to_vec(), 1)));
         assert!(s.record_delete(RecordKind::Agent, "t/b").await.unwrap());
-        assert_eq!(s.audit_append(b"e1".to_vec()).await.unwrap(), 1);
-        assert_eq!(s.audit_append(b"e2".to_vec()).await.unwrap(), 2);
-        assert_eq!(s.audit_list(1, 10).await.unwrap(), vec![(2, b"e2".to_vec())]);
+        assert_eq!(s.audit_append(b"e1".to_vec(), None).await.unwrap(), (1, None));
+        assert_eq!(s.audit_append(b"e2".to_vec(), Some("t1")).await.unwrap(), (2, Some(1)));
+        assert_eq!(s.audit_list(None, 1, 10).await.unwrap(), vec![(2, b"e2".to_vec())]);
     }
 
     #[tokio::test]
