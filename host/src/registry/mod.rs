@@ -33,8 +33,11 @@ pub struct Quotas {
     pub agents: u32,
     /// Bytes of uploaded modules.
     pub module_bytes: u64,
-    /// Bytes of documents.
+    /// Bytes stored: document values, graph edges (names and attributes), queued messages
+    /// and dead letters.
     pub stored_bytes: u64,
+    /// Graph edges.
+    pub edges: u64,
     /// Highest fuel an agent may be given.
     pub max_fuel: u64,
     /// Highest memory an agent may be given, in bytes.
@@ -52,6 +55,7 @@ impl Default for Quotas {
             agents: 100,
             module_bytes: 512 << 20,
             stored_bytes: 1 << 30,
+            edges: 100_000,
             max_fuel: 10_000_000_000,
             max_memory_bytes: 512 << 20,
             max_timeout_ms: 60_000,
