@@ -28,8 +28,8 @@ pub fn check(text: &str) -> Result<(), JsonError> {
 
 fn describe(e: &serde_json::Error) -> String {
     let text = e.to_string();
-    if text.contains("surrogate") {
-        format!("a string holds a lone UTF-16 surrogate escape, which cannot be read back ({text})")
+    if text.contains("surrogate") || text.contains("hex escape") {
+        format!("a string holds a lone UTF-16 surrogate or a broken \\u escape, which cannot be read back ({text})")
     } else if text.contains("number out of range") {
         format!("a number is outside the range of a 64-bit float ({text})")
     } else {

@@ -618,10 +618,11 @@ impl RecordStore for ArangoStore {
                 }
                 continue;
             }
+            let k = &k;
             let step = self
                 .in_records_transaction(|records| async move {
                     let mut meter = self.meter(&records, record_tenant(key)).await?;
-                    let Step::Done((rev, old)) = cas_put(&records, &k, expected, record_rev, make).await? else {
+                    let Step::Done((rev, old)) = cas_put(&records, k, expected, record_rev, make).await? else {
                         return Ok(Step::Retry);
                     };
                     meter.add(size, 0);
@@ -648,10 +649,11 @@ impl RecordStore for ArangoStore {
                 }
                 continue;
             }
+            let k = &k;
             let step = self
                 .in_records_transaction(|records| async move {
                     let mut meter = self.meter(&records, record_tenant(key)).await?;
-                    let Step::Done(removed) = cas_delete::<StoredRecord>(&records, &k, None, record_rev).await? else {
+                    let Step::Done(removed) = cas_delete::<StoredRecord>(&records, k, None, record_rev).await? else {
                         return Ok(Step::Retry);
                     };
                     let Some(old) = removed else { return Ok(Step::Done(false)) };

@@ -7,7 +7,7 @@
 //! agent takes the rest of the key, so a range scan yields edges sorted by
 //! `(kind, other agent)` in byte order, and a kind prefix never matches a longer kind.
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 
 use super::{EDGE_COUNT, EmbeddedStore, USAGE, add_bytes, backend, bytes_of, keys_with_prefix, push_part};
 use crate::store::{Direction, Edge, GraphStore, Quota, Result, StoreError, Usage, edge_size};
