@@ -169,7 +169,8 @@ async fn json_the_sdk_cannot_read_back_is_refused_with_invalid_value() {
     }
     // The same through a transaction (70 deep: the guest's own serde_json still reads it,
     // the host refuses it): nothing of it is written.
-    let tx = format!(r#"tx:[{{"op":"put","c":"c","k":"ok","v":1}},{{"op":"put","c":"c","k":"bad","v":{}}}]"#, nested(70));
+    let tx =
+        format!(r#"tx:[{{"op":"put","c":"c","k":"ok","v":1}},{{"op":"put","c":"c","k":"bad","v":{}}}]"#, nested(70));
     let r = kv_text(&sb, &m, "t1", &tx).await;
     assert!(r.starts_with("error:invalid-value:"), "{r}");
     assert_eq!(kv_text(&sb, &m, "t1", "get:c/ok").await, "none");

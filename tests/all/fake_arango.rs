@@ -460,14 +460,16 @@ fn run_query(st: &mut State, db: &str, q: &str, vars: &Value) -> Option<Vec<Valu
                 .collect();
             rows.sort_by(|a, b| by(a, b, "khex"));
             // WINDOW { preceding: "unbounded", following: 0 }: a running sum over the rows.
-            let size = |d: &Value| d["size"].as_u64().unwrap_or(0) + d["khex"].as_str().map_or(0, |k| k.len() as u64 / 2);
+            let size =
+                |d: &Value| d["size"].as_u64().unwrap_or(0) + d["khex"].as_str().map_or(0, |k| k.len() as u64 / 2);
             let mut used = 0;
             Some(
                 rows.into_iter()
                     .take(n("limit") as usize)
                     .map(|d| {
                         used += size(&d);
-                        let value = if used <= n("budget") || used == size(&d) { d["value"].clone() } else { Value::Null };
+                        let value =
+                            if used <= n("budget") || used == size(&d) { d["value"].clone() } else { Value::Null };
                         json!({ "key": d["key"], "rev": d["rev"], "value": value })
                     })
                     .collect(),
@@ -525,9 +527,11 @@ fn run_query(st: &mut State, db: &str, q: &str, vars: &Value) -> Option<Vec<Valu
         "LET removed = (FOR e IN cortex_edges FILTER e.tenant == @tenant AND (e._from == @vertex OR e._to == @vertex) REMOVE e IN cortex_edges RETURN OLD.size) RETURN { n: LENGTH(removed), bytes: SUM(removed) }" =>
         {
             let (tenant, vertex) = (s("tenant"), s("vertex"));
-            let matches =
-                |e: &Value| e["tenant"] == tenant.as_str() && (e["_from"] == vertex.as_str() || e["_to"] == vertex.as_str());
-            let bytes: u64 = docs(st, "cortex_edges").iter().filter(|e| matches(e)).filter_map(|e| e["size"].as_u64()).sum();
+            let matches = |e: &Value| {
+                e["tenant"] == tenant.as_str() && (e["_from"] == vertex.as_str() || e["_to"] == vertex.as_str())
+            };
+            let bytes: u64 =
+                docs(st, "cortex_edges").iter().filter(|e| matches(e)).filter_map(|e| e["size"].as_u64()).sum();
             let n = remove_where(st, db, "cortex_edges", matches)?;
             Some(vec![json!({ "n": n, "bytes": bytes })])
         }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cortex_host::store::{
-    ChangeEvent, ChangeOp, Direction, Edge, EmbeddedStore, Quota, RecordKind, Scope, Store, StoreError, Usage,
-    WriteOp, edge_size,
+    ChangeEvent, ChangeOp, Direction, Edge, EmbeddedStore, Quota, RecordKind, Scope, Store, StoreError, Usage, WriteOp,
+    edge_size,
 };
 
 fn put_op(c: &str, k: &str, v: &str, expected: Option<u64>) -> WriteOp {
@@ -154,14 +154,13 @@ async fn quota_contract(s: &Arc<dyn Store>) {
     let size = edge_size("a", "b", "calls", attrs);
     s.link_within(t, "a", "b", "calls", attrs, Quota::NONE).await.unwrap();
     assert_eq!(usage().await, Usage { bytes: 2 + size, edges: 1 });
+    assert_eq!(s.edge(t, "a", "b", "calls").await.unwrap(), Some(edge("a", "b", "calls", attrs)));
+    assert_eq!(s.edge(t, "b", "a", "calls").await.unwrap(), None);
     // Replacing the attributes does not add an edge.
     s.link_within(t, "a", "b", "calls", "{}", Quota::NONE).await.unwrap();
     assert_eq!(usage().await, Usage { bytes: 2 + edge_size("a", "b", "calls", "{}"), edges: 1 });
     let big = format!(r#"{{"w":"{}"}}"#, "x".repeat(1000));
-    assert!(matches!(
-        s.link_within(t, "a", "c", "calls", &big, bytes(500)).await,
-        Err(StoreError::QuotaExceeded(_))
-    ));
+    assert!(matches!(s.link_within(t, "a", "c", "calls", &big, bytes(500)).await, Err(StoreError::QuotaExceeded(_))));
     assert_eq!(s.neighbours(t, "a", None, Direction::Outgoing, 10).await.unwrap().len(), 1, "nothing linked");
     // The edge cap.
     let cap = Quota { bytes: None, edges: Some(2) };

@@ -127,7 +127,8 @@ impl Host for HostState {
         let budget = self.page_budget();
         let cx = self.documents();
         let limit = limit.min(cx.limits.max_list) as usize;
-        let r = cx.store.neighbours_bounded(&cx.scope.tenant, &agent, kind.as_deref(), direction(dir), limit, budget).await;
+        let r =
+            cx.store.neighbours_bounded(&cx.scope.tenant, &agent, kind.as_deref(), direction(dir), limit, budget).await;
         self.graph_answer(r.map(|edges| {
             edges.into_iter().map(|e| wit::Edge { from: e.from, to: e.to, kind: e.kind, attributes: e.attrs }).collect()
         }))
@@ -160,7 +161,8 @@ impl Host for HostState {
             self.calls.charge(Interface::Graph)?;
             let budget = self.page_budget();
             let cx = self.documents();
-            let hop = cx.store.neighbours_bounded(&cx.scope.tenant, &agent, kind.as_deref(), direction(dir), limit, budget);
+            let hop =
+                cx.store.neighbours_bounded(&cx.scope.tenant, &agent, kind.as_deref(), direction(dir), limit, budget);
             let edges = match hop.await {
                 Ok(e) => e,
                 Err(e) => return self.graph_answer(Err(e)),

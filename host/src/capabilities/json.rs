@@ -106,7 +106,15 @@ mod tests {
 
     #[test]
     fn ordinary_values_pass() {
-        for ok in ["1", "-0.5e10", "\"a\\u00e9\\ud83d\\ude00\"", "{\"a\":[1,{\"b\":null}]}", "true", " [] ", "1.7976931348623157e308"] {
+        for ok in [
+            "1",
+            "-0.5e10",
+            "\"a\\u00e9\\ud83d\\ude00\"",
+            "{\"a\":[1,{\"b\":null}]}",
+            "true",
+            " [] ",
+            "1.7976931348623157e308",
+        ] {
             assert_eq!(check(ok), Ok(()), "{ok}");
         }
         assert_eq!(check(&nested(MAX_DEPTH)), Ok(()));

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    ChangeEvent, Direction, Document, DocumentStore, Edge, FeedStore, GraphStore, Page, Quota, RecordKind,
-    RecordStore, Result, Scope, Store, Usage, WriteOp,
+    ChangeEvent, Direction, Document, DocumentStore, Edge, FeedStore, GraphStore, Page, Quota, RecordKind, RecordStore,
+    Result, Scope, Store, Usage, WriteOp,
 };
 
 /// Called with the operation name and its latency.
@@ -131,6 +131,9 @@ impl GraphStore for Instrumented {
         quota: Quota,
     ) -> Result<()> {
         self.time("link", self.inner.link_within(tenant, from, to, kind, attrs, quota)).await
+    }
+    async fn edge(&self, tenant: &str, from: &str, to: &str, kind: &str) -> Result<Option<Edge>> {
+        self.time("edge", self.inner.edge(tenant, from, to, kind)).await
     }
     async fn unlink(&self, tenant: &str, from: &str, to: &str, kind: &str) -> Result<bool> {
         self.time("unlink", self.inner.unlink(tenant, from, to, kind)).await

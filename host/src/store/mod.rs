@@ -461,8 +461,18 @@ pub trait GraphStore: Send + Sync + 'static {
 
     /// [`GraphStore::link`]; the edge counts in the tenant's usage (one edge, and
     /// [`edge_size`] bytes), checked against `quota` in the same transaction.
-    async fn link_within(&self, tenant: &str, from: &str, to: &str, kind: &str, attrs: &str, quota: Quota)
-    -> Result<()>;
+    async fn link_within(
+        &self,
+        tenant: &str,
+        from: &str,
+        to: &str,
+        kind: &str,
+        attrs: &str,
+        quota: Quota,
+    ) -> Result<()>;
+
+    /// The edge `(from, to, kind)`, if it exists.
+    async fn edge(&self, tenant: &str, from: &str, to: &str, kind: &str) -> Result<Option<Edge>>;
 
     /// Remove an edge; returns whether it existed.
     async fn unlink(&self, tenant: &str, from: &str, to: &str, kind: &str) -> Result<bool>;

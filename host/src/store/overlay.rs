@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::{
-    ChangeEvent, Direction, Document, DocumentStore, Edge, FeedStore, GraphStore, Page, Quota, RecordKind,
-    RecordStore, Result, Scope, Store, StoreError, Usage, WriteOp,
+    ChangeEvent, Direction, Document, DocumentStore, Edge, FeedStore, GraphStore, Page, Quota, RecordKind, RecordStore,
+    Result, Scope, Store, StoreError, Usage, WriteOp,
 };
 
 /// A document as `init` left it.
@@ -268,10 +268,7 @@ impl GraphStore for Overlay {
         let buffered = self.buffer().edges.get(&k).map(Option::is_some);
         let existed = match buffered {
             Some(linked) => linked,
-            None => {
-                let found = self.inner.neighbours(tenant, from, Some(kind), Direction::Outgoing, usize::MAX).await?;
-                found.iter().any(|e| e.to == to)
-            }
+            None => self.inner.edge(tenant, from, to, kind).await?.is_some(),
         };
         self.buffer().edges.insert(k, None);
         Ok(existed)
@@ -310,6 +307,15 @@ impl GraphStore for Overlay {
         });
         edges.truncate(limit);
         Ok(edges)
+    }
+
+    async fn edge(&self, tenant: &str, from: &str, to: &str, kind: &str) -> Result<Option<Edge>> {
+        let k = (from.to_owned(), to.to_owned(), kind.to_owned());
+        let buffered = self.buffer().edges.get(&k).cloned();
+        match buffered {
+            Some(attrs) => Ok(attrs.map(|attrs| Edge { from: k.0, to: k.1, kind: k.2, attrs })),
+            None => self.inner.edge(tenant, from, to, kind).await,
+        }
     }
 
     async fn remove_agent_edges(&self, tenant: &str, agent: &str) -> Result<u64> {

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::keys::{arango_key, hex};
-use super::{ArangoStore, EDGES, MAX_ATTEMPTS, RECORDS, Step, backend, is_not_found, lost_race, read, too_busy, with_key};
+use super::{
+    ArangoStore, EDGES, MAX_ATTEMPTS, RECORDS, Step, backend, is_not_found, lost_race, read, too_busy, with_key,
+};
 use crate::store::{Direction, Edge, GraphStore, Quota, RecordKind, Result, edge_size};
 
 /// One edge as kept in `cortex_edges`.
@@ -71,7 +73,8 @@ const INCOMING: &str = "FOR e IN cortex_edges FILTER e._to == @vertex AND e.tena
 fn take_within(edges: &mut Vec<Edge>, rows: Vec<Row>, bytes: &mut usize) -> bool {
     for r in rows {
         let Some(attrs) = r.attrs else { return false };
-        *bytes = bytes.saturating_add(usize::try_from(edge_size(&r.from, &r.to, &r.kind, &attrs)).unwrap_or(usize::MAX));
+        *bytes =
+            bytes.saturating_add(usize::try_from(edge_size(&r.from, &r.to, &r.kind, &attrs)).unwrap_or(usize::MAX));
         edges.push(Edge { from: r.from, to: r.to, kind: r.kind, attrs });
     }
     true
@@ -144,6 +147,13 @@ impl GraphStore for ArangoStore {
             }
         }
         Err(too_busy("link"))
+    }
+
+    async fn edge(&self, tenant: &str, from: &str, to: &str, kind: &str) -> Result<Option<Edge>> {
+        let Some((_, e)) = read::<StoredEdge>(&self.edges, &edge_key(tenant, from, to, kind)).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Edge { from: e.from, to: e.to, kind: e.kind, attrs: e.attrs }))
     }
 
     async fn unlink(&self, tenant: &str, from: &str, to: &str, kind: &str) -> Result<bool> {

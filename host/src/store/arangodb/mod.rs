@@ -225,12 +225,7 @@ where
 
 /// Remove `key` if the current revision matches `expected`; returns what was removed
 /// (`None`: it did not exist).
-async fn cas_delete<T>(
-    coll: &Coll,
-    key: &str,
-    expected: Option<u64>,
-    rev_of: fn(&T) -> u64,
-) -> Result<Step<Option<T>>>
+async fn cas_delete<T>(coll: &Coll, key: &str, expected: Option<u64>, rev_of: fn(&T) -> u64) -> Result<Step<Option<T>>>
 where
     T: Serialize + DeserializeOwned,
 {

@@ -60,8 +60,7 @@ impl Meter {
             return Ok(Step::Done(()));
         }
         let key = usage_key(&self.tenant);
-        let doc =
-            UsageDoc { kind: "usage".into(), tenant: self.tenant, bytes: self.now.bytes, edges: self.now.edges };
+        let doc = UsageDoc { kind: "usage".into(), tenant: self.tenant, bytes: self.now.bytes, edges: self.now.edges };
         let body = with_key(&key, &doc)?;
         let res = match self.rev {
             None => records.create_document(body, InsertOptions::default()).await.map(|_| ()),

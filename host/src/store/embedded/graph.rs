@@ -7,7 +7,7 @@
 //! agent takes the rest of the key, so a range scan yields edges sorted by
 //! `(kind, other agent)` in byte order, and a kind prefix never matches a longer kind.
 
-use redb::{ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{EDGE_COUNT, EmbeddedStore, USAGE, add_bytes, backend, bytes_of, keys_with_prefix, push_part};
 use crate::store::{Direction, Edge, GraphStore, Quota, Result, StoreError, Usage, edge_size};
@@ -165,6 +165,16 @@ impl GraphStore for EmbeddedStore {
             Ok(())
         })
         .await
+    }
+
+    async fn edge(&self, tenant: &str, from: &str, to: &str, kind: &str) -> Result<Option<Edge>> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let out = txn.open_table(OUT).map_err(backend)?;
+        let Some(raw) = out.get(edge_key(tenant, from, kind, to).as_slice()).map_err(backend)? else {
+            return Ok(None);
+        };
+        let attrs = attrs_text(tenant, raw.value().to_vec())?;
+        Ok(Some(Edge { from: from.to_owned(), to: to.to_owned(), kind: kind.to_owned(), attrs }))
     }
 
     async fn unlink(&self, tenant: &str, from: &str, to: &str, kind: &str) -> Result<bool> {

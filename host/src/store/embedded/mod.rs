@@ -321,8 +321,7 @@ impl DocumentStore for EmbeddedStore {
         };
         self.read(move |txn| {
             let table = txn.open_table(DOCUMENTS).map_err(backend)?;
-            let range =
-                table.range::<&[u8]>((start.as_ref().map(Vec::as_slice), Bound::Unbounded)).map_err(backend)?;
+            let range = table.range::<&[u8]>((start.as_ref().map(Vec::as_slice), Bound::Unbounded)).map_err(backend)?;
             let mut page = Page::default();
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
             let mut bytes = 0usize;
