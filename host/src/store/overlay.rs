@@ -373,3 +373,78 @@ impl FeedStore for Overlay {
         self.inner.wait_for(tenant, after, timeout).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EmbeddedStore;
+
+    fn setup() -> (tempfile::TempDir, Arc<dyn Store>, Overlay, Scope) {
+        let dir = tempfile::tempdir().unwrap();
+        let inner: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let scope = Scope::new("t", "init");
+        let overlay = Overlay::new(inner.clone(), scope.clone(), 1 << 20);
+        (dir, inner, overlay, scope)
+    }
+
+    fn keys(p: &Page) -> Vec<&str> {
+        p.documents.iter().map(|d| d.key.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn reads_see_buffered_writes_and_the_store_sees_nothing_until_commit() {
+        let (_dir, inner, o, s) = setup();
+        inner.put(&s, "c", "b", "1", None).await.unwrap();
+        inner.put(&s, "c", "d", "1", None).await.unwrap();
+        assert_eq!(o.put(&s, "c", "a", "\"new\"", Some(0)).await.unwrap(), 1);
+        assert_eq!(o.put(&s, "c", "b", "2", Some(1)).await.unwrap(), 2);
+        assert!(matches!(o.put(&s, "c", "b", "3", Some(1)).await, Err(StoreError::Conflict { current: 2 })));
+        assert!(o.delete(&s, "c", "d", None).await.unwrap());
+        assert_eq!(o.get(&s, "c", "b").await.unwrap().map(|d| d.value), Some("2".into()));
+        assert_eq!(keys(&o.list(&s, "c", "", 10, None).await.unwrap()), ["a", "b"]);
+        let p = o.list(&s, "c", "", 1, None).await.unwrap();
+        assert_eq!((keys(&p), p.next.as_deref()), (vec!["a"], Some("a")));
+        // Nothing reached the store.
+        assert_eq!(inner.get(&s, "c", "a").await.unwrap(), None);
+        assert_eq!(inner.feed_head("t").await.unwrap(), 2);
+
+        o.commit(Quota::NONE).await.unwrap();
+        assert_eq!(keys(&inner.list(&s, "c", "", 10, None).await.unwrap()), ["a", "b"]);
+        // One transaction: one event per document touched.
+        assert_eq!(inner.feed_head("t").await.unwrap(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_refused_transaction_buffers_nothing_and_the_buffer_is_bounded() {
+        let (_dir, inner, o, s) = setup();
+        let put =
+            |k: &str, v: &str, e| WriteOp::Put { collection: "c".into(), key: k.into(), value: v.into(), expected: e };
+        let bad = [put("x", "1", None), put("y", "1", Some(4))];
+        assert!(matches!(o.transact(&s, &bad).await, Err(StoreError::Conflict { current: 0 })));
+        assert_eq!(o.get(&s, "c", "x").await.unwrap(), None);
+        let big = format!("\"{}\"", "v".repeat(1 << 20));
+        assert!(matches!(o.put(&s, "c", "big", &big, None).await, Err(StoreError::QuotaExceeded(_))));
+        // A document another writer changed meanwhile fails the commit; nothing is written.
+        o.put(&s, "c", "k", "1", Some(0)).await.unwrap();
+        o.put(&s, "c", "j", "1", Some(0)).await.unwrap();
+        inner.put(&s, "c", "k", "9", None).await.unwrap();
+        assert!(matches!(o.commit(Quota::NONE).await, Err(StoreError::Conflict { .. })));
+        assert_eq!(inner.get(&s, "c", "j").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn links_are_buffered_and_merged_into_neighbours() {
+        let (_dir, inner, o, _s) = setup();
+        inner.link("t", "a", "b", "k", "{}").await.unwrap();
+        inner.link("t", "a", "c", "k", "{}").await.unwrap();
+        o.link("t", "a", "d", "k", "[1]").await.unwrap();
+        assert!(o.unlink("t", "a", "b", "k").await.unwrap());
+        assert!(!o.unlink("t", "a", "z", "k").await.unwrap());
+        let n = o.neighbours("t", "a", None, Direction::Outgoing, 10).await.unwrap();
+        assert_eq!(n.iter().map(|e| e.to.as_str()).collect::<Vec<_>>(), ["c", "d"]);
+        assert_eq!(inner.neighbours("t", "a", None, Direction::Outgoing, 10).await.unwrap().len(), 2);
+        o.commit(Quota::NONE).await.unwrap();
+        let n = inner.neighbours("t", "a", None, Direction::Outgoing, 10).await.unwrap();
+        assert_eq!(n.iter().map(|e| e.to.as_str()).collect::<Vec<_>>(), ["c", "d"]);
+    }
+}
