@@ -450,7 +450,7 @@ fn run_query(st: &mut State, db: &str, q: &str, vars: &Value) -> Option<Vec<Valu
     };
     let by = |a: &Value, b: &Value, f: &str| a[f].as_str().cmp(&b[f].as_str());
     match q {
-        "FOR d IN cortex_documents FILTER d.tenant == @tenant AND d.collection == @collection AND STARTS_WITH(d.khex, @prefix) AND d.khex > @after SORT d.khex LIMIT @limit RETURN { key: d.key, value: d.value, rev: d.rev }" =>
+        "FOR d IN cortex_documents FILTER d.tenant == @tenant AND d.collection == @collection AND STARTS_WITH(d.khex, @prefix) AND d.khex > @after SORT d.khex LIMIT @limit WINDOW { preceding: \"unbounded\", following: 0 } AGGREGATE used = SUM(d.size + LENGTH(d.khex) / 2) RETURN { key: d.key, rev: d.rev, value: used <= @budget OR used == d.size + LENGTH(d.khex) / 2 ? d.value : null }" =>
         {
             let (tenant, collection, prefix, after) = (s("tenant"), s("collection"), s("prefix"), s("after"));
             let mut rows: Vec<Value> = docs(st, "cortex_documents")
@@ -459,10 +459,19 @@ fn run_query(st: &mut State, db: &str, q: &str, vars: &Value) -> Option<Vec<Valu
                 .filter(|d| d["khex"].as_str().is_some_and(|k| k.starts_with(&prefix) && *k > *after.as_str()))
                 .collect();
             rows.sort_by(|a, b| by(a, b, "khex"));
+            // WINDOW { preceding: "unbounded", following: 0 }: a running sum over the rows.
+            let size =
+                |d: &Value| d["size"].as_u64().unwrap_or(0) + d["khex"].as_str().map_or(0, |k| k.len() as u64 / 2);
+            let mut used = 0;
             Some(
                 rows.into_iter()
                     .take(n("limit") as usize)
-                    .map(|d| json!({ "key": d["key"], "value": d["value"], "rev": d["rev"] }))
+                    .map(|d| {
+                        used += size(&d);
+                        let value =
+                            if used <= n("budget") || used == size(&d) { d["value"].clone() } else { Value::Null };
+                        json!({ "key": d["key"], "rev": d["rev"], "value": value })
+                    })
                     .collect(),
             )
         }
@@ -515,13 +524,16 @@ fn run_query(st: &mut State, db: &str, q: &str, vars: &Value) -> Option<Vec<Valu
             let tenant = s("tenant");
             Some(vec![json!(remove_where(st, db, "cortex_edges", |e| e["tenant"] == tenant.as_str())?)])
         }
-        "LET removed = (FOR e IN cortex_edges FILTER e.tenant == @tenant AND (e._from == @vertex OR e._to == @vertex) REMOVE e IN cortex_edges RETURN 1) RETURN LENGTH(removed)" =>
+        "LET removed = (FOR e IN cortex_edges FILTER e.tenant == @tenant AND (e._from == @vertex OR e._to == @vertex) REMOVE e IN cortex_edges RETURN OLD.size) RETURN { n: LENGTH(removed), bytes: SUM(removed) }" =>
         {
             let (tenant, vertex) = (s("tenant"), s("vertex"));
-            let n = remove_where(st, db, "cortex_edges", |e| {
+            let matches = |e: &Value| {
                 e["tenant"] == tenant.as_str() && (e["_from"] == vertex.as_str() || e["_to"] == vertex.as_str())
-            })?;
-            Some(vec![json!(n)])
+            };
+            let bytes: u64 =
+                docs(st, "cortex_edges").iter().filter(|e| matches(e)).filter_map(|e| e["size"].as_u64()).sum();
+            let n = remove_where(st, db, "cortex_edges", matches)?;
+            Some(vec![json!({ "n": n, "bytes": bytes })])
         }
         "FOR e IN cortex_feed FILTER e.stream == @stream AND e.seq > @since SORT e.seq LIMIT @limit RETURN { seq: e.seq, collection: e.collection, key: e.key, op: e.op, rev: e.rev, agent: e.agent }" =>
         {
@@ -534,10 +546,10 @@ fn run_query(st: &mut State, db: &str, q: &str, vars: &Value) -> Option<Vec<Valu
             let pick = |e: Value| json!({ "seq": e["seq"], "collection": e["collection"], "key": e["key"], "op": e["op"], "rev": e["rev"], "agent": e["agent"] });
             Some(rows.into_iter().take(n("limit") as usize).map(pick).collect())
         }
-        "FOR e IN cortex_edges FILTER e._from == @vertex AND e.tenant == @tenant AND (@kind == null OR e.kind == @kind) SORT e.kh, e.th LIMIT @limit RETURN { from: e.from, to: e.to, kind: e.kind, attrs: e.attrs }" => {
+        "FOR e IN cortex_edges FILTER e._from == @vertex AND e.tenant == @tenant AND (@kind == null OR e.kind == @kind) SORT e.kh, e.th LIMIT @limit WINDOW { preceding: \"unbounded\", following: 0 } AGGREGATE used = SUM(e.size) RETURN { from: e.from, to: e.to, kind: e.kind, attrs: used <= @budget OR used == e.size ? e.attrs : null }" => {
             Some(edges(docs(st, "cortex_edges"), vars, "_from", "th", None))
         }
-        "FOR e IN cortex_edges FILTER e._to == @vertex AND e.tenant == @tenant AND (@kind == null OR e.kind == @kind) AND e._from != @skip SORT e.kh, e.fh LIMIT @limit RETURN { from: e.from, to: e.to, kind: e.kind, attrs: e.attrs }" => {
+        "FOR e IN cortex_edges FILTER e._to == @vertex AND e.tenant == @tenant AND (@kind == null OR e.kind == @kind) AND e._from != @skip SORT e.kh, e.fh LIMIT @limit WINDOW { preceding: \"unbounded\", following: 0 } AGGREGATE used = SUM(e.size) RETURN { from: e.from, to: e.to, kind: e.kind, attrs: used <= @budget OR used == e.size ? e.attrs : null }" => {
             Some(edges(docs(st, "cortex_edges"), vars, "_to", "fh", Some(s("skip"))))
         }
         "RETURN SUM(FOR d IN cortex_documents FILTER d.tenant == @tenant RETURN d.size)" => {
@@ -563,7 +575,8 @@ fn remove_where(st: &mut State, db: &str, coll: &str, f: impl Fn(&Value) -> bool
 
 /// The two neighbour queries: edges whose `end` (`_from` or `_to`) is `@vertex`, of
 /// `@tenant`, of `@kind` unless it is null, whose `_from` is not `skip`, sorted by
-/// `kh` then `other`, at most `@limit`.
+/// `kh` then `other`, at most `@limit`; `attrs` only while the running sum of `size`
+/// stays within `@budget` (or for the first row), `null` after.
 fn edges(all: Vec<Value>, vars: &Value, end: &str, other: &str, skip: Option<String>) -> Vec<Value> {
     let mut rows: Vec<Value> = all
         .into_iter()
@@ -573,8 +586,15 @@ fn edges(all: Vec<Value>, vars: &Value, end: &str, other: &str, skip: Option<Str
         .collect();
     rows.sort_by(|a, b| (a["kh"].as_str(), a[other].as_str()).cmp(&(b["kh"].as_str(), b[other].as_str())));
     let limit = vars["limit"].as_u64().unwrap_or(0) as usize;
+    let budget = vars["budget"].as_u64().unwrap_or(0);
+    let mut used = 0;
     rows.into_iter()
         .take(limit)
-        .map(|e| json!({ "from": e["from"], "to": e["to"], "kind": e["kind"], "attrs": e["attrs"] }))
+        .map(|e| {
+            let size = e["size"].as_u64().unwrap_or(0);
+            used += size;
+            let attrs = if used <= budget || used == size { e["attrs"].clone() } else { Value::Null };
+            json!({ "from": e["from"], "to": e["to"], "kind": e["kind"], "attrs": attrs })
+        })
         .collect()
 }

@@ -102,3 +102,33 @@ async fn init_links_the_new_agent_and_a_failed_deploy_leaves_no_edge() {
     assert_eq!(r.status(), 422, "{}", r.text().await.unwrap());
     assert_eq!(s.invoke_ok(&dev, "g", "in:x").await, r#"["g>x:feeds"]"#);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_count_against_the_storage_quota_and_the_edge_cap() {
+    let s = Server::start().await;
+    let quotas = cortex_host::registry::Quotas { stored_bytes: 4_000, edges: 2, ..Default::default() };
+    s.tenant_with("acme", Some(quotas)).await;
+    let dev = s.token(Some("acme"), Role::Developer);
+    let g = s.upload(&dev, art::GRAPH).await;
+    let hello = s.upload(&dev, art::HELLO).await;
+    s.deploy(&dev, "g", &g, json!({})).await;
+    for a in ["a", "b", "c"] {
+        s.deploy(&dev, a, &hello, json!({})).await;
+    }
+    // Attributes past the storage quota are refused, and nothing is linked.
+    let big = format!(r#"link:a>b:knows={{"pad":"{}"}}"#, "x".repeat(5_000));
+    let r = s.invoke_ok(&dev, "g", &big).await;
+    assert!(r.starts_with("error:graph-too-large:") && r.contains("quota"), "{r}");
+    assert_eq!(s.invoke_ok(&dev, "g", "out:a").await, "[]");
+    // The edge cap: two edges, not three; replacing one is not a new edge.
+    assert_eq!(s.invoke_ok(&dev, "g", "link:a>b:knows").await, "linked");
+    assert_eq!(s.invoke_ok(&dev, "g", "link:a>c:knows").await, "linked");
+    let r = s.invoke_ok(&dev, "g", "link:b>c:knows").await;
+    assert!(r.starts_with("error:graph-too-large:"), "{r}");
+    assert_eq!(s.invoke_ok(&dev, "g", r#"link:a>c:knows={"w":1}"#).await, "linked");
+    let used = s.state.registry.store().usage("acme").await.unwrap();
+    assert_eq!(used.edges, 2);
+    // Unlinking frees the place.
+    assert_eq!(s.invoke_ok(&dev, "g", "unlink:a>b:knows").await, "true");
+    assert_eq!(s.invoke_ok(&dev, "g", "link:b>c:knows").await, "linked");
+}

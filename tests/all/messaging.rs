@@ -358,3 +358,41 @@ async fn calls_and_deliveries_count_against_the_tenants_concurrency_quota() {
     assert_eq!(inbox(&s, &dev, "b").await, ["later"]);
     assert_eq!((b["messages"]["retried"].as_u64(), b["messages"]["dead_lettered"].as_u64()), (Some(0), Some(0)), "{b}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_messages_count_against_the_storage_quota_until_delivered() {
+    let s = Server::start().await;
+    let quotas = cortex_host::registry::Quotas { stored_bytes: 6_000, ..Default::default() };
+    s.tenant_with("acme", Some(quotas)).await;
+    let dev = s.token(Some("acme"), cortex_host::api::Role::Developer);
+    let m = s.upload(&dev, art::MESSENGER).await;
+    s.deploy(&dev, "a", &m, json!({})).await;
+    // `quiet`: b takes its messages without storing them.
+    s.deploy(&dev, "b", &m, json!({ "quiet": "yes" })).await;
+    // A stopped agent's messages wait in its mailbox (and in the tenant's stored bytes).
+    let r = s.req(reqwest::Method::POST, "/v1/agents/b/stop", &dev).send().await.unwrap();
+    assert!(r.status().is_success());
+    let body = "x".repeat(1000);
+    assert_eq!(s.invoke_ok(&dev, "a", &format!("send:b:{body}")).await, "sent");
+    let used = s.state.registry.store().stored_bytes("acme").await.unwrap();
+    assert!(used > 2000, "a queued message counts its stored record: {used}");
+    let mut refused = None;
+    for _ in 0..10 {
+        let r = s.invoke_ok(&dev, "a", &format!("send:b:{body}")).await;
+        if r != "sent" {
+            refused = Some(r);
+            break;
+        }
+    }
+    let r = refused.expect("the quota refuses a message past it");
+    assert!(r.starts_with("error:messaging-too-large:") && r.contains("quota"), "{r}");
+    // Delivered messages free what they held.
+    let r = s.req(reqwest::Method::POST, "/v1/agents/b/start", &dev).send().await.unwrap();
+    assert!(r.status().is_success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while s.state.registry.store().stored_bytes("acme").await.unwrap() != 0 {
+        assert!(std::time::Instant::now() < deadline, "the mailbox never drained");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(s.invoke_ok(&dev, "a", &format!("send:b:{body}")).await, "sent");
+}

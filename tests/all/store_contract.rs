@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cortex_host::store::{
-    ChangeEvent, ChangeOp, Direction, Edge, EmbeddedStore, RecordKind, Scope, Store, StoreError, WriteOp,
+    ChangeEvent, ChangeOp, Direction, Edge, EmbeddedStore, Quota, RecordKind, Scope, Store, StoreError, Usage, WriteOp,
+    edge_size,
 };
 
 fn put_op(c: &str, k: &str, v: &str, expected: Option<u64>) -> WriteOp {
@@ -122,6 +123,111 @@ pub async fn contract(s: Arc<dyn Store>) {
     concurrent_feed_contract(&s).await;
     wait_contract(&s).await;
     graph_contract(&s).await;
+    quota_contract(&s).await;
+    bounded_reads_contract(&s).await;
+}
+
+/// Every stored byte counts: documents, edges and metered records, checked in the write.
+async fn quota_contract(s: &Arc<dyn Store>) {
+    let t = "quota-t";
+    let a = Scope::new(t, "agent");
+    let usage = || async { s.usage(t).await.unwrap() };
+    assert_eq!(usage().await, Usage::default());
+    let bytes = |n| Quota { bytes: Some(n), edges: None };
+
+    // Documents: refused inside the write, whole transactions included.
+    s.put_within(&a, "c", "k", "1234567890", None, bytes(15)).await.unwrap();
+    assert!(matches!(s.put_within(&a, "c", "j", "123456", None, bytes(15)).await, Err(StoreError::QuotaExceeded(_))));
+    assert_eq!(s.get(&a, "c", "j").await.unwrap(), None);
+    let ops = [put_op("c", "x", "1", None), put_op("c", "y", "123456789", None)];
+    assert!(matches!(s.transact_within(&a, &ops, bytes(15)).await, Err(StoreError::QuotaExceeded(_))));
+    assert_eq!(s.get(&a, "c", "x").await.unwrap(), None, "the refused transaction wrote nothing");
+    // A write that shrinks is allowed even over the quota.
+    s.put_within(&a, "c", "k", "12", None, bytes(1)).await.unwrap();
+    assert_eq!(usage().await.bytes, 2);
+
+    // Edges: names and attributes count, and one edge each.
+    let attrs = r#"{"w":"0123456789"}"#;
+    let size = edge_size("a", "b", "calls", attrs);
+    s.link_within(t, "a", "b", "calls", attrs, Quota::NONE).await.unwrap();
+    assert_eq!(usage().await, Usage { bytes: 2 + size, edges: 1 });
+    assert_eq!(s.edge(t, "a", "b", "calls").await.unwrap(), Some(edge("a", "b", "calls", attrs)));
+    assert_eq!(s.edge(t, "b", "a", "calls").await.unwrap(), None);
+    // Replacing the attributes does not add an edge.
+    s.link_within(t, "a", "b", "calls", "{}", Quota::NONE).await.unwrap();
+    assert_eq!(usage().await, Usage { bytes: 2 + edge_size("a", "b", "calls", "{}"), edges: 1 });
+    let big = format!(r#"{{"w":"{}"}}"#, "x".repeat(1000));
+    assert!(matches!(s.link_within(t, "a", "c", "calls", &big, bytes(500)).await, Err(StoreError::QuotaExceeded(_))));
+    assert_eq!(s.neighbours(t, "a", None, Direction::Outgoing, 10).await.unwrap().len(), 1, "nothing linked");
+    // The edge cap.
+    let cap = Quota { bytes: None, edges: Some(2) };
+    s.link_within(t, "a", "c", "calls", "{}", cap).await.unwrap();
+    assert!(matches!(s.link_within(t, "a", "d", "calls", "{}", cap).await, Err(StoreError::QuotaExceeded(_))));
+    assert_eq!(usage().await.edges, 2);
+    s.link_within(t, "a", "c", "calls", "[1]", cap).await.unwrap(); // a replace passes the cap
+    // Unlinking and removing an agent's edges free what they held.
+    assert!(s.unlink(t, "a", "c", "calls").await.unwrap());
+    assert_eq!(usage().await, Usage { bytes: 2 + edge_size("a", "b", "calls", "{}"), edges: 1 });
+    s.link(t, "b", "a", "back", attrs).await.unwrap();
+    assert_eq!(s.remove_agent_edges(t, "a").await.unwrap(), 2);
+    assert_eq!(usage().await, Usage { bytes: 2, edges: 0 });
+
+    // Messages and dead letters count until deleted; registry records do not.
+    let m = vec![b'm'; 100];
+    s.record_put_within(RecordKind::Message, &format!("{t}/a/1"), m.clone(), Some(0), bytes(150)).await.unwrap();
+    assert_eq!(usage().await.bytes, 102);
+    assert!(matches!(
+        s.record_put_within(RecordKind::Message, &format!("{t}/a/2"), m.clone(), Some(0), bytes(150)).await,
+        Err(StoreError::QuotaExceeded(_))
+    ));
+    assert_eq!(s.record_get(RecordKind::Message, &format!("{t}/a/2")).await.unwrap(), None);
+    s.record_put(RecordKind::DeadLetter, &format!("{t}/a/d1"), vec![b'd'; 10], None).await.unwrap();
+    s.record_put(RecordKind::Agent, &format!("{t}/a"), vec![b'r'; 50], None).await.unwrap();
+    assert_eq!(usage().await.bytes, 112);
+    assert!(s.record_delete(RecordKind::Message, &format!("{t}/a/1")).await.unwrap());
+    assert_eq!(s.record_delete_many(RecordKind::DeadLetter, &[format!("{t}/a/d1")]).await.unwrap(), 1);
+    assert_eq!(usage().await.bytes, 2);
+    s.purge_tenant_documents(t).await.unwrap();
+    assert_eq!(usage().await, Usage::default());
+}
+
+/// Reads for a guest stop at a byte budget, with a cursor to continue.
+async fn bounded_reads_contract(s: &Arc<dyn Store>) {
+    let a = Scope::new("budget-t", "agent");
+    let value = format!("\"{}\"", "v".repeat(998)); // 1000 bytes
+    for i in 0..10 {
+        s.put(&a, "big", &format!("k{i}"), &value, None).await.unwrap();
+    }
+    // 3500 bytes: three documents of 1002 bytes (key and value) per page.
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let p = s.list_bounded(&a, "big", "", 1000, cursor.as_deref(), 3500).await.unwrap();
+        assert!(!p.documents.is_empty() && p.documents.len() <= 3, "{}", p.documents.len());
+        seen.extend(p.documents.iter().map(|d| d.key.clone()));
+        pages += 1;
+        match p.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (0..10).map(|i| format!("k{i}")).collect::<Vec<_>>(), "every document once, in order");
+    assert_eq!(pages, 4);
+    // A budget below one value still returns one (and a cursor), so a listing always moves.
+    let p = s.list_bounded(&a, "big", "", 1000, None, 10).await.unwrap();
+    assert_eq!((p.documents.len(), p.next.as_deref()), (1, Some("k0")));
+
+    let t = "budget-t";
+    let attrs = format!("\"{}\"", "a".repeat(500));
+    for to in ["x1", "x2", "x3", "x4"] {
+        s.link(t, "hub", to, "k", &attrs).await.unwrap();
+    }
+    s.link(t, "in1", "hub", "k", &attrs).await.unwrap();
+    let n = |max| async move { s.neighbours_bounded(t, "hub", None, Direction::Both, 100, max).await.unwrap() };
+    assert_eq!(n(usize::MAX).await.len(), 5);
+    assert_eq!(n(1100).await.iter().map(|e| e.to.as_str()).collect::<Vec<_>>(), ["x1", "x2"]);
+    assert_eq!(n(1).await.len(), 1, "the first edge always comes back");
 }
 
 /// Every event of a tenant, checked to be numbered exactly 1..=N.

@@ -21,6 +21,7 @@ fn configured() -> Quotas {
         agents: 2,
         module_bytes: 13 << 20,
         stored_bytes: 17 << 20,
+        edges: 31_000,
         max_fuel: 19_000_000,
         max_memory_bytes: 23 << 20,
         max_timeout_ms: 29_000,

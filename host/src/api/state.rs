@@ -363,6 +363,7 @@ impl AppState {
     pub fn context(&self, record: &AgentRecord, q: &Quotas) -> AgentContext {
         AgentContext {
             stored_bytes_quota: Some(q.stored_bytes),
+            edges_quota: Some(q.edges),
             ..AgentContext::new(&record.tenant, &record.name, record.config.clone(), self.registry.store().clone())
         }
     }
@@ -395,6 +396,7 @@ impl AppState {
     ) -> AgentContext {
         let mut c = d.base.clone();
         c.stored_bytes_quota = Some(q.stored_bytes);
+        c.edges_quota = Some(q.edges);
         c.messaging = self.mesh.get().map(|m| MessagingLink { messenger: m.clone(), callers, deadline });
         c
     }
@@ -406,15 +408,36 @@ impl AppState {
     /// the agent is installed.
     pub async fn run_init(&self, module: &Module, record: &AgentRecord, q: &Quotas) -> ApiResult<Report> {
         let config: Vec<(String, String)> = record.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        // Without messaging: its calls answer `unavailable`.
-        let ctx = self.context(record, q);
-        let report = self.runtime.call(module, &ctx, &self.limits_for(record, q), Export::Init(&config)).await;
+        let limits = self.limits_for(record, q);
+        // Without messaging: its calls answer `unavailable`. Its document and graph writes
+        // are buffered (at most its memory limit of them) and committed only if it succeeds.
+        let mut ctx = self.context(record, q);
+        let max_buffered = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
+        let overlay =
+            Arc::new(crate::store::Overlay::new(ctx.base.store.clone(), ctx.base.scope.clone(), max_buffered));
+        ctx.base = Arc::new(crate::runtime::AgentBase {
+            scope: ctx.base.scope.clone(),
+            config: ctx.base.config.clone(),
+            store: overlay.clone(),
+        });
+        let report = self.runtime.call(module, &ctx, &limits, Export::Init(&config)).await;
         if let Some(d) = self.agent(&record.tenant, &record.name) {
             d.shared.record_logs(&report);
         }
-        match &report.outcome {
-            Outcome::Ok { .. } => Ok(report),
-            other => Err(ApiError::Init { code: other.code().to_owned(), message: format!("init failed: {other}") }),
+        if let Some(other) = Some(&report.outcome).filter(|o| !o.is_ok()) {
+            return Err(ApiError::Init { code: other.code().to_owned(), message: format!("init failed: {other}") });
+        }
+        let quota = crate::store::Quota { bytes: ctx.stored_bytes_quota, edges: ctx.edges_quota };
+        match overlay.commit(quota).await {
+            Ok(()) => Ok(report),
+            Err(crate::store::StoreError::QuotaExceeded(m)) => {
+                Err(ApiError::Init { code: "quota_exceeded".into(), message: format!("init's writes: {m}") })
+            }
+            Err(crate::store::StoreError::Conflict { .. }) => Err(ApiError::Init {
+                code: "conflict".into(),
+                message: "init's writes: a document init read was changed meanwhile; nothing was written".into(),
+            }),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -627,6 +650,15 @@ impl AppState {
             tracing::warn!(tenant = %msg.tenant, agent = %msg.agent, error = %e, "cannot queue a message");
             MessagingError::Unavailable("storage is temporarily unavailable; retry later".into())
         };
+        // Queued messages count in the tenant's stored bytes (checked in the write).
+        let quota = match self.tenant(&msg.tenant).await {
+            Ok(Some(t)) => crate::store::Quota { bytes: Some(t.quotas.stored_bytes), edges: None },
+            Ok(None) => return Err(MessagingError::UnknownAgent(format!("no agent {:?} in this tenant", msg.agent))),
+            Err(e) => {
+                tracing::warn!(tenant = %msg.tenant, error = %e, "cannot read the tenant to queue a message");
+                return Err(MessagingError::Unavailable("storage is temporarily unavailable; retry later".into()));
+            }
+        };
         let known = self.pending.lock().unwrap_or_else(PoisonError::into_inner).get(&k).cloned();
         let counter = match known {
             Some(c) => c,
@@ -650,8 +682,12 @@ impl AppState {
                 msg.agent
             )));
         }
-        let fresh = match mailbox::enqueue(self.registry.store().as_ref(), msg).await {
+        let fresh = match mailbox::enqueue(self.registry.store().as_ref(), msg, quota).await {
             Ok(fresh) => fresh,
+            Err(crate::store::StoreError::QuotaExceeded(m)) => {
+                counter.fetch_sub(1, Ordering::Relaxed);
+                return Err(MessagingError::TooLarge(m));
+            }
             Err(e) => {
                 counter.fetch_sub(1, Ordering::Relaxed);
                 return Err(unavailable(e));

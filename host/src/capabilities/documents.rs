@@ -1,14 +1,20 @@
 //! `cortex:agent/documents`: JSON documents with revisions, scoped to the invocation's tenant.
 //!
-//! Names, sizes and JSON validity are checked here, before the store is touched. Store
-//! conflicts and transient failures become WIT errors; a store that is broken for good
-//! traps the invocation (the guest cannot fix it) and is logged for the operator.
+//! Names, sizes and JSON validity ([`super::json`]) are checked here, before the store is
+//! touched; the storage quota is checked by the store inside the write's own transaction
+//! (a usage it cannot read refuses the write). Store conflicts, quota refusals and
+//! transient failures become WIT errors; a store that is broken for good traps the
+//! invocation (the guest cannot fix it) and is logged for the operator.
+//!
+//! What the host reads for the guest is bounded in bytes as well as in count: a `list`
+//! page ends early (with a cursor) before the document that would pass the invocation's
+//! page budget ([`HostState::page_budget`]).
 
 use std::sync::Arc;
 
 use super::bindings::cortex::agent::documents::{self as wit, Host};
 use super::{HostState, Interface};
-use crate::store::{self, KeyLimits, Scope, Store, StoreError, WriteOp};
+use crate::store::{self, KeyLimits, Quota, Scope, Store, StoreError, WriteOp};
 
 /// What the documents capability needs, borrowed from the invocation's state: the store,
 /// the caller's scope and the size limits.
@@ -17,7 +23,7 @@ pub struct DocumentsCtx<'a> {
     pub(crate) store: &'a Arc<dyn Store>,
     pub(crate) scope: &'a Scope,
     pub(crate) limits: &'a KeyLimits,
-    stored_bytes_quota: Option<u64>,
+    pub(crate) quota: Quota,
 }
 
 impl std::fmt::Debug for DocumentsCtx<'_> {
@@ -34,25 +40,15 @@ impl HostState {
             store: &base.store,
             scope: &base.scope,
             limits: &self.keys,
-            stored_bytes_quota: self.agent.stored_bytes_quota,
+            quota: Quota { bytes: self.agent.stored_bytes_quota, edges: self.agent.edges_quota },
         }
     }
-}
 
-impl DocumentsCtx<'_> {
-    /// Refuse a write of `incoming` bytes that would take the tenant over its storage quota.
-    ///
-    /// Checked before the write; concurrent writers can overshoot by at most their own
-    /// values, which are each bounded by `max_value_bytes`.
-    async fn check_quota(&self, incoming: usize) -> Result<(), wit::Error> {
-        let Some(quota) = self.stored_bytes_quota else { return Ok(()) };
-        let used = self.store.stored_bytes(&self.scope.tenant).await.unwrap_or(0);
-        if used.saturating_add(incoming as u64) > quota {
-            return Err(wit::Error::QuotaExceeded(format!(
-                "the tenant stores {used} bytes; {incoming} more would exceed its quota of {quota}"
-            )));
-        }
-        Ok(())
+    /// Most bytes of keys and values the host reads for one `list` or `neighbours` call:
+    /// the configured page cap, and at most an eighth of the guest's memory limit.
+    pub(crate) fn page_budget(&self) -> usize {
+        let eighth = usize::try_from(self.limiter.memory_limit() / 8).unwrap_or(usize::MAX);
+        self.keys.max_page_bytes.min(eighth).max(1)
     }
 }
 
@@ -76,9 +72,7 @@ impl DocumentsCtx<'_> {
                 self.limits.max_value_bytes
             )));
         }
-        serde_json::from_str::<serde::de::IgnoredAny>(value)
-            .map(|_| ())
-            .map_err(|e| wit::Error::InvalidValue(format!("value is not JSON: {e}")))
+        super::json::check(value).map_err(|e| wit::Error::InvalidValue(e.to_string()))
     }
 
     fn check_op(&self, op: &wit::Op) -> Result<WriteOp, wit::Error> {
@@ -105,6 +99,7 @@ impl DocumentsCtx<'_> {
         match r {
             Ok(v) => Ok(Ok(v)),
             Err(StoreError::Conflict { current }) => Ok(Err(wit::Error::Conflict(current))),
+            Err(StoreError::QuotaExceeded(m)) => Ok(Err(wit::Error::QuotaExceeded(m))),
             Err(e) if e.is_transient() => {
                 tracing::warn!(tenant = %self.scope.tenant, error = %e, "transient store failure");
                 Ok(Err(wit::Error::Unavailable("storage is temporarily unavailable; retry later".into())))
@@ -143,8 +138,7 @@ impl Host for HostState {
         let cx = self.documents();
         check!(cx.check_name(&collection, &key));
         check!(cx.check_value(&value));
-        check!(cx.check_quota(value.len()).await);
-        let r = cx.store.put(cx.scope, &collection, &key, &value, expected).await;
+        let r = cx.store.put_within(cx.scope, &collection, &key, &value, expected, cx.quota).await;
         cx.answer(r)
     }
 
@@ -164,6 +158,7 @@ impl Host for HostState {
         cursor: Option<String>,
     ) -> WitResult<wit::Page> {
         self.calls.charge(Interface::Documents)?;
+        let budget = self.page_budget();
         let cx = self.documents();
         check!(store::check_collection(&collection, cx.limits).map_err(name_error));
         check!(store::keys::check_prefix(&prefix, cx.limits).map_err(name_error));
@@ -171,7 +166,7 @@ impl Host for HostState {
             check!(store::check_key(c, cx.limits).map_err(name_error));
         }
         let limit = limit.min(cx.limits.max_list);
-        let r = cx.store.list(cx.scope, &collection, &prefix, limit, cursor.as_deref()).await;
+        let r = cx.store.list_bounded(cx.scope, &collection, &prefix, limit, cursor.as_deref(), budget).await;
         cx.answer(r.map(|p| wit::Page { documents: p.documents.into_iter().map(to_wit).collect(), next: p.next }))
     }
 
@@ -192,9 +187,7 @@ impl Host for HostState {
                 Err(e) => return Ok(Err(e)),
             }
         }
-        let incoming = checked.iter().map(|op| if let WriteOp::Put { value, .. } = op { value.len() } else { 0 }).sum();
-        check!(cx.check_quota(incoming).await);
-        let r = cx.store.transact(cx.scope, &checked).await;
+        let r = cx.store.transact_within(cx.scope, &checked, cx.quota).await;
         cx.answer(r)
     }
 }

@@ -1,8 +1,12 @@
 //! `cortex:agent/graph`: relations between agents of the invocation's tenant.
 //!
 //! Both ends of a link must be agents deployed in the tenant; names are checked before
-//! the store is touched; attributes must be JSON within the value size limit. Traversal
-//! is breadth first, bounded by depth (at most [`MAX_DEPTH`]) and by a result limit.
+//! the store is touched; attributes must be JSON every reader accepts ([`super::json`])
+//! within the value size limit. An edge counts in the tenant's stored bytes and against
+//! its edge quota, both checked by the store in the link's own transaction (a refusal is
+//! `too-large`). `neighbours` answers at most `limit` edges and at most the invocation's
+//! page budget in bytes ([`HostState::page_budget`]; the first edge always). Traversal is
+//! breadth first, bounded by depth (at most [`MAX_DEPTH`]) and by a result limit.
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -52,6 +56,7 @@ impl HostState {
     fn graph_answer<T>(&self, r: store::Result<T>) -> WitResult<T> {
         match r {
             Ok(v) => Ok(Ok(v)),
+            Err(StoreError::QuotaExceeded(m)) => Ok(Err(wit::Error::TooLarge(m))),
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "transient graph store failure");
                 Ok(Err(wit::Error::Unavailable("storage is temporarily unavailable; retry later".into())))
@@ -84,13 +89,13 @@ impl Host for HostState {
         if attributes.len() > max {
             return Ok(Err(wit::Error::TooLarge(format!("attributes are {} bytes, over {max}", attributes.len()))));
         }
-        if serde_json::from_str::<serde::de::IgnoredAny>(&attributes).is_err() {
-            return Ok(Err(wit::Error::InvalidArgument("attributes are not JSON".into())));
+        if let Err(e) = super::json::check(&attributes) {
+            return Ok(Err(wit::Error::InvalidArgument(format!("attributes: {e}"))));
         }
         check!(self, known_agent(self.documents(), &from).await);
         check!(self, known_agent(self.documents(), &to).await);
         let cx = self.documents();
-        let r = cx.store.link(&cx.scope.tenant, &from, &to, &kind, &attributes).await;
+        let r = cx.store.link_within(&cx.scope.tenant, &from, &to, &kind, &attributes, cx.quota).await;
         self.graph_answer(r)
     }
 
@@ -119,9 +124,11 @@ impl Host for HostState {
         {
             return Ok(Err(e));
         }
+        let budget = self.page_budget();
         let cx = self.documents();
         let limit = limit.min(cx.limits.max_list) as usize;
-        let r = cx.store.neighbours(&cx.scope.tenant, &agent, kind.as_deref(), direction(dir), limit).await;
+        let r =
+            cx.store.neighbours_bounded(&cx.scope.tenant, &agent, kind.as_deref(), direction(dir), limit, budget).await;
         self.graph_answer(r.map(|edges| {
             edges.into_iter().map(|e| wit::Edge { from: e.from, to: e.to, kind: e.kind, attributes: e.attrs }).collect()
         }))
@@ -152,12 +159,14 @@ impl Host for HostState {
             }
             // Each hop is a store read: it counts against the host-call budget.
             self.calls.charge(Interface::Graph)?;
+            let budget = self.page_budget();
             let cx = self.documents();
-            let edges =
-                match cx.store.neighbours(&cx.scope.tenant, &agent, kind.as_deref(), direction(dir), limit).await {
-                    Ok(e) => e,
-                    Err(e) => return self.graph_answer(Err(e)),
-                };
+            let hop =
+                cx.store.neighbours_bounded(&cx.scope.tenant, &agent, kind.as_deref(), direction(dir), limit, budget);
+            let edges = match hop.await {
+                Ok(e) => e,
+                Err(e) => return self.graph_answer(Err(e)),
+            };
             for e in edges {
                 let next = if e.from == agent { e.to } else { e.from };
                 if found.len() < limit && seen.insert(next.clone()) {

@@ -8,6 +8,7 @@
 
 pub mod documents;
 pub mod graph;
+pub mod json;
 pub mod messaging;
 pub mod runtime;
 

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::{Delivery, Host};
 use crate::registry::{DeadLetter, DeliveredRecord, LetterKind, MessageRecord, now_ms, scoped};
-use crate::store::{self, RecordKind, Store, StoreError};
+use crate::store::{self, Quota, RecordKind, Store, StoreError};
 
 /// How mailboxes deliver, retry and wait.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,11 +117,13 @@ pub fn new_message(
 }
 
 /// Write `msg` into its mailbox. `Ok(false)`: a message with the same idempotency key is
-/// already waiting, and this one is dropped.
-pub async fn enqueue(store: &dyn Store, msg: &MessageRecord) -> store::Result<bool> {
+/// already waiting, and this one is dropped. The stored record counts in its tenant's
+/// stored bytes until it is delivered (or its dead letter discarded): a write past
+/// `quota` is refused with [`StoreError::QuotaExceeded`].
+pub async fn enqueue(store: &dyn Store, msg: &MessageRecord, quota: Quota) -> store::Result<bool> {
     let bytes = serde_json::to_vec(msg).map_err(|e| StoreError::Corrupted(e.to_string()))?;
     let key = message_key(&msg.tenant, &msg.agent, &msg.id);
-    match store.record_put(RecordKind::Message, &key, bytes, Some(0)).await {
+    match store.record_put_within(RecordKind::Message, &key, bytes, Some(0), quota).await {
         Ok(_) => Ok(true),
         Err(StoreError::Conflict { .. }) => Ok(false),
         Err(e) => Err(e),
@@ -607,7 +609,7 @@ mod tests {
         let (_dir, fake, reg) = setup();
         let store = reg.store().clone();
         for (body, key) in [(&b"one"[..], Some("k1")), (b"dup", Some("k1")), (b"two", None)] {
-            enqueue(store.as_ref(), &new_message("t", "b", "a", None, body, key)).await.unwrap();
+            enqueue(store.as_ref(), &new_message("t", "b", "a", None, body, key), Quota::NONE).await.unwrap();
         }
         let host: Weak<dyn Host> = Arc::downgrade(&fake) as Weak<dyn Host>;
         let mb = spawn_mailbox(host, "t".into(), "b".into(), 1, settings(), Arc::default());
@@ -616,7 +618,7 @@ mod tests {
         assert_eq!(*fake.got.lock().unwrap(), vec![b"one".to_vec(), b"two".to_vec()], "oldest first, dup dropped");
         assert!(pending(store.as_ref(), "t", "b").await.unwrap().is_empty());
         // The key is remembered after delivery: the same key again is dropped, not delivered.
-        enqueue(store.as_ref(), &new_message("t", "b", "a", None, b"again", Some("k1"))).await.unwrap();
+        enqueue(store.as_ref(), &new_message("t", "b", "a", None, b"again", Some("k1")), Quota::NONE).await.unwrap();
         mb.wake();
         until("the duplicate to be dropped", || fake.counts.lock().unwrap().contains(&"deduplicated")).await;
         assert_eq!(fake.got.lock().unwrap().len(), 2);
@@ -628,7 +630,7 @@ mod tests {
         let (_dir, fake, reg) = setup();
         let store = reg.store().clone();
         *fake.mode.lock().unwrap() = Mode::Fail;
-        enqueue(store.as_ref(), &new_message("t", "b", "a", Some("news"), b"bad", None)).await.unwrap();
+        enqueue(store.as_ref(), &new_message("t", "b", "a", Some("news"), b"bad", None), Quota::NONE).await.unwrap();
         let host: Weak<dyn Host> = Arc::downgrade(&fake) as Weak<dyn Host>;
         let mb = spawn_mailbox(host, "t".into(), "b".into(), 4, settings(), Arc::default());
         until("a dead letter", || fake.counts.lock().unwrap().contains(&"dead_lettered")).await;

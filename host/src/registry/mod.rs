@@ -33,8 +33,11 @@ pub struct Quotas {
     pub agents: u32,
     /// Bytes of uploaded modules.
     pub module_bytes: u64,
-    /// Bytes of documents.
+    /// Bytes stored: document values, graph edges (names and attributes), queued messages
+    /// and dead letters.
     pub stored_bytes: u64,
+    /// Graph edges.
+    pub edges: u64,
     /// Highest fuel an agent may be given.
     pub max_fuel: u64,
     /// Highest memory an agent may be given, in bytes.
@@ -52,6 +55,7 @@ impl Default for Quotas {
             agents: 100,
             module_bytes: 512 << 20,
             stored_bytes: 1 << 30,
+            edges: 100_000,
             max_fuel: 10_000_000_000,
             max_memory_bytes: 512 << 20,
             max_timeout_ms: 60_000,
@@ -76,6 +80,8 @@ pub struct QuotasPatch {
     pub module_bytes: Option<u64>,
     /// See [`Quotas::stored_bytes`].
     pub stored_bytes: Option<u64>,
+    /// See [`Quotas::edges`].
+    pub edges: Option<u64>,
     /// See [`Quotas::max_fuel`].
     pub max_fuel: Option<u64>,
     /// See [`Quotas::max_memory_bytes`].
@@ -94,6 +100,7 @@ impl QuotasPatch {
             agents: self.agents.unwrap_or(base.agents),
             module_bytes: self.module_bytes.unwrap_or(base.module_bytes),
             stored_bytes: self.stored_bytes.unwrap_or(base.stored_bytes),
+            edges: self.edges.unwrap_or(base.edges),
             max_fuel: self.max_fuel.unwrap_or(base.max_fuel),
             max_memory_bytes: self.max_memory_bytes.unwrap_or(base.max_memory_bytes),
             max_timeout_ms: self.max_timeout_ms.unwrap_or(base.max_timeout_ms),

@@ -45,6 +45,12 @@ impl Limiter {
     pub fn new(memory_limit: u64, table_limit: usize, instances: usize) -> Self {
         Self { memory_limit, table_limit, instances, memory_total: 0, peak_memory: 0, exceeded: None }
     }
+
+    /// The invocation's memory limit, in bytes (what the host may hand the guest is
+    /// bounded by it).
+    pub fn memory_limit(&self) -> u64 {
+        self.memory_limit
+    }
 }
 
 fn as_u64(n: usize) -> u64 {

@@ -169,8 +169,10 @@ pub struct AgentBase {
 pub struct AgentContext {
     /// The agent, its configuration and its store.
     pub base: Arc<AgentBase>,
-    /// Most bytes of documents the tenant may store (`None`: no quota).
+    /// Most bytes the tenant may store: documents, edges, queued messages (`None`: no quota).
     pub stored_bytes_quota: Option<u64>,
+    /// Most graph edges the tenant may have (`None`: no quota).
+    pub edges_quota: Option<u64>,
     /// How the invocation reaches other agents, and a deadline inherited from a caller
     /// (`None`: messaging answers `unavailable`).
     pub messaging: Option<MessagingLink>,
@@ -183,6 +185,7 @@ impl AgentContext {
         Self {
             base: Arc::new(AgentBase { scope: Scope::new(tenant, agent), config, store }),
             stored_bytes_quota: None,
+            edges_quota: None,
             messaging: None,
         }
     }
@@ -464,7 +467,7 @@ impl Runtime {
                     Outcome::Ok { output }
                 }
             }
-            Some(Ok(Err(e))) => Outcome::AgentError { code: e.code, message: e.message },
+            Some(Ok(Err(e))) => Outcome::agent_error(e.code, e.message),
             Some(Err(e)) => outcome::classify(
                 &e,
                 FailureContext {

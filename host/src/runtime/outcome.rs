@@ -70,7 +70,17 @@ pub enum Outcome {
     },
 }
 
+/// Most bytes of an agent error's `code`, and of its `message`, that the host keeps and
+/// echoes (in the 422 body, logs, dead letters, a caller's `agent(...)` error).
+pub const MAX_AGENT_ERROR_BYTES: usize = 4096;
+
 impl Outcome {
+    /// The agent's own error, its code and message each cut to [`MAX_AGENT_ERROR_BYTES`]
+    /// (a cut one ends with a note saying how long it was).
+    pub fn agent_error(code: String, message: String) -> Outcome {
+        Outcome::AgentError { code: cap_agent_text(code), message: cap_agent_text(message) }
+    }
+
     /// The stable code of this outcome, as used in errors, metrics and the CLI.
     pub fn code(&self) -> &'static str {
         match self {
@@ -125,6 +135,17 @@ impl std::fmt::Display for Outcome {
             Outcome::Exit { code: status } => write!(f, "{code}: the agent exited with code {status}"),
         }
     }
+}
+
+fn cap_agent_text(text: String) -> String {
+    if text.len() <= MAX_AGENT_ERROR_BYTES {
+        return text;
+    }
+    let mut end = MAX_AGENT_ERROR_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... (truncated: {} bytes)", &text[..end], text.len())
 }
 
 /// What one invocation consumed.
@@ -220,4 +241,19 @@ pub(crate) fn classify(err: &wasmtime::Error, cx: FailureContext<'_>) -> Outcome
         None => message,
     };
     Outcome::Trap { kind, message, backtrace: backtrace_of(err) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_errors_are_cut_to_the_cap_on_a_char_boundary() {
+        let Outcome::AgentError { code, message } = Outcome::agent_error("c".into(), "é".repeat(10_000)) else {
+            unreachable!()
+        };
+        assert_eq!(code, "c");
+        assert!(message.len() < MAX_AGENT_ERROR_BYTES + 64, "{}", message.len());
+        assert!(message.ends_with("... (truncated: 20000 bytes)"), "{}", &message[message.len() - 40..]);
+    }
 }

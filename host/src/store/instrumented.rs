@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    ChangeEvent, Direction, Document, DocumentStore, Edge, FeedStore, GraphStore, Page, RecordKind, RecordStore,
-    Result, Scope, Store, WriteOp,
+    ChangeEvent, Direction, Document, DocumentStore, Edge, FeedStore, GraphStore, Page, Quota, RecordKind, RecordStore,
+    Result, Scope, Store, Usage, WriteOp,
 };
 
 /// Called with the operation name and its latency.
@@ -37,24 +37,33 @@ impl DocumentStore for Instrumented {
     async fn get(&self, scope: &Scope, collection: &str, key: &str) -> Result<Option<Document>> {
         self.time("get", self.inner.get(scope, collection, key)).await
     }
-    async fn put(&self, scope: &Scope, collection: &str, key: &str, value: &str, expected: Option<u64>) -> Result<u64> {
-        self.time("put", self.inner.put(scope, collection, key, value, expected)).await
+    async fn put_within(
+        &self,
+        scope: &Scope,
+        collection: &str,
+        key: &str,
+        value: &str,
+        expected: Option<u64>,
+        quota: Quota,
+    ) -> Result<u64> {
+        self.time("put", self.inner.put_within(scope, collection, key, value, expected, quota)).await
     }
     async fn delete(&self, scope: &Scope, collection: &str, key: &str, expected: Option<u64>) -> Result<bool> {
         self.time("delete", self.inner.delete(scope, collection, key, expected)).await
     }
-    async fn list(
+    async fn list_bounded(
         &self,
         scope: &Scope,
         collection: &str,
         prefix: &str,
         limit: u32,
         cursor: Option<&str>,
+        max_bytes: usize,
     ) -> Result<Page> {
-        self.time("list", self.inner.list(scope, collection, prefix, limit, cursor)).await
+        self.time("list", self.inner.list_bounded(scope, collection, prefix, limit, cursor, max_bytes)).await
     }
-    async fn transact(&self, scope: &Scope, ops: &[WriteOp]) -> Result<Vec<u64>> {
-        self.time("transact", self.inner.transact(scope, ops)).await
+    async fn transact_within(&self, scope: &Scope, ops: &[WriteOp], quota: Quota) -> Result<Vec<u64>> {
+        self.time("transact", self.inner.transact_within(scope, ops, quota)).await
     }
 }
 
@@ -63,8 +72,15 @@ impl RecordStore for Instrumented {
     async fn record_get(&self, kind: RecordKind, key: &str) -> Result<Option<(Vec<u8>, u64)>> {
         self.time("record_get", self.inner.record_get(kind, key)).await
     }
-    async fn record_put(&self, kind: RecordKind, key: &str, value: Vec<u8>, expected: Option<u64>) -> Result<u64> {
-        self.time("record_put", self.inner.record_put(kind, key, value, expected)).await
+    async fn record_put_within(
+        &self,
+        kind: RecordKind,
+        key: &str,
+        value: Vec<u8>,
+        expected: Option<u64>,
+        quota: Quota,
+    ) -> Result<u64> {
+        self.time("record_put", self.inner.record_put_within(kind, key, value, expected, quota)).await
     }
     async fn record_delete(&self, kind: RecordKind, key: &str) -> Result<bool> {
         self.time("record_delete", self.inner.record_delete(kind, key)).await
@@ -84,8 +100,8 @@ impl RecordStore for Instrumented {
     async fn purge_tenant_documents(&self, tenant: &str) -> Result<u64> {
         self.time("purge_tenant", self.inner.purge_tenant_documents(tenant)).await
     }
-    async fn stored_bytes(&self, tenant: &str) -> Result<u64> {
-        self.time("stored_bytes", self.inner.stored_bytes(tenant)).await
+    async fn usage(&self, tenant: &str) -> Result<Usage> {
+        self.time("stored_bytes", self.inner.usage(tenant)).await
     }
 }
 
@@ -105,21 +121,33 @@ impl FeedStore for Instrumented {
 
 #[async_trait::async_trait]
 impl GraphStore for Instrumented {
-    async fn link(&self, tenant: &str, from: &str, to: &str, kind: &str, attrs: &str) -> Result<()> {
-        self.time("link", self.inner.link(tenant, from, to, kind, attrs)).await
+    async fn link_within(
+        &self,
+        tenant: &str,
+        from: &str,
+        to: &str,
+        kind: &str,
+        attrs: &str,
+        quota: Quota,
+    ) -> Result<()> {
+        self.time("link", self.inner.link_within(tenant, from, to, kind, attrs, quota)).await
+    }
+    async fn edge(&self, tenant: &str, from: &str, to: &str, kind: &str) -> Result<Option<Edge>> {
+        self.time("edge", self.inner.edge(tenant, from, to, kind)).await
     }
     async fn unlink(&self, tenant: &str, from: &str, to: &str, kind: &str) -> Result<bool> {
         self.time("unlink", self.inner.unlink(tenant, from, to, kind)).await
     }
-    async fn neighbours(
+    async fn neighbours_bounded(
         &self,
         tenant: &str,
         agent: &str,
         kind: Option<&str>,
         direction: Direction,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<Edge>> {
-        self.time("neighbours", self.inner.neighbours(tenant, agent, kind, direction, limit)).await
+        self.time("neighbours", self.inner.neighbours_bounded(tenant, agent, kind, direction, limit, max_bytes)).await
     }
     async fn remove_agent_edges(&self, tenant: &str, agent: &str) -> Result<u64> {
         self.time("remove_agent_edges", self.inner.remove_agent_edges(tenant, agent)).await

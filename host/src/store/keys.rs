@@ -16,6 +16,9 @@ pub struct KeyLimits {
     pub max_list: u32,
     /// Most ops in one `transact`.
     pub max_transact_ops: usize,
+    /// Most bytes of keys and values in one `list` page or `neighbours` answer; each
+    /// invocation's budget is the smaller of this and an eighth of its memory limit.
+    pub max_page_bytes: usize,
 }
 
 impl Default for KeyLimits {
@@ -26,6 +29,7 @@ impl Default for KeyLimits {
             max_value_bytes: 1 << 20,
             max_list: 1000,
             max_transact_ops: 128,
+            max_page_bytes: 4 << 20,
         }
     }
 }

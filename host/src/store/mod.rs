@@ -8,6 +8,7 @@ pub mod arangodb;
 mod embedded;
 mod instrumented;
 pub mod keys;
+mod overlay;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,6 +20,7 @@ pub use arangodb::ArangoStore;
 pub use embedded::EmbeddedStore;
 pub use instrumented::{Instrumented, Observer};
 pub use keys::{KeyLimits, check_collection, check_key};
+pub use overlay::Overlay;
 
 /// Result alias for store calls.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -84,6 +86,63 @@ pub enum WriteOp {
     },
 }
 
+/// What a tenant stores, as counted by the backend in the same transaction as each write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes of document values, edges (names and attributes) and queued messages and
+    /// dead letters (their stored records).
+    pub bytes: u64,
+    /// Graph edges.
+    pub edges: u64,
+}
+
+/// What a tenant may store, checked by the backend inside the write's own transaction
+/// (fail closed: a write whose usage cannot be read is not applied). A write that does not
+/// grow a count is always allowed, so a tenant over its quota can still delete.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Most bytes (see [`Usage::bytes`]); `None`: unlimited.
+    pub bytes: Option<u64>,
+    /// Most graph edges; `None`: unlimited.
+    pub edges: Option<u64>,
+}
+
+impl Quota {
+    /// No limit.
+    pub const NONE: Quota = Quota { bytes: None, edges: None };
+
+    /// Refuse going from `before` to `after` if that grows a count past its limit.
+    pub fn check(&self, before: Usage, after: Usage) -> Result<()> {
+        if let Some(max) = self.bytes
+            && after.bytes > max
+            && after.bytes > before.bytes
+        {
+            return Err(StoreError::QuotaExceeded(format!(
+                "the tenant stores {} bytes; {} more would exceed its storage quota of {max}",
+                before.bytes,
+                after.bytes - before.bytes
+            )));
+        }
+        if let Some(max) = self.edges
+            && after.edges > max
+            && after.edges > before.edges
+        {
+            return Err(StoreError::QuotaExceeded(format!("the tenant has {} edges, its quota", before.edges)));
+        }
+        Ok(())
+    }
+}
+
+/// Bytes an edge counts in [`Usage::bytes`]: its names and its attributes.
+pub fn edge_size(from: &str, to: &str, kind: &str, attrs: &str) -> u64 {
+    (from.len() + to.len() + kind.len() + attrs.len()) as u64
+}
+
+/// The tenant of a record key of a [`RecordKind::is_metered`] kind (`tenant/agent/id`).
+pub fn record_tenant(key: &str) -> &str {
+    key.split_once('/').map_or(key, |(t, _)| t)
+}
+
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -104,6 +163,9 @@ pub enum StoreError {
     /// The store's files are damaged or from an incompatible version.
     #[error("storage is corrupted or incompatible: {0}")]
     Corrupted(String),
+    /// The write would take the tenant past its storage or edge quota; nothing was written.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
     /// Opening the data directory failed.
     #[error("cannot open the data directory {path}: {source}")]
     Open {
@@ -127,6 +189,7 @@ impl StoreError {
             StoreError::Conflict { .. } => "conflict",
             StoreError::Backend { .. } => "backend",
             StoreError::Corrupted(_) => "corrupted",
+            StoreError::QuotaExceeded(_) => "quota",
             StoreError::Open { .. } => "open",
         }
     }
@@ -170,6 +233,12 @@ impl RecordKind {
             RecordKind::DeletedTenant => "deleted-tenant",
         }
     }
+
+    /// Whether records of this kind hold a tenant's data and count in its [`Usage::bytes`]
+    /// (keyed `tenant/...`): queued messages and dead letters.
+    pub fn is_metered(self) -> bool {
+        matches!(self, RecordKind::Message | RecordKind::DeadLetter)
+    }
 }
 
 /// Registry records (JSON bytes with a revision) and the audit log.
@@ -181,7 +250,20 @@ pub trait RecordStore: Send + Sync + 'static {
     /// Read a record and its revision.
     async fn record_get(&self, kind: RecordKind, key: &str) -> Result<Option<(Vec<u8>, u64)>>;
     /// Write a record; returns the new revision.
-    async fn record_put(&self, kind: RecordKind, key: &str, value: Vec<u8>, expected: Option<u64>) -> Result<u64>;
+    async fn record_put(&self, kind: RecordKind, key: &str, value: Vec<u8>, expected: Option<u64>) -> Result<u64> {
+        self.record_put_within(kind, key, value, expected, Quota::NONE).await
+    }
+
+    /// [`RecordStore::record_put`]; a record of a [`RecordKind::is_metered`] kind counts in
+    /// its tenant's usage, checked against `quota` in the same transaction.
+    async fn record_put_within(
+        &self,
+        kind: RecordKind,
+        key: &str,
+        value: Vec<u8>,
+        expected: Option<u64>,
+        quota: Quota,
+    ) -> Result<u64>;
     /// Delete a record; returns whether it existed.
     async fn record_delete(&self, kind: RecordKind, key: &str) -> Result<bool>;
 
@@ -206,8 +288,13 @@ pub trait RecordStore: Send + Sync + 'static {
     /// Delete every document of a tenant, its change feed (the sequence starts again at 1)
     /// and its graph edges; returns how many documents there were.
     async fn purge_tenant_documents(&self, tenant: &str) -> Result<u64>;
-    /// Bytes of document values a tenant stores.
-    async fn stored_bytes(&self, tenant: &str) -> Result<u64>;
+    /// What a tenant stores (see [`Usage`]).
+    async fn usage(&self, tenant: &str) -> Result<Usage>;
+
+    /// Bytes a tenant stores ([`Usage::bytes`]).
+    async fn stored_bytes(&self, tenant: &str) -> Result<u64> {
+        Ok(self.usage(tenant).await?.bytes)
+    }
 }
 
 /// Everything the host keeps: documents with their change feed, graph edges and registry
@@ -226,7 +313,20 @@ pub trait DocumentStore: Send + Sync + 'static {
     async fn get(&self, scope: &Scope, collection: &str, key: &str) -> Result<Option<Document>>;
 
     /// Insert or replace a document; returns the new revision.
-    async fn put(&self, scope: &Scope, collection: &str, key: &str, value: &str, expected: Option<u64>) -> Result<u64>;
+    async fn put(&self, scope: &Scope, collection: &str, key: &str, value: &str, expected: Option<u64>) -> Result<u64> {
+        self.put_within(scope, collection, key, value, expected, Quota::NONE).await
+    }
+
+    /// [`DocumentStore::put`] within the tenant's `quota`, checked in the write's transaction.
+    async fn put_within(
+        &self,
+        scope: &Scope,
+        collection: &str,
+        key: &str,
+        value: &str,
+        expected: Option<u64>,
+        quota: Quota,
+    ) -> Result<u64>;
 
     /// Delete a document; returns whether it existed.
     async fn delete(&self, scope: &Scope, collection: &str, key: &str, expected: Option<u64>) -> Result<bool>;
@@ -239,10 +339,30 @@ pub trait DocumentStore: Send + Sync + 'static {
         prefix: &str,
         limit: u32,
         cursor: Option<&str>,
+    ) -> Result<Page> {
+        self.list_bounded(scope, collection, prefix, limit, cursor, usize::MAX).await
+    }
+
+    /// [`DocumentStore::list`], the page also bounded by bytes: it ends (with `next`)
+    /// before the document whose key and value would take it past `max_bytes`, except that
+    /// a page always holds at least one document. The backend stops reading there.
+    async fn list_bounded(
+        &self,
+        scope: &Scope,
+        collection: &str,
+        prefix: &str,
+        limit: u32,
+        cursor: Option<&str>,
+        max_bytes: usize,
     ) -> Result<Page>;
 
     /// Apply every op or none; returns the revision after each op (0 for deletes).
-    async fn transact(&self, scope: &Scope, ops: &[WriteOp]) -> Result<Vec<u64>>;
+    async fn transact(&self, scope: &Scope, ops: &[WriteOp]) -> Result<Vec<u64>> {
+        self.transact_within(scope, ops, Quota::NONE).await
+    }
+
+    /// [`DocumentStore::transact`] within the tenant's `quota`, checked in the transaction.
+    async fn transact_within(&self, scope: &Scope, ops: &[WriteOp], quota: Quota) -> Result<Vec<u64>>;
 }
 
 /// What a change event reports.
@@ -341,7 +461,24 @@ pub struct Edge {
 #[async_trait::async_trait]
 pub trait GraphStore: Send + Sync + 'static {
     /// Create the edge `(from, to, kind)` or replace its attributes.
-    async fn link(&self, tenant: &str, from: &str, to: &str, kind: &str, attrs: &str) -> Result<()>;
+    async fn link(&self, tenant: &str, from: &str, to: &str, kind: &str, attrs: &str) -> Result<()> {
+        self.link_within(tenant, from, to, kind, attrs, Quota::NONE).await
+    }
+
+    /// [`GraphStore::link`]; the edge counts in the tenant's usage (one edge, and
+    /// [`edge_size`] bytes), checked against `quota` in the same transaction.
+    async fn link_within(
+        &self,
+        tenant: &str,
+        from: &str,
+        to: &str,
+        kind: &str,
+        attrs: &str,
+        quota: Quota,
+    ) -> Result<()>;
+
+    /// The edge `(from, to, kind)`, if it exists.
+    async fn edge(&self, tenant: &str, from: &str, to: &str, kind: &str) -> Result<Option<Edge>>;
 
     /// Remove an edge; returns whether it existed.
     async fn unlink(&self, tenant: &str, from: &str, to: &str, kind: &str) -> Result<bool>;
@@ -355,6 +492,20 @@ pub trait GraphStore: Send + Sync + 'static {
         kind: Option<&str>,
         direction: Direction,
         limit: usize,
+    ) -> Result<Vec<Edge>> {
+        self.neighbours_bounded(tenant, agent, kind, direction, limit, usize::MAX).await
+    }
+
+    /// [`GraphStore::neighbours`], also bounded by bytes: the list ends before the edge
+    /// whose [`edge_size`] would take it past `max_bytes` (at least one edge is returned).
+    async fn neighbours_bounded(
+        &self,
+        tenant: &str,
+        agent: &str,
+        kind: Option<&str>,
+        direction: Direction,
+        limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<Edge>>;
 
     /// Remove every edge from or to `agent` (when the agent is deleted); returns how many.

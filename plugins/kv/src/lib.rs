@@ -13,6 +13,11 @@
 //! | `whoami`                            | `{"tenant":..,"agent":..,"invocation":..}` |
 //! | `config:KEY`                        | the value, or `none`                    |
 //! | `log:MSG`                           | `logged`, after logging MSG at info with a field |
+//! | `fail:N`                            | `Err(big-error)` with a message of N bytes |
+//!
+//! `init` puts the documents of the config key `init_puts` (`COLL/KEY=JSON;COLL/KEY=JSON`),
+//! reads each back (failing with `not-visible` if it cannot see its own write), then fails
+//! with `bad-config` if the config has `reject`.
 //!
 //! Any documents error is returned as `Ok("error:<variant>:<detail>")` so tests see the
 //! typed error the guest received. A malformed command is `Err(bad-input)`.
@@ -135,6 +140,10 @@ fn run(command: &str) -> Result<Result<String, StoreError>, AgentError> {
             log::log_with(log::Level::Info, rest, &[("source", "kv")]);
             Ok("logged".to_owned())
         }
+        "fail" => {
+            let n: usize = rest.parse().map_err(|e| AgentError::bad_input(format!("bad N: {e}")))?;
+            return Err(AgentError::new("big-error", "m".repeat(n)));
+        }
         _ => return Err(AgentError::bad_input(format!("unknown command {verb:?}"))),
     })
 }
@@ -142,6 +151,17 @@ fn run(command: &str) -> Result<Result<String, StoreError>, AgentError> {
 impl Agent for Kv {
     /// Refuses a configuration with `reject` set, so hot reload failures can be tested.
     fn init(config: Vec<(String, String)>) -> Result<(), AgentError> {
+        if let Some((_, puts)) = config.iter().find(|(k, _)| k == "init_puts") {
+            for put in puts.split(';').filter(|p| !p.is_empty()) {
+                let (addr, value) = put.split_once('=').ok_or_else(|| AgentError::bad_input("expected COLL/KEY=JSON"))?;
+                let (c, k) = coll_key(addr)?;
+                documents::put(c, k, value, None).map_err(|e| AgentError::new("put-failed", error_text(&e)))?;
+                let seen = documents::get(c, k).map_err(|e| AgentError::new("get-failed", error_text(&e)))?;
+                if seen.map(|d| d.value).as_deref() != Some(value) {
+                    return Err(AgentError::new("not-visible", format!("init cannot read its own write of {addr}")));
+                }
+            }
+        }
         match config.iter().find(|(k, _)| k == "reject") {
             Some((_, why)) => Err(AgentError::new("bad-config", format!("rejected: {why}"))),
             None => Ok(()),

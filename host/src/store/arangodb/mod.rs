@@ -35,6 +35,7 @@ pub mod client;
 mod feed;
 mod graph;
 pub mod keys;
+mod usage;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -53,7 +54,8 @@ use serde_json::{Value, json};
 use self::client::{HttpClient, TRANSPORT, Timeouts, with_timeouts};
 use self::keys::{arango_key, escape, hex, unhex};
 use super::{
-    ChangeOp, Document, DocumentStore, FeedSignal, Page, RecordKind, RecordStore, Result, Scope, StoreError, WriteOp,
+    ChangeOp, Document, DocumentStore, FeedSignal, Page, Quota, RecordKind, RecordStore, Result, Scope, StoreError,
+    Usage, WriteOp, record_tenant,
 };
 use crate::config::ArangoConfig;
 
@@ -188,14 +190,15 @@ enum Step<T> {
     Retry,
 }
 
-/// Write `body` at `key` if the current revision matches `expected`; returns the new revision.
+/// Write `body` at `key` if the current revision matches `expected`; returns the new
+/// revision and what it replaced.
 async fn cas_put<T, F>(
     coll: &Coll,
     key: &str,
     expected: Option<u64>,
     rev_of: fn(&T) -> u64,
     make: F,
-) -> Result<Step<u64>>
+) -> Result<Step<(u64, Option<T>)>>
 where
     T: Serialize + DeserializeOwned,
     F: FnOnce(u64) -> T,
@@ -207,25 +210,22 @@ where
     }
     let next = now + 1;
     let body = with_key(key, &make(next))?;
-    let res = match current {
-        None => coll.create_document(body, InsertOptions::default()).await.map(|_| ()),
-        Some((rev, _)) => coll.replace_document(key, body, ReplaceOptions::default(), Some(rev)).await.map(|_| ()),
+    let (res, old) = match current {
+        None => (coll.create_document(body, InsertOptions::default()).await.map(|_| ()), None),
+        Some((rev, old)) => {
+            (coll.replace_document(key, body, ReplaceOptions::default(), Some(rev)).await.map(|_| ()), Some(old))
+        }
     };
     match res {
-        Ok(()) => Ok(Step::Done(next)),
+        Ok(()) => Ok(Step::Done((next, old))),
         Err(e) if lost_race(&e) => Ok(Step::Retry),
         Err(e) => Err(backend(e)),
     }
 }
 
-/// Remove `key` if the current revision matches `expected`; returns the revision removed
+/// Remove `key` if the current revision matches `expected`; returns what was removed
 /// (`None`: it did not exist).
-async fn cas_delete<T>(
-    coll: &Coll,
-    key: &str,
-    expected: Option<u64>,
-    rev_of: fn(&T) -> u64,
-) -> Result<Step<Option<u64>>>
+async fn cas_delete<T>(coll: &Coll, key: &str, expected: Option<u64>, rev_of: fn(&T) -> u64) -> Result<Step<Option<T>>>
 where
     T: Serialize + DeserializeOwned,
 {
@@ -234,9 +234,9 @@ where
     if expected.is_some_and(|want| want != now) {
         return Err(StoreError::Conflict { current: now });
     }
-    let Some((rev, _)) = current else { return Ok(Step::Done(None)) };
+    let Some((rev, old)) = current else { return Ok(Step::Done(None)) };
     match coll.remove_document::<Value>(key, RemoveOptions::default(), Some(rev)).await {
-        Ok(_) => Ok(Step::Done(Some(now))),
+        Ok(_) => Ok(Step::Done(Some(old))),
         Err(e) if lost_race(&e) => Ok(Step::Retry),
         Err(e) => Err(backend(e)),
     }
@@ -316,9 +316,9 @@ impl ArangoStore {
 
     /// Apply `ops` atomically with their change events, retrying lost races; then wake
     /// this process's feed waiters.
-    async fn write(&self, scope: &Scope, ops: &[WriteOp], what: &str) -> Result<Vec<Applied>> {
+    async fn write(&self, scope: &Scope, ops: &[WriteOp], what: &str, quota: Quota) -> Result<Vec<Applied>> {
         for _ in 0..MAX_ATTEMPTS {
-            if let Step::Done((applied, head)) = self.write_once(scope, ops).await? {
+            if let Step::Done((applied, head)) = self.write_once(scope, ops, quota).await? {
                 if let Some(head) = head {
                     self.signal.publish(&scope.tenant, head);
                 }
@@ -330,15 +330,26 @@ impl ArangoStore {
 
     /// One attempt of a write: a stream transaction over the documents and the feed,
     /// committed only if every op passes; returns what each op did and the new feed head.
-    async fn write_once(&self, scope: &Scope, ops: &[WriteOp]) -> Result<Step<(Vec<Applied>, Option<u64>)>> {
+    async fn write_once(
+        &self,
+        scope: &Scope,
+        ops: &[WriteOp],
+        quota: Quota,
+    ) -> Result<Step<(Vec<Applied>, Option<u64>)>> {
         let settings = TransactionSettings::builder()
-            .collections(TransactionCollections::builder().write(vec![DOCUMENTS.to_owned(), FEED.to_owned()]).build())
+            .collections(
+                TransactionCollections::builder()
+                    .write(vec![DOCUMENTS.to_owned(), FEED.to_owned(), RECORDS.to_owned()])
+                    .build(),
+            )
             .wait_for_sync(true)
             .build();
         let trx = self.db.begin_transaction(settings).await.map_err(backend)?;
         let coll = self.docs.clone_with_transaction(trx.id().clone()).map_err(backend)?;
         let feed = self.feed.clone_with_transaction(trx.id().clone()).map_err(backend)?;
+        let records = self.records.clone_with_transaction(trx.id().clone()).map_err(backend)?;
         let outcome = async {
+            let mut meter = self.meter(&records, &scope.tenant).await?;
             let mut applied = Vec::with_capacity(ops.len());
             let mut events = Vec::with_capacity(ops.len());
             for op in ops {
@@ -346,9 +357,11 @@ impl ArangoStore {
                     WriteOp::Put { collection, key, value, expected } => {
                         let k = doc_key(&scope.tenant, collection, key);
                         let make = stored_doc(&scope.tenant, collection, key, value);
-                        let Step::Done(rev) = cas_put(&coll, &k, *expected, doc_rev, make).await? else {
+                        let Step::Done((rev, old)) = cas_put(&coll, &k, *expected, doc_rev, make).await? else {
                             return Ok(Step::Retry);
                         };
+                        meter.add(value.len() as u64, 0);
+                        meter.remove(old.map_or(0, |d| d.size), 0);
                         applied.push(Applied::Put(rev));
                         events.push(feed::Pending { collection, key, op: ChangeOp::Put, revision: rev });
                     }
@@ -358,12 +371,14 @@ impl ArangoStore {
                             return Ok(Step::Retry);
                         };
                         applied.push(Applied::Deleted(removed.is_some()));
-                        if let Some(revision) = removed {
-                            events.push(feed::Pending { collection, key, op: ChangeOp::Delete, revision });
+                        if let Some(old) = removed {
+                            meter.remove(old.size, 0);
+                            events.push(feed::Pending { collection, key, op: ChangeOp::Delete, revision: old.rev });
                         }
                     }
                 }
             }
+            let Step::Done(()) = meter.commit(&records, quota).await? else { return Ok(Step::Retry) };
             let Step::Done(head) = feed::append(&feed, scope, &events).await? else { return Ok(Step::Retry) };
             Ok(Step::Done((applied, head)))
         }
@@ -406,13 +421,8 @@ impl ArangoStore {
     /// number `own.1` of the stream `own.0`, in one stream transaction; `Retry` when another
     /// writer took either number first (the unique key refuses the second).
     async fn audit_insert(&self, value: &str, seq: u64, own: Option<(&str, u64)>) -> Result<Step<()>> {
-        let settings = TransactionSettings::builder()
-            .collections(TransactionCollections::builder().write(vec![FEED.to_owned()]).build())
-            .wait_for_sync(true)
-            .build();
-        let trx = self.db.begin_transaction(settings).await.map_err(backend)?;
-        let feed = self.feed.clone_with_transaction(trx.id().clone()).map_err(backend)?;
-        let outcome = async {
+        self.in_transaction(&[FEED], |id| async move {
+            let feed = self.feed.clone_with_transaction(id).map_err(backend)?;
             for (stream, seq) in std::iter::once((AUDIT_STREAM, seq)).chain(own) {
                 let body = with_key(
                     &event_key(stream, seq),
@@ -425,21 +435,51 @@ impl ArangoStore {
                 }
             }
             Ok(Step::Done(()))
-        }
-        .await;
-        match outcome {
-            Ok(Step::Done(())) => match trx.commit().await {
-                Ok(_) => Ok(Step::Done(())),
+        })
+        .await
+    }
+
+    /// Run `f` with the id of a new stream transaction writing `collections`; commit when
+    /// it is `Done`, abort otherwise.
+    async fn in_transaction<T, F, Fut>(&self, collections: &[&str], f: F) -> Result<Step<T>>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Result<Step<T>>>,
+    {
+        let settings = TransactionSettings::builder()
+            .collections(
+                TransactionCollections::builder().write(collections.iter().map(|c| (*c).to_owned()).collect()).build(),
+            )
+            .wait_for_sync(true)
+            .build();
+        let trx = self.db.begin_transaction(settings).await.map_err(backend)?;
+        match f(trx.id().clone()).await {
+            Ok(Step::Done(done)) => match trx.commit().await {
+                Ok(_) => Ok(Step::Done(done)),
                 Err(e) if lost_race(&e) => Ok(Step::Retry),
                 Err(e) => Err(backend(e)),
             },
             other => {
+                // Best effort: an abort that fails leaves the transaction to the server's idle timeout.
                 if let Err(e) = trx.abort().await {
                     tracing::warn!(error = %e, "arangodb: aborting a stream transaction failed");
                 }
                 other
             }
         }
+    }
+
+    /// [`Self::in_transaction`] over `cortex_records` alone, `f` given the bound collection.
+    async fn in_records_transaction<T, F, Fut>(&self, f: F) -> Result<Step<T>>
+    where
+        F: FnOnce(Coll) -> Fut,
+        Fut: std::future::Future<Output = Result<Step<T>>>,
+    {
+        self.in_transaction(&[RECORDS], |id| async move {
+            let records = self.records.clone_with_transaction(id).map_err(backend)?;
+            f(records).await
+        })
+        .await
     }
 }
 
@@ -495,9 +535,17 @@ impl DocumentStore for ArangoStore {
         Ok(Some(Document { key: d.key, value: d.value, revision: d.rev }))
     }
 
-    async fn put(&self, scope: &Scope, collection: &str, key: &str, value: &str, expected: Option<u64>) -> Result<u64> {
+    async fn put_within(
+        &self,
+        scope: &Scope,
+        collection: &str,
+        key: &str,
+        value: &str,
+        expected: Option<u64>,
+        quota: Quota,
+    ) -> Result<u64> {
         let op = WriteOp::Put { collection: collection.into(), key: key.into(), value: value.into(), expected };
-        match self.write(scope, std::slice::from_ref(&op), "put").await?.as_slice() {
+        match self.write(scope, std::slice::from_ref(&op), "put", quota).await?.as_slice() {
             [Applied::Put(rev)] => Ok(*rev),
             _ => Err(StoreError::Backend { message: "arangodb: put applied no put".into(), transient: false }),
         }
@@ -505,19 +553,20 @@ impl DocumentStore for ArangoStore {
 
     async fn delete(&self, scope: &Scope, collection: &str, key: &str, expected: Option<u64>) -> Result<bool> {
         let op = WriteOp::Delete { collection: collection.into(), key: key.into(), expected };
-        match self.write(scope, std::slice::from_ref(&op), "delete").await?.as_slice() {
+        match self.write(scope, std::slice::from_ref(&op), "delete", Quota::NONE).await?.as_slice() {
             [Applied::Deleted(existed)] => Ok(*existed),
             _ => Err(StoreError::Backend { message: "arangodb: delete applied no delete".into(), transient: false }),
         }
     }
 
-    async fn list(
+    async fn list_bounded(
         &self,
         scope: &Scope,
         collection: &str,
         prefix: &str,
         limit: u32,
         cursor: Option<&str>,
+        max_bytes: usize,
     ) -> Result<Page> {
         if limit == 0 {
             return Ok(Page::default());
@@ -525,39 +574,46 @@ impl DocumentStore for ArangoStore {
         #[derive(Deserialize)]
         struct Row {
             key: String,
-            value: String,
+            value: Option<String>,
             rev: u64,
         }
+        // The server keeps a running sum of key and value sizes (WINDOW) and sends a value
+        // only while the sum stays within the budget (the first one always): past it, only
+        // keys come back, and the page ends there.
         let rows: Vec<Row> = self
             .query(
                 "FOR d IN cortex_documents \
                  FILTER d.tenant == @tenant AND d.collection == @collection \
                  AND STARTS_WITH(d.khex, @prefix) AND d.khex > @after \
                  SORT d.khex LIMIT @limit \
-                 RETURN { key: d.key, value: d.value, rev: d.rev }",
+                 WINDOW { preceding: \"unbounded\", following: 0 } \
+                 AGGREGATE used = SUM(d.size + LENGTH(d.khex) / 2) \
+                 RETURN { key: d.key, rev: d.rev, \
+                 value: used <= @budget OR used == d.size + LENGTH(d.khex) / 2 ? d.value : null }",
                 vec![
                     ("tenant", json!(&*scope.tenant)),
                     ("collection", json!(collection)),
                     ("prefix", json!(hex(prefix.as_bytes()))),
                     ("after", json!(cursor.map(|c| hex(c.as_bytes())).unwrap_or_default())),
                     ("limit", json!(u64::from(limit) + 1)),
+                    ("budget", json!(max_bytes)),
                 ],
             )
             .await?;
         let mut page = Page::default();
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         for row in rows {
-            if page.documents.len() == limit {
+            let (true, Some(value)) = (page.documents.len() < limit, row.value) else {
                 page.next = page.documents.last().map(|d| d.key.clone());
                 break;
-            }
-            page.documents.push(Document { key: row.key, value: row.value, revision: row.rev });
+            };
+            page.documents.push(Document { key: row.key, value, revision: row.rev });
         }
         Ok(page)
     }
 
-    async fn transact(&self, scope: &Scope, ops: &[WriteOp]) -> Result<Vec<u64>> {
-        let applied = self.write(scope, ops, "transact").await?;
+    async fn transact_within(&self, scope: &Scope, ops: &[WriteOp], quota: Quota) -> Result<Vec<u64>> {
+        let applied = self.write(scope, ops, "transact", quota).await?;
         Ok(applied.iter().map(|a| if let Applied::Put(rev) = a { *rev } else { 0 }).collect())
     }
 }
@@ -570,8 +626,16 @@ impl RecordStore for ArangoStore {
         Ok(Some((bytes_of(&r.value)?, r.rev)))
     }
 
-    async fn record_put(&self, kind: RecordKind, key: &str, value: Vec<u8>, expected: Option<u64>) -> Result<u64> {
+    async fn record_put_within(
+        &self,
+        kind: RecordKind,
+        key: &str,
+        value: Vec<u8>,
+        expected: Option<u64>,
+        quota: Quota,
+    ) -> Result<u64> {
         let k = arango_key(&[kind.as_str(), key]);
+        let size = value.len() as u64;
         let value = hex(&value);
         for _ in 0..MAX_ATTEMPTS {
             let make = |rev| StoredRecord {
@@ -581,7 +645,28 @@ impl RecordStore for ArangoStore {
                 value: value.clone(),
                 rev,
             };
-            if let Step::Done(rev) = cas_put(&self.records, &k, expected, record_rev, make).await? {
+            if !kind.is_metered() {
+                if let Step::Done((rev, _)) = cas_put(&self.records, &k, expected, record_rev, make).await? {
+                    return Ok(rev);
+                }
+                continue;
+            }
+            let k = &k;
+            let step = self
+                .in_records_transaction(|records| async move {
+                    let mut meter = self.meter(&records, record_tenant(key)).await?;
+                    let Step::Done((rev, old)) = cas_put(&records, k, expected, record_rev, make).await? else {
+                        return Ok(Step::Retry);
+                    };
+                    meter.add(size, 0);
+                    meter.remove(old.map_or(0, |o| o.value.len() as u64 / 2), 0);
+                    Ok(match meter.commit(&records, quota).await? {
+                        Step::Done(()) => Step::Done(rev),
+                        Step::Retry => Step::Retry,
+                    })
+                })
+                .await?;
+            if let Step::Done(rev) = step {
                 return Ok(rev);
             }
         }
@@ -591,8 +676,29 @@ impl RecordStore for ArangoStore {
     async fn record_delete(&self, kind: RecordKind, key: &str) -> Result<bool> {
         let k = arango_key(&[kind.as_str(), key]);
         for _ in 0..MAX_ATTEMPTS {
-            if let Step::Done(removed) = cas_delete::<StoredRecord>(&self.records, &k, None, record_rev).await? {
-                return Ok(removed.is_some());
+            if !kind.is_metered() {
+                if let Step::Done(removed) = cas_delete::<StoredRecord>(&self.records, &k, None, record_rev).await? {
+                    return Ok(removed.is_some());
+                }
+                continue;
+            }
+            let k = &k;
+            let step = self
+                .in_records_transaction(|records| async move {
+                    let mut meter = self.meter(&records, record_tenant(key)).await?;
+                    let Step::Done(removed) = cas_delete::<StoredRecord>(&records, k, None, record_rev).await? else {
+                        return Ok(Step::Retry);
+                    };
+                    let Some(old) = removed else { return Ok(Step::Done(false)) };
+                    meter.remove(old.value.len() as u64 / 2, 0);
+                    Ok(match meter.commit(&records, Quota::NONE).await? {
+                        Step::Done(()) => Step::Done(true),
+                        Step::Retry => Step::Retry,
+                    })
+                })
+                .await?;
+            if let Step::Done(existed) = step {
+                return Ok(existed);
             }
         }
         Err(too_busy("record_delete"))
@@ -662,17 +768,12 @@ impl RecordStore for ArangoStore {
             .await?;
         self.purge_feed(tenant).await?;
         self.purge_edges(tenant).await?;
+        self.purge_usage(tenant).await?;
         self.signal.publish(tenant, 0);
         Ok(n.first().copied().unwrap_or(0))
     }
 
-    async fn stored_bytes(&self, tenant: &str) -> Result<u64> {
-        let n: Vec<Option<u64>> = self
-            .query(
-                "RETURN SUM(FOR d IN cortex_documents FILTER d.tenant == @tenant RETURN d.size)",
-                vec![("tenant", json!(tenant))],
-            )
-            .await?;
-        Ok(n.first().copied().flatten().unwrap_or(0))
+    async fn usage(&self, tenant: &str) -> Result<Usage> {
+        self.read_usage(tenant).await
     }
 }

@@ -127,22 +127,25 @@ impl FeedStore for EmbeddedStore {
     async fn feed_since(&self, tenant: &str, since: u64, limit: usize) -> Result<Vec<ChangeEvent>> {
         let Some(first) = since.checked_add(1) else { return Ok(Vec::new()) };
         let (start, end) = (event_key(tenant, first), event_key(tenant, u64::MAX));
-        let txn = self.db.begin_read().map_err(backend)?;
-        let table = txn.open_table(FEED).map_err(backend)?;
-        let mut out = Vec::new();
-        for item in table.range::<&[u8]>(start.as_slice()..=end.as_slice()).map_err(backend)? {
-            if out.len() >= limit {
-                break;
+        let tenant = tenant.to_owned();
+        self.read(move |txn| {
+            let table = txn.open_table(FEED).map_err(backend)?;
+            let mut out = Vec::new();
+            for item in table.range::<&[u8]>(start.as_slice()..=end.as_slice()).map_err(backend)? {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, v) = item.map_err(backend)?;
+                let seq = k.value().last_chunk::<8>().map_or(0, |b| u64::from_be_bytes(*b));
+                // Written densely in one transaction per write; a hole means damage.
+                if seq != first + out.len() as u64 {
+                    return Err(StoreError::Corrupted(format!("feed of {tenant:?} skips to {seq}")));
+                }
+                out.push(decode(&tenant, seq, v.value())?);
             }
-            let (k, v) = item.map_err(backend)?;
-            let seq = k.value().last_chunk::<8>().map_or(0, |b| u64::from_be_bytes(*b));
-            // Written densely in one transaction per write; a hole means damage.
-            if seq != first + out.len() as u64 {
-                return Err(StoreError::Corrupted(format!("feed of {tenant:?} skips to {seq}")));
-            }
-            out.push(decode(tenant, seq, v.value())?);
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .await
     }
 
     async fn feed_head(&self, tenant: &str) -> Result<u64> {

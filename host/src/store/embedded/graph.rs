@@ -9,8 +9,8 @@
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{EmbeddedStore, backend, keys_with_prefix, push_part};
-use crate::store::{Direction, Edge, GraphStore, Result, StoreError};
+use super::{EDGE_COUNT, EmbeddedStore, USAGE, add_bytes, backend, bytes_of, keys_with_prefix, push_part};
+use crate::store::{Direction, Edge, GraphStore, Quota, Result, StoreError, Usage, edge_size};
 
 const OUT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("edges_out");
 const IN: TableDefinition<&[u8], &[u8]> = TableDefinition::new("edges_in");
@@ -75,12 +75,26 @@ fn scan<T: ReadableTable<&'static [u8], &'static [u8]>>(
     kind: Option<&str>,
     limit: usize,
 ) -> Result<Vec<(String, String, Vec<u8>)>> {
+    scan_bounded(table, tenant, agent, kind, limit, usize::MAX)
+}
+
+/// [`scan`], stopping before the edge whose key and value would take the result past
+/// `max_bytes` (the first edge always fits).
+fn scan_bounded<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    tenant: &str,
+    agent: &str,
+    kind: Option<&str>,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<Vec<(String, String, Vec<u8>)>> {
     let base = agent_prefix(tenant, agent);
     let mut want = base.clone();
     if let Some(kind) = kind {
         push_kind(&mut want, kind);
     }
     let mut out = Vec::new();
+    let mut bytes = 0usize;
     for item in table.range::<&[u8]>(want.as_slice()..).map_err(backend)? {
         if out.len() >= limit {
             break;
@@ -90,6 +104,11 @@ fn scan<T: ReadableTable<&'static [u8], &'static [u8]>>(
         if !k.starts_with(&want) {
             break;
         }
+        let size = k.len().saturating_add(v.value().len());
+        if !out.is_empty() && bytes.saturating_add(size) > max_bytes {
+            break;
+        }
+        bytes = bytes.saturating_add(size);
         let (kind, other) = split_kind(&k[base.len()..])
             .ok_or_else(|| StoreError::Corrupted(format!("an edge key of {tenant:?} does not decode")))?;
         out.push((kind, other, v.value().to_vec()));
@@ -107,6 +126,7 @@ pub(super) fn purge(txn: &redb::WriteTransaction, tenant: &str) -> Result<()> {
             table.remove(k.as_slice()).map_err(backend)?;
         }
     }
+    txn.open_table(EDGE_COUNT).map_err(backend)?.remove(tenant).map_err(backend)?;
     Ok(())
 }
 
@@ -116,68 +136,76 @@ fn attrs_text(tenant: &str, raw: Vec<u8>) -> Result<String> {
 
 #[async_trait::async_trait]
 impl GraphStore for EmbeddedStore {
-    async fn link(&self, tenant: &str, from: &str, to: &str, kind: &str, attrs: &str) -> Result<()> {
+    async fn link_within(
+        &self,
+        tenant: &str,
+        from: &str,
+        to: &str,
+        kind: &str,
+        attrs: &str,
+        quota: Quota,
+    ) -> Result<()> {
         let out_key = edge_key(tenant, from, kind, to);
         let in_key = edge_key(tenant, to, kind, from);
-        let attrs = attrs.to_owned();
+        let names = edge_size(from, to, kind, "");
+        let (tenant, attrs) = (tenant.to_owned(), attrs.to_owned());
         self.write_txn(move |txn| {
-            txn.open_table(OUT).map_err(backend)?.insert(out_key.as_slice(), attrs.as_bytes()).map_err(backend)?;
+            let mut out = txn.open_table(OUT).map_err(backend)?;
+            let mut usage = txn.open_table(USAGE).map_err(backend)?;
+            let mut count = txn.open_table(EDGE_COUNT).map_err(backend)?;
+            let before = Usage { bytes: bytes_of(&usage, &tenant)?, edges: bytes_of(&count, &tenant)? };
+            let old = out.insert(out_key.as_slice(), attrs.as_bytes()).map_err(backend)?;
+            let old_size = old.as_ref().map(|o| names + o.value().len() as u64);
+            drop(old);
+            add_bytes(&mut usage, &tenant, names + attrs.len() as u64, old_size.unwrap_or(0))?;
+            add_bytes(&mut count, &tenant, u64::from(old_size.is_none()), 0)?;
+            let after = Usage { bytes: bytes_of(&usage, &tenant)?, edges: bytes_of(&count, &tenant)? };
+            quota.check(before, after)?;
             txn.open_table(IN).map_err(backend)?.insert(in_key.as_slice(), [].as_slice()).map_err(backend)?;
             Ok(())
         })
         .await
     }
 
+    async fn edge(&self, tenant: &str, from: &str, to: &str, kind: &str) -> Result<Option<Edge>> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let out = txn.open_table(OUT).map_err(backend)?;
+        let Some(raw) = out.get(edge_key(tenant, from, kind, to).as_slice()).map_err(backend)? else {
+            return Ok(None);
+        };
+        let attrs = attrs_text(tenant, raw.value().to_vec())?;
+        Ok(Some(Edge { from: from.to_owned(), to: to.to_owned(), kind: kind.to_owned(), attrs }))
+    }
+
     async fn unlink(&self, tenant: &str, from: &str, to: &str, kind: &str) -> Result<bool> {
         let out_key = edge_key(tenant, from, kind, to);
         let in_key = edge_key(tenant, to, kind, from);
+        let names = edge_size(from, to, kind, "");
+        let tenant = tenant.to_owned();
         self.write_txn(move |txn| {
-            let existed = txn.open_table(OUT).map_err(backend)?.remove(out_key.as_slice()).map_err(backend)?.is_some();
+            let mut out = txn.open_table(OUT).map_err(backend)?;
+            let Some(old) = out.remove(out_key.as_slice()).map_err(backend)? else { return Ok(false) };
+            let size = names + old.value().len() as u64;
+            drop(old);
+            add_bytes(&mut txn.open_table(USAGE).map_err(backend)?, &tenant, 0, size)?;
+            add_bytes(&mut txn.open_table(EDGE_COUNT).map_err(backend)?, &tenant, 0, 1)?;
             txn.open_table(IN).map_err(backend)?.remove(in_key.as_slice()).map_err(backend)?;
-            Ok(existed)
+            Ok(true)
         })
         .await
     }
 
-    async fn neighbours(
+    async fn neighbours_bounded(
         &self,
         tenant: &str,
         agent: &str,
         kind: Option<&str>,
         direction: Direction,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<Edge>> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        let mut edges = Vec::new();
-        if matches!(direction, Direction::Outgoing | Direction::Both) {
-            let out = txn.open_table(OUT).map_err(backend)?;
-            for (kind, to, attrs) in scan(&out, tenant, agent, kind, limit)? {
-                let attrs = attrs_text(tenant, attrs)?;
-                edges.push(Edge { from: agent.to_owned(), to, kind, attrs });
-            }
-        }
-        if matches!(direction, Direction::Incoming | Direction::Both) {
-            let incoming = txn.open_table(IN).map_err(backend)?;
-            let out = txn.open_table(OUT).map_err(backend)?;
-            // A self-loop was listed as outgoing already: fetch enough to skip it.
-            let room = limit.saturating_sub(edges.len());
-            let extra = usize::from(direction == Direction::Both);
-            for (kind, from, _) in scan(&incoming, tenant, agent, kind, room.saturating_add(extra))? {
-                if edges.len() >= limit {
-                    break;
-                }
-                if direction == Direction::Both && from == agent {
-                    continue;
-                }
-                let raw = out.get(edge_key(tenant, &from, &kind, agent).as_slice()).map_err(backend)?;
-                let raw = raw.ok_or_else(|| {
-                    StoreError::Corrupted(format!("edge {from:?} -> {agent:?} of {tenant:?} has no outgoing half"))
-                })?;
-                let attrs = attrs_text(tenant, raw.value().to_vec())?;
-                edges.push(Edge { from, to: agent.to_owned(), kind, attrs });
-            }
-        }
-        Ok(edges)
+        let (tenant, agent, kind) = (tenant.to_owned(), agent.to_owned(), kind.map(str::to_owned));
+        self.read(move |txn| neighbours_in(txn, &tenant, &agent, kind.as_deref(), direction, limit, max_bytes)).await
     }
 
     async fn remove_agent_edges(&self, tenant: &str, agent: &str) -> Result<u64> {
@@ -188,23 +216,83 @@ impl GraphStore for EmbeddedStore {
             let outgoing = scan(&out, &tenant, &agent, None, usize::MAX)?;
             let arriving = scan(&incoming, &tenant, &agent, None, usize::MAX)?;
             let mut removed = 0;
-            for (kind, to, _) in &outgoing {
+            let mut bytes = 0;
+            for (kind, to, attrs) in &outgoing {
                 out.remove(edge_key(&tenant, &agent, kind, to).as_slice()).map_err(backend)?;
                 incoming.remove(edge_key(&tenant, to, kind, &agent).as_slice()).map_err(backend)?;
                 removed += 1;
+                bytes += edge_size(&agent, to, kind, "") + attrs.len() as u64;
             }
             for (kind, from, _) in &arriving {
                 if *from == agent {
                     continue; // a self-loop, removed above
                 }
-                out.remove(edge_key(&tenant, from, kind, &agent).as_slice()).map_err(backend)?;
+                let old = out.remove(edge_key(&tenant, from, kind, &agent).as_slice()).map_err(backend)?;
+                bytes += edge_size(from, &agent, kind, "") + old.map_or(0, |o| o.value().len() as u64);
                 incoming.remove(edge_key(&tenant, &agent, kind, from).as_slice()).map_err(backend)?;
                 removed += 1;
             }
+            add_bytes(&mut txn.open_table(USAGE).map_err(backend)?, &tenant, 0, bytes)?;
+            add_bytes(&mut txn.open_table(EDGE_COUNT).map_err(backend)?, &tenant, 0, removed)?;
             Ok(removed)
         })
         .await
     }
+}
+
+/// The edges of `agent` in `direction`: at most `limit`, and at most `max_bytes` of keys
+/// and attributes (at least one edge).
+fn neighbours_in(
+    txn: &redb::ReadTransaction,
+    tenant: &str,
+    agent: &str,
+    kind: Option<&str>,
+    direction: Direction,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<Vec<Edge>> {
+    let mut edges = Vec::new();
+    let mut bytes = 0usize;
+    let mut budget_spent = false;
+    if matches!(direction, Direction::Outgoing | Direction::Both) {
+        let out = txn.open_table(OUT).map_err(backend)?;
+        let found = scan_bounded(&out, tenant, agent, kind, limit, max_bytes)?;
+        for (kind, to, attrs) in found {
+            bytes = bytes.saturating_add(kind.len() + to.len() + attrs.len());
+            let attrs = attrs_text(tenant, attrs)?;
+            edges.push(Edge { from: agent.to_owned(), to, kind, attrs });
+        }
+        // The scan stopped early for the budget if a next edge would not fit: a rough
+        // test is enough here, the incoming pass re-checks every edge it adds.
+        budget_spent = bytes >= max_bytes;
+    }
+    if !budget_spent && matches!(direction, Direction::Incoming | Direction::Both) {
+        let incoming = txn.open_table(IN).map_err(backend)?;
+        let out = txn.open_table(OUT).map_err(backend)?;
+        // A self-loop was listed as outgoing already: fetch enough to skip it.
+        let room = limit.saturating_sub(edges.len());
+        let extra = usize::from(direction == Direction::Both);
+        for (kind, from, _) in scan(&incoming, tenant, agent, kind, room.saturating_add(extra))? {
+            if edges.len() >= limit {
+                break;
+            }
+            if direction == Direction::Both && from == agent {
+                continue;
+            }
+            let raw = out.get(edge_key(tenant, &from, &kind, agent).as_slice()).map_err(backend)?;
+            let raw = raw.ok_or_else(|| {
+                StoreError::Corrupted(format!("edge {from:?} -> {agent:?} of {tenant:?} has no outgoing half"))
+            })?;
+            let size = kind.len() + from.len() + raw.value().len();
+            if !edges.is_empty() && bytes.saturating_add(size) > max_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            let attrs = attrs_text(tenant, raw.value().to_vec())?;
+            edges.push(Edge { from, to: agent.to_owned(), kind, attrs });
+        }
+    }
+    Ok(edges)
 }
 
 #[cfg(test)]

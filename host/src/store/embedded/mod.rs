@@ -18,12 +18,16 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    ChangeOp, Document, DocumentStore, FeedSignal, Page, RecordKind, RecordStore, Result, Scope, StoreError, WriteOp,
+    ChangeOp, Document, DocumentStore, FeedSignal, Page, Quota, RecordKind, RecordStore, Result, Scope, StoreError,
+    Usage, WriteOp, record_tenant,
 };
 
 const DOCUMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("documents");
-/// Bytes of document values per tenant, kept in the same transaction as each write.
+/// Bytes stored per tenant (document values, edges, metered records), kept in the same
+/// transaction as each write.
 const USAGE: TableDefinition<&str, u64> = TableDefinition::new("usage");
+/// Graph edges per tenant, kept in the same transaction as each link and unlink.
+const EDGE_COUNT: TableDefinition<&str, u64> = TableDefinition::new("edge_counts");
 /// Registry records: `kind/key` to `revision (u64 BE) ++ JSON`.
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 /// The audit log: sequence number to JSON.
@@ -135,6 +139,7 @@ impl EmbeddedStore {
         let txn = db.begin_write().map_err(backend)?;
         txn.open_table(DOCUMENTS).map_err(backend)?;
         txn.open_table(USAGE).map_err(backend)?;
+        txn.open_table(EDGE_COUNT).map_err(backend)?;
         txn.open_table(RECORDS).map_err(backend)?;
         txn.open_table(AUDIT).map_err(backend)?;
         txn.open_table(TENANT_AUDIT).map_err(backend)?;
@@ -168,6 +173,21 @@ impl EmbeddedStore {
         Ok(out)
     }
 
+    /// Run a read on a blocking thread: a scan (and the file reads under it) never stalls
+    /// the async workers. Point reads of one key stay inline.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(backend)?;
+            f(&txn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend { message: format!("read task failed: {e}"), transient: true })?
+    }
+
     async fn write_txn<T: Send + 'static>(
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T> + Send + 'static,
@@ -198,9 +218,25 @@ fn check_expected(t: &Tables<'_>, key: &[u8], expected: Option<u64>) -> Result<(
 }
 
 fn add_usage(t: &mut Tables<'_>, tenant: &str, add: u64, remove: u64) -> Result<()> {
-    let now = t.usage.get(tenant).map_err(backend)?.map_or(0, |v| v.value());
-    t.usage.insert(tenant, now.saturating_add(add).saturating_sub(remove)).map_err(backend)?;
+    add_bytes(&mut t.usage, tenant, add, remove)
+}
+
+/// Bytes the tenant stores, as counted in `table`.
+fn bytes_of<T: ReadableTable<&'static str, u64>>(table: &T, tenant: &str) -> Result<u64> {
+    Ok(table.get(tenant).map_err(backend)?.map_or(0, |v| v.value()))
+}
+
+/// Change a tenant's count in a usage table (bytes or edges).
+fn add_bytes(table: &mut redb::Table<'_, &'static str, u64>, tenant: &str, add: u64, remove: u64) -> Result<()> {
+    let now = bytes_of(table, tenant)?;
+    table.insert(tenant, now.saturating_add(add).saturating_sub(remove)).map_err(backend)?;
     Ok(())
+}
+
+/// Check the bytes quota after a write transaction changed the tenant's usage from `before`.
+fn check_bytes(t: &Tables<'_>, tenant: &str, before: u64, quota: Quota) -> Result<()> {
+    let after = bytes_of(&t.usage, tenant)?;
+    quota.check(Usage { bytes: before, edges: 0 }, Usage { bytes: after, edges: 0 })
 }
 
 /// Write a document and append its change event.
@@ -246,9 +282,23 @@ impl DocumentStore for EmbeddedStore {
         }
     }
 
-    async fn put(&self, scope: &Scope, collection: &str, key: &str, value: &str, expected: Option<u64>) -> Result<u64> {
+    async fn put_within(
+        &self,
+        scope: &Scope,
+        collection: &str,
+        key: &str,
+        value: &str,
+        expected: Option<u64>,
+        quota: Quota,
+    ) -> Result<u64> {
         let (s, c, k, v) = (scope.clone(), collection.to_owned(), key.to_owned(), value.to_owned());
-        self.write(&scope.tenant, move |t| apply_put(t, &s, &c, &k, &v, expected)).await
+        self.write(&scope.tenant, move |t| {
+            let before = bytes_of(&t.usage, &s.tenant)?;
+            let rev = apply_put(t, &s, &c, &k, &v, expected)?;
+            check_bytes(t, &s.tenant, before, quota)?;
+            Ok(rev)
+        })
+        .await
     }
 
     async fn delete(&self, scope: &Scope, collection: &str, key: &str, expected: Option<u64>) -> Result<bool> {
@@ -256,13 +306,14 @@ impl DocumentStore for EmbeddedStore {
         self.write(&scope.tenant, move |t| apply_delete(t, &s, &c, &k, expected)).await
     }
 
-    async fn list(
+    async fn list_bounded(
         &self,
         scope: &Scope,
         collection: &str,
         prefix: &str,
         limit: u32,
         cursor: Option<&str>,
+        max_bytes: usize,
     ) -> Result<Page> {
         let base = collection_prefix(&scope.tenant, collection);
         let mut want = base.clone();
@@ -275,31 +326,41 @@ impl DocumentStore for EmbeddedStore {
             }
             _ => Bound::Included(want.clone()),
         };
-        let txn = self.db.begin_read().map_err(backend)?;
-        let table = txn.open_table(DOCUMENTS).map_err(backend)?;
-        let range = table.range::<&[u8]>((start.as_ref().map(Vec::as_slice), Bound::Unbounded)).map_err(backend)?;
-        let mut page = Page::default();
-        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        for item in range {
-            let (k, v) = item.map_err(backend)?;
-            let k = k.value();
-            if !k.starts_with(&want) {
-                break;
+        self.read(move |txn| {
+            let table = txn.open_table(DOCUMENTS).map_err(backend)?;
+            let range = table.range::<&[u8]>((start.as_ref().map(Vec::as_slice), Bound::Unbounded)).map_err(backend)?;
+            let mut page = Page::default();
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            let mut bytes = 0usize;
+            for item in range {
+                let (k, v) = item.map_err(backend)?;
+                let k = k.value();
+                if !k.starts_with(&want) {
+                    break;
+                }
+                // The value is only borrowed from redb's page until it is decoded: the
+                // page stops before copying what would pass the budget.
+                let size = (k.len() - base.len()).saturating_add(v.value().len().saturating_sub(8));
+                let full = page.documents.len() == limit
+                    || (!page.documents.is_empty() && bytes.saturating_add(size) > max_bytes);
+                if full {
+                    page.next = page.documents.last().map(|d| d.key.clone());
+                    break;
+                }
+                bytes = bytes.saturating_add(size);
+                let key = String::from_utf8_lossy(&k[base.len()..]).into_owned();
+                page.documents.push(decode(key, v.value())?);
             }
-            if page.documents.len() == limit {
-                page.next = page.documents.last().map(|d| d.key.clone());
-                break;
-            }
-            let key = String::from_utf8_lossy(&k[base.len()..]).into_owned();
-            page.documents.push(decode(key, v.value())?);
-        }
-        Ok(page)
+            Ok(page)
+        })
+        .await
     }
 
-    async fn transact(&self, scope: &Scope, ops: &[WriteOp]) -> Result<Vec<u64>> {
+    async fn transact_within(&self, scope: &Scope, ops: &[WriteOp], quota: Quota) -> Result<Vec<u64>> {
         let s = scope.clone();
         let ops = ops.to_vec();
         self.write(&scope.tenant, move |t| {
+            let before = bytes_of(&t.usage, &s.tenant)?;
             let mut revisions = Vec::with_capacity(ops.len());
             for op in &ops {
                 let rev = match op {
@@ -313,6 +374,7 @@ impl DocumentStore for EmbeddedStore {
                 };
                 revisions.push(rev);
             }
+            check_bytes(t, &s.tenant, before, quota)?;
             Ok(revisions)
         })
         .await
@@ -333,16 +395,31 @@ impl RecordStore for EmbeddedStore {
         Ok(Some((raw.get(8..).unwrap_or_default().to_vec(), revision_of(raw)?)))
     }
 
-    async fn record_put(&self, kind: RecordKind, key: &str, value: Vec<u8>, expected: Option<u64>) -> Result<u64> {
+    async fn record_put_within(
+        &self,
+        kind: RecordKind,
+        key: &str,
+        value: Vec<u8>,
+        expected: Option<u64>,
+        quota: Quota,
+    ) -> Result<u64> {
         let k = record_key(kind, key);
+        let tenant = record_tenant(key).to_owned();
         self.write_txn(move |txn| {
             let mut table = txn.open_table(RECORDS).map_err(backend)?;
-            let current = match table.get(k.as_str()).map_err(backend)? {
-                Some(raw) => revision_of(raw.value())?,
-                None => 0,
+            let (current, old_size) = match table.get(k.as_str()).map_err(backend)? {
+                Some(raw) => (revision_of(raw.value())?, raw.value().len().saturating_sub(8) as u64),
+                None => (0, 0),
             };
             if expected.is_some_and(|want| want != current) {
                 return Err(StoreError::Conflict { current });
+            }
+            if kind.is_metered() {
+                let mut usage = txn.open_table(USAGE).map_err(backend)?;
+                let before = bytes_of(&usage, &tenant)?;
+                add_bytes(&mut usage, &tenant, value.len() as u64, old_size)?;
+                let after = bytes_of(&usage, &tenant)?;
+                quota.check(Usage { bytes: before, edges: 0 }, Usage { bytes: after, edges: 0 })?;
             }
             let mut v = (current + 1).to_be_bytes().to_vec();
             v.extend_from_slice(&value);
@@ -353,22 +430,24 @@ impl RecordStore for EmbeddedStore {
     }
 
     async fn record_delete(&self, kind: RecordKind, key: &str) -> Result<bool> {
-        let k = record_key(kind, key);
-        self.write_txn(move |txn| {
-            let mut table = txn.open_table(RECORDS).map_err(backend)?;
-            let existed = table.remove(k.as_str()).map_err(backend)?.is_some();
-            Ok(existed)
-        })
-        .await
+        Ok(self.record_delete_many(kind, &[key.to_owned()]).await? == 1)
     }
 
     async fn record_delete_many(&self, kind: RecordKind, keys: &[String]) -> Result<u64> {
-        let keys: Vec<String> = keys.iter().map(|k| record_key(kind, k)).collect();
+        let keys: Vec<(String, String)> =
+            keys.iter().map(|k| (record_key(kind, k), record_tenant(k).to_owned())).collect();
         self.write_txn(move |txn| {
             let mut table = txn.open_table(RECORDS).map_err(backend)?;
+            let mut usage = txn.open_table(USAGE).map_err(backend)?;
             let mut n = 0;
-            for k in &keys {
-                n += u64::from(table.remove(k.as_str()).map_err(backend)?.is_some());
+            for (k, tenant) in &keys {
+                let Some(old) = table.remove(k.as_str()).map_err(backend)? else { continue };
+                n += 1;
+                if kind.is_metered() {
+                    let size = old.value().len().saturating_sub(8) as u64;
+                    drop(old);
+                    add_bytes(&mut usage, tenant, 0, size)?;
+                }
             }
             Ok(n)
         })
@@ -378,18 +457,20 @@ impl RecordStore for EmbeddedStore {
     async fn record_list(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
         let start = record_key(kind, prefix);
         let base = record_key(kind, "").len();
-        let txn = self.db.begin_read().map_err(backend)?;
-        let table = txn.open_table(RECORDS).map_err(backend)?;
-        let mut out = Vec::new();
-        for item in table.range::<&str>(start.as_str()..).map_err(backend)? {
-            let (k, v) = item.map_err(backend)?;
-            let k = k.value();
-            if !k.starts_with(&start) {
-                break;
+        self.read(move |txn| {
+            let table = txn.open_table(RECORDS).map_err(backend)?;
+            let mut out = Vec::new();
+            for item in table.range::<&str>(start.as_str()..).map_err(backend)? {
+                let (k, v) = item.map_err(backend)?;
+                let k = k.value();
+                if !k.starts_with(&start) {
+                    break;
+                }
+                out.push((k[base..].to_owned(), v.value().get(8..).unwrap_or_default().to_vec()));
             }
-            out.push((k[base..].to_owned(), v.value().get(8..).unwrap_or_default().to_vec()));
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .await
     }
 
     async fn audit_append(&self, event: Vec<u8>, tenant: Option<&str>) -> Result<(u64, Option<u64>)> {
@@ -412,23 +493,27 @@ impl RecordStore for EmbeddedStore {
     }
 
     async fn audit_list(&self, tenant: Option<&str>, since: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        let mut out = Vec::new();
-        let from = since.saturating_add(1);
-        if let Some(tenant) = tenant {
-            let table = txn.open_table(TENANT_AUDIT).map_err(backend)?;
-            for item in table.range((tenant, from)..=(tenant, u64::MAX)).map_err(backend)?.take(limit) {
-                let (k, v) = item.map_err(backend)?;
-                out.push((k.value().1, v.value().to_vec()));
+        let tenant = tenant.map(str::to_owned);
+        self.read(move |txn| {
+            let mut out = Vec::new();
+            let from = since.saturating_add(1);
+            if let Some(tenant) = tenant {
+                let table = txn.open_table(TENANT_AUDIT).map_err(backend)?;
+                let range = (tenant.as_str(), from)..=(tenant.as_str(), u64::MAX);
+                for item in table.range(range).map_err(backend)?.take(limit) {
+                    let (k, v) = item.map_err(backend)?;
+                    out.push((k.value().1, v.value().to_vec()));
+                }
+                return Ok(out);
             }
-            return Ok(out);
-        }
-        let table = txn.open_table(AUDIT).map_err(backend)?;
-        for item in table.range(from..).map_err(backend)?.take(limit) {
-            let (k, v) = item.map_err(backend)?;
-            out.push((k.value(), v.value().to_vec()));
-        }
-        Ok(out)
+            let table = txn.open_table(AUDIT).map_err(backend)?;
+            for item in table.range(from..).map_err(backend)?.take(limit) {
+                let (k, v) = item.map_err(backend)?;
+                out.push((k.value(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn purge_tenant_documents(&self, tenant: &str) -> Result<u64> {
@@ -454,10 +539,11 @@ impl RecordStore for EmbeddedStore {
         Ok(removed)
     }
 
-    async fn stored_bytes(&self, tenant: &str) -> Result<u64> {
+    async fn usage(&self, tenant: &str) -> Result<Usage> {
         let txn = self.db.begin_read().map_err(backend)?;
-        let table = txn.open_table(USAGE).map_err(backend)?;
-        Ok(table.get(tenant).map_err(backend)?.map_or(0, |v| v.value()))
+        let bytes = bytes_of(&txn.open_table(USAGE).map_err(backend)?, tenant)?;
+        let edges = bytes_of(&txn.open_table(EDGE_COUNT).map_err(backend)?, tenant)?;
+        Ok(Usage { bytes, edges })
     }
 }
 
