@@ -9,6 +9,7 @@ mod arangodb;
 mod common;
 mod counter;
 mod documents;
+mod edge;
 mod events;
 mod fake_arango;
 mod feed;
