@@ -20,5 +20,6 @@ mod load;
 mod messaging;
 mod metrics;
 mod pipeline;
+mod schemathesis;
 mod server;
 mod store_contract;
