@@ -384,10 +384,7 @@ async fn nbf_in_the_future_is_refused_and_an_aud_array_holding_ours_is_accepted(
         ("nbf now", with(&|c| drop(c.insert("nbf".into(), json!(now()))))),
         ("nbf within the leeway", with(&|c| drop(c.insert("nbf".into(), json!(now() + leeway / 2))))),
         ("aud as an array of ours alone", with(&|c| drop(c.insert("aud".into(), json!(["cortex-api"]))))),
-        (
-            "aud as an array holding ours",
-            with(&|c| drop(c.insert("aud".into(), json!(["another-api", "cortex-api"])))),
-        ),
+        ("aud as an array holding ours", with(&|c| drop(c.insert("aud".into(), json!(["another-api", "cortex-api"]))))),
     ];
     for (what, token) in &accepted {
         let r = answer(s.req(Method::GET, "/v1/tenants", token).send().await.unwrap()).await;

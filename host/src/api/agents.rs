@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -16,8 +16,8 @@ use super::auth::{Action, Principal};
 use super::error::{ApiError, ApiResult, problem};
 use super::state::{Deployed, LogLine};
 use super::{
-    AppState, DURATION_HEADER, FUEL_HEADER, INVOCATION_HEADER, JsonBody, OUTCOME_HEADER, PEAK_MEMORY_HEADER,
-    Path, Query, TENANT_HEADER, authorize, check_name, tenant_scope, tenant_scope_known,
+    AppState, DURATION_HEADER, FUEL_HEADER, INVOCATION_HEADER, JsonBody, OUTCOME_HEADER, PEAK_MEMORY_HEADER, Path,
+    Query, TENANT_HEADER, authorize, check_name, tenant_scope, tenant_scope_known,
 };
 use crate::coordination;
 use crate::registry::{AgentLimits, AgentRecord, AgentStatus, ModuleRecord, Tenant, Watch, now_ms, scoped};

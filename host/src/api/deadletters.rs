@@ -11,10 +11,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{AppState, Path};
 use super::agents::deployed;
 use super::auth::{Action, Principal};
 use super::error::{ApiError, ApiResult, problem};
+use super::{AppState, Path};
 use crate::coordination::{self, Delivery, mailbox};
 use crate::registry::{DeadLetter, LetterKind, now_ms};
 use crate::store::RecordKind;

@@ -106,9 +106,7 @@ impl StreamGuard {
         }
         let exp = match super::bearer(headers) {
             Some(raw) if super::auth::parse_api_key(raw).is_none() => Some(
-                st.verifier
-                    .expiry(raw)
-                    .map_err(|_| ApiError::Unauthorized("missing or invalid credentials".into()))?,
+                st.verifier.expiry(raw).map_err(|_| ApiError::Unauthorized("missing or invalid credentials".into()))?,
             ),
             _ => None,
         };
