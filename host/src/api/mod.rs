@@ -379,6 +379,29 @@ fn refusal(st: &AppState, p: &Principal, req: &Request, route: &str) -> Option<A
     None
 }
 
+/// The response to a request refused before its handler ran. Its body, unread, is read and
+/// dropped first (up to the route's `limit`, within the request timeout): a client still
+/// sending it then reads the refusal, where closing the connection under it would give it a
+/// broken pipe instead. A body declared over the limit is not waited for: the 413 goes out at
+/// once and the connection closes.
+async fn refuse(e: ApiError, req: Request, limit: usize) -> Response {
+    use http_body_util::BodyExt;
+    if matches!(e, ApiError::TooLarge(_)) {
+        let mut resp = e.into_response();
+        resp.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        return resp;
+    }
+    let mut body = req.into_body();
+    let mut read = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        read += frame.data_ref().map_or(0, |d| d.len());
+        if read > limit {
+            break;
+        }
+    }
+    e.into_response()
+}
+
 async fn guard<S>(st: Arc<AppState>, mut req: Request, mut inner: S) -> Result<Response, Infallible>
 where
     S: Service<Request, Response = Response, Error = Infallible>,
@@ -390,9 +413,10 @@ where
     let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let route = req.extensions().get::<MatchedPath>().map_or_else(|| req.uri().path(), MatchedPath::as_str);
     let refused = refusal(&st, &p, &req, route);
+    let limit = body_limit_of(&st, route);
     if !mutating || route.ends_with("/invoke") {
         if let Some(e) = refused {
-            return Ok(e.into_response());
+            return Ok(refuse(e, req, limit).await);
         }
         req.extensions_mut().insert(p);
         return inner.call(req).await;
@@ -403,7 +427,7 @@ where
     let action = format!("{} {route}", req.method());
     req.extensions_mut().insert(p.clone());
     let resp = match refused {
-        Some(e) => e.into_response(),
+        Some(e) => refuse(e, req, limit).await,
         None => inner.call(req).await?,
     };
     let tenant = match &p {
