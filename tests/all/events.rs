@@ -193,3 +193,34 @@ async fn a_stream_ends_when_its_tenant_is_deleted() {
         assert_eq!(end["code"], "tenant_gone", "{body}");
     }
 }
+
+/// No route changes the role of a key or a token today; the guard checks the role again all
+/// the same, so a role changed in the store (by an operator, another node, a later route)
+/// ends what the new role may not do. Seen by the periodic re-check: nothing on this node
+/// is told of the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_stream_ends_when_its_keys_role_loses_the_right() {
+    use cortex_host::api::stream_guard::{Lapse, StreamGuard};
+    use cortex_host::api::{Action, Principal};
+    use cortex_host::registry::ApiKeyRecord;
+    use cortex_host::store::RecordKind;
+
+    let s = Server::start().await;
+    s.tenant("alpha").await;
+    let ta = s.token(Some("alpha"), Role::TenantAdmin);
+    let r = s.req(Method::POST, "/v1/keys", &ta).json(&json!({"role": "tenant-admin"})).send().await.unwrap();
+    let made: Value = r.json().await.unwrap();
+    let (id, key) = (made["id"].as_str().unwrap().to_owned(), made["key"].as_str().unwrap().to_owned());
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let p = Principal { subject: format!("key:{id}").into(), tenant: Some("alpha".into()), role: Role::TenantAdmin };
+    // Reading the audit log is a tenant-admin's right, not a developer's.
+    let guard = StreamGuard::open(&s.state, &p, &headers, Action::ReadAudit).await.unwrap();
+    let lapsed = tokio::spawn(guard.lapsed());
+
+    let (mut rec, rev) = s.state.registry.get::<ApiKeyRecord>(RecordKind::ApiKey, &id).await.unwrap().unwrap();
+    rec.role = "developer".into();
+    s.state.registry.put(RecordKind::ApiKey, &id, &rec, Some(rev)).await.unwrap();
+    let lapse = tokio::time::timeout(Duration::from_secs(30), lapsed).await.expect("the guard noticed").unwrap();
+    assert_eq!(lapse, Lapse::Forbidden);
+}

@@ -143,8 +143,9 @@ impl StreamGuard {
     }
 
     /// Resolves when the credentials lapse: at the token's expiry, on a change made on this
-    /// node, and every [`RECHECK`], each followed by a check.
-    async fn lapsed(self) -> Lapse {
+    /// node, and every [`RECHECK`], each followed by a check. [`Self::wrap`] runs it beside a
+    /// stream; a long-lived response that is not a stream can select on it directly.
+    pub async fn lapsed(self) -> Lapse {
         let mut changes = self.st.credential_changes();
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
