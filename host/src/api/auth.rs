@@ -142,7 +142,8 @@ pub struct Claims {
     pub sub: String,
     /// Issuer.
     pub iss: String,
-    /// Audience.
+    /// Audience (a token may carry an array; [`Verifier::verify`] gives the configured one
+    /// it holds).
     pub aud: String,
     /// Expiry (seconds since the epoch).
     pub exp: u64,
