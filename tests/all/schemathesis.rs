@@ -31,9 +31,12 @@ async fn generated_requests_get_no_5xx_and_responses_match_the_openapi_document(
     s.deploy(&dev, "hello", &digest, json!({})).await;
     let url = s.url("/v1/openapi.json");
     let auth = format!("Authorization: Bearer {}", s.admin());
+    // It keeps a cache (`.schemathesis/`) in its working directory: the test's temp dir.
+    let cwd = s.dir.path().to_path_buf();
     // Bounded by coreutils' `timeout`, which kills it past 300 s.
     let run = tokio::task::spawn_blocking(move || {
         std::process::Command::new("timeout")
+            .current_dir(cwd)
             .arg("300")
             .arg(bin)
             .arg("run")
