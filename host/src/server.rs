@@ -63,6 +63,8 @@ pub async fn build(config: ServerConfig) -> Result<Arc<AppState>, ServeError> {
     };
     let runtime = Runtime::new(config.engine.clone(), Some(&config.data_dir.join("cache")))?;
     let verifier = Verifier::new(&config.auth, &config.data_dir)?;
+    // A metrics token that cannot be read stops the start, not only the scrapes.
+    api::metrics_token(&config.metrics).map_err(AuthError::Config)?;
     let state = Arc::new(AppState::new(config, runtime, store, verifier)?);
     let n = state.restore().await?;
     tracing::info!(agents = n, "agents restored");
@@ -129,6 +131,9 @@ pub struct Edge {
     timeout: Duration,
     /// The connection this copy serves, when a [`watchdog`] watches it.
     activity: Option<Arc<Activity>>,
+    /// `Keep-Alive: timeout=<s>`: how long an idle connection stays open (whole seconds of
+    /// `http.header_timeout_ms`, rounded down).
+    keep_alive: HeaderValue,
 }
 
 /// What a connection has done, for its [`watchdog`]: requests begun and responses ended
@@ -286,6 +291,7 @@ where
         }
         // Ends the request for the watchdog however its future ends (dropped included),
         // unless the response streams on.
+        let keep_alive = activity.as_ref().map(|_| self.keep_alive.clone());
         let mut ended = activity.map(Ended);
         let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
         let lane = match api::invoke_target(req.method(), req.uri().path()).map(str::to_owned) {
@@ -317,10 +323,15 @@ where
                         Err(_) => ApiError::RequestTimeout(limit).into_response(),
                     },
                 };
+                if resp.status().as_u16() >= 400 && !is_problem(&resp) {
+                    resp = as_problem(resp).await;
+                }
                 resp.headers_mut().insert(REQUEST_ID, id.header_value());
                 if ended.as_ref().is_some_and(|e| e.0.closing.load(Ordering::Relaxed)) {
                     // Shutting down: the client must not send another request here.
                     resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                } else if let Some(v) = keep_alive {
+                    resp.headers_mut().insert(KEEP_ALIVE, v);
                 }
                 if resp.body().size_hint().exact().is_none()
                     && let Some(ended) = ended.take()
@@ -335,11 +346,39 @@ where
     }
 }
 
+/// The `Keep-Alive` header (RFC 9110 leaves it to HTTP/1.1 practice: `timeout=<seconds>`).
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// Is `resp` a problem+json already?
+fn is_problem(resp: &Response) -> bool {
+    resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == b"application/problem+json")
+}
+
+/// An error response the framework made (a method the route does not have, a body of the
+/// wrong media type, ...) as problem+json with a code for its status; its text, if any,
+/// becomes the detail, and its other headers (`Allow`, ...) stay.
+async fn as_problem(resp: Response) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let text = match axum::body::to_bytes(body, 4096).await {
+        Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).into_owned(),
+        _ => parts.status.canonical_reason().unwrap_or("error").to_owned(),
+    };
+    let problem = crate::api::error::problem(parts.status, crate::api::error::code_of_status(parts.status), text);
+    let (new_parts, body) = problem.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.extend(new_parts.headers);
+    Response::from_parts(parts, body)
+}
+
 /// The whole API as one service: [`api::router`] inside the [`Edge`] layers.
 pub fn service(state: Arc<AppState>) -> Edge {
     let timeout = Duration::from_millis(state.config.http.request_timeout_ms);
     let body_limit = state.config.http.body_limit_bytes;
-    Edge { router: api::router(state.clone()), state, body_limit, timeout, activity: None }
+    // Made once per server and kept (a static value is copied by pointer on every response).
+    let hint: &'static str =
+        Box::leak(format!("timeout={}", state.config.http.header_timeout_ms / 1000).into_boxed_str());
+    let keep_alive = HeaderValue::from_static(hint);
+    Edge { router: api::router(state.clone()), state, body_limit, timeout, activity: None, keep_alive }
 }
 
 /// [`service`] as a router, for in-process callers (`oneshot`).

@@ -259,6 +259,11 @@ async fn rbac_matrix_matches_the_table_for_every_role_and_route() {
     for a in Action::ALL {
         assert!(routes.iter().any(|r| r.3 == a), "no route exercises {a:?}");
     }
+    // The server checks each route's action before its handler runs, from its own table:
+    // the same as this one, for every route.
+    for (method, template, _, action, ..) in &routes {
+        assert_eq!(cortex_host::api::route_action(method, template), Some(*action), "{method} {template}");
+    }
 
     let mut cells = 0;
     for role in Role::ALL {

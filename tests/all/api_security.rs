@@ -80,13 +80,16 @@ async fn tenant_a_never_reaches_tenant_b_objects() {
             }
             let r = answer(rb.send().await.unwrap()).await;
             let what = format!("{method} {path} (header {tenant_header:?}): {} {}", r.status, r.text);
-            // Tenant management is refused by RBAC before any lookup; the rest is "not found".
+            // Tenant management is refused by RBAC before any lookup; naming B in the header is
+            // refused as such (only a platform-admin may); the rest is "not found".
             let want = if path.starts_with("/v1/tenants/") && *method != Method::GET {
-                StatusCode::FORBIDDEN
+                (StatusCode::FORBIDDEN, "forbidden")
+            } else if tenant_header.is_some() {
+                (StatusCode::FORBIDDEN, "foreign_tenant")
             } else {
-                StatusCode::NOT_FOUND
+                (StatusCode::NOT_FOUND, "not_found")
             };
-            assert_eq!(r.status, want, "{what}");
+            assert_eq!((r.status, r.code.as_str()), want, "{what}");
             // The detail may echo what the request named; nothing else of B's may appear.
             let sent = format!("{path} {}", body.as_ref().map(Value::to_string).unwrap_or_default());
             for secret in secrets.iter().filter(|s| !sent.contains(**s)) {
@@ -104,7 +107,8 @@ async fn tenant_a_never_reaches_tenant_b_objects() {
                 rb = rb.header("x-cortex-tenant", h);
             }
             let r = answer(rb.send().await.unwrap()).await;
-            assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text);
+            let want = if header.is_some() { StatusCode::FORBIDDEN } else { StatusCode::OK };
+            assert_eq!(r.status, want, "{path}: {}", r.text);
             // A's audit log names what A itself asked for above; other listings name nothing of B's.
             for secret in secrets.iter().filter(|_| !path.starts_with("/v1/audit")) {
                 assert!(!r.text.contains(secret), "{path} (header {header:?}) leaked {secret:?}: {}", r.text);
@@ -364,4 +368,42 @@ async fn jwks_refuses_unknown_and_missing_kids() {
     }
     let none = unsigned(&json!({"alg": "none", "kid": "k1"}), &good_claims());
     assert_unauthorized(&s, "alg none with a good kid", &none).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nbf_in_the_future_is_refused_and_an_aud_array_holding_ours_is_accepted() {
+    let s = Server::start().await;
+    let secret = std::fs::read_to_string(s.dir.path().join("jwt-hs256.secret")).unwrap();
+    let secret = secret.trim().as_bytes().to_vec();
+    let leeway = s.state.config.auth.leeway_seconds;
+    let with = |f: &dyn Fn(&mut serde_json::Map<String, Value>)| {
+        let mut c = good_claims();
+        f(c.as_object_mut().unwrap());
+        hs256(&secret, &c)
+    };
+    let accepted: Vec<(&str, String)> = vec![
+        ("nbf in the past", with(&|c| drop(c.insert("nbf".into(), json!(now() - 60))))),
+        ("nbf now", with(&|c| drop(c.insert("nbf".into(), json!(now()))))),
+        ("nbf within the leeway", with(&|c| drop(c.insert("nbf".into(), json!(now() + leeway / 2))))),
+        ("aud as an array of ours alone", with(&|c| drop(c.insert("aud".into(), json!(["cortex-api"]))))),
+        ("aud as an array holding ours", with(&|c| drop(c.insert("aud".into(), json!(["another-api", "cortex-api"]))))),
+    ];
+    for (what, token) in &accepted {
+        let r = answer(s.req(Method::GET, "/v1/tenants", token).send().await.unwrap()).await;
+        assert_eq!(r.status, StatusCode::OK, "{what}: {}", r.text);
+    }
+    let refused: Vec<(&str, String)> = vec![
+        ("nbf an hour ahead", with(&|c| drop(c.insert("nbf".into(), json!(now() + 3600))))),
+        ("nbf past the leeway", with(&|c| drop(c.insert("nbf".into(), json!(now() + leeway + 60))))),
+        ("nbf as a string", with(&|c| drop(c.insert("nbf".into(), json!(now().to_string()))))),
+        ("aud as an array without ours", with(&|c| drop(c.insert("aud".into(), json!(["another-api"]))))),
+        ("aud as an empty array", with(&|c| drop(c.insert("aud".into(), json!([]))))),
+        ("aud as a number", with(&|c| drop(c.insert("aud".into(), json!(7))))),
+        ("iss as an array", with(&|c| drop(c.insert("iss".into(), json!(["cortex"]))))),
+        ("expired past the leeway", with(&|c| drop(c.insert("exp".into(), json!(now() - leeway - 60))))),
+        ("no role", with(&|c| drop(c.remove("role")))),
+    ];
+    for (what, token) in &refused {
+        assert_unauthorized(&s, what, token).await;
+    }
 }

@@ -36,3 +36,39 @@ async fn invocations_are_counted_by_outcome_and_extra_agents_fold_into_other() {
     assert!(measured >= 3.0, "{measured} invocations measured");
     assert!(value("cortex_invocation_peak_memory_bytes_sum") >= 3.0 * 65536.0, "a component has at least a page");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_require_a_bearer_token() {
+    let secrets = tempfile::tempdir().unwrap();
+    let file = secrets.path().join("metrics.token");
+    std::fs::write(&file, "scrape-me-0123456789abcdef\n").unwrap();
+    let s = Server::start_with(|c| c.metrics.token_file = Some(file.clone())).await;
+    let get = |token: Option<&str>| {
+        let mut rb = s.client.get(s.url("/metrics"));
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        rb.send()
+    };
+    for (what, token) in [
+        ("no token", None),
+        ("wrong token", Some("scrape-me-0123456789abcdeX")),
+        ("a platform-admin JWT", Some(s.admin().as_str())),
+    ] {
+        let r = crate::server::answer(get(token).await.unwrap()).await;
+        assert_eq!((r.status.as_u16(), r.code.as_str()), (401, "unauthorized"), "{what}: {}", r.text);
+        assert_eq!(r.content_type, "application/problem+json");
+        assert!(!r.text.contains("cortex_"), "{what}: {}", r.text);
+    }
+    let r = get(Some("scrape-me-0123456789abcdef")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("cortex_"));
+    // Health and readiness stay open.
+    assert_eq!(s.client.get(s.url("/healthz")).send().await.unwrap().status(), 200);
+
+    // A token file that cannot be read stops the server from starting.
+    let dir = crate::server::data_dir();
+    let mut cfg = crate::server::config(dir.path());
+    cfg.metrics.token_file = Some(secrets.path().join("missing"));
+    assert!(cortex_host::server::build(cfg).await.is_err());
+}

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -16,8 +16,8 @@ use super::auth::{Action, Principal};
 use super::error::{ApiError, ApiResult, problem};
 use super::state::{Deployed, LogLine};
 use super::{
-    AppState, DURATION_HEADER, FUEL_HEADER, INVOCATION_HEADER, JsonBody, OUTCOME_HEADER, PEAK_MEMORY_HEADER,
-    TENANT_HEADER, authorize, check_name, tenant_scope, tenant_scope_known,
+    AppState, DURATION_HEADER, FUEL_HEADER, INVOCATION_HEADER, JsonBody, OUTCOME_HEADER, PEAK_MEMORY_HEADER, Path,
+    Query, TENANT_HEADER, authorize, check_name, tenant_scope, tenant_scope_known,
 };
 use crate::coordination;
 use crate::registry::{AgentLimits, AgentRecord, AgentStatus, ModuleRecord, Tenant, Watch, now_ms, scoped};
@@ -515,8 +515,8 @@ pub async fn invoke(
 }
 
 /// An invocation by `p` of agent `name`: RBAC, the tenant (`named` by a platform-admin; `own`
-/// is `p`'s own tenant record if the caller has just read it), its rate quota, then the
-/// `body` (read only once the rate allows it), the agent, the tenant's concurrency quota and
+/// is `p`'s own tenant record if the caller has just read it), the agent, its rate quota, then
+/// the `body` (read only once the rate allows it), the tenant's concurrency quota and
 /// the agent's pool; the outcome as the response. The invocation ends by `deadline` (the
 /// request's) if that comes before its own timeout.
 pub(super) async fn invoke_core(
@@ -530,6 +530,8 @@ pub(super) async fn invoke_core(
 ) -> ApiResult<Response> {
     authorize(p, Action::Invoke)?;
     let t = tenant_scope_known(st, p, named, own).await?;
+    // An agent that does not exist costs no rate token.
+    let d = st.agent(&t.name, name).ok_or_else(|| ApiError::NotFound(format!("agent {name:?} not found")))?;
     t.limiter.take().map_err(|retry| {
         too_many(
             st,
@@ -540,7 +542,6 @@ pub(super) async fn invoke_core(
         )
     })?;
     let input = body.await?;
-    let d = st.agent(&t.name, name).ok_or_else(|| ApiError::NotFound(format!("agent {name:?} not found")))?;
     if !AppState::is_running(&d) {
         return Err(ApiError::Conflict { code: "agent_stopped", message: format!("agent {name:?} is stopped") });
     }

@@ -1,7 +1,9 @@
 //! Authentication (JWT bearer tokens and API keys) and role-based access control.
 //!
-//! JWTs: one algorithm, pinned by config; `exp`, `iss`, `aud` and `sub` required; the
-//! validation is built from config only, never from the token's header. The tenant and
+//! JWTs: one algorithm, pinned by config; `exp`, `iss`, `aud` and `sub` required, `nbf`
+//! checked when present (with the same leeway as `exp`), `aud` a string or an array that
+//! contains the configured audience (RFC 7519); the validation is built from config only,
+//! never from the token's header. The tenant and
 //! role come from verified claims only. API keys (`ck_<id>_<secret>`) are stored as
 //! SHA-256 hashes and can be revoked.
 
@@ -142,7 +144,8 @@ pub struct Claims {
     pub sub: String,
     /// Issuer.
     pub iss: String,
-    /// Audience.
+    /// Audience (a token may carry an array; [`Verifier::verify`] gives the configured one
+    /// it holds).
     pub aud: String,
     /// Expiry (seconds since the epoch).
     pub exp: u64,
@@ -154,6 +157,20 @@ pub struct Claims {
     pub tenant: Option<String>,
     /// Role.
     pub role: String,
+}
+
+/// Claims as a token carries them: `aud` is left to jsonwebtoken's validation, which takes a
+/// string or an array.
+#[derive(Deserialize)]
+struct Incoming {
+    sub: String,
+    iss: String,
+    exp: u64,
+    #[serde(default)]
+    iat: Option<u64>,
+    #[serde(default)]
+    tenant: Option<String>,
+    role: String,
 }
 
 /// Why credentials were refused (the detail is for the log; clients see a generic 401).
@@ -271,6 +288,8 @@ impl Verifier {
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = cfg.leeway_seconds;
         validation.validate_exp = true;
+        // A token not valid yet is refused (jsonwebtoken skips `nbf` unless asked).
+        validation.validate_nbf = true;
         let mut hs_secret = None;
         let keys = if alg == Algorithm::HS256 {
             let path = cfg.secret_file.clone().unwrap_or_else(|| data_dir.join("jwt-hs256.secret"));
@@ -334,9 +353,25 @@ impl Verifier {
                 map.get(&kid).ok_or_else(|| AuthError::Invalid(format!("unknown kid {kid:?}")))?
             }
         };
-        jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+        let claims = jsonwebtoken::decode::<Incoming>(token, key, &self.validation)
             .map(|d| d.claims)
-            .map_err(|e| AuthError::Invalid(e.to_string()))
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        // jsonwebtoken has checked `aud` (a string or an array holding the configured one).
+        let aud = self.validation.aud.iter().flatten().next().cloned().unwrap_or_default();
+        let Incoming { sub, iss, exp, iat, tenant, role } = claims;
+        Ok(Claims { sub, iss, aud, exp, iat, tenant, role })
+    }
+
+    /// The `exp` of a token this verifier accepts (seconds since the epoch).
+    pub fn expiry(&self, token: &str) -> Result<u64, AuthError> {
+        let now = crate::registry::now_ms() / 1000;
+        if let Some(v) = self.verified.lock().unwrap_or_else(PoisonError::into_inner).get(&tail(token))
+            && v.exp > now
+            && *v.token == *token
+        {
+            return Ok(v.exp);
+        }
+        Ok(self.verify(token)?.exp)
     }
 
     /// Mint an HS256 development token (only when the server runs with HS256).

@@ -6,15 +6,15 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::AppState;
 use super::agents::deployed;
 use super::auth::{Action, Principal};
 use super::error::{ApiError, ApiResult, problem};
+use super::{AppState, Path};
 use crate::coordination::{self, Delivery, mailbox};
 use crate::registry::{DeadLetter, LetterKind, now_ms};
 use crate::store::RecordKind;

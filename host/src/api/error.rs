@@ -16,6 +16,15 @@ pub enum ApiError {
     /// 400: the request is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// 400: a part of the request is malformed, with its own code (`invalid_query`,
+    /// `invalid_path`, ...).
+    #[error("{message}")]
+    Invalid {
+        /// Stable code.
+        code: &'static str,
+        /// Detail.
+        message: String,
+    },
     /// 401: no or invalid credentials.
     #[error("{0}")]
     Unauthorized(String),
@@ -25,6 +34,10 @@ pub enum ApiError {
     /// 403: authenticated, not allowed.
     #[error("{0}")]
     Forbidden(String),
+    /// 403: the tenant header names another tenant than the credentials' own (only a
+    /// platform-admin may act in another tenant).
+    #[error("{0}")]
+    ForeignTenant(String),
     /// 404: no such object (also for other tenants' objects).
     #[error("{0}")]
     NotFound(String),
@@ -106,8 +119,10 @@ impl ApiError {
     pub fn status_and_code(&self) -> (StatusCode, String) {
         let (s, c): (StatusCode, &str) = match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Invalid { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::CredentialsPredateTenant(_) => (StatusCode::UNAUTHORIZED, "credentials_predate_tenant"),
+            ApiError::ForeignTenant(_) => (StatusCode::FORBIDDEN, "foreign_tenant"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
@@ -162,3 +177,27 @@ impl IntoResponse for ApiError {
 
 /// Result alias for handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The code of a refusal the framework made rather than a handler (a method a route does
+/// not have, a body of the wrong media type, ...), by its status.
+pub fn code_of_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "no_route",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        411 => "length_required",
+        413 => "body_too_large",
+        414 => "uri_too_long",
+        415 => "unsupported_media_type",
+        422 => "unprocessable",
+        429 => "too_many_requests",
+        431 => "headers_too_large",
+        501 => "not_implemented",
+        503 => "unavailable",
+        s if s < 500 => "client_error",
+        _ => "internal",
+    }
+}

@@ -1,7 +1,8 @@
 //! The tenant's change feed for outside consumers: `GET /v1/events?since=SEQ&limit=N` and a
 //! server-sent-events stream `GET /v1/events/stream?since=SEQ` (each event's SSE `id` is its
 //! sequence number, so a client resumes with `?since=<last id>`; `follow=false` ends the
-//! stream once it has caught up).
+//! stream once it has caught up). The stream is guarded ([`StreamGuard`]): it ends, with a
+//! last `end` event carrying a problem (`code`, `detail`), when its credentials lapse.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -9,14 +10,15 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{Action, Principal};
 use super::error::ApiResult;
-use super::{AppState, authorize, tenant_scope};
+use super::stream_guard::{Lapse, StreamGuard};
+use super::{AppState, Query, authorize, tenant_scope};
 use crate::store::ChangeEvent;
 
 /// One change event as the API shows it.
@@ -79,11 +81,11 @@ pub async fn stream(
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>> {
-    authorize(&p, Action::ReadAgents)?;
-    let t = tenant_scope(&st, &p, &headers).await?;
+    let guard = StreamGuard::open(&st, &p, &headers, Action::ReadAgents).await?;
+    let tenant = guard.tenant().name.clone();
     let batch = q.limit.unwrap_or(100).clamp(1, 1000);
     let follow = q.follow.unwrap_or(true);
-    let state = (st, t.name.clone(), q.since, std::collections::VecDeque::<ChangeEvent>::new());
+    let state = (st, tenant, q.since, std::collections::VecDeque::<ChangeEvent>::new());
     let events = futures_util::stream::unfold(state, move |(st, tenant, mut cursor, mut pending)| async move {
         loop {
             if let Some(e) = pending.pop_front() {
@@ -110,5 +112,17 @@ pub async fn stream(
             }
         }
     });
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(guard.wrap(events, |lapse| Some(Ok(end_event(lapse))))).keep_alive(KeepAlive::default()))
+}
+
+/// The last event of a stream whose credentials lapsed: `event: end`, a problem as data.
+fn end_event(lapse: Lapse) -> Event {
+    let problem = serde_json::json!({
+        "type": format!("https://cortex.dev/problems/{}", lapse.code()),
+        "title": "stream ended",
+        "status": lapse.status(),
+        "detail": lapse.detail(),
+        "code": lapse.code(),
+    });
+    Event::default().event("end").data(problem.to_string())
 }

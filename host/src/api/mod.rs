@@ -10,13 +10,14 @@ mod openapi;
 pub mod quota;
 mod routes;
 pub mod state;
+pub mod stream_guard;
 
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderName, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -27,6 +28,7 @@ use tower::{Layer, Service};
 pub use self::auth::{Action, Principal, Role};
 pub use self::error::{ApiError, ApiResult};
 pub use self::openapi::openapi;
+pub use self::routes::metrics_token;
 pub use self::state::{AppState, CachedTenant};
 use crate::registry::{AuditEvent, now_ms};
 
@@ -58,6 +60,37 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             Ok(Json(v)) => Ok(JsonBody(v)),
             Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::TooLarge(e.body_text())),
             Err(e) => Err(ApiError::BadRequest(e.body_text())),
+        }
+    }
+}
+
+/// Query parameters whose rejections are problem+json (400 `invalid_query`).
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(e) => Err(ApiError::Invalid { code: "invalid_query", message: e.body_text() }),
+        }
+    }
+}
+
+/// Path parameters whose rejections are problem+json (400 `invalid_path`, e.g. a segment
+/// that is not UTF-8 once percent-decoded).
+#[derive(Debug)]
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(e) => Err(ApiError::Invalid { code: "invalid_path", message: e.body_text() }),
         }
     }
 }
@@ -97,9 +130,11 @@ pub(super) async fn tenant_scope_known(
     header: Option<&axum::http::HeaderValue>,
     known: Option<Arc<CachedTenant>>,
 ) -> ApiResult<Arc<CachedTenant>> {
-    let named = header.and_then(|v| v.to_str().ok());
+    // A header that is not text names no tenant anyone has.
+    let named = header.map(|v| v.to_str().unwrap_or("\u{fffd}"));
     let name = match (p.role, named, &p.tenant) {
         (Role::PlatformAdmin, Some(h), _) => h,
+        (_, Some(h), Some(t)) if h != &**t => return Err(foreign_tenant(h)),
         (_, _, Some(t)) => t,
         _ => return Err(ApiError::BadRequest(format!("name the tenant with the {TENANT_HEADER} header"))),
     };
@@ -112,6 +147,18 @@ pub(super) async fn tenant_scope_known(
     }
 }
 
+/// A non-platform-admin named another tenant than its own in the tenant header.
+fn foreign_tenant(named: &str) -> ApiError {
+    ApiError::ForeignTenant(format!(
+        "only a platform-admin may act in another tenant with {TENANT_HEADER} (it names {named:?})"
+    ))
+}
+
+/// The credentials of `Authorization: Bearer <credentials>`.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+}
+
 /// The principal of the request's credentials, and the record of its tenant (`None` for a
 /// platform-admin without one). Credentials of a deleted tenant are refused.
 async fn principal_and_tenant(st: &AppState, headers: &HeaderMap) -> ApiResult<(Principal, Option<Arc<CachedTenant>>)> {
@@ -119,11 +166,7 @@ async fn principal_and_tenant(st: &AppState, headers: &HeaderMap) -> ApiResult<(
         tracing::info!(reason = %why, "refused credentials");
         ApiError::Unauthorized("missing or invalid credentials".into())
     };
-    let raw = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| unauthorized("no bearer credentials".into()))?;
+    let raw = bearer(headers).ok_or_else(|| unauthorized("no bearer credentials".into()))?;
     if let Some((id, secret)) = auth::parse_api_key(raw) {
         let Some(k) = st.api_key(id).await? else {
             return Err(unauthorized(format!("unknown key {id}")));
@@ -284,6 +327,102 @@ where
     }
 }
 
+/// What a route does, for the check made before its handler runs (and so before its body
+/// is read or validated): `None` for a method the route does not have (the router answers 405).
+/// Handlers check again; this table makes a role that may not call a route learn nothing
+/// from it, not even the names of its body's fields.
+pub fn route_action(method: &Method, route: &str) -> Option<Action> {
+    let read = *method == Method::GET || *method == Method::HEAD;
+    let m = |want: Method| *method == want;
+    Some(match route {
+        "/v1/tenants" if read || m(Method::POST) => Action::ManageTenants,
+        "/v1/tenants/{tenant}" if read => Action::ReadTenant,
+        "/v1/tenants/{tenant}" if m(Method::PATCH) || m(Method::DELETE) => Action::ManageTenants,
+        "/v1/keys" if read || m(Method::POST) => Action::ManageKeys,
+        "/v1/keys/{id}" if m(Method::DELETE) => Action::ManageKeys,
+        "/v1/audit" if read => Action::ReadAudit,
+        "/v1/events" | "/v1/events/stream" if read => Action::ReadAgents,
+        "/v1/modules" | "/v1/modules/{digest}" if read => Action::ReadModules,
+        "/v1/modules" if m(Method::POST) => Action::WriteModules,
+        "/v1/modules/{digest}" if m(Method::DELETE) => Action::WriteModules,
+        "/v1/agents" | "/v1/agents/{name}" | "/v1/agents/{name}/deadletters" if read => Action::ReadAgents,
+        "/v1/agents" if m(Method::POST) => Action::WriteAgents,
+        "/v1/agents/{name}" if m(Method::DELETE) => Action::WriteAgents,
+        "/v1/agents/{name}/config" if m(Method::PUT) => Action::WriteAgents,
+        "/v1/agents/{name}/upgrade"
+        | "/v1/agents/{name}/rollback"
+        | "/v1/agents/{name}/stop"
+        | "/v1/agents/{name}/start"
+        | "/v1/agents/{name}/deadletters/{id}/replay"
+            if m(Method::POST) =>
+        {
+            Action::WriteAgents
+        }
+        "/v1/agents/{name}/deadletters/{id}" if m(Method::DELETE) => Action::WriteAgents,
+        "/v1/agents/{name}/invoke" if m(Method::POST) => Action::Invoke,
+        "/v1/agents/{name}/logs" if read => Action::ReadLogs,
+        _ => return None,
+    })
+}
+
+/// The most body bytes `route` takes (module uploads have their own limit).
+fn body_limit_of(st: &AppState, route: &str) -> usize {
+    if route == "/v1/modules" { st.config.http.module_limit_bytes } else { st.config.http.body_limit_bytes }
+}
+
+/// What is refused before a route's handler runs, in this order: a role that may not call
+/// the route (403), a tenant header naming another tenant than a non-platform-admin's own
+/// (403 `foreign_tenant`), a body declared larger than the route takes (413, before a byte
+/// of it is read).
+fn refusal(st: &AppState, p: &Principal, req: &Request, route: &str) -> Option<ApiError> {
+    if let Some(action) = route_action(req.method(), route)
+        && let Err(e) = authorize(p, action)
+    {
+        return Some(e);
+    }
+    if p.role != Role::PlatformAdmin
+        && let Some(h) = req.headers().get(TENANT_HEADER)
+    {
+        let named = h.to_str().unwrap_or("\u{fffd}");
+        if p.tenant.as_deref() != Some(named) {
+            return Some(foreign_tenant(named));
+        }
+    }
+    let limit = body_limit_of(st, route);
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Some(ApiError::TooLarge(format!("the request body is larger than {limit} bytes")));
+    }
+    None
+}
+
+/// The response to a request refused before its handler ran. Its body, unread, is read and
+/// dropped first (up to the route's `limit`, within the request timeout): a client still
+/// sending it then reads the refusal, where closing the connection under it would give it a
+/// broken pipe instead. A body declared over the limit is not waited for: the 413 goes out at
+/// once and the connection closes.
+async fn refuse(e: ApiError, req: Request, limit: usize) -> Response {
+    use http_body_util::BodyExt;
+    if matches!(e, ApiError::TooLarge(_)) {
+        let mut resp = e.into_response();
+        resp.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        return resp;
+    }
+    let mut body = req.into_body();
+    let mut read = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        read += frame.data_ref().map_or(0, |d| d.len());
+        if read > limit {
+            break;
+        }
+    }
+    e.into_response()
+}
+
 async fn guard<S>(st: Arc<AppState>, mut req: Request, mut inner: S) -> Result<Response, Infallible>
 where
     S: Service<Request, Response = Response, Error = Infallible>,
@@ -294,7 +433,12 @@ where
     };
     let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let route = req.extensions().get::<MatchedPath>().map_or_else(|| req.uri().path(), MatchedPath::as_str);
+    let refused = refusal(&st, &p, &req, route);
+    let limit = body_limit_of(&st, route);
     if !mutating || route.ends_with("/invoke") {
+        if let Some(e) = refused {
+            return Ok(refuse(e, req, limit).await);
+        }
         req.extensions_mut().insert(p);
         return inner.call(req).await;
     }
@@ -318,7 +462,10 @@ where
         None => st.tenant(&tenant).await.ok().flatten().map(|t| t.id.clone()).unwrap_or_default(),
     };
     req.extensions_mut().insert(p.clone());
-    let resp = inner.call(req).await?;
+    let resp = match refused {
+        Some(e) => refuse(e, req, limit).await,
+        None => inner.call(req).await?,
+    };
     let event = AuditEvent {
         seq: 0,
         time_ms: now_ms(),
@@ -339,6 +486,7 @@ where
 /// [`crate::server::service`], once per request; module uploads have their own.
 pub fn router(state: Arc<AppState>) -> Router {
     let module_limit = state.config.http.module_limit_bytes;
+    let metrics_token = Arc::new(routes::metrics_token(&state.config.metrics));
     let authed = Router::new()
         .route("/v1/tenants", post(routes::create_tenant).get(routes::list_tenants))
         .route(
@@ -371,7 +519,13 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
-        .route("/metrics", get(routes::metrics))
+        .route(
+            "/metrics",
+            get(move |State(st): State<Arc<AppState>>, headers: HeaderMap| {
+                let token = metrics_token.clone();
+                async move { routes::metrics(&st, &headers, &token).await }
+            }),
+        )
         .route("/v1/openapi.json", get(routes::openapi_doc))
         .merge(authed)
         .fallback(routes::not_found)

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::{self, Action, Principal, Role};
 use super::error::{ApiError, ApiResult, problem};
-use super::{AppState, JsonBody, authorize, check_name, tenant_scope};
+use super::{AppState, JsonBody, Path, Query, authorize, check_name, tenant_scope};
 use crate::registry::{
     AgentRecord, ApiKeyRecord, AuditEvent, DeletedTenant, ModuleRecord, QuotasPatch, Tenant, now_ms, scoped,
 };
@@ -32,8 +32,35 @@ pub async fn readyz(State(st): St) -> Response {
     }
 }
 
-pub async fn metrics(State(st): St) -> Response {
+/// `/metrics`: open, or for `Authorization: Bearer <token>` only when `[metrics] token_file`
+/// is set (`token` is its content; `Err` when it could not be read: then nothing is served).
+pub async fn metrics(st: &AppState, headers: &HeaderMap, token: &Result<Option<String>, String>) -> Response {
+    match token {
+        Ok(None) => {}
+        Ok(Some(want)) => {
+            let given = super::bearer(headers).unwrap_or_default();
+            if !auth::constant_time_eq(given.as_bytes(), want.as_bytes()) {
+                return ApiError::Unauthorized("/metrics needs `Authorization: Bearer <metrics token>`".into())
+                    .into_response();
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "metrics token");
+            return problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the metrics token is unreadable".into());
+        }
+    }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render()).into_response()
+}
+
+/// The bearer token `/metrics` requires (`[metrics] token_file`, trimmed), if any.
+pub fn metrics_token(cfg: &crate::config::MetricsConfig) -> Result<Option<String>, String> {
+    let Some(path) = &cfg.token_file else { return Ok(None) };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.len() < 16 {
+        return Err(format!("{}: a metrics token has at least 16 characters", path.display()));
+    }
+    Ok(Some(token.to_owned()))
 }
 
 pub async fn openapi_doc() -> Json<serde_json::Value> {

@@ -116,6 +116,8 @@ pub struct AppState {
     tenants: TtlCache<CachedTenant>,
     /// API keys found in the store, by id (revocations on this node forget them at once).
     api_keys: TtlCache<crate::registry::ApiKeyRecord>,
+    /// Moved on whenever this node changes a key or a tenant: open streams check again.
+    credentials: tokio::sync::watch::Sender<u64>,
 }
 
 /// How long a cached tenant record is trusted: bounds how long another node's change
@@ -246,6 +248,7 @@ impl AppState {
             replaying: Mutex::default(),
             tenants: TtlCache::default(),
             api_keys: TtlCache::default(),
+            credentials: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -281,11 +284,19 @@ impl AppState {
     /// Forget a cached API key (after this node revoked or deleted it).
     pub fn forget_api_key(&self, id: &str) {
         self.api_keys.forget(id);
+        self.credentials.send_modify(|n| *n += 1);
     }
 
     /// Forget a cached tenant record (after this node changed or deleted it).
     pub fn forget_tenant(&self, name: &str) {
         self.tenants.forget(name);
+        self.credentials.send_modify(|n| *n += 1);
+    }
+
+    /// Changes when this node revokes a key or changes or deletes a tenant (see
+    /// [`crate::api::stream_guard`]).
+    pub fn credential_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.credentials.subscribe()
     }
 
     /// Held while a tenant's quota is checked and what it counts is written, so that

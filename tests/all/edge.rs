@@ -1,0 +1,257 @@
+//! The HTTP edge: every refusal is problem+json with a code, declared oversized bodies are
+//! refused before they are read, a role learns nothing from a route it may not call, the
+//! tenant header is a platform-admin's only, idle keep-alive connections are announced.
+
+use std::time::Duration;
+
+use cortex_artifacts as art;
+use cortex_host::api::{Role, route_action};
+use cortex_host::registry::Quotas;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::server::{Server, answer};
+
+/// Send `head` (request line and headers, no body) on a fresh connection and read the
+/// answer: whatever the server sends before it closes, or by the test's own bound.
+async fn raw(s: &Server, head: &str) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Read until the response is whole (a problem body ends with `}`) or the server closes.
+    let _ = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            if String::from_utf8_lossy(&buf).ends_with('}') {
+                break;
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_declared_over_the_limit_is_refused_before_it_is_read() {
+    // A body that never comes would only end by the request timeout: set it out of reach of
+    // the test's own bound, so only an answer made before reading can pass.
+    let s = Server::start_with(|c| {
+        c.http.request_timeout_ms = 600_000;
+        c.http.header_timeout_ms = 600_000;
+    })
+    .await;
+    s.tenant("t").await;
+    let dev = s.token(Some("t"), Role::TenantAdmin);
+    let digest = s.upload(&dev, art::HELLO).await;
+    s.deploy(&dev, "hello", &digest, json!({})).await;
+    let module_limit = s.state.config.http.module_limit_bytes;
+    let body_limit = s.state.config.http.body_limit_bytes;
+    let cases = [
+        ("POST", "/v1/modules", module_limit + (1 << 20), "application/wasm"),
+        ("POST", "/v1/agents", body_limit + 1, "application/json"),
+        ("PUT", "/v1/agents/hello/config", body_limit + 1, "application/json"),
+        ("POST", "/v1/keys", body_limit + 1, "application/json"),
+        // The invocation lanes: straight from the server, and through the router.
+        ("POST", "/v1/agents/hello/invoke", body_limit + 1, "application/octet-stream"),
+        ("POST", "/v1/agents/h%65llo/invoke", body_limit + 1, "application/octet-stream"),
+    ];
+    for (method, path, length, kind) in cases {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {dev}\r\nContent-Type: {kind}\r\nContent-Length: {length}\r\n\r\n"
+        );
+        let resp = raw(&s, &head).await;
+        assert!(resp.starts_with("HTTP/1.1 413"), "{method} {path} declaring {length} bytes: {resp}");
+        assert!(resp.contains("application/problem+json"), "{resp}");
+        assert!(resp.contains(r#""code":"body_too_large""#), "{resp}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_is_problem_json_with_a_code() {
+    let s = Server::start().await;
+    let ta = s.token(Some("t"), Role::TenantAdmin);
+    s.tenant("t").await;
+    let admin = s.admin();
+    let m = |s: &str| Method::from_bytes(s.as_bytes()).unwrap();
+    // (method, path, token, status, code)
+    let cases: Vec<(Method, &str, Option<&str>, StatusCode, &str)> = vec![
+        // Query strings of the wrong type or with unknown parameters.
+        (m("GET"), "/v1/events?since=abc", Some(&ta), StatusCode::BAD_REQUEST, "invalid_query"),
+        (m("GET"), "/v1/events?limit=-1", Some(&ta), StatusCode::BAD_REQUEST, "invalid_query"),
+        (m("GET"), "/v1/events/stream?follow=perhaps", Some(&ta), StatusCode::BAD_REQUEST, "invalid_query"),
+        (m("GET"), "/v1/audit?since=1e3", Some(&ta), StatusCode::BAD_REQUEST, "invalid_query"),
+        (m("GET"), "/v1/audit?bogus=1", Some(&ta), StatusCode::BAD_REQUEST, "invalid_query"),
+        (m("GET"), "/v1/agents/a/logs?limit=x", Some(&ta), StatusCode::BAD_REQUEST, "invalid_query"),
+        // Path segments that are not UTF-8 once decoded.
+        (m("GET"), "/v1/agents/%FF", Some(&ta), StatusCode::BAD_REQUEST, "invalid_path"),
+        (m("GET"), "/v1/modules/%C3%28", Some(&ta), StatusCode::BAD_REQUEST, "invalid_path"),
+        (m("GET"), "/v1/tenants/%FF", Some(&admin), StatusCode::BAD_REQUEST, "invalid_path"),
+        (m("DELETE"), "/v1/agents/a/deadletters/%FF", Some(&ta), StatusCode::BAD_REQUEST, "invalid_path"),
+        // A method the route does not have, on each route family.
+        (m("PUT"), "/v1/tenants", Some(&admin), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (m("POST"), "/v1/tenants/t", Some(&admin), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (m("PUT"), "/v1/keys", Some(&ta), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (m("GET"), "/v1/keys/k", Some(&ta), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (m("DELETE"), "/v1/audit", Some(&ta), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (m("POST"), "/v1/events", Some(&ta), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (m("DELETE"), "/v1/events/stream", Some(&ta), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (m("PATCH"), "/v1/modules", Some(&ta), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (m("POST"), "/v1/modules/d", Some(&ta), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (m("DELETE"), "/v1/agents", Some(&ta), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (m("PATCH"), "/v1/agents/a", Some(&ta), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (m("GET"), "/v1/agents/a/invoke", Some(&ta), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (m("GET"), "/v1/agents/a/stop", Some(&ta), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (m("POST"), "/v1/agents/a/config", Some(&ta), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (m("POST"), "/v1/agents/a/logs", Some(&ta), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (m("PUT"), "/v1/agents/a/deadletters", Some(&ta), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (m("POST"), "/healthz", None, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (m("DELETE"), "/metrics", None, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (m("PUT"), "/v1/openapi.json", None, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        // Routes that do not exist.
+        (m("GET"), "/", None, StatusCode::NOT_FOUND, "no_route"),
+        (m("GET"), "/v2/agents", Some(&ta), StatusCode::NOT_FOUND, "no_route"),
+        (m("GET"), "/v1/agents/a/nothing", Some(&ta), StatusCode::NOT_FOUND, "no_route"),
+        (m("POST"), "/v1/nothing", None, StatusCode::NOT_FOUND, "no_route"),
+        // Bodies of the wrong kind.
+        (m("POST"), "/v1/agents", Some(&ta), StatusCode::BAD_REQUEST, "bad_request"),
+    ];
+    for (method, path, token, status, code) in cases {
+        let mut rb = s.client.request(method.clone(), s.url(path));
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        let r = answer(rb.send().await.unwrap()).await;
+        let what = format!("{method} {path}: {} {} {}", r.status, r.content_type, r.text);
+        assert_eq!((r.status, r.code.as_str()), (status, code), "{what}");
+        assert_eq!(r.content_type, "application/problem+json", "{what}");
+        assert_eq!(r.body["status"], status.as_u16(), "{what}");
+        assert!(r.body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{what}");
+    }
+    // A 405 still says which methods the route has.
+    let r = s.req(Method::DELETE, "/v1/agents", &ta).send().await.unwrap();
+    let allow = r.headers().get("allow").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    assert!(allow.contains("GET") && allow.contains("POST"), "allow: {allow:?}");
+}
+
+/// The refusal code of a request by a role that may not call its route, whatever its body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_may_not_call_a_route_learns_nothing_from_its_body_checks() {
+    let s = Server::start().await;
+    s.tenant("t").await;
+    let observer = s.token(Some("t"), Role::Observer);
+    let developer = s.token(Some("t"), Role::Developer);
+    let m = |s: &str| Method::from_bytes(s.as_bytes()).unwrap();
+    // Malformed bodies: unknown fields, wrong types, not JSON.
+    let routes = [
+        (m("POST"), "/v1/tenants", "/v1/tenants"),
+        (m("PATCH"), "/v1/tenants/{tenant}", "/v1/tenants/t"),
+        (m("POST"), "/v1/keys", "/v1/keys"),
+        (m("POST"), "/v1/agents", "/v1/agents"),
+        (m("PUT"), "/v1/agents/{name}/config", "/v1/agents/a/config"),
+        (m("POST"), "/v1/agents/{name}/upgrade", "/v1/agents/a/upgrade"),
+    ];
+    let bodies = [r#"{"nmae": 1, "modul": [true]}"#, r#"{"name": 7}"#, "not json at all"];
+    let mut cells = 0;
+    for (token, role) in [(&observer, Role::Observer), (&developer, Role::Developer)] {
+        for (method, template, path) in &routes {
+            let action = route_action(method, template).unwrap();
+            if action.allowed(role) {
+                continue;
+            }
+            for body in bodies {
+                let r = answer(
+                    s.req(method.clone(), path, token)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap(),
+                )
+                .await;
+                let what = format!("{} {method} {path} with {body}: {} {}", role.as_str(), r.status, r.text);
+                assert_eq!((r.status, r.code.as_str()), (StatusCode::FORBIDDEN, "forbidden"), "{what}");
+                for leak in ["field", "name", "module", "quotas", "config", "line", "column"] {
+                    assert!(!r.body["detail"].as_str().unwrap_or_default().contains(leak), "{what}");
+                }
+                cells += 1;
+            }
+        }
+    }
+    // observer: all six routes; developer: tenants and keys.
+    assert_eq!(cells, (6 + 3) * bodies.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_header_naming_another_tenant_is_refused_unless_platform_admin() {
+    let s = Server::start().await;
+    let a = s.developer_in("alpha").await;
+    s.tenant("beta").await;
+    let a_admin = s.token(Some("alpha"), Role::TenantAdmin);
+    let digest = s.upload(&a, art::HELLO).await;
+    s.deploy(&a, "hello", &digest, json!({})).await;
+    let requests = [
+        (Method::GET, "/v1/agents", &a),
+        (Method::GET, "/v1/modules", &a),
+        (Method::GET, "/v1/events", &a),
+        (Method::POST, "/v1/agents/hello/invoke", &a),
+        (Method::POST, "/v1/agents/h%65llo/invoke", &a),
+        (Method::GET, "/v1/audit", &a_admin),
+        (Method::GET, "/v1/keys", &a_admin),
+        (Method::GET, "/v1/tenants/alpha", &a_admin),
+    ];
+    for (method, path, token) in requests {
+        for named in ["beta", "nowhere", "ALPHA"] {
+            let r = answer(
+                s.req(method.clone(), path, token).header("x-cortex-tenant", named).body("x").send().await.unwrap(),
+            )
+            .await;
+            let what = format!("{method} {path} naming {named}: {} {}", r.status, r.text);
+            assert_eq!((r.status, r.code.as_str()), (StatusCode::FORBIDDEN, "foreign_tenant"), "{what}");
+            assert_eq!(r.content_type, "application/problem+json", "{what}");
+        }
+        // Naming its own tenant is fine.
+        let r = s.req(method.clone(), path, token).header("x-cortex-tenant", "alpha").body("x").send().await.unwrap();
+        assert!(r.status().is_success(), "{method} {path} naming its own tenant: {}", r.status());
+    }
+    // A platform-admin acts in any tenant with it.
+    let r = s.req(Method::GET, "/v1/agents", &s.admin()).header("x-cortex-tenant", "beta").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invocation_of_a_missing_agent_spends_no_rate_token() {
+    let s = Server::start().await;
+    let quotas = Quotas { invocations_per_second: 1, burst: 1, ..Quotas::default() };
+    s.tenant_with("t", Some(quotas)).await;
+    let dev = s.token(Some("t"), Role::Developer);
+    let digest = s.upload(&dev, art::HELLO).await;
+    s.deploy(&dev, "hello", &digest, json!({})).await;
+    // Both lanes, several times: each a 404, none a 429.
+    for _ in 0..3 {
+        for path in ["/v1/agents/nobody/invoke", "/v1/agents/n%6Fbody/invoke"] {
+            let r = answer(s.req(Method::POST, path, &dev).body("x").send().await.unwrap()).await;
+            assert_eq!((r.status, r.code.as_str()), (StatusCode::NOT_FOUND, "not_found"), "{path}: {}", r.text);
+        }
+    }
+    // The bucket's one token is still there.
+    assert_eq!(s.invoke_ok(&dev, "hello", "you").await, "Hello, you!");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_say_how_long_an_idle_connection_stays_open() {
+    let s = Server::start_with(|c| c.http.header_timeout_ms = 7_000).await;
+    for path in ["/healthz", "/v1/nothing", "/v1/agents"] {
+        let r = s.client.get(s.url(path)).send().await.unwrap();
+        assert_eq!(r.headers().get("keep-alive").map(|v| v.to_str().unwrap()), Some("timeout=7"), "{path}");
+    }
+    let dev = s.developer_in("t").await;
+    let digest = s.upload(&dev, art::HELLO).await;
+    s.deploy(&dev, "hello", &digest, json!({})).await;
+    let r = s.req(Method::POST, "/v1/agents/hello/invoke", &dev).body("x").send().await.unwrap();
+    assert_eq!(r.headers().get("keep-alive").map(|v| v.to_str().unwrap()), Some("timeout=7"));
+}
