@@ -124,7 +124,7 @@ impl StreamGuard {
             return Err(Lapse::Expired);
         }
         match self.st.tenant(&self.tenant.name).await {
-            Ok(Some(t)) if t.created_ms == self.tenant.created_ms => {}
+            Ok(Some(t)) if t.id == self.tenant.id => {}
             Ok(_) => return Err(Lapse::TenantGone),
             Err(_) => return Err(Lapse::Unverified),
         }
@@ -135,7 +135,7 @@ impl StreamGuard {
         };
         authorize(&p, self.action).map_err(|_| Lapse::Forbidden)?;
         match super::tenant_scope_known(&self.st, &p, self.headers.get(TENANT_HEADER), own).await {
-            Ok(t) if t.name == self.tenant.name && t.created_ms == self.tenant.created_ms => Ok(()),
+            Ok(t) if t.name == self.tenant.name && t.id == self.tenant.id => Ok(()),
             Ok(_) | Err(ApiError::NotFound(_)) => Err(Lapse::TenantGone),
             Err(ApiError::Forbidden(_) | ApiError::ForeignTenant(_)) => Err(Lapse::Forbidden),
             Err(_) => Err(Lapse::Unverified),
