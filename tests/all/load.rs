@@ -203,11 +203,11 @@ async fn a_compile_over_its_time_bound_is_refused_and_its_child_killed() {
 
 #[tokio::test]
 async fn a_compile_over_its_memory_bound_is_refused_and_its_child_gone() {
-    // Within every static bound, but its compilation needs gigabytes; time is out of reach,
-    // so only the memory bound can trip.
-    let bomb = bombs::quadratic(8_000, 60_000);
+    // Within every static bound (400 KB, 4,000 locals), but its compilation needs about
+    // 2 GB; time is out of reach, so only the 512 MiB memory bound can trip.
+    let bomb = bombs::locals_across_blocks(4_000, 40_000);
     let dir = tempfile::tempdir().unwrap();
-    let compile = CompileConfig { memory_bytes: 1 << 30, ..compile_config() };
+    let compile = CompileConfig { memory_bytes: 512 << 20, ..compile_config() };
     let rt = bounded(dir.path(), Duration::from_secs(3600), compile);
     let (e, seen) = refuse_watching(&rt, &bomb).await;
     assert_eq!(e.code(), "compile_memory", "{e}");

@@ -268,6 +268,7 @@ impl AppState {
             Arc::new(move |op, d: Duration| latency.with_label_values(&[op]).observe(d.as_secs_f64()));
         let store: Arc<dyn Store> = Arc::new(crate::store::Instrumented::new(store, observe));
         let mailbox_settings = config.messaging.mailbox();
+        let modules = ModuleCache::new(config.engine.module_cache_bytes);
         Ok(Self {
             config,
             runtime,
@@ -276,7 +277,7 @@ impl AppState {
             limiters: Limiters::default(),
             metrics,
             modules_dir,
-            modules: ModuleCache::new(config.engine.module_cache_bytes),
+            modules,
             module_files: tokio::sync::Mutex::new(()),
             agents: RwLock::new(HashMap::new()),
             watchers: Mutex::new(HashMap::new()),

@@ -125,18 +125,12 @@ impl std::fmt::Debug for Compiler {
 
 impl Compiler {
     /// A compiler for `engine` (built from `config`), caching in `cache`.
-    pub fn new(engine: Engine, config: EngineConfig, cache: Option<ArtifactCache>) -> std::io::Result<Self> {
-        let program = match &config.compile.program {
-            Some(p) => p.clone(),
-            None => std::env::current_exe()?,
-        };
+    pub fn new(engine: Engine, config: EngineConfig, cache: Option<ArtifactCache>) -> Self {
+        // `/proc/self/exe` is exec'd by the forked child, so it names this very binary even
+        // after an upgrade replaced the file on disk.
+        let program = config.compile.program.clone().unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
         let slots = Arc::new(tokio::sync::Semaphore::new(config.compile.concurrency.max(1)));
-        Ok(Self { engine, config, program, cache, slots })
-    }
-
-    /// The artifact cache, if any.
-    pub fn cache(&self) -> Option<&ArtifactCache> {
-        self.cache.as_ref()
+        Self { engine, config, program, cache, slots }
     }
 
     /// The compiled component for `bytes` (digest `digest`): from the cache, else checked
@@ -223,8 +217,9 @@ impl Compiler {
             };
             let mut out = Vec::new();
             let mut err = Vec::new();
-            let read_out = stdout.take(memory).read_to_end(&mut out);
-            let read_err = stderr.take(STDERR_KEEP).read_to_end(&mut err);
+            let (mut stdout, mut stderr) = (stdout.take(memory), stderr.take(STDERR_KEEP));
+            let read_out = stdout.read_to_end(&mut out);
+            let read_err = stderr.read_to_end(&mut err);
             let ((), r1, r2) = tokio::join!(feed, read_out, read_err);
             r1.and(r2)?;
             let status = child.wait().await?;

@@ -23,7 +23,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use tracing::Instrument;
-use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker, ResourceTable};
+use wasmtime::component::{ComponentExportIndex, InstancePre, Linker, ResourceTable};
 use wasmtime::{Engine, Store, UpdateDeadline};
 
 pub use self::cache::{ArtifactCache, engine_fingerprint};
@@ -297,7 +297,7 @@ impl Runtime {
         let engine = build_engine(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let linker = capabilities::linker(&engine).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let cache = cache_dir.map(|d| ArtifactCache::open(d, &engine)).transpose().map_err(RuntimeError::Cache)?;
-        let compiler = compiler::Compiler::new(engine.clone(), config.clone(), cache).map_err(RuntimeError::Cache)?;
+        let compiler = compiler::Compiler::new(engine.clone(), config.clone(), cache);
         let ticker = Ticker::start(engine.clone(), config.epoch_tick).map_err(RuntimeError::Ticker)?;
         Ok(Self { engine, linker, compiler, config, _ticker: ticker })
     }

@@ -76,6 +76,26 @@ pub fn quadratic(locals: u32, branches: u32) -> Vec<u8> {
     component(&[body(locals, &code)])
 }
 
+/// One function whose compilation needs memory in the product of its locals and its
+/// blocks: a chain of `blocks` `if` blocks, each setting one of `locals` locals, then a
+/// read of every local. Each merge after an `if` carries every local (about
+/// `locals * blocks` values): (4,000, 40,000), a 400 KB body, takes about 2 GB to compile.
+pub fn locals_across_blocks(locals: u32, blocks: u32) -> Vec<u8> {
+    let mut code = Vec::new();
+    for j in 0..blocks {
+        // local.get 0; if; i32.const 1; local.set (j % locals); end
+        code.extend_from_slice(&[0x20, 0x00, 0x04, 0x40, 0x41, 0x01, 0x21]);
+        leb(u64::from(j % locals.max(1)), &mut code);
+        code.push(0x0b);
+    }
+    for i in 0..locals {
+        code.push(0x20); // local.get i
+        leb(u64::from(i), &mut code);
+        code.push(0x1a); // drop
+    }
+    component(&[body(locals, &code)])
+}
+
 /// One function of `size` bytes of `nop`s with no locals: cheap per byte, refused by size.
 pub fn long_function(size: usize) -> Vec<u8> {
     component(&[body(0, &vec![0x01; size])])
