@@ -944,22 +944,28 @@ async fn a_module_shared_by_two_tenants_is_freed_with_the_last_record() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_that_outlasts_the_compile_bound_is_refused_and_its_compile_stopped() {
+    // `hello` deployed and compiled with the default bounds first, so that checking the
+    // host still serves depends on no bound.
+    let s = Server::start().await;
+    let dev = s.developer_in("acme").await;
+    let hello = s.upload(&dev, art::HELLO).await;
+    s.deploy(&dev, "hi", &hello, json!({})).await;
+    let dir = s.stop().await;
     // A compile bomb within every static bound, against a 300 ms compile timeout (memory
     // out of reach): the upload is refused, the compile child killed, the host serves on.
-    let s = Server::start_with(|c| {
+    let s = Server::start_in(dir, |c| {
         c.engine.compile_timeout = Duration::from_millis(300);
         c.engine.compile.memory_bytes = 64 << 30;
     })
     .await;
-    let dev = s.developer_in("acme").await;
     let bomb = cortex_artifacts::bombs::quadratic(4_000, 10_000);
     let upload = s.req(Method::POST, "/v1/modules", &dev).body(bomb).send();
     let (r, seen) = crate::common::watching_children(upload).await;
     let r = answer(r.unwrap()).await;
     assert_eq!((r.status, r.code.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "compile_timeout"), "{}", r.text);
     crate::common::assert_children_gone(&seen);
-    assert_eq!(s.get_json(&dev, "/v1/modules").await, json!([]));
-    let hello = s.upload(&dev, art::HELLO).await;
-    s.deploy(&dev, "hi", &hello, json!({})).await;
+    let modules = s.get_json(&dev, "/v1/modules").await;
+    assert_eq!(modules.as_array().unwrap().len(), 1, "{modules}");
+    assert_eq!(modules[0]["digest"], hello.as_str());
     assert_eq!(s.invoke_ok(&dev, "hi", "again").await, "Hello, again!");
 }

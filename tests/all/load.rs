@@ -155,11 +155,20 @@ async fn refuse_watching(rt: &Runtime, bytes: &[u8]) -> (LoadError, Vec<u32>) {
     }
 }
 
+/// A runtime with the test's compile bounds, on a cache that already holds `hello` (compiled
+/// with the default bounds), so that checking it still serves depends on no bound.
+async fn bounded_with_hello(dir: &std::path::Path, timeout: Duration, compile: CompileConfig) -> Runtime {
+    let hello = std::fs::read(art::HELLO).unwrap();
+    Runtime::new(engine_config(), Some(&dir.join("cache"))).unwrap().load(&hello).await.unwrap();
+    bounded(dir, timeout, compile)
+}
+
 /// Nothing of a refused compile is left, and the same runtime still admits and runs a
 /// good component.
 async fn assert_stopped_and_serving(rt: &Runtime, seen: &[u32]) {
     assert_children_gone(seen);
     let hello = rt.load(&std::fs::read(art::HELLO).unwrap()).await.unwrap();
+    assert!(hello.from_cache);
     let sb = Sandbox::new();
     assert_eq!(text(&rt.invoke(&hello, &sb.agent("t", "a"), &limits(), b"after").await), "Hello, after!");
 }
@@ -195,7 +204,7 @@ async fn a_compile_over_its_time_bound_is_refused_and_its_child_killed() {
     let bomb = bombs::quadratic(4_000, 10_000);
     let dir = tempfile::tempdir().unwrap();
     let compile = CompileConfig { memory_bytes: 64 << 30, ..compile_config() };
-    let rt = bounded(dir.path(), Duration::from_millis(300), compile);
+    let rt = bounded_with_hello(dir.path(), Duration::from_millis(300), compile).await;
     let (e, seen) = refuse_watching(&rt, &bomb).await;
     assert_eq!(e.code(), "compile_timeout", "{e}");
     assert_stopped_and_serving(&rt, &seen).await;
@@ -208,7 +217,7 @@ async fn a_compile_over_its_memory_bound_is_refused_and_its_child_gone() {
     let bomb = bombs::locals_across_blocks(4_000, 40_000);
     let dir = tempfile::tempdir().unwrap();
     let compile = CompileConfig { memory_bytes: 512 << 20, ..compile_config() };
-    let rt = bounded(dir.path(), Duration::from_secs(3600), compile);
+    let rt = bounded_with_hello(dir.path(), Duration::from_secs(3600), compile).await;
     let (e, seen) = refuse_watching(&rt, &bomb).await;
     assert_eq!(e.code(), "compile_memory", "{e}");
     assert_stopped_and_serving(&rt, &seen).await;
