@@ -6,9 +6,7 @@ use std::time::Duration;
 use cortex_artifacts::{self as art, bombs};
 use cortex_host::runtime::{CompileConfig, EngineConfig, LoadError, Runtime, World};
 
-use crate::common::{
-    Sandbox, assert_children_gone, compile_config, engine_config, limits, text, watching_children,
-};
+use crate::common::{Sandbox, assert_children_gone, compile_config, engine_config, limits, text, watching_children};
 
 async fn refuse(sb: &Sandbox, bytes: &[u8]) -> LoadError {
     match sb.runtime.load(bytes).await {
@@ -193,7 +191,8 @@ async fn obvious_compile_bombs_are_refused_before_compiling() {
     let rt = bounded(dir.path(), Duration::from_secs(600), compile);
     let e = rt.load(&bombs::component(&vec![bombs::body(0, &[]); 11])).await.unwrap_err();
     assert_eq!(e.code(), "too_many_functions", "{e}");
-    let e = rt.load(&bombs::component(&[bombs::body(0, &[0x01; 600]), bombs::body(0, &[0x01; 600])])).await.unwrap_err();
+    let e =
+        rt.load(&bombs::component(&[bombs::body(0, &[0x01; 600]), bombs::body(0, &[0x01; 600])])).await.unwrap_err();
     assert_eq!(e.code(), "code_too_large", "{e}");
 }
 

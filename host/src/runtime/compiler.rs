@@ -182,8 +182,7 @@ impl Compiler {
     }
 
     async fn compile_in_child(&self, bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
-        let _slot =
-            self.slots.acquire().await.map_err(|_| LoadError::Internal("the compiler is shut down".into()))?;
+        let _slot = self.slots.acquire().await.map_err(|_| LoadError::Internal("the compiler is shut down".into()))?;
         let limit = self.config.compile_timeout;
         let memory = self.config.compile.memory_bytes;
         let request = Request { engine: self.config.clone(), memory_bytes: memory, cpu_seconds: self.cpu_seconds() };
@@ -200,12 +199,11 @@ impl Compiler {
             // A dropped upload (client gone, request timeout) kills its compile too.
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| {
-                LoadError::Internal(format!("cannot start the compiler {}: {e}", self.program.display()))
-            })?;
+            .map_err(|e| LoadError::Internal(format!("cannot start the compiler {}: {e}", self.program.display())))?;
         let pid = child.id();
         tracing::debug!(pid, size = bytes.len(), "compiling in a child process");
-        let (Some(mut stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        let (Some(mut stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             return Err(LoadError::Internal("the compile child has no pipes".into()));
         };
@@ -283,9 +281,10 @@ pub fn child_main() -> ExitCode {
         eprintln!("compile child: {what}: {e}");
         ExitCode::from(EXIT_SETUP)
     };
-    let request = match std::env::var(REQUEST_ENV).map_err(|e| e.to_string()).and_then(|r| {
-        serde_json::from_str::<Request>(&r).map_err(|e| e.to_string())
-    }) {
+    let request = match std::env::var(REQUEST_ENV)
+        .map_err(|e| e.to_string())
+        .and_then(|r| serde_json::from_str::<Request>(&r).map_err(|e| e.to_string()))
+    {
         Ok(r) => r,
         Err(e) => return setup("no valid request in the environment", &e),
     };
@@ -351,8 +350,8 @@ mod tests {
             h.finish()
         };
         assert_eq!(hash(&node), hash(&child));
-        let component = wat::parse_str("(component (core module (func (export \"f\") (result i32) i32.const 7)))")
-            .unwrap();
+        let component =
+            wat::parse_str("(component (core module (func (export \"f\") (result i32) i32.const 7)))").unwrap();
         let artifact = child.precompile_component(&component).unwrap();
         // SAFETY: produced just above by wasmtime.
         unsafe { Component::deserialize(&node, &artifact) }.unwrap();

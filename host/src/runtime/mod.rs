@@ -27,13 +27,13 @@ use wasmtime::component::{ComponentExportIndex, InstancePre, Linker, ResourceTab
 use wasmtime::{Engine, Store, UpdateDeadline};
 
 pub use self::cache::{ArtifactCache, engine_fingerprint};
+pub use self::compiler::{CompileConfig, child_main};
 pub use self::config::{EngineConfig, Limits};
 pub use self::engine::{Ticker, build_engine, wasmtime_config};
 pub use self::limiter::{LimitExceeded, Limiter};
 pub use self::logbuf::{LogRecord, Logs};
-pub use self::outcome::{Outcome, Stats};
-pub use self::compiler::{CompileConfig, child_main};
 pub use self::module_cache::ModuleCache;
+pub use self::outcome::{Outcome, Stats};
 pub use self::validate::{CodeBound, Shape, World};
 
 use self::logbuf::LogSink;
@@ -254,7 +254,10 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("config", &self.config).field("compiler", &self.compiler).finish_non_exhaustive()
+        f.debug_struct("Runtime")
+            .field("config", &self.config)
+            .field("compiler", &self.compiler)
+            .finish_non_exhaustive()
     }
 }
 
@@ -323,7 +326,7 @@ impl Runtime {
         let digest = digest(bytes);
         let mut compiled = self.compiler.compile(&digest, bytes).await?;
         let (component, from_cache, compiled_size) = (&compiled.component, compiled.from_cache, compiled.artifact_len);
-        let shape = validate::check_component(&self.engine, &component)?;
+        let shape = validate::check_component(&self.engine, component)?;
         let pre = self.linker.instantiate_pre(component).map_err(|e| LoadError::ImportMismatch(format!("{e:#}")))?;
         let index = |name: &str| component.get_export_index(None, name);
         let handle = index("handle")
