@@ -63,6 +63,8 @@ async fn rejects_component_with_unknown_import() {
     let e = refuse(&sb, &std::fs::read(art::FOREIGN_IMPORT).unwrap()).await;
     assert_eq!(e.code(), "unknown_import");
     assert!(e.to_string().contains("evil:backdoor/shell"), "{e}");
+    // It was compiled, then refused: its artifact is not kept.
+    assert!(walk(&sb.dir.path().join("cache")).iter().all(|p| p.extension().is_none_or(|e| e != "cwasm")));
 }
 
 #[tokio::test]
