@@ -16,7 +16,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cortex_artifacts as art;
-use cortex_host::runtime::{AgentContext, EngineConfig, Limits, Runtime};
+use cortex_host::runtime::{AgentContext, CompileConfig, EngineConfig, Limits, Runtime};
+
+/// The default engine; a bench harness cannot be its own compile child: this crate's
+/// `cortex-bench-compile` is.
+fn engine_config() -> EngineConfig {
+    let compile =
+        CompileConfig { program: Some(env!("CARGO_BIN_EXE_cortex-bench-compile").into()), ..Default::default() };
+    EngineConfig { compile, ..EngineConfig::default() }
+}
 use cortex_host::store::EmbeddedStore;
 
 const LANGS: [&str; 6] = ["rust", "python", "js", "ts", "go", "c"];
@@ -75,7 +83,7 @@ fn measure(rt: &tokio::runtime::Runtime, lang: &str) -> Row {
     let agent = AgentContext::new("bench", "bench", Default::default(), store);
 
     // First load: compile (and write the cache).
-    let runtime = Runtime::new(EngineConfig::default(), Some(&cache)).unwrap();
+    let runtime = Runtime::new(engine_config(), Some(&cache)).unwrap();
     let t = Instant::now();
     let m = rt.block_on(runtime.load(&bytes)).unwrap();
     let first = t.elapsed();
@@ -86,7 +94,7 @@ fn measure(rt: &tokio::runtime::Runtime, lang: &str) -> Row {
     let mut cached = Vec::new();
     let mut last = None;
     for _ in 0..3 {
-        let runtime = Runtime::new(EngineConfig::default(), Some(&cache)).unwrap();
+        let runtime = Runtime::new(engine_config(), Some(&cache)).unwrap();
         let t = Instant::now();
         let m = rt.block_on(runtime.load(&bytes)).unwrap();
         cached.push(t.elapsed());

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use cortex_artifacts as art;
 use cortex_host::capabilities::AgentError;
-use cortex_host::runtime::{AgentContext, EngineConfig, Limits, Module, Runtime, wasmtime_config};
+use cortex_host::runtime::{AgentContext, CompileConfig, EngineConfig, Limits, Module, Runtime, wasmtime_config};
 use cortex_host::store::{DocumentStore, EmbeddedStore, Scope};
 use criterion::{Criterion, criterion_group, criterion_main};
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker, ResourceTable};
@@ -42,7 +42,10 @@ fn tokio() -> tokio::runtime::Runtime {
 }
 
 fn engine_config() -> EngineConfig {
-    EngineConfig { max_instances: 64, ..EngineConfig::default() }
+    // A bench harness cannot be its own compile child: this crate's `cortex-bench-compile` is.
+    let compile =
+        CompileConfig { program: Some(env!("CARGO_BIN_EXE_cortex-bench-compile").into()), ..Default::default() };
+    EngineConfig { max_instances: 64, compile, ..EngineConfig::default() }
 }
 
 struct Cortex {

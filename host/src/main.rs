@@ -33,6 +33,10 @@ enum Command {
     /// Talk to a running server (CORTEX_URL, CORTEX_TOKEN).
     #[command(flatten)]
     Client(cortex_host::cli::client::ClientCommand),
+    /// Internal: compile one component (stdin) into an artifact (stdout) under the limits
+    /// the parent host set; run by the host itself, in a child process.
+    #[command(name = "__compile", hide = true)]
+    Compile,
 }
 
 #[derive(clap::Args)]
@@ -89,6 +93,9 @@ struct RunArgs {
     /// Wall-clock limit, e.g. 500ms or 5s.
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
+    /// Longest the compilation may take, e.g. 30s (default 120s).
+    #[arg(long, value_parser = parse_duration)]
+    compile_timeout: Option<Duration>,
     /// Data directory: documents and the compiled-artifact cache.
     #[arg(long, env = "CORTEX_DATA", default_value = ".cortex")]
     data: PathBuf,
@@ -112,6 +119,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Command::Compile = cli.command {
+        // No async runtime, no threads of ours: the child only compiles.
+        return cortex_host::runtime::child_main();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -124,6 +135,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => rt.block_on(serve(args)),
         Command::Token(args) => token(args),
         Command::Client(cmd) => rt.block_on(cmd.run()),
+        Command::Compile => Ok(cortex_host::runtime::child_main()),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
@@ -219,7 +231,11 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     cortex_host::fsutil::prepare_data_dir(&args.data)
         .with_context(|| format!("cannot prepare the data directory {}", args.data.display()))?;
-    let runtime = Runtime::new(EngineConfig::default(), Some(&args.data.join("cache")))?;
+    let mut engine = EngineConfig::default();
+    if let Some(t) = args.compile_timeout {
+        engine.compile_timeout = t;
+    }
+    let runtime = Runtime::new(engine, Some(&args.data.join("cache")))?;
     let store = EmbeddedStore::open(&args.data.join("store"))?;
     let module = match runtime.load(&bytes).await {
         Ok(m) => m,

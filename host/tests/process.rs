@@ -108,6 +108,35 @@ fn run_of_a_core_module_exits_3_with_not_a_component() {
     assert!(stderr.contains("error[not_a_component]"), "{stderr}");
 }
 
+#[test]
+fn run_of_a_compile_bomb_exits_3_with_compile_timeout() {
+    // Within every static bound, but far beyond 300 ms to compile: `cortex run` answers
+    // the timeout and exits (it used to print it and hang on the compile thread).
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = dir.path().join("bomb.wasm");
+    std::fs::write(&bomb, art::bombs::quadratic(4_000, 10_000)).unwrap();
+    let data = dir.path().join("data");
+    let mut child = cortex(&["run", bomb.to_str().unwrap(), "--compile-timeout", "300ms"])
+        .args(["--data", data.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A guard against the old hang, not a timing assertion: the bound is minutes away.
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > until {
+            child.kill().unwrap();
+            panic!("cortex run did not exit after the compile timeout");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("error[compile_timeout]"), "{stderr}");
+}
+
 /// A `cortex serve` child process on 127.0.0.1:0.
 struct Serve {
     child: Child,

@@ -851,3 +851,126 @@ async fn concurrent_deploys_cannot_exceed_the_agents_quota() {
     assert_eq!(agents.as_array().unwrap().len(), created);
     assert_eq!(created, 1, "{created} agents deployed at once under a quota of 1");
 }
+
+/// Files under the data dir whose name starts with `digest` (its bytes and its artifact).
+fn files_of(dir: &std::path::Path, digest: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if e.file_name().to_string_lossy().starts_with(digest) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Bytes of every file under `dir`.
+fn du(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        total += if p.is_dir() { du(&p) } else { e.metadata().unwrap().len() };
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_module_frees_its_bytes_artifact_and_loaded_module() {
+    let s = Server::start().await;
+    let dev = s.developer_in("acme").await;
+    let kv = s.upload(&dev, art::KV).await;
+    let files = files_of(s.dir.path(), &kv);
+    let names: Vec<String> = files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, [format!("{kv}.cwasm"), format!("{kv}.wasm")], "{files:?}");
+    assert!(s.state.module_cached(&kv));
+
+    let r = s.req(Method::DELETE, &format!("/v1/modules/{kv}"), &dev).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(files_of(s.dir.path(), &kv), Vec::<std::path::PathBuf>::new());
+    assert!(!s.state.module_cached(&kv));
+    assert_eq!(s.get_json(&dev, "/v1/modules").await, json!([]));
+    // Uploaded again, it is whole again and runs.
+    assert_eq!(s.upload(&dev, art::KV).await, kv);
+    s.deploy(&dev, "svc", &kv, json!({})).await;
+    assert_eq!(s.invoke_ok(&dev, "svc", "config:x").await, "none");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_delete_cycles_under_a_small_quota_leave_the_data_dir_as_it_was() {
+    let s = Server::start().await;
+    let paths = [art::KV, art::COUNTER, art::HELLO];
+    let largest = paths.iter().map(|p| std::fs::metadata(p).unwrap().len()).max().unwrap();
+    // Room for one module at a time.
+    s.tenant_with("t", Some(Quotas { module_bytes: largest, ..Quotas::default() })).await;
+    let dev = s.token(Some("t"), Role::Developer);
+    let modules = s.dir.path().join("modules");
+    let cache = s.dir.path().join("cache");
+    let before = (du(&modules), du(&cache));
+    for round in 0..2 {
+        for path in paths {
+            let d = s.upload(&dev, path).await;
+            assert!(du(&cache) > before.1, "round {round}: {path} was not cached");
+            let r = s.req(Method::DELETE, &format!("/v1/modules/{d}"), &dev).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::NO_CONTENT);
+            assert_eq!((du(&modules), du(&cache)), before, "round {round}: {path} left files behind");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_shared_by_two_tenants_is_freed_with_the_last_record() {
+    let s = Server::start().await;
+    let a = s.developer_in("a").await;
+    let b = s.developer_in("b").await;
+    let kv = s.upload(&a, art::KV).await;
+    assert_eq!(s.upload(&b, art::KV).await, kv);
+    let files = files_of(s.dir.path(), &kv);
+    assert_eq!(files.len(), 2, "{files:?}");
+
+    // `a` deletes its record: `b`'s still names the bytes, so they stay and `b` deploys.
+    let r = s.req(Method::DELETE, &format!("/v1/modules/{kv}"), &a).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(files_of(s.dir.path(), &kv), files);
+    s.deploy(&b, "svc", &kv, json!({})).await;
+    assert_eq!(s.invoke_ok(&b, "svc", "config:x").await, "none");
+
+    // Deleting tenant `b` deletes its last record: the files go.
+    let r = s.req(Method::DELETE, "/v1/tenants/b", &s.admin()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(files_of(s.dir.path(), &kv), Vec::<std::path::PathBuf>::new());
+    assert!(!s.state.module_cached(&kv));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_that_outlasts_the_compile_bound_is_refused_and_its_compile_stopped() {
+    // `hello` deployed and compiled with the default bounds first, so that checking the
+    // host still serves depends on no bound.
+    let s = Server::start().await;
+    let dev = s.developer_in("acme").await;
+    let hello = s.upload(&dev, art::HELLO).await;
+    s.deploy(&dev, "hi", &hello, json!({})).await;
+    let dir = s.stop().await;
+    // A compile bomb within every static bound, against a 300 ms compile timeout (memory
+    // out of reach): the upload is refused, the compile child killed, the host serves on.
+    let s = Server::start_in(dir, |c| {
+        c.engine.compile_timeout = Duration::from_millis(300);
+        c.engine.compile.memory_bytes = 64 << 30;
+    })
+    .await;
+    let bomb = cortex_artifacts::bombs::quadratic(4_000, 10_000);
+    let upload = s.req(Method::POST, "/v1/modules", &dev).body(bomb).send();
+    let (r, seen) = crate::common::watching_children(upload).await;
+    let r = answer(r.unwrap()).await;
+    assert_eq!((r.status, r.code.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "compile_timeout"), "{}", r.text);
+    crate::common::assert_children_gone(&seen);
+    let modules = s.get_json(&dev, "/v1/modules").await;
+    assert_eq!(modules.as_array().unwrap().len(), 1, "{modules}");
+    assert_eq!(modules[0]["digest"], hello.as_str());
+    assert_eq!(s.invoke_ok(&dev, "hi", "again").await, "Hello, again!");
+}

@@ -1,9 +1,12 @@
 //! Each class of bad component is refused at load with a typed reason; good ones are cached.
+//! Compile bombs are refused by static bounds, or stopped by the compile child's limits.
 
-use cortex_artifacts as art;
-use cortex_host::runtime::{LoadError, Runtime, World};
+use std::time::Duration;
 
-use crate::common::{Sandbox, engine_config, limits, text};
+use cortex_artifacts::{self as art, bombs};
+use cortex_host::runtime::{CompileConfig, EngineConfig, LoadError, Runtime, World};
+
+use crate::common::{Sandbox, assert_children_gone, compile_config, engine_config, limits, text, watching_children};
 
 async fn refuse(sb: &Sandbox, bytes: &[u8]) -> LoadError {
     match sb.runtime.load(bytes).await {
@@ -60,6 +63,8 @@ async fn rejects_component_with_unknown_import() {
     let e = refuse(&sb, &std::fs::read(art::FOREIGN_IMPORT).unwrap()).await;
     assert_eq!(e.code(), "unknown_import");
     assert!(e.to_string().contains("evil:backdoor/shell"), "{e}");
+    // It was compiled, then refused: its artifact is not kept.
+    assert!(walk(&sb.dir.path().join("cache")).iter().all(|p| p.extension().is_none_or(|e| e != "cwasm")));
 }
 
 #[tokio::test]
@@ -133,4 +138,88 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
     }
     out
+}
+
+/// A runtime whose compile bounds are `compile` (timeout `timeout`), nothing else changed.
+fn bounded(dir: &std::path::Path, timeout: Duration, compile: CompileConfig) -> Runtime {
+    let cfg = EngineConfig { compile_timeout: timeout, compile, ..engine_config() };
+    Runtime::new(cfg, Some(&dir.join("cache"))).unwrap()
+}
+
+/// Load `bytes` on `rt` while watching for the compile child; returns the refusal and the
+/// pids of the children seen while it ran.
+async fn refuse_watching(rt: &Runtime, bytes: &[u8]) -> (LoadError, Vec<u32>) {
+    match watching_children(rt.load(bytes)).await {
+        (Ok(m), _) => panic!("expected a refusal, loaded {m:?}"),
+        (Err(e), seen) => (e, seen),
+    }
+}
+
+/// A runtime with the test's compile bounds, on a cache that already holds `hello` (compiled
+/// with the default bounds), so that checking it still serves depends on no bound.
+async fn bounded_with_hello(dir: &std::path::Path, timeout: Duration, compile: CompileConfig) -> Runtime {
+    let hello = std::fs::read(art::HELLO).unwrap();
+    Runtime::new(engine_config(), Some(&dir.join("cache"))).unwrap().load(&hello).await.unwrap();
+    bounded(dir, timeout, compile)
+}
+
+/// Nothing of a refused compile is left, and the same runtime still admits and runs a
+/// good component.
+async fn assert_stopped_and_serving(rt: &Runtime, seen: &[u32]) {
+    assert_children_gone(seen);
+    let hello = rt.load(&std::fs::read(art::HELLO).unwrap()).await.unwrap();
+    assert!(hello.from_cache);
+    let sb = Sandbox::new();
+    assert_eq!(text(&rt.invoke(&hello, &sb.agent("t", "a"), &limits(), b"after").await), "Hello, after!");
+}
+
+#[tokio::test]
+async fn obvious_compile_bombs_are_refused_before_compiling() {
+    let sb = Sandbox::new();
+    // Over the default 10,000 locals in one function.
+    let e = refuse(&sb, &bombs::component(&[bombs::body(20_000, &[])])).await;
+    assert_eq!(e.code(), "too_many_locals", "{e}");
+    assert!(e.to_string().contains("20000 locals, over the limit of 10000"), "{e}");
+    // One function over the default 2 MiB.
+    let e = refuse(&sb, &bombs::long_function(3 << 20)).await;
+    assert_eq!(e.code(), "function_too_large", "{e}");
+    assert!(e.to_string().contains("over the limit of 2097152"), "{e}");
+    // Nothing was compiled, so nothing was cached.
+    assert!(walk(&sb.dir.path().join("cache")).iter().all(|p| p.extension().is_none_or(|e| e != "cwasm")));
+
+    // Total code and function count, with limits of the test's choosing.
+    let dir = tempfile::tempdir().unwrap();
+    let compile = CompileConfig { max_functions: 10, max_code_bytes: 1000, ..compile_config() };
+    let rt = bounded(dir.path(), Duration::from_secs(600), compile);
+    let e = rt.load(&bombs::component(&vec![bombs::body(0, &[]); 11])).await.unwrap_err();
+    assert_eq!(e.code(), "too_many_functions", "{e}");
+    let e =
+        rt.load(&bombs::component(&[bombs::body(0, &[0x01; 600]), bombs::body(0, &[0x01; 600])])).await.unwrap_err();
+    assert_eq!(e.code(), "code_too_large", "{e}");
+}
+
+#[tokio::test]
+async fn a_compile_over_its_time_bound_is_refused_and_its_child_killed() {
+    // Within every static bound (40 KB, 4,000 locals), but about 40 million values to
+    // compile: far beyond 300 ms. Memory is out of reach, so only the time bound can trip.
+    let bomb = bombs::quadratic(4_000, 10_000);
+    let dir = tempfile::tempdir().unwrap();
+    let compile = CompileConfig { memory_bytes: 64 << 30, ..compile_config() };
+    let rt = bounded_with_hello(dir.path(), Duration::from_millis(300), compile).await;
+    let (e, seen) = refuse_watching(&rt, &bomb).await;
+    assert_eq!(e.code(), "compile_timeout", "{e}");
+    assert_stopped_and_serving(&rt, &seen).await;
+}
+
+#[tokio::test]
+async fn a_compile_over_its_memory_bound_is_refused_and_its_child_gone() {
+    // Within every static bound (400 KB, 4,000 locals), but its compilation needs about
+    // 2 GB; time is out of reach, so only the 512 MiB memory bound can trip.
+    let bomb = bombs::locals_across_blocks(4_000, 40_000);
+    let dir = tempfile::tempdir().unwrap();
+    let compile = CompileConfig { memory_bytes: 512 << 20, ..compile_config() };
+    let rt = bounded_with_hello(dir.path(), Duration::from_secs(3600), compile).await;
+    let (e, seen) = refuse_watching(&rt, &bomb).await;
+    assert_eq!(e.code(), "compile_memory", "{e}");
+    assert_stopped_and_serving(&rt, &seen).await;
 }

@@ -31,6 +31,8 @@ impl Drop for Served {
 /// Serve `cfg` (its quotas raised out of the way) on 127.0.0.1, with the `demo` tenant and
 /// `deploys` (`NAME=PATH`) deployed in it.
 pub async fn serve(mut cfg: ServerConfig, deploys: &[String]) -> Served {
+    // A bench harness cannot be its own compile child: this crate's `cortex-bench-compile` is.
+    cfg.engine.compile.program = Some(env!("CARGO_BIN_EXE_cortex-bench-compile").into());
     cfg.quotas = Quotas {
         invocations_per_second: 1_000_000,
         burst: 1_000_000,

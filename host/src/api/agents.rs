@@ -77,6 +77,9 @@ pub async fn upload_module(
         ));
     }
     let module = st.runtime.load(&bytes).await?;
+    // From the bytes to the record, a concurrent delete of the same digest (by another
+    // tenant) cannot free the files this record is about to name.
+    let _files = st.module_files().await;
     st.save_module_bytes(&d, &bytes)?;
     let rec = ModuleRecord {
         tenant: t.name.clone(),
@@ -140,7 +143,9 @@ pub async fn delete_module(
     if st.module_in_use(&t.name, &d) {
         return Err(ApiError::Conflict { code: "module_in_use", message: format!("an agent uses module {d}") });
     }
-    st.registry.delete(RecordKind::Module, &scoped(&t.name, &d)).await?;
+    // The record, and the bytes, artifact and loaded module unless another tenant's record
+    // names the same digest.
+    st.delete_module(&t.name, &d).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

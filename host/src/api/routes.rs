@@ -186,7 +186,7 @@ pub async fn delete_tenant(
         crate::coordination::forget(&st.registry, &a.tenant, &a.name).await?;
     }
     for m in st.registry.list::<ModuleRecord>(RecordKind::Module, &prefix).await? {
-        st.registry.delete(RecordKind::Module, &scoped(&m.tenant, &m.digest)).await?;
+        st.delete_module(&m.tenant, &m.digest).await?;
     }
     for k in st.registry.list::<ApiKeyRecord>(RecordKind::ApiKey, "").await? {
         if k.tenant == name {

@@ -17,7 +17,9 @@ use crate::config::ServerConfig;
 use crate::coordination::{self, Delivery, DispatchSettings, Host, Mailbox, MailboxSettings, Watcher, mailbox};
 use crate::registry::{AgentRecord, AgentStatus, Quotas, Registry, Tenant, now_ms};
 pub use crate::runtime::LogLine;
-use crate::runtime::{AgentContext, Export, Limits, LogRing, Module, Outcome, Report, Runtime};
+use crate::runtime::{
+    AgentContext, Export, Limits, LogRing, Module, ModuleCache, Outcome, Report, Runtime, module_cache,
+};
 use crate::store::{RecordKind, Store};
 use crate::telemetry::Metrics;
 
@@ -100,7 +102,9 @@ pub struct AppState {
     /// Prometheus metrics.
     pub metrics: Metrics,
     modules_dir: PathBuf,
-    modules: Mutex<HashMap<String, Arc<Module>>>,
+    modules: ModuleCache,
+    /// Held while module files are written or freed (see [`AppState::delete_module`]).
+    module_files: tokio::sync::Mutex<()>,
     agents: RwLock<HashMap<String, Arc<Deployed>>>,
     watchers: Mutex<HashMap<String, Watcher>>,
     dispatch: DispatchSettings,
@@ -227,6 +231,7 @@ impl AppState {
             Arc::new(move |op, d: Duration| latency.with_label_values(&[op]).observe(d.as_secs_f64()));
         let store: Arc<dyn Store> = Arc::new(crate::store::Instrumented::new(store, observe));
         let mailbox_settings = config.messaging.mailbox();
+        let modules = ModuleCache::new(config.engine.module_cache_bytes);
         Ok(Self {
             config,
             runtime,
@@ -235,7 +240,8 @@ impl AppState {
             limiters: Limiters::default(),
             metrics,
             modules_dir,
-            modules: Mutex::new(HashMap::new()),
+            modules,
+            module_files: tokio::sync::Mutex::new(()),
             agents: RwLock::new(HashMap::new()),
             watchers: Mutex::new(HashMap::new()),
             dispatch: DispatchSettings::default(),
@@ -323,6 +329,13 @@ impl AppState {
         self.modules_dir.join(format!("{digest}.wasm"))
     }
 
+    /// Held by an upload from saving its bytes until its record is written, and by a delete
+    /// from removing the record until the files are freed: a delete never frees the files of
+    /// a record being written.
+    pub async fn module_files(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.module_files.lock().await
+    }
+
     /// Keep an uploaded module's bytes (durably, before its record is written).
     pub fn save_module_bytes(&self, digest: &str, bytes: &[u8]) -> ApiResult<()> {
         let path = self.module_path(digest);
@@ -340,15 +353,45 @@ impl AppState {
         write().map_err(|e| ApiError::Internal(format!("saving module {digest}: {e}")))
     }
 
-    /// Remember a loaded module.
+    /// Remember a loaded module (in the LRU of `[engine] module_cache_bytes`).
     pub fn cache_module(&self, module: Arc<Module>) {
-        self.modules.lock().unwrap_or_else(PoisonError::into_inner).insert(module.digest.clone(), module);
+        self.modules.insert(&module.digest.clone(), module.clone(), module_cache::weight(&module));
+    }
+
+    /// Whether the loaded module for `digest` is in memory (deployed agents hold their own).
+    pub fn module_cached(&self, digest: &str) -> bool {
+        self.modules.contains(digest)
+    }
+
+    /// Delete `tenant`'s module `digest` and free what no other record uses.
+    ///
+    /// Modules are per-tenant records, but their bytes (`DATA/modules/<digest>.wasm`), the
+    /// compiled artifact and the loaded module are shared by digest: two tenants uploading
+    /// the same component share them, and each counts its size in its own `module_bytes`.
+    /// So the files and the loaded module go when the last record naming the digest goes
+    /// (checked under [`Self::module_files`], which uploads hold until their record exists).
+    pub async fn delete_module(&self, tenant: &str, digest: &str) -> ApiResult<()> {
+        let _files = self.module_files().await;
+        self.registry.delete(RecordKind::Module, &crate::registry::scoped(tenant, digest)).await?;
+        let records = self.registry.store().record_list(RecordKind::Module, "").await?;
+        if records.iter().any(|(k, _)| k.rsplit_once('/').is_some_and(|(_, d)| d == digest)) {
+            return Ok(());
+        }
+        self.modules.remove(digest);
+        self.runtime.forget_artifact(digest);
+        match std::fs::remove_file(self.module_path(digest)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(digest, error = %e, "cannot remove a deleted module's bytes");
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// The loaded module for `digest` (from memory, else from disk through the artifact cache).
     pub async fn module(&self, digest: &str) -> ApiResult<Arc<Module>> {
-        if let Some(m) = self.modules.lock().unwrap_or_else(PoisonError::into_inner).get(digest) {
-            return Ok(m.clone());
+        if let Some(m) = self.modules.get(digest) {
+            return Ok(m);
         }
         let bytes = std::fs::read(self.module_path(digest))
             .map_err(|e| ApiError::Internal(format!("module {digest} is registered but unreadable: {e}")))?;

@@ -105,6 +105,14 @@ impl ArtifactCache {
         }
         std::fs::rename(&tmp, self.path(digest))
     }
+
+    /// Remove the artifact for `digest`, if there is one.
+    pub fn remove(&self, digest: &str) -> std::io::Result<()> {
+        match std::fs::remove_file(self.path(digest)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -145,5 +153,16 @@ mod tests {
         cache.write("d3", b"x").unwrap();
         std::fs::copy(cache.path("d3"), cache2.path("d3")).unwrap();
         assert_eq!(cache2.read("d3"), None);
+    }
+
+    #[test]
+    fn a_removed_artifact_is_gone_and_removing_twice_is_fine() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::open(dir.path(), &Engine::default()).unwrap();
+        cache.write("d1", b"payload").unwrap();
+        cache.remove("d1").unwrap();
+        assert!(!cache.path("d1").exists());
+        assert_eq!(cache.read("d1"), None);
+        cache.remove("d1").unwrap();
     }
 }

@@ -27,9 +27,14 @@ pub struct EngineConfig {
     pub table_keep_resident: usize,
     /// Deepest wasm stack, in bytes.
     pub max_wasm_stack: usize,
-    /// Longest a compilation of an upload may take.
+    /// Longest a compilation of an upload may take (its child process is killed then).
     #[serde(with = "duration_ms")]
     pub compile_timeout: Duration,
+    /// Bounds of compiling an upload (`[engine.compile]`).
+    pub compile: super::CompileConfig,
+    /// Bytes of loaded modules kept in memory (least recently used out first); modules of
+    /// deployed agents stay loaded regardless.
+    pub module_cache_bytes: u64,
     /// Meter guest execution with fuel (the `fuel` limit). Off only to measure its cost.
     pub fuel_metering: bool,
     /// Interrupt guest code at the deadline with epochs. Off only to measure its cost:
@@ -49,6 +54,8 @@ impl Default for EngineConfig {
             table_keep_resident: 64 << 10,
             max_wasm_stack: 512 << 10,
             compile_timeout: Duration::from_secs(120),
+            compile: super::CompileConfig::default(),
+            module_cache_bytes: 1 << 30,
             fuel_metering: true,
             epoch_interruption: true,
         }

@@ -1,17 +1,19 @@
 //! The sandbox: one engine per node, one store per invocation, hard limits on each.
 //!
-//! [`Runtime::load`] admits a component (header, compile under a time bound, cache,
-//! imports, exports) and prepares an `InstancePre`. [`Runtime::invoke`] runs one export in
+//! [`Runtime::load`] admits a component (header, static code bounds, compile in a bounded
+//! child process or from the cache, imports, exports) and prepares an `InstancePre`. [`Runtime::invoke`] runs one export in
 //! a fresh store with fuel, an epoch deadline, memory/table/instance limits, a host-call
 //! budget and a bounded log, and always returns a typed [`Outcome`] with [`Stats`].
 
 mod cache;
+pub mod compiler;
 mod config;
 pub mod deadline;
 mod engine;
 mod limiter;
 pub mod logbuf;
 pub mod logring;
+pub mod module_cache;
 mod outcome;
 pub mod validate;
 
@@ -22,17 +24,19 @@ use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use tracing::Instrument;
-use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker, ResourceTable};
+use wasmtime::component::{ComponentExportIndex, InstancePre, Linker, ResourceTable};
 use wasmtime::{Engine, Store, UpdateDeadline};
 
 pub use self::cache::{ArtifactCache, engine_fingerprint};
+pub use self::compiler::{CompileConfig, child_main};
 pub use self::config::{EngineConfig, Limits};
 pub use self::engine::{Ticker, build_engine, wasmtime_config};
 pub use self::limiter::{LimitExceeded, Limiter};
 pub use self::logbuf::{LogRecord, Logs};
 pub use self::logring::{LogLine, LogRing};
+pub use self::module_cache::ModuleCache;
 pub use self::outcome::{Outcome, Stats};
-pub use self::validate::{Shape, World};
+pub use self::validate::{CodeBound, Shape, World};
 
 use self::logbuf::LogSink;
 use self::outcome::FailureContext;
@@ -94,6 +98,12 @@ pub enum LoadError {
     /// Compilation took longer than the configured bound.
     #[error("compilation took longer than {0:?}")]
     CompileTimeout(std::time::Duration),
+    /// Compilation needed more memory than the configured bound.
+    #[error("compilation needs more than {0} bytes of memory")]
+    CompileMemory(u64),
+    /// The code exceeds a static bound; nothing was compiled.
+    #[error(transparent)]
+    CodeBound(#[from] CodeBound),
     /// The host failed (not the component's fault).
     #[error("internal error while loading: {0}")]
     Internal(String),
@@ -112,6 +122,8 @@ impl LoadError {
             LoadError::MissingExport { .. } => "missing_export",
             LoadError::WrongExportType { .. } => "wrong_export_type",
             LoadError::CompileTimeout(_) => "compile_timeout",
+            LoadError::CompileMemory(_) => "compile_memory",
+            LoadError::CodeBound(b) => b.code(),
             LoadError::Internal(_) => "internal",
         }
     }
@@ -141,6 +153,8 @@ pub struct Module {
     pub shape: Shape,
     /// Whether the compiled code came from the artifact cache.
     pub from_cache: bool,
+    /// Size of its compiled artifact (about what its code takes in memory).
+    pub compiled_size: usize,
     pre: InstancePre<HostState>,
     handle: ComponentExportIndex,
     init: Option<ComponentExportIndex>,
@@ -238,14 +252,17 @@ pub struct Report {
 pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
-    cache: Option<ArtifactCache>,
+    compiler: compiler::Compiler,
     config: EngineConfig,
     _ticker: Ticker,
 }
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("config", &self.config).field("cache", &self.cache).finish_non_exhaustive()
+        f.debug_struct("Runtime")
+            .field("config", &self.config)
+            .field("compiler", &self.compiler)
+            .finish_non_exhaustive()
     }
 }
 
@@ -296,8 +313,9 @@ impl Runtime {
         let engine = build_engine(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let linker = capabilities::linker(&engine).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let cache = cache_dir.map(|d| ArtifactCache::open(d, &engine)).transpose().map_err(RuntimeError::Cache)?;
+        let compiler = compiler::Compiler::new(engine.clone(), config.clone(), cache);
         let ticker = Ticker::start(engine.clone(), config.epoch_tick).map_err(RuntimeError::Ticker)?;
-        Ok(Self { engine, linker, cache, config, _ticker: ticker })
+        Ok(Self { engine, linker, compiler, config, _ticker: ticker })
     }
 
     /// The node's engine.
@@ -310,52 +328,38 @@ impl Runtime {
         &self.config
     }
 
-    async fn compile(&self, digest: &str, bytes: &[u8]) -> Result<(Component, bool), LoadError> {
-        if let Some(cached) = self.cache.as_ref().and_then(|c| c.read(digest)) {
-            // SAFETY: `read` returns only bytes this cache wrote itself (HMAC-verified under
-            // a key private to this data directory), which came from `Component::serialize`
-            // on an engine with the same compatibility hash (the folder is keyed by it).
-            match unsafe { Component::deserialize(&self.engine, &cached) } {
-                Ok(c) => return Ok((c, true)),
-                Err(e) => tracing::warn!(digest, error = %e, "cached artifact unusable; recompiling"),
-            }
-        }
-        let engine = self.engine.clone();
-        let owned = bytes.to_vec();
-        let job = tokio::task::spawn_blocking(move || Component::new(&engine, &owned));
-        let component = match tokio::time::timeout(self.config.compile_timeout, job).await {
-            Err(_) => return Err(LoadError::CompileTimeout(self.config.compile_timeout)),
-            Ok(Err(join)) => return Err(LoadError::Internal(format!("compiler task failed: {join}"))),
-            Ok(Ok(Err(e))) => return Err(LoadError::Invalid(format!("{e:#}"))),
-            Ok(Ok(Ok(c))) => c,
-        };
-        if let Some(cache) = &self.cache {
-            match component.serialize() {
-                Ok(art) => {
-                    if let Err(e) = cache.write(digest, &art) {
-                        tracing::warn!(digest, error = %e, "cannot write the compiled artifact to the cache");
-                    }
-                }
-                Err(e) => tracing::warn!(digest, error = %e, "cannot serialize a compiled component"),
-            }
-        }
-        Ok((component, false))
+    /// Remove the cached artifact of `digest` (its module was deleted).
+    pub fn forget_artifact(&self, digest: &str) {
+        self.compiler.forget(digest);
     }
 
     /// Admit a component: refuse anything that is not an agent this host can serve.
     pub async fn load(&self, bytes: &[u8]) -> Result<Arc<Module>, LoadError> {
         validate::check_header(bytes)?;
         let digest = digest(bytes);
-        let (component, from_cache) = self.compile(&digest, bytes).await?;
-        let shape = validate::check_component(&self.engine, &component)?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::ImportMismatch(format!("{e:#}")))?;
+        let mut compiled = self.compiler.compile(&digest, bytes).await?;
+        let (component, from_cache, compiled_size) = (&compiled.component, compiled.from_cache, compiled.artifact_len);
+        let shape = validate::check_component(&self.engine, component)?;
+        let pre = self.linker.instantiate_pre(component).map_err(|e| LoadError::ImportMismatch(format!("{e:#}")))?;
         let index = |name: &str| component.get_export_index(None, name);
         let handle = index("handle")
             .ok_or_else(|| LoadError::MissingExport { name: "handle".into(), found: shape.exports.join(", ") })?;
         let init = if shape.has_init { index("init") } else { None };
         let on_change = if shape.has_on_change { index("on-change") } else { None };
+        // Only an admitted component's artifact is cached: a refused upload leaves nothing.
+        self.compiler.keep(&digest, &mut compiled);
         tracing::debug!(digest, from_cache, world = ?shape.world, "component admitted");
-        Ok(Arc::new(Module { digest, size: bytes.len(), shape, from_cache, pre, handle, init, on_change }))
+        Ok(Arc::new(Module {
+            digest,
+            size: bytes.len(),
+            shape,
+            from_cache,
+            compiled_size,
+            pre,
+            handle,
+            init,
+            on_change,
+        }))
     }
 
     /// Call `handle(input)` once in a fresh sandbox.

@@ -2,13 +2,18 @@
 //! serves, and does it export what an agent must?
 //!
 //! Every refusal is a [`LoadError`] with a stable code and a message naming the reason
-//! (the import, the export, the expected and found types).
+//! (the import, the export, the expected and found types, the bound and the size found).
+//!
+//! Before anything is compiled, [`check_code`] reads the code sections of every core module
+//! in the component (a parse, no validation, no compilation) and refuses what would cost
+//! too much to compile: see [`CodeBound`] and `[engine.compile]`.
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
 use wasmtime::component::types::{ComponentFunc, ComponentItem, Type};
 
 use super::LoadError;
+use super::compiler::CompileConfig;
 use crate::capabilities::{SERVED_INTERFACES, UNSERVED_INTERFACES};
 
 /// WASI preview 2 packages linked in (deny-by-default at run time).
@@ -48,6 +53,120 @@ pub fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
         [_, _, 1, 0] => Ok(()),
         _ => Err(LoadError::NotAComponent("unknown WebAssembly binary version".into())),
     }
+}
+
+/// A static bound on an upload's code, exceeded: the component is refused before it is
+/// compiled. Each variant has a stable [`code`](CodeBound::code).
+#[derive(Debug, thiserror::Error)]
+pub enum CodeBound {
+    /// One function body is larger than `max_function_bytes`.
+    #[error("function {function} of core module {module} has a body of {size} bytes, over the limit of {limit}")]
+    FunctionTooLarge {
+        /// Which core module of the component (1 for the first with code).
+        module: usize,
+        /// Index of the function among the module's bodies.
+        function: u64,
+        /// Its size.
+        size: u64,
+        /// The bound.
+        limit: u64,
+    },
+    /// One function declares more locals than `max_function_locals`.
+    #[error("function {function} of core module {module} declares {count} locals, over the limit of {limit}")]
+    TooManyLocals {
+        /// Which core module of the component (1 for the first with code).
+        module: usize,
+        /// Index of the function among the module's bodies.
+        function: u64,
+        /// Locals declared.
+        count: u64,
+        /// The bound.
+        limit: u64,
+    },
+    /// All function bodies together are larger than `max_code_bytes`.
+    #[error("the component has more than {limit} bytes of code")]
+    CodeTooLarge {
+        /// The bound.
+        limit: u64,
+    },
+    /// More function bodies than `max_functions`.
+    #[error("the component has more than {limit} functions")]
+    TooManyFunctions {
+        /// The bound.
+        limit: u64,
+    },
+}
+
+impl CodeBound {
+    /// The stable code of this refusal.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CodeBound::FunctionTooLarge { .. } => "function_too_large",
+            CodeBound::TooManyLocals { .. } => "too_many_locals",
+            CodeBound::CodeTooLarge { .. } => "code_too_large",
+            CodeBound::TooManyFunctions { .. } => "too_many_functions",
+        }
+    }
+}
+
+/// What [`check_code`] measured: the largest of each thing it bounds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CodeSize {
+    /// Bytes of the largest function body.
+    pub largest_function: u64,
+    /// Locals of the function that declares the most.
+    pub most_locals: u64,
+    /// Bytes of all function bodies.
+    pub code_bytes: u64,
+    /// Function bodies.
+    pub functions: u64,
+}
+
+/// Refuse a component whose code exceeds a bound of `cfg`, by parsing its code sections
+/// (nested components and core modules included) without compiling anything.
+pub fn check_code(bytes: &[u8], cfg: &CompileConfig) -> Result<CodeSize, LoadError> {
+    use wasmparser::{Parser, Payload};
+    let invalid = |e: wasmparser::BinaryReaderError| LoadError::Invalid(format!("{e}"));
+    let mut size = CodeSize::default();
+    let mut module = 0usize;
+    let mut function = 0u64;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(invalid)? {
+            Payload::CodeSectionStart { .. } => {
+                module += 1;
+                function = 0;
+            }
+            Payload::CodeSectionEntry(body) => {
+                let bytes = body.range().len() as u64;
+                if bytes > cfg.max_function_bytes {
+                    let limit = cfg.max_function_bytes;
+                    return Err(CodeBound::FunctionTooLarge { module, function, size: bytes, limit }.into());
+                }
+                let mut locals = 0u64;
+                let mut reader = body.get_locals_reader().map_err(invalid)?;
+                for _ in 0..reader.get_count() {
+                    locals += u64::from(reader.read().map_err(invalid)?.0);
+                    if locals > cfg.max_function_locals {
+                        let limit = cfg.max_function_locals;
+                        return Err(CodeBound::TooManyLocals { module, function, count: locals, limit }.into());
+                    }
+                }
+                size.largest_function = size.largest_function.max(bytes);
+                size.most_locals = size.most_locals.max(locals);
+                size.code_bytes += bytes;
+                size.functions += 1;
+                function += 1;
+                if size.code_bytes > cfg.max_code_bytes {
+                    return Err(CodeBound::CodeTooLarge { limit: cfg.max_code_bytes }.into());
+                }
+                if size.functions > cfg.max_functions {
+                    return Err(CodeBound::TooManyFunctions { limit: cfg.max_functions }.into());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(size)
 }
 
 /// Whether an import name is served; `Err` names the import and why it is refused.

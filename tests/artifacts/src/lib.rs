@@ -3,6 +3,7 @@
 //!
 //! One constant per component, named after its directory or file (`huge-memory` ->
 //! [`HUGE_MEMORY`]), holding the absolute path of the `.wasm` component, and [`ALL`].
+//! [`bombs`] generates compile bombs (no build step: they are made to a test's size).
 //!
 //! ```
 //! for (name, path) in cortex_artifacts::ALL {
@@ -11,3 +12,5 @@
 //! ```
 
 include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
+
+pub mod bombs;
