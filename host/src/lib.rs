@@ -2,7 +2,7 @@
 //!
 //! Layers, lowest first: [`store`] (documents behind one async trait), [`runtime`] (the
 //! wasmtime sandbox with hard limits), [`capabilities`] (the host imports agents see).
-//! See `DESIGN.md` in the shared folder for the architecture and `README.md` for usage.
+//! See `README.md` for usage, configuration, the API and the limits.
 
 pub mod api;
 pub mod capabilities;

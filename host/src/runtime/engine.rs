@@ -1,6 +1,6 @@
 //! The one wasmtime [`Engine`] of a node, and the ticker that drives its epochs.
 //!
-//! Settings follow DESIGN.md section 6: component model, async, fuel and epochs on,
+//! Settings, each measured (see the README's architecture notes): component model, async, fuel and epochs on,
 //! concurrency support off (it triples call cost and is only needed for WASIp3), and a
 //! pooling allocator that keeps memory and tables resident and uses `pagemap_scan` to
 //! reset only dirty pages.
