@@ -314,7 +314,9 @@ async fn exit_0_is_ok_and_a_failed_exit_is_an_exit_outcome() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_http_an_exit_is_204_or_422_and_the_fuel_header_counts_a_runaway() {
-    let s = Server::start().await;
+    // Fuel out of reach of the deadline below: the quota's default highest fuel (10 billion)
+    // is burnt by a loop in about a second on a fast machine.
+    let s = Server::start_with(|c| c.quotas.max_fuel = UNLIMITED_FUEL).await;
     let dev = s.developer_in("t").await;
     let hostile = s.upload(&dev, art::HOSTILE).await;
     s.deploy(&dev, "hostile", &hostile, json!({})).await;
@@ -323,10 +325,8 @@ async fn over_http_an_exit_is_204_or_422_and_the_fuel_header_counts_a_runaway() 
     let r = answer(s.req(Method::POST, "/v1/agents/hostile/invoke", &dev).body("exit:3").send().await.unwrap()).await;
     assert_eq!((r.status, r.code.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "exit"), "{}", r.text);
 
-    // The tenant's highest fuel: the deadline trips long before it.
     let bulk = s.upload(&dev, art::BULK_MEMORY).await;
-    let fuel = cortex_host::registry::Quotas::default().max_fuel;
-    s.deploy_with(&dev, "bulk", &bulk, json!({ "limits": { "timeout_ms": 300, "fuel": fuel } })).await;
+    s.deploy_with(&dev, "bulk", &bulk, json!({ "limits": { "timeout_ms": 300, "fuel": UNLIMITED_FUEL } })).await;
     let r = s.req(Method::POST, "/v1/agents/bulk/invoke", &dev).body("l").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
     let header = |n: &str| r.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned).unwrap_or_default();

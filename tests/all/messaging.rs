@@ -187,17 +187,20 @@ async fn calls_reply_and_stop_at_the_depth_limit_and_on_cycles() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callee_runs_within_its_callers_deadline() {
-    let s = Server::start().await;
+    // Fuel out of reach: the quota's default highest fuel (10 billion) is burnt by a spin in
+    // about a second on a fast machine, too close to the deadlines under test.
+    let fuel = u64::MAX / 2;
+    let s = Server::start_with(|c| c.quotas.max_fuel = fuel).await;
     let (dev, m) = acme(&s).await;
     s.deploy_with(&dev, "caller", &m, json!({ "limits": { "timeout_ms": 400 } })).await;
-    // Enough fuel that the spinning callees hit a deadline, never their fuel.
-    let fuel = 10_000_000_000u64;
+    // A caller whose own deadline is out of reach: only the callee's can trip.
+    s.deploy_with(&dev, "patient", &m, json!({ "limits": { "timeout_ms": 60_000, "fuel": fuel } })).await;
     s.deploy_with(&dev, "quick", &m, json!({ "limits": { "timeout_ms": 200, "fuel": fuel } })).await;
-    s.deploy_with(&dev, "slow", &m, json!({ "limits": { "fuel": fuel } })).await;
+    s.deploy_with(&dev, "slow", &m, json!({ "limits": { "timeout_ms": 60_000, "fuel": fuel } })).await;
     // The callee's own limit is shorter: the caller sees deadline-exceeded and goes on.
-    let r = s.invoke_ok(&dev, "caller", "call:quick:spin").await;
+    let r = s.invoke_ok(&dev, "patient", "call:quick:spin").await;
     assert!(r.starts_with("error:messaging-deadline-exceeded:"), "{r}");
-    // The callee may run 5 s, the caller only 400 ms: the callee is cut at the caller's
+    // The callee may run 60 s, the caller only 400 ms: the callee is cut at the caller's
     // deadline (it does not run on), and the caller ends deadline_exceeded.
     let (status, body) = s.invoke(&dev, "caller", "call:slow:spin").await;
     assert_eq!(status, 504, "{body}");
