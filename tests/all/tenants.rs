@@ -216,3 +216,29 @@ async fn each_tenant_admin_reads_its_own_audit_numbers_without_gaps_and_pages_wi
     let only_a = audit_of(&s, &admin, "?tenant=a&action=keys").await;
     assert_eq!(only_a.len(), 3);
 }
+
+/// The audit of a tenant names it as its handler does: a platform-admin's `PATCH` or
+/// `DELETE` of `/v1/tenants/%61cme` acts on `acme`, and its events are in acme's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_percent_encoded_tenant_path_is_audited_in_that_tenants_log() {
+    let s = Server::start().await;
+    let admin = s.admin();
+    s.tenant("acme").await;
+    let id = s.get_json(&admin, "/v1/tenants/acme").await["id"].as_str().unwrap().to_owned();
+    let ta = s.token(Some("acme"), Role::TenantAdmin);
+    let r = s.req(Method::PATCH, "/v1/tenants/%61cme", &admin).json(&json!({"quotas": {"agents": 7}})).send().await;
+    assert_eq!(r.unwrap().status(), StatusCode::OK);
+    assert_eq!(quotas_of(&s, "acme").await.agents, 7);
+    let own = audit_of(&s, &ta, "").await;
+    assert_eq!(own, vec![(1, "PATCH /v1/tenants/{tenant}".to_owned(), id.clone())], "{own:?}");
+
+    let r = s.req(Method::DELETE, "/v1/tenants/%61cme", &admin).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let platform = audit_of(&s, &admin, "?tenant=acme").await;
+    let actions: Vec<_> = platform.iter().map(|(_, a, i)| (a.as_str(), i.as_str())).collect();
+    assert_eq!(
+        actions,
+        vec![("PATCH /v1/tenants/{tenant}", id.as_str()), ("DELETE /v1/tenants/{tenant}", id.as_str())],
+        "{platform:?}"
+    );
+}
