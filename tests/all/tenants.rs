@@ -242,3 +242,54 @@ async fn a_percent_encoded_tenant_path_is_audited_in_that_tenants_log() {
         "{platform:?}"
     );
 }
+
+/// A tenant's deletion cleans up by name (its agents, modules, keys and documents) after its
+/// record is gone: a tenant created again under the name meanwhile must not lose what it
+/// makes to that clean-up. Here the deletion is held in its clean-up (module files are
+/// freed under [`AppState::module_files`]) while the name is created again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_created_again_during_the_old_ones_deletion_keeps_its_own_keys() {
+    let s = Server::start().await;
+    let admin = s.admin();
+    s.tenant("acme").await;
+    let old_admin = s.token(Some("acme"), Role::TenantAdmin);
+    s.upload(&old_admin, art::HELLO).await;
+
+    let files = s.state.module_files().await;
+    let mut changes = s.state.credential_changes();
+    let delete = tokio::spawn(s.req(Method::DELETE, "/v1/tenants/acme", &admin).send());
+    // The record is gone (the node forgets it): the deletion is in its clean-up now.
+    changes.changed().await.unwrap();
+    assert_eq!(s.req(Method::GET, "/v1/tenants/acme", &admin).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+
+    let during = answer(create_acme(&s).await).await;
+    // Either the creation waits for the deletion (409, try again), or whatever it made
+    // survives it: a key made now is checked once the deletion is done.
+    let early_key = if during.status == StatusCode::CREATED { Some(new_key(&s).await) } else { None };
+    if early_key.is_none() {
+        assert_eq!((during.status, during.code.as_str()), (StatusCode::CONFLICT, "tenant_busy"), "{}", during.text);
+    }
+    drop(files);
+    assert_eq!(delete.await.unwrap().unwrap().status(), StatusCode::NO_CONTENT);
+    let key = match early_key {
+        Some(k) => k,
+        None => {
+            assert_eq!(create_acme(&s).await.status(), StatusCode::CREATED);
+            new_key(&s).await
+        }
+    };
+    let r = answer(s.req(Method::GET, "/v1/agents", &key).send().await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK, "the new tenant's key: {}", r.text);
+}
+
+async fn create_acme(s: &Server) -> reqwest::Response {
+    s.req(Method::POST, "/v1/tenants", &s.admin()).json(&json!({"name": "acme"})).send().await.unwrap()
+}
+
+/// A new observer key of tenant `acme`, made by its tenant-admin.
+async fn new_key(s: &Server) -> String {
+    let ta = s.token(Some("acme"), Role::TenantAdmin);
+    let r = s.req(Method::POST, "/v1/keys", &ta).json(&json!({"role": "observer"})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json::<Value>().await.unwrap()["key"].as_str().unwrap().to_owned()
+}
