@@ -68,6 +68,11 @@ async fn a_body_declared_over_the_limit_is_refused_before_it_is_read() {
         assert!(resp.starts_with("HTTP/1.1 413"), "{method} {path} declaring {length} bytes: {resp}");
         assert!(resp.contains("application/problem+json"), "{resp}");
         assert!(resp.contains(r#""code":"body_too_large""#), "{resp}");
+        // The connection closes after the refusal: it announces no keep-alive.
+        let head = resp.to_ascii_lowercase();
+        if head.contains("connection: close") {
+            assert!(!head.contains("keep-alive:"), "{method} {path}: {resp}");
+        }
     }
 }
 
