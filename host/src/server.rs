@@ -330,7 +330,9 @@ where
                 if ended.as_ref().is_some_and(|e| e.0.closing.load(Ordering::Relaxed)) {
                     // Shutting down: the client must not send another request here.
                     resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-                } else if let Some(v) = keep_alive {
+                } else if let Some(v) = keep_alive
+                    && !closes(&resp)
+                {
                     resp.headers_mut().insert(KEEP_ALIVE, v);
                 }
                 if resp.body().size_hint().exact().is_none()
@@ -348,6 +350,12 @@ where
 
 /// The `Keep-Alive` header (RFC 9110 leaves it to HTTP/1.1 practice: `timeout=<seconds>`).
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// Does `resp` close its connection (`Connection: close`, e.g. a 413 sent before the body
+/// was read)? It then announces no keep-alive.
+fn closes(resp: &Response) -> bool {
+    resp.headers().get(header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+}
 
 /// Is `resp` a problem+json already?
 fn is_problem(resp: &Response) -> bool {

@@ -68,6 +68,48 @@ async fn a_body_declared_over_the_limit_is_refused_before_it_is_read() {
         assert!(resp.starts_with("HTTP/1.1 413"), "{method} {path} declaring {length} bytes: {resp}");
         assert!(resp.contains("application/problem+json"), "{resp}");
         assert!(resp.contains(r#""code":"body_too_large""#), "{resp}");
+        // The connection closes after the refusal: it announces no keep-alive.
+        let head = resp.to_ascii_lowercase();
+        if head.contains("connection: close") {
+            assert!(!head.contains("keep-alive:"), "{method} {path}: {resp}");
+        }
+    }
+}
+
+/// A request refused for its role or its tenant header is not waited for either when its
+/// body is declared over the limit: the 403 goes out before a byte of the body is read, as
+/// the 413 of a role that may call the route does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_declaring_a_body_over_the_limit_is_answered_before_it_is_read() {
+    let s = Server::start_with(|c| {
+        c.http.request_timeout_ms = 600_000;
+        c.http.header_timeout_ms = 600_000;
+    })
+    .await;
+    s.tenant("t").await;
+    s.tenant("u").await;
+    let observer = s.token(Some("t"), Role::Observer);
+    let dev = s.token(Some("t"), Role::Developer);
+    let module_limit = s.state.config.http.module_limit_bytes;
+    let body_limit = s.state.config.http.body_limit_bytes;
+    // (method, path, token, tenant header, declared length, code)
+    let cases = [
+        ("POST", "/v1/modules", &observer, "", module_limit + (1 << 20), "forbidden"),
+        ("POST", "/v1/agents", &observer, "", body_limit + 1, "forbidden"),
+        ("POST", "/v1/keys", &dev, "", body_limit + 1, "forbidden"),
+        ("POST", "/v1/agents/a/upgrade", &observer, "", body_limit + 1, "forbidden"),
+        ("POST", "/v1/agents/a%61/invoke", &observer, "", body_limit + 1, "forbidden"),
+        ("POST", "/v1/modules", &dev, "X-Cortex-Tenant: u\r\n", module_limit + (1 << 20), "foreign_tenant"),
+        ("PUT", "/v1/agents/a/config", &dev, "X-Cortex-Tenant: u\r\n", body_limit + 1, "foreign_tenant"),
+    ];
+    for (method, path, token, extra, length, code) in cases {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n{extra}Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+        );
+        let resp = raw(&s, &head).await;
+        let what = format!("{method} {path} {extra} declaring {length} bytes: {resp}");
+        assert!(resp.starts_with("HTTP/1.1 403"), "{what}");
+        assert!(resp.contains(&format!(r#""code":"{code}""#)), "{what}");
     }
 }
 

@@ -403,11 +403,18 @@ fn refusal(st: &AppState, p: &Principal, req: &Request, route: &str) -> Option<A
 /// The response to a request refused before its handler ran. Its body, unread, is read and
 /// dropped first (up to the route's `limit`, within the request timeout): a client still
 /// sending it then reads the refusal, where closing the connection under it would give it a
-/// broken pipe instead. A body declared over the limit is not waited for: the 413 goes out at
-/// once and the connection closes.
+/// broken pipe instead. A body declared over the limit is not waited for: the refusal (413, or
+/// the 403 found before it) goes out at once and the connection closes.
 async fn refuse(e: ApiError, req: Request, limit: usize) -> Response {
     use http_body_util::BodyExt;
-    if matches!(e, ApiError::TooLarge(_)) {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // A body declared over the limit would not be read whole anyway: whatever the refusal
+    // (413, or a 403 found first), it goes out at once, as a 413 does.
+    if matches!(e, ApiError::TooLarge(_)) || declared.is_some_and(|n| n > limit as u64) {
         let mut resp = e.into_response();
         resp.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
         return resp;
@@ -447,10 +454,15 @@ where
     let named = req.headers().get(TENANT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let action = format!("{} {route}", req.method());
     let tenant = match &p {
-        p if p.role == Role::PlatformAdmin && route.starts_with("/v1/tenants") => path
-            .strip_prefix("/v1/tenants/")
-            .map(|s| s.split('/').next().unwrap_or_default().to_owned())
-            .unwrap_or_default(),
+        // The tenant as its handler reads it (percent-decoded): `/v1/tenants/%61cme` is
+        // `acme`, and its events go to acme's log.
+        p if p.role == Role::PlatformAdmin && route.starts_with("/v1/tenants") => {
+            use axum::RequestExt;
+            match req.extract_parts::<axum::extract::Path<std::collections::HashMap<String, String>>>().await {
+                Ok(axum::extract::Path(mut params)) => params.remove("tenant").unwrap_or_default(),
+                Err(_) => String::new(),
+            }
+        }
         p if p.role == Role::PlatformAdmin => named.unwrap_or_default(),
         p => p.tenant.as_deref().unwrap_or_default().to_owned(),
     };

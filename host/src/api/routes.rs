@@ -91,6 +91,7 @@ pub async fn create_tenant(
 ) -> ApiResult<(StatusCode, Json<Tenant>)> {
     authorize(&p, Action::ManageTenants)?;
     check_name("tenant", &body.name)?;
+    let _name = claim_name(&st, &body.name)?;
     let quotas = body.quotas.apply(&st.config.quotas);
     let mut t =
         Tenant::new(body.name, quotas, now_ms()).map_err(|e| ApiError::Internal(format!("random bytes: {e}")))?;
@@ -116,6 +117,15 @@ pub async fn create_tenant(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Claim the tenant name `name` for a creation or deletion (409 `tenant_busy` while another
+/// one of it runs on this node).
+fn claim_name(st: &Arc<AppState>, name: &str) -> ApiResult<crate::api::state::NameClaim> {
+    st.claim_tenant_name(name).ok_or_else(|| ApiError::Conflict {
+        code: "tenant_busy",
+        message: format!("tenant {name:?} is being created or deleted; retry once that is done"),
+    })
 }
 
 pub async fn list_tenants(State(st): St, Extension(p): Extension<Principal>) -> ApiResult<Json<Vec<Tenant>>> {
@@ -171,6 +181,8 @@ pub async fn delete_tenant(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     authorize(&p, Action::ManageTenants)?;
+    // Held until the clean-up below is done: a creation of this name waits for it (409).
+    let _name = claim_name(&st, &name)?;
     let (t, _) = visible_tenant(&st, &p, &name).await?;
     // What is left of it first: a later tenant of this name must know the name was used
     // (its tokens are refused then). Then the record: from then on its credentials are
@@ -189,7 +201,9 @@ pub async fn delete_tenant(
         st.delete_module(&m.tenant, &m.digest).await?;
     }
     for k in st.registry.list::<ApiKeyRecord>(RecordKind::ApiKey, "").await? {
-        if k.tenant == name {
+        // This tenant's keys only (a later tenant of the name, made on another node
+        // meanwhile, keeps its own).
+        if k.tenant == name && (k.tenant_id.is_empty() || k.tenant_id == t.id) {
             st.registry.delete(RecordKind::ApiKey, &k.id).await?;
             st.forget_api_key(&k.id);
         }

@@ -117,6 +117,8 @@ pub struct AppState {
     tenant_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Dead letters being replayed on this node, by record key.
     replaying: Mutex<std::collections::HashSet<String>>,
+    /// Tenant names being created or deleted on this node (see [`AppState::claim_tenant_name`]).
+    tenant_names: Mutex<std::collections::HashSet<String>>,
     tenants: TtlCache<CachedTenant>,
     /// API keys found in the store, by id (revocations on this node forget them at once).
     api_keys: TtlCache<crate::registry::ApiKeyRecord>,
@@ -203,6 +205,18 @@ impl Drop for ReplayClaim {
     }
 }
 
+/// A tenant name being created or deleted (see [`AppState::claim_tenant_name`]).
+pub struct NameClaim {
+    state: Arc<AppState>,
+    name: String,
+}
+
+impl Drop for NameClaim {
+    fn drop(&mut self) {
+        self.state.tenant_names.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.name);
+    }
+}
+
 /// A tenant's record as this node caches it, with the limiter of its current quotas.
 #[derive(Debug)]
 pub struct CachedTenant {
@@ -252,6 +266,7 @@ impl AppState {
             no_callers: Arc::from([]),
             tenant_locks: Mutex::new(HashMap::new()),
             replaying: Mutex::default(),
+            tenant_names: Mutex::default(),
             tenants: TtlCache::default(),
             api_keys: TtlCache::default(),
             credentials: tokio::sync::watch::Sender::new(0),
@@ -323,6 +338,15 @@ impl AppState {
     pub fn claim_replay(self: &Arc<Self>, key: &str) -> Option<ReplayClaim> {
         let fresh = self.replaying.lock().unwrap_or_else(PoisonError::into_inner).insert(key.to_owned());
         fresh.then(|| ReplayClaim { state: self.clone(), key: key.to_owned() })
+    }
+
+    /// Claim the tenant name `name` while a tenant of that name is created or deleted on this
+    /// node; `None` while another creation or deletion of it runs. A deletion keeps the claim
+    /// until everything of the old tenant is gone: its clean-up goes by name, so a tenant
+    /// created again meanwhile would lose its keys, agents, modules and documents to it.
+    pub fn claim_tenant_name(self: &Arc<Self>, name: &str) -> Option<NameClaim> {
+        let fresh = self.tenant_names.lock().unwrap_or_else(PoisonError::into_inner).insert(name.to_owned());
+        fresh.then(|| NameClaim { state: self.clone(), name: name.to_owned() })
     }
 
     fn module_path(&self, digest: &str) -> PathBuf {
