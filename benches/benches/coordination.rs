@@ -118,7 +118,7 @@ async fn change_feed(state: &Arc<AppState>, api: &Api, writes: usize) {
 
     // Baseline: the unavoidable work, the write and then the same agent's `on-change` for
     // it, called in-process (it makes the same write of its own).
-    let d = state.agent("demo", "w").unwrap();
+    let d = state.agents.get("demo", "w").unwrap();
     let q = Quotas::default();
     let mut base = Vec::with_capacity(writes);
     for i in 0..writes {
@@ -126,7 +126,7 @@ async fn change_feed(state: &Arc<AppState>, api: &Api, writes: usize) {
         let key = format!("b{i}");
         let revision = store.put(&scope, "base", &key, "{}", None).await.unwrap();
         let event = ChangeEvent { seq: 0, collection: "base".into(), key, op: ChangeOp::Put, revision };
-        let ctx = state.deployed_context(&d, &q);
+        let ctx = state.agents.deployed_context(&d, &q);
         let r = state.runtime.call(&d.module, &ctx, &Limits::default(), Export::OnChange(&[event])).await;
         assert!(r.outcome.is_ok());
         base.push(t0.elapsed());
@@ -146,7 +146,7 @@ async fn change_feed(state: &Arc<AppState>, api: &Api, writes: usize) {
 async fn messages(state: &Arc<AppState>, api: &Api, n: usize) {
     api.deploy("tx", art::MESSENGER, json!({})).await;
     api.deploy("rx", art::MESSENGER, json!({ "config": { "quiet": "yes" }, "max_concurrency": 16 })).await;
-    let rx = state.agent("demo", "rx").unwrap();
+    let rx = state.agents.get("demo", "rx").unwrap();
     let delivered = || rx.shared.messages_delivered.load(Ordering::Relaxed) as usize;
     // Warm up.
     assert_eq!(api.invoke("tx", "sendn:rx:50").await, "sent");
@@ -177,7 +177,7 @@ async fn messages(state: &Arc<AppState>, api: &Api, n: usize) {
         let (st, d) = (state.clone(), rx.clone());
         let q = q.clone();
         tasks.push(tokio::spawn(async move {
-            let ctx = st.deployed_context(&d, &q);
+            let ctx = st.agents.deployed_context(&d, &q);
             for _ in (w..n).step_by(16) {
                 let r = st.runtime.invoke(&d.module, &ctx, &Limits::default(), b"m").await;
                 assert!(r.outcome.is_ok());

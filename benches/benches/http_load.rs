@@ -59,13 +59,13 @@ fn main() {
 
         println!("== http_load: hello, {clients} clients, {seconds} s each, 2 cores shared by clients and servers");
         // In-process: the same agent, the same concurrency, no HTTP.
-        let d = state.agent("demo", "hello").unwrap();
+        let d = state.agents.get("demo", "hello").unwrap();
         let st = state.clone();
         let inproc = load::drive(clients, duration, move || {
             let (st, d) = (st.clone(), d.clone());
             async move {
                 let q = Quotas::default();
-                let ctx = st.deployed_context(&d, &q);
+                let ctx = st.agents.deployed_context(&d, &q);
                 let r = st.runtime.invoke(&d.module, &ctx, &Limits::default(), b"bench").await;
                 r.outcome.is_ok()
             }

@@ -1,9 +1,12 @@
 //! Cortex: a multi-tenant WebAssembly host for sandboxed agents.
 //!
 //! Layers, lowest first: [`store`] (documents behind one async trait), [`runtime`] (the
-//! wasmtime sandbox with hard limits), [`capabilities`] (the host imports agents see).
+//! wasmtime sandbox with hard limits), [`capabilities`] (the host imports agents see),
+//! [`agents`] (the lifecycle: deployed agents, modules, invocations, deliveries, messaging),
+//! [`api`] (the HTTP service over it).
 //! See `README.md` for usage, configuration, the API and the limits.
 
+pub mod agents;
 pub mod api;
 pub mod capabilities;
 pub mod cli;

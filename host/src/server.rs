@@ -66,7 +66,7 @@ pub async fn build(config: ServerConfig) -> Result<Arc<AppState>, ServeError> {
     // A metrics token that cannot be read stops the start, not only the scrapes.
     api::metrics_token(&config.metrics).map_err(AuthError::Config)?;
     let state = Arc::new(AppState::new(config, runtime, store, verifier)?);
-    let n = state.restore().await?;
+    let n = state.agents.restore().await.map_err(ApiError::from)?;
     tracing::info!(agents = n, "agents restored");
     Ok(state)
 }
@@ -468,7 +468,7 @@ pub async fn serve(
     if tokio::time::timeout(grace, drained.recv()).await.is_err() {
         tracing::warn!(?grace, "in-flight requests did not finish within the grace period");
     }
-    state.halt_watchers().await;
+    state.agents.halt_watchers().await;
     Ok(())
 }
 

@@ -888,12 +888,12 @@ async fn deleting_a_module_frees_its_bytes_artifact_and_loaded_module() {
     let files = files_of(s.dir.path(), &kv);
     let names: Vec<String> = files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     assert_eq!(names, [format!("{kv}.cwasm"), format!("{kv}.wasm")], "{files:?}");
-    assert!(s.state.module_cached(&kv));
+    assert!(s.state.agents.modules.is_cached(&kv));
 
     let r = s.req(Method::DELETE, &format!("/v1/modules/{kv}"), &dev).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(files_of(s.dir.path(), &kv), Vec::<std::path::PathBuf>::new());
-    assert!(!s.state.module_cached(&kv));
+    assert!(!s.state.agents.modules.is_cached(&kv));
     assert_eq!(s.get_json(&dev, "/v1/modules").await, json!([]));
     // Uploaded again, it is whole again and runs.
     assert_eq!(s.upload(&dev, art::KV).await, kv);
@@ -944,7 +944,7 @@ async fn a_module_shared_by_two_tenants_is_freed_with_the_last_record() {
     let r = s.req(Method::DELETE, "/v1/tenants/b", &s.admin()).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(files_of(s.dir.path(), &kv), Vec::<std::path::PathBuf>::new());
-    assert!(!s.state.module_cached(&kv));
+    assert!(!s.state.agents.modules.is_cached(&kv));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,7 +88,7 @@ async fn watchers_get_every_watched_write_in_order_without_gaps() {
     s.invoke_ok(&dev, "writer", r#"put:orders/early={"n":0}"#).await;
     deploy_watcher(&s, &dev, "all", &watcher, json!({}), json!([{ "collection": "orders", "prefix": "" }])).await;
     deploy_watcher(&s, &dev, "eu", &watcher, json!({}), json!([{ "collection": "orders", "prefix": "eu/" }])).await;
-    assert!(s.state.is_watching("acme", "all"));
+    assert!(s.state.agents.is_watching("acme", "all"));
 
     let mut want = Vec::new();
     for round in 1..=3u64 {
@@ -152,12 +152,12 @@ async fn delivery_resumes_after_a_restart_without_skipping() {
         s.invoke_ok(&dev, "writer", &format!(r#"put:orders/k{}={{"i":{i}}}"#, i % 4)).await;
         want.push((format!("orders/k{}", i % 4), i / 4 + 1, false));
     }
-    s.state.halt_watchers().await;
-    assert!(!s.state.is_watching("acme", "w"));
+    s.state.agents.halt_watchers().await;
+    assert!(!s.state.agents.is_watching("acme", "w"));
     let dir = s.stop().await;
 
     let s = Server::start_in(dir, |_| {}).await;
-    assert!(s.state.is_watching("acme", "w"), "the watcher is restored with its agent");
+    assert!(s.state.agents.is_watching("acme", "w"), "the watcher is restored with its agent");
     let dev = s.token(Some("acme"), Role::Developer);
     for i in 16..20 {
         s.invoke_ok(&dev, "writer", &format!(r#"put:orders/k{}={{"i":{i}}}"#, i % 4)).await;
@@ -340,7 +340,7 @@ async fn watches_are_validated_and_follow_the_agent_lifecycle() {
     assert_eq!(s.get_json(&dev, "/v1/agents").await, json!([]));
 
     deploy_watcher(&s, &dev, "w", &watcher, json!({}), json!([{ "collection": "orders", "prefix": "x/" }])).await;
-    assert!(s.state.is_watching("acme", "w"));
+    assert!(s.state.agents.is_watching("acme", "w"));
     // An upgrade to a module without on-change is refused while the agent watches.
     let r = answer(
         s.req(Method::POST, "/v1/agents/w/upgrade", &dev).json(&json!({ "module": hello })).send().await.unwrap(),
@@ -349,13 +349,13 @@ async fn watches_are_validated_and_follow_the_agent_lifecycle() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
     let r = s.req(Method::POST, "/v1/agents/w/stop", &dev).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert!(!s.state.is_watching("acme", "w"));
+    assert!(!s.state.agents.is_watching("acme", "w"));
     let r = s.req(Method::POST, "/v1/agents/w/start", &dev).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert!(s.state.is_watching("acme", "w"));
+    assert!(s.state.agents.is_watching("acme", "w"));
     let r = s.req(Method::DELETE, "/v1/agents/w", &dev).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert!(!s.state.is_watching("acme", "w"));
+    assert!(!s.state.agents.is_watching("acme", "w"));
     let r = answer(s.req(Method::GET, "/v1/agents/w/deadletters", &dev).send().await.unwrap()).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }

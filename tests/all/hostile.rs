@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use cortex_artifacts as art;
-use cortex_host::runtime::{FUEL_SLICE, Limits, Outcome, Report};
+use cortex_host::runtime::{AgentContext, FUEL_SLICE, Limits, Outcome, Report};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -59,6 +59,29 @@ async fn infinite_loop_hits_the_deadline() {
     let r = hostile(&sb, "loop", &l).await;
     assert_eq!(r.outcome, Outcome::DeadlineExceeded { limit_ms: 300 });
     assert!(r.stats.wall_time >= Duration::from_millis(300));
+    benign_still_works(&sb).await;
+}
+
+#[tokio::test]
+async fn a_deadline_from_outside_cuts_an_invocation_without_messaging() {
+    // The agent's own limit is 10 s; its request must end in 300 ms. No messaging link:
+    // the deadline is the invocation's own, not the link's, and the earliest wins.
+    let sb = Sandbox::new();
+    let m = sb.load(art::HOSTILE).await;
+    let l = Limits { fuel: UNLIMITED_FUEL, ..limits() };
+    let ctx =
+        AgentContext { deadline: Some(std::time::Instant::now() + Duration::from_millis(300)), ..sb.agent("t1", "a1") };
+    assert!(ctx.messaging.is_none());
+    let r = sb.runtime.invoke(&m, &ctx, &l, b"loop").await;
+    match r.outcome {
+        Outcome::DeadlineExceeded { limit_ms } => assert!(limit_ms <= 300, "cut at {limit_ms} ms, not by the request"),
+        other => panic!("expected deadline_exceeded, got {other}"),
+    }
+    // A deadline later than the agent's own limit does not lengthen it.
+    let l = Limits { timeout: Duration::from_millis(300), ..l };
+    let ctx = AgentContext { deadline: Some(std::time::Instant::now() + Duration::from_secs(60)), ..ctx };
+    let r = sb.runtime.invoke(&m, &ctx, &l, b"loop").await;
+    assert_eq!(r.outcome, Outcome::DeadlineExceeded { limit_ms: 300 });
     benign_still_works(&sb).await;
 }
 

@@ -246,7 +246,7 @@ async fn a_percent_encoded_tenant_path_is_audited_in_that_tenants_log() {
 /// A tenant's deletion cleans up by name (its agents, modules, keys and documents) after its
 /// record is gone: a tenant created again under the name meanwhile must not lose what it
 /// makes to that clean-up. Here the deletion is held in its clean-up (module files are
-/// freed under [`AppState::module_files`]) while the name is created again.
+/// freed under [`cortex_host::agents::Modules::files`]) while the name is created again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_created_again_during_the_old_ones_deletion_keeps_its_own_keys() {
     let s = Server::start().await;
@@ -255,7 +255,7 @@ async fn a_tenant_created_again_during_the_old_ones_deletion_keeps_its_own_keys(
     let old_admin = s.token(Some("acme"), Role::TenantAdmin);
     s.upload(&old_admin, art::HELLO).await;
 
-    let files = s.state.module_files().await;
+    let files = s.state.agents.modules.files().await;
     let mut changes = s.state.credential_changes();
     let delete = tokio::spawn(s.req(Method::DELETE, "/v1/tenants/acme", &admin).send());
     // The record is gone (the node forgets it): the deletion is in its clean-up now.

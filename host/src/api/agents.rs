@@ -14,15 +14,15 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::{Action, Principal};
 use super::error::{ApiError, ApiResult, problem};
-use super::state::{Deployed, LogLine};
+use super::state::LogLine;
 use super::{
     AppState, DURATION_HEADER, FUEL_HEADER, INVOCATION_HEADER, JsonBody, OUTCOME_HEADER, PEAK_MEMORY_HEADER, Path,
     Query, TENANT_HEADER, authorize, check_name, tenant_scope, tenant_scope_known,
 };
-use crate::coordination;
-use crate::registry::{AgentLimits, AgentRecord, AgentStatus, ModuleRecord, Tenant, Watch, now_ms, scoped};
-use crate::runtime::{Module, Outcome, World, digest};
-use crate::store::{RecordKind, StoreError, check_collection, keys::check_prefix};
+use crate::agents::{AgentsError, DeploySpec, Deployed};
+use crate::registry::{AgentRecord, AgentStatus, ModuleRecord, Tenant, now_ms, scoped};
+use crate::runtime::{Outcome, World, digest};
+use crate::store::{RecordKind, StoreError};
 
 type St = State<Arc<AppState>>;
 
@@ -39,6 +39,23 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
 fn too_many(st: &AppState, tenant: &str, code: &'static str, message: String, retry_after: u64) -> ApiError {
     st.metrics.refused(tenant, code);
     ApiError::TooMany { code, message, retry_after }
+}
+
+/// What the lifecycle refuses, as the API answers it.
+impl From<AgentsError> for ApiError {
+    fn from(e: AgentsError) -> Self {
+        match e {
+            AgentsError::Invalid(m) => ApiError::BadRequest(m),
+            AgentsError::NotFound(m) => ApiError::NotFound(m),
+            AgentsError::Conflict { code, message } => ApiError::Conflict { code, message },
+            AgentsError::OverQuota { code, message, retry_after } => ApiError::TooMany { code, message, retry_after },
+            AgentsError::PoolFull(m) => ApiError::PoolFull(m),
+            AgentsError::Init { code, message } => ApiError::Init { code, message },
+            AgentsError::Module(e) => ApiError::Module(e),
+            AgentsError::Store(e) => e.into(),
+            AgentsError::Internal(m) => ApiError::Internal(m),
+        }
+    }
 }
 
 pub async fn upload_module(
@@ -79,8 +96,8 @@ pub async fn upload_module(
     let module = st.runtime.load(&bytes).await?;
     // From the bytes to the record, a concurrent delete of the same digest (by another
     // tenant) cannot free the files this record is about to name.
-    let _files = st.module_files().await;
-    st.save_module_bytes(&d, &bytes)?;
+    let _files = st.agents.modules.files().await;
+    st.agents.modules.save_bytes(&d, &bytes)?;
     let rec = ModuleRecord {
         tenant: t.name.clone(),
         digest: d.clone(),
@@ -93,7 +110,7 @@ pub async fn upload_module(
         exports: module.shape.exports.clone(),
         created_ms: now_ms(),
     };
-    st.cache_module(module);
+    st.agents.modules.cache(module);
     match st.registry.put(RecordKind::Module, &scoped(&t.name, &d), &rec, Some(0)).await {
         Ok(_) => Ok((StatusCode::CREATED, Json(rec))),
         // A concurrent upload of the same bytes won: same record, same answer.
@@ -113,11 +130,7 @@ pub async fn list_modules(
 }
 
 async fn module_of(st: &AppState, t: &Tenant, d: &str) -> ApiResult<ModuleRecord> {
-    st.registry
-        .get::<ModuleRecord>(RecordKind::Module, &scoped(&t.name, d))
-        .await?
-        .map(|(m, _)| m)
-        .ok_or_else(|| ApiError::NotFound(format!("module {d:?} not found")))
+    Ok(st.agents.module_record(&t.name, d).await?)
 }
 
 pub async fn get_module(
@@ -140,12 +153,12 @@ pub async fn delete_module(
     authorize(&p, Action::WriteModules)?;
     let t = tenant_scope(&st, &p, &headers).await?;
     module_of(&st, &t, &d).await?;
-    if st.module_in_use(&t.name, &d) {
+    if st.agents.module_in_use(&t.name, &d) {
         return Err(ApiError::Conflict { code: "module_in_use", message: format!("an agent uses module {d}") });
     }
     // The record, and the bytes, artifact and loaded module unless another tenant's record
     // names the same digest.
-    st.delete_module(&t.name, &d).await?;
+    st.agents.modules.delete(&t.name, &d).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -181,161 +194,22 @@ fn view(st: &AppState, d: &Deployed) -> AgentView {
             delivered: s.messages_delivered.load(Ordering::Relaxed),
             retried: s.messages_retried.load(Ordering::Relaxed),
             dead_lettered: s.messages_dead_lettered.load(Ordering::Relaxed),
-            pending: st.mailbox_pending(&d.record.tenant, &d.record.name).unwrap_or(0),
+            pending: st.agents.mailbox_pending(&d.record.tenant, &d.record.name).unwrap_or(0),
         },
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Deploy {
-    name: String,
-    module: String,
-    #[serde(default)]
-    config: BTreeMap<String, String>,
-    #[serde(default)]
-    limits: AgentLimits,
-    #[serde(default = "default_concurrency")]
-    max_concurrency: u32,
-    #[serde(default)]
-    watches: Vec<Watch>,
-    #[serde(default)]
-    subscriptions: Vec<String>,
-}
-
-/// Most watches one agent may have.
-const MAX_WATCHES: usize = 32;
-/// Most topics one agent may subscribe to.
-const MAX_SUBSCRIPTIONS: usize = 32;
-
-fn check_subscriptions(topics: &[String]) -> ApiResult<()> {
-    if topics.len() > MAX_SUBSCRIPTIONS {
-        return Err(ApiError::BadRequest(format!("at most {MAX_SUBSCRIPTIONS} subscriptions per agent")));
-    }
-    for (i, t) in topics.iter().enumerate() {
-        if !crate::capabilities::messaging::valid_topic(t) {
-            return Err(ApiError::BadRequest(format!(
-                "subscriptions[{i}]: {t:?} is not a topic name ([a-z0-9._-]{{1,128}})"
-            )));
-        }
-        if topics[..i].contains(t) {
-            return Err(ApiError::BadRequest(format!("subscriptions[{i}]: {t:?} is listed twice")));
-        }
-    }
-    Ok(())
-}
-
-fn check_watches(st: &AppState, watches: &[Watch], module: &Module) -> ApiResult<()> {
-    if watches.is_empty() {
-        return Ok(());
-    }
-    if watches.len() > MAX_WATCHES {
-        return Err(ApiError::BadRequest(format!("at most {MAX_WATCHES} watches per agent")));
-    }
-    let limits = &st.config.limits.keys;
-    for (i, w) in watches.iter().enumerate() {
-        check_collection(&w.collection, limits)
-            .map_err(|e| ApiError::BadRequest(format!("watches[{i}].collection: {e}")))?;
-        check_prefix(&w.prefix, limits).map_err(|e| ApiError::BadRequest(format!("watches[{i}].prefix: {e}")))?;
-    }
-    watcher_module(module)
-}
-
-/// A watching agent needs a module that exports `on-change`.
-fn watcher_module(module: &Module) -> ApiResult<()> {
-    if module.shape.has_on_change {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest("an agent with watches needs a module that exports on-change".into()))
-    }
-}
-
-fn default_concurrency() -> u32 {
-    16
-}
-
-fn check_limits(l: &AgentLimits, t: &Tenant) -> ApiResult<()> {
-    let over = |what: &str, v: u64, max: u64| {
-        Err(ApiError::BadRequest(format!("limits.{what} = {v} is over the tenant's quota of {max}")))
-    };
-    let q = &t.quotas;
-    if let Some(v) = l.fuel.filter(|v| *v > q.max_fuel) {
-        return over("fuel", v, q.max_fuel);
-    }
-    if let Some(v) = l.memory_bytes.filter(|v| *v > q.max_memory_bytes) {
-        return over("memory_bytes", v, q.max_memory_bytes);
-    }
-    if let Some(v) = l.timeout_ms.filter(|v| *v > q.max_timeout_ms) {
-        return over("timeout_ms", v, q.max_timeout_ms);
-    }
-    Ok(())
 }
 
 pub async fn deploy(
     State(st): St,
     Extension(p): Extension<Principal>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<Deploy>,
+    JsonBody(spec): JsonBody<DeploySpec>,
 ) -> ApiResult<(StatusCode, Json<AgentView>)> {
     authorize(&p, Action::WriteAgents)?;
     let t = tenant_scope(&st, &p, &headers).await?;
-    check_name("agent", &body.name)?;
-    check_limits(&body.limits, &t)?;
-    check_subscriptions(&body.subscriptions)?;
-    if body.max_concurrency == 0 || body.max_concurrency > st.config.engine.max_instances {
-        return Err(ApiError::BadRequest(format!("max_concurrency must be 1..={}", st.config.engine.max_instances)));
-    }
+    check_name("agent", &spec.name)?;
     let _quota = st.tenant_write_lock(&t.name).await;
-    let key = scoped(&t.name, &body.name);
-    if st.registry.get::<AgentRecord>(RecordKind::Agent, &key).await?.is_some() {
-        return Err(ApiError::Conflict { code: "already_exists", message: format!("agent {:?} exists", body.name) });
-    }
-    let count = st.registry.store().record_list(RecordKind::Agent, &scoped(&t.name, "")).await?.len();
-    if count >= t.quotas.agents as usize {
-        return Err(too_many(&st, &t.name, "agent_quota", format!("the tenant has {count} agents, its quota"), 60));
-    }
-    module_of(&st, &t, &body.module).await?;
-    let module = st.module(&body.module).await?;
-    check_watches(&st, &body.watches, &module)?;
-    let now = now_ms();
-    let rec = AgentRecord {
-        tenant: t.name.clone(),
-        name: body.name,
-        module: body.module,
-        previous_module: None,
-        config: body.config,
-        limits: body.limits,
-        max_concurrency: body.max_concurrency,
-        status: AgentStatus::Running,
-        created_ms: now,
-        updated_ms: now,
-        watches: body.watches,
-        subscriptions: body.subscriptions,
-    };
-    let init = match st.run_init(&module, &rec, &t.quotas).await {
-        Ok(report) => report,
-        Err(e) => {
-            // `init` may have linked the new agent in the graph before it failed: the agent
-            // is not deployed, so neither are its edges.
-            st.registry.store().remove_agent_edges(&t.name, &rec.name).await?;
-            return Err(e);
-        }
-    };
-    // Whatever a former agent of this name left (a delivery that finished after its
-    // delete) is not the new agent's.
-    coordination::forget(&st.registry, &t.name, &rec.name).await?;
-    if !rec.watches.is_empty() {
-        // Before the agent record: a watching agent always has its cursor.
-        coordination::start_cursor(&st.registry, &t.name, &rec.name).await?;
-    }
-    let rev = match st.registry.put(RecordKind::Agent, &key, &rec, Some(0)).await {
-        Err(StoreError::Conflict { .. }) => {
-            return Err(ApiError::Conflict { code: "already_exists", message: format!("agent {:?} exists", rec.name) });
-        }
-        other => other?,
-    };
-    let d = st.install(rec, rev, module);
-    d.shared.record_logs(&init);
+    let d = st.agents.deploy(&t, spec).await?;
     Ok((StatusCode::CREATED, Json(view(&st, &d))))
 }
 
@@ -346,7 +220,7 @@ pub async fn list_agents(
 ) -> ApiResult<Json<Vec<AgentView>>> {
     authorize(&p, Action::ReadAgents)?;
     let t = tenant_scope(&st, &p, &headers).await?;
-    Ok(Json(st.agents_of(&t.name).values().map(|d| view(&st, d)).collect()))
+    Ok(Json(st.agents.of(&t.name).values().map(|d| view(&st, d)).collect()))
 }
 
 pub(super) async fn deployed(
@@ -358,7 +232,7 @@ pub(super) async fn deployed(
 ) -> ApiResult<(Arc<super::CachedTenant>, Arc<Deployed>)> {
     authorize(p, action)?;
     let t = tenant_scope(st, p, headers).await?;
-    let d = st.agent(&t.name, name).ok_or_else(|| ApiError::NotFound(format!("agent {name:?} not found")))?;
+    let d = st.agents.find(&t.name, name)?;
     Ok((t, d))
 }
 
@@ -370,19 +244,6 @@ pub async fn get_agent(
 ) -> ApiResult<Json<AgentView>> {
     let (_, d) = deployed(&st, &p, &headers, &name, Action::ReadAgents).await?;
     Ok(Json(view(&st, &d)))
-}
-
-/// Persist a changed record (compare-and-swap on the revision the change started from)
-/// and install it.
-async fn commit(
-    st: &Arc<AppState>,
-    d: &Deployed,
-    mut rec: AgentRecord,
-    module: Arc<crate::runtime::Module>,
-) -> ApiResult<Arc<Deployed>> {
-    rec.updated_ms = now_ms();
-    let rev = st.registry.put(RecordKind::Agent, &scoped(&rec.tenant, &rec.name), &rec, Some(d.revision)).await?;
-    Ok(st.install(rec, rev, module))
 }
 
 #[derive(Deserialize)]
@@ -398,12 +259,9 @@ pub async fn update_config(
     Path(name): Path<String>,
     JsonBody(body): JsonBody<ConfigBody>,
 ) -> ApiResult<Json<AgentView>> {
-    let (t, d) = deployed(&st, &p, &headers, &name, Action::WriteAgents).await?;
-    let mut rec = d.record.clone();
-    rec.config = body.config;
-    // `init` sees the new config first; if it refuses, the old config stays in force.
-    st.run_init(&d.module, &rec, &t.quotas).await?;
-    Ok(Json(view(&st, commit(&st, &d, rec, d.module.clone()).await?.as_ref())))
+    let (t, _) = deployed(&st, &p, &headers, &name, Action::WriteAgents).await?;
+    let d = st.agents.update_config(&t, &name, body.config).await?;
+    Ok(Json(view(&st, &d)))
 }
 
 #[derive(Deserialize)]
@@ -419,17 +277,9 @@ pub async fn upgrade(
     Path(name): Path<String>,
     JsonBody(body): JsonBody<UpgradeBody>,
 ) -> ApiResult<Json<AgentView>> {
-    let (t, d) = deployed(&st, &p, &headers, &name, Action::WriteAgents).await?;
-    module_of(&st, &t, &body.module).await?;
-    let module = st.module(&body.module).await?;
-    if !d.record.watches.is_empty() {
-        watcher_module(&module)?;
-    }
-    let mut rec = d.record.clone();
-    rec.previous_module = Some(rec.module.clone());
-    rec.module = body.module;
-    st.run_init(&module, &rec, &t.quotas).await?;
-    Ok(Json(view(&st, commit(&st, &d, rec, module).await?.as_ref())))
+    let (t, _) = deployed(&st, &p, &headers, &name, Action::WriteAgents).await?;
+    let d = st.agents.upgrade(&t, &name, body.module).await?;
+    Ok(Json(view(&st, &d)))
 }
 
 pub async fn rollback(
@@ -438,15 +288,9 @@ pub async fn rollback(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<Json<AgentView>> {
-    let (t, d) = deployed(&st, &p, &headers, &name, Action::WriteAgents).await?;
-    let mut rec = d.record.clone();
-    let Some(prev) = rec.previous_module.take() else {
-        return Err(ApiError::Conflict { code: "no_previous_module", message: "the agent was never upgraded".into() });
-    };
-    let module = st.module(&prev).await?;
-    rec.previous_module = Some(std::mem::replace(&mut rec.module, prev));
-    st.run_init(&module, &rec, &t.quotas).await?;
-    Ok(Json(view(&st, commit(&st, &d, rec, module).await?.as_ref())))
+    let (t, _) = deployed(&st, &p, &headers, &name, Action::WriteAgents).await?;
+    let d = st.agents.rollback(&t, &name).await?;
+    Ok(Json(view(&st, &d)))
 }
 
 async fn set_status(
@@ -456,10 +300,9 @@ async fn set_status(
     name: &str,
     status: AgentStatus,
 ) -> ApiResult<Json<AgentView>> {
-    let (_, d) = deployed(st, p, headers, name, Action::WriteAgents).await?;
-    let mut rec = d.record.clone();
-    rec.status = status;
-    Ok(Json(view(st, commit(st, &d, rec, d.module.clone()).await?.as_ref())))
+    let (t, _) = deployed(st, p, headers, name, Action::WriteAgents).await?;
+    let d = st.agents.set_status(&t, name, status).await?;
+    Ok(Json(view(st, &d)))
 }
 
 pub async fn stop(
@@ -487,11 +330,7 @@ pub async fn delete_agent(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     let (t, _) = deployed(&st, &p, &headers, &name, Action::WriteAgents).await?;
-    st.registry.delete(RecordKind::Agent, &scoped(&t.name, &name)).await?;
-    st.uninstall(&t.name, &name).await;
-    coordination::forget(&st.registry, &t.name, &name).await?;
-    // Its edges go with it (graph import).
-    st.registry.store().remove_agent_edges(&t.name, &name).await?;
+    st.agents.delete(&t.name, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -536,7 +375,7 @@ pub(super) async fn invoke_core(
     authorize(p, Action::Invoke)?;
     let t = tenant_scope_known(st, p, named, own).await?;
     // An agent that does not exist costs no rate token.
-    let d = st.agent(&t.name, name).ok_or_else(|| ApiError::NotFound(format!("agent {name:?} not found")))?;
+    let d = st.agents.find(&t.name, name)?;
     t.limiter.take().map_err(|retry| {
         too_many(
             st,
@@ -547,24 +386,7 @@ pub(super) async fn invoke_core(
         )
     })?;
     let input = body.await?;
-    if !AppState::is_running(&d) {
-        return Err(ApiError::Conflict { code: "agent_stopped", message: format!("agent {name:?} is stopped") });
-    }
-    let _tenant_slot = t.limiter.enter().ok_or_else(|| {
-        too_many(
-            st,
-            &t.name,
-            "concurrency_quota",
-            format!("over {} concurrent invocations", t.quotas.concurrent_invocations),
-            1,
-        )
-    })?;
-    let _slot = d.shared.pool.clone().try_acquire_owned().map_err(|_| {
-        ApiError::PoolFull(format!("agent {name:?} already runs {} invocations", d.record.max_concurrency))
-    })?;
-    let ctx = st.deployed_context_until(&d, &t.quotas, deadline);
-    let report = st.runtime.invoke(&d.module, &ctx, &st.limits_for(&d.record, &t.quotas), &input).await;
-    st.account(&d, &report);
+    let report = st.agents.invoke(&t, &d, &input, deadline).await?;
 
     let status = outcome_status(&report.outcome);
     let code = report.outcome.code();

@@ -80,7 +80,7 @@ pub async fn replay(
                 st.registry.delete(RecordKind::DeadLetter, &key).await?;
                 return Ok(Json(json!({ "id": letter.id, "outcome": "duplicate" })).into_response());
             }
-            let delivery = st.deliver_message(&letter.tenant, &name, &body).await;
+            let delivery = st.agents.deliver_message(&letter.tenant, &name, &body).await;
             if let (Delivery::Delivered, Some(k)) = (&delivery, &seen) {
                 mailbox::remember_delivered(store.as_ref(), k).await?;
             }
@@ -93,7 +93,7 @@ pub async fn replay(
             let events: Vec<_> = letter.events.iter().map(coordination::from_record).collect();
             let n = events.len();
             (
-                st.deliver_changes(&letter.tenant, &name, &events).await,
+                st.agents.deliver_changes(&letter.tenant, &name, &events).await,
                 json!({ "id": letter.id, "outcome": "ok", "events": n }),
             )
         }

@@ -193,12 +193,12 @@ pub async fn delete_tenant(
     st.forget_tenant(&name);
     let prefix = scoped(&name, "");
     for a in st.registry.list::<AgentRecord>(RecordKind::Agent, &prefix).await? {
-        st.uninstall(&a.tenant, &a.name).await;
+        st.agents.uninstall(&a.tenant, &a.name).await;
         st.registry.delete(RecordKind::Agent, &scoped(&a.tenant, &a.name)).await?;
         crate::coordination::forget(&st.registry, &a.tenant, &a.name).await?;
     }
     for m in st.registry.list::<ModuleRecord>(RecordKind::Module, &prefix).await? {
-        st.delete_module(&m.tenant, &m.digest).await?;
+        st.agents.modules.delete(&m.tenant, &m.digest).await?;
     }
     for k in st.registry.list::<ApiKeyRecord>(RecordKind::ApiKey, "").await? {
         // This tenant's keys only (a later tenant of the name, made on another node
@@ -209,7 +209,7 @@ pub async fn delete_tenant(
         }
     }
     st.registry.store().purge_tenant_documents(&name).await?;
-    st.limiters.forget(&name);
+    st.tenants.limiters.forget(&name);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -87,20 +87,20 @@ pub trait Messenger: Send + Sync + 'static {
     async fn publish(&self, from: &Caller, topic: &str, body: Vec<u8>) -> Result<(), MessagingError>;
 }
 
-/// How an invocation reaches other agents: the messenger, its callers and its deadline.
+/// How an invocation reaches other agents: the messenger and its callers. (The deadline is
+/// not here: it is the invocation's own, see `AgentContext::deadline`, and reaches a callee
+/// as [`Caller::deadline`].)
 #[derive(Clone)]
 pub struct MessagingLink {
     /// The host's messenger.
     pub messenger: Arc<dyn Messenger>,
     /// Agents above the invocation in its call chain, outermost first.
     pub callers: Arc<[Arc<str>]>,
-    /// A deadline inherited from the caller: the invocation's own time limit is cut to it.
-    pub deadline: Option<Instant>,
 }
 
 impl std::fmt::Debug for MessagingLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MessagingLink").field("callers", &self.callers).field("deadline", &self.deadline).finish()
+        f.debug_struct("MessagingLink").field("callers", &self.callers).finish()
     }
 }
 

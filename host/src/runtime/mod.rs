@@ -187,9 +187,12 @@ pub struct AgentContext {
     pub stored_bytes_quota: Option<u64>,
     /// Most graph edges the tenant may have (`None`: no quota).
     pub edges_quota: Option<u64>,
-    /// How the invocation reaches other agents, and a deadline inherited from a caller
-    /// (`None`: messaging answers `unavailable`).
+    /// How the invocation reaches other agents (`None`: messaging answers `unavailable`).
     pub messaging: Option<MessagingLink>,
+    /// When this invocation must end at the latest, from outside the agent (its HTTP
+    /// request's deadline, its caller's): the agent's own timeout is cut to it. Independent
+    /// of messaging: an invocation without a link keeps it.
+    pub deadline: Option<Instant>,
 }
 
 impl AgentContext {
@@ -201,6 +204,7 @@ impl AgentContext {
             stored_bytes_quota: None,
             edges_quota: None,
             messaging: None,
+            deadline: None,
         }
     }
 
@@ -384,8 +388,8 @@ impl Runtime {
         id: InvocationId,
     ) -> Report {
         let start = Instant::now();
-        // A callee runs within what is left of its caller's time.
-        let timeout = match agent.messaging.as_ref().and_then(|m| m.deadline) {
+        // The earliest wins: the agent's own limit, or the request's or caller's deadline.
+        let timeout = match agent.deadline {
             Some(deadline) => limits.timeout.min(deadline.saturating_duration_since(start)),
             None => limits.timeout,
         };

@@ -1,0 +1,152 @@
+//! The deployed agents of this node: each one's record, loaded module and the counters,
+//! pool and log ring that stay with it across config changes and upgrades.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use tokio::sync::Semaphore;
+
+use crate::registry::{AgentRecord, AgentStatus, now_ms};
+use crate::runtime::{AgentContext, LogLine, LogRing, Module, Report};
+
+/// What stays with an agent across config changes and upgrades.
+#[derive(Debug)]
+pub struct Shared {
+    /// Invocations running at once.
+    pub pool: Arc<Semaphore>,
+    /// Invocations so far.
+    pub invocations: AtomicU64,
+    /// Invocations that did not end `ok`.
+    pub failures: AtomicU64,
+    /// Messages delivered from its mailbox.
+    pub messages_delivered: AtomicU64,
+    /// Failed message deliveries that will be tried again.
+    pub messages_retried: AtomicU64,
+    /// Messages parked as dead letters after their retries.
+    pub messages_dead_lettered: AtomicU64,
+    logs: Mutex<LogRing>,
+}
+
+impl Shared {
+    pub(super) fn new(max_concurrency: u32, ring_lines: usize, ring_bytes: usize) -> Self {
+        Self {
+            pool: Arc::new(Semaphore::new(max_concurrency.max(1) as usize)),
+            invocations: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            messages_delivered: AtomicU64::new(0),
+            messages_retried: AtomicU64::new(0),
+            messages_dead_lettered: AtomicU64::new(0),
+            logs: Mutex::new(LogRing::new(ring_lines, ring_bytes)),
+        }
+    }
+
+    /// Append what an invocation wrote.
+    pub fn record_logs(&self, report: &Report) {
+        let l = &report.logs;
+        if l.stdout.is_empty() && l.stderr.is_empty() && l.records.is_empty() {
+            return;
+        }
+        let invocation = report.id.to_string();
+        self.logs.lock().unwrap_or_else(PoisonError::into_inner).record(l, &invocation, now_ms());
+    }
+
+    /// Lines after `since`, at most `limit`.
+    pub fn logs(&self, since: u64, limit: usize) -> Vec<LogLine> {
+        self.logs.lock().unwrap_or_else(PoisonError::into_inner).since(since, limit)
+    }
+}
+
+/// A deployed agent: its record, its loaded module, its shared counters.
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    /// The record as stored, and its revision.
+    pub record: AgentRecord,
+    /// Revision of the record in the store.
+    pub revision: u64,
+    /// The loaded module.
+    pub module: Arc<Module>,
+    /// Pool, counters, logs.
+    pub shared: Arc<Shared>,
+    /// The parts of its sandbox context that do not change between invocations.
+    pub(super) base: AgentContext,
+    /// Its metric handles.
+    pub(super) metrics: crate::telemetry::AgentMetrics,
+}
+
+impl Deployed {
+    /// Whether it takes invocations (it is not stopped).
+    pub fn is_running(&self) -> bool {
+        self.record.status == AgentStatus::Running
+    }
+}
+
+/// `tenant/name`, the key of an agent in this node's maps.
+pub(super) fn key(tenant: &str, name: &str) -> String {
+    // On every invocation: concatenated, not formatted.
+    let mut k = String::with_capacity(tenant.len() + 1 + name.len());
+    k.push_str(tenant);
+    k.push('/');
+    k.push_str(name);
+    k
+}
+
+/// The deployed agents of every tenant, by `tenant/name`.
+#[derive(Debug, Default)]
+pub(super) struct DeployedMap(RwLock<HashMap<String, Arc<Deployed>>>);
+
+impl DeployedMap {
+    /// A deployed agent.
+    pub(super) fn get(&self, tenant: &str, name: &str) -> Option<Arc<Deployed>> {
+        // On every invocation: the key is put together on the stack when it fits.
+        let mut buf = [0u8; 160];
+        let len = tenant.len() + 1 + name.len();
+        let agents = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        match buf.get_mut(..len) {
+            Some(k) => {
+                k[..tenant.len()].copy_from_slice(tenant.as_bytes());
+                k[tenant.len()] = b'/';
+                k[tenant.len() + 1..].copy_from_slice(name.as_bytes());
+                std::str::from_utf8(k).ok().and_then(|k| agents.get(k)).cloned()
+            }
+            None => agents.get(&key(tenant, name)).cloned(),
+        }
+    }
+
+    /// Put `make(the agent's current entry)` in place of the agent's entry, under the lock.
+    pub(super) fn replace(
+        &self,
+        tenant: &str,
+        name: &str,
+        make: impl FnOnce(Option<&Arc<Deployed>>) -> Arc<Deployed>,
+    ) -> Arc<Deployed> {
+        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        let k = key(tenant, name);
+        let d = make(map.get(&k));
+        map.insert(k, d.clone());
+        d
+    }
+
+    pub(super) fn remove(&self, tenant: &str, name: &str) {
+        self.0.write().unwrap_or_else(PoisonError::into_inner).remove(&key(tenant, name));
+    }
+
+    /// Agents of a tenant, by name.
+    pub(super) fn of(&self, tenant: &str) -> BTreeMap<String, Arc<Deployed>> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|d| d.record.tenant == tenant)
+            .map(|d| (d.record.name.clone(), d.clone()))
+            .collect()
+    }
+
+    /// Whether any agent of `tenant` runs `digest` or keeps it to roll back to.
+    pub(super) fn uses_module(&self, tenant: &str, digest: &str) -> bool {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).values().any(|d| {
+            d.record.tenant == tenant
+                && (d.record.module == digest || d.record.previous_module.as_deref() == Some(digest))
+        })
+    }
+}

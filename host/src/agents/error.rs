@@ -1,0 +1,57 @@
+//! What a lifecycle operation can refuse, typed; the API maps it to its problem responses
+//! in one `From`.
+
+use crate::runtime::LoadError;
+use crate::store::StoreError;
+
+/// A lifecycle operation that did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentsError {
+    /// The request names something malformed (a limit over the quota, a bad watch).
+    #[error("{0}")]
+    Invalid(String),
+    /// No such agent or module in the tenant.
+    #[error("{0}")]
+    NotFound(String),
+    /// Conflicts with the agent's current state (`already_exists`, `agent_stopped`, ...).
+    #[error("{message}")]
+    Conflict {
+        /// Stable code.
+        code: &'static str,
+        /// Detail.
+        message: String,
+    },
+    /// Over a tenant quota or rate (`agent_quota`, `rate_limited`, `concurrency_quota`).
+    #[error("{message}")]
+    OverQuota {
+        /// Stable code.
+        code: &'static str,
+        /// Detail.
+        message: String,
+        /// Seconds until a retry may succeed.
+        retry_after: u64,
+    },
+    /// The agent's pool is full.
+    #[error("{0}")]
+    PoolFull(String),
+    /// The agent's `init` refused its configuration.
+    #[error("{message}")]
+    Init {
+        /// The outcome code of the init call.
+        code: String,
+        /// Detail.
+        message: String,
+    },
+    /// The module was refused at load.
+    #[error(transparent)]
+    Module(#[from] LoadError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The host failed (a module file that cannot be written or read).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A lifecycle result.
+pub type AgentsResult<T> = Result<T, AgentsError>;

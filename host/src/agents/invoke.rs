@@ -1,0 +1,167 @@
+//! The one invoke core: the limits and sandbox context of a deployed agent, and the run of
+//! one of its exports, counted. HTTP invocations ([`Agents::invoke`]), agent-to-agent calls
+//! and background deliveries all end in [`Agents::run`].
+//!
+//! An invocation's deadline is an argument: the earliest of its HTTP request's deadline,
+//! its caller's, and its own timeout (applied by the runtime) wins. It does not depend on
+//! messaging.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::Agents;
+use super::deployed::Deployed;
+use super::error::{AgentsError, AgentsResult};
+use super::tenants::CachedTenant;
+use crate::capabilities::MessagingLink;
+use crate::registry::{AgentRecord, Quotas};
+use crate::runtime::{AgentContext, Export, Limits, Module, Report};
+
+impl Agents {
+    /// The effective limits of an agent: server defaults, lowered by the agent's own limits
+    /// and capped by its tenant's quotas.
+    pub fn limits_for(&self, record: &AgentRecord, q: &Quotas) -> Limits {
+        let mut l = self.config.limits.clone();
+        l.fuel = record.limits.fuel.unwrap_or(l.fuel).min(q.max_fuel);
+        l.memory_bytes = record.limits.memory_bytes.unwrap_or(l.memory_bytes).min(q.max_memory_bytes);
+        let timeout_ms = record.limits.timeout_ms.map_or(l.timeout, Duration::from_millis);
+        l.timeout = timeout_ms.min(Duration::from_millis(q.max_timeout_ms));
+        l
+    }
+
+    /// The sandbox context of an agent, without messaging: for `init` (which may fail and
+    /// be undone, so it cannot reach other agents) and as the prepared base of a deployed
+    /// agent's context.
+    pub fn context(&self, record: &AgentRecord, q: &Quotas) -> AgentContext {
+        AgentContext {
+            stored_bytes_quota: Some(q.stored_bytes),
+            edges_quota: Some(q.edges),
+            ..AgentContext::new(&record.tenant, &record.name, record.config.clone(), self.registry.store().clone())
+        }
+    }
+
+    /// The sandbox context of a deployed agent invoked from outside: its prepared parts,
+    /// no allocation.
+    pub fn deployed_context(&self, d: &Deployed, q: &Quotas) -> AgentContext {
+        self.deployed_context_until(d, q, None)
+    }
+
+    /// [`Self::deployed_context`] for an invocation that must end by `deadline` (its
+    /// request's, if any), whatever its own timeout; the agents it calls end by then too.
+    pub fn deployed_context_until(&self, d: &Deployed, q: &Quotas, deadline: Option<Instant>) -> AgentContext {
+        self.deployed_context_with(d, q, self.no_callers.clone(), deadline)
+    }
+
+    /// The context of a deployed agent called by `callers` (outermost first), within
+    /// `deadline`.
+    pub(super) fn deployed_context_with(
+        &self,
+        d: &Deployed,
+        q: &Quotas,
+        callers: Arc<[Arc<str>]>,
+        deadline: Option<Instant>,
+    ) -> AgentContext {
+        let mut c = d.base.clone();
+        c.stored_bytes_quota = Some(q.stored_bytes);
+        c.edges_quota = Some(q.edges);
+        c.messaging = self.mesh.get().map(|m| MessagingLink { messenger: m.clone(), callers });
+        c.deadline = deadline;
+        c
+    }
+
+    /// Run `export` of deployed agent `d` once, by `deadline` at the latest, as called by
+    /// `callers`; counted like every invocation.
+    pub(super) async fn run(
+        &self,
+        d: &Deployed,
+        q: &Quotas,
+        callers: Arc<[Arc<str>]>,
+        deadline: Option<Instant>,
+        export: Export<'_>,
+    ) -> Report {
+        let ctx = self.deployed_context_with(d, q, callers, deadline);
+        let report = self.runtime.call(&d.module, &ctx, &self.limits_for(&d.record, q), export).await;
+        self.account(d, &report);
+        report
+    }
+
+    /// An invocation from outside of `d` (of tenant `t`, whose rate quota the caller has
+    /// already taken) with `input`: the tenant's concurrency quota and the agent's pool,
+    /// then `handle(input)`, ending by `deadline` (the request's) if that comes before the
+    /// agent's own timeout.
+    pub async fn invoke(
+        &self,
+        t: &CachedTenant,
+        d: &Deployed,
+        input: &[u8],
+        deadline: Option<Instant>,
+    ) -> AgentsResult<Report> {
+        let name = &d.record.name;
+        if !d.is_running() {
+            return Err(AgentsError::Conflict { code: "agent_stopped", message: format!("agent {name:?} is stopped") });
+        }
+        let Some(_tenant_slot) = t.limiter.enter() else {
+            self.metrics.refused(&t.name, "concurrency_quota");
+            return Err(AgentsError::OverQuota {
+                code: "concurrency_quota",
+                message: format!("over {} concurrent invocations", t.quotas.concurrent_invocations),
+                retry_after: 1,
+            });
+        };
+        let _slot = d.shared.pool.clone().try_acquire_owned().map_err(|_| {
+            AgentsError::PoolFull(format!("agent {name:?} already runs {} invocations", d.record.max_concurrency))
+        })?;
+        Ok(self.run(d, &t.quotas, self.no_callers.clone(), deadline, Export::Handle(input)).await)
+    }
+
+    /// Count an invocation of `d`: counters, logs, metrics.
+    pub fn account(&self, d: &Deployed, report: &Report) {
+        d.shared.invocations.fetch_add(1, Ordering::Relaxed);
+        if !report.outcome.is_ok() {
+            d.shared.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        d.shared.record_logs(report);
+        self.metrics.invocation_of(&d.metrics, report);
+    }
+
+    /// Run `init` with `record`'s config on `module`; an error if it does not succeed.
+    ///
+    /// What `init` wrote goes to the agent's log ring when the agent is deployed (a config
+    /// change, an upgrade); on a first deploy the caller records the returned report once
+    /// the agent is installed.
+    pub async fn run_init(&self, module: &Module, record: &AgentRecord, q: &Quotas) -> AgentsResult<Report> {
+        let config: Vec<(String, String)> = record.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let limits = self.limits_for(record, q);
+        // Without messaging: its calls answer `unavailable`. Its document and graph writes
+        // are buffered (at most its memory limit of them) and committed only if it succeeds.
+        let mut ctx = self.context(record, q);
+        let max_buffered = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
+        let overlay =
+            Arc::new(crate::store::Overlay::new(ctx.base.store.clone(), ctx.base.scope.clone(), max_buffered));
+        ctx.base = Arc::new(crate::runtime::AgentBase {
+            scope: ctx.base.scope.clone(),
+            config: ctx.base.config.clone(),
+            store: overlay.clone(),
+        });
+        let report = self.runtime.call(module, &ctx, &limits, Export::Init(&config)).await;
+        if let Some(d) = self.get(&record.tenant, &record.name) {
+            d.shared.record_logs(&report);
+        }
+        if let Some(other) = Some(&report.outcome).filter(|o| !o.is_ok()) {
+            return Err(AgentsError::Init { code: other.code().to_owned(), message: format!("init failed: {other}") });
+        }
+        let quota = crate::store::Quota { bytes: ctx.stored_bytes_quota, edges: ctx.edges_quota };
+        match overlay.commit(quota).await {
+            Ok(()) => Ok(report),
+            Err(crate::store::StoreError::QuotaExceeded(m)) => {
+                Err(AgentsError::Init { code: "quota_exceeded".into(), message: format!("init's writes: {m}") })
+            }
+            Err(crate::store::StoreError::Conflict { .. }) => Err(AgentsError::Init {
+                code: "conflict".into(),
+                message: "init's writes: a document init read was changed meanwhile; nothing was written".into(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

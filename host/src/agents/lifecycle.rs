@@ -1,0 +1,287 @@
+//! Deploy, config change, upgrade, rollback, stop, start and delete: each checks what it is
+//! asked, runs the agent's `init` where the configuration or module changes, writes the
+//! record (compare-and-swap) and installs the result.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::Agents;
+use super::deployed::Deployed;
+use super::error::{AgentsError, AgentsResult};
+use super::tenants::CachedTenant;
+use crate::coordination;
+use crate::registry::{AgentLimits, AgentRecord, AgentStatus, ModuleRecord, Tenant, Watch, now_ms, scoped};
+use crate::runtime::Module;
+use crate::store::{RecordKind, StoreError, check_collection, keys::check_prefix};
+
+/// What a deploy asks for (the body of `POST /v1/agents`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySpec {
+    /// The agent's name (checked by the caller).
+    pub name: String,
+    /// The digest of one of the tenant's modules.
+    pub module: String,
+    /// Its configuration, given to `init`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Its own limits, at most the tenant's quotas.
+    #[serde(default)]
+    pub limits: AgentLimits,
+    /// Invocations at once.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrency: u32,
+    /// Change feeds it takes.
+    #[serde(default)]
+    pub watches: Vec<Watch>,
+    /// Topics it takes.
+    #[serde(default)]
+    pub subscriptions: Vec<String>,
+}
+
+fn default_concurrency() -> u32 {
+    16
+}
+
+/// Most watches one agent may have.
+const MAX_WATCHES: usize = 32;
+/// Most topics one agent may subscribe to.
+const MAX_SUBSCRIPTIONS: usize = 32;
+
+fn check_subscriptions(topics: &[String]) -> AgentsResult<()> {
+    if topics.len() > MAX_SUBSCRIPTIONS {
+        return Err(AgentsError::Invalid(format!("at most {MAX_SUBSCRIPTIONS} subscriptions per agent")));
+    }
+    for (i, t) in topics.iter().enumerate() {
+        if !crate::capabilities::messaging::valid_topic(t) {
+            return Err(AgentsError::Invalid(format!(
+                "subscriptions[{i}]: {t:?} is not a topic name ([a-z0-9._-]{{1,128}})"
+            )));
+        }
+        if topics[..i].contains(t) {
+            return Err(AgentsError::Invalid(format!("subscriptions[{i}]: {t:?} is listed twice")));
+        }
+    }
+    Ok(())
+}
+
+/// A watching agent needs a module that exports `on-change`.
+fn watcher_module(module: &Module) -> AgentsResult<()> {
+    if module.shape.has_on_change {
+        Ok(())
+    } else {
+        Err(AgentsError::Invalid("an agent with watches needs a module that exports on-change".into()))
+    }
+}
+
+fn check_limits(l: &AgentLimits, t: &Tenant) -> AgentsResult<()> {
+    let over = |what: &str, v: u64, max: u64| {
+        Err(AgentsError::Invalid(format!("limits.{what} = {v} is over the tenant's quota of {max}")))
+    };
+    let q = &t.quotas;
+    if let Some(v) = l.fuel.filter(|v| *v > q.max_fuel) {
+        return over("fuel", v, q.max_fuel);
+    }
+    if let Some(v) = l.memory_bytes.filter(|v| *v > q.max_memory_bytes) {
+        return over("memory_bytes", v, q.max_memory_bytes);
+    }
+    if let Some(v) = l.timeout_ms.filter(|v| *v > q.max_timeout_ms) {
+        return over("timeout_ms", v, q.max_timeout_ms);
+    }
+    Ok(())
+}
+
+impl Agents {
+    /// Most watches one agent may have, and their collections and prefixes well-formed.
+    fn check_watches(&self, watches: &[Watch], module: &Module) -> AgentsResult<()> {
+        if watches.is_empty() {
+            return Ok(());
+        }
+        if watches.len() > MAX_WATCHES {
+            return Err(AgentsError::Invalid(format!("at most {MAX_WATCHES} watches per agent")));
+        }
+        let limits = &self.config.limits.keys;
+        for (i, w) in watches.iter().enumerate() {
+            check_collection(&w.collection, limits)
+                .map_err(|e| AgentsError::Invalid(format!("watches[{i}].collection: {e}")))?;
+            check_prefix(&w.prefix, limits).map_err(|e| AgentsError::Invalid(format!("watches[{i}].prefix: {e}")))?;
+        }
+        watcher_module(module)
+    }
+
+    /// The record of `tenant`'s module `digest`, or `not_found`.
+    pub async fn module_record(&self, tenant: &str, digest: &str) -> AgentsResult<ModuleRecord> {
+        self.registry
+            .get::<ModuleRecord>(RecordKind::Module, &scoped(tenant, digest))
+            .await?
+            .map(|(m, _)| m)
+            .ok_or_else(|| AgentsError::NotFound(format!("module {digest:?} not found")))
+    }
+
+    /// Deploy `spec` in tenant `t`: checks, the tenant's agent quota, `init`, then the
+    /// record and the installed agent. The caller holds the tenant's write lock.
+    pub async fn deploy(self: &Arc<Self>, t: &CachedTenant, spec: DeploySpec) -> AgentsResult<Arc<Deployed>> {
+        check_limits(&spec.limits, t)?;
+        check_subscriptions(&spec.subscriptions)?;
+        if spec.max_concurrency == 0 || spec.max_concurrency > self.config.engine.max_instances {
+            return Err(AgentsError::Invalid(format!(
+                "max_concurrency must be 1..={}",
+                self.config.engine.max_instances
+            )));
+        }
+        let key = scoped(&t.name, &spec.name);
+        if self.registry.get::<AgentRecord>(RecordKind::Agent, &key).await?.is_some() {
+            return Err(AgentsError::Conflict {
+                code: "already_exists",
+                message: format!("agent {:?} exists", spec.name),
+            });
+        }
+        let count = self.registry.store().record_list(RecordKind::Agent, &scoped(&t.name, "")).await?.len();
+        if count >= t.quotas.agents as usize {
+            self.metrics.refused(&t.name, "agent_quota");
+            return Err(AgentsError::OverQuota {
+                code: "agent_quota",
+                message: format!("the tenant has {count} agents, its quota"),
+                retry_after: 60,
+            });
+        }
+        self.module_record(&t.name, &spec.module).await?;
+        let module = self.modules.load(&spec.module).await?;
+        self.check_watches(&spec.watches, &module)?;
+        let now = now_ms();
+        let rec = AgentRecord {
+            tenant: t.name.clone(),
+            name: spec.name,
+            module: spec.module,
+            previous_module: None,
+            config: spec.config,
+            limits: spec.limits,
+            max_concurrency: spec.max_concurrency,
+            status: AgentStatus::Running,
+            created_ms: now,
+            updated_ms: now,
+            watches: spec.watches,
+            subscriptions: spec.subscriptions,
+        };
+        let init = match self.run_init(&module, &rec, &t.quotas).await {
+            Ok(report) => report,
+            Err(e) => {
+                // `init` may have linked the new agent in the graph before it failed: the agent
+                // is not deployed, so neither are its edges.
+                self.registry.store().remove_agent_edges(&t.name, &rec.name).await?;
+                return Err(e);
+            }
+        };
+        // Whatever a former agent of this name left (a delivery that finished after its
+        // delete) is not the new agent's.
+        coordination::forget(&self.registry, &t.name, &rec.name).await?;
+        if !rec.watches.is_empty() {
+            // Before the agent record: a watching agent always has its cursor.
+            coordination::start_cursor(&self.registry, &t.name, &rec.name).await?;
+        }
+        let rev = match self.registry.put(RecordKind::Agent, &key, &rec, Some(0)).await {
+            Err(StoreError::Conflict { .. }) => {
+                return Err(AgentsError::Conflict {
+                    code: "already_exists",
+                    message: format!("agent {:?} exists", rec.name),
+                });
+            }
+            other => other?,
+        };
+        let d = self.install(rec, rev, module);
+        d.shared.record_logs(&init);
+        Ok(d)
+    }
+
+    /// Persist a changed record (compare-and-swap on the revision the change started from)
+    /// and install it.
+    async fn commit(
+        self: &Arc<Self>,
+        d: &Deployed,
+        mut rec: AgentRecord,
+        module: Arc<Module>,
+    ) -> AgentsResult<Arc<Deployed>> {
+        rec.updated_ms = now_ms();
+        let rev = self.registry.put(RecordKind::Agent, &scoped(&rec.tenant, &rec.name), &rec, Some(d.revision)).await?;
+        Ok(self.install(rec, rev, module))
+    }
+
+    /// Give agent `name` of `t` a new configuration: `init` sees it first; if it refuses,
+    /// the old config stays in force.
+    pub async fn update_config(
+        self: &Arc<Self>,
+        t: &CachedTenant,
+        name: &str,
+        config: BTreeMap<String, String>,
+    ) -> AgentsResult<Arc<Deployed>> {
+        let d = self.find(&t.name, name)?;
+        let mut rec = d.record.clone();
+        rec.config = config;
+        self.run_init(&d.module, &rec, &t.quotas).await?;
+        self.commit(&d, rec, d.module.clone()).await
+    }
+
+    /// Run agent `name` of `t` on module `digest`, keeping the current one to roll back to.
+    pub async fn upgrade(
+        self: &Arc<Self>,
+        t: &CachedTenant,
+        name: &str,
+        digest: String,
+    ) -> AgentsResult<Arc<Deployed>> {
+        let d = self.find(&t.name, name)?;
+        self.module_record(&t.name, &digest).await?;
+        let module = self.modules.load(&digest).await?;
+        if !d.record.watches.is_empty() {
+            watcher_module(&module)?;
+        }
+        let mut rec = d.record.clone();
+        rec.previous_module = Some(rec.module.clone());
+        rec.module = digest;
+        self.run_init(&module, &rec, &t.quotas).await?;
+        self.commit(&d, rec, module).await
+    }
+
+    /// Run agent `name` of `t` on its previous module again (the current one becomes the
+    /// previous).
+    pub async fn rollback(self: &Arc<Self>, t: &CachedTenant, name: &str) -> AgentsResult<Arc<Deployed>> {
+        let d = self.find(&t.name, name)?;
+        let mut rec = d.record.clone();
+        let Some(prev) = rec.previous_module.take() else {
+            return Err(AgentsError::Conflict {
+                code: "no_previous_module",
+                message: "the agent was never upgraded".into(),
+            });
+        };
+        let module = self.modules.load(&prev).await?;
+        rec.previous_module = Some(std::mem::replace(&mut rec.module, prev));
+        self.run_init(&module, &rec, &t.quotas).await?;
+        self.commit(&d, rec, module).await
+    }
+
+    /// Stop or start agent `name` of `t`.
+    pub async fn set_status(
+        self: &Arc<Self>,
+        t: &CachedTenant,
+        name: &str,
+        status: AgentStatus,
+    ) -> AgentsResult<Arc<Deployed>> {
+        let d = self.find(&t.name, name)?;
+        let mut rec = d.record.clone();
+        rec.status = status;
+        self.commit(&d, rec, d.module.clone()).await
+    }
+
+    /// Delete agent `name` of `tenant`: its record, the running agent, what coordination
+    /// keeps for it and its graph edges.
+    pub async fn delete(&self, tenant: &str, name: &str) -> AgentsResult<()> {
+        self.find(tenant, name)?;
+        self.registry.delete(RecordKind::Agent, &scoped(tenant, name)).await?;
+        self.uninstall(tenant, name).await;
+        coordination::forget(&self.registry, tenant, name).await?;
+        // Its edges go with it (graph import).
+        self.registry.store().remove_agent_edges(tenant, name).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,117 @@
+//! The lifecycle layer: the agents deployed on this node and everything that happens to
+//! them. It owns the deployed agents ([`deployed`]), the modules they run ([`modules`]),
+//! their deploy, config change, upgrade, rollback, stop, start and delete ([`lifecycle`]),
+//! install, uninstall and restore at start ([`install`]), the one invoke core that HTTP
+//! invocations, agent-to-agent calls and background deliveries share ([`invoke`]), those
+//! deliveries ([`deliveries`]) and the messenger the `messaging` import calls
+//! ([`messenger`]). The API above it authenticates, authorizes and maps [`AgentsError`] to
+//! its responses.
+
+pub mod deliveries;
+pub mod deployed;
+pub mod error;
+pub mod install;
+pub mod invoke;
+pub mod lifecycle;
+pub mod messenger;
+pub mod modules;
+pub mod tenants;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, OnceLock};
+
+pub use self::deployed::{Deployed, Shared};
+pub use self::error::{AgentsError, AgentsResult};
+pub use self::lifecycle::DeploySpec;
+pub use self::modules::Modules;
+pub use self::tenants::{CachedTenant, Tenants};
+use crate::capabilities::Messenger;
+use crate::config::ServerConfig;
+use crate::coordination::{DispatchSettings, Mailbox, MailboxSettings, Watcher};
+use crate::registry::Registry;
+use crate::runtime::Runtime;
+use crate::telemetry::Metrics;
+
+/// The agents of this node; shared by the API, the coordination tasks and the messenger.
+pub struct Agents {
+    config: Arc<ServerConfig>,
+    runtime: Arc<Runtime>,
+    registry: Registry,
+    metrics: Arc<Metrics>,
+    tenants: Arc<Tenants>,
+    /// Uploaded modules, on disk and loaded.
+    pub modules: Modules,
+    deployed: deployed::DeployedMap,
+    watchers: Mutex<HashMap<String, Watcher>>,
+    dispatch: DispatchSettings,
+    mailboxes: Mutex<HashMap<String, Mailbox>>,
+    /// Messages waiting per agent, running or stopped (counted from the store once).
+    pending: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    mailbox_settings: MailboxSettings,
+    mesh: OnceLock<Arc<dyn Messenger>>,
+    no_callers: Arc<[Arc<str>]>,
+}
+
+impl std::fmt::Debug for Agents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agents").finish_non_exhaustive()
+    }
+}
+
+impl Agents {
+    /// No agent deployed yet (see [`Agents::restore`]); modules kept under
+    /// `DATA/modules`.
+    pub fn new(
+        config: Arc<ServerConfig>,
+        runtime: Arc<Runtime>,
+        registry: Registry,
+        metrics: Arc<Metrics>,
+        tenants: Arc<Tenants>,
+    ) -> AgentsResult<Self> {
+        let modules = Modules::new(
+            config.data_dir.join("modules"),
+            config.engine.module_cache_bytes,
+            runtime.clone(),
+            registry.clone(),
+        )?;
+        let mailbox_settings = config.messaging.mailbox();
+        Ok(Self {
+            config,
+            runtime,
+            registry,
+            metrics,
+            tenants,
+            modules,
+            deployed: deployed::DeployedMap::default(),
+            watchers: Mutex::new(HashMap::new()),
+            dispatch: DispatchSettings::default(),
+            mailboxes: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            mailbox_settings,
+            mesh: OnceLock::new(),
+            no_callers: Arc::from([]),
+        })
+    }
+
+    /// A deployed agent.
+    pub fn get(&self, tenant: &str, name: &str) -> Option<Arc<Deployed>> {
+        self.deployed.get(tenant, name)
+    }
+
+    /// A deployed agent, or `not_found`.
+    pub fn find(&self, tenant: &str, name: &str) -> AgentsResult<Arc<Deployed>> {
+        self.get(tenant, name).ok_or_else(|| AgentsError::NotFound(format!("agent {name:?} not found")))
+    }
+
+    /// Agents of a tenant, by name.
+    pub fn of(&self, tenant: &str) -> std::collections::BTreeMap<String, Arc<Deployed>> {
+        self.deployed.of(tenant)
+    }
+
+    /// Whether any agent of `tenant` runs `digest` (or keeps it to roll back to); used
+    /// before deleting a module.
+    pub fn module_in_use(&self, tenant: &str, digest: &str) -> bool {
+        self.deployed.uses_module(tenant, digest)
+    }
+}
