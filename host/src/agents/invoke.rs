@@ -1,6 +1,6 @@
 //! The one invoke core: the limits and sandbox context of a deployed agent, and the run of
 //! one of its exports, counted. HTTP invocations ([`Agents::invoke`]), agent-to-agent calls
-//! and background deliveries all end in [`Agents::run`].
+//! and background deliveries all end in `Agents::run`.
 //!
 //! An invocation's deadline is an argument: the earliest of its HTTP request's deadline,
 //! its caller's, and its own timeout (applied by the runtime) wins. It does not depend on
