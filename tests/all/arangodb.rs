@@ -1,6 +1,6 @@
 //! The ArangoDB backend: the store contract against the loopback fake of ArangoDB's HTTP API
 //! (`fake_arango`), key sanitising, timeouts, and the contract against a real server when
-//! `CORTEX_TEST_ARANGODB_URL` is set.
+//! `CORTEX_TEST_ARANGODB_URL` is set, and `/readyz` over a stalled server.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -246,4 +246,36 @@ async fn a_stalled_store_ends_requests_by_the_request_timeout_on_both_lanes() {
         assert_eq!(r.status(), 408, "{lane}: {}", r.text().await.unwrap());
         assert!(took < Duration::from_secs(5), "{lane} took {took:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_pings_the_store_and_answers_503_while_it_stalls() {
+    let fake = FakeArango::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut arango = config(&fake.url, &dir, PASSWORD);
+    // The ping ends by the store client's own timeout, well within the API's.
+    arango.request_timeout_ms = 300;
+    let s = crate::server::Server::start_with(|c| {
+        c.store = cortex_host::config::StoreConfig::Arangodb(arango);
+        c.http.request_timeout_ms = 30_000;
+    })
+    .await;
+    let ready = || async { crate::server::answer(s.client.get(s.url("/readyz")).send().await.unwrap()).await };
+    let r = ready().await;
+    assert_eq!((r.status.as_u16(), r.text.as_str()), (200, "ready"));
+    assert!(
+        fake.state.lock().unwrap().log.iter().any(|l| l == "GET /_db/cortex_test/_api/version"),
+        "asked the server"
+    );
+
+    fake.state.lock().unwrap().hang = true;
+    let r = ready().await;
+    assert_eq!((r.status.as_u16(), r.code.as_str()), (503, "store_unavailable"), "{}", r.text);
+    assert_eq!(r.content_type, "application/problem+json");
+    assert!(!r.text.contains("arangodb"), "the store's error stays in the log: {}", r.text);
+
+    // Ready again once the server answers.
+    fake.state.lock().unwrap().hang = false;
+    let r = ready().await;
+    assert_eq!((r.status.as_u16(), r.text.as_str()), (200, "ready"));
 }
