@@ -215,15 +215,20 @@ async fn a_stalled_store_ends_requests_by_the_request_timeout_on_both_lanes() {
     let mut arango = config(&fake.url, &dir, PASSWORD);
     // The store would wait far longer than the API lets a request take.
     arango.request_timeout_ms = 30_000;
-    let s = crate::server::Server::start_with(|c| {
-        c.store = cortex_host::config::StoreConfig::Arangodb(arango);
-        c.http.request_timeout_ms = 400;
-    })
-    .await;
+    // Set up under the default request timeout (an upload compiles, which a loaded machine
+    // may not finish in 400 ms), then restart on the same data with the short one: the
+    // agent comes back from the artifact cache.
+    let s = crate::server::Server::start_with(|c| c.store = cortex_host::config::StoreConfig::Arangodb(arango.clone()))
+        .await;
     s.tenant("t").await;
     let dev = s.token(Some("t"), cortex_host::api::Role::TenantAdmin);
     let hello = s.upload(&dev, cortex_artifacts::HELLO).await;
     s.deploy(&dev, "hello", &hello, serde_json::json!({})).await;
+    let s = crate::server::Server::start_in(s.stop().await, |c| {
+        c.store = cortex_host::config::StoreConfig::Arangodb(arango);
+        c.http.request_timeout_ms = 400;
+    })
+    .await;
     let new_key = || async {
         let r = s.req(reqwest::Method::POST, "/v1/keys", &dev).json(&serde_json::json!({ "role": "developer" }));
         let key: serde_json::Value = r.send().await.unwrap().json().await.unwrap();
