@@ -6,16 +6,16 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-/// `N` bytes from the operating system's random source.
+/// `N` bytes from the operating system's random source (`getrandom`).
 pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
     let mut buf = [0u8; N];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut buf)?;
+    getrandom::fill(&mut buf)?;
     Ok(buf)
 }
 
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    ::hex::encode(bytes)
 }
 
 /// Hex SHA-256 of `bytes`.

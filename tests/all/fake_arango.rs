@@ -2,7 +2,7 @@
 //! `arangodb` store calls, with the status codes, error numbers and bodies ArangoDB's HTTP
 //! API documentation gives for them:
 //! - `GET /` (server check: the `Server: ArangoDB` header), basic auth on everything else;
-//! - `GET /_db/{db}/_api/database/current`, `POST /_api/database`;
+//! - `GET /_db/{db}/_api/version`, `GET /_db/{db}/_api/database/current`, `POST /_api/database`;
 //! - `GET|POST /_db/{db}/_api/collection[/{name}]`, `POST /_db/{db}/_api/index?collection=`;
 //! - documents: `GET|POST|PUT|DELETE /_db/{db}/_api/document/{coll}[/{key}]`, `If-Match`
 //!   answered with 412 (error 1200) and the current `_rev`, insert of an existing `_key`
@@ -223,6 +223,9 @@ fn handle(st: &mut State, req: &Req) -> (u16, Value) {
     }
     let body: Value = serde_json::from_str(&req.body).unwrap_or(Value::Null);
     match (m, rest.as_slice()) {
+        ("GET", ["_api", "version"]) => {
+            (200, json!({ "server": "arango", "version": "3.12.0", "license": "community" }))
+        }
         ("GET", ["_api", "database", "current"]) => (
             200,
             json!({ "error": false, "code": 200, "result": { "name": db, "id": "1", "path": "/fake", "isSystem": db == "_system" } }),

@@ -1,5 +1,12 @@
-//! One contract every storage backend must pass. Runs on the embedded store always; new
-//! backends add one `#[tokio::test]` calling [`contract`] with their constructor.
+//! One contract every storage backend must pass, one named test per case and backend:
+//! `store_contract::embedded::<case>`, `store_contract::fake_arango::<case>` and, when
+//! `CORTEX_TEST_ARANGODB_URL` is set, `store_contract::real_arangodb::<case>`, each on a fresh,
+//! empty store, so one failing case does not hide the others.
+//!
+//! A case is a `pub async fn <case>(s: Arc<dyn Store>)` listed in [`contract_cases!`]; a new
+//! backend is a module with `async fn backend() -> Option<Backend>` and
+//! `contract_tests!(backend);`. Cases use their own tenants, so [`every_case`] can also run
+//! them one after another on one store.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,34 +17,143 @@ use cortex_host::store::{
     edge_size,
 };
 
+/// A store under test and what must live as long as it (a folder, a fake server).
+pub type Backend = (Arc<dyn Store>, Box<dyn std::any::Any + Send>);
+
+/// Calls `$callback!(($args) case, case, ...)` with every case of the contract, in order.
+macro_rules! contract_cases {
+    ($callback:ident!($($args:tt)*)) => {
+        $crate::store_contract::$callback!(($($args)*)
+            revisions_start_at_one_and_cas_checks_them,
+            tenants_are_disjoint_for_reads_lists_and_deletes,
+            delete_checks_the_expected_revision,
+            listing_follows_prefix_order_limit_and_cursor,
+            transactions_apply_all_ops_or_none,
+            usage_counts_and_a_purge_removes_one_tenant_only,
+            records_use_cas_and_kinds_are_separate_key_spaces,
+            audit_logs_number_their_events_densely,
+            concurrent_cas_increments_lose_no_update,
+            the_feed_records_each_effective_write_once,
+            concurrent_writers_get_a_dense_feed,
+            wait_for_wakes_on_a_write_of_its_own_tenant,
+            graph_edges_link_list_and_go_with_their_agent,
+            quotas_count_every_stored_byte_inside_the_write,
+            bounded_reads_stop_at_the_byte_budget,
+        );
+    };
+}
+pub(crate) use contract_cases;
+
+/// One `#[tokio::test]` per case on a fresh store from `$backend()` (`None`: skipped).
+macro_rules! contract_tests {
+    ($backend:path) => {
+        $crate::store_contract::contract_cases!(contract_tests_for!($backend));
+    };
+}
+
+macro_rules! contract_tests_for {
+    (($backend:path) $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some((store, _guard)) = $backend().await else { return };
+                $crate::store_contract::$case(store).await;
+            }
+        )*
+    };
+}
+pub(crate) use contract_tests_for;
+
+macro_rules! every_case_fn {
+    (() $($case:ident),* $(,)?) => {
+        /// Every case in order on one store (for tests that look at all the calls made).
+        pub async fn every_case(s: &Arc<dyn Store>) {
+            $( $case(s.clone()).await; )*
+        }
+    };
+}
+pub(crate) use every_case_fn;
+contract_cases!(every_case_fn!());
+
+mod embedded {
+    use super::*;
+
+    async fn backend() -> Option<Backend> {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        Some((store, Box::new(dir)))
+    }
+
+    contract_tests!(backend);
+}
+
+mod fake_arango {
+    use super::*;
+
+    async fn backend() -> Option<Backend> {
+        let (fake, store, dir) = crate::arangodb::connected().await;
+        Some((Arc::new(store), Box::new((fake, dir))))
+    }
+
+    contract_tests!(backend);
+}
+
+mod real_arangodb {
+    use super::*;
+
+    async fn backend() -> Option<Backend> {
+        let Some((store, dir)) = crate::arangodb::real().await else {
+            eprintln!(
+                "skipped: CORTEX_TEST_ARANGODB_URL is not set (no ArangoDB server can run on this machine; \
+                 the README's ArangoDB section says how to start one)"
+            );
+            return None;
+        };
+        Some((Arc::new(store), Box::new(dir)))
+    }
+
+    contract_tests!(backend);
+}
+
 fn put_op(c: &str, k: &str, v: &str, expected: Option<u64>) -> WriteOp {
     WriteOp::Put { collection: c.into(), key: k.into(), value: v.into(), expected }
 }
 
-/// The whole contract, against a fresh, empty store.
-pub async fn contract(s: Arc<dyn Store>) {
-    let a = Scope::new("tenant-a", "agent");
-    let b = Scope::new("tenant-b", "agent");
-
-    // Revisions start at 1 and bump by one; CAS with 0 means "must not exist".
+/// Revisions start at 1 and bump by one; CAS with 0 means "must not exist".
+pub async fn revisions_start_at_one_and_cas_checks_them(s: Arc<dyn Store>) {
+    let a = Scope::new("rev-a", "agent");
     assert_eq!(s.put(&a, "c", "k", "1", Some(0)).await.unwrap(), 1);
     assert!(matches!(s.put(&a, "c", "k", "2", Some(0)).await, Err(StoreError::Conflict { current: 1 })));
     assert_eq!(s.put(&a, "c", "k", "2", None).await.unwrap(), 2);
     assert!(matches!(s.put(&a, "c", "k", "3", Some(1)).await, Err(StoreError::Conflict { current: 2 })));
     let d = s.get(&a, "c", "k").await.unwrap().unwrap();
     assert_eq!((d.value.as_str(), d.revision), ("2", 2));
+}
 
-    // Tenants are disjoint, also for listing and deletes.
+/// Tenants are disjoint, also for listing and deletes.
+pub async fn tenants_are_disjoint_for_reads_lists_and_deletes(s: Arc<dyn Store>) {
+    let a = Scope::new("disjoint-a", "agent");
+    let b = Scope::new("disjoint-b", "agent");
+    s.put(&a, "c", "k", "1", None).await.unwrap();
     assert_eq!(s.get(&b, "c", "k").await.unwrap(), None);
     assert!(!s.delete(&b, "c", "k", None).await.unwrap());
     assert!(s.list(&b, "c", "", 100, None).await.unwrap().documents.is_empty());
+    assert_eq!(s.get(&a, "c", "k").await.unwrap().unwrap().revision, 1, "b's delete left a's document");
+}
 
-    // Delete with CAS.
+/// Delete with CAS.
+pub async fn delete_checks_the_expected_revision(s: Arc<dyn Store>) {
+    let a = Scope::new("del-a", "agent");
+    s.put(&a, "c", "k", "1", None).await.unwrap();
+    s.put(&a, "c", "k", "2", None).await.unwrap();
     assert!(matches!(s.delete(&a, "c", "k", Some(1)).await, Err(StoreError::Conflict { current: 2 })));
     assert!(s.delete(&a, "c", "k", Some(2)).await.unwrap());
     assert_eq!(s.get(&a, "c", "k").await.unwrap(), None);
+}
 
-    // Listing: prefix, order, limit, cursor; other collections excluded.
+/// Listing: prefix, order, limit, cursor; other collections excluded.
+pub async fn listing_follows_prefix_order_limit_and_cursor(s: Arc<dyn Store>) {
+    let a = Scope::new("list-a", "agent");
     for k in ["p/3", "p/1", "p/2", "q/1"] {
         s.put(&a, "list", k, "0", None).await.unwrap();
     }
@@ -47,8 +163,12 @@ pub async fn contract(s: Arc<dyn Store>) {
     let p2 = s.list(&a, "list", "p/", 2, p1.next.as_deref()).await.unwrap();
     assert_eq!(p2.documents.iter().map(|d| d.key.as_str()).collect::<Vec<_>>(), ["p/3"]);
     assert_eq!(p2.next, None);
+}
 
-    // Transactions: all or nothing, revisions per op.
+/// Transactions: all or nothing, revisions per op.
+pub async fn transactions_apply_all_ops_or_none(s: Arc<dyn Store>) {
+    let a = Scope::new("tx-a", "agent");
+    s.put(&a, "list", "q/1", "0", None).await.unwrap();
     let bad = [put_op("tx", "x", "1", Some(0)), put_op("tx", "y", "1", Some(5))];
     assert!(matches!(s.transact(&a, &bad).await, Err(StoreError::Conflict { current: 0 })));
     assert_eq!(s.get(&a, "tx", "x").await.unwrap(), None);
@@ -59,22 +179,31 @@ pub async fn contract(s: Arc<dyn Store>) {
     ];
     assert_eq!(s.transact(&a, &good).await.unwrap(), vec![1, 2, 0]);
     assert_eq!(s.get(&a, "list", "q/1").await.unwrap(), None);
+}
 
-    // Usage accounting and purge of one tenant.
+/// Usage accounting and purge of one tenant.
+pub async fn usage_counts_and_a_purge_removes_one_tenant_only(s: Arc<dyn Store>) {
+    let a = Scope::new("usage-a", "agent");
+    let b = Scope::new("usage-b", "agent");
+    for k in ["p/1", "p/2", "p/3"] {
+        s.put(&a, "list", k, "0", None).await.unwrap();
+    }
+    s.put(&a, "tx", "x", "2", None).await.unwrap();
     s.put(&b, "c", "k", "12345", None).await.unwrap();
-    assert_eq!(s.stored_bytes("tenant-b").await.unwrap(), 5);
-    assert!(s.purge_tenant_documents("tenant-a").await.unwrap() >= 4);
+    assert_eq!(s.stored_bytes("usage-b").await.unwrap(), 5);
+    assert!(s.purge_tenant_documents("usage-a").await.unwrap() >= 4);
     assert!(s.list(&a, "list", "", 100, None).await.unwrap().documents.is_empty());
     assert_eq!(s.get(&b, "c", "k").await.unwrap().unwrap().value, "12345");
+}
 
-    // Registry records and the audit log.
+/// Registry records, and mailbox records listed by prefix and deleted several at once.
+pub async fn records_use_cas_and_kinds_are_separate_key_spaces(s: Arc<dyn Store>) {
     assert_eq!(s.record_put(RecordKind::Tenant, "t1", b"{}".to_vec(), Some(0)).await.unwrap(), 1);
     assert!(matches!(
         s.record_put(RecordKind::Tenant, "t1", b"{}".to_vec(), Some(0)).await,
         Err(StoreError::Conflict { current: 1 })
     ));
     assert_eq!(s.record_get(RecordKind::Agent, "t1").await.unwrap(), None, "kinds are separate key spaces");
-    // Mailbox records: listed by prefix, deleted several at once.
     for k in ["t1/rx/1", "t1/rx/2", "t1/rx/3", "t1/rxx/1"] {
         s.record_put(RecordKind::Message, k, b"{}".to_vec(), Some(0)).await.unwrap();
     }
@@ -83,9 +212,11 @@ pub async fn contract(s: Arc<dyn Store>) {
     let gone = vec!["t1/rx/1".to_owned(), "t1/rx/3".to_owned(), "t1/rx/9".to_owned()];
     assert_eq!(s.record_delete_many(RecordKind::Message, &gone).await.unwrap(), 2, "only existing ones count");
     assert_eq!(keys(s.record_list(RecordKind::Message, "t1/rx").await.unwrap()), ["t1/rx/2", "t1/rxx/1"]);
-    audit_contract(&s).await;
+}
 
-    // Concurrent CAS increments: the final value equals the number of successful swaps.
+/// Concurrent CAS increments: the final value equals the number of successful swaps.
+pub async fn concurrent_cas_increments_lose_no_update(s: Arc<dyn Store>) {
+    let a = Scope::new("cas-a", "agent");
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let s = s.clone();
@@ -116,19 +247,13 @@ pub async fn contract(s: Arc<dyn Store>) {
     assert_eq!(won, 80);
     assert_eq!(s.get(&a, "n", "n").await.unwrap().unwrap().value, "80");
     // The 80 swaps of the one key are 80 events in revision order.
-    let revs: Vec<u64> = all_events(&s, "tenant-a").await.iter().filter(|e| e.key == "n").map(|e| e.revision).collect();
+    let revs: Vec<u64> = all_events(&s, "cas-a").await.iter().filter(|e| e.key == "n").map(|e| e.revision).collect();
     assert_eq!(revs, (1..=80).collect::<Vec<u64>>());
-
-    feed_contract(&s).await;
-    concurrent_feed_contract(&s).await;
-    wait_contract(&s).await;
-    graph_contract(&s).await;
-    quota_contract(&s).await;
-    bounded_reads_contract(&s).await;
 }
 
 /// Every stored byte counts: documents, edges and metered records, checked in the write.
-async fn quota_contract(s: &Arc<dyn Store>) {
+pub async fn quotas_count_every_stored_byte_inside_the_write(s: Arc<dyn Store>) {
+    let s = &s;
     let t = "quota-t";
     let a = Scope::new(t, "agent");
     let usage = || async { s.usage(t).await.unwrap() };
@@ -192,7 +317,8 @@ async fn quota_contract(s: &Arc<dyn Store>) {
 }
 
 /// Reads for a guest stop at a byte budget, with a cursor to continue.
-async fn bounded_reads_contract(s: &Arc<dyn Store>) {
+pub async fn bounded_reads_stop_at_the_byte_budget(s: Arc<dyn Store>) {
+    let s = &s;
     let a = Scope::new("budget-t", "agent");
     let value = format!("\"{}\"", "v".repeat(998)); // 1000 bytes
     for i in 0..10 {
@@ -230,10 +356,10 @@ async fn bounded_reads_contract(s: &Arc<dyn Store>) {
     assert_eq!(n(1).await.len(), 1, "the first edge always comes back");
 }
 
-/// Every event of a tenant, checked to be numbered exactly 1..=N.
 /// The platform's audit log numbers every event; each tenant's own log numbers only its
 /// events, from 1 and without gaps, so its numbers tell nothing of other tenants.
-async fn audit_contract(s: &Arc<dyn Store>) {
+pub async fn audit_logs_number_their_events_densely(s: Arc<dyn Store>) {
+    let s = &s;
     let (first, none) = s.audit_append(b"a".to_vec(), None).await.unwrap();
     assert_eq!(none, None);
     assert_eq!(s.audit_append(b"b".to_vec(), Some("id-1")).await.unwrap(), (first + 1, Some(1)));
@@ -251,6 +377,7 @@ async fn audit_contract(s: &Arc<dyn Store>) {
     assert!(s.audit_list(Some("id"), 0, 10).await.unwrap().is_empty(), "an id is not a prefix of another");
 }
 
+/// Every event of a tenant, checked to be numbered exactly 1..=N.
 async fn all_events(s: &Arc<dyn Store>, tenant: &str) -> Vec<ChangeEvent> {
     let mut all: Vec<ChangeEvent> = Vec::new();
     loop {
@@ -271,7 +398,8 @@ fn ev(seq: u64, collection: &str, key: &str, op: ChangeOp, revision: u64, agent:
 }
 
 /// The change feed: one event per effective write, in the write's own atomic step.
-async fn feed_contract(s: &Arc<dyn Store>) {
+pub async fn the_feed_records_each_effective_write_once(s: Arc<dyn Store>) {
+    let s = &s;
     let a = Scope::new("feed-a", "writer");
     let b = Scope::new("feed-b", "other");
     assert_eq!(s.feed_head("feed-a").await.unwrap(), 0);
@@ -327,7 +455,8 @@ async fn feed_contract(s: &Arc<dyn Store>) {
 }
 
 /// Concurrent writers of one tenant: numbers 1..=N without gaps, each key's revisions in order.
-async fn concurrent_feed_contract(s: &Arc<dyn Store>) {
+pub async fn concurrent_writers_get_a_dense_feed(s: Arc<dyn Store>) {
+    let s = &s;
     let mut tasks = Vec::new();
     for task in 0..4 {
         let s = s.clone();
@@ -364,7 +493,8 @@ async fn concurrent_feed_contract(s: &Arc<dyn Store>) {
 }
 
 /// `wait_for` returns because of a write, and only a write of its own tenant.
-async fn wait_contract(s: &Arc<dyn Store>) {
+pub async fn wait_for_wakes_on_a_write_of_its_own_tenant(s: Arc<dyn Store>) {
+    let s = &s;
     let w = Scope::new("feed-w", "agent");
     assert_eq!(s.wait_for("feed-w", 0, Duration::from_millis(30)).await.unwrap(), 0, "times out with no write");
     let waiter = {
@@ -393,7 +523,8 @@ fn edge(from: &str, to: &str, kind: &str, attrs: &str) -> Edge {
 }
 
 /// Graph edges: link/unlink, neighbours by kind and direction, removal with an agent.
-async fn graph_contract(s: &Arc<dyn Store>) {
+pub async fn graph_edges_link_list_and_go_with_their_agent(s: Arc<dyn Store>) {
+    let s = &s;
     let t = "graph-a";
     let n = |agent: &'static str, kind: Option<&'static str>, dir: Direction, limit: usize| {
         let s = s.clone();
@@ -454,12 +585,6 @@ async fn graph_contract(s: &Arc<dyn Store>) {
     s.purge_tenant_documents("graph-b").await.unwrap();
     assert_eq!(s.neighbours("graph-b", "a", None, Direction::Both, 100).await.unwrap(), []);
     assert_eq!(n("b", None, Direction::Outgoing, 100).await.len(), 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_store_passes_the_contract() {
-    let dir = tempfile::tempdir().unwrap();
-    contract(Arc::new(EmbeddedStore::open(dir.path()).unwrap())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,12 +22,16 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
+/// `/readyz`: "ready" when the store answers its cheapest call ([`RecordStore::ping`]),
+/// else 503 `store_unavailable` (the store's error goes to the log only).
+///
+/// [`RecordStore::ping`]: crate::store::RecordStore::ping
 pub async fn readyz(State(st): St) -> Response {
-    match st.registry.store().stored_bytes("").await {
-        Ok(_) => "ready".into_response(),
+    match st.registry.store().ping().await {
+        Ok(()) => "ready".into_response(),
         Err(e) => {
             tracing::error!(error = %e, "store not ready");
-            problem(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the store is not available".into())
+            problem(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the store is not available".into())
         }
     }
 }

@@ -11,8 +11,11 @@ use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use wasmtime::Engine;
+
+type HmacSha256 = Hmac<Sha256>;
 
 const MAGIC: &[u8; 8] = b"CTXART01";
 const TAG_LEN: usize = 32;
@@ -39,15 +42,17 @@ pub fn engine_fingerprint(engine: &Engine) -> String {
     format!("{:016x}", h.finish())
 }
 
-fn hmac(key: &[u8; 32], payload: &[u8]) -> [u8; 32] {
-    let mut ipad = [0x36u8; 64];
-    let mut opad = [0x5cu8; 64];
-    for (i, k) in key.iter().enumerate() {
-        ipad[i] ^= k;
-        opad[i] ^= k;
-    }
-    let inner = Sha256::new().chain_update(ipad).chain_update(payload).finalize();
-    Sha256::new().chain_update(opad).chain_update(inner).finalize().into()
+/// HMAC-SHA256 of `payload` under `key` (RFC 2104; the `hmac` crate).
+fn mac(key: &[u8], payload: &[u8]) -> HmacSha256 {
+    // Any key length is valid for HMAC: `new_from_slice` cannot fail here.
+    let mut m = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    m.update(payload);
+    m
+}
+
+/// The tag of `payload` under `key`.
+fn tag(key: &[u8], payload: &[u8]) -> [u8; TAG_LEN] {
+    mac(key, payload).finalize().into_bytes().into()
 }
 
 fn load_or_create_key(dir: &Path) -> std::io::Result<[u8; 32]> {
@@ -84,8 +89,7 @@ impl ArtifactCache {
             return None;
         }
         let (tag, payload) = bytes[MAGIC.len()..].split_at(TAG_LEN);
-        // Not constant-time: the key never leaves this host and the file is local.
-        if hmac(&self.key, payload) != tag {
+        if mac(&self.key, payload).verify_slice(tag).is_err() {
             tracing::warn!(digest, "ignoring a cached artifact whose tag does not match");
             return None;
         }
@@ -99,7 +103,7 @@ impl ArtifactCache {
         {
             let mut f = crate::fsutil::create_private(&tmp)?;
             f.write_all(MAGIC)?;
-            f.write_all(&hmac(&self.key, payload))?;
+            f.write_all(&tag(&self.key, payload))?;
             f.write_all(payload)?;
             f.sync_all()?;
         }
@@ -120,13 +124,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hmac_matches_rfc4231_case_2_shape() {
-        // RFC 4231 test case 2 uses a 4-byte key; ours are 32 bytes, zero-padded the same
-        // way, so the key "Jefe" padded to 32 bytes gives the same tag.
-        let mut key = [0u8; 32];
-        key[..4].copy_from_slice(b"Jefe");
-        let tag = hmac(&key, b"what do ya want for nothing?");
-        assert_eq!(crate::secrets::hex(&tag), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    fn the_tag_matches_the_rfc4231_test_vectors() {
+        // Test case 1: a 20-byte key of 0x0b, "Hi There".
+        assert_eq!(
+            ::hex::encode(tag(&[0x0b; 20], b"Hi There")),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
+        );
+        // Test case 2: the key "Jefe".
+        assert_eq!(
+            ::hex::encode(tag(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // A 32-byte cache key is zero-padded to the block like "Jefe": the same tag, so
+        // files written by the earlier hand-rolled HMAC stay valid.
+        let mut padded = [0u8; 32];
+        padded[..4].copy_from_slice(b"Jefe");
+        assert_eq!(tag(&padded, b"what do ya want for nothing?"), tag(b"Jefe", b"what do ya want for nothing?"));
+    }
+
+    #[test]
+    fn a_file_written_with_the_earlier_format_is_still_read() {
+        // MAGIC, then the tag of the hand-rolled HMAC (RFC 2104 over a zero-padded key), then
+        // the payload: what an older host left in the cache folder.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::open(dir.path(), &Engine::default()).unwrap();
+        let key: [u8; 32] = std::fs::read(dir.path().join("cache.key")).unwrap().try_into().unwrap();
+        let payload = b"compiled bytes";
+        let (mut ipad, mut opad) = ([0x36u8; 64], [0x5cu8; 64]);
+        for (i, k) in key.iter().enumerate() {
+            ipad[i] ^= k;
+            opad[i] ^= k;
+        }
+        use sha2::Digest;
+        let inner = Sha256::new().chain_update(ipad).chain_update(payload).finalize();
+        let old_tag = Sha256::new().chain_update(opad).chain_update(inner).finalize();
+        let mut file = MAGIC.to_vec();
+        file.extend_from_slice(&old_tag);
+        file.extend_from_slice(payload);
+        std::fs::write(cache.path("old"), file).unwrap();
+        assert_eq!(cache.read("old").as_deref(), Some(&payload[..]));
     }
 
     #[test]

@@ -103,6 +103,9 @@ impl RecordStore for Instrumented {
     async fn usage(&self, tenant: &str) -> Result<Usage> {
         self.time("stored_bytes", self.inner.usage(tenant)).await
     }
+    async fn ping(&self) -> Result<()> {
+        self.time("ping", self.inner.ping()).await
+    }
 }
 
 #[async_trait::async_trait]

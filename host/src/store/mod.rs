@@ -291,6 +291,11 @@ pub trait RecordStore: Send + Sync + 'static {
     /// What a tenant stores (see [`Usage`]).
     async fn usage(&self, tenant: &str) -> Result<Usage>;
 
+    /// The cheapest call that proves the backend answers (for `/readyz`): the embedded
+    /// store opens a read transaction, ArangoDB answers `GET /_api/version` within the
+    /// client's timeouts. Reads no tenant data.
+    async fn ping(&self) -> Result<()>;
+
     /// Bytes a tenant stores ([`Usage::bytes`]).
     async fn stored_bytes(&self, tenant: &str) -> Result<u64> {
         Ok(self.usage(tenant).await?.bytes)

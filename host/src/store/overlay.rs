@@ -359,6 +359,9 @@ impl RecordStore for Overlay {
     async fn usage(&self, tenant: &str) -> Result<Usage> {
         self.inner.usage(tenant).await
     }
+    async fn ping(&self) -> Result<()> {
+        self.inner.ping().await
+    }
 }
 
 #[async_trait::async_trait]

@@ -81,28 +81,12 @@ pub fn arango_key(parts: &[&str]) -> String {
 /// Lower-case hex. Its order (digits, then `a`-`f`) is byte order both bytewise and under
 /// ArangoDB's ICU string collation, so sorting on it sorts keys by their bytes.
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
-    s
+    ::hex::encode(bytes)
 }
 
-/// Undo [`hex`].
+/// Undo [`hex`] (either case).
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    s.as_bytes()
-        .chunks(2)
-        .map(|c| {
-            let hi = char::from(c[0]).to_digit(16)?;
-            let lo = char::from(c[1]).to_digit(16)?;
-            u8::try_from(hi * 16 + lo).ok()
-        })
-        .collect()
+    ::hex::decode(s).ok()
 }
 
 #[cfg(test)]

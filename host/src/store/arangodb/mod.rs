@@ -776,4 +776,12 @@ impl RecordStore for ArangoStore {
     async fn usage(&self, tenant: &str) -> Result<Usage> {
         self.read_usage(tenant).await
     }
+
+    async fn ping(&self) -> Result<()> {
+        // `GET /_db/{db}/_api/version`: authenticated, touches no collection, and bounded by
+        // the client's connect and request timeouts. An error body does not parse as a
+        // version, so any answer but a version is a failure too.
+        self.db.arango_version().await.map_err(backend)?;
+        Ok(())
+    }
 }

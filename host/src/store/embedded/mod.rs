@@ -545,6 +545,11 @@ impl RecordStore for EmbeddedStore {
         let edges = bytes_of(&txn.open_table(EDGE_COUNT).map_err(backend)?, tenant)?;
         Ok(Usage { bytes, edges })
     }
+
+    async fn ping(&self) -> Result<()> {
+        self.db.begin_read().map_err(backend)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
