@@ -18,6 +18,31 @@ pub struct Served {
     /// A developer token of the `demo` tenant.
     pub developer: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+// Each bench uses part of it.
+#[allow(dead_code)]
+impl Served {
+    /// Stop the server as `cortex serve` would, halt its background tasks and wait until
+    /// nothing else holds its state, so that its data directory can be opened again.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        self.state.halt_watchers().await;
+        // Connection tasks may hold the router for a moment after the drain.
+        for _ in 0..1000 {
+            if Arc::strong_count(&self.state) == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(Arc::strong_count(&self.state), 1, "the server state is still referenced after shutdown");
+    }
 }
 
 impl Drop for Served {
@@ -37,6 +62,7 @@ pub async fn serve(mut cfg: ServerConfig, deploys: &[String]) -> Served {
         invocations_per_second: 1_000_000,
         burst: 1_000_000,
         concurrent_invocations: 10_000,
+        agents: u32::MAX,
         ..Quotas::default()
     };
     let state = cortex_host::server::build(cfg.clone()).await.unwrap();
@@ -59,8 +85,8 @@ pub async fn serve(mut cfg: ServerConfig, deploys: &[String]) -> Served {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(cortex_host::server::serve(state.clone(), listener, async {
+    let task = tokio::spawn(cortex_host::server::serve(state.clone(), listener, async {
         let _ = stopped.await;
     }));
-    Served { state, addr, developer, stop: Some(stop) }
+    Served { state, addr, developer, stop: Some(stop), task: Some(task) }
 }
