@@ -33,7 +33,7 @@ impl Served {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
-        self.state.halt_watchers().await;
+        self.state.agents.halt_watchers().await;
         // Connection tasks may hold the router for a moment after the drain.
         for _ in 0..1000 {
             if Arc::strong_count(&self.state) == 1 {
