@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod coordination;
 pub mod fsutil;
+pub mod ids;
 pub mod registry;
 pub mod runtime;
 pub mod secrets;

@@ -24,6 +24,7 @@ use crate::api::auth::{AuthError, Verifier};
 use crate::api::error::ApiError;
 use crate::api::{self, AppState};
 use crate::config::{ServerConfig, StoreConfig};
+use crate::ids::RequestId;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::store::{ArangoStore, EmbeddedStore, Store, StoreError};
 
@@ -73,51 +74,6 @@ pub async fn build(config: ServerConfig) -> Result<Arc<AppState>, ServeError> {
 
 /// The header echoing a request's id.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-static REQUESTS: AtomicU64 = AtomicU64::new(0);
-
-/// A server-made request id, `<pid hex>-<sequence hex>`: formatted for the span only when a
-/// subscriber records it, and written once into the `x-request-id` header.
-#[derive(Clone, Copy, Debug)]
-struct RequestId {
-    pid: u32,
-    seq: u64,
-}
-
-impl RequestId {
-    fn next() -> Self {
-        thread_local! {
-            static BLOCK: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
-        }
-        Self { pid: crate::telemetry::pid(), seq: crate::telemetry::next_id(&REQUESTS, &BLOCK) }
-    }
-
-    fn header_value(self) -> HeaderValue {
-        // 8 hex digits, a dash, 16 hex digits at most.
-        let mut buf = [0u8; 25];
-        let mut n = hex(u64::from(self.pid), &mut buf);
-        buf[n] = b'-';
-        n += 1;
-        n += hex(self.seq, &mut buf[n..]);
-        HeaderValue::from_bytes(&buf[..n]).unwrap_or_else(|_| HeaderValue::from_static("-"))
-    }
-}
-
-impl std::fmt::Display for RequestId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:x}-{:x}", self.pid, self.seq)
-    }
-}
-
-/// Write `n` in lower-case hex (no leading zeros) at the start of `out`; the digits written.
-fn hex(n: u64, out: &mut [u8]) -> usize {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let len = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
-    for (i, slot) in out.iter_mut().take(len).enumerate() {
-        *slot = DIGITS[((n >> (4 * (len - 1 - i))) & 0xf) as usize];
-    }
-    len.min(out.len())
-}
 
 /// What every request goes through before and after routing, once (not wrapped around each
 /// route, where axum would clone and box it per route level): a span with the method, path and

@@ -13,8 +13,44 @@
 use std::sync::Arc;
 
 use super::bindings::cortex::agent::documents::{self as wit, Host};
-use super::{HostState, Interface};
+use super::fault::UNAVAILABLE;
+use super::{Fault, HostState, Interface};
 use crate::store::{self, KeyLimits, Quota, Scope, Store, StoreError, WriteOp};
+
+/// How a documents call fails: a `documents.error`, or a trap.
+pub type DocumentsFault = Fault<wit::Error>;
+
+impl From<wit::Error> for DocumentsFault {
+    fn from(e: wit::Error) -> Self {
+        Fault::Refused(e)
+    }
+}
+
+impl From<store::keys::NameError> for DocumentsFault {
+    fn from(e: store::keys::NameError) -> Self {
+        Fault::Refused(name_error(e))
+    }
+}
+
+/// What the guest sees of a store failure: a conflict, a spent quota or a transient failure
+/// is its `error`; a store broken for good traps the invocation (the guest cannot fix it)
+/// and is logged for the operator.
+impl From<StoreError> for DocumentsFault {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict { current } => Fault::Refused(wit::Error::Conflict(current)),
+            StoreError::QuotaExceeded(m) => Fault::Refused(wit::Error::QuotaExceeded(m)),
+            e if e.is_transient() => {
+                tracing::warn!(error = %e, "transient store failure");
+                Fault::Refused(wit::Error::Unavailable(UNAVAILABLE.into()))
+            }
+            e => {
+                tracing::error!(error = %e, "store failure");
+                Fault::Trap(wasmtime::Error::new(e))
+            }
+        }
+    }
+}
 
 /// What the documents capability needs, borrowed from the invocation's state: the store,
 /// the caller's scope and the size limits.
@@ -47,12 +83,12 @@ impl HostState {
     /// Most bytes of keys and values the host reads for one `list` or `neighbours` call:
     /// the configured page cap, and at most an eighth of the guest's memory limit.
     pub(crate) fn page_budget(&self) -> usize {
-        let eighth = usize::try_from(self.limiter.memory_limit() / 8).unwrap_or(usize::MAX);
+        let eighth = usize::try_from(self.memory_bytes / 8).unwrap_or(usize::MAX);
         self.keys.max_page_bytes.min(eighth).max(1)
     }
 }
 
-type WitResult<T> = wasmtime::Result<Result<T, wit::Error>>;
+type WitResult<T> = Result<T, DocumentsFault>;
 
 fn name_error(e: store::keys::NameError) -> wit::Error {
     if e.is_size() { wit::Error::TooLarge(e.to_string()) } else { wit::Error::InvalidKey(e.to_string()) }
@@ -93,61 +129,37 @@ impl DocumentsCtx<'_> {
             }
         })
     }
-
-    /// Map a store result to what the guest sees.
-    fn answer<T>(&self, r: store::Result<T>) -> WitResult<T> {
-        match r {
-            Ok(v) => Ok(Ok(v)),
-            Err(StoreError::Conflict { current }) => Ok(Err(wit::Error::Conflict(current))),
-            Err(StoreError::QuotaExceeded(m)) => Ok(Err(wit::Error::QuotaExceeded(m))),
-            Err(e) if e.is_transient() => {
-                tracing::warn!(tenant = %self.scope.tenant, error = %e, "transient store failure");
-                Ok(Err(wit::Error::Unavailable("storage is temporarily unavailable; retry later".into())))
-            }
-            Err(e) => {
-                tracing::error!(tenant = %self.scope.tenant, error = %e, "store failure");
-                Err(wasmtime::Error::new(e))
-            }
-        }
-    }
 }
 
 fn to_wit(d: store::Document) -> wit::Document {
     wit::Document { key: d.key, value: d.value, revision: d.revision }
 }
 
-macro_rules! check {
-    ($e:expr) => {
-        if let Err(e) = $e {
-            return Ok(Err(e));
-        }
-    };
-}
-
 impl Host for HostState {
+    fn convert_error(&mut self, err: DocumentsFault) -> wasmtime::Result<wit::Error> {
+        err.into_wit()
+    }
+
     async fn get(&mut self, collection: String, key: String) -> WitResult<Option<wit::Document>> {
         self.calls.charge(Interface::Documents)?;
         let cx = self.documents();
-        check!(cx.check_name(&collection, &key));
-        let r = cx.store.get(cx.scope, &collection, &key).await;
-        cx.answer(r.map(|d| d.map(to_wit)))
+        cx.check_name(&collection, &key)?;
+        Ok(cx.store.get(cx.scope, &collection, &key).await?.map(to_wit))
     }
 
     async fn put(&mut self, collection: String, key: String, value: String, expected: Option<u64>) -> WitResult<u64> {
         self.calls.charge(Interface::Documents)?;
         let cx = self.documents();
-        check!(cx.check_name(&collection, &key));
-        check!(cx.check_value(&value));
-        let r = cx.store.put_within(cx.scope, &collection, &key, &value, expected, cx.quota).await;
-        cx.answer(r)
+        cx.check_name(&collection, &key)?;
+        cx.check_value(&value)?;
+        Ok(cx.store.put_within(cx.scope, &collection, &key, &value, expected, cx.quota).await?)
     }
 
     async fn delete(&mut self, collection: String, key: String, expected: Option<u64>) -> WitResult<bool> {
         self.calls.charge(Interface::Documents)?;
         let cx = self.documents();
-        check!(cx.check_name(&collection, &key));
-        let r = cx.store.delete(cx.scope, &collection, &key, expected).await;
-        cx.answer(r)
+        cx.check_name(&collection, &key)?;
+        Ok(cx.store.delete(cx.scope, &collection, &key, expected).await?)
     }
 
     async fn list(
@@ -160,34 +172,53 @@ impl Host for HostState {
         self.calls.charge(Interface::Documents)?;
         let budget = self.page_budget();
         let cx = self.documents();
-        check!(store::check_collection(&collection, cx.limits).map_err(name_error));
-        check!(store::keys::check_prefix(&prefix, cx.limits).map_err(name_error));
+        store::check_collection(&collection, cx.limits)?;
+        store::keys::check_prefix(&prefix, cx.limits)?;
         if let Some(c) = &cursor {
-            check!(store::check_key(c, cx.limits).map_err(name_error));
+            store::check_key(c, cx.limits)?;
         }
         let limit = limit.min(cx.limits.max_list);
-        let r = cx.store.list_bounded(cx.scope, &collection, &prefix, limit, cursor.as_deref(), budget).await;
-        cx.answer(r.map(|p| wit::Page { documents: p.documents.into_iter().map(to_wit).collect(), next: p.next }))
+        let p = cx.store.list_bounded(cx.scope, &collection, &prefix, limit, cursor.as_deref(), budget).await?;
+        Ok(wit::Page { documents: p.documents.into_iter().map(to_wit).collect(), next: p.next })
     }
 
     async fn transact(&mut self, ops: Vec<wit::Op>) -> WitResult<Vec<u64>> {
         self.calls.charge(Interface::Documents)?;
         let cx = self.documents();
         if ops.len() > cx.limits.max_transact_ops {
-            return Ok(Err(wit::Error::TooLarge(format!(
+            return Err(wit::Error::TooLarge(format!(
                 "{} ops in one transaction, over the limit of {}",
                 ops.len(),
                 cx.limits.max_transact_ops
-            ))));
+            ))
+            .into());
         }
-        let mut checked = Vec::with_capacity(ops.len());
-        for op in &ops {
-            match cx.check_op(op) {
-                Ok(op) => checked.push(op),
-                Err(e) => return Ok(Err(e)),
-            }
-        }
-        let r = cx.store.transact_within(cx.scope, &checked, cx.quota).await;
-        cx.answer(r)
+        let checked = ops.iter().map(|op| cx.check_op(op)).collect::<Result<Vec<_>, _>>()?;
+        Ok(cx.store.transact_within(cx.scope, &checked, cx.quota).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wit_of(e: StoreError) -> Option<wit::Error> {
+        DocumentsFault::from(e).into_wit().ok()
+    }
+
+    #[test]
+    fn store_errors_map_to_the_same_wit_errors_as_before() {
+        assert!(matches!(wit_of(StoreError::Conflict { current: 7 }), Some(wit::Error::Conflict(7))));
+        assert!(matches!(
+            wit_of(StoreError::QuotaExceeded("full".into())),
+            Some(wit::Error::QuotaExceeded(m)) if m == "full"
+        ));
+        assert!(matches!(
+            wit_of(StoreError::Backend { message: "down".into(), transient: true }),
+            Some(wit::Error::Unavailable(m)) if m == UNAVAILABLE
+        ));
+        // A store broken for good traps the invocation.
+        assert!(wit_of(StoreError::Backend { message: "down".into(), transient: false }).is_none());
+        assert!(wit_of(StoreError::Corrupted("bad".into())).is_none());
     }
 }

@@ -11,14 +11,42 @@
 use std::collections::{BTreeSet, VecDeque};
 
 use super::bindings::cortex::agent::graph::{self as wit, Host};
-use super::{DocumentsCtx, HostState, Interface};
+use super::fault::UNAVAILABLE;
+use super::{DocumentsCtx, Fault, HostState, Interface};
 use crate::registry::scoped;
-use crate::store::{self, Direction, RecordKind, StoreError};
+use crate::store::{Direction, RecordKind, StoreError};
 
 /// Deepest traversal.
 pub const MAX_DEPTH: u32 = 8;
 
-type WitResult<T> = wasmtime::Result<Result<T, wit::Error>>;
+/// How a graph call fails: a `graph.error`, or a trap.
+pub type GraphFault = Fault<wit::Error>;
+
+impl From<wit::Error> for GraphFault {
+    fn from(e: wit::Error) -> Self {
+        Fault::Refused(e)
+    }
+}
+
+/// What the guest sees of a store failure: a spent quota is `too-large`, a transient
+/// failure `unavailable`; a store broken for good traps the invocation and is logged.
+impl From<StoreError> for GraphFault {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::QuotaExceeded(m) => Fault::Refused(wit::Error::TooLarge(m)),
+            e if e.is_transient() => {
+                tracing::warn!(error = %e, "transient graph store failure");
+                Fault::Refused(wit::Error::Unavailable(UNAVAILABLE.into()))
+            }
+            e => {
+                tracing::error!(error = %e, "graph store failure");
+                Fault::Trap(wasmtime::Error::new(e))
+            }
+        }
+    }
+}
+
+type WitResult<T> = Result<T, GraphFault>;
 
 fn direction(d: wit::Direction) -> Direction {
     match d {
@@ -39,76 +67,43 @@ fn check_name(what: &str, name: &str) -> Result<(), wit::Error> {
 /// An agent of the invocation's tenant must exist. The invoking agent itself always does,
 /// even during the `init` of its first deploy (before its record is written), so an agent
 /// can link itself to others from `init`.
-async fn known_agent(cx: DocumentsCtx<'_>, name: &str) -> Result<Result<(), wit::Error>, StoreError> {
-    if let Err(e) = check_name("agent", name) {
-        return Ok(Err(e));
-    }
+async fn known_agent(cx: DocumentsCtx<'_>, name: &str) -> Result<(), GraphFault> {
+    check_name("agent", name)?;
     if name == &*cx.scope.agent {
-        return Ok(Ok(()));
+        return Ok(());
     }
     match cx.store.record_get(RecordKind::Agent, &scoped(&cx.scope.tenant, name)).await? {
-        Some(_) => Ok(Ok(())),
-        None => Ok(Err(wit::Error::UnknownAgent(format!("no agent {name:?} in this tenant")))),
+        Some(_) => Ok(()),
+        None => Err(wit::Error::UnknownAgent(format!("no agent {name:?} in this tenant")).into()),
     }
-}
-
-impl HostState {
-    fn graph_answer<T>(&self, r: store::Result<T>) -> WitResult<T> {
-        match r {
-            Ok(v) => Ok(Ok(v)),
-            Err(StoreError::QuotaExceeded(m)) => Ok(Err(wit::Error::TooLarge(m))),
-            Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, "transient graph store failure");
-                Ok(Err(wit::Error::Unavailable("storage is temporarily unavailable; retry later".into())))
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "graph store failure");
-                Err(wasmtime::Error::new(e))
-            }
-        }
-    }
-}
-
-macro_rules! check {
-    ($self:ident, $e:expr) => {
-        match $e {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Ok(Err(e)),
-            Err(e) => return $self.graph_answer(Err(e)),
-        }
-    };
 }
 
 impl Host for HostState {
+    fn convert_error(&mut self, err: GraphFault) -> wasmtime::Result<wit::Error> {
+        err.into_wit()
+    }
+
     async fn link(&mut self, from: String, to: String, kind: String, attributes: String) -> WitResult<()> {
         self.calls.charge(Interface::Graph)?;
-        if let Err(e) = check_name("kind", &kind) {
-            return Ok(Err(e));
-        }
+        check_name("kind", &kind)?;
         let max = self.keys.max_value_bytes;
         if attributes.len() > max {
-            return Ok(Err(wit::Error::TooLarge(format!("attributes are {} bytes, over {max}", attributes.len()))));
+            return Err(wit::Error::TooLarge(format!("attributes are {} bytes, over {max}", attributes.len())).into());
         }
-        if let Err(e) = super::json::check(&attributes) {
-            return Ok(Err(wit::Error::InvalidArgument(format!("attributes: {e}"))));
-        }
-        check!(self, known_agent(self.documents(), &from).await);
-        check!(self, known_agent(self.documents(), &to).await);
+        super::json::check(&attributes).map_err(|e| wit::Error::InvalidArgument(format!("attributes: {e}")))?;
+        known_agent(self.documents(), &from).await?;
+        known_agent(self.documents(), &to).await?;
         let cx = self.documents();
-        let r = cx.store.link_within(&cx.scope.tenant, &from, &to, &kind, &attributes, cx.quota).await;
-        self.graph_answer(r)
+        Ok(cx.store.link_within(&cx.scope.tenant, &from, &to, &kind, &attributes, cx.quota).await?)
     }
 
     async fn unlink(&mut self, from: String, to: String, kind: String) -> WitResult<bool> {
         self.calls.charge(Interface::Graph)?;
         for (what, n) in [("agent", &from), ("agent", &to), ("kind", &kind)] {
-            if let Err(e) = check_name(what, n) {
-                return Ok(Err(e));
-            }
+            check_name(what, n)?;
         }
         let cx = self.documents();
-        let r = cx.store.unlink(&cx.scope.tenant, &from, &to, &kind).await;
-        self.graph_answer(r)
+        Ok(cx.store.unlink(&cx.scope.tenant, &from, &to, &kind).await?)
     }
 
     async fn neighbours(
@@ -119,19 +114,18 @@ impl Host for HostState {
         limit: u32,
     ) -> WitResult<Vec<wit::Edge>> {
         self.calls.charge(Interface::Graph)?;
-        if let Err(e) =
-            check_name("agent", &agent).and_then(|()| kind.as_deref().map_or(Ok(()), |k| check_name("kind", k)))
-        {
-            return Ok(Err(e));
+        check_name("agent", &agent)?;
+        if let Some(k) = &kind {
+            check_name("kind", k)?;
         }
         let budget = self.page_budget();
         let cx = self.documents();
         let limit = limit.min(cx.limits.max_list) as usize;
-        let r =
-            cx.store.neighbours_bounded(&cx.scope.tenant, &agent, kind.as_deref(), direction(dir), limit, budget).await;
-        self.graph_answer(r.map(|edges| {
-            edges.into_iter().map(|e| wit::Edge { from: e.from, to: e.to, kind: e.kind, attributes: e.attrs }).collect()
-        }))
+        let edges = cx
+            .store
+            .neighbours_bounded(&cx.scope.tenant, &agent, kind.as_deref(), direction(dir), limit, budget)
+            .await?;
+        Ok(edges.into_iter().map(|e| wit::Edge { from: e.from, to: e.to, kind: e.kind, attributes: e.attrs }).collect())
     }
 
     async fn traverse(
@@ -143,10 +137,9 @@ impl Host for HostState {
         limit: u32,
     ) -> WitResult<Vec<String>> {
         self.calls.charge(Interface::Graph)?;
-        if let Err(e) =
-            check_name("agent", &start).and_then(|()| kind.as_deref().map_or(Ok(()), |k| check_name("kind", k)))
-        {
-            return Ok(Err(e));
+        check_name("agent", &start)?;
+        if let Some(k) = &kind {
+            check_name("kind", k)?;
         }
         let limit = limit.min(self.keys.max_list) as usize;
         let depth = max_depth.min(MAX_DEPTH);
@@ -161,12 +154,10 @@ impl Host for HostState {
             self.calls.charge(Interface::Graph)?;
             let budget = self.page_budget();
             let cx = self.documents();
-            let hop =
-                cx.store.neighbours_bounded(&cx.scope.tenant, &agent, kind.as_deref(), direction(dir), limit, budget);
-            let edges = match hop.await {
-                Ok(e) => e,
-                Err(e) => return self.graph_answer(Err(e)),
-            };
+            let edges = cx
+                .store
+                .neighbours_bounded(&cx.scope.tenant, &agent, kind.as_deref(), direction(dir), limit, budget)
+                .await?;
             for e in edges {
                 let next = if e.from == agent { e.to } else { e.from };
                 if found.len() < limit && seen.insert(next.clone()) {
@@ -175,6 +166,30 @@ impl Host for HostState {
                 }
             }
         }
-        Ok(Ok(found))
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wit_of(e: StoreError) -> Option<wit::Error> {
+        GraphFault::from(e).into_wit().ok()
+    }
+
+    #[test]
+    fn store_errors_map_to_the_same_wit_errors_as_before() {
+        assert!(
+            matches!(wit_of(StoreError::QuotaExceeded("full".into())), Some(wit::Error::TooLarge(m)) if m == "full")
+        );
+        assert!(matches!(
+            wit_of(StoreError::Backend { message: "down".into(), transient: true }),
+            Some(wit::Error::Unavailable(m)) if m == UNAVAILABLE
+        ));
+        // A store broken for good, and a conflict (the graph has no revisions), trap.
+        assert!(wit_of(StoreError::Backend { message: "down".into(), transient: false }).is_none());
+        assert!(wit_of(StoreError::Corrupted("bad".into())).is_none());
+        assert!(wit_of(StoreError::Conflict { current: 1 }).is_none());
     }
 }

@@ -13,9 +13,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::bindings::cortex::agent::messaging::Host;
-use super::{HostState, Interface};
+use super::{Fault, HostState, Interface};
 
 pub use super::bindings::cortex::agent::messaging::Error as MessagingError;
+
+/// How a messaging call fails: a `messaging.error`, or a trap.
+pub type MessagingFault = Fault<MessagingError>;
+
+impl From<MessagingError> for MessagingFault {
+    fn from(e: MessagingError) -> Self {
+        Fault::Refused(e)
+    }
+}
 
 /// An agent name the imports accept (see [`super::is_name`]).
 fn check_agent(name: &str) -> Result<(), MessagingError> {
@@ -111,7 +120,7 @@ pub struct MessagingCtx {
     pub(crate) max_body: usize,
 }
 
-type WitResult<T> = wasmtime::Result<Result<T, MessagingError>>;
+type WitResult<T> = Result<T, MessagingFault>;
 
 impl HostState {
     /// The messaging capability of this invocation (built for each call: few agents send).
@@ -150,55 +159,49 @@ impl MessagingCtx {
 }
 
 impl Host for HostState {
+    fn convert_error(&mut self, err: MessagingFault) -> wasmtime::Result<MessagingError> {
+        err.into_wit()
+    }
+
     async fn send(&mut self, agent: String, body: Vec<u8>, idempotency_key: Option<String>) -> WitResult<()> {
         self.calls.charge(Interface::Messaging)?;
         let m = self.messaging();
-        let checked = check_agent(&agent).and_then(|()| m.check_body(&body)).and_then(|()| match &idempotency_key {
-            Some(k) if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY => Err(MessagingError::InvalidArgument(format!(
+        check_agent(&agent)?;
+        m.check_body(&body)?;
+        if let Some(k) = &idempotency_key
+            && (k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY)
+        {
+            return Err(MessagingError::InvalidArgument(format!(
                 "an idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes, not {}",
                 k.len()
-            ))),
-            _ => Ok(()),
-        });
-        if let Err(e) = checked {
-            return Ok(Err(e));
+            ))
+            .into());
         }
-        let messenger = match m.messenger() {
-            Ok(x) => x.clone(),
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(messenger.send(&m.caller, &agent, body, idempotency_key).await)
+        let messenger = m.messenger()?.clone();
+        Ok(messenger.send(&m.caller, &agent, body, idempotency_key).await?)
     }
 
     async fn call(&mut self, agent: String, body: Vec<u8>) -> WitResult<Option<Vec<u8>>> {
         self.calls.charge(Interface::Messaging)?;
         let m = self.messaging();
-        if let Err(e) = check_agent(&agent).and_then(|()| m.check_body(&body)) {
-            return Ok(Err(e));
-        }
-        let messenger = match m.messenger() {
-            Ok(x) => x.clone(),
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(messenger.call(&m.caller, &agent, body).await)
+        check_agent(&agent)?;
+        m.check_body(&body)?;
+        let messenger = m.messenger()?.clone();
+        Ok(messenger.call(&m.caller, &agent, body).await?)
     }
 
     async fn publish(&mut self, topic: String, body: Vec<u8>) -> WitResult<()> {
         self.calls.charge(Interface::Messaging)?;
         let m = self.messaging();
         if !valid_topic(&topic) {
-            return Ok(Err(MessagingError::InvalidArgument(format!(
+            return Err(MessagingError::InvalidArgument(format!(
                 "{topic:?} is not a topic name ([a-z0-9._-]{{1,128}})"
-            ))));
+            ))
+            .into());
         }
-        if let Err(e) = m.check_body(&body) {
-            return Ok(Err(e));
-        }
-        let messenger = match m.messenger() {
-            Ok(x) => x.clone(),
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(messenger.publish(&m.caller, &topic, body).await)
+        m.check_body(&body)?;
+        let messenger = m.messenger()?.clone();
+        Ok(messenger.publish(&m.caller, &topic, body).await?)
     }
 }
 

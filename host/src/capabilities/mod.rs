@@ -6,23 +6,29 @@
 //! invocation's host-call budget; a spent budget is a trap ([`HostCallLimit`]), while a
 //! refused request (bad key, conflict, too large) is a typed WIT error the guest handles.
 
+mod context;
 pub mod documents;
+mod fault;
 pub mod graph;
 pub mod json;
+pub mod logbuf;
 pub mod messaging;
 pub mod runtime;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::runtime::logbuf::LogSink;
-use crate::runtime::{AgentContext, InvocationId, Limiter};
+use self::logbuf::LogSink;
+use crate::ids::InvocationId;
 use crate::store::KeyLimits;
 
-pub use self::documents::DocumentsCtx;
+pub use self::context::{AgentBase, AgentContext};
+pub use self::documents::{DocumentsCtx, DocumentsFault};
+pub use self::fault::Fault;
+pub use self::graph::GraphFault;
+pub use self::messaging::MessagingFault;
 pub use self::messaging::{Caller, MessagingCtx, MessagingError, MessagingLink, Messenger};
 
 /// Host bindings generated from `wit/`, in one place.
@@ -37,6 +43,11 @@ pub(crate) mod bindings {
             default: trappable,
         },
         exports: { default: async },
+        trappable_error_type: {
+            "cortex:agent/documents.error" => crate::capabilities::DocumentsFault,
+            "cortex:agent/graph.error" => crate::capabilities::GraphFault,
+            "cortex:agent/messaging.error" => crate::capabilities::MessagingFault,
+        },
     });
 }
 
@@ -110,23 +121,66 @@ impl HostCalls {
     }
 }
 
-/// Everything one invocation's imports can reach.
+/// Everything one invocation's imports can reach. The runtime keeps it beside its own
+/// limiter in the store's data and links the imports through a projection onto it
+/// ([`add_to_linker`]).
 pub struct HostState {
     /// Built on the first WASI call (see [`sandbox_wasi`]): many agents make none.
-    pub(crate) wasi: Option<WasiCtx>,
-    pub(crate) table: ResourceTable,
-    pub(crate) limiter: Limiter,
-    pub(crate) calls: HostCalls,
+    wasi: Option<WasiCtx>,
+    table: ResourceTable,
+    /// Host calls made so far, against the budget.
+    pub calls: HostCalls,
     /// Who runs, and what it reaches: its capabilities read it from here.
-    pub(crate) agent: AgentContext,
-    pub(crate) invocation: InvocationId,
+    agent: AgentContext,
+    invocation: InvocationId,
     /// Where stdout, stderr and log records go.
-    pub(crate) log: LogSink,
-    pub(crate) keys: KeyLimits,
+    log: LogSink,
+    keys: KeyLimits,
     /// When the invocation's time is up: the agents it calls end by then too.
-    pub(crate) deadline: Instant,
+    deadline: Instant,
     /// Largest message body the agent may send.
-    pub(crate) max_message: usize,
+    max_message: usize,
+    /// The invocation's memory limit, in bytes (what the host reads for the guest is
+    /// bounded by it).
+    memory_bytes: u64,
+}
+
+/// What the imports of one invocation are held to.
+#[derive(Debug, Clone)]
+pub struct HostLimits {
+    /// Calls to Cortex imports.
+    pub host_calls: u64,
+    /// Key, value, list and page sizes.
+    pub keys: KeyLimits,
+    /// Largest message body the agent may send.
+    pub max_message: usize,
+    /// The invocation's memory limit, in bytes.
+    pub memory_bytes: u64,
+}
+
+impl HostState {
+    /// The state of invocation `invocation` of `agent`, writing its log to `log`, held to
+    /// `limits` and ending at `deadline`.
+    pub fn new(
+        agent: AgentContext,
+        invocation: InvocationId,
+        log: LogSink,
+        limits: HostLimits,
+        deadline: Instant,
+    ) -> Self {
+        Self {
+            wasi: None,
+            table: ResourceTable::new(),
+            calls: HostCalls::new(limits.host_calls),
+            agent,
+            invocation,
+            log,
+            keys: limits.keys,
+            deadline,
+            max_message: limits.max_message,
+            memory_bytes: limits.memory_bytes,
+        }
+    }
 }
 
 impl WasiView for HostState {
@@ -138,7 +192,7 @@ impl WasiView for HostState {
 
 /// The WASI an agent sees: stdout and stderr into its log, no network, no files, no
 /// environment, no arguments (the builder's defaults grant none of those).
-fn sandbox_wasi(log: &crate::runtime::logbuf::LogSink) -> WasiCtx {
+fn sandbox_wasi(log: &LogSink) -> WasiCtx {
     wasmtime_wasi::WasiCtxBuilder::new()
         .stdout(log.stdout())
         .stderr(log.stderr())
@@ -154,15 +208,17 @@ pub const SERVED_INTERFACES: &[&str] = &["types", "runtime", "documents", "graph
 /// Interfaces defined by the WIT package but not served yet.
 pub const UNSERVED_INTERFACES: &[&str] = &[];
 
-/// A linker with WASI preview 2 and every served Cortex interface.
-pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Arc<Linker<HostState>>> {
-    let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    bindings::cortex::agent::documents::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    bindings::cortex::agent::runtime::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    bindings::cortex::agent::graph::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    bindings::cortex::agent::messaging::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    Ok(Arc::new(linker))
+/// Link every served Cortex interface into `linker`, each reaching the host state through
+/// `host` (a projection of the store's data, as in wasmtime's WASI crates).
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    host: fn(&mut T) -> &mut HostState,
+) -> wasmtime::Result<()> {
+    bindings::cortex::agent::documents::add_to_linker::<_, HasSelf<HostState>>(linker, host)?;
+    bindings::cortex::agent::runtime::add_to_linker::<_, HasSelf<HostState>>(linker, host)?;
+    bindings::cortex::agent::graph::add_to_linker::<_, HasSelf<HostState>>(linker, host)?;
+    bindings::cortex::agent::messaging::add_to_linker::<_, HasSelf<HostState>>(linker, host)?;
+    Ok(())
 }
 
 // `types` has no functions, but bindgen still generates a host trait for it.

@@ -1,8 +1,8 @@
 //! `cortex:agent/runtime`: identity, configuration, time and structured logs.
 
 use super::bindings::cortex::agent::runtime::{Host, Identity, Level};
+use super::logbuf;
 use super::{HostState, Interface};
-use crate::runtime::logbuf;
 
 /// Longest message of one log record, in bytes; longer ones are cut.
 const MAX_LOG_MESSAGE: usize = 4096;

@@ -11,20 +11,17 @@ mod config;
 pub mod deadline;
 mod engine;
 mod limiter;
-pub mod logbuf;
 pub mod logring;
 pub mod module_cache;
 mod outcome;
 pub mod validate;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use tracing::Instrument;
-use wasmtime::component::{ComponentExportIndex, InstancePre, Linker, ResourceTable};
+use wasmtime::component::{ComponentExportIndex, InstancePre, Linker};
 use wasmtime::{Engine, Store, UpdateDeadline};
 
 pub use self::cache::{ArtifactCache, engine_fingerprint};
@@ -32,16 +29,17 @@ pub use self::compiler::{CompileConfig, child_main};
 pub use self::config::{EngineConfig, Limits};
 pub use self::engine::{Ticker, build_engine, wasmtime_config};
 pub use self::limiter::{LimitExceeded, Limiter};
-pub use self::logbuf::{LogRecord, Logs};
 pub use self::logring::{LogLine, LogRing};
 pub use self::module_cache::ModuleCache;
 pub use self::outcome::{Outcome, Stats};
 pub use self::validate::{CodeBound, Shape, World};
 
-use self::logbuf::LogSink;
 use self::outcome::FailureContext;
-use crate::capabilities::{self, AgentError, ChangeEvent, HostCalls, HostState, MessagingLink};
-use crate::store::{self as cstore, Scope};
+use crate::capabilities::logbuf::LogSink;
+pub use crate::capabilities::logbuf::{self, LogRecord, Logs};
+use crate::capabilities::{self, AgentError, ChangeEvent, HostState};
+pub use crate::capabilities::{AgentBase, AgentContext};
+pub use crate::ids::InvocationId;
 
 /// Why a component was refused at load. Each variant has a stable [`code`](LoadError::code).
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +153,7 @@ pub struct Module {
     pub from_cache: bool,
     /// Size of its compiled artifact (about what its code takes in memory).
     pub compiled_size: usize,
-    pre: InstancePre<HostState>,
+    pre: InstancePre<Sandbox>,
     handle: ComponentExportIndex,
     init: Option<ComponentExportIndex>,
     on_change: Option<ComponentExportIndex>,
@@ -164,67 +162,6 @@ pub struct Module {
 impl std::fmt::Debug for Module {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Module").field("digest", &self.digest).field("shape", &self.shape).finish_non_exhaustive()
-    }
-}
-
-/// What an agent is and reaches while it is deployed: shared by all its invocations, so
-/// that starting one clones a single pointer.
-pub struct AgentBase {
-    /// Its tenant and name: the scope of every store call it makes.
-    pub scope: Scope,
-    /// Deploy-time configuration.
-    pub config: BTreeMap<String, String>,
-    /// Where documents live.
-    pub store: Arc<dyn cstore::Store>,
-}
-
-/// Who an invocation runs as, and what it can reach. Built by the host, never by a guest.
-#[derive(Clone)]
-pub struct AgentContext {
-    /// The agent, its configuration and its store.
-    pub base: Arc<AgentBase>,
-    /// Most bytes the tenant may store: documents, edges, queued messages (`None`: no quota).
-    pub stored_bytes_quota: Option<u64>,
-    /// Most graph edges the tenant may have (`None`: no quota).
-    pub edges_quota: Option<u64>,
-    /// How the invocation reaches other agents (`None`: messaging answers `unavailable`).
-    pub messaging: Option<MessagingLink>,
-    /// When this invocation must end at the latest, from outside the agent (its HTTP
-    /// request's deadline, its caller's): the agent's own timeout is cut to it. Independent
-    /// of messaging: an invocation without a link keeps it.
-    pub deadline: Option<Instant>,
-}
-
-impl AgentContext {
-    /// Agent `agent` of `tenant` with `config`, its documents in `store`; no storage quota
-    /// and no messaging until set.
-    pub fn new(tenant: &str, agent: &str, config: BTreeMap<String, String>, store: Arc<dyn cstore::Store>) -> Self {
-        Self {
-            base: Arc::new(AgentBase { scope: Scope::new(tenant, agent), config, store }),
-            stored_bytes_quota: None,
-            edges_quota: None,
-            messaging: None,
-            deadline: None,
-        }
-    }
-
-    /// The tenant that owns the agent.
-    pub fn tenant(&self) -> &Arc<str> {
-        &self.base.scope.tenant
-    }
-
-    /// The agent's name.
-    pub fn agent(&self) -> &Arc<str> {
-        &self.base.scope.agent
-    }
-}
-
-impl std::fmt::Debug for AgentContext {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentContext")
-            .field("tenant", self.tenant())
-            .field("agent", self.agent())
-            .finish_non_exhaustive()
     }
 }
 
@@ -252,10 +189,34 @@ pub struct Report {
     pub logs: Logs,
 }
 
+/// The data of one invocation's wasmtime store: the runtime's resource limiter and the
+/// host state its imports read. Each interface is linked through a projection onto
+/// `host`, as wasmtime's own WASI crates do.
+pub struct Sandbox {
+    /// Memory, table and instance limits.
+    pub limiter: Limiter,
+    /// What the imports reach.
+    pub host: HostState,
+}
+
+impl wasmtime_wasi::WasiView for Sandbox {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiView::ctx(&mut self.host)
+    }
+}
+
+/// A linker with WASI preview 2 and every served Cortex interface.
+pub fn linker(engine: &Engine) -> wasmtime::Result<Arc<Linker<Sandbox>>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    capabilities::add_to_linker(&mut linker, |s: &mut Sandbox| &mut s.host)?;
+    Ok(Arc::new(linker))
+}
+
 /// The sandbox of one node.
 pub struct Runtime {
     engine: Engine,
-    linker: Arc<Linker<HostState>>,
+    linker: Arc<Linker<Sandbox>>,
     compiler: compiler::Compiler,
     config: EngineConfig,
     _ticker: Ticker,
@@ -278,29 +239,15 @@ impl std::fmt::Debug for Runtime {
 /// with a yield to the executor, like an epoch tick.
 pub const FUEL_SLICE: u64 = 1_000_000;
 
-static INVOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-/// An invocation's id, `<process start, ms since the Unix epoch, hex>-<pid>-<sequence hex>`:
-/// unique across the node's restarts, and formatted only where it is shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct InvocationId(u64);
-
-impl InvocationId {
-    fn next() -> Self {
-        thread_local! {
-            static BLOCK: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+impl Limits {
+    /// What the imports of one invocation are held to.
+    fn host_limits(&self) -> capabilities::HostLimits {
+        capabilities::HostLimits {
+            host_calls: self.host_calls,
+            keys: self.keys.clone(),
+            max_message: usize::try_from(self.message_bytes).unwrap_or(usize::MAX),
+            memory_bytes: self.memory_bytes,
         }
-        Self(crate::telemetry::next_id(&INVOCATIONS, &BLOCK))
-    }
-}
-
-impl std::fmt::Display for InvocationId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        static STARTED_MS: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
-        let ms = STARTED_MS.get_or_init(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
-        });
-        write!(f, "{ms:x}-{}-{:x}", crate::telemetry::pid(), self.0)
     }
 }
 
@@ -315,7 +262,7 @@ impl Runtime {
     /// Start a runtime. With `cache_dir`, compiled components are cached there.
     pub fn new(config: EngineConfig, cache_dir: Option<&Path>) -> Result<Self, RuntimeError> {
         let engine = build_engine(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        let linker = capabilities::linker(&engine).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let linker = linker(&engine).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let cache = cache_dir.map(|d| ArtifactCache::open(d, &engine)).transpose().map_err(RuntimeError::Cache)?;
         let compiler = compiler::Compiler::new(engine.clone(), config.clone(), cache);
         let ticker = Ticker::start(engine.clone(), config.epoch_tick).map_err(RuntimeError::Ticker)?;
@@ -395,19 +342,11 @@ impl Runtime {
         };
         let deadline_at = start + timeout;
         let log = LogSink::new(limits.log_bytes);
-        let state = HostState {
-            wasi: None,
-            table: ResourceTable::new(),
+        let sandbox = Sandbox {
             limiter: Limiter::new(limits.memory_bytes, limits.table_elements, limits.instances),
-            calls: HostCalls::new(limits.host_calls),
-            agent: agent.clone(),
-            invocation: id,
-            log: log.clone(),
-            keys: limits.keys.clone(),
-            deadline: deadline_at,
-            max_message: usize::try_from(limits.message_bytes).unwrap_or(usize::MAX),
+            host: HostState::new(agent.clone(), id, log.clone(), limits.host_limits(), deadline_at),
         };
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(&self.engine, sandbox);
         store.limiter(|s| &mut s.limiter);
         if self.config.fuel_metering
             && let Err(e) = store.set_fuel(limits.fuel).and_then(|()| store.fuel_async_yield_interval(Some(FUEL_SLICE)))
@@ -501,8 +440,8 @@ impl Runtime {
             fuel_used: limits.fuel.saturating_sub(fuel_left),
             peak_memory: data.limiter.peak_memory,
             wall_time: start.elapsed(),
-            host_calls: data.calls.count,
-            host_calls_by_interface: data.calls.by_interface,
+            host_calls: data.host.calls.count,
+            host_calls_by_interface: data.host.calls.by_interface,
             bytes_in: bytes_in as u64,
             bytes_out,
         };

@@ -3,11 +3,8 @@
 //! Label cardinality is bounded: past `max_agent_labels` distinct agents, further agents
 //! are counted under the label `other`.
 
-use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::thread::LocalKey;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 
@@ -15,31 +12,6 @@ use self::sharded::{ShardedHistogram, ShardedHistogramVec};
 use crate::runtime::{Outcome, Report};
 
 pub mod sharded;
-
-/// The process id, read once (`std::process::id` is a system call each time), for the
-/// request and invocation ids.
-pub fn pid() -> u32 {
-    static PID: OnceLock<u32> = OnceLock::new();
-    *PID.get_or_init(std::process::id)
-}
-
-/// Numbers handed out in blocks of this many to each thread.
-const ID_BLOCK: u64 = 1024;
-
-/// A number from `global` not handed out before in this process: each thread takes a block
-/// of [`ID_BLOCK`] at a time into `local`, so that threads do not all write one shared
-/// counter for every request and invocation. Unique, and increasing within a thread.
-pub fn next_id(global: &AtomicU64, local: &'static LocalKey<Cell<(u64, u64)>>) -> u64 {
-    local.with(|block| {
-        let (mut next, mut end) = block.get();
-        if next == end {
-            next = global.fetch_add(ID_BLOCK, Ordering::Relaxed);
-            end = next + ID_BLOCK;
-        }
-        block.set((next + 1, end));
-        next
-    })
-}
 
 /// The metric handles of one agent, resolved once when it is installed, so that an
 /// invocation updates them without label lookups.
@@ -241,26 +213,5 @@ impl Metrics {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8_lossy(&buf).into_owned()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_unique_across_threads() {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        thread_local! {
-            static BLOCK: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
-        }
-        let ids: Vec<u64> = std::thread::scope(|s| {
-            let threads: Vec<_> =
-                (0..4).map(|_| s.spawn(|| (0..3000).map(|_| next_id(&COUNTER, &BLOCK)).collect::<Vec<_>>())).collect();
-            threads.into_iter().flat_map(|t| t.join().unwrap()).collect()
-        });
-        let unique: HashSet<u64> = ids.iter().copied().collect();
-        assert_eq!(unique.len(), ids.len(), "an id was handed out twice");
-        assert_eq!(ids.len(), 12_000);
     }
 }
