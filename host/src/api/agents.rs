@@ -67,9 +67,7 @@ pub async fn upload_module(
     authorize(&p, Action::WriteModules)?;
     let t = tenant_scope(&st, &p, &headers).await?;
     let limit = st.config.http.module_limit_bytes;
-    let declared =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if super::declared_length(&headers).is_some_and(|n| n > limit as u64) {
         return Err(ApiError::TooLarge(format!("modules are limited to {limit} bytes")));
     }
     let bytes = body_bytes(body)?;

@@ -271,10 +271,7 @@ where
 {
     use http_body_util::BodyExt;
     let too_large = || ApiError::TooLarge(format!("the request body is larger than {limit} bytes"));
-    let declared = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(headers);
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
@@ -283,6 +280,11 @@ where
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => Err(ApiError::BadRequest(format!("cannot read the request body: {e}"))),
     }
+}
+
+/// The body length a request's `Content-Length` declares, if it is a number.
+pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
 }
 
 /// Authentication and audit around each `/v1` route, as one layer: the principal from the
@@ -389,11 +391,7 @@ fn refusal(st: &AppState, p: &Principal, req: &Request, route: &str) -> Option<A
         }
     }
     let limit = body_limit_of(st, route);
-    let declared = req
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(req.headers());
     if declared.is_some_and(|n| n > limit as u64) {
         return Some(ApiError::TooLarge(format!("the request body is larger than {limit} bytes")));
     }
@@ -407,11 +405,7 @@ fn refusal(st: &AppState, p: &Principal, req: &Request, route: &str) -> Option<A
 /// the 403 found before it) goes out at once and the connection closes.
 async fn refuse(e: ApiError, req: Request, limit: usize) -> Response {
     use http_body_util::BodyExt;
-    let declared = req
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(req.headers());
     // A body declared over the limit would not be read whole anyway: whatever the refusal
     // (413, or a 403 found first), it goes out at once, as a 413 does.
     if matches!(e, ApiError::TooLarge(_)) || declared.is_some_and(|n| n > limit as u64) {

@@ -125,7 +125,7 @@ pub async fn create_tenant(
 
 /// Claim the tenant name `name` for a creation or deletion (409 `tenant_busy` while another
 /// one of it runs on this node).
-fn claim_name(st: &Arc<AppState>, name: &str) -> ApiResult<crate::api::state::NameClaim> {
+fn claim_name(st: &Arc<AppState>, name: &str) -> ApiResult<crate::api::state::Claim> {
     st.claim_tenant_name(name).ok_or_else(|| ApiError::Conflict {
         code: "tenant_busy",
         message: format!("tenant {name:?} is being created or deleted; retry once that is done"),

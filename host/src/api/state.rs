@@ -37,9 +37,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     tenant_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Dead letters being replayed on this node, by record key.
-    replaying: Mutex<std::collections::HashSet<String>>,
+    replaying: ClaimSet,
     /// Tenant names being created or deleted on this node (see [`AppState::claim_tenant_name`]).
-    tenant_names: Mutex<std::collections::HashSet<String>>,
+    tenant_names: ClaimSet,
     /// API keys found in the store, by id (revocations on this node forget them at once).
     api_keys: TtlCache<crate::registry::ApiKeyRecord>,
     /// Moved on whenever this node changes a key or a tenant: open streams check again.
@@ -52,27 +52,28 @@ impl std::fmt::Debug for AppState {
     }
 }
 
-/// A dead letter being replayed (see [`AppState::claim_replay`]).
-pub struct ReplayClaim {
-    state: Arc<AppState>,
-    key: String,
-}
+/// Keys held on this node by one holder at a time (dead letters being replayed, tenant
+/// names being created or deleted).
+#[derive(Default)]
+struct ClaimSet(Arc<Mutex<std::collections::HashSet<String>>>);
 
-impl Drop for ReplayClaim {
-    fn drop(&mut self) {
-        self.state.replaying.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.key);
+impl ClaimSet {
+    /// Claim `key`; `None` while another holder has it. The claim ends when the guard drops.
+    fn claim(&self, key: &str) -> Option<Claim> {
+        let fresh = self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(key.to_owned());
+        fresh.then(|| Claim { set: self.0.clone(), key: key.to_owned() })
     }
 }
 
-/// A tenant name being created or deleted (see [`AppState::claim_tenant_name`]).
-pub struct NameClaim {
-    state: Arc<AppState>,
-    name: String,
+/// A key held in a [`ClaimSet`] until this is dropped.
+pub struct Claim {
+    set: Arc<Mutex<std::collections::HashSet<String>>>,
+    key: String,
 }
 
-impl Drop for NameClaim {
+impl Drop for Claim {
     fn drop(&mut self) {
-        self.state.tenant_names.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.name);
+        self.set.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.key);
     }
 }
 
@@ -99,8 +100,8 @@ impl AppState {
             agents,
             metrics,
             tenant_locks: Mutex::new(HashMap::new()),
-            replaying: Mutex::default(),
-            tenant_names: Mutex::default(),
+            replaying: ClaimSet::default(),
+            tenant_names: ClaimSet::default(),
             api_keys: TtlCache::default(),
             credentials: tokio::sync::watch::Sender::new(0),
         })
@@ -158,17 +159,15 @@ impl AppState {
 
     /// Claim the dead letter under `key` for one replay on this node; `None` while another
     /// replay of it runs. The claim ends when the guard is dropped.
-    pub fn claim_replay(self: &Arc<Self>, key: &str) -> Option<ReplayClaim> {
-        let fresh = self.replaying.lock().unwrap_or_else(PoisonError::into_inner).insert(key.to_owned());
-        fresh.then(|| ReplayClaim { state: self.clone(), key: key.to_owned() })
+    pub fn claim_replay(&self, key: &str) -> Option<Claim> {
+        self.replaying.claim(key)
     }
 
     /// Claim the tenant name `name` while a tenant of that name is created or deleted on this
     /// node; `None` while another creation or deletion of it runs. A deletion keeps the claim
     /// until everything of the old tenant is gone: its clean-up goes by name, so a tenant
     /// created again meanwhile would lose its keys, agents, modules and documents to it.
-    pub fn claim_tenant_name(self: &Arc<Self>, name: &str) -> Option<NameClaim> {
-        let fresh = self.tenant_names.lock().unwrap_or_else(PoisonError::into_inner).insert(name.to_owned());
-        fresh.then(|| NameClaim { state: self.clone(), name: name.to_owned() })
+    pub fn claim_tenant_name(&self, name: &str) -> Option<Claim> {
+        self.tenant_names.claim(name)
     }
 }
