@@ -43,6 +43,11 @@ impl Agents {
         // concurrency quotas, and wait (without using up a retry) while those are spent.
         // The wait lets the bucket refill for a few deliveries, so that a backlog is not
         // re-read for every single token.
+        // An open circuit breaker: wait (no attempt used) until it lets one through.
+        let ticket = match self.admit(&d) {
+            Ok(ticket) => ticket,
+            Err(r) => return Delivery::Throttled(r.retry_after.max(Duration::from_millis(10))),
+        };
         let quotas = &t.quotas;
         let refill = Duration::from_millis((8_000 / u64::from(quotas.invocations_per_second.max(1))).clamp(20, 1000));
         if t.limiter.take().is_err() {
@@ -59,7 +64,7 @@ impl Agents {
             Some(now) if now.is_running() => {}
             _ => return Delivery::Gone,
         }
-        let report = self.run(&d, quotas, self.no_callers.clone(), None, export).await;
+        let report = self.run(&d, quotas, self.no_callers.clone(), None, export, ticket).await;
         match report.outcome {
             Outcome::Ok { .. } => Delivery::Delivered,
             other => Delivery::Failed { code: other.code().to_owned(), message: other.to_string() },

@@ -1,5 +1,5 @@
 //! The deployed agents of this node: each one's record, loaded module and the counters,
-//! pool and log ring that stay with it across config changes and upgrades.
+//! pool, log ring and health that stay with it across config changes and upgrades.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use tokio::sync::Semaphore;
 
+use super::health::Health;
 use crate::registry::{AgentRecord, AgentStatus, now_ms};
 use crate::runtime::{AgentContext, LogLine, LogRing, Module, Report};
 
@@ -26,6 +27,8 @@ pub struct Shared {
     /// Messages parked as dead letters after their retries.
     pub messages_dead_lettered: AtomicU64,
     logs: Mutex<LogRing>,
+    /// Its health window and circuit breaker.
+    pub health: Health,
 }
 
 impl Shared {
@@ -38,6 +41,7 @@ impl Shared {
             messages_retried: AtomicU64::new(0),
             messages_dead_lettered: AtomicU64::new(0),
             logs: Mutex::new(LogRing::new(ring_lines, ring_bytes)),
+            health: Health::default(),
         }
     }
 

@@ -31,6 +31,14 @@ pub enum AgentsError {
         /// Seconds until a retry may succeed.
         retry_after: u64,
     },
+    /// The agent's circuit breaker is open: nothing ran.
+    #[error("{message}")]
+    CircuitOpen {
+        /// Detail.
+        message: String,
+        /// Seconds until a retry may be let through (rounded up).
+        retry_after: u64,
+    },
     /// The agent's pool is full.
     #[error("{0}")]
     PoolFull(String),

@@ -17,6 +17,7 @@ impl Agents {
     /// its change-feed dispatcher when it runs and watches, stop it otherwise.
     pub fn install(self: &Arc<Self>, record: AgentRecord, revision: u64, module: Arc<Module>) -> Arc<Deployed> {
         self.mesh.get_or_init(|| Arc::new(Mesh(Arc::downgrade(self))));
+        self.this.get_or_init(|| Arc::downgrade(self));
         let (tenant, name) = (record.tenant.clone(), record.name.clone());
         let d = self.deployed.replace(&tenant, &name, |old| {
             let shared = match old {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use super::Agents;
 use super::deployed::Deployed;
 use super::error::{AgentsError, AgentsResult};
+use super::health::Ticket;
 use super::tenants::CachedTenant;
 use crate::capabilities::MessagingLink;
 use crate::registry::{AgentRecord, Quotas};
@@ -71,7 +72,7 @@ impl Agents {
     }
 
     /// Run `export` of deployed agent `d` once, by `deadline` at the latest, as called by
-    /// `callers`; counted like every invocation.
+    /// `callers`, through its circuit breaker's `ticket`; counted like every invocation.
     pub(super) async fn run(
         &self,
         d: &Deployed,
@@ -79,15 +80,18 @@ impl Agents {
         callers: Arc<[Arc<str>]>,
         deadline: Option<Instant>,
         export: Export<'_>,
+        ticket: Ticket<'_>,
     ) -> Report {
         let ctx = self.deployed_context_with(d, q, callers, deadline);
         let report = self.runtime.call(&d.module, &ctx, &self.limits_for(&d.record, q), export).await;
         self.account(d, &report);
+        self.settle(d, ticket, &report);
         report
     }
 
     /// An invocation from outside of `d` (of tenant `t`, whose rate quota the caller has
-    /// already taken) with `input`: the tenant's concurrency quota and the agent's pool,
+    /// already taken) with `input`: the agent's circuit breaker (`circuit_open` at once
+    /// while open), the tenant's concurrency quota and the agent's pool,
     /// then `handle(input)`, ending by `deadline` (the request's) if that comes before the
     /// agent's own timeout.
     pub async fn invoke(
@@ -101,6 +105,13 @@ impl Agents {
         if !d.is_running() {
             return Err(AgentsError::Conflict { code: "agent_stopped", message: format!("agent {name:?} is stopped") });
         }
+        let ticket = self.admit(d).map_err(|r| AgentsError::CircuitOpen {
+            message: format!(
+                "the circuit breaker of agent {name:?} is open after its failures; retry in {} ms",
+                r.retry_after.as_millis()
+            ),
+            retry_after: u64::try_from(r.retry_after.as_millis().div_ceil(1000)).unwrap_or(u64::MAX).max(1),
+        })?;
         let Some(_tenant_slot) = t.limiter.enter() else {
             self.metrics.refused(&t.name, "concurrency_quota");
             return Err(AgentsError::OverQuota {
@@ -112,7 +123,7 @@ impl Agents {
         let _slot = d.shared.pool.clone().try_acquire_owned().map_err(|_| {
             AgentsError::PoolFull(format!("agent {name:?} already runs {} invocations", d.record.max_concurrency))
         })?;
-        Ok(self.run(d, &t.quotas, self.no_callers.clone(), deadline, Export::Handle(input)).await)
+        Ok(self.run(d, &t.quotas, self.no_callers.clone(), deadline, Export::Handle(input), ticket).await)
     }
 
     /// Count an invocation of `d`: counters, logs, metrics.

@@ -12,7 +12,9 @@ use super::deployed::Deployed;
 use super::error::{AgentsError, AgentsResult};
 use super::tenants::CachedTenant;
 use crate::coordination;
-use crate::registry::{AgentLimits, AgentRecord, AgentStatus, ModuleRecord, Tenant, Watch, now_ms, scoped};
+use crate::registry::{
+    AgentLimits, AgentRecord, AgentStatus, ModuleRecord, Probation, RolledBack, Supervision, Tenant, Watch, now_ms, scoped,
+};
 use crate::runtime::Module;
 use crate::store::{RecordKind, StoreError, check_collection, keys::check_prefix};
 
@@ -39,6 +41,9 @@ pub struct DeploySpec {
     /// Topics it takes.
     #[serde(default)]
     pub subscriptions: Vec<String>,
+    /// Its health window and circuit breaker (defaults in [`Supervision`]).
+    #[serde(default)]
+    pub supervision: Supervision,
 }
 
 fn default_concurrency() -> u32 {
@@ -125,6 +130,7 @@ impl Agents {
     pub async fn deploy(self: &Arc<Self>, t: &CachedTenant, spec: DeploySpec) -> AgentsResult<Arc<Deployed>> {
         check_limits(&spec.limits, t)?;
         check_subscriptions(&spec.subscriptions)?;
+        spec.supervision.check().map_err(AgentsError::Invalid)?;
         if spec.max_concurrency == 0 || spec.max_concurrency > self.config.engine.max_instances {
             return Err(AgentsError::Invalid(format!(
                 "max_concurrency must be 1..={}",
@@ -164,6 +170,9 @@ impl Agents {
             updated_ms: now,
             watches: spec.watches,
             subscriptions: spec.subscriptions,
+            supervision: spec.supervision,
+            probation: None,
+            rolled_back: None,
         };
         let init = match self.run_init(&module, &rec, &t.quotas).await {
             Ok(report) => report,
@@ -223,14 +232,19 @@ impl Agents {
         self.commit(&d, rec, d.module.clone()).await
     }
 
-    /// Run agent `name` of `t` on module `digest`, keeping the current one to roll back to.
+    /// Run agent `name` of `t` on module `digest`, keeping the current one to roll back to;
+    /// on `probation`, the host rolls back by itself if the new module fails it.
     pub async fn upgrade(
         self: &Arc<Self>,
         t: &CachedTenant,
         name: &str,
         digest: String,
+        probation: Option<Probation>,
     ) -> AgentsResult<Arc<Deployed>> {
         let d = self.find(&t.name, name)?;
+        if let Some(p) = &probation {
+            p.check().map_err(AgentsError::Invalid)?;
+        }
         self.module_record(&t.name, &digest).await?;
         let module = self.modules.load(&digest).await?;
         if !d.record.watches.is_empty() {
@@ -239,15 +253,37 @@ impl Agents {
         let mut rec = d.record.clone();
         rec.previous_module = Some(rec.module.clone());
         rec.module = digest;
+        rec.probation = probation.map(|p| Probation { until_ms: now_ms().saturating_add(p.window_ms), ..p });
+        rec.rolled_back = None;
         self.run_init(&module, &rec, &t.quotas).await?;
-        self.commit(&d, rec, module).await
+        let d = self.commit(&d, rec, module).await?;
+        // A new module starts with a fresh window and a closed breaker.
+        d.shared.health.reset();
+        Ok(d)
     }
 
     /// Run agent `name` of `t` on its previous module again (the current one becomes the
     /// previous).
     pub async fn rollback(self: &Arc<Self>, t: &CachedTenant, name: &str) -> AgentsResult<Arc<Deployed>> {
+        self.roll_back(t, name, None).await
+    }
+
+    /// [`Self::rollback`]; with `failed`, the rollback of the module that failed its
+    /// probation, recorded with its note, and only while the agent still runs that module.
+    pub(super) async fn roll_back(
+        self: &Arc<Self>,
+        t: &CachedTenant,
+        name: &str,
+        failed: Option<RolledBack>,
+    ) -> AgentsResult<Arc<Deployed>> {
         let d = self.find(&t.name, name)?;
         let mut rec = d.record.clone();
+        if let Some(f) = failed.as_ref().filter(|f| f.from_module != rec.module) {
+            return Err(AgentsError::Conflict {
+                code: "module_changed",
+                message: format!("the agent no longer runs {}", f.from_module),
+            });
+        }
         let Some(prev) = rec.previous_module.take() else {
             return Err(AgentsError::Conflict {
                 code: "no_previous_module",
@@ -256,8 +292,12 @@ impl Agents {
         };
         let module = self.modules.load(&prev).await?;
         rec.previous_module = Some(std::mem::replace(&mut rec.module, prev));
+        rec.probation = None;
+        rec.rolled_back = failed.map(|f| RolledBack { to_module: rec.module.clone(), ..f });
         self.run_init(&module, &rec, &t.quotas).await?;
-        self.commit(&d, rec, module).await
+        let d = self.commit(&d, rec, module).await?;
+        d.shared.health.reset();
+        Ok(d)
     }
 
     /// Stop or start agent `name` of `t`.
@@ -270,7 +310,9 @@ impl Agents {
         let d = self.find(&t.name, name)?;
         let mut rec = d.record.clone();
         rec.status = status;
-        self.commit(&d, rec, d.module.clone()).await
+        let d = self.commit(&d, rec, d.module.clone()).await?;
+        self.metrics.agent_health(&d.metrics, self.health_of(&d).gauge());
+        Ok(d)
     }
 
     /// Delete agent `name` of `tenant`: its record, the running agent, what coordination

@@ -107,6 +107,12 @@ impl Agents {
         if std::time::Instant::now() >= from.deadline {
             return Err(MessagingError::DeadlineExceeded);
         }
+        let ticket = self.admit(&d).map_err(|r| {
+            MessagingError::Unavailable(format!(
+                "circuit_open: the circuit breaker of agent {to:?} is open after its failures; retry in {} ms",
+                r.retry_after.as_millis()
+            ))
+        })?;
         let quotas = &t.quotas;
         if t.limiter.take().is_err() {
             self.metrics.refused(&from.tenant, "rate_limited");
@@ -125,7 +131,8 @@ impl Agents {
         let slot = tokio::time::timeout_at(from.deadline.into(), d.shared.pool.clone().acquire_owned()).await;
         let Ok(Ok(_slot)) = slot else { return Err(MessagingError::DeadlineExceeded) };
         // The callee ends by its caller's deadline at the latest.
-        let report = self.run(&d, quotas, from.chain_for_callee(), Some(from.deadline), Export::Handle(body)).await;
+        let report =
+            self.run(&d, quotas, from.chain_for_callee(), Some(from.deadline), Export::Handle(body), ticket).await;
         match report.outcome {
             Outcome::Ok { output } => Ok(output),
             Outcome::AgentError { code, message } => Err(MessagingError::Agent(AgentError { code, message })),

@@ -10,20 +10,24 @@
 pub mod deliveries;
 pub mod deployed;
 pub mod error;
+pub mod health;
 pub mod install;
 pub mod invoke;
 pub mod lifecycle;
 pub mod messenger;
 pub mod modules;
+mod supervise;
 pub mod tenants;
+pub mod view;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 pub use self::deployed::{Deployed, Shared};
 pub use self::error::{AgentsError, AgentsResult};
 pub use self::lifecycle::DeploySpec;
+pub use self::view::AgentView;
 pub use self::modules::Modules;
 pub use self::tenants::{CachedTenant, Tenants};
 use crate::capabilities::Messenger;
@@ -51,6 +55,8 @@ pub struct Agents {
     mailbox_settings: MailboxSettings,
     mesh: OnceLock<Arc<dyn Messenger>>,
     no_callers: Arc<[Arc<str>]>,
+    /// Itself, for what it starts in the background (an automatic rollback).
+    this: OnceLock<Weak<Agents>>,
 }
 
 impl std::fmt::Debug for Agents {
@@ -91,6 +97,7 @@ impl Agents {
             mailbox_settings,
             mesh: OnceLock::new(),
             no_callers: Arc::from([]),
+            this: OnceLock::new(),
         })
     }
 

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -10,7 +9,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::auth::{Action, Principal};
 use super::error::{ApiError, ApiResult, problem};
@@ -19,8 +18,8 @@ use super::{
     AppState, DURATION_HEADER, FUEL_HEADER, INVOCATION_HEADER, JsonBody, OUTCOME_HEADER, PEAK_MEMORY_HEADER, Path,
     Query, TENANT_HEADER, authorize, check_name, tenant_scope, tenant_scope_known,
 };
-use crate::agents::{AgentsError, DeploySpec, Deployed};
-use crate::registry::{AgentRecord, AgentStatus, ModuleRecord, Tenant, now_ms, scoped};
+use crate::agents::{AgentView, AgentsError, DeploySpec, Deployed};
+use crate::registry::{AgentStatus, ModuleRecord, Probation, Tenant, now_ms, scoped};
 use crate::runtime::{Outcome, World, digest};
 use crate::store::{RecordKind, StoreError};
 
@@ -49,6 +48,7 @@ impl From<AgentsError> for ApiError {
             AgentsError::NotFound(m) => ApiError::NotFound(m),
             AgentsError::Conflict { code, message } => ApiError::Conflict { code, message },
             AgentsError::OverQuota { code, message, retry_after } => ApiError::TooMany { code, message, retry_after },
+            AgentsError::CircuitOpen { message, retry_after } => ApiError::CircuitOpen { message, retry_after },
             AgentsError::PoolFull(m) => ApiError::PoolFull(m),
             AgentsError::Init { code, message } => ApiError::Init { code, message },
             AgentsError::Module(e) => ApiError::Module(e),
@@ -160,43 +160,6 @@ pub async fn delete_module(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// An agent as the API shows it.
-#[derive(Serialize)]
-pub struct AgentView {
-    #[serde(flatten)]
-    record: AgentRecord,
-    invocations: u64,
-    failures: u64,
-    running_now: usize,
-    messages: MessageCounters,
-}
-
-/// What an agent's mailbox did (since this node started).
-#[derive(Serialize)]
-struct MessageCounters {
-    delivered: u64,
-    retried: u64,
-    dead_lettered: u64,
-    /// Waiting in its mailbox (as last counted, plus those sent since).
-    pending: usize,
-}
-
-fn view(st: &AppState, d: &Deployed) -> AgentView {
-    let s = &d.shared;
-    AgentView {
-        record: d.record.clone(),
-        invocations: s.invocations.load(Ordering::Relaxed),
-        failures: s.failures.load(Ordering::Relaxed),
-        running_now: (d.record.max_concurrency.max(1) as usize).saturating_sub(s.pool.available_permits()),
-        messages: MessageCounters {
-            delivered: s.messages_delivered.load(Ordering::Relaxed),
-            retried: s.messages_retried.load(Ordering::Relaxed),
-            dead_lettered: s.messages_dead_lettered.load(Ordering::Relaxed),
-            pending: st.agents.mailbox_pending(&d.record.tenant, &d.record.name).unwrap_or(0),
-        },
-    }
-}
-
 pub async fn deploy(
     State(st): St,
     Extension(p): Extension<Principal>,
@@ -208,7 +171,7 @@ pub async fn deploy(
     check_name("agent", &spec.name)?;
     let _quota = st.tenant_write_lock(&t.name).await;
     let d = st.agents.deploy(&t, spec).await?;
-    Ok((StatusCode::CREATED, Json(view(&st, &d))))
+    Ok((StatusCode::CREATED, Json(st.agents.view(&d))))
 }
 
 pub async fn list_agents(
@@ -218,7 +181,7 @@ pub async fn list_agents(
 ) -> ApiResult<Json<Vec<AgentView>>> {
     authorize(&p, Action::ReadAgents)?;
     let t = tenant_scope(&st, &p, &headers).await?;
-    Ok(Json(st.agents.of(&t.name).values().map(|d| view(&st, d)).collect()))
+    Ok(Json(st.agents.of(&t.name).values().map(|d| st.agents.view(d)).collect()))
 }
 
 pub(super) async fn deployed(
@@ -241,7 +204,7 @@ pub async fn get_agent(
     Path(name): Path<String>,
 ) -> ApiResult<Json<AgentView>> {
     let (_, d) = deployed(&st, &p, &headers, &name, Action::ReadAgents).await?;
-    Ok(Json(view(&st, &d)))
+    Ok(Json(st.agents.view(&d)))
 }
 
 #[derive(Deserialize)]
@@ -259,13 +222,16 @@ pub async fn update_config(
 ) -> ApiResult<Json<AgentView>> {
     let (t, _) = deployed(&st, &p, &headers, &name, Action::WriteAgents).await?;
     let d = st.agents.update_config(&t, &name, body.config).await?;
-    Ok(Json(view(&st, &d)))
+    Ok(Json(st.agents.view(&d)))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpgradeBody {
     module: String,
+    /// If the new module fails it, the host rolls back by itself.
+    #[serde(default)]
+    probation: Option<Probation>,
 }
 
 pub async fn upgrade(
@@ -276,8 +242,8 @@ pub async fn upgrade(
     JsonBody(body): JsonBody<UpgradeBody>,
 ) -> ApiResult<Json<AgentView>> {
     let (t, _) = deployed(&st, &p, &headers, &name, Action::WriteAgents).await?;
-    let d = st.agents.upgrade(&t, &name, body.module).await?;
-    Ok(Json(view(&st, &d)))
+    let d = st.agents.upgrade(&t, &name, body.module, body.probation).await?;
+    Ok(Json(st.agents.view(&d)))
 }
 
 pub async fn rollback(
@@ -288,7 +254,7 @@ pub async fn rollback(
 ) -> ApiResult<Json<AgentView>> {
     let (t, _) = deployed(&st, &p, &headers, &name, Action::WriteAgents).await?;
     let d = st.agents.rollback(&t, &name).await?;
-    Ok(Json(view(&st, &d)))
+    Ok(Json(st.agents.view(&d)))
 }
 
 async fn set_status(
@@ -300,7 +266,7 @@ async fn set_status(
 ) -> ApiResult<Json<AgentView>> {
     let (t, _) = deployed(st, p, headers, name, Action::WriteAgents).await?;
     let d = st.agents.set_status(&t, name, status).await?;
-    Ok(Json(view(st, &d)))
+    Ok(Json(st.agents.view(&d)))
 }
 
 pub async fn stop(

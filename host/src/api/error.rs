@@ -79,6 +79,14 @@ pub enum ApiError {
         /// Seconds until a retry may succeed.
         retry_after: u64,
     },
+    /// 503: the agent's circuit breaker is open; nothing ran.
+    #[error("{message}")]
+    CircuitOpen {
+        /// Detail.
+        message: String,
+        /// Seconds until a retry may be let through.
+        retry_after: u64,
+    },
     /// 503: the agent's pool is full.
     #[error("{0}")]
     PoolFull(String),
@@ -135,6 +143,7 @@ impl ApiError {
             },
             ApiError::Init { code, .. } => return (StatusCode::UNPROCESSABLE_ENTITY, format!("init_{code}")),
             ApiError::TooMany { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
+            ApiError::CircuitOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "circuit_open"),
             ApiError::PoolFull(_) => (StatusCode::SERVICE_UNAVAILABLE, "pool_full"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
@@ -166,7 +175,7 @@ impl IntoResponse for ApiError {
             self.to_string()
         };
         let mut resp = problem(status, &code, detail);
-        if let ApiError::TooMany { retry_after, .. } = &self
+        if let ApiError::TooMany { retry_after, .. } | ApiError::CircuitOpen { retry_after, .. } = &self
             && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
         {
             resp.headers_mut().insert(header::RETRY_AFTER, v);

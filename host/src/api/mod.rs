@@ -481,6 +481,7 @@ where
         action,
         target: path,
         outcome: resp.status().as_u16(),
+        detail: String::new(),
     };
     if let Err(e) = st.registry.audit(&event).await {
         tracing::error!(error = %e, "cannot append an audit event");

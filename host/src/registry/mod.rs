@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{RecordKind, Store, StoreError};
 
+pub mod supervision;
+pub use self::supervision::{Probation, RolledBack, Supervision};
+
 /// Result alias for registry calls.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -247,6 +250,16 @@ pub struct AgentRecord {
     /// Topics whose published messages the agent receives through its mailbox.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subscriptions: Vec<String>,
+    /// Its health window and circuit breaker.
+    #[serde(default)]
+    pub supervision: Supervision,
+    /// The probation of its last upgrade, while it lasts (and after: it says what was
+    /// asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probation: Option<Probation>,
+    /// The last automatic rollback, until the next upgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<RolledBack>,
 }
 
 /// A watch: every change of a document of `collection` whose key starts with `prefix`
@@ -429,8 +442,12 @@ pub struct AuditEvent {
     pub action: String,
     /// On what (the request path).
     pub target: String,
-    /// HTTP status of the answer.
+    /// HTTP status of the answer (0 for what the host did by itself: `circuit_open`,
+    /// `circuit_half_open`, `circuit_closed`, `rollback`).
     pub outcome: u16,
+    /// Why, for what the host did by itself.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
 }
 
 /// Typed access to registry records.

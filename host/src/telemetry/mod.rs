@@ -6,7 +6,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use self::sharded::{ShardedHistogram, ShardedHistogramVec};
 use crate::runtime::{Outcome, Report};
@@ -37,6 +39,9 @@ pub struct Metrics {
     store_latency: HistogramVec,
     change_batches: IntCounterVec,
     messages: IntCounterVec,
+    agent_health: IntGaugeVec,
+    circuit_state: IntGaugeVec,
+    circuit_transitions: IntCounterVec,
     agents_seen: Mutex<HashMap<String, HashSet<String>>>,
     max_agent_labels: usize,
 }
@@ -52,6 +57,12 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
         IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable!("static metric {name}: {e}"));
     let _ = r.register(Box::new(c.clone()));
     c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable!("static metric {name}: {e}"));
+    let _ = r.register(Box::new(g.clone()));
+    g
 }
 
 /// Histograms every invocation observes: sharded per thread (see [`sharded`]).
@@ -126,6 +137,24 @@ impl Metrics {
                 "Messages between agents by result: sent, deduplicated, delivered, retried, dead_lettered",
                 &["tenant", "result"],
             ),
+            agent_health: gauge(
+                &r,
+                "cortex_agent_health",
+                "Health of an agent once it changed: 0 healthy, 1 degraded, 2 failing, 3 stopped",
+                &["tenant", "agent"],
+            ),
+            circuit_state: gauge(
+                &r,
+                "cortex_agent_circuit_state",
+                "Circuit breaker of an agent once it moved: 0 closed, 1 open, 2 half_open",
+                &["tenant", "agent"],
+            ),
+            circuit_transitions: counter(
+                &r,
+                "cortex_agent_circuit_transitions_total",
+                "Circuit breaker transitions by the state entered: open, half_open, closed",
+                &["tenant", "agent", "to"],
+            ),
             registry: r,
             agents_seen: Mutex::new(HashMap::new()),
             max_agent_labels,
@@ -186,6 +215,18 @@ impl Metrics {
             Outcome::Trap { kind, .. } => self.traps.with_label_values(&[kind.as_str()]).inc(),
             other => self.traps.with_label_values(&[other.code()]).inc(),
         }
+    }
+
+    /// The health of the agent of `m` changed to `value` (see `cortex_agent_health`).
+    pub fn agent_health(&self, m: &AgentMetrics, value: i64) {
+        self.agent_health.with_label_values(&[&m.tenant, &m.label]).set(value);
+    }
+
+    /// The circuit breaker of the agent of `m` entered state `to` (whose gauge value is
+    /// `value`).
+    pub fn circuit_transition(&self, m: &AgentMetrics, to: &str, value: i64) {
+        self.circuit_state.with_label_values(&[&m.tenant, &m.label]).set(value);
+        self.circuit_transitions.with_label_values(&[&m.tenant, &m.label, to]).inc();
     }
 
     /// Count one change-feed batch delivery attempt by its result.
