@@ -23,4 +23,5 @@ mod pipeline;
 mod schemathesis;
 mod server;
 mod store_contract;
+mod supervision;
 mod tenants;
