@@ -491,6 +491,29 @@ async fn client_commands_drive_the_whole_lifecycle() {
     assert_eq!(got["subscriptions"], serde_json::json!(["news"]));
     ok(client(&s, &dev, &["agents", "delete", "w"]));
 
+    // An upgrade on probation that fails it: the host rolls back, and the table says why.
+    let up: Value =
+        serde_json::from_str(&ok(client(&s, &dev, &["modules", "upload", art::HOSTILE, "--json"]))).unwrap();
+    let h = up["digest"].as_str().unwrap().to_owned();
+    let args = ["agents", "upgrade", "greeter", "--module", &h, "--probation", "10m", "--probation-min", "2"];
+    ok(client(&s, &dev, &args));
+    for _ in 0..2 {
+        let trapped = client(&s, &dev, &["invoke", "greeter", "--input", "trap"]);
+        assert_eq!(trapped.status.code(), Some(1), "{}", String::from_utf8_lossy(&trapped.stderr));
+    }
+    let mut shown = String::new();
+    for _ in 0..1500 {
+        shown = ok(client(&s, &dev, &["agents", "list"]));
+        if shown.contains("probation failed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let header = shown.lines().next().unwrap();
+    assert!(header.contains("HEALTH") && header.contains("CIRCUIT") && header.contains("ROLLED_BACK"), "{shown}");
+    assert!(shown.contains("probation failed: 2 of 2 invocations failed"), "{shown}");
+    assert_eq!(ok(client(&s, &dev, &["invoke", "greeter", "--input", "cli"])), "Hello, cli!\n", "rolled back");
+
     ok(client(&s, &dev, &["agents", "stop", "greeter"]));
     let stopped = client(&s, &dev, &["invoke", "greeter"]);
     assert_eq!(stopped.status.code(), Some(1));

@@ -182,6 +182,16 @@ pub enum AgentCmd {
         /// Module digest.
         #[arg(long)]
         module: String,
+        /// On probation for this long (e.g. `10m`): if more than `--probation-ratio` of its
+        /// invocations fail meanwhile, the host rolls back by itself.
+        #[arg(long, value_parser = super::units::parse_duration)]
+        probation: Option<std::time::Duration>,
+        /// Share of failures that fails the probation.
+        #[arg(long, default_value_t = 0.5, requires = "probation")]
+        probation_ratio: f64,
+        /// Invocations the probation needs before it judges.
+        #[arg(long, default_value_t = 5, requires = "probation")]
+        probation_min: u32,
     },
     /// Go back to the previous module.
     Rollback {
@@ -295,6 +305,8 @@ impl Conn {
 fn cell(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
+        // An automatic rollback shows why.
+        Value::Object(o) if o.contains_key("reason") => cell(&o["reason"]),
         Value::Null => "-".into(),
         other => other.to_string(),
     }
@@ -357,7 +369,7 @@ impl ClientCommand {
                 }
             }
             ClientCommand::Agents { cmd, conn } => {
-                let cols = ["name", "status", "module", "invocations", "failures"];
+                let cols = ["name", "status", "health", "circuit", "module", "invocations", "failures", "rolled_back"];
                 let path = |n: &str, rest: &str| format!("/v1/agents/{n}{rest}");
                 match cmd {
                     AgentCmd::List => conn.call(M::GET, "/v1/agents", Payload::None, &cols).await,
@@ -378,9 +390,13 @@ impl ClientCommand {
                         conn.call(M::PUT, &path(&name, "/config"), Payload::Json(json!({"config": kv(&set)?})), &cols)
                             .await
                     }
-                    AgentCmd::Upgrade { name, module } => {
-                        conn.call(M::POST, &path(&name, "/upgrade"), Payload::Json(json!({"module": module})), &cols)
-                            .await
+                    AgentCmd::Upgrade { name, module, probation, probation_ratio, probation_min } => {
+                        let mut body = json!({"module": module});
+                        if let Some(window) = probation {
+                            body["probation"] = json!({"window_ms": u64::try_from(window.as_millis()).unwrap_or(u64::MAX), "failure_ratio": probation_ratio,
+                                "min_invocations": probation_min});
+                        }
+                        conn.call(M::POST, &path(&name, "/upgrade"), Payload::Json(body), &cols).await
                     }
                     AgentCmd::Rollback { name } => {
                         conn.call(M::POST, &path(&name, "/rollback"), Payload::None, &cols).await
