@@ -50,8 +50,7 @@ async fn metric(s: &Server, name_and_labels: &str) -> f64 {
 async fn host_audit(s: &Server, action: &str, n: usize) -> Vec<Value> {
     until(&format!("{n} audit events {action}"), || async {
         let events = s.get_json(&s.admin(), &format!("/v1/audit?tenant=acme&actor=host&action={action}")).await;
-        let events: Vec<Value> =
-            events.as_array().unwrap().iter().filter(|e| e["action"] == action).cloned().collect();
+        let events: Vec<Value> = events.as_array().unwrap().iter().filter(|e| e["action"] == action).cloned().collect();
         (events.len() >= n).then_some(events)
     })
     .await
@@ -167,7 +166,8 @@ async fn an_upgrade_that_fails_its_probation_is_rolled_back_by_the_host() {
     s.deploy(&dev, "a", &hello, json!({})).await;
     assert_eq!(s.invoke_ok(&dev, "a", "trap").await, "Hello, trap!");
 
-    let bad = json!({ "module": hostile, "probation": { "window_ms": 600_000, "failure_ratio": 0.5, "min_invocations": 3 } });
+    let bad =
+        json!({ "module": hostile, "probation": { "window_ms": 600_000, "failure_ratio": 0.5, "min_invocations": 3 } });
     let r = s.req(Method::POST, "/v1/agents/a/upgrade", &dev).json(&bad).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.unwrap();

@@ -351,10 +351,17 @@ impl Health {
     }
 
     /// Start afresh (a new module runs): an empty window, the breaker closed, the probation
-    /// counters at zero.
-    pub fn reset(&self) {
+    /// counters at zero; the breaker's state and the health before.
+    pub fn reset(&self) -> (Circuit, HealthState) {
         let mut h = self.lock();
-        *h = Inner { health: h.health, ..Inner::default_inner() };
+        let circuit = match h.state {
+            State::Closed => Circuit::Closed,
+            State::Open { .. } => Circuit::Open,
+            State::HalfOpen { .. } => Circuit::HalfOpen,
+        };
+        let before = (circuit, h.health);
+        *h = Inner::default_inner();
+        before
     }
 
     /// The health last settled (stopped aside: the view knows the agent's status).
@@ -557,6 +564,19 @@ mod tests {
             let (t, _) = h.admit(now);
             assert_eq!(t.unwrap().settle(&p, Some(&prob), Verdict::Failure, now, 1000).probation_failed, None);
         }
+    }
+
+    #[test]
+    fn a_reset_closes_the_breaker_with_an_empty_window() {
+        let now = Instant::now();
+        let (h, p) = (Health::default(), policy());
+        for _ in 0..3 {
+            run(&h, &p, now, Verdict::Failure).unwrap();
+        }
+        assert_eq!(h.reset(), (Circuit::Open, HealthState::Failing));
+        let v = h.view(now, false);
+        assert_eq!((v.circuit, v.window.outcomes, h.state()), (Circuit::Closed, 0, HealthState::Healthy));
+        assert!(h.admit(now).0.is_ok());
     }
 
     #[test]

@@ -13,7 +13,8 @@ use super::error::{AgentsError, AgentsResult};
 use super::tenants::CachedTenant;
 use crate::coordination;
 use crate::registry::{
-    AgentLimits, AgentRecord, AgentStatus, ModuleRecord, Probation, RolledBack, Supervision, Tenant, Watch, now_ms, scoped,
+    AgentLimits, AgentRecord, AgentStatus, ModuleRecord, Probation, RolledBack, Supervision, Tenant, Watch, now_ms,
+    scoped,
 };
 use crate::runtime::Module;
 use crate::store::{RecordKind, StoreError, check_collection, keys::check_prefix};
@@ -257,8 +258,7 @@ impl Agents {
         rec.rolled_back = None;
         self.run_init(&module, &rec, &t.quotas).await?;
         let d = self.commit(&d, rec, module).await?;
-        // A new module starts with a fresh window and a closed breaker.
-        d.shared.health.reset();
+        self.restart(&d);
         Ok(d)
     }
 
@@ -296,7 +296,7 @@ impl Agents {
         rec.rolled_back = failed.map(|f| RolledBack { to_module: rec.module.clone(), ..f });
         self.run_init(&module, &rec, &t.quotas).await?;
         let d = self.commit(&d, rec, module).await?;
-        d.shared.health.reset();
+        self.restart(&d);
         Ok(d)
     }
 

@@ -32,6 +32,19 @@ impl Agents {
         }
     }
 
+    /// A new module runs in `d`: a fresh window and a closed breaker, published.
+    pub(super) fn restart(&self, d: &Deployed) {
+        let (circuit, health) = d.shared.health.reset();
+        if health != HealthState::Healthy && d.record.status == AgentStatus::Running {
+            self.metrics.agent_health(&d.metrics, HealthState::Healthy.gauge());
+        }
+        if circuit != Circuit::Closed {
+            self.metrics.circuit_transition(&d.metrics, Circuit::Closed.name(), Circuit::Closed.gauge());
+            let detail = format!("closed: a new module runs (was {})", circuit.name());
+            self.audit_host(&d.record.tenant, &d.record.name, "circuit_closed", detail);
+        }
+    }
+
     /// Metrics, audit and, for a failed probation, the rollback.
     fn publish(&self, d: &Deployed, s: Settled) {
         let (tenant, name) = (&d.record.tenant, &d.record.name);

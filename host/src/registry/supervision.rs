@@ -18,7 +18,7 @@ pub struct Supervision {
     pub failure_ratio: f64,
     /// Outcomes the window needs before the ratio applies.
     pub min_outcomes: u32,
-    /// How long the breaker stays open the first time, in milliseconds.
+    /// How long the breaker stays open the first time, in milliseconds (at least 100).
     pub open_ms: u64,
     /// The longest it stays open: each failed probe doubles the interval up to this.
     pub max_open_ms: u64,
@@ -58,8 +58,8 @@ impl Supervision {
         if self.min_outcomes > self.window {
             return Err("supervision.min_outcomes must be at most supervision.window".into());
         }
-        if self.open_ms == 0 || self.max_open_ms < self.open_ms {
-            return Err("supervision.open_ms must be over 0 and at most supervision.max_open_ms".into());
+        if self.open_ms < 100 || self.max_open_ms < self.open_ms {
+            return Err("supervision.open_ms must be at least 100 and at most supervision.max_open_ms".into());
         }
         if self.max_open_ms > 86_400_000 {
             return Err("supervision.max_open_ms must be at most a day (86400000)".into());

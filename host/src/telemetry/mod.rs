@@ -60,7 +60,8 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
 }
 
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable!("static metric {name}: {e}"));
+    let g =
+        IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable!("static metric {name}: {e}"));
     let _ = r.register(Box::new(g.clone()));
     g
 }
