@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::server::Server;
 
 /// Poll `f` until it returns `Some`, for at most 30 s (a bound, not a synchronisation).
-async fn until<T, F, Fut>(what: &str, mut f: F) -> T
+pub(crate) async fn until<T, F, Fut>(what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -42,7 +42,8 @@ async fn inbox_of(s: &Server, token: &str, agent: &str, n: usize) -> Vec<String>
     got
 }
 
-async fn metric(s: &Server, name_and_labels: &str) -> f64 {
+/// The value of the sample `name_and_labels` (labels in their sorted order) in `/metrics`; 0 if absent.
+pub(crate) async fn metric(s: &Server, name_and_labels: &str) -> f64 {
     let text = s.req(Method::GET, "/metrics", &s.admin()).send().await.unwrap().text().await.unwrap();
     text.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
 }

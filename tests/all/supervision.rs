@@ -5,28 +5,12 @@
 //! attempt; an upgrade that fails its probation is rolled back by the host. Every state is
 //! awaited by polling the agent view, never by sleeping.
 
-use std::time::Duration;
-
 use cortex_artifacts as art;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use crate::messaging::{metric, until};
 use crate::server::Server;
-
-/// Poll `f` until it returns `Some`, for at most 30 s (a bound, not a synchronisation).
-async fn until<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    for _ in 0..1500 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
 
 async fn view(s: &Server, token: &str, agent: &str) -> Value {
     s.get_json(token, &format!("/v1/agents/{agent}")).await
@@ -39,11 +23,6 @@ async fn probe_due(s: &Server, token: &str, agent: &str) {
         (v["circuit"] == "open" && v["circuit_retry_after_ms"] == 0).then_some(())
     })
     .await;
-}
-
-async fn metric(s: &Server, name_and_labels: &str) -> f64 {
-    let text = s.req(Method::GET, "/metrics", &s.admin()).send().await.unwrap().text().await.unwrap();
-    text.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
 }
 
 /// The host's own audit events of `acme` with `action`, once there are `n`.
