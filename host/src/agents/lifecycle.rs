@@ -12,7 +12,9 @@ use super::deployed::Deployed;
 use super::error::{AgentsError, AgentsResult};
 use super::tenants::CachedTenant;
 use crate::coordination;
-use crate::registry::{AgentLimits, AgentRecord, AgentStatus, ModuleRecord, Tenant, Watch, now_ms, scoped};
+use crate::registry::{
+    AgentLimits, AgentRecord, AgentStatus, ModuleRecord, ProfileRecord, Tenant, Watch, now_ms, scoped,
+};
 use crate::runtime::Module;
 use crate::store::{RecordKind, StoreError, check_collection, keys::check_prefix};
 
@@ -27,22 +29,38 @@ pub struct DeploySpec {
     /// Its configuration, given to `init`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
-    /// Its own limits, at most the tenant's quotas.
+    /// Its own limits, at most the tenant's quotas; those it leaves out come from its
+    /// profile, if it names one.
     #[serde(default)]
     pub limits: AgentLimits,
-    /// Invocations at once.
-    #[serde(default = "default_concurrency")]
-    pub max_concurrency: u32,
+    /// Invocations at once: from its profile when left out, else 16.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
     /// Change feeds it takes.
     #[serde(default)]
     pub watches: Vec<Watch>,
     /// Topics it takes.
     #[serde(default)]
     pub subscriptions: Vec<String>,
+    /// The tenant's resource profile whose values fill the limits and concurrency it
+    /// leaves out (copied into the agent's record).
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
-fn default_concurrency() -> u32 {
-    16
+/// Invocations at once of an agent whose spec and profile say nothing of it.
+const DEFAULT_CONCURRENCY: u32 = 16;
+
+/// The limits and concurrency of `spec`, each left out taken from `profile`.
+fn with_profile(spec: &DeploySpec, profile: Option<&ProfileRecord>) -> (AgentLimits, u32) {
+    let (l, p) = (&spec.limits, profile.map(|p| (&p.limits, p.max_concurrency)));
+    let limits = AgentLimits {
+        fuel: l.fuel.or(p.and_then(|p| p.0.fuel)),
+        memory_bytes: l.memory_bytes.or(p.and_then(|p| p.0.memory_bytes)),
+        timeout_ms: l.timeout_ms.or(p.and_then(|p| p.0.timeout_ms)),
+    };
+    let concurrency = spec.max_concurrency.or(p.and_then(|p| p.1)).unwrap_or(DEFAULT_CONCURRENCY);
+    (limits, concurrency)
 }
 
 /// Most watches one agent may have.
@@ -120,12 +138,18 @@ impl Agents {
             .ok_or_else(|| AgentsError::NotFound(format!("module {digest:?} not found")))
     }
 
-    /// Deploy `spec` in tenant `t`: checks, the tenant's agent quota, `init`, then the
-    /// record and the installed agent. The caller holds the tenant's write lock.
+    /// Deploy `spec` in tenant `t`: its profile's values where it leaves them out, checks,
+    /// the tenant's agent quota, `init`, then the record and the installed agent. The caller
+    /// holds the tenant's write lock.
     pub async fn deploy(self: &Arc<Self>, t: &CachedTenant, spec: DeploySpec) -> AgentsResult<Arc<Deployed>> {
-        check_limits(&spec.limits, t)?;
+        let profile = match &spec.profile {
+            Some(name) => Some(self.resolve_profile(&t.name, name).await?),
+            None => None,
+        };
+        let (limits, max_concurrency) = with_profile(&spec, profile.as_ref());
+        check_limits(&limits, t)?;
         check_subscriptions(&spec.subscriptions)?;
-        if spec.max_concurrency == 0 || spec.max_concurrency > self.config.engine.max_instances {
+        if max_concurrency == 0 || max_concurrency > self.config.engine.max_instances {
             return Err(AgentsError::Invalid(format!(
                 "max_concurrency must be 1..={}",
                 self.config.engine.max_instances
@@ -157,13 +181,14 @@ impl Agents {
             module: spec.module,
             previous_module: None,
             config: spec.config,
-            limits: spec.limits,
-            max_concurrency: spec.max_concurrency,
+            limits,
+            max_concurrency,
             status: AgentStatus::Running,
             created_ms: now,
             updated_ms: now,
             watches: spec.watches,
             subscriptions: spec.subscriptions,
+            profile: spec.profile,
         };
         let init = match self.run_init(&module, &rec, &t.quotas).await {
             Ok(report) => report,
