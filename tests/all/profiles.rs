@@ -83,7 +83,9 @@ async fn tenant_admins_create_replace_and_delete_profiles_that_every_role_reads(
         .collect();
     let put_ = "PUT /v1/profiles/{name}".to_owned();
     let del = "DELETE /v1/profiles/{name}".to_owned();
-    for want in [(put_.clone(), 201), (put_.clone(), 403), (put_, 200), (del.clone(), 403), (del.clone(), 204), (del, 404)] {
+    for want in
+        [(put_.clone(), 201), (put_.clone(), 403), (put_, 200), (del.clone(), 403), (del.clone(), 204), (del, 404)]
+    {
         assert!(events.contains(&want), "{want:?} not in {events:?}");
     }
 }

@@ -134,7 +134,8 @@ mod tests {
     #[test]
     fn a_profile_takes_values_above_zero_and_within_the_quotas() {
         let q = Quotas { max_fuel: 100, concurrent_invocations: 8, ..Quotas::default() };
-        let spec = |fuel, conc| ProfileSpec { limits: AgentLimits { fuel, ..AgentLimits::default() }, max_concurrency: conc };
+        let spec =
+            |fuel, conc| ProfileSpec { limits: AgentLimits { fuel, ..AgentLimits::default() }, max_concurrency: conc };
         assert_eq!(code(check_profile(&ProfileSpec::default(), &q, 16)), "ok");
         assert_eq!(code(check_profile(&spec(Some(100), Some(8)), &q, 16)), "ok");
         assert_eq!(code(check_profile(&spec(Some(0), None), &q, 16)), "invalid_profile");

@@ -269,11 +269,7 @@ impl Dispatcher {
                         id: id.clone(),
                         tenant: tenant.clone(),
                         agent: self.agent.clone(),
-                        content: Letter::Changes {
-                            first_seq: first,
-                            last_seq: last,
-                            events: batch,
-                        },
+                        content: Letter::Changes { first_seq: first, last_seq: last, events: batch },
                         attempts: attempt,
                         error_code: code,
                         error: message,

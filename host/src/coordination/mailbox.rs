@@ -439,7 +439,7 @@ impl Runner {
             error: error.to_owned(),
             created_ms: now,
             updated_ms: now,
-            content: Letter::Message { message: msg },
+            content: Letter::Message { message: Box::new(msg) },
         };
         let Ok(bytes) = serde_json::to_vec(&letter) else { return Step::StoreFailed };
         // Create-only: an earlier letter under the same id (the same idempotency key failed

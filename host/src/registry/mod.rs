@@ -390,7 +390,7 @@ pub enum Letter {
     /// A message for `handle`.
     Message {
         /// The message.
-        message: MessageRecord,
+        message: Box<MessageRecord>,
     },
 }
 
@@ -405,7 +405,7 @@ struct StoredLetter {
     #[serde(default)]
     kind: StoredKind,
     #[serde(default)]
-    message: Option<MessageRecord>,
+    message: Option<Box<MessageRecord>>,
     #[serde(default)]
     first_seq: u64,
     #[serde(default)]
@@ -634,9 +634,11 @@ mod tests {
 
     #[test]
     fn dead_letters_of_the_format_before_the_letter_enum_stay_readable() {
-        let common = r#""tenant":"t","agent":"a","attempts":3,"error_code":"trap","error":"x","created_ms":1,"updated_ms":2"#;
+        let common =
+            r#""tenant":"t","agent":"a","attempts":3,"error_code":"trap","error":"x","created_ms":1,"updated_ms":2"#;
         let event = r#"{"seq":4,"collection":"c","key":"k","op":"put","revision":1}"#;
-        let old_batch = format!(r#"{{"id":"b","kind":"changes","first_seq":4,"last_seq":5,"events":[{event}],{common}}}"#);
+        let old_batch =
+            format!(r#"{{"id":"b","kind":"changes","first_seq":4,"last_seq":5,"events":[{event}],{common}}}"#);
         let older_batch = format!(r#"{{"id":"b","first_seq":4,"last_seq":5,"events":[{event}],{common}}}"#);
         let message = r#"{"id":"m1","tenant":"t","agent":"a","from":"b","body_hex":"00","attempts":3,"not_before_ms":0,"created_ms":1}"#;
         let old_message = format!(
@@ -656,7 +658,10 @@ mod tests {
         assert_eq!(serde_json::from_value::<DeadLetter>(json).unwrap(), l);
         let batch: DeadLetter = serde_json::from_str(&old_batch).unwrap();
         let json = serde_json::to_value(&batch).unwrap();
-        assert_eq!((json["kind"].as_str(), json["last_seq"].as_u64(), json.get("message")), (Some("changes"), Some(5), None));
+        assert_eq!(
+            (json["kind"].as_str(), json["last_seq"].as_u64(), json.get("message")),
+            (Some("changes"), Some(5), None)
+        );
         assert_eq!(serde_json::from_value::<DeadLetter>(json).unwrap(), batch);
     }
 

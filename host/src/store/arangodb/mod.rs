@@ -122,7 +122,11 @@ fn is_not_found(e: &ClientError) -> bool {
 }
 
 fn too_busy(what: &str) -> StoreError {
-    StoreError::Backend { message: format!("arangodb: {what} lost {MAX_ATTEMPTS} races in a row"), transient: true, source: None }
+    StoreError::Backend {
+        message: format!("arangodb: {what} lost {MAX_ATTEMPTS} races in a row"),
+        transient: true,
+        source: None,
+    }
 }
 
 /// One stored document, as kept in `cortex_documents`.
@@ -158,8 +162,11 @@ struct StoredEvent {
 }
 
 fn with_key<T: Serialize>(key: &str, body: &T) -> Result<Value> {
-    let mut v = serde_json::to_value(body)
-        .map_err(|e| StoreError::Backend { message: format!("arangodb: encoding: {e}"), transient: false, source: None })?;
+    let mut v = serde_json::to_value(body).map_err(|e| StoreError::Backend {
+        message: format!("arangodb: encoding: {e}"),
+        transient: false,
+        source: None,
+    })?;
     if let Value::Object(m) = &mut v {
         m.insert("_key".into(), Value::String(key.to_owned()));
     }
@@ -543,7 +550,11 @@ impl DocumentStore for ArangoStore {
         let op = WriteOp::Put { collection: collection.into(), key: key.into(), value: value.into(), expected };
         match self.write(scope, std::slice::from_ref(&op), "put", quota).await?.as_slice() {
             [Applied::Put(rev)] => Ok(*rev),
-            _ => Err(StoreError::Backend { message: "arangodb: put applied no put".into(), transient: false, source: None }),
+            _ => Err(StoreError::Backend {
+                message: "arangodb: put applied no put".into(),
+                transient: false,
+                source: None,
+            }),
         }
     }
 
@@ -551,7 +562,11 @@ impl DocumentStore for ArangoStore {
         let op = WriteOp::Delete { collection: collection.into(), key: key.into(), expected };
         match self.write(scope, std::slice::from_ref(&op), "delete", Quota::NONE).await?.as_slice() {
             [Applied::Deleted(existed)] => Ok(*existed),
-            _ => Err(StoreError::Backend { message: "arangodb: delete applied no delete".into(), transient: false, source: None }),
+            _ => Err(StoreError::Backend {
+                message: "arangodb: delete applied no delete".into(),
+                transient: false,
+                source: None,
+            }),
         }
     }
 
