@@ -53,14 +53,12 @@ const DEFAULT_CONCURRENCY: u32 = 16;
 
 /// The limits and concurrency of `spec`, each left out taken from `profile`.
 fn with_profile(spec: &DeploySpec, profile: Option<&ProfileRecord>) -> (AgentLimits, u32) {
-    let (l, p) = (&spec.limits, profile.map(|p| (&p.limits, p.max_concurrency)));
-    let limits = AgentLimits {
-        fuel: l.fuel.or(p.and_then(|p| p.0.fuel)),
-        memory_bytes: l.memory_bytes.or(p.and_then(|p| p.0.memory_bytes)),
-        timeout_ms: l.timeout_ms.or(p.and_then(|p| p.0.timeout_ms)),
-    };
-    let concurrency = spec.max_concurrency.or(p.and_then(|p| p.1)).unwrap_or(DEFAULT_CONCURRENCY);
-    (limits, concurrency)
+    match profile {
+        Some(p) => {
+            (spec.limits.or(&p.limits), spec.max_concurrency.or(p.max_concurrency).unwrap_or(DEFAULT_CONCURRENCY))
+        }
+        None => (spec.limits.clone(), spec.max_concurrency.unwrap_or(DEFAULT_CONCURRENCY)),
+    }
 }
 
 /// Most watches one agent may have.

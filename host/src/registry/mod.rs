@@ -208,6 +208,17 @@ pub struct AgentLimits {
     pub timeout_ms: Option<u64>,
 }
 
+impl AgentLimits {
+    /// These limits, each one left out taken from `fallback`.
+    pub fn or(&self, fallback: &AgentLimits) -> AgentLimits {
+        AgentLimits {
+            fuel: self.fuel.or(fallback.fuel),
+            memory_bytes: self.memory_bytes.or(fallback.memory_bytes),
+            timeout_ms: self.timeout_ms.or(fallback.timeout_ms),
+        }
+    }
+}
+
 /// A resource profile: named limits a tenant's admins define, that a deploy names
 /// (`"profile": "small"`) to take the limits its spec leaves out. Keyed `tenant/name`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
