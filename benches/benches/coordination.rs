@@ -23,11 +23,10 @@ use cortex_artifacts as art;
 mod served;
 
 use cortex_host::api::AppState;
-use cortex_host::capabilities::{ChangeEvent, ChangeOp};
 use cortex_host::config::ServerConfig;
 use cortex_host::registry::Quotas;
 use cortex_host::runtime::{Export, Limits};
-use cortex_host::store::{RecordKind, Scope};
+use cortex_host::store::{ChangeEvent, ChangeOp, RecordKind, Scope};
 use serde_json::json;
 
 struct Api {
@@ -125,7 +124,8 @@ async fn change_feed(state: &Arc<AppState>, api: &Api, writes: usize) {
         let t0 = Instant::now();
         let key = format!("b{i}");
         let revision = store.put(&scope, "base", &key, "{}", None).await.unwrap();
-        let event = ChangeEvent { seq: 0, collection: "base".into(), key, op: ChangeOp::Put, revision };
+        let event =
+            ChangeEvent { seq: 0, collection: "base".into(), key, op: ChangeOp::Put, revision, agent: "w".into() };
         let ctx = state.agents.deployed_context(&d, &q);
         let r = state.runtime.call(&d.module, &ctx, &Limits::default(), Export::OnChange(&[event])).await;
         assert!(r.outcome.is_ok());

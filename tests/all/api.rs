@@ -159,6 +159,17 @@ fn rbac_routes(kv: &str) -> Vec<RbacRoute> {
         (m("GET"), "/v1/keys", "/v1/keys".into(), Action::ManageKeys, None, None),
         (m("DELETE"), "/v1/keys/{id}", "/v1/keys/nokey".into(), Action::ManageKeys, None, None),
         (m("GET"), "/v1/audit", "/v1/audit".into(), Action::ReadAudit, None, None),
+        (m("GET"), "/v1/profiles", "/v1/profiles".into(), Action::ReadProfiles, None, None),
+        (m("GET"), "/v1/profiles/{name}", "/v1/profiles/ghost".into(), Action::ReadProfiles, None, None),
+        (
+            m("PUT"),
+            "/v1/profiles/{name}",
+            "/v1/profiles/small".into(),
+            Action::ManageProfiles,
+            Some(json!({"limits": {"fuel": 1000}})),
+            None,
+        ),
+        (m("DELETE"), "/v1/profiles/{name}", "/v1/profiles/ghost".into(), Action::ManageProfiles, None, None),
         (m("GET"), "/v1/events", "/v1/events".into(), Action::ReadAgents, None, None),
         (m("GET"), "/v1/events/stream", "/v1/events/stream?follow=false".into(), Action::ReadAgents, None, None),
         (

@@ -206,6 +206,11 @@ async fn an_unreachable_port_is_a_transient_error() {
     let dir = tempfile::tempdir().unwrap();
     let e = ArangoStore::connect(&config(&format!("http://127.0.0.1:{port}"), &dir, PASSWORD)).await.unwrap_err();
     assert!(e.is_transient(), "{e}");
+    // The client's error is kept as the source, with the whole chain of the transport
+    // failure (the refused connect, not only "error sending request").
+    let source = std::error::Error::source(&e).expect("the client's error is kept");
+    let text = source.to_string().to_lowercase();
+    assert!(text.contains("connect") && text.contains("refused"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

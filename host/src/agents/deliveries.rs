@@ -7,10 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::Agents;
-use crate::capabilities::ChangeEvent;
 use crate::coordination::{Delivery, Host};
 use crate::runtime::{Export, Outcome};
-use crate::store::Store;
+use crate::store::{ChangeEvent, Store};
 
 impl Agents {
     /// Run `on-change(events)` of a deployed, running agent once, counted like an

@@ -10,6 +10,15 @@ pub enum AgentsError {
     /// The request names something malformed (a limit over the quota, a bad watch).
     #[error("{0}")]
     Invalid(String),
+    /// The request is refused for a reason with its own stable code (`invalid_profile`,
+    /// `over_quota`, `unknown_profile`).
+    #[error("{message}")]
+    Refused {
+        /// Stable code.
+        code: &'static str,
+        /// Detail.
+        message: String,
+    },
     /// No such agent or module in the tenant.
     #[error("{0}")]
     NotFound(String),

@@ -13,8 +13,8 @@ use super::error::{AgentsError, AgentsResult};
 use super::tenants::CachedTenant;
 use crate::coordination;
 use crate::registry::{
-    AgentLimits, AgentRecord, AgentStatus, ModuleRecord, Probation, RolledBack, Supervision, Tenant, Watch, now_ms,
-    scoped,
+    AgentLimits, AgentRecord, AgentStatus, ModuleRecord, Probation, ProfileRecord, RolledBack, Supervision, Tenant,
+    Watch, now_ms, scoped,
 };
 use crate::runtime::Module;
 use crate::store::{RecordKind, StoreError, check_collection, keys::check_prefix};
@@ -30,12 +30,13 @@ pub struct DeploySpec {
     /// Its configuration, given to `init`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
-    /// Its own limits, at most the tenant's quotas.
+    /// Its own limits, at most the tenant's quotas; those it leaves out come from its
+    /// profile, if it names one.
     #[serde(default)]
     pub limits: AgentLimits,
-    /// Invocations at once.
-    #[serde(default = "default_concurrency")]
-    pub max_concurrency: u32,
+    /// Invocations at once: from its profile when left out, else 16.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
     /// Change feeds it takes.
     #[serde(default)]
     pub watches: Vec<Watch>,
@@ -45,10 +46,23 @@ pub struct DeploySpec {
     /// Its health window and circuit breaker (defaults in [`Supervision`]).
     #[serde(default)]
     pub supervision: Supervision,
+    /// The tenant's resource profile whose values fill the limits and concurrency it
+    /// leaves out (copied into the agent's record).
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
-fn default_concurrency() -> u32 {
-    16
+/// Invocations at once of an agent whose spec and profile say nothing of it.
+const DEFAULT_CONCURRENCY: u32 = 16;
+
+/// The limits and concurrency of `spec`, each left out taken from `profile`.
+fn with_profile(spec: &DeploySpec, profile: Option<&ProfileRecord>) -> (AgentLimits, u32) {
+    match profile {
+        Some(p) => {
+            (spec.limits.or(&p.limits), spec.max_concurrency.or(p.max_concurrency).unwrap_or(DEFAULT_CONCURRENCY))
+        }
+        None => (spec.limits.clone(), spec.max_concurrency.unwrap_or(DEFAULT_CONCURRENCY)),
+    }
 }
 
 /// Most watches one agent may have.
@@ -126,13 +140,19 @@ impl Agents {
             .ok_or_else(|| AgentsError::NotFound(format!("module {digest:?} not found")))
     }
 
-    /// Deploy `spec` in tenant `t`: checks, the tenant's agent quota, `init`, then the
-    /// record and the installed agent. The caller holds the tenant's write lock.
+    /// Deploy `spec` in tenant `t`: its profile's values where it leaves them out, checks,
+    /// the tenant's agent quota, `init`, then the record and the installed agent. The caller
+    /// holds the tenant's write lock.
     pub async fn deploy(self: &Arc<Self>, t: &CachedTenant, spec: DeploySpec) -> AgentsResult<Arc<Deployed>> {
-        check_limits(&spec.limits, t)?;
+        let profile = match &spec.profile {
+            Some(name) => Some(self.resolve_profile(&t.name, name).await?),
+            None => None,
+        };
+        let (limits, max_concurrency) = with_profile(&spec, profile.as_ref());
+        check_limits(&limits, t)?;
         check_subscriptions(&spec.subscriptions)?;
         spec.supervision.check().map_err(AgentsError::Invalid)?;
-        if spec.max_concurrency == 0 || spec.max_concurrency > self.config.engine.max_instances {
+        if max_concurrency == 0 || max_concurrency > self.config.engine.max_instances {
             return Err(AgentsError::Invalid(format!(
                 "max_concurrency must be 1..={}",
                 self.config.engine.max_instances
@@ -164,8 +184,8 @@ impl Agents {
             module: spec.module,
             previous_module: None,
             config: spec.config,
-            limits: spec.limits,
-            max_concurrency: spec.max_concurrency,
+            limits,
+            max_concurrency,
             status: AgentStatus::Running,
             created_ms: now,
             updated_ms: now,
@@ -174,6 +194,7 @@ impl Agents {
             supervision: spec.supervision,
             probation: None,
             rolled_back: None,
+            profile: spec.profile,
         };
         let init = match self.run_init(&module, &rec, &t.quotas).await {
             Ok(report) => report,

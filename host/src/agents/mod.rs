@@ -1,6 +1,7 @@
 //! The lifecycle layer: the agents deployed on this node and everything that happens to
 //! them. It owns the deployed agents ([`deployed`]), the modules they run ([`modules`]),
 //! their deploy, config change, upgrade, rollback, stop, start and delete ([`lifecycle`]),
+//! the resource profiles a deploy may name ([`profiles`]),
 //! install, uninstall and restore at start ([`install`]), the one invoke core that HTTP
 //! invocations, agent-to-agent calls and background deliveries share ([`invoke`]), those
 //! deliveries ([`deliveries`]) and the messenger the `messaging` import calls
@@ -17,6 +18,7 @@ pub mod lifecycle;
 pub mod messenger;
 pub mod modules;
 mod supervise;
+pub mod profiles;
 pub mod tenants;
 pub mod view;
 
@@ -28,6 +30,7 @@ pub use self::deployed::{Deployed, Shared};
 pub use self::error::{AgentsError, AgentsResult};
 pub use self::lifecycle::DeploySpec;
 pub use self::modules::Modules;
+pub use self::profiles::ProfileSpec;
 pub use self::tenants::{CachedTenant, Tenants};
 pub use self::view::AgentView;
 use crate::capabilities::Messenger;

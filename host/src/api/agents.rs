@@ -45,6 +45,7 @@ impl From<AgentsError> for ApiError {
     fn from(e: AgentsError) -> Self {
         match e {
             AgentsError::Invalid(m) => ApiError::BadRequest(m),
+            AgentsError::Refused { code, message } => ApiError::Invalid { code, message },
             AgentsError::NotFound(m) => ApiError::NotFound(m),
             AgentsError::Conflict { code, message } => ApiError::Conflict { code, message },
             AgentsError::OverQuota { code, message, retry_after } => ApiError::TooMany { code, message, retry_after },

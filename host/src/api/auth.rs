@@ -81,6 +81,10 @@ pub enum Action {
     ReadAudit,
     /// Create, list and revoke API keys.
     ManageKeys,
+    /// Create, replace and delete resource profiles.
+    ManageProfiles,
+    /// List and read resource profiles.
+    ReadProfiles,
 }
 
 impl Action {
@@ -91,13 +95,13 @@ impl Action {
             Action::ManageTenants => role == PlatformAdmin,
             Action::ReadTenant => role >= TenantAdmin,
             Action::WriteModules | Action::WriteAgents | Action::Invoke => role >= Developer,
-            Action::ReadModules | Action::ReadAgents | Action::ReadLogs => role >= Observer,
-            Action::ReadAudit | Action::ManageKeys => role >= TenantAdmin,
+            Action::ReadModules | Action::ReadAgents | Action::ReadLogs | Action::ReadProfiles => role >= Observer,
+            Action::ReadAudit | Action::ManageKeys | Action::ManageProfiles => role >= TenantAdmin,
         }
     }
 
     /// Every action.
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 12] = [
         Action::ManageTenants,
         Action::ReadTenant,
         Action::WriteModules,
@@ -108,6 +112,8 @@ impl Action {
         Action::ReadLogs,
         Action::ReadAudit,
         Action::ManageKeys,
+        Action::ManageProfiles,
+        Action::ReadProfiles,
     ];
 }
 
@@ -425,6 +431,8 @@ mod tests {
         assert_eq!(row(ReadLogs), [true, true, true, true]);
         assert_eq!(row(ReadAudit), [false, false, true, true]);
         assert_eq!(row(ManageKeys), [false, false, true, true]);
+        assert_eq!(row(ManageProfiles), [false, false, true, true]);
+        assert_eq!(row(ReadProfiles), [true, true, true, true]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::auth::{Action, Principal};
 use super::error::{ApiError, ApiResult, problem};
 use super::{AppState, Path};
 use crate::coordination::{self, Delivery, mailbox};
-use crate::registry::{DeadLetter, LetterKind, now_ms};
+use crate::registry::{DeadLetter, Letter, now_ms};
 use crate::store::RecordKind;
 
 type St = State<Arc<AppState>>;
@@ -66,8 +66,8 @@ pub async fn replay(
     // Read again under the claim: a replay that just ended has removed it.
     let missing = || ApiError::NotFound(format!("dead letter {id:?} of agent {name:?} not found"));
     let (mut letter, rev) = st.registry.get::<DeadLetter>(RecordKind::DeadLetter, &key).await?.ok_or_else(missing)?;
-    let (delivery, done) = match (&letter.kind, &letter.message) {
-        (LetterKind::Message, Some(m)) => {
+    let (delivery, done) = match &letter.content {
+        Letter::Message { message: m } => {
             let body = mailbox::decode_body(&m.body_hex)
                 .ok_or_else(|| ApiError::Internal(format!("dead letter {id:?} has an unreadable body")))?;
             // A message with an idempotency key is delivered once: not again if a later copy
@@ -86,14 +86,10 @@ pub async fn replay(
             }
             (delivery, json!({ "id": letter.id, "outcome": "ok" }))
         }
-        (LetterKind::Message, None) => {
-            return Err(ApiError::Internal(format!("dead letter {id:?} has no message")));
-        }
-        (LetterKind::Changes, _) => {
-            let events: Vec<_> = letter.events.iter().map(coordination::from_record).collect();
+        Letter::Changes { events, .. } => {
             let n = events.len();
             (
-                st.agents.deliver_changes(&letter.tenant, &name, &events).await,
+                st.agents.deliver_changes(&letter.tenant, &name, events).await,
                 json!({ "id": letter.id, "outcome": "ok", "events": n }),
             )
         }

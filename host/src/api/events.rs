@@ -13,37 +13,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::auth::{Action, Principal};
 use super::error::ApiResult;
 use super::stream_guard::{Lapse, StreamGuard};
 use super::{AppState, Query, authorize, tenant_scope};
 use crate::store::ChangeEvent;
-
-/// One change event as the API shows it.
-#[derive(Debug, Serialize)]
-pub struct EventView {
-    seq: u64,
-    collection: String,
-    key: String,
-    op: &'static str,
-    revision: u64,
-    agent: String,
-}
-
-impl From<ChangeEvent> for EventView {
-    fn from(e: ChangeEvent) -> Self {
-        Self {
-            seq: e.seq,
-            collection: e.collection,
-            key: e.key,
-            op: e.op.as_str(),
-            revision: e.revision,
-            agent: e.agent,
-        }
-    }
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,11 +39,11 @@ pub async fn list(
     Extension(p): Extension<Principal>,
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
-) -> ApiResult<Json<Vec<EventView>>> {
+) -> ApiResult<Json<Vec<ChangeEvent>>> {
     authorize(&p, Action::ReadAgents)?;
     let t = tenant_scope(&st, &p, &headers).await?;
     let events = st.registry.store().feed_since(&t.name, q.since, q.limit.unwrap_or(100).min(1000)).await?;
-    Ok(Json(events.into_iter().map(EventView::from).collect()))
+    Ok(Json(events))
 }
 
 /// How long the stream waits for a write before it checks again (keep-alives go out
@@ -90,7 +66,7 @@ pub async fn stream(
         loop {
             if let Some(e) = pending.pop_front() {
                 cursor = e.seq;
-                let data = serde_json::to_string(&EventView::from(e)).unwrap_or_default();
+                let data = serde_json::to_string(&e).unwrap_or_default();
                 let ev = Event::default().id(cursor.to_string()).event("change").data(data);
                 return Some((Ok(ev), (st, tenant, cursor, pending)));
             }

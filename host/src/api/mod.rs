@@ -7,6 +7,7 @@ mod deadletters;
 pub mod error;
 mod events;
 mod openapi;
+mod profiles;
 pub mod quota;
 mod routes;
 pub mod state;
@@ -343,6 +344,8 @@ pub fn route_action(method: &Method, route: &str) -> Option<Action> {
         "/v1/keys" if read || m(Method::POST) => Action::ManageKeys,
         "/v1/keys/{id}" if m(Method::DELETE) => Action::ManageKeys,
         "/v1/audit" if read => Action::ReadAudit,
+        "/v1/profiles" | "/v1/profiles/{name}" if read => Action::ReadProfiles,
+        "/v1/profiles/{name}" if m(Method::PUT) || m(Method::DELETE) => Action::ManageProfiles,
         "/v1/events" | "/v1/events/stream" if read => Action::ReadAgents,
         "/v1/modules" | "/v1/modules/{digest}" if read => Action::ReadModules,
         "/v1/modules" if m(Method::POST) => Action::WriteModules,
@@ -503,6 +506,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/keys", post(routes::create_key).get(routes::list_keys))
         .route("/v1/keys/{id}", axum::routing::delete(routes::revoke_key))
         .route("/v1/audit", get(routes::list_audit))
+        .route("/v1/profiles", get(profiles::list))
+        .route("/v1/profiles/{name}", get(profiles::get).put(profiles::put).delete(profiles::delete))
         .route("/v1/events", get(events::list))
         .route("/v1/events/stream", get(events::stream))
         .route(

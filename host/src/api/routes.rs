@@ -12,7 +12,8 @@ use super::auth::{self, Action, Principal, Role};
 use super::error::{ApiError, ApiResult, problem};
 use super::{AppState, JsonBody, Path, Query, authorize, check_name, tenant_scope};
 use crate::registry::{
-    AgentRecord, ApiKeyRecord, AuditEvent, DeletedTenant, ModuleRecord, QuotasPatch, Tenant, now_ms, scoped,
+    AgentRecord, ApiKeyRecord, AuditEvent, DeletedTenant, ModuleRecord, ProfileRecord, QuotasPatch, Tenant, now_ms,
+    scoped,
 };
 use crate::store::RecordKind;
 
@@ -203,6 +204,9 @@ pub async fn delete_tenant(
     }
     for m in st.registry.list::<ModuleRecord>(RecordKind::Module, &prefix).await? {
         st.agents.modules.delete(&m.tenant, &m.digest).await?;
+    }
+    for p in st.registry.list::<ProfileRecord>(RecordKind::Profile, &prefix).await? {
+        st.registry.delete(RecordKind::Profile, &scoped(&p.tenant, &p.name)).await?;
     }
     for k in st.registry.list::<ApiKeyRecord>(RecordKind::ApiKey, "").await? {
         // This tenant's keys only (a later tenant of the name, made on another node

@@ -214,11 +214,11 @@ mod tests {
             Some(wit::Error::QuotaExceeded(m)) if m == "full"
         ));
         assert!(matches!(
-            wit_of(StoreError::Backend { message: "down".into(), transient: true }),
+            wit_of(StoreError::Backend { message: "down".into(), transient: true, source: None }),
             Some(wit::Error::Unavailable(m)) if m == UNAVAILABLE
         ));
         // A store broken for good traps the invocation.
-        assert!(wit_of(StoreError::Backend { message: "down".into(), transient: false }).is_none());
+        assert!(wit_of(StoreError::Backend { message: "down".into(), transient: false, source: None }).is_none());
         assert!(wit_of(StoreError::Corrupted("bad".into())).is_none());
     }
 }

@@ -184,11 +184,11 @@ mod tests {
             matches!(wit_of(StoreError::QuotaExceeded("full".into())), Some(wit::Error::TooLarge(m)) if m == "full")
         );
         assert!(matches!(
-            wit_of(StoreError::Backend { message: "down".into(), transient: true }),
+            wit_of(StoreError::Backend { message: "down".into(), transient: true, source: None }),
             Some(wit::Error::Unavailable(m)) if m == UNAVAILABLE
         ));
         // A store broken for good, and a conflict (the graph has no revisions), trap.
-        assert!(wit_of(StoreError::Backend { message: "down".into(), transient: false }).is_none());
+        assert!(wit_of(StoreError::Backend { message: "down".into(), transient: false, source: None }).is_none());
         assert!(wit_of(StoreError::Corrupted("bad".into())).is_none());
         assert!(wit_of(StoreError::Conflict { current: 1 }).is_none());
     }

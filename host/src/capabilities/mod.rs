@@ -53,6 +53,23 @@ pub(crate) mod bindings {
 
 pub use bindings::cortex::agent::types::{AgentError, ChangeEvent, ChangeOp};
 
+/// The WIT edge of change events: the host's one type ([`crate::store::ChangeEvent`]) as a
+/// guest's `on-change` takes it (the runtime converts where it calls the guest).
+impl From<&crate::store::ChangeEvent> for ChangeEvent {
+    fn from(e: &crate::store::ChangeEvent) -> Self {
+        Self {
+            seq: e.seq,
+            collection: e.collection.clone(),
+            key: e.key.clone(),
+            op: match e.op {
+                crate::store::ChangeOp::Put => ChangeOp::Put,
+                crate::store::ChangeOp::Delete => ChangeOp::Delete,
+            },
+            revision: e.revision,
+        }
+    }
+}
+
 /// Whether `name` is a name the imports accept for an agent or an edge kind:
 /// `[a-z0-9_-]{1,63}` (so that it cannot reach outside its key space).
 pub(crate) fn is_name(name: &str) -> bool {

@@ -74,6 +74,13 @@ pub enum ClientCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Resource profiles of your tenant (tenant-admins write them).
+    Profiles {
+        #[command(subcommand)]
+        cmd: ProfileCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 /// Where the server is and how to talk to it.
@@ -152,15 +159,18 @@ pub enum AgentCmd {
         /// KEY=VALUE configuration (repeatable).
         #[arg(long = "config")]
         config: Vec<String>,
-        /// Invocations running at once.
-        #[arg(long, default_value_t = 16)]
-        max_concurrency: u32,
+        /// Invocations running at once (default: the profile's, else 16).
+        #[arg(long)]
+        max_concurrency: Option<u32>,
         /// Watch COLLECTION or COLLECTION/KEY-PREFIX of the change feed (repeatable).
         #[arg(long = "watch", value_name = "COLLECTION[/PREFIX]")]
         watch: Vec<String>,
         /// Receive the messages published to TOPIC (repeatable).
         #[arg(long = "subscribe", value_name = "TOPIC")]
         subscribe: Vec<String>,
+        /// Take the limits and concurrency not given here from this resource profile.
+        #[arg(long)]
+        profile: Option<String>,
     },
     /// Show an agent.
     Get {
@@ -233,6 +243,40 @@ pub enum KeyCmd {
     Revoke {
         /// Key id.
         id: String,
+    },
+}
+
+/// `cortex profiles ...`
+#[derive(Debug, Subcommand)]
+pub enum ProfileCmd {
+    /// List profiles.
+    List,
+    /// Show a profile.
+    Get {
+        /// Name.
+        name: String,
+    },
+    /// Create or replace a profile (the values left out are not set by it).
+    Put {
+        /// Name.
+        name: String,
+        /// Fuel per invocation.
+        #[arg(long)]
+        fuel: Option<u64>,
+        /// Memory, e.g. 64MiB.
+        #[arg(long, value_parser = super::units::parse_size)]
+        memory: Option<u64>,
+        /// Wall-clock limit, e.g. 500ms or 5s.
+        #[arg(long, value_parser = super::units::parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// Invocations running at once.
+        #[arg(long)]
+        max_concurrency: Option<u32>,
+    },
+    /// Delete a profile no agent was deployed with.
+    Delete {
+        /// Name.
+        name: String,
     },
 }
 
@@ -373,7 +417,7 @@ impl ClientCommand {
                 let path = |n: &str, rest: &str| format!("/v1/agents/{n}{rest}");
                 match cmd {
                     AgentCmd::List => conn.call(M::GET, "/v1/agents", Payload::None, &cols).await,
-                    AgentCmd::Deploy { name, module, config, max_concurrency, watch, subscribe } => {
+                    AgentCmd::Deploy { name, module, config, max_concurrency, watch, subscribe, profile } => {
                         let watches: Vec<_> = watch
                             .iter()
                             .map(|w| match w.split_once('/') {
@@ -382,7 +426,8 @@ impl ClientCommand {
                             })
                             .collect();
                         let body = json!({"name": name, "module": module, "config": kv(&config)?,
-                            "max_concurrency": max_concurrency, "watches": watches, "subscriptions": subscribe});
+                            "max_concurrency": max_concurrency, "watches": watches, "subscriptions": subscribe,
+                            "profile": profile});
                         conn.call(M::POST, "/v1/agents", Payload::Json(body), &cols).await
                     }
                     AgentCmd::Get { name } => conn.call(M::GET, &path(&name, ""), Payload::None, &[]).await,
@@ -452,6 +497,21 @@ impl ClientCommand {
                 }
                 KeyCmd::Revoke { id } => conn.call(M::DELETE, &format!("/v1/keys/{id}"), Payload::None, &[]).await,
             },
+            ClientCommand::Profiles { cmd, conn } => {
+                let cols = ["name", "limits", "max_concurrency"];
+                let path = |n: &str| format!("/v1/profiles/{n}");
+                match cmd {
+                    ProfileCmd::List => conn.call(M::GET, "/v1/profiles", Payload::None, &cols).await,
+                    ProfileCmd::Get { name } => conn.call(M::GET, &path(&name), Payload::None, &[]).await,
+                    ProfileCmd::Put { name, fuel, memory, timeout, max_concurrency } => {
+                        let timeout_ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+                        let body = json!({"limits": {"fuel": fuel, "memory_bytes": memory, "timeout_ms": timeout_ms},
+                            "max_concurrency": max_concurrency});
+                        conn.call(M::PUT, &path(&name), Payload::Json(body), &cols).await
+                    }
+                    ProfileCmd::Delete { name } => conn.call(M::DELETE, &path(&name), Payload::None, &[]).await,
+                }
+            }
         }
     }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Delivery, DispatchSettings, Host, dead_letter_key, to_guest, to_record, watched};
-use crate::registry::{CursorRecord, DeadLetter, LetterKind, Watch, now_ms, scoped};
+use super::{Delivery, DispatchSettings, Host, dead_letter_key, watched};
+use crate::registry::{CursorRecord, DeadLetter, Letter, Watch, now_ms, scoped};
 use crate::store::{RecordKind, Store, StoreError};
 
 /// A running dispatcher. Dropping it asks the task to stop (at its next wait, or after
@@ -223,15 +223,14 @@ impl Dispatcher {
                 }
                 continue;
             };
-            let batch: Vec<_> = events.iter().filter(|e| watched(&self.watches, e)).collect();
+            let batch: Vec<_> = events.iter().filter(|e| watched(&self.watches, e)).cloned().collect();
             if !batch.is_empty() {
-                let guest: Vec<_> = batch.iter().map(|e| to_guest(e)).collect();
                 let mut backoff = self.settings.backoff;
                 let mut attempt = 0;
                 let failure = loop {
                     attempt += 1;
                     let host = self.host()?;
-                    let delivery = host.deliver(&tenant, &self.agent, &guest).await;
+                    let delivery = host.deliver(&tenant, &self.agent, &batch).await;
                     let what = match &delivery {
                         Delivery::Delivered => Some("delivered"),
                         Delivery::Failed { .. } if attempt >= self.settings.attempts.max(1) => Some("dead_lettered"),
@@ -268,13 +267,9 @@ impl Dispatcher {
                     let id = format!("{first:020}-{last:020}");
                     let letter = DeadLetter {
                         id: id.clone(),
-                        kind: LetterKind::Changes,
-                        message: None,
                         tenant: tenant.clone(),
                         agent: self.agent.clone(),
-                        first_seq: first,
-                        last_seq: last,
-                        events: batch.iter().map(|e| to_record(e)).collect(),
+                        content: Letter::Changes { first_seq: first, last_seq: last, events: batch },
                         attempts: attempt,
                         error_code: code,
                         error: message,
@@ -308,8 +303,8 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::capabilities::ChangeEvent;
     use crate::registry::Registry;
+    use crate::store::ChangeEvent;
     use crate::store::{EmbeddedStore, Scope};
 
     #[derive(Clone, Copy, PartialEq, Eq)]
@@ -435,8 +430,10 @@ mod tests {
         assert_eq!(*fake.calls.lock().unwrap(), vec![vec![1], vec![1]], "two attempts");
         let letters = super::super::dead_letters(&reg, "t", "w").await.unwrap();
         assert_eq!(letters.len(), 1);
-        assert_eq!((letters[0].first_seq, letters[0].last_seq, letters[0].attempts), (1, 1, 2));
-        assert_eq!(letters[0].events[0].key, "a");
+        let Letter::Changes { first_seq: 1, last_seq: 1, events } = &letters[0].content else {
+            panic!("{:?}", letters[0])
+        };
+        assert_eq!((letters[0].attempts, events[0].key.as_str()), (2, "a"));
         // Deleting the agent's records ends the dispatcher at its next cursor write.
         super::super::forget(&reg, "t", "w").await.unwrap();
         assert!(super::super::dead_letters(&reg, "t", "w").await.unwrap().is_empty());

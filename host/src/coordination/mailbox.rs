@@ -18,7 +18,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::{Delivery, Host};
-use crate::registry::{DeadLetter, DeliveredRecord, LetterKind, MessageRecord, now_ms, scoped};
+use crate::registry::{DeadLetter, DeliveredRecord, Letter, MessageRecord, now_ms, scoped};
 use crate::store::{self, Quota, RecordKind, Store, StoreError};
 
 /// How mailboxes deliver, retry and wait.
@@ -432,18 +432,14 @@ impl Runner {
         let id = format!("m-{}", msg.id);
         let mut letter = DeadLetter {
             id: id.clone(),
-            kind: LetterKind::Message,
             tenant: self.tenant.clone(),
             agent: self.agent.clone(),
-            first_seq: 0,
-            last_seq: 0,
-            events: Vec::new(),
             attempts: msg.attempts,
             error_code: code.to_owned(),
             error: error.to_owned(),
             created_ms: now,
             updated_ms: now,
-            message: Some(msg),
+            content: Letter::Message { message: Box::new(msg) },
         };
         let Ok(bytes) = serde_json::to_vec(&letter) else { return Step::StoreFailed };
         // Create-only: an earlier letter under the same id (the same idempotency key failed
@@ -556,7 +552,7 @@ mod tests {
             self.store.clone()
         }
 
-        async fn deliver(&self, _: &str, _: &str, _: &[crate::capabilities::ChangeEvent]) -> Delivery {
+        async fn deliver(&self, _: &str, _: &str, _: &[crate::store::ChangeEvent]) -> Delivery {
             Delivery::Gone
         }
 
@@ -638,8 +634,7 @@ mod tests {
         assert_eq!(*fake.counts.lock().unwrap(), vec!["retried", "retried", "dead_lettered"]);
         let letters = super::super::dead_letters(&reg, "t", "b").await.unwrap();
         assert_eq!(letters.len(), 1);
-        assert_eq!(letters[0].kind, LetterKind::Message);
-        let m = letters[0].message.as_ref().unwrap();
+        let Letter::Message { message: m } = &letters[0].content else { panic!("{:?}", letters[0]) };
         assert_eq!(
             (m.topic.as_deref(), m.attempts, decode_body(&m.body_hex).unwrap()),
             (Some("news"), 3, b"bad".to_vec())

@@ -21,9 +21,8 @@ use std::time::Duration;
 
 pub use self::dispatcher::{Watcher, spawn};
 pub use self::mailbox::{Mailbox, MailboxSettings, spawn_mailbox};
-use crate::capabilities::{ChangeEvent, ChangeOp};
-use crate::registry::{CursorRecord, DeadLetter, FeedEvent, Registry, Watch, now_ms, scoped};
-use crate::store::{self, RecordKind, Store};
+use crate::registry::{CursorRecord, DeadLetter, Registry, Watch, now_ms, scoped};
+use crate::store::{self, ChangeEvent, RecordKind, Store};
 
 /// How a dispatcher batches, retries and waits.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,44 +94,8 @@ pub trait Host: Send + Sync + 'static {
 }
 
 /// Whether any of `watches` covers `event`.
-pub fn watched(watches: &[Watch], event: &store::ChangeEvent) -> bool {
+pub fn watched(watches: &[Watch], event: &ChangeEvent) -> bool {
     watches.iter().any(|w| w.matches(&event.collection, &event.key))
-}
-
-/// A feed event as the guest sees it.
-pub fn to_guest(e: &store::ChangeEvent) -> ChangeEvent {
-    ChangeEvent {
-        seq: e.seq,
-        collection: e.collection.clone(),
-        key: e.key.clone(),
-        op: match e.op {
-            store::ChangeOp::Put => ChangeOp::Put,
-            store::ChangeOp::Delete => ChangeOp::Delete,
-        },
-        revision: e.revision,
-    }
-}
-
-/// A kept event as the guest sees it.
-pub fn from_record(e: &FeedEvent) -> ChangeEvent {
-    ChangeEvent {
-        seq: e.seq,
-        collection: e.collection.clone(),
-        key: e.key.clone(),
-        op: if e.op == store::ChangeOp::Delete.as_str() { ChangeOp::Delete } else { ChangeOp::Put },
-        revision: e.revision,
-    }
-}
-
-/// A feed event as a dead letter keeps it.
-pub fn to_record(e: &store::ChangeEvent) -> FeedEvent {
-    FeedEvent {
-        seq: e.seq,
-        collection: e.collection.clone(),
-        key: e.key.clone(),
-        op: e.op.as_str().to_owned(),
-        revision: e.revision,
-    }
 }
 
 /// Key of an agent's dead letters, `tenant/agent/` (the prefix to list them).
@@ -185,8 +148,8 @@ pub fn dead_letter_key(tenant: &str, agent: &str, id: &str) -> String {
 mod tests {
     use super::*;
 
-    fn event(collection: &str, key: &str) -> store::ChangeEvent {
-        store::ChangeEvent {
+    fn event(collection: &str, key: &str) -> ChangeEvent {
+        ChangeEvent {
             seq: 1,
             collection: collection.into(),
             key: key.into(),
@@ -207,15 +170,6 @@ mod tests {
         assert!(!watched(&w, &event("users", "us/1")));
         assert!(!watched(&w, &event("orders2", "o1")));
         assert!(!watched(&[], &event("orders", "o1")));
-    }
-
-    #[test]
-    fn events_round_trip_through_dead_letters() {
-        let mut e = event("orders", "o1");
-        e.op = store::ChangeOp::Delete;
-        let g = from_record(&to_record(&e));
-        assert_eq!(g.op, ChangeOp::Delete);
-        assert_eq!((g.seq, g.collection.as_str(), g.key.as_str(), g.revision), (1, "orders", "o1", 1));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Registry records: tenants, modules, agents, API keys, change-feed cursors, dead letters
-//! and the audit log, as typed JSON over the store's [`RecordStore`](crate::store::RecordStore).
+//! Registry records: tenants, modules, agents, resource profiles, API keys, change-feed
+//! cursors, dead letters and the audit log, as typed JSON over the store's [`RecordStore`](crate::store::RecordStore).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{RecordKind, Store, StoreError};
+use crate::store::{ChangeEvent, RecordKind, Store, StoreError};
 
 pub mod supervision;
 pub use self::supervision::{Probation, RolledBack, Supervision};
@@ -211,6 +211,36 @@ pub struct AgentLimits {
     pub timeout_ms: Option<u64>,
 }
 
+impl AgentLimits {
+    /// These limits, each one left out taken from `fallback`.
+    pub fn or(&self, fallback: &AgentLimits) -> AgentLimits {
+        AgentLimits {
+            fuel: self.fuel.or(fallback.fuel),
+            memory_bytes: self.memory_bytes.or(fallback.memory_bytes),
+            timeout_ms: self.timeout_ms.or(fallback.timeout_ms),
+        }
+    }
+}
+
+/// A resource profile: named limits a tenant's admins define, that a deploy names
+/// (`"profile": "small"`) to take the limits its spec leaves out. Keyed `tenant/name`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileRecord {
+    /// Owner.
+    pub tenant: String,
+    /// Name, unique in the tenant.
+    pub name: String,
+    /// The limits it gives (each at most the tenant's quotas when it was written).
+    pub limits: AgentLimits,
+    /// The invocations at once it gives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// When it was first written (ms since the epoch).
+    pub created_ms: u64,
+    /// When it was last written.
+    pub updated_ms: u64,
+}
+
 /// Whether an agent takes invocations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -260,6 +290,10 @@ pub struct AgentRecord {
     /// The last automatic rollback, until the next upgrade.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back: Option<RolledBack>,
+    /// The resource profile its deploy named: its values were copied into `limits` and
+    /// `max_concurrency` then (a later change of the profile applies at the next deploy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
 }
 
 /// A watch: every change of a document of `collection` whose key starts with `prefix`
@@ -289,32 +323,6 @@ pub struct CursorRecord {
     pub seq: u64,
     /// When it was last moved (ms since the epoch).
     pub updated_ms: u64,
-}
-
-/// One change event as kept in a dead letter.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FeedEvent {
-    /// Position in the tenant's feed.
-    pub seq: u64,
-    /// Collection of the document.
-    pub collection: String,
-    /// Key of the document.
-    pub key: String,
-    /// `put` or `delete`.
-    pub op: String,
-    /// Revision after the write (for a delete, the revision removed).
-    pub revision: u64,
-}
-
-/// What a dead letter holds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LetterKind {
-    /// A batch of change events for `on-change`.
-    #[default]
-    Changes,
-    /// A message for `handle`.
-    Message,
 }
 
 /// A message in an agent's mailbox, waiting for delivery to its `handle`. Keyed
@@ -366,26 +374,18 @@ pub struct DeliveredRecord {
 /// What an agent failed to take after its retries: a batch of change events (the cursor
 /// moved past it) or a message (removed from the mailbox). Keyed `tenant/agent/id`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredLetter")]
 pub struct DeadLetter {
     /// Its id within the agent (change batches sort by feed position; messages are
     /// `m-<message id>`).
     pub id: String,
-    /// A change batch or a message.
-    #[serde(default)]
-    pub kind: LetterKind,
-    /// The message, for a message letter.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<MessageRecord>,
     /// Owner.
     pub tenant: String,
-    /// The watching agent.
+    /// The agent that failed it.
     pub agent: String,
-    /// The first feed position the batch covers.
-    pub first_seq: u64,
-    /// The last feed position the batch covers.
-    pub last_seq: u64,
-    /// The events of the batch that the agent watches, in feed order.
-    pub events: Vec<FeedEvent>,
+    /// A change batch or a message (`kind` and its own fields, side by side with these).
+    #[serde(flatten)]
+    pub content: Letter,
     /// Deliveries tried so far (replays included).
     pub attempts: u32,
     /// Outcome code of the last failure (`agent_error`, `trap`, ...).
@@ -396,6 +396,81 @@ pub struct DeadLetter {
     pub created_ms: u64,
     /// When it was last tried.
     pub updated_ms: u64,
+}
+
+/// What a dead letter holds: one or the other, never parts of both.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Letter {
+    /// A batch of change events for `on-change`.
+    Changes {
+        /// The first feed position the batch covers.
+        first_seq: u64,
+        /// The last feed position the batch covers.
+        last_seq: u64,
+        /// The events of the batch that the agent watches, in feed order.
+        events: Vec<ChangeEvent>,
+    },
+    /// A message for `handle`.
+    Message {
+        /// The message.
+        message: Box<MessageRecord>,
+    },
+}
+
+/// A dead letter as stored, in either format: the present one (`kind` with its variant's
+/// fields), or the one before it, where every letter had the batch fields (zero and empty
+/// in a message letter), `message` was optional and `kind` missing meant `changes`.
+#[derive(Deserialize)]
+struct StoredLetter {
+    id: String,
+    tenant: String,
+    agent: String,
+    #[serde(default)]
+    kind: StoredKind,
+    #[serde(default)]
+    message: Option<Box<MessageRecord>>,
+    #[serde(default)]
+    first_seq: u64,
+    #[serde(default)]
+    last_seq: u64,
+    #[serde(default)]
+    events: Vec<ChangeEvent>,
+    attempts: u32,
+    error_code: String,
+    error: String,
+    created_ms: u64,
+    updated_ms: u64,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StoredKind {
+    #[default]
+    Changes,
+    Message,
+}
+
+impl From<StoredLetter> for DeadLetter {
+    fn from(l: StoredLetter) -> Self {
+        let content = match (l.kind, l.message) {
+            (StoredKind::Message, Some(message)) => Letter::Message { message },
+            // A message letter without its message never was written; read as the batch it
+            // then says it is (empty: a replay delivers nothing and deletes it).
+            _ => Letter::Changes { first_seq: l.first_seq, last_seq: l.last_seq, events: l.events },
+        };
+        Self {
+            id: l.id,
+            tenant: l.tenant,
+            agent: l.agent,
+            content,
+            attempts: l.attempts,
+            error_code: l.error_code,
+            error: l.error,
+            created_ms: l.created_ms,
+            updated_ms: l.updated_ms,
+        }
+    }
 }
 
 /// An API key; the secret itself is never stored, only its SHA-256.
@@ -583,6 +658,39 @@ mod tests {
         assert!(!t.accepts_token_issued_at(Some(4)));
         assert!(t.accepts_token_issued_at(Some(5)) && t.accepts_token_issued_at(Some(6)));
         assert_ne!(Tenant::new("acme".into(), Quotas::default(), 1).unwrap().id, t.id);
+    }
+
+    #[test]
+    fn dead_letters_of_the_format_before_the_letter_enum_stay_readable() {
+        let common =
+            r#""tenant":"t","agent":"a","attempts":3,"error_code":"trap","error":"x","created_ms":1,"updated_ms":2"#;
+        let event = r#"{"seq":4,"collection":"c","key":"k","op":"put","revision":1}"#;
+        let old_batch =
+            format!(r#"{{"id":"b","kind":"changes","first_seq":4,"last_seq":5,"events":[{event}],{common}}}"#);
+        let older_batch = format!(r#"{{"id":"b","first_seq":4,"last_seq":5,"events":[{event}],{common}}}"#);
+        let message = r#"{"id":"m1","tenant":"t","agent":"a","from":"b","body_hex":"00","attempts":3,"not_before_ms":0,"created_ms":1}"#;
+        let old_message = format!(
+            r#"{{"id":"m-m1","kind":"message","message":{message},"first_seq":0,"last_seq":0,"events":[],{common}}}"#
+        );
+        for old in [&old_batch, &older_batch] {
+            let l: DeadLetter = serde_json::from_str(old).unwrap();
+            let Letter::Changes { first_seq: 4, last_seq: 5, events } = &l.content else { panic!("{l:?}") };
+            assert_eq!((events.len(), events[0].key.as_str(), l.attempts), (1, "k", 3));
+        }
+        let l: DeadLetter = serde_json::from_str(&old_message).unwrap();
+        let Letter::Message { message } = &l.content else { panic!("{l:?}") };
+        assert_eq!((message.id.as_str(), l.error_code.as_str()), ("m1", "trap"));
+        // Written now: `kind` with its variant's fields only; read back the same.
+        let json = serde_json::to_value(&l).unwrap();
+        assert_eq!((json["kind"].as_str(), json.get("first_seq"), json.get("events")), (Some("message"), None, None));
+        assert_eq!(serde_json::from_value::<DeadLetter>(json).unwrap(), l);
+        let batch: DeadLetter = serde_json::from_str(&old_batch).unwrap();
+        let json = serde_json::to_value(&batch).unwrap();
+        assert_eq!(
+            (json["kind"].as_str(), json["last_seq"].as_u64(), json.get("message")),
+            (Some("changes"), Some(5), None)
+        );
+        assert_eq!(serde_json::from_value::<DeadLetter>(json).unwrap(), batch);
     }
 
     #[test]

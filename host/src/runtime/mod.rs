@@ -173,7 +173,7 @@ pub enum Export<'a> {
     /// `init(config)`; a no-op success when the component does not export it.
     Init(&'a [(String, String)]),
     /// `on-change(events)`; a no-op success when the component does not export it.
-    OnChange(&'a [ChangeEvent]),
+    OnChange(&'a [crate::store::ChangeEvent]),
 }
 
 /// The result of one invocation.
@@ -386,7 +386,9 @@ impl Runtime {
                     Some(idx) => {
                         let f =
                             instance.get_typed_func::<(&[ChangeEvent],), (Result<(), AgentError>,)>(&mut store, idx)?;
-                        Ok(f.call_async(&mut store, (events,)).await?.0.map(|()| None))
+                        // The WIT edge: the host's events become the guest's here, and only here.
+                        let guest: Vec<ChangeEvent> = events.iter().map(ChangeEvent::from).collect();
+                        Ok(f.call_async(&mut store, (&guest,)).await?.0.map(|()| None))
                     }
                     None => Ok(Ok(None)),
                 },

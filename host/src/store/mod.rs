@@ -159,6 +159,9 @@ pub enum StoreError {
         message: String,
         /// Whether a retry is safe and may succeed.
         transient: bool,
+        /// The error of the backend's client, when one caused it.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// The store's files are damaged or from an incompatible version.
     #[error("storage is corrupted or incompatible: {0}")]
@@ -216,6 +219,8 @@ pub enum RecordKind {
     Delivered,
     /// What is left of deleted tenants, keyed by name.
     DeletedTenant,
+    /// Resource profiles, keyed by `tenant/name`.
+    Profile,
 }
 
 impl RecordKind {
@@ -231,6 +236,7 @@ impl RecordKind {
             RecordKind::Message => "message",
             RecordKind::Delivered => "delivered",
             RecordKind::DeletedTenant => "deleted-tenant",
+            RecordKind::Profile => "profile",
         }
     }
 
@@ -371,7 +377,8 @@ pub trait DocumentStore: Send + Sync + 'static {
 }
 
 /// What a change event reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ChangeOp {
     /// The document was inserted or replaced.
     Put,
@@ -398,8 +405,10 @@ impl ChangeOp {
     }
 }
 
-/// One document write, as recorded in its tenant's change feed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One document write, as recorded in its tenant's change feed: the one type of a change
+/// event in the host (feed, deliveries, dead letters); it becomes the WIT `change-event` only
+/// where a guest's `on-change` is called.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChangeEvent {
     /// Position in the tenant's feed: 1, 2, 3... without gaps.
     pub seq: u64,
@@ -411,7 +420,8 @@ pub struct ChangeEvent {
     pub op: ChangeOp,
     /// For a put, the new revision; for a delete, the revision that was removed.
     pub revision: u64,
-    /// The agent that wrote (the scope's agent).
+    /// The agent that wrote (the scope's agent; empty in dead letters kept before it was).
+    #[serde(default)]
     pub agent: String,
 }
 

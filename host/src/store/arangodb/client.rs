@@ -37,8 +37,31 @@ pub async fn with_timeouts<F: std::future::Future>(t: Timeouts, f: F) -> F::Outp
     TIMEOUTS.scope(t, f).await
 }
 
-/// Prefix of the message of a transport failure (connect, timeout, reset): retryable.
-pub(crate) const TRANSPORT: &str = "transport: ";
+/// A failure of reqwest (a transport failure: connect, timeout, reset, a body cut short; or
+/// a client that cannot be built) as arangors carries it: `ClientError::HttpClient`, which
+/// this client raises for nothing else, with the whole chain of the reqwest error
+/// (arangors' error holds text only).
+fn transport(e: &reqwest::Error) -> ClientError {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    ClientError::HttpClient(text)
+}
+
+/// Whether a retry of the call that failed with `e` is safe and may succeed: a failure of
+/// reqwest (the only `HttpClient` error this client raises) or the server saying it is overloaded, timed out or lost a write race. Decided
+/// by the error's variant and code, never by its text.
+pub(crate) fn retry_safe(e: &ClientError) -> bool {
+    match e {
+        ClientError::HttpClient(_) => true,
+        ClientError::Arango(a) => matches!(a.code(), 503 | 429 | 408) || a.error_num() == super::ERR_CONFLICT,
+        _ => false,
+    }
+}
 
 /// reqwest behind arangors' `ClientExt`.
 #[derive(Clone, Debug)]
@@ -56,7 +79,7 @@ impl ClientExt for HttpClient {
             .timeout(t.request)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| ClientError::HttpClient(format!("building the HTTP client: {e}")))?;
+            .map_err(|e| transport(&e))?;
         Ok(Self { client, headers: headers.into().unwrap_or_default() })
     }
 
@@ -73,12 +96,14 @@ impl ClientExt for HttpClient {
             }
         }
         req = req.headers(parts.headers);
-        let resp = req.send().await.map_err(|e| ClientError::HttpClient(format!("{TRANSPORT}{e}")))?;
+        let resp = req.send().await.map_err(|e| transport(&e))?;
         let mut out = http::Response::builder().status(resp.status()).version(resp.version());
         for (name, value) in resp.headers() {
             out = out.header(name, value);
         }
-        let text = resp.text().await.map_err(|e| ClientError::HttpClient(format!("{TRANSPORT}{e}")))?;
-        out.body(text).map_err(|e| ClientError::HttpClient(format!("response: {e}")))
+        let text = resp.text().await.map_err(|e| transport(&e))?;
+        // Headers copied from a response hyper parsed: always valid. Should the copy fail,
+        // arangors reads it as a server that is not ArangoDB (not retried).
+        out.body(text).map_err(|e| ClientError::InvalidServer(format!("response: {e}")))
     }
 }

@@ -51,7 +51,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use self::client::{HttpClient, TRANSPORT, Timeouts, with_timeouts};
+use self::client::{HttpClient, Timeouts, retry_safe, with_timeouts};
 use self::keys::{arango_key, escape, hex, unhex};
 use super::{
     ChangeOp, Document, DocumentStore, FeedSignal, Page, Quota, RecordKind, RecordStore, Result, Scope, StoreError,
@@ -98,14 +98,10 @@ impl std::fmt::Debug for ArangoStore {
     }
 }
 
-/// Map an arangors error onto ours; transport failures and server overload are transient.
+/// Map an arangors error onto ours, kept as its source; transport failures and server
+/// overload are transient ([`client::retry_safe`]).
 fn backend(e: ClientError) -> StoreError {
-    let transient = match &e {
-        ClientError::HttpClient(m) => m.starts_with(TRANSPORT),
-        ClientError::Arango(a) => matches!(a.code(), 503 | 429 | 408) || a.error_num() == ERR_CONFLICT,
-        _ => false,
-    };
-    StoreError::Backend { message: format!("arangodb: {e}"), transient }
+    StoreError::Backend { message: format!("arangodb: {e}"), transient: retry_safe(&e), source: Some(Box::new(e)) }
 }
 
 fn arango_error(e: &ClientError) -> Option<(u16, u16)> {
@@ -126,7 +122,11 @@ fn is_not_found(e: &ClientError) -> bool {
 }
 
 fn too_busy(what: &str) -> StoreError {
-    StoreError::Backend { message: format!("arangodb: {what} lost {MAX_ATTEMPTS} races in a row"), transient: true }
+    StoreError::Backend {
+        message: format!("arangodb: {what} lost {MAX_ATTEMPTS} races in a row"),
+        transient: true,
+        source: None,
+    }
 }
 
 /// One stored document, as kept in `cortex_documents`.
@@ -162,8 +162,11 @@ struct StoredEvent {
 }
 
 fn with_key<T: Serialize>(key: &str, body: &T) -> Result<Value> {
-    let mut v = serde_json::to_value(body)
-        .map_err(|e| StoreError::Backend { message: format!("arangodb: encoding: {e}"), transient: false })?;
+    let mut v = serde_json::to_value(body).map_err(|e| StoreError::Backend {
+        message: format!("arangodb: encoding: {e}"),
+        transient: false,
+        source: None,
+    })?;
     if let Value::Object(m) = &mut v {
         m.insert("_key".into(), Value::String(key.to_owned()));
     }
@@ -547,7 +550,11 @@ impl DocumentStore for ArangoStore {
         let op = WriteOp::Put { collection: collection.into(), key: key.into(), value: value.into(), expected };
         match self.write(scope, std::slice::from_ref(&op), "put", quota).await?.as_slice() {
             [Applied::Put(rev)] => Ok(*rev),
-            _ => Err(StoreError::Backend { message: "arangodb: put applied no put".into(), transient: false }),
+            _ => Err(StoreError::Backend {
+                message: "arangodb: put applied no put".into(),
+                transient: false,
+                source: None,
+            }),
         }
     }
 
@@ -555,7 +562,11 @@ impl DocumentStore for ArangoStore {
         let op = WriteOp::Delete { collection: collection.into(), key: key.into(), expected };
         match self.write(scope, std::slice::from_ref(&op), "delete", Quota::NONE).await?.as_slice() {
             [Applied::Deleted(existed)] => Ok(*existed),
-            _ => Err(StoreError::Backend { message: "arangodb: delete applied no delete".into(), transient: false }),
+            _ => Err(StoreError::Backend {
+                message: "arangodb: delete applied no delete".into(),
+                transient: false,
+                source: None,
+            }),
         }
     }
 

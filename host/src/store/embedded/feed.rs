@@ -79,8 +79,11 @@ impl<'t> FeedTables<'t> {
             r: revision,
             a: scope.agent.to_string(),
         };
-        let json = serde_json::to_vec(&event)
-            .map_err(|e| StoreError::Backend { message: format!("encoding an event: {e}"), transient: false })?;
+        let json = serde_json::to_vec(&event).map_err(|e| StoreError::Backend {
+            message: format!("encoding an event: {e}"),
+            transient: false,
+            source: None,
+        })?;
         let previous = self.events.insert(event_key(tenant, seq).as_slice(), json.as_slice()).map_err(backend)?;
         if previous.is_some() {
             return Err(StoreError::Corrupted(format!("feed of {tenant:?} already has event {seq}")));

@@ -60,10 +60,12 @@ fn backend(e: impl Into<redb::Error>) -> StoreError {
     match e {
         redb::Error::Corrupted(m) => StoreError::Corrupted(m),
         redb::Error::UpgradeRequired(v) => StoreError::Corrupted(format!("file format {v} needs an upgrade")),
-        redb::Error::DatabaseAlreadyOpen => {
-            StoreError::Backend { message: "the database is open in another process".into(), transient: true }
-        }
-        other => StoreError::Backend { message: other.to_string(), transient: false },
+        redb::Error::DatabaseAlreadyOpen => StoreError::Backend {
+            message: "the database is open in another process".into(),
+            transient: true,
+            source: None,
+        },
+        other => StoreError::Backend { message: other.to_string(), transient: false, source: None },
     }
 }
 
@@ -185,7 +187,11 @@ impl EmbeddedStore {
             f(&txn)
         })
         .await
-        .map_err(|e| StoreError::Backend { message: format!("read task failed: {e}"), transient: true })?
+        .map_err(|e| StoreError::Backend {
+            message: format!("read task failed: {e}"),
+            transient: true,
+            source: None,
+        })?
     }
 
     async fn write_txn<T: Send + 'static>(
@@ -201,7 +207,11 @@ impl EmbeddedStore {
             Ok(out)
         })
         .await
-        .map_err(|e| StoreError::Backend { message: format!("write task failed: {e}"), transient: true })?
+        .map_err(|e| StoreError::Backend {
+            message: format!("write task failed: {e}"),
+            transient: true,
+            source: None,
+        })?
     }
 }
 
