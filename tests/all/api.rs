@@ -850,6 +850,27 @@ async fn concurrent_deploys_cannot_exceed_the_agents_quota() {
     let agents = s.get_json(&dev, "/v1/agents").await;
     assert_eq!(agents.as_array().unwrap().len(), created);
     assert_eq!(created, 1, "{created} agents deployed at once under a quota of 1");
+
+    // A delete gives the place back, once: the count follows deletes too.
+    let name = agents[0]["name"].as_str().unwrap().to_owned();
+    let r = answer(s.req(Method::DELETE, &format!("/v1/agents/{name}"), &dev).send().await.unwrap()).await;
+    assert!(r.status.is_success(), "{} {}", r.status, r.text);
+    let mut deploys = Vec::new();
+    for i in 0..8 {
+        let rb = s.req(Method::POST, "/v1/agents", &dev).json(&json!({"name": format!("b{i}"), "module": kv}));
+        deploys.push(tokio::spawn(async move { answer(rb.send().await.unwrap()).await }));
+    }
+    let mut created = 0;
+    for d in deploys {
+        let r = d.await.unwrap();
+        match r.status.as_u16() {
+            201 => created += 1,
+            429 => assert_eq!(r.code, "agent_quota"),
+            _ => panic!("{} {}", r.status, r.text),
+        }
+    }
+    assert_eq!(created, 1, "{created} agents deployed after a delete under a quota of 1");
+    assert_eq!(s.get_json(&dev, "/v1/agents").await.as_array().unwrap().len(), 1);
 }
 
 /// Files under the data dir whose name starts with `digest` (its bytes and its artifact).

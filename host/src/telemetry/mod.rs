@@ -37,6 +37,7 @@ pub struct Metrics {
     store_latency: HistogramVec,
     change_batches: IntCounterVec,
     messages: IntCounterVec,
+    task_restarts: IntCounterVec,
     agents_seen: Mutex<HashMap<String, HashSet<String>>>,
     max_agent_labels: usize,
 }
@@ -126,6 +127,12 @@ impl Metrics {
                 "Messages between agents by result: sent, deduplicated, delivered, retried, dead_lettered",
                 &["tenant", "result"],
             ),
+            task_restarts: counter(
+                &r,
+                "cortex_task_restarts_total",
+                "Background tasks that panicked and were restarted, by kind: watcher, mailbox, mailbox_sweep",
+                &["kind"],
+            ),
             registry: r,
             agents_seen: Mutex::new(HashMap::new()),
             max_agent_labels,
@@ -196,6 +203,11 @@ impl Metrics {
     /// Count one message event by its result.
     pub fn message(&self, tenant: &str, result: &str) {
         self.messages.with_label_values(&[tenant, result]).inc();
+    }
+
+    /// Count a background task restarted after a panic.
+    pub fn task_restarted(&self, kind: &str) {
+        self.task_restarts.with_label_values(&[kind]).inc();
     }
 
     /// Count a refusal by a rate limit or quota.
