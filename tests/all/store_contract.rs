@@ -215,10 +215,7 @@ pub async fn records_use_cas_and_kinds_are_separate_key_spaces(s: Arc<dyn Store>
     // Listed with revisions (restore reads every agent this way): the same as one read each.
     s.record_put(RecordKind::Message, "t1/rx/2", b"{\"v\":2}".to_vec(), Some(1)).await.unwrap();
     let listed = s.record_list_revisions(RecordKind::Message, "t1/rx").await.unwrap();
-    assert_eq!(
-        listed,
-        [("t1/rx/2".to_owned(), b"{\"v\":2}".to_vec(), 2), ("t1/rxx/1".to_owned(), b"{}".to_vec(), 1)]
-    );
+    assert_eq!(listed, [("t1/rx/2".to_owned(), b"{\"v\":2}".to_vec(), 2), ("t1/rxx/1".to_owned(), b"{}".to_vec(), 1)]);
 }
 
 /// Concurrent CAS increments: the final value equals the number of successful swaps.
