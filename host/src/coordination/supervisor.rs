@@ -4,9 +4,11 @@
 //! is not.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use tokio::task::JoinHandle;
 
 use super::Host;
@@ -18,15 +20,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A run that lasted this long was healthy: the next restart waits [`BACKOFF`] again.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
-/// Aborts the inner task when the supervisor is aborted or dropped.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// The wait before restart number `restarts` (1-based): `BACKOFF * 2^(restarts-1)`, capped,
 /// then a random part of it taken off (full jitter over the upper half), so that tasks that
 /// failed together do not start again together.
@@ -37,9 +30,11 @@ pub fn backoff(restarts: u32) -> Duration {
     half + half.mul_f64(f64::from(r) / f64::from(u32::MAX))
 }
 
-/// Run `make()` as a task, and again each time it panics (after [`backoff`]), telling
-/// `host` (`task_restarted(kind)`) each time. It ends when a run ends normally, when the
-/// host is gone, or when the returned handle is aborted (which aborts the run too).
+/// Run `make()` in a task, and again each time it panics (after [`backoff`]), telling
+/// `host` (`task_restarted(kind)`) each time. It ends when a run ends normally, or when the
+/// host is gone. The run is polled inside the returned task (a panic is caught there), so
+/// aborting the task drops the run at once, and awaiting it after the abort waits until
+/// the run is gone.
 pub fn supervise<F, Fut>(host: Weak<dyn Host>, kind: &'static str, make: F) -> JoinHandle<()>
 where
     F: Fn() -> Fut + Send + 'static,
@@ -49,22 +44,20 @@ where
         let mut restarts = 0u32;
         loop {
             let started = Instant::now();
-            let mut run = AbortOnDrop(tokio::spawn(make()));
-            let ended = (&mut run.0).await;
-            match ended {
-                Ok(()) => return,
-                Err(e) if e.is_cancelled() => return,
-                Err(e) => {
-                    let Some(h) = host.upgrade() else { return };
-                    h.task_restarted(kind);
-                    drop(h);
-                    restarts = if started.elapsed() >= HEALTHY_RUN { 1 } else { restarts.saturating_add(1) };
-                    let wait = backoff(restarts);
-                    tracing::error!(kind, error = %e, restarts, wait_ms = wait.as_millis() as u64,
-                        "background task panicked; restarting it");
-                    tokio::time::sleep(wait).await;
-                }
-            }
+            let Err(panic) = AssertUnwindSafe(make()).catch_unwind().await else { return };
+            let Some(h) = host.upgrade() else { return };
+            h.task_restarted(kind);
+            drop(h);
+            restarts = if started.elapsed() >= HEALTHY_RUN { 1 } else { restarts.saturating_add(1) };
+            let wait = backoff(restarts);
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(kind, panic = %what, restarts, wait_ms = wait.as_millis() as u64,
+                "background task panicked; restarting it");
+            tokio::time::sleep(wait).await;
         }
     })
 }
