@@ -10,8 +10,11 @@
 //! 3. the time to restore them all: a new server on the same data directory (open the store,
 //!    restore every agent) against the same start on an empty directory, same run.
 //!
-//! `cargo bench -p cortex-benches --bench density -- [N]` (N = 10,000 by default; 100,000
-//! for the second size).
+//! `cargo bench -p cortex-benches --bench density -- [N] [TOTAL]` (N = 10,000 by default;
+//! 100,000 for the second size). With TOTAL > N, the agents `aN..aTOTAL` are then
+//! written straight into the store (copies of `a0`'s record, each with its own name and
+//! config: what TOTAL HTTP deploys would leave) and the node restarted once more: the
+//! restore of TOTAL agents and the memory they hold, without TOTAL deploys over HTTP.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -205,6 +208,8 @@ fn main() {
             "  restored state: heap {:+.1} MiB against the state before the restart was built",
             (after_restore.heap as f64 - before_restart.heap as f64) / (1024.0 * 1024.0)
         );
+        let total: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(n);
+        let restored = if total > n { Some(restore_copies(&cfg, n, total).await) } else { None };
         println!("== ratios");
         println!("  deploys/s, last {} vs first {first}: {:.2}x", n - mid, last_rate / first_rate);
         println!(
@@ -218,5 +223,61 @@ fn main() {
             (start_full - start_empty.min(start_full)).as_secs_f64() * 1e6 / n as f64,
             (start_full - start_empty.min(start_full)).as_secs_f64() * 100_000.0 / n as f64
         );
+        if let Some((start, m)) = restored {
+            println!(
+                "  restore of {total} (written to the store) vs an empty start: {:.1}x; per agent {:.1} us",
+                start.as_secs_f64() / start_empty.as_secs_f64(),
+                (start - start_empty.min(start)).as_secs_f64() * 1e6 / total as f64
+            );
+            let (rss_all, heap_all) = per(zero, m, total);
+            println!(
+                "  after that restore, per agent against the 0-agent state: RSS {:.2} KiB, heap {:.2} KiB",
+                rss_all / 1024.0,
+                heap_all / 1024.0
+            );
+        }
     });
+}
+
+/// Write the agent records `a{n}..a{total}` into the stopped node's store (copies of
+/// `a0`'s, each with its own name and config), restart the node, check it lists them all;
+/// the start's time and the memory once restored.
+async fn restore_copies(cfg: &ServerConfig, n: usize, total: usize) -> (Duration, Mem) {
+    use cortex_host::store::{EmbeddedStore, RecordKind, RecordStore};
+    let t0 = Instant::now();
+    {
+        let store = Arc::new(EmbeddedStore::open(&cfg.data_dir.join("store")).unwrap());
+        let (bytes, _) = store.record_get(RecordKind::Agent, "demo/a0").await.unwrap().unwrap();
+        let record: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let next = Arc::new(AtomicUsize::new(n));
+        let mut writers = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (store, next, mut record) = (store.clone(), next.clone(), record.clone());
+            writers.spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        break;
+                    }
+                    record["name"] = json!(format!("a{i}"));
+                    record["config"] = json!({ "n": i.to_string() });
+                    let bytes = serde_json::to_vec(&record).unwrap();
+                    store.record_put(RecordKind::Agent, &format!("demo/a{i}"), bytes, Some(0)).await.unwrap();
+                }
+            });
+        }
+        while let Some(r) = writers.join_next().await {
+            r.unwrap();
+        }
+    }
+    println!("wrote agents {n}..{total} into the store in {:.1} s", t0.elapsed().as_secs_f64());
+    let t0 = Instant::now();
+    let served = served::serve(cfg.clone(), &[]).await;
+    let start = t0.elapsed();
+    let m = mem();
+    let base = format!("http://{}", served.addr);
+    check(&base, &served.developer, total).await;
+    served.stop().await;
+    println!("restart with {total} agents: {:>8.3} s", start.as_secs_f64());
+    (start, m)
 }

@@ -227,7 +227,8 @@ pub struct MessagingConfig {
     pub backoff_ms: u64,
     /// Longest wait between retries (ms).
     pub max_backoff_ms: u64,
-    /// How often an idle mailbox looks for messages written by another node (ms).
+    /// How often the node's mailbox sweep reads every mailbox, to start the delivery of
+    /// messages written by another node (ms).
     pub idle_poll_ms: u64,
     /// How long a delivered idempotency key is remembered (s).
     pub idempotency_window_s: u64,

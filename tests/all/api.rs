@@ -838,15 +838,12 @@ async fn concurrent_uploads_cannot_exceed_the_module_bytes_quota() {
     assert!(used <= quota, "{n} modules take {used} bytes, over the quota of {quota}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_deploys_cannot_exceed_the_agents_quota() {
-    let s = Server::start().await;
-    s.tenant_with("t", Some(Quotas { agents: 1, ..Quotas::default() })).await;
-    let dev = s.token(Some("t"), Role::Developer);
-    let kv = s.upload(&dev, art::KV).await;
+/// Deploy `{prefix}0..{prefix}7` of module `kv` at once; how many were created (the others
+/// must be refused with `agent_quota`).
+async fn deploy_eight_at_once(s: &Server, dev: &str, kv: &str, prefix: &str) -> usize {
     let mut deploys = Vec::new();
     for i in 0..8 {
-        let rb = s.req(Method::POST, "/v1/agents", &dev).json(&json!({"name": format!("a{i}"), "module": kv}));
+        let rb = s.req(Method::POST, "/v1/agents", dev).json(&json!({"name": format!("{prefix}{i}"), "module": kv}));
         deploys.push(tokio::spawn(async move { answer(rb.send().await.unwrap()).await }));
     }
     let mut created = 0;
@@ -858,9 +855,27 @@ async fn concurrent_deploys_cannot_exceed_the_agents_quota() {
             _ => panic!("{} {}", r.status, r.text),
         }
     }
+    created
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_deploys_cannot_exceed_the_agents_quota() {
+    let s = Server::start().await;
+    s.tenant_with("t", Some(Quotas { agents: 1, ..Quotas::default() })).await;
+    let dev = s.token(Some("t"), Role::Developer);
+    let kv = s.upload(&dev, art::KV).await;
+    let created = deploy_eight_at_once(&s, &dev, &kv, "a").await;
     let agents = s.get_json(&dev, "/v1/agents").await;
     assert_eq!(agents.as_array().unwrap().len(), created);
     assert_eq!(created, 1, "{created} agents deployed at once under a quota of 1");
+
+    // A delete gives the place back, once: the count follows deletes too.
+    let name = agents[0]["name"].as_str().unwrap().to_owned();
+    let r = answer(s.req(Method::DELETE, &format!("/v1/agents/{name}"), &dev).send().await.unwrap()).await;
+    assert!(r.status.is_success(), "{} {}", r.status, r.text);
+    let created = deploy_eight_at_once(&s, &dev, &kv, "b").await;
+    assert_eq!(created, 1, "{created} agents deployed after a delete under a quota of 1");
+    assert_eq!(s.get_json(&dev, "/v1/agents").await.as_array().unwrap().len(), 1);
 }
 
 /// Files under the data dir whose name starts with `digest` (its bytes and its artifact).

@@ -478,7 +478,7 @@ fn run_query(st: &mut State, db: &str, q: &str, vars: &Value) -> Option<Vec<Valu
                     .collect(),
             )
         }
-        "FOR r IN cortex_records FILTER r.kind == @kind AND STARTS_WITH(r.khex, @prefix) SORT r.khex RETURN { key: r.key, value: r.value }" =>
+        "FOR r IN cortex_records FILTER r.kind == @kind AND STARTS_WITH(r.khex, @prefix) SORT r.khex RETURN { key: r.key, value: r.value, rev: r.rev }" =>
         {
             let (kind, prefix) = (s("kind"), s("prefix"));
             let mut rows: Vec<Value> = docs(st, "cortex_records")
@@ -486,7 +486,7 @@ fn run_query(st: &mut State, db: &str, q: &str, vars: &Value) -> Option<Vec<Valu
                 .filter(|r| r["kind"] == kind.as_str() && r["khex"].as_str().is_some_and(|k| k.starts_with(&prefix)))
                 .collect();
             rows.sort_by(|a, b| by(a, b, "khex"));
-            Some(rows.into_iter().map(|r| json!({ "key": r["key"], "value": r["value"] })).collect())
+            Some(rows.into_iter().map(|r| json!({ "key": r["key"], "value": r["value"], "rev": r["rev"] })).collect())
         }
         "FOR e IN cortex_feed FILTER e.stream == @stream SORT e.seq DESC LIMIT 1 RETURN e.seq" => {
             let stream = s("stream");

@@ -212,6 +212,10 @@ pub async fn records_use_cas_and_kinds_are_separate_key_spaces(s: Arc<dyn Store>
     let gone = vec!["t1/rx/1".to_owned(), "t1/rx/3".to_owned(), "t1/rx/9".to_owned()];
     assert_eq!(s.record_delete_many(RecordKind::Message, &gone).await.unwrap(), 2, "only existing ones count");
     assert_eq!(keys(s.record_list(RecordKind::Message, "t1/rx").await.unwrap()), ["t1/rx/2", "t1/rxx/1"]);
+    // Listed with revisions (restore reads every agent this way): the same as one read each.
+    s.record_put(RecordKind::Message, "t1/rx/2", b"{\"v\":2}".to_vec(), Some(1)).await.unwrap();
+    let listed = s.record_list_revisions(RecordKind::Message, "t1/rx").await.unwrap();
+    assert_eq!(listed, [("t1/rx/2".to_owned(), b"{\"v\":2}".to_vec(), 2), ("t1/rxx/1".to_owned(), b"{}".to_vec(), 1)]);
 }
 
 /// Concurrent CAS increments: the final value equals the number of successful swaps.

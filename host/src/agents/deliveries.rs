@@ -89,6 +89,10 @@ impl Host for Agents {
         Agents::deliver_message(self, tenant, agent, body).await
     }
 
+    fn task_restarted(&self, kind: &'static str) {
+        self.metrics.task_restarted(kind);
+    }
+
     fn count_message(&self, tenant: &str, agent: &str, what: &'static str) {
         self.metrics.message(tenant, what);
         if let Some(d) = self.get(tenant, agent) {

@@ -95,9 +95,17 @@ pub(super) fn key(tenant: &str, name: &str) -> String {
     k
 }
 
-/// The deployed agents of every tenant, by `tenant/name`.
+/// The deployed agents of every tenant, by `tenant/name`, with each tenant's count.
 #[derive(Debug, Default)]
-pub(super) struct DeployedMap(RwLock<HashMap<String, Arc<Deployed>>>);
+pub(super) struct DeployedMap(RwLock<Agents>);
+
+#[derive(Debug, Default)]
+struct Agents {
+    by_key: HashMap<String, Arc<Deployed>>,
+    /// Agents per tenant, kept with `by_key` under the same lock: the agent quota reads it
+    /// instead of listing the tenant's records on every deploy.
+    per_tenant: HashMap<String, usize>,
+}
 
 impl DeployedMap {
     /// A deployed agent.
@@ -105,7 +113,7 @@ impl DeployedMap {
         // On every invocation: the key is put together on the stack when it fits.
         let mut buf = [0u8; 160];
         let len = tenant.len() + 1 + name.len();
-        let agents = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        let agents = &self.0.read().unwrap_or_else(PoisonError::into_inner).by_key;
         match buf.get_mut(..len) {
             Some(k) => {
                 k[..tenant.len()].copy_from_slice(tenant.as_bytes());
@@ -126,13 +134,28 @@ impl DeployedMap {
     ) -> Arc<Deployed> {
         let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
         let k = key(tenant, name);
-        let d = make(map.get(&k));
-        map.insert(k, d.clone());
+        let d = make(map.by_key.get(&k));
+        if map.by_key.insert(k, d.clone()).is_none() {
+            *map.per_tenant.entry(tenant.to_owned()).or_default() += 1;
+        }
         d
     }
 
     pub(super) fn remove(&self, tenant: &str, name: &str) {
-        self.0.write().unwrap_or_else(PoisonError::into_inner).remove(&key(tenant, name));
+        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if map.by_key.remove(&key(tenant, name)).is_some()
+            && let Some(n) = map.per_tenant.get_mut(tenant)
+        {
+            *n -= 1;
+            if *n == 0 {
+                map.per_tenant.remove(tenant);
+            }
+        }
+    }
+
+    /// How many agents `tenant` has on this node.
+    pub(super) fn count(&self, tenant: &str) -> usize {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).per_tenant.get(tenant).copied().unwrap_or(0)
     }
 
     /// Agents of a tenant, by name.
@@ -140,6 +163,7 @@ impl DeployedMap {
         self.0
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .by_key
             .values()
             .filter(|d| d.record.tenant == tenant)
             .map(|d| (d.record.name.clone(), d.clone()))
@@ -148,7 +172,7 @@ impl DeployedMap {
 
     /// Whether any agent of `tenant` runs `digest` or keeps it to roll back to.
     pub(super) fn uses_module(&self, tenant: &str, digest: &str) -> bool {
-        self.0.read().unwrap_or_else(PoisonError::into_inner).values().any(|d| {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).by_key.values().any(|d| {
             d.record.tenant == tenant
                 && (d.record.module == digest || d.record.previous_module.as_deref() == Some(digest))
         })

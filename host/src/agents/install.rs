@@ -37,30 +37,99 @@ impl Agents {
         d
     }
 
-    /// Start or stop the mailbox of an agent to match its record: running agents take
-    /// their messages, stopped ones keep them until started.
+    /// Stop the mailbox task of an agent that no longer runs (it keeps its messages until
+    /// started); start one for a running agent with messages waiting. An idle agent has no
+    /// mailbox task: a send starts it ([`Self::wake_mailbox`]).
     fn sync_mailbox(self: &Arc<Self>, record: &AgentRecord) {
         let k = key(&record.tenant, &record.name);
-        let mut boxes = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner);
         if record.status != AgentStatus::Running {
-            boxes.remove(&k);
+            self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).remove(&k);
             return;
         }
-        if boxes.contains_key(&k) {
+        let waiting = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&k)
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        if waiting {
+            self.wake_mailbox(&record.tenant, &record.name);
+        }
+    }
+
+    /// A message waits for `tenant/name`: wake its mailbox task, or start one if it has
+    /// none (or its task ended with the mailbox empty). Nothing for an agent that is not
+    /// deployed or not running (its messages wait until it is started).
+    pub(super) fn wake_mailbox(self: &Arc<Self>, tenant: &str, name: &str) {
+        let Some(d) = self.deployed.get(tenant, name) else { return };
+        if !d.is_running() {
+            return;
+        }
+        let k = key(tenant, name);
+        let mut boxes = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner);
+        if boxes.get(&k).is_some_and(Mailbox::wake) {
             return;
         }
         let host: std::sync::Weak<dyn Host> = Arc::downgrade(self) as std::sync::Weak<dyn Host>;
         let m = coordination::spawn_mailbox(
             host,
-            record.tenant.clone(),
-            record.name.clone(),
+            tenant.to_owned(),
+            name.to_owned(),
             // At most half the agent's instances (rounded up), so that calls and HTTP
             // invocations still find one while a backlog drains.
-            (record.max_concurrency.max(1) as usize).div_ceil(2),
+            (d.record.max_concurrency.max(1) as usize).div_ceil(2),
             self.mailbox_settings.clone(),
             self.pending.lock().unwrap_or_else(PoisonError::into_inner).entry(k.clone()).or_default().clone(),
         );
         boxes.insert(k, m);
+    }
+
+    /// Read every mailbox once: count each agent's waiting messages and wake (or start)
+    /// the mailboxes that have some. At restore, and every `idle_poll` from the sweep (for
+    /// messages another node wrote, or a wake-up that found no task).
+    pub(super) async fn wake_waiting_mailboxes(self: &Arc<Self>) -> AgentsResult<()> {
+        let messages = self.registry.store().record_list(RecordKind::Message, "").await?;
+        let mut waiting: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+        for (k, _) in &messages {
+            // `tenant/agent/id`
+            if let Some((agent_key, _)) = k.rsplit_once('/') {
+                *waiting.entry(agent_key).or_default() += 1;
+            }
+        }
+        for (agent_key, n) in waiting {
+            let Some((tenant, name)) = agent_key.split_once('/') else { continue };
+            self.pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(agent_key.to_owned())
+                .or_default()
+                .fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+            self.wake_mailbox(tenant, name);
+        }
+        Ok(())
+    }
+
+    /// Start the mailbox sweep (once): every `idle_poll`, [`Self::wake_waiting_mailboxes`].
+    fn start_sweep(self: &Arc<Self>) {
+        let mut sweep = self.sweep.lock().unwrap_or_else(PoisonError::into_inner);
+        if sweep.is_some() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let host: std::sync::Weak<dyn Host> = weak.clone() as std::sync::Weak<dyn Host>;
+        let every = self.mailbox_settings.idle_poll;
+        *sweep = Some(coordination::supervise(host, "mailbox_sweep", move || {
+            let weak = weak.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(agents) = weak.upgrade() else { return };
+                    if let Err(e) = agents.wake_waiting_mailboxes().await {
+                        tracing::warn!(error = %e, "mailbox sweep: reading the mailboxes failed");
+                    }
+                }
+            }
+        }));
     }
 
     /// Start, keep or stop the dispatcher of an agent to match its record.
@@ -115,6 +184,11 @@ impl Agents {
         for w in all {
             w.halt().await;
         }
+        let sweep = self.sweep.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(sweep) = sweep {
+            sweep.abort();
+            let _ = sweep.await;
+        }
         let all: Vec<Mailbox> =
             self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(_, m)| m).collect();
         for m in all {
@@ -123,12 +197,12 @@ impl Agents {
     }
 
     /// Bring back every agent in the registry (after a restart), with the dispatchers of
-    /// the watching ones.
+    /// the watching ones and the mailboxes of those with messages waiting: one read of the
+    /// agent records (with their revisions), one of the mailboxes.
     pub async fn restore(self: &Arc<Self>) -> AgentsResult<usize> {
-        let records = self.registry.store().record_list(RecordKind::Agent, "").await?;
+        let records = self.registry.list_revisions::<AgentRecord>(RecordKind::Agent, "").await?;
         let mut n = 0;
-        for (k, _) in records {
-            let Some((record, rev)) = self.registry.get::<AgentRecord>(RecordKind::Agent, &k).await? else { continue };
+        for (k, record, rev) in records {
             match self.modules.load(&record.module).await {
                 Ok(m) => {
                     self.install(record, rev, m);
@@ -137,6 +211,8 @@ impl Agents {
                 Err(e) => tracing::error!(agent = %k, error = %e, "cannot restore agent"),
             }
         }
+        self.wake_waiting_mailboxes().await?;
+        self.start_sweep();
         Ok(n)
     }
 }

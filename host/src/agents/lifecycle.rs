@@ -165,7 +165,9 @@ impl Agents {
                 message: format!("agent {:?} exists", spec.name),
             });
         }
-        let count = self.registry.store().record_list(RecordKind::Agent, &scoped(&t.name, "")).await?.len();
+        // Exact: the caller holds the tenant's write lock, and every agent of the tenant is
+        // installed on this node (restored at start, installed by its deploy).
+        let count = self.deployed.count(&t.name);
         if count >= t.quotas.agents as usize {
             self.metrics.refused(&t.name, "agent_quota");
             return Err(AgentsError::OverQuota {

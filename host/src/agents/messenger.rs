@@ -20,7 +20,7 @@ impl Agents {
     }
 
     /// Queue `msg` in its mailbox and wake the mailbox.
-    async fn post(&self, msg: &crate::registry::MessageRecord) -> Result<(), MessagingError> {
+    async fn post(self: &Arc<Self>, msg: &crate::registry::MessageRecord) -> Result<(), MessagingError> {
         let k = key(&msg.tenant, &msg.agent);
         let unavailable = |e: crate::store::StoreError| {
             tracing::warn!(tenant = %msg.tenant, agent = %msg.agent, error = %e, "cannot queue a message");
@@ -71,9 +71,7 @@ impl Agents {
         };
         if fresh {
             self.metrics.message(&msg.tenant, "sent");
-            if let Some(m) = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).get(&k) {
-                m.wake();
-            }
+            self.wake_mailbox(&msg.tenant, &msg.agent);
         } else {
             // The waiting copy holds the place already.
             counter.fetch_sub(1, Ordering::Relaxed);

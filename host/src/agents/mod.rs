@@ -53,6 +53,8 @@ pub struct Agents {
     watchers: Mutex<HashMap<String, Watcher>>,
     dispatch: DispatchSettings,
     mailboxes: Mutex<HashMap<String, Mailbox>>,
+    /// The mailbox sweep (see `install.rs`), started by [`Agents::restore`].
+    sweep: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Messages waiting per agent, running or stopped (counted from the store once).
     pending: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     mailbox_settings: MailboxSettings,
@@ -96,6 +98,7 @@ impl Agents {
             watchers: Mutex::new(HashMap::new()),
             dispatch: DispatchSettings::default(),
             mailboxes: Mutex::new(HashMap::new()),
+            sweep: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
             mailbox_settings,
             mesh: OnceLock::new(),

@@ -38,8 +38,9 @@ impl Drop for Watcher {
     }
 }
 
-/// Start the dispatcher of `tenant/agent`. It holds the host weakly: it ends when the host
-/// is dropped, when the agent is gone or stopped, or when the [`Watcher`] is dropped.
+/// Start the dispatcher of `tenant/agent`, under the [supervisor](super::supervisor) (a
+/// panic restarts it from its persisted cursor). It holds the host weakly: it ends when the
+/// host is dropped, when the agent is gone or stopped, or when the [`Watcher`] is dropped.
 pub fn spawn(
     host: Weak<dyn Host>,
     tenant: String,
@@ -48,8 +49,18 @@ pub fn spawn(
     settings: DispatchSettings,
 ) -> Watcher {
     let (stop, stopped) = watch::channel(false);
-    let d = Dispatcher { host, tenant, agent, watches: watches.clone(), settings, stopped };
-    let task = tokio::spawn(d.run());
+    let w = watches.clone();
+    let task = super::supervisor::supervise(host.clone(), "watcher", move || {
+        let d = Dispatcher {
+            host: host.clone(),
+            tenant: tenant.clone(),
+            agent: agent.clone(),
+            watches: w.clone(),
+            settings: settings.clone(),
+            stopped: stopped.clone(),
+        };
+        d.run()
+    });
     Watcher { watches, stop, task: Some(task) }
 }
 
@@ -313,12 +324,15 @@ mod tests {
         Fail,
         /// Take the batch, then never return (a crash before the cursor moves).
         Hang,
+        /// Panic (once: the mode becomes `Take`).
+        PanicOnce,
     }
 
     struct Fake {
         store: Arc<dyn Store>,
         mode: Mutex<Mode>,
         calls: Mutex<Vec<Vec<u64>>>,
+        restarts: Mutex<Vec<&'static str>>,
     }
 
     #[async_trait::async_trait]
@@ -329,12 +343,23 @@ mod tests {
 
         async fn deliver(&self, _tenant: &str, _agent: &str, events: &[ChangeEvent]) -> Delivery {
             self.calls.lock().unwrap().push(events.iter().map(|e| e.seq).collect());
-            let mode = *self.mode.lock().unwrap();
+            let mode = std::mem::replace(&mut *self.mode.lock().unwrap(), Mode::Take);
             match mode {
                 Mode::Take => Delivery::Delivered,
-                Mode::Fail => Delivery::Failed { code: "agent_error".into(), message: "no".into() },
-                Mode::Hang => std::future::pending().await,
+                Mode::Fail => {
+                    *self.mode.lock().unwrap() = Mode::Fail;
+                    Delivery::Failed { code: "agent_error".into(), message: "no".into() }
+                }
+                Mode::Hang => {
+                    *self.mode.lock().unwrap() = Mode::Hang;
+                    std::future::pending().await
+                }
+                Mode::PanicOnce => panic!("a delivery panics (test)"),
             }
+        }
+
+        fn task_restarted(&self, kind: &'static str) {
+            self.restarts.lock().unwrap().push(kind);
         }
     }
 
@@ -378,7 +403,12 @@ mod tests {
     fn setup() -> (tempfile::TempDir, Arc<Fake>, Registry) {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("s")).unwrap());
-        let fake = Arc::new(Fake { store: store.clone(), mode: Mutex::new(Mode::Take), calls: Mutex::default() });
+        let fake = Arc::new(Fake {
+            store: store.clone(),
+            mode: Mutex::new(Mode::Take),
+            calls: Mutex::default(),
+            restarts: Mutex::default(),
+        });
         (dir, fake, Registry::new(store))
     }
 
@@ -415,6 +445,32 @@ mod tests {
         reg.store().put(&scope, "orders", "c", "{}", None).await.unwrap();
         until("the wake-up", || fake.calls.lock().unwrap().len() == 3).await;
         assert_eq!(fake.calls.lock().unwrap()[2], vec![5]);
+        w.halt().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watcher_that_panics_is_restarted_and_still_delivers_every_event() {
+        let (_dir, fake, reg) = setup();
+        let scope = Scope::new("t", "writer");
+        super::super::start_cursor(&reg, "t", "w").await.unwrap();
+        for k in ["a", "b", "c"] {
+            reg.store().put(&scope, "orders", k, "{}", None).await.unwrap();
+        }
+        *fake.mode.lock().unwrap() = Mode::PanicOnce;
+        let w = start(&fake);
+        until_cursor(&reg, 3).await;
+        assert_eq!(*fake.restarts.lock().unwrap(), vec!["watcher"], "one restart, counted");
+        // The batch the panic interrupted comes again, whole; nothing after it is skipped.
+        assert_eq!(*fake.calls.lock().unwrap(), vec![vec![1, 2, 3], vec![1, 2, 3]]);
+        // The restarted watcher goes on with new writes, each delivered once.
+        for k in ["d", "e"] {
+            reg.store().put(&scope, "orders", k, "{}", None).await.unwrap();
+        }
+        until_cursor(&reg, 5).await;
+        let calls = fake.calls.lock().unwrap().clone();
+        let taken: Vec<u64> = calls[1..].iter().flatten().copied().collect();
+        assert_eq!(taken, vec![1, 2, 3, 4, 5], "every event taken once after the restart: {calls:?}");
+        assert_eq!(fake.restarts.lock().unwrap().len(), 1);
         w.halt().await;
     }
 

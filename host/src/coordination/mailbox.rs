@@ -1,5 +1,7 @@
-//! Durable mailboxes: one task per running agent delivers the messages sent or published
-//! to it, through `handle`, at least once.
+//! Durable mailboxes: a task per running agent **with messages waiting** delivers the
+//! messages sent or published to it, through `handle`, at least once. The task ends once
+//! its mailbox is empty (an idle agent has none); the next send starts it again
+//! ([`Mailbox::wake`] says when it must be).
 //!
 //! A message is a [`MessageRecord`] written before `send` returns, and removed only after
 //! `handle` took it: a crash in between delivers it again. A failing delivery is retried
@@ -10,10 +12,10 @@
 //! with that key is dropped instead of delivered.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -171,18 +173,35 @@ pub async fn pending(store: &dyn Store, tenant: &str, agent: &str) -> store::Res
     Ok(all)
 }
 
+/// What a mailbox task and its wakers share, under one lock: whether the task ended
+/// because its mailbox was empty (decided together with a last look for a wake-up, so that
+/// a message written meanwhile is never left without a task).
+#[derive(Debug, Default)]
+struct Idle {
+    ended: bool,
+    /// When the delivered idempotency keys were last cleaned (ms), across runs.
+    last_gc_ms: u64,
+}
+
 /// A running mailbox. Dropping it asks the task to stop.
 #[derive(Debug)]
 pub struct Mailbox {
     wake: Arc<Notify>,
+    idle: Arc<Mutex<Idle>>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
 }
 
 impl Mailbox {
-    /// A message was written: look now.
-    pub fn wake(&self) {
+    /// A message was written: look now. `false` if the task has ended (its mailbox was
+    /// empty, or its agent gone): the caller starts a new one.
+    pub fn wake(&self) -> bool {
+        let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.ended || self.task.as_ref().is_none_or(JoinHandle::is_finished) {
+            return false;
+        }
         self.wake.notify_one();
+        true
     }
 
     /// Stop at once, abandoning deliveries in flight (they are delivered again later), and
@@ -204,8 +223,8 @@ impl Drop for Mailbox {
 
 /// Start the mailbox of `tenant/agent`, delivering up to `concurrency` messages at once.
 /// It sets `pending` to the number of waiting messages each time it looks (senders add to
-/// it between looks). It ends when the host is dropped, the agent is gone or stopped, or
-/// the [`Mailbox`] is dropped.
+/// it between looks). It ends when the mailbox is empty, the host is dropped, the agent is
+/// gone or stopped, or the [`Mailbox`] is dropped; a panic restarts it (supervisor).
 pub fn spawn_mailbox(
     host: Weak<dyn Host>,
     tenant: String,
@@ -216,10 +235,23 @@ pub fn spawn_mailbox(
 ) -> Mailbox {
     let (stop, stopped) = watch::channel(false);
     let wake = Arc::new(Notify::new());
-    let run =
-        Runner { host, tenant, agent, concurrency: concurrency.max(1), settings, stopped, wake: wake.clone(), pending };
-    let task = tokio::spawn(run.run());
-    Mailbox { wake, stop, task: Some(task) }
+    let idle = Arc::new(Mutex::new(Idle::default()));
+    let (w, i) = (wake.clone(), idle.clone());
+    let task = super::supervisor::supervise(host.clone(), "mailbox", move || {
+        let run = Runner {
+            host: host.clone(),
+            tenant: tenant.clone(),
+            agent: agent.clone(),
+            concurrency: concurrency.max(1),
+            settings: settings.clone(),
+            stopped: stopped.clone(),
+            wake: w.clone(),
+            idle: i.clone(),
+            pending: pending.clone(),
+        };
+        run.run()
+    });
+    Mailbox { wake, idle, stop, task: Some(task) }
 }
 
 struct Runner {
@@ -230,6 +262,7 @@ struct Runner {
     settings: MailboxSettings,
     stopped: watch::Receiver<bool>,
     wake: Arc<Notify>,
+    idle: Arc<Mutex<Idle>>,
     pending: Arc<AtomicUsize>,
 }
 
@@ -281,8 +314,28 @@ impl Runner {
         }
     }
 
+    /// End the run if no wake-up came since the mailbox was read empty (`true`); decided
+    /// under the lock [`Mailbox::wake`] takes.
+    fn end_if_quiet(&self) -> bool {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.wake.notified().now_or_never().is_some() {
+            return false;
+        }
+        idle.ended = true;
+        true
+    }
+
+    /// Whether the delivered idempotency keys are due for cleaning (once a minute).
+    fn gc_due(&self, now: u64) -> bool {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let due = now.saturating_sub(idle.last_gc_ms) > 60_000;
+        if due {
+            idle.last_gc_ms = now;
+        }
+        due
+    }
+
     async fn run(mut self) {
-        let mut last_gc = 0u64;
         loop {
             let Some(host) = self.host() else { break };
             let store = host.store();
@@ -302,11 +355,14 @@ impl Runner {
             let next = all.iter().filter(|m| m.not_before_ms > now).map(|m| m.not_before_ms).min();
             let ready: Vec<MessageRecord> = all.into_iter().filter(|m| m.not_before_ms <= now).collect();
             if ready.is_empty() {
-                if now.saturating_sub(last_gc) > 60_000 {
-                    last_gc = now;
+                if self.gc_due(now) {
                     self.forget_old_keys(store.as_ref()).await;
                 }
                 drop(store);
+                if next.is_none() && self.end_if_quiet() {
+                    // Empty: no task until the next message.
+                    break;
+                }
                 let idle = self.settings.idle_poll;
                 let d = next.map_or(idle, |t| Duration::from_millis(t.saturating_sub(now)).min(idle));
                 if !self.wait(d).await {
@@ -503,8 +559,6 @@ async fn update(store: &dyn Store, key: &str, msg: &MessageRecord) -> store::Res
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use super::*;
     use crate::registry::Registry;
     use crate::store::EmbeddedStore;
@@ -537,6 +591,8 @@ mod tests {
     enum Mode {
         Take,
         Fail,
+        /// Panic (once: the mode becomes `Take`).
+        PanicOnce,
     }
 
     struct Fake {
@@ -544,6 +600,7 @@ mod tests {
         mode: Mutex<Mode>,
         got: Mutex<Vec<Vec<u8>>>,
         counts: Mutex<Vec<&'static str>>,
+        restarts: Mutex<Vec<&'static str>>,
     }
 
     #[async_trait::async_trait]
@@ -557,11 +614,20 @@ mod tests {
         }
 
         async fn deliver_message(&self, _: &str, _: &str, body: &[u8]) -> Delivery {
-            self.got.lock().unwrap().push(body.to_vec());
-            match *self.mode.lock().unwrap() {
-                Mode::Take => Delivery::Delivered,
-                Mode::Fail => Delivery::Failed { code: "agent_error".into(), message: "no".into() },
+            let mode = *self.mode.lock().unwrap();
+            if mode == Mode::PanicOnce {
+                *self.mode.lock().unwrap() = Mode::Take;
+                panic!("a delivery panics (test)");
             }
+            self.got.lock().unwrap().push(body.to_vec());
+            match mode {
+                Mode::Fail => Delivery::Failed { code: "agent_error".into(), message: "no".into() },
+                _ => Delivery::Delivered,
+            }
+        }
+
+        fn task_restarted(&self, kind: &'static str) {
+            self.restarts.lock().unwrap().push(kind);
         }
 
         fn count_message(&self, _: &str, _: &str, what: &'static str) {
@@ -577,6 +643,7 @@ mod tests {
             mode: Mutex::new(Mode::Take),
             got: Mutex::default(),
             counts: Mutex::default(),
+            restarts: Mutex::default(),
         });
         (dir, fake, Registry::new(store))
     }
@@ -608,14 +675,17 @@ mod tests {
             enqueue(store.as_ref(), &new_message("t", "b", "a", None, body, key), Quota::NONE).await.unwrap();
         }
         let host: Weak<dyn Host> = Arc::downgrade(&fake) as Weak<dyn Host>;
-        let mb = spawn_mailbox(host, "t".into(), "b".into(), 1, settings(), Arc::default());
+        let mut mb = spawn_mailbox(host.clone(), "t".into(), "b".into(), 1, settings(), Arc::default());
         until("two deliveries", || fake.got.lock().unwrap().len() == 2).await;
         until("an empty mailbox", || fake.counts.lock().unwrap().len() == 2).await;
         assert_eq!(*fake.got.lock().unwrap(), vec![b"one".to_vec(), b"two".to_vec()], "oldest first, dup dropped");
         assert!(pending(store.as_ref(), "t", "b").await.unwrap().is_empty());
         // The key is remembered after delivery: the same key again is dropped, not delivered.
         enqueue(store.as_ref(), &new_message("t", "b", "a", None, b"again", Some("k1")), Quota::NONE).await.unwrap();
-        mb.wake();
+        if !mb.wake() {
+            // The empty mailbox's task ended: a send starts a new one.
+            mb = spawn_mailbox(host, "t".into(), "b".into(), 1, settings(), Arc::default());
+        }
         until("the duplicate to be dropped", || fake.counts.lock().unwrap().contains(&"deduplicated")).await;
         assert_eq!(fake.got.lock().unwrap().len(), 2);
         mb.halt().await;
@@ -640,6 +710,50 @@ mod tests {
             (Some("news"), 3, b"bad".to_vec())
         );
         assert!(pending(store.as_ref(), "t", "b").await.unwrap().is_empty());
+        mb.halt().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_mailbox_that_panics_is_restarted_and_delivers() {
+        let (_dir, fake, reg) = setup();
+        let store = reg.store().clone();
+        *fake.mode.lock().unwrap() = Mode::PanicOnce;
+        for body in [&b"one"[..], b"two"] {
+            enqueue(store.as_ref(), &new_message("t", "b", "a", None, body, None), Quota::NONE).await.unwrap();
+        }
+        let host: Weak<dyn Host> = Arc::downgrade(&fake) as Weak<dyn Host>;
+        let mb = spawn_mailbox(host, "t".into(), "b".into(), 1, settings(), Arc::default());
+        until("both delivered", || fake.counts.lock().unwrap().iter().filter(|c| **c == "delivered").count() == 2)
+            .await;
+        assert_eq!(*fake.restarts.lock().unwrap(), vec!["mailbox"], "one restart, counted");
+        assert_eq!(*fake.got.lock().unwrap(), vec![b"one".to_vec(), b"two".to_vec()], "each once, in order");
+        for _ in 0..2000 {
+            if pending(store.as_ref(), "t", "b").await.unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(pending(store.as_ref(), "t", "b").await.unwrap().is_empty(), "delivered ones are removed");
+        mb.halt().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_empty_mailbox_has_no_task_until_woken() {
+        let (_dir, fake, reg) = setup();
+        let store = reg.store().clone();
+        let host: Weak<dyn Host> = Arc::downgrade(&fake) as Weak<dyn Host>;
+        let mb = spawn_mailbox(host.clone(), "t".into(), "b".into(), 1, settings(), Arc::default());
+        // Nothing waits: the task ends at once, and says so to the next waker.
+        for _ in 0..2000 {
+            if mb.task.as_ref().unwrap().is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!mb.wake(), "an ended mailbox task asks for a new one");
+        enqueue(store.as_ref(), &new_message("t", "b", "a", None, b"late", None), Quota::NONE).await.unwrap();
+        let mb = spawn_mailbox(host, "t".into(), "b".into(), 1, settings(), Arc::default());
+        until("the late message", || fake.got.lock().unwrap().len() == 1).await;
         mb.halt().await;
     }
 }

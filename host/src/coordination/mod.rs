@@ -15,12 +15,14 @@
 
 mod dispatcher;
 pub mod mailbox;
+pub mod supervisor;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use self::dispatcher::{Watcher, spawn};
 pub use self::mailbox::{Mailbox, MailboxSettings, spawn_mailbox};
+pub use self::supervisor::supervise;
 use crate::registry::{CursorRecord, DeadLetter, Registry, Watch, now_ms, scoped};
 use crate::store::{self, ChangeEvent, RecordKind, Store};
 
@@ -91,6 +93,10 @@ pub trait Host: Send + Sync + 'static {
     /// Count what happened to a message: `delivered`, `retried`, `dead_lettered` or
     /// `deduplicated`.
     fn count_message(&self, _tenant: &str, _agent: &str, _what: &'static str) {}
+
+    /// Count a background task of `kind` (`watcher`, `mailbox`, `mailbox_sweep`) that
+    /// panicked and is started again.
+    fn task_restarted(&self, _kind: &'static str) {}
 }
 
 /// Whether any of `watches` covers `event`.

@@ -579,6 +579,26 @@ impl Registry {
         self.store.record_list(kind, prefix).await?.iter().map(|(_, v)| decode(v)).collect()
     }
 
+    /// Records under `prefix` with their keys and revisions, in one read. A record that
+    /// does not decode is logged and left out (the others still come back).
+    pub async fn list_revisions<T: DeserializeOwned>(
+        &self,
+        kind: RecordKind,
+        prefix: &str,
+    ) -> Result<Vec<(String, T, u64)>> {
+        let rows = self.store.record_list_revisions(kind, prefix).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(k, v, rev)| match decode(&v) {
+                Ok(t) => Some((k, t, rev)),
+                Err(e) => {
+                    tracing::error!(key = %k, error = %e, "unreadable record skipped");
+                    None
+                }
+            })
+            .collect())
+    }
+
     /// Append an audit event to the platform's log and, when it names a tenant id, to that
     /// tenant's own log; returns its number in the platform's log.
     pub async fn audit(&self, event: &AuditEvent) -> Result<u64> {

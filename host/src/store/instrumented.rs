@@ -91,6 +91,10 @@ impl RecordStore for Instrumented {
     async fn record_list(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
         self.time("record_list", self.inner.record_list(kind, prefix)).await
     }
+
+    async fn record_list_revisions(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>, u64)>> {
+        self.time("record_list", self.inner.record_list_revisions(kind, prefix)).await
+    }
     async fn audit_append(&self, event: Vec<u8>, tenant: Option<&str>) -> Result<(u64, Option<u64>)> {
         self.time("audit_append", self.inner.audit_append(event, tenant)).await
     }

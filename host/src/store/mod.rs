@@ -284,6 +284,18 @@ pub trait RecordStore: Send + Sync + 'static {
     }
     /// Records whose key starts with `prefix`, in key order.
     async fn record_list(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
+    /// Records whose key starts with `prefix`, in key order, each with its revision: one
+    /// scan where the backend can (restore reads every agent record this way). The default
+    /// lists, then reads each record's revision.
+    async fn record_list_revisions(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>, u64)>> {
+        let mut out = Vec::new();
+        for (key, _) in self.record_list(kind, prefix).await? {
+            if let Some((value, rev)) = self.record_get(kind, &key).await? {
+                out.push((key, value, rev));
+            }
+        }
+        Ok(out)
+    }
     /// Append an audit event to the platform's log and, with `tenant` (a tenant id), to that
     /// tenant's own log too, in one atomic step. Returns its sequence number in the
     /// platform's log and in the tenant's: each log numbers from 1, without gaps.

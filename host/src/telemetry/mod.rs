@@ -42,6 +42,7 @@ pub struct Metrics {
     agent_health: IntGaugeVec,
     circuit_state: IntGaugeVec,
     circuit_transitions: IntCounterVec,
+    task_restarts: IntCounterVec,
     agents_seen: Mutex<HashMap<String, HashSet<String>>>,
     max_agent_labels: usize,
 }
@@ -156,6 +157,12 @@ impl Metrics {
                 "Circuit breaker transitions by the state entered: open, half_open, closed",
                 &["tenant", "agent", "to"],
             ),
+            task_restarts: counter(
+                &r,
+                "cortex_task_restarts_total",
+                "Background tasks that panicked and were restarted, by kind: watcher, mailbox, mailbox_sweep",
+                &["kind"],
+            ),
             registry: r,
             agents_seen: Mutex::new(HashMap::new()),
             max_agent_labels,
@@ -238,6 +245,11 @@ impl Metrics {
     /// Count one message event by its result.
     pub fn message(&self, tenant: &str, result: &str) {
         self.messages.with_label_values(&[tenant, result]).inc();
+    }
+
+    /// Count a background task restarted after a panic.
+    pub fn task_restarted(&self, kind: &str) {
+        self.task_restarts.with_label_values(&[kind]).inc();
     }
 
     /// Count a refusal by a rate limit or quota.

@@ -716,21 +716,26 @@ impl RecordStore for ArangoStore {
     }
 
     async fn record_list(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(self.record_list_revisions(kind, prefix).await?.into_iter().map(|(k, v, _)| (k, v)).collect())
+    }
+
+    async fn record_list_revisions(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>, u64)>> {
         #[derive(Deserialize)]
         struct Row {
             key: String,
             value: String,
+            rev: u64,
         }
         let rows: Vec<Row> = self
             .query(
                 "FOR r IN cortex_records \
                  FILTER r.kind == @kind AND STARTS_WITH(r.khex, @prefix) \
                  SORT r.khex \
-                 RETURN { key: r.key, value: r.value }",
+                 RETURN { key: r.key, value: r.value, rev: r.rev }",
                 vec![("kind", json!(kind.as_str())), ("prefix", json!(hex(prefix.as_bytes())))],
             )
             .await?;
-        rows.into_iter().map(|r| Ok((r.key, bytes_of(&r.value)?))).collect()
+        rows.into_iter().map(|r| Ok((r.key, bytes_of(&r.value)?, r.rev))).collect()
     }
 
     async fn audit_append(&self, event: Vec<u8>, tenant: Option<&str>) -> Result<(u64, Option<u64>)> {

@@ -465,6 +465,10 @@ impl RecordStore for EmbeddedStore {
     }
 
     async fn record_list(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(self.record_list_revisions(kind, prefix).await?.into_iter().map(|(k, v, _)| (k, v)).collect())
+    }
+
+    async fn record_list_revisions(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>, u64)>> {
         let start = record_key(kind, prefix);
         let base = record_key(kind, "").len();
         self.read(move |txn| {
@@ -476,7 +480,8 @@ impl RecordStore for EmbeddedStore {
                 if !k.starts_with(&start) {
                     break;
                 }
-                out.push((k[base..].to_owned(), v.value().get(8..).unwrap_or_default().to_vec()));
+                let raw = v.value();
+                out.push((k[base..].to_owned(), raw.get(8..).unwrap_or_default().to_vec(), revision_of(raw)?));
             }
             Ok(out)
         })
