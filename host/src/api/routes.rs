@@ -5,12 +5,12 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::auth::{self, Action, Principal, Role};
 use super::error::{ApiError, ApiResult, problem};
-use super::{AppState, JsonBody, Path, Query, authorize, check_name, tenant_scope};
+use super::{AppState, Caller, JsonBody, Path, Query, authorize, check_name};
 use crate::registry::{
     AgentRecord, ApiKeyRecord, AuditEvent, DeletedTenant, ModuleRecord, QuotasPatch, Tenant, now_ms, scoped,
 };
@@ -90,7 +90,7 @@ const MAX_CREATE_WAIT_MS: u64 = 2_000;
 
 pub async fn create_tenant(
     State(st): St,
-    Extension(p): Extension<Principal>,
+    p: Caller,
     JsonBody(body): JsonBody<CreateTenant>,
 ) -> ApiResult<(StatusCode, Json<Tenant>)> {
     authorize(&p, Action::ManageTenants)?;
@@ -132,7 +132,7 @@ fn claim_name(st: &Arc<AppState>, name: &str) -> ApiResult<crate::api::state::Cl
     })
 }
 
-pub async fn list_tenants(State(st): St, Extension(p): Extension<Principal>) -> ApiResult<Json<Vec<Tenant>>> {
+pub async fn list_tenants(State(st): St, p: Caller) -> ApiResult<Json<Vec<Tenant>>> {
     authorize(&p, Action::ManageTenants)?;
     Ok(Json(st.registry.list(RecordKind::Tenant, "").await?))
 }
@@ -151,7 +151,7 @@ async fn visible_tenant(st: &AppState, p: &Principal, name: &str) -> ApiResult<(
 
 pub async fn get_tenant(
     State(st): St,
-    Extension(p): Extension<Principal>,
+    p: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Tenant>> {
     Ok(Json(visible_tenant(&st, &p, &name).await?.0))
@@ -167,7 +167,7 @@ pub struct UpdateTenant {
 
 pub async fn update_tenant(
     State(st): St,
-    Extension(p): Extension<Principal>,
+    p: Caller,
     Path(name): Path<String>,
     JsonBody(body): JsonBody<UpdateTenant>,
 ) -> ApiResult<Json<Tenant>> {
@@ -181,7 +181,7 @@ pub async fn update_tenant(
 
 pub async fn delete_tenant(
     State(st): St,
-    Extension(p): Extension<Principal>,
+    p: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     authorize(&p, Action::ManageTenants)?;
@@ -252,12 +252,11 @@ impl From<ApiKeyRecord> for KeyView {
 
 pub async fn create_key(
     State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
+    p: Caller,
     JsonBody(body): JsonBody<CreateKey>,
 ) -> ApiResult<(StatusCode, Json<NewKey>)> {
     authorize(&p, Action::ManageKeys)?;
-    let t = tenant_scope(&st, &p, &headers).await?;
+    let t = p.scope(&st).await?;
     let role = Role::parse(&body.role).ok_or_else(|| ApiError::BadRequest(format!("unknown role {:?}", body.role)))?;
     if role > p.role || role == Role::PlatformAdmin {
         return Err(ApiError::Forbidden("a key cannot have more rights than its creator, nor platform-admin".into()));
@@ -279,23 +278,21 @@ pub async fn create_key(
 
 pub async fn list_keys(
     State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
+    p: Caller,
 ) -> ApiResult<Json<Vec<KeyView>>> {
     authorize(&p, Action::ManageKeys)?;
-    let t = tenant_scope(&st, &p, &headers).await?;
+    let t = p.scope(&st).await?;
     let keys = st.registry.list::<ApiKeyRecord>(RecordKind::ApiKey, "").await?;
     Ok(Json(keys.into_iter().filter(|k| k.tenant == t.name).map(KeyView::from).collect()))
 }
 
 pub async fn revoke_key(
     State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
+    p: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     authorize(&p, Action::ManageKeys)?;
-    let t = tenant_scope(&st, &p, &headers).await?;
+    let t = p.scope(&st).await?;
     let not_found = || ApiError::NotFound(format!("key {id:?} not found"));
     let (mut k, rev) = st.registry.get::<ApiKeyRecord>(RecordKind::ApiKey, &id).await?.ok_or_else(not_found)?;
     if k.tenant != t.name {
@@ -324,8 +321,7 @@ pub struct AuditQuery {
 
 pub async fn list_audit(
     State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
+    p: Caller,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<Vec<AuditEvent>>> {
     authorize(&p, Action::ReadAudit)?;
@@ -338,13 +334,12 @@ pub async fn list_audit(
         // Tenant-admins read their tenant's own log, whatever they ask for: only its events,
         // numbered from 1 for this tenant (no gaps from other tenants' activity, nothing of
         // an earlier tenant of the same name).
-        let own = tenant_scope(&st, &p, &headers).await?;
+        let own = p.scope(&st).await?;
         return Ok(Json(st.registry.audit_list(Some(&own.id), q.since, limit, filter).await?));
     }
     // Platform-admins read the platform's log (every tenant, deleted ones included, and
     // platform-wide actions), filtered by tenant name with `?tenant=` or the tenant header.
-    let named = headers.get(super::TENANT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let tenant = q.tenant.or(named);
+    let tenant = q.tenant.or_else(|| p.named().map(str::to_owned));
     let events = st
         .registry
         .audit_list(None, q.since, limit, |e| tenant.as_ref().is_none_or(|t| &e.tenant == t) && filter(e))
