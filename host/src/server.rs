@@ -78,7 +78,9 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// What every request goes through before and after routing, once (not wrapped around each
 /// route, where axum would clone and box it per route level): a span with the method, path and
 /// a server-made request id (echoed as `x-request-id`), the default body limit, and the
-/// request timeout. Invocations, the hot path, skip the router (see [`api::invoke_direct`]).
+/// request's deadline ([`api::RequestDeadline`], `http.request_timeout_ms` from its start).
+/// Invocations, the hot path, skip the router (see [`api::invoke_direct`]: the same
+/// authentication and invocation code as the route, only without routing).
 #[derive(Clone)]
 pub struct HttpFront {
     state: Arc<AppState>,

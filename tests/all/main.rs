@@ -20,6 +20,7 @@ mod load;
 mod messaging;
 mod metrics;
 mod pipeline;
+mod routes_in_process;
 mod schemathesis;
 mod server;
 mod store_contract;
