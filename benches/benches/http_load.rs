@@ -83,7 +83,13 @@ fn main() {
             Target {
                 name: "Cortex HTTP",
                 addr: served.addr,
-                request: load::request("POST", served.addr, "/v1/agents/hello/invoke", &[auth.clone()], b"bench"),
+                request: load::request(
+                    "POST",
+                    served.addr,
+                    "/v1/agents/hello/invoke",
+                    std::slice::from_ref(&auth),
+                    b"bench",
+                ),
             },
             // The same invocation with its name percent-encoded: the server's fast path does not
             // take it, the router does (the same authentication and invocation code after it).

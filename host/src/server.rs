@@ -279,13 +279,11 @@ where
                         Ok(resp) => resp,
                         Err(never) => match never {},
                     },
-                    Lane::Router(routed, true) => {
-                        match tokio::time::timeout_at(deadline.at.into(), routed).await {
-                            Ok(Ok(resp)) => resp,
-                            Ok(Err(never)) => match never {},
-                            Err(_) => ApiError::RequestTimeout(deadline.timeout).into_response(),
-                        }
-                    }
+                    Lane::Router(routed, true) => match tokio::time::timeout_at(deadline.at.into(), routed).await {
+                        Ok(Ok(resp)) => resp,
+                        Ok(Err(never)) => match never {},
+                        Err(_) => ApiError::RequestTimeout(deadline.timeout).into_response(),
+                    },
                 };
                 if resp.status().as_u16() >= 400 && !is_problem(&resp) {
                     resp = as_problem(resp).await;

@@ -200,8 +200,8 @@ async fn a_stream_ends_when_its_tenant_is_deleted() {
 /// is told of the change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guarded_stream_ends_when_its_keys_role_loses_the_right() {
-    use cortex_host::api::stream_guard::{Lapse, StreamGuard};
     use cortex_host::api::Action;
+    use cortex_host::api::stream_guard::{Lapse, StreamGuard};
     use cortex_host::registry::ApiKeyRecord;
     use cortex_host::store::RecordKind;
 

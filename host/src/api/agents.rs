@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Action;
@@ -117,10 +117,7 @@ pub async fn upload_module(
     }
 }
 
-pub async fn list_modules(
-    State(st): St,
-    p: Caller,
-) -> ApiResult<Json<Vec<ModuleRecord>>> {
+pub async fn list_modules(State(st): St, p: Caller) -> ApiResult<Json<Vec<ModuleRecord>>> {
     authorize(&p, Action::ReadModules)?;
     let t = p.scope(&st).await?;
     Ok(Json(st.registry.list(RecordKind::Module, &scoped(&t.name, "")).await?))
@@ -130,21 +127,13 @@ async fn module_of(st: &AppState, t: &Tenant, d: &str) -> ApiResult<ModuleRecord
     Ok(st.agents.module_record(&t.name, d).await?)
 }
 
-pub async fn get_module(
-    State(st): St,
-    p: Caller,
-    Path(d): Path<String>,
-) -> ApiResult<Json<ModuleRecord>> {
+pub async fn get_module(State(st): St, p: Caller, Path(d): Path<String>) -> ApiResult<Json<ModuleRecord>> {
     authorize(&p, Action::ReadModules)?;
     let t = p.scope(&st).await?;
     Ok(Json(module_of(&st, &t, &d).await?))
 }
 
-pub async fn delete_module(
-    State(st): St,
-    p: Caller,
-    Path(d): Path<String>,
-) -> ApiResult<StatusCode> {
+pub async fn delete_module(State(st): St, p: Caller, Path(d): Path<String>) -> ApiResult<StatusCode> {
     authorize(&p, Action::WriteModules)?;
     let t = p.scope(&st).await?;
     module_of(&st, &t, &d).await?;
@@ -207,10 +196,7 @@ pub async fn deploy(
     Ok((StatusCode::CREATED, Json(view(&st, &d))))
 }
 
-pub async fn list_agents(
-    State(st): St,
-    p: Caller,
-) -> ApiResult<Json<Vec<AgentView>>> {
+pub async fn list_agents(State(st): St, p: Caller) -> ApiResult<Json<Vec<AgentView>>> {
     authorize(&p, Action::ReadAgents)?;
     let t = p.scope(&st).await?;
     Ok(Json(st.agents.of(&t.name).values().map(|d| view(&st, d)).collect()))
@@ -228,11 +214,7 @@ pub(super) async fn deployed(
     Ok((t, d))
 }
 
-pub async fn get_agent(
-    State(st): St,
-    p: Caller,
-    Path(name): Path<String>,
-) -> ApiResult<Json<AgentView>> {
+pub async fn get_agent(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<Json<AgentView>> {
     let (_, d) = deployed(&st, &p, &name, Action::ReadAgents).await?;
     Ok(Json(view(&st, &d)))
 }
@@ -271,48 +253,27 @@ pub async fn upgrade(
     Ok(Json(view(&st, &d)))
 }
 
-pub async fn rollback(
-    State(st): St,
-    p: Caller,
-    Path(name): Path<String>,
-) -> ApiResult<Json<AgentView>> {
+pub async fn rollback(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<Json<AgentView>> {
     let (t, _) = deployed(&st, &p, &name, Action::WriteAgents).await?;
     let d = st.agents.rollback(&t, &name).await?;
     Ok(Json(view(&st, &d)))
 }
 
-async fn set_status(
-    st: &Arc<AppState>,
-    p: &Caller,
-    name: &str,
-    status: AgentStatus,
-) -> ApiResult<Json<AgentView>> {
+async fn set_status(st: &Arc<AppState>, p: &Caller, name: &str, status: AgentStatus) -> ApiResult<Json<AgentView>> {
     let (t, _) = deployed(st, p, name, Action::WriteAgents).await?;
     let d = st.agents.set_status(&t, name, status).await?;
     Ok(Json(view(st, &d)))
 }
 
-pub async fn stop(
-    State(st): St,
-    p: Caller,
-    Path(name): Path<String>,
-) -> ApiResult<Json<AgentView>> {
+pub async fn stop(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<Json<AgentView>> {
     set_status(&st, &p, &name, AgentStatus::Stopped).await
 }
 
-pub async fn start(
-    State(st): St,
-    p: Caller,
-    Path(name): Path<String>,
-) -> ApiResult<Json<AgentView>> {
+pub async fn start(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<Json<AgentView>> {
     set_status(&st, &p, &name, AgentStatus::Running).await
 }
 
-pub async fn delete_agent(
-    State(st): St,
-    p: Caller,
-    Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
+pub async fn delete_agent(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
     let (t, _) = deployed(&st, &p, &name, Action::WriteAgents).await?;
     st.agents.delete(&t.name, &name).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -334,9 +295,10 @@ fn outcome_status(o: &Outcome) -> StatusCode {
 pub async fn invoke(State(st): St, p: Caller, Path(name): Path<String>, req: axum::extract::Request) -> Response {
     // The server sets it on every request; a router served without it (in-process) gets the
     // same bound from the configured request timeout.
-    let deadline = req.extensions().get::<RequestDeadline>().copied().unwrap_or_else(|| {
-        RequestDeadline::after(std::time::Duration::from_millis(st.config.http.request_timeout_ms))
-    });
+    let deadline =
+        req.extensions().get::<RequestDeadline>().copied().unwrap_or_else(|| {
+            RequestDeadline::after(std::time::Duration::from_millis(st.config.http.request_timeout_ms))
+        });
     invoke_request(&st, &p, &name, req, st.config.http.body_limit_bytes, deadline).await
 }
 

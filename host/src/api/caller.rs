@@ -112,7 +112,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        parts.extensions.remove::<Caller>().ok_or_else(|| ApiError::Unauthorized("missing or invalid credentials".into()))
+        parts
+            .extensions
+            .remove::<Caller>()
+            .ok_or_else(|| ApiError::Unauthorized("missing or invalid credentials".into()))
     }
 }
 

@@ -27,8 +27,8 @@ use serde::de::DeserializeOwned;
 use tower::{Layer, Service};
 
 pub use self::auth::{Action, Principal, Role};
-pub(crate) use self::caller::bearer;
 pub use self::caller::Caller;
+pub(crate) use self::caller::bearer;
 pub use self::error::{ApiError, ApiResult};
 pub use self::openapi::openapi;
 pub use self::routes::metrics_token;

@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::auth::{self, Action, Principal, Role};
@@ -149,11 +149,7 @@ async fn visible_tenant(st: &AppState, p: &Principal, name: &str) -> ApiResult<(
         .ok_or_else(|| ApiError::NotFound(format!("tenant {name:?} not found")))
 }
 
-pub async fn get_tenant(
-    State(st): St,
-    p: Caller,
-    Path(name): Path<String>,
-) -> ApiResult<Json<Tenant>> {
+pub async fn get_tenant(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<Json<Tenant>> {
     Ok(Json(visible_tenant(&st, &p, &name).await?.0))
 }
 
@@ -179,11 +175,7 @@ pub async fn update_tenant(
     Ok(Json(t))
 }
 
-pub async fn delete_tenant(
-    State(st): St,
-    p: Caller,
-    Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
+pub async fn delete_tenant(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
     authorize(&p, Action::ManageTenants)?;
     // Held until the clean-up below is done: a creation of this name waits for it (409).
     let _name = claim_name(&st, &name)?;
@@ -276,21 +268,14 @@ pub async fn create_key(
     Ok((StatusCode::CREATED, Json(NewKey { id, key, role: rec.role, tenant: t.name.clone() })))
 }
 
-pub async fn list_keys(
-    State(st): St,
-    p: Caller,
-) -> ApiResult<Json<Vec<KeyView>>> {
+pub async fn list_keys(State(st): St, p: Caller) -> ApiResult<Json<Vec<KeyView>>> {
     authorize(&p, Action::ManageKeys)?;
     let t = p.scope(&st).await?;
     let keys = st.registry.list::<ApiKeyRecord>(RecordKind::ApiKey, "").await?;
     Ok(Json(keys.into_iter().filter(|k| k.tenant == t.name).map(KeyView::from).collect()))
 }
 
-pub async fn revoke_key(
-    State(st): St,
-    p: Caller,
-    Path(id): Path<String>,
-) -> ApiResult<StatusCode> {
+pub async fn revoke_key(State(st): St, p: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     authorize(&p, Action::ManageKeys)?;
     let t = p.scope(&st).await?;
     let not_found = || ApiError::NotFound(format!("key {id:?} not found"));
@@ -319,11 +304,7 @@ pub struct AuditQuery {
     actor: Option<String>,
 }
 
-pub async fn list_audit(
-    State(st): St,
-    p: Caller,
-    Query(q): Query<AuditQuery>,
-) -> ApiResult<Json<Vec<AuditEvent>>> {
+pub async fn list_audit(State(st): St, p: Caller, Query(q): Query<AuditQuery>) -> ApiResult<Json<Vec<AuditEvent>>> {
     authorize(&p, Action::ReadAudit)?;
     let limit = q.limit.unwrap_or(100).min(1000);
     let filter = |e: &AuditEvent| {
