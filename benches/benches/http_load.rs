@@ -7,7 +7,9 @@
 //!
 //! Every server is driven by the same load tool (`common/load.rs`: keep-alive HTTP/1.1
 //! clients sending one prebuilt request, like `wrk`); Cortex gets `POST
-//! /v1/agents/hello/invoke` with a developer token and a 5-byte body. Peers, serving
+//! /v1/agents/hello/invoke` with a developer token and a 5-byte body, and the same request
+//! with the name percent-encoded (`h%65llo`), which the router serves instead of the
+//! server's invocation fast path (the ratio of the two is the router's cost). Peers, serving
 //! `plugins/http-hello` (a wasi:http proxy component answering 200 `Hello, world!`) on
 //! 127.0.0.1, get `GET /`:
 //! - a tuned bare hyper + wasmtime-wasi-http server, in this process: same wasmtime
@@ -36,6 +38,9 @@ mod bare;
 mod load;
 #[path = "common/served.rs"]
 mod served;
+
+/// The first targets are Cortex's two lanes (fast path, routed); the peers follow.
+const CORTEX: usize = 2;
 
 /// A server under load: its name, address and the request it gets.
 struct Target {
@@ -74,11 +79,26 @@ fn main() {
         .report("in-process invoke");
 
         let auth = format!("authorization: Bearer {}", served.developer);
-        let mut targets = vec![Target {
-            name: "Cortex HTTP",
-            addr: served.addr,
-            request: load::request("POST", served.addr, "/v1/agents/hello/invoke", &[auth], b"bench"),
-        }];
+        let mut targets = vec![
+            Target {
+                name: "Cortex HTTP",
+                addr: served.addr,
+                request: load::request(
+                    "POST",
+                    served.addr,
+                    "/v1/agents/hello/invoke",
+                    std::slice::from_ref(&auth),
+                    b"bench",
+                ),
+            },
+            // The same invocation with its name percent-encoded: the server's fast path does not
+            // take it, the router does (the same authentication and invocation code after it).
+            Target {
+                name: "Cortex HTTP routed",
+                addr: served.addr,
+                request: load::request("POST", served.addr, "/v1/agents/h%65llo/invoke", &[auth], b"bench"),
+            },
+        ];
         let bare_addr = bare::bare_server(art::HTTP_HELLO).await;
         targets.push(Target { name: "bare hyper+wasi-http", addr: bare_addr, request: get(bare_addr) });
         let mut child = None;
@@ -117,14 +137,21 @@ fn main() {
             rates.push(load::hammer(t.addr, t.request.clone(), clients, duration).await.report(t.name));
         }
         println!("ratio Cortex HTTP / in-process throughput: {:.2}", rates[0] / inproc);
-        for (t, rate) in targets.iter().zip(&rates).skip(1) {
-            println!("ratio Cortex HTTP / {}: {:.2}", t.name, rates[0] / rate);
+        for (c, c_rate) in targets.iter().zip(&rates).take(CORTEX) {
+            for (t, rate) in targets.iter().zip(&rates).skip(CORTEX) {
+                println!("ratio {} / {}: {:.2}", c.name, t.name, c_rate / rate);
+            }
         }
+        println!("ratio Cortex HTTP / Cortex HTTP routed: {:.2}", rates[0] / rates[1]);
 
         // One pass each swings by 10-20% on a shared 2-core machine: interleave short rounds,
         // rotating which goes first, and take the median of each per-round ratio.
         if rounds > 0 {
-            let mut ratios = vec![Vec::with_capacity(rounds); targets.len()];
+            // (numerator, denominator): each Cortex lane against each peer, and the two lanes.
+            let mut pairs: Vec<(usize, usize)> =
+                (0..CORTEX).flat_map(|c| (CORTEX..targets.len()).map(move |p| (c, p))).collect();
+            pairs.push((0, 1));
+            let mut ratios = vec![Vec::with_capacity(rounds); pairs.len()];
             for r in 0..rounds {
                 let mut round = vec![0.0; targets.len()];
                 for k in 0..targets.len() {
@@ -132,16 +159,17 @@ fn main() {
                     let t = &targets[i];
                     round[i] = load::hammer(t.addr, t.request.clone(), clients, Duration::from_secs(1)).await.rate();
                 }
-                for (i, rate) in round.iter().enumerate().skip(1) {
-                    ratios[i].push(round[0] / rate);
+                for (&(a, b), rs) in pairs.iter().zip(&mut ratios) {
+                    rs.push(round[a] / round[b]);
                 }
             }
-            for (t, mut rs) in targets.iter().zip(ratios).skip(1) {
+            for (&(a, b), mut rs) in pairs.iter().zip(ratios) {
                 let shown: Vec<String> = rs.iter().map(|r| format!("{r:.2}")).collect();
                 rs.sort_by(f64::total_cmp);
                 println!(
-                    "ratio Cortex HTTP / {} over {rounds} interleaved 1 s rounds: median {:.2} (rounds: {})",
-                    t.name,
+                    "ratio {} / {} over {rounds} interleaved 1 s rounds: median {:.2} (rounds: {})",
+                    targets[a].name,
+                    targets[b].name,
                     rs[rs.len() / 2],
                     shown.join(" ")
                 );

@@ -78,9 +78,11 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// What every request goes through before and after routing, once (not wrapped around each
 /// route, where axum would clone and box it per route level): a span with the method, path and
 /// a server-made request id (echoed as `x-request-id`), the default body limit, and the
-/// request timeout. Invocations, the hot path, skip the router (see [`api::invoke_direct`]).
+/// request's deadline ([`api::RequestDeadline`], `http.request_timeout_ms` from its start).
+/// Invocations, the hot path, skip the router (see [`api::invoke_direct`]: the same
+/// authentication and invocation code as the route, only without routing).
 #[derive(Clone)]
-pub struct Edge {
+pub struct HttpFront {
     state: Arc<AppState>,
     router: axum::Router,
     body_limit: usize,
@@ -212,20 +214,20 @@ impl<B: HttpBody + Unpin> HttpBody for Tracked<B> {
     }
 }
 
-/// Where [`Edge`] sends a request: invocations straight to [`api::invoke_direct`], the rest
-/// through the router.
+/// Where [`HttpFront`] sends a request: invocations straight to [`api::invoke_direct`], the
+/// rest through the router (with `true` when the front cuts it at the request's deadline).
 enum Lane<R, I> {
-    Router(R),
+    Router(R, bool),
     Invoke(I),
 }
 
-impl std::fmt::Debug for Edge {
+impl std::fmt::Debug for HttpFront {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Edge").field("timeout", &self.timeout).finish_non_exhaustive()
+        f.debug_struct("HttpFront").field("timeout", &self.timeout).finish_non_exhaustive()
     }
 }
 
-impl<B> Service<Request<B>> for Edge
+impl<B> Service<Request<B>> for HttpFront
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
@@ -250,33 +252,37 @@ where
         let keep_alive = activity.as_ref().map(|_| self.keep_alive.clone());
         let mut ended = activity.map(Ended);
         let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
+        let deadline = api::RequestDeadline::after(self.timeout);
         let lane = match api::invoke_target(req.method(), req.uri().path()).map(str::to_owned) {
-            // Bounded inside: the body read by the request timeout, the invocation by its own
-            // deadline (at most the request timeout), each armed only if it can matter.
+            // Bounded inside by the request's deadline: the credentials and body by a 408, the
+            // invocation by its own 504, each timer armed only if it can matter.
             // Boxed where it is made: the invocation's future is large (some 5 KB), and
             // every move of the request future below would copy it whole.
-            Some(agent) => Lane::Invoke(Box::pin(api::invoke_direct(
-                self.state.clone(),
-                req,
-                agent,
-                self.body_limit,
-                self.timeout,
-            ))),
+            Some(agent) => {
+                Lane::Invoke(Box::pin(api::invoke_direct(self.state.clone(), req, agent, self.body_limit, deadline)))
+            }
             None => {
+                // The invocation route bounds itself the same way (see
+                // [`api::bounds_itself`]); every other route is cut at the deadline.
+                let bounded = !api::bounds_itself(req.method(), req.uri().path());
                 DefaultBodyLimit::max(self.body_limit).apply(&mut req);
+                req.extensions_mut().insert(deadline);
                 let _entered = span.enter();
-                Lane::Router(Service::<Request<B>>::call(&mut self.router, req))
+                Lane::Router(Service::<Request<B>>::call(&mut self.router, req), bounded)
             }
         };
-        let limit = self.timeout;
         Box::pin(
             async move {
                 let mut resp = match lane {
                     Lane::Invoke(invoked) => invoked.await,
-                    Lane::Router(routed) => match tokio::time::timeout(limit, routed).await {
+                    Lane::Router(routed, false) => match routed.await {
+                        Ok(resp) => resp,
+                        Err(never) => match never {},
+                    },
+                    Lane::Router(routed, true) => match tokio::time::timeout_at(deadline.at.into(), routed).await {
                         Ok(Ok(resp)) => resp,
                         Ok(Err(never)) => match never {},
-                        Err(_) => ApiError::RequestTimeout(limit).into_response(),
+                        Err(_) => ApiError::RequestTimeout(deadline.timeout).into_response(),
                     },
                 };
                 if resp.status().as_u16() >= 400 && !is_problem(&resp) {
@@ -334,15 +340,15 @@ async fn as_problem(resp: Response) -> Response {
     Response::from_parts(parts, body)
 }
 
-/// The whole API as one service: [`api::router`] inside the [`Edge`] layers.
-pub fn service(state: Arc<AppState>) -> Edge {
+/// The whole API as one service: [`api::router`] inside the [`HttpFront`] layers.
+pub fn service(state: Arc<AppState>) -> HttpFront {
     let timeout = Duration::from_millis(state.config.http.request_timeout_ms);
     let body_limit = state.config.http.body_limit_bytes;
     // Made once per server and kept (a static value is copied by pointer on every response).
     let hint: &'static str =
         Box::leak(format!("timeout={}", state.config.http.header_timeout_ms / 1000).into_boxed_str());
     let keep_alive = HeaderValue::from_static(hint);
-    Edge { router: api::router(state.clone()), state, body_limit, timeout, activity: None, keep_alive }
+    HttpFront { router: api::router(state.clone()), state, body_limit, timeout, activity: None, keep_alive }
 }
 
 /// [`service`] as a router, for in-process callers (`oneshot`).
@@ -394,7 +400,7 @@ pub async fn serve(
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
         let activity = Arc::new(Activity::new(closing.clone()));
-        let svc = TowerToHyperService::new(Edge { activity: Some(activity.clone()), ..app.clone() });
+        let svc = TowerToHyperService::new(HttpFront { activity: Some(activity.clone()), ..app.clone() });
         // No hyper header-read timer: it is armed and cleared around every request a
         // keep-alive connection waits for; the watchdog ticks a few times per timeout instead.
         // Responses are small: one flattened buffer and one send, not a vectored write.

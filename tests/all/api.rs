@@ -425,7 +425,8 @@ async fn bad_uploads_are_refused_with_a_code_and_never_a_5xx() {
     s.upload(&dev, art::HELLO).await;
 }
 
-/// Invocations skip the router (`api::invoke_direct`); what a client sees must not change:
+/// Invocations skip the router (`api::invoke_direct`, the same `Caller::authenticate` and
+/// `invoke_request` as the route's handler); what a client sees must not change:
 /// the body limit with and without a declared length, credentials, and a name the direct
 /// lane does not take (percent-encoded) answered by the router the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -479,8 +480,9 @@ async fn invocation_bodies_are_limited_and_both_lanes_answer_alike() {
     }
 }
 
-/// `http.request_timeout_ms` bounds an invocation: a body that never arrives gets 408, and
-/// an agent that sleeps past it ends with its own outcome (504) at that time.
+/// `http.request_timeout_ms` bounds an invocation on both lanes (the server's fast path and,
+/// for a percent-encoded name, the router): a body that never arrives gets 408, and an agent
+/// that sleeps past it ends with its own outcome (504) at that time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invocation_ends_by_the_request_timeout() {
     // Compiling the agent takes longer than the timeout: deploy, then restart with it.
@@ -490,29 +492,30 @@ async fn an_invocation_ends_by_the_request_timeout() {
     s.deploy(&dev, "hostile", &digest, json!({})).await;
     let s = Server::start_in(s.stop().await, |c| c.http.request_timeout_ms = 400).await;
 
-    for input in ["sleep:10000", "sleep:3000"] {
-        let start = Instant::now();
-        let r = answer(s.req(Method::POST, "/v1/agents/hostile/invoke", &dev).body(input).send().await.unwrap()).await;
-        assert_eq!(
-            (r.status, r.code.as_str()),
-            (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
-            "{input}: {}",
-            r.text
-        );
-        assert!(start.elapsed() < Duration::from_secs(5), "{input} took {:?}", start.elapsed());
-    }
+    for path in ["/v1/agents/hostile/invoke", "/v1/agents/h%6Fstile/invoke"] {
+        for input in ["sleep:10000", "sleep:3000"] {
+            let start = Instant::now();
+            let r = answer(s.req(Method::POST, path, &dev).body(input).send().await.unwrap()).await;
+            assert_eq!(
+                (r.status, r.code.as_str()),
+                (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
+                "{path} {input}: {}",
+                r.text
+            );
+            assert!(start.elapsed() < Duration::from_secs(5), "{path} {input} took {:?}", start.elapsed());
+        }
 
-    // Ten bytes announced, none sent.
-    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    let head = format!(
-        "POST /v1/agents/hostile/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {dev}\r\nContent-Length: 10\r\n\r\n"
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    let mut resp = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut resp)).await.unwrap().unwrap();
-    let resp = String::from_utf8_lossy(&resp[..n]);
-    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
-    assert!(resp.contains("\"code\":\"request_timeout\""), "{resp}");
+        // Ten bytes announced, none sent.
+        let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        let head =
+            format!("POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {dev}\r\nContent-Length: 10\r\n\r\n");
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut resp = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut resp)).await.unwrap().unwrap();
+        let resp = String::from_utf8_lossy(&resp[..n]);
+        assert!(resp.starts_with("HTTP/1.1 408"), "{path}: {resp}");
+        assert!(resp.contains("\"code\":\"request_timeout\""), "{path}: {resp}");
+    }
     assert_eq!(s.invoke_ok(&dev, "hostile", "echo:still up").await, "still up");
 }
 

@@ -200,8 +200,8 @@ async fn a_stream_ends_when_its_tenant_is_deleted() {
 /// is told of the change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guarded_stream_ends_when_its_keys_role_loses_the_right() {
+    use cortex_host::api::Action;
     use cortex_host::api::stream_guard::{Lapse, StreamGuard};
-    use cortex_host::api::{Action, Principal};
     use cortex_host::registry::ApiKeyRecord;
     use cortex_host::store::RecordKind;
 
@@ -213,12 +213,7 @@ async fn a_guarded_stream_ends_when_its_keys_role_loses_the_right() {
     let (id, key) = (made["id"].as_str().unwrap().to_owned(), made["key"].as_str().unwrap().to_owned());
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
-    let p = Principal {
-        subject: format!("key:{id}").into(),
-        tenant: Some("alpha".into()),
-        role: Role::TenantAdmin,
-        issued_at: None,
-    };
+    let p = cortex_host::api::Caller::authenticate(&s.state, &headers, Some(Action::ReadAudit)).await.unwrap();
     // Reading the audit log is a tenant-admin's right, not a developer's.
     let guard = StreamGuard::open(&s.state, &p, &headers, Action::ReadAudit).await.unwrap();
     let lapsed = tokio::spawn(guard.lapsed());

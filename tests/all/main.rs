@@ -21,6 +21,7 @@ mod messaging;
 mod metrics;
 mod pipeline;
 mod profiles;
+mod routes_in_process;
 mod schemathesis;
 mod server;
 mod store_contract;

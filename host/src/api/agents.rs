@@ -3,20 +3,20 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use serde::Deserialize;
 
-use super::auth::{Action, Principal};
+use super::auth::Action;
 use super::error::{ApiError, ApiResult, problem};
 use super::state::LogLine;
 use super::{
-    AppState, DURATION_HEADER, FUEL_HEADER, INVOCATION_HEADER, JsonBody, OUTCOME_HEADER, PEAK_MEMORY_HEADER, Path,
-    Query, TENANT_HEADER, authorize, check_name, tenant_scope, tenant_scope_known,
+    AppState, Caller, DURATION_HEADER, FUEL_HEADER, INVOCATION_HEADER, JsonBody, OUTCOME_HEADER, PEAK_MEMORY_HEADER,
+    Path, Query, RequestDeadline, authorize, check_name,
 };
 use crate::agents::{AgentView, AgentsError, DeploySpec, Deployed};
 use crate::registry::{AgentStatus, ModuleRecord, Probation, Tenant, now_ms, scoped};
@@ -61,12 +61,12 @@ impl From<AgentsError> for ApiError {
 
 pub async fn upload_module(
     State(st): St,
-    Extension(p): Extension<Principal>,
+    p: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<ModuleRecord>)> {
     authorize(&p, Action::WriteModules)?;
-    let t = tenant_scope(&st, &p, &headers).await?;
+    let t = p.scope(&st).await?;
     let limit = st.config.http.module_limit_bytes;
     if super::declared_length(&headers).is_some_and(|n| n > limit as u64) {
         return Err(ApiError::TooLarge(format!("modules are limited to {limit} bytes")));
@@ -118,13 +118,9 @@ pub async fn upload_module(
     }
 }
 
-pub async fn list_modules(
-    State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
-) -> ApiResult<Json<Vec<ModuleRecord>>> {
+pub async fn list_modules(State(st): St, p: Caller) -> ApiResult<Json<Vec<ModuleRecord>>> {
     authorize(&p, Action::ReadModules)?;
-    let t = tenant_scope(&st, &p, &headers).await?;
+    let t = p.scope(&st).await?;
     Ok(Json(st.registry.list(RecordKind::Module, &scoped(&t.name, "")).await?))
 }
 
@@ -132,25 +128,15 @@ async fn module_of(st: &AppState, t: &Tenant, d: &str) -> ApiResult<ModuleRecord
     Ok(st.agents.module_record(&t.name, d).await?)
 }
 
-pub async fn get_module(
-    State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
-    Path(d): Path<String>,
-) -> ApiResult<Json<ModuleRecord>> {
+pub async fn get_module(State(st): St, p: Caller, Path(d): Path<String>) -> ApiResult<Json<ModuleRecord>> {
     authorize(&p, Action::ReadModules)?;
-    let t = tenant_scope(&st, &p, &headers).await?;
+    let t = p.scope(&st).await?;
     Ok(Json(module_of(&st, &t, &d).await?))
 }
 
-pub async fn delete_module(
-    State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
-    Path(d): Path<String>,
-) -> ApiResult<StatusCode> {
+pub async fn delete_module(State(st): St, p: Caller, Path(d): Path<String>) -> ApiResult<StatusCode> {
     authorize(&p, Action::WriteModules)?;
-    let t = tenant_scope(&st, &p, &headers).await?;
+    let t = p.scope(&st).await?;
     module_of(&st, &t, &d).await?;
     if st.agents.module_in_use(&t.name, &d) {
         return Err(ApiError::Conflict { code: "module_in_use", message: format!("an agent uses module {d}") });
@@ -163,48 +149,37 @@ pub async fn delete_module(
 
 pub async fn deploy(
     State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
+    p: Caller,
     JsonBody(spec): JsonBody<DeploySpec>,
 ) -> ApiResult<(StatusCode, Json<AgentView>)> {
     authorize(&p, Action::WriteAgents)?;
-    let t = tenant_scope(&st, &p, &headers).await?;
+    let t = p.scope(&st).await?;
     check_name("agent", &spec.name)?;
     let _quota = st.tenant_write_lock(&t.name).await;
     let d = st.agents.deploy(&t, spec).await?;
     Ok((StatusCode::CREATED, Json(st.agents.view(&d))))
 }
 
-pub async fn list_agents(
-    State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
-) -> ApiResult<Json<Vec<AgentView>>> {
+pub async fn list_agents(State(st): St, p: Caller) -> ApiResult<Json<Vec<AgentView>>> {
     authorize(&p, Action::ReadAgents)?;
-    let t = tenant_scope(&st, &p, &headers).await?;
+    let t = p.scope(&st).await?;
     Ok(Json(st.agents.of(&t.name).values().map(|d| st.agents.view(d)).collect()))
 }
 
 pub(super) async fn deployed(
     st: &AppState,
-    p: &Principal,
-    headers: &HeaderMap,
+    p: &Caller,
     name: &str,
     action: Action,
 ) -> ApiResult<(Arc<super::CachedTenant>, Arc<Deployed>)> {
     authorize(p, action)?;
-    let t = tenant_scope(st, p, headers).await?;
+    let t = p.scope(st).await?;
     let d = st.agents.find(&t.name, name)?;
     Ok((t, d))
 }
 
-pub async fn get_agent(
-    State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> ApiResult<Json<AgentView>> {
-    let (_, d) = deployed(&st, &p, &headers, &name, Action::ReadAgents).await?;
+pub async fn get_agent(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<Json<AgentView>> {
+    let (_, d) = deployed(&st, &p, &name, Action::ReadAgents).await?;
     Ok(Json(st.agents.view(&d)))
 }
 
@@ -216,12 +191,11 @@ pub struct ConfigBody {
 
 pub async fn update_config(
     State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
+    p: Caller,
     Path(name): Path<String>,
     JsonBody(body): JsonBody<ConfigBody>,
 ) -> ApiResult<Json<AgentView>> {
-    let (t, _) = deployed(&st, &p, &headers, &name, Action::WriteAgents).await?;
+    let (t, _) = deployed(&st, &p, &name, Action::WriteAgents).await?;
     let d = st.agents.update_config(&t, &name, body.config).await?;
     Ok(Json(st.agents.view(&d)))
 }
@@ -237,64 +211,37 @@ pub struct UpgradeBody {
 
 pub async fn upgrade(
     State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
+    p: Caller,
     Path(name): Path<String>,
     JsonBody(body): JsonBody<UpgradeBody>,
 ) -> ApiResult<Json<AgentView>> {
-    let (t, _) = deployed(&st, &p, &headers, &name, Action::WriteAgents).await?;
+    let (t, _) = deployed(&st, &p, &name, Action::WriteAgents).await?;
     let d = st.agents.upgrade(&t, &name, body.module, body.probation).await?;
     Ok(Json(st.agents.view(&d)))
 }
 
-pub async fn rollback(
-    State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> ApiResult<Json<AgentView>> {
-    let (t, _) = deployed(&st, &p, &headers, &name, Action::WriteAgents).await?;
+pub async fn rollback(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<Json<AgentView>> {
+    let (t, _) = deployed(&st, &p, &name, Action::WriteAgents).await?;
     let d = st.agents.rollback(&t, &name).await?;
     Ok(Json(st.agents.view(&d)))
 }
 
-async fn set_status(
-    st: &Arc<AppState>,
-    p: &Principal,
-    headers: &HeaderMap,
-    name: &str,
-    status: AgentStatus,
-) -> ApiResult<Json<AgentView>> {
-    let (t, _) = deployed(st, p, headers, name, Action::WriteAgents).await?;
+async fn set_status(st: &Arc<AppState>, p: &Caller, name: &str, status: AgentStatus) -> ApiResult<Json<AgentView>> {
+    let (t, _) = deployed(st, p, name, Action::WriteAgents).await?;
     let d = st.agents.set_status(&t, name, status).await?;
     Ok(Json(st.agents.view(&d)))
 }
 
-pub async fn stop(
-    State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> ApiResult<Json<AgentView>> {
-    set_status(&st, &p, &headers, &name, AgentStatus::Stopped).await
+pub async fn stop(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<Json<AgentView>> {
+    set_status(&st, &p, &name, AgentStatus::Stopped).await
 }
 
-pub async fn start(
-    State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> ApiResult<Json<AgentView>> {
-    set_status(&st, &p, &headers, &name, AgentStatus::Running).await
+pub async fn start(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<Json<AgentView>> {
+    set_status(&st, &p, &name, AgentStatus::Running).await
 }
 
-pub async fn delete_agent(
-    State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
-    let (t, _) = deployed(&st, &p, &headers, &name, Action::WriteAgents).await?;
+pub async fn delete_agent(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    let (t, _) = deployed(&st, &p, &name, Action::WriteAgents).await?;
     st.agents.delete(&t.name, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -309,36 +256,52 @@ fn outcome_status(o: &Outcome) -> StatusCode {
     }
 }
 
-/// `POST /v1/agents/{name}/invoke` through the router. [`crate::server`] sends the requests
-/// it can to [`super::invoke_direct`] instead; both read the body with [`super::read_body`]
-/// and end in [`invoke_core`].
-pub async fn invoke(
-    State(st): St,
-    Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
-    req: axum::extract::Request,
-) -> ApiResult<Response> {
-    let (parts, body) = req.into_parts();
-    let body = super::read_body(body, &parts.headers, st.config.http.body_limit_bytes);
-    invoke_core(&st, &p, None, parts.headers.get(TENANT_HEADER), &name, body, None).await
+/// `POST /v1/agents/{name}/invoke`, as routed. [`crate::server`] sends the requests it can
+/// to [`super::invoke_direct`] instead, which authenticates with the same
+/// [`Caller::authenticate`] and then calls the same [`invoke_request`].
+pub async fn invoke(State(st): St, p: Caller, Path(name): Path<String>, req: axum::extract::Request) -> Response {
+    // The server sets it on every request; a router served without it (in-process) gets the
+    // same bound from the configured request timeout.
+    let deadline =
+        req.extensions().get::<RequestDeadline>().copied().unwrap_or_else(|| {
+            RequestDeadline::after(std::time::Duration::from_millis(st.config.http.request_timeout_ms))
+        });
+    invoke_request(&st, &p, &name, req, st.config.http.body_limit_bytes, deadline).await
 }
 
-/// An invocation by `p` of agent `name`: RBAC, the tenant (`named` by a platform-admin; `own`
-/// is `p`'s own tenant record if the caller has just read it), the agent, its rate quota, then
-/// the `body` (read only once the rate allows it), the tenant's concurrency quota and
-/// the agent's pool; the outcome as the response. The invocation ends by `deadline` (the
-/// request's) if that comes before its own timeout.
+/// The invocation of agent `name` that `req` asks `p` for (authenticated for
+/// [`Action::Invoke`]): its body read up to `limit` bytes (413 past it) by the `deadline`
+/// (408 past it), the invocation ended by the `deadline` too (504 `deadline_exceeded`), the
+/// outcome as the response.
+pub(super) async fn invoke_request<B>(
+    st: &AppState,
+    p: &Caller,
+    name: &str,
+    req: axum::http::Request<B>,
+    limit: usize,
+    deadline: RequestDeadline,
+) -> Response
+where
+    B: axum::body::HttpBody<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
+    let (parts, body) = req.into_parts();
+    let body = deadline.bound(super::read_body(body, &parts.headers, limit));
+    invoke_core(st, p, name, body, Some(deadline.at)).await.into_response()
+}
+
+/// An invocation by `p` (authenticated for [`Action::Invoke`]) of agent `name`: the tenant
+/// it acts in, the agent, its rate quota, then the `body` (read only once the rate allows
+/// it), the tenant's concurrency quota and the agent's pool; the outcome as the response.
+/// The invocation ends by `deadline` (the request's) if that comes before its own timeout.
 pub(super) async fn invoke_core(
     st: &AppState,
-    p: &Principal,
-    own: Option<Arc<super::CachedTenant>>,
-    named: Option<&HeaderValue>,
+    p: &Caller,
     name: &str,
     body: impl Future<Output = ApiResult<Bytes>>,
     deadline: Option<std::time::Instant>,
 ) -> ApiResult<Response> {
-    authorize(p, Action::Invoke)?;
-    let t = tenant_scope_known(st, p, named, own).await?;
+    let t = p.scope(st).await?;
     // An agent that does not exist costs no rate token.
     let d = st.agents.find(&t.name, name)?;
     t.limiter.take().map_err(|retry| {
@@ -408,11 +371,10 @@ pub struct LogQuery {
 
 pub async fn logs(
     State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
+    p: Caller,
     Path(name): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> ApiResult<Json<Vec<LogLine>>> {
-    let (_, d) = deployed(&st, &p, &headers, &name, Action::ReadLogs).await?;
+    let (_, d) = deployed(&st, &p, &name, Action::ReadLogs).await?;
     Ok(Json(d.shared.logs(q.since, q.limit.unwrap_or(100).min(1000))))
 }

@@ -4,42 +4,30 @@
 
 use std::sync::Arc;
 
-use axum::Extension;
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::agents::deployed;
-use super::auth::{Action, Principal};
+use super::auth::Action;
 use super::error::{ApiError, ApiResult, problem};
-use super::{AppState, Path};
+use super::{AppState, Caller, Path};
 use crate::coordination::{self, Delivery, mailbox};
 use crate::registry::{DeadLetter, Letter, now_ms};
 use crate::store::RecordKind;
 
 type St = State<Arc<AppState>>;
 
-pub async fn list(
-    State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> ApiResult<Json<Vec<DeadLetter>>> {
-    let (t, _) = deployed(&st, &p, &headers, &name, Action::ReadAgents).await?;
+pub async fn list(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<Json<Vec<DeadLetter>>> {
+    let (t, _) = deployed(&st, &p, &name, Action::ReadAgents).await?;
     Ok(Json(coordination::dead_letters(&st.registry, &t.name, &name).await?))
 }
 
 /// The dead letter `id` of the caller's agent `name`, with its record key and revision.
-async fn find(
-    st: &AppState,
-    p: &Principal,
-    headers: &HeaderMap,
-    name: &str,
-    id: &str,
-) -> ApiResult<(String, DeadLetter, u64)> {
-    let (t, _) = deployed(st, p, headers, name, Action::WriteAgents).await?;
+async fn find(st: &AppState, p: &Caller, name: &str, id: &str) -> ApiResult<(String, DeadLetter, u64)> {
+    let (t, _) = deployed(st, p, name, Action::WriteAgents).await?;
     let missing = || ApiError::NotFound(format!("dead letter {id:?} of agent {name:?} not found"));
     if !coordination::valid_dead_letter_id(id) {
         return Err(missing());
@@ -49,13 +37,8 @@ async fn find(
     Ok((key, letter, rev))
 }
 
-pub async fn replay(
-    State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
-    Path((name, id)): Path<(String, String)>,
-) -> ApiResult<Response> {
-    let (key, _, _) = find(&st, &p, &headers, &name, &id).await?;
+pub async fn replay(State(st): St, p: Caller, Path((name, id)): Path<(String, String)>) -> ApiResult<Response> {
+    let (key, _, _) = find(&st, &p, &name, &id).await?;
     // One replay of a letter at a time: two at once would both deliver it.
     let Some(_claim) = st.claim_replay(&key) else {
         return Err(ApiError::Conflict {
@@ -119,13 +102,8 @@ pub async fn replay(
     }
 }
 
-pub async fn discard(
-    State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
-    Path((name, id)): Path<(String, String)>,
-) -> ApiResult<StatusCode> {
-    let (key, _, _) = find(&st, &p, &headers, &name, &id).await?;
+pub async fn discard(State(st): St, p: Caller, Path((name, id)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    let (key, _, _) = find(&st, &p, &name, &id).await?;
     st.registry.delete(RecordKind::DeadLetter, &key).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -8,17 +8,16 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Extension;
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use serde::Deserialize;
 
-use super::auth::{Action, Principal};
+use super::auth::Action;
 use super::error::ApiResult;
 use super::stream_guard::{Lapse, StreamGuard};
-use super::{AppState, Query, authorize, tenant_scope};
+use super::{AppState, Caller, Query, authorize};
 use crate::store::ChangeEvent;
 
 #[derive(Deserialize)]
@@ -36,12 +35,11 @@ pub struct EventsQuery {
 /// Events after `since`, in sequence order.
 pub async fn list(
     State(st): State<Arc<AppState>>,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
+    p: Caller,
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<Json<Vec<ChangeEvent>>> {
     authorize(&p, Action::ReadAgents)?;
-    let t = tenant_scope(&st, &p, &headers).await?;
+    let t = p.scope(&st).await?;
     let events = st.registry.store().feed_since(&t.name, q.since, q.limit.unwrap_or(100).min(1000)).await?;
     Ok(Json(events))
 }
@@ -53,7 +51,7 @@ const WAIT: Duration = Duration::from_secs(15);
 /// A server-sent-events stream of the tenant's feed, from `since` on.
 pub async fn stream(
     State(st): State<Arc<AppState>>,
-    Extension(p): Extension<Principal>,
+    p: Caller,
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>> {

@@ -3,6 +3,7 @@
 
 mod agents;
 pub mod auth;
+pub mod caller;
 mod deadletters;
 pub mod error;
 mod events;
@@ -27,6 +28,8 @@ use serde::de::DeserializeOwned;
 use tower::{Layer, Service};
 
 pub use self::auth::{Action, Principal, Role};
+pub use self::caller::Caller;
+pub(crate) use self::caller::bearer;
 pub use self::error::{ApiError, ApiResult};
 pub use self::openapi::openapi;
 pub use self::routes::metrics_token;
@@ -117,150 +120,74 @@ pub fn authorize(p: &Principal, action: Action) -> ApiResult<()> {
     }
 }
 
-/// The tenant a tenant-scoped request acts in, and that tenant's record.
-pub async fn tenant_scope(st: &AppState, p: &Principal, headers: &HeaderMap) -> ApiResult<Arc<CachedTenant>> {
-    tenant_scope_known(st, p, headers.get(TENANT_HEADER), None).await
+/// When a request must be answered by, set by [`crate::server`] on every request
+/// (`http.request_timeout_ms` after it began): an invocation ends by then (504
+/// `deadline_exceeded`), a body or a credential lookup not done by then is a 408.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestDeadline {
+    /// The instant.
+    pub at: std::time::Instant,
+    /// The request timeout it was set from, for the 408's message.
+    pub timeout: std::time::Duration,
 }
 
-/// [`tenant_scope`] with the tenant header (`header`) already taken out, reusing `known` (the
-/// record of the principal's own tenant, if the caller has just read it while checking the
-/// credentials) when the scope is that tenant.
-pub(super) async fn tenant_scope_known(
-    st: &AppState,
-    p: &Principal,
-    header: Option<&axum::http::HeaderValue>,
-    known: Option<Arc<CachedTenant>>,
-) -> ApiResult<Arc<CachedTenant>> {
-    // A header that is not text names no tenant anyone has.
-    let named = header.map(|v| v.to_str().unwrap_or("\u{fffd}"));
-    let name = match (p.role, named, &p.tenant) {
-        (Role::PlatformAdmin, Some(h), _) => h,
-        (_, Some(h), Some(t)) if h != &**t => return Err(foreign_tenant(h)),
-        (_, _, Some(t)) => t,
-        _ => return Err(ApiError::BadRequest(format!("name the tenant with the {TENANT_HEADER} header"))),
-    };
-    if let Some(t) = known.filter(|t| t.name == name) {
-        return Ok(t);
+impl RequestDeadline {
+    /// `http.request_timeout_ms` (`timeout`) from now.
+    pub fn after(timeout: std::time::Duration) -> Self {
+        Self { at: std::time::Instant::now() + timeout, timeout }
     }
-    match st.tenant(name).await? {
-        Some(t) => Ok(t),
-        None => Err(ApiError::NotFound(format!("tenant {name:?} not found"))),
-    }
-}
 
-/// A non-platform-admin named another tenant than its own in the tenant header.
-fn foreign_tenant(named: &str) -> ApiError {
-    ApiError::ForeignTenant(format!(
-        "only a platform-admin may act in another tenant with {TENANT_HEADER} (it names {named:?})"
-    ))
-}
-
-/// The credentials of `Authorization: Bearer <credentials>`.
-pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
-}
-
-/// The principal of the request's credentials, and the record of its tenant (`None` for a
-/// platform-admin without one). Credentials of a deleted tenant are refused.
-async fn principal_and_tenant(st: &AppState, headers: &HeaderMap) -> ApiResult<(Principal, Option<Arc<CachedTenant>>)> {
-    let unauthorized = |why: String| {
-        tracing::info!(reason = %why, "refused credentials");
-        ApiError::Unauthorized("missing or invalid credentials".into())
-    };
-    let raw = bearer(headers).ok_or_else(|| unauthorized("no bearer credentials".into()))?;
-    if let Some((id, secret)) = auth::parse_api_key(raw) {
-        let Some(k) = st.api_key(id).await? else {
-            return Err(unauthorized(format!("unknown key {id}")));
-        };
-        if k.revoked || !auth::constant_time_eq(k.hash.as_bytes(), auth::hash_secret(secret).as_bytes()) {
-            return Err(unauthorized(format!("revoked or wrong key {id}")));
+    /// `fut`'s output, or a 408 if the deadline comes first.
+    pub async fn bound<T>(self, fut: impl Future<Output = ApiResult<T>>) -> ApiResult<T> {
+        match crate::runtime::deadline::within(self.at.into(), fut).await {
+            Some(out) => out,
+            None => Err(ApiError::RequestTimeout(self.timeout)),
         }
-        let Some(tenant) = st.tenant(&k.tenant).await? else {
-            return Err(unauthorized(format!("key {id} of a deleted tenant")));
-        };
-        // A key made for an earlier tenant of this name (keys from before tenant ids: made
-        // before this tenant was) never acts for this one.
-        let same = if k.tenant_id.is_empty() { k.created_ms >= tenant.created_ms } else { k.tenant_id == tenant.id };
-        if !same {
-            tracing::info!(key = id, tenant = %k.tenant, "refused an API key of an earlier tenant of this name");
-            return Err(ApiError::CredentialsPredateTenant(format!(
-                "this API key belongs to an earlier tenant named {:?}, deleted since",
-                k.tenant
-            )));
-        }
-        let role = Role::parse(&k.role).ok_or_else(|| unauthorized("bad role on key".into()))?;
-        let p = Principal {
-            subject: format!("key:{id}").into(),
-            tenant: Some(k.tenant.as_str().into()),
-            role,
-            issued_at: None,
-        };
-        return Ok((p, Some(tenant)));
     }
-    let p = st.verifier.principal(raw).map_err(|e| unauthorized(e.to_string()))?;
-    let tenant = match &p.tenant {
-        Some(t) => match st.tenant(t).await? {
-            Some(record) if record.accepts_token_issued_at(p.issued_at) => Some(record),
-            Some(_) => {
-                tracing::info!(tenant = %t, iat = ?p.issued_at, "refused a token of an earlier tenant of this name");
-                return Err(ApiError::CredentialsPredateTenant(format!(
-                    "tenant {t:?} was deleted and created again: its tokens must be issued (iat) after that"
-                )));
-            }
-            None => return Err(unauthorized(format!("token of unknown or deleted tenant {t:?}"))),
-        },
-        None => None,
-    };
-    Ok((p, tenant))
+}
+
+/// Does the request go to the invocation route (`POST /v1/agents/{name}/invoke`, its name
+/// percent-encoded or not)? Such a request bounds itself by its [`RequestDeadline`] (the
+/// credentials and the body by a 408, the invocation by its own 504 `deadline_exceeded`):
+/// the server puts no second timer around it that could cut the invocation's outcome.
+pub fn bounds_itself(method: &Method, path: &str) -> bool {
+    *method == Method::POST && path.starts_with("/v1/agents/") && path.ends_with("/invoke")
 }
 
 /// The agent name of an invocation the server can run without the router: `POST
 /// /v1/agents/{name}/invoke` with a well-formed name (anything else, including a
 /// percent-encoded name, takes the router and gets the same answer there).
 pub fn invoke_target<'a>(method: &Method, path: &'a str) -> Option<&'a str> {
-    if *method != Method::POST {
+    if !bounds_itself(method, path) {
         return None;
     }
     let name = path.strip_prefix("/v1/agents/")?.strip_suffix("/invoke")?;
     check_name("agent", name).is_ok().then_some(name)
 }
 
-/// An invocation of `agent` straight from the server, for requests [`invoke_target`] accepts
-/// (it gave `agent`): the
-/// same credentials, RBAC, quotas and outcome as through the router (both end in
-/// [`agents::invoke_core`]), without routing, extractors and the per-route futures. The body
-/// is read only up to `limit` bytes (413 past it) and within `timeout` (408 past it); the
-/// invocation ends by then too (its outcome is then a 504 `deadline_exceeded`).
+/// The invocation route without the router, for requests [`invoke_target`] accepts (it gave
+/// `agent`): the very same [`Caller::authenticate`] (for [`Action::Invoke`]) and the very
+/// same [`agents::invoke_request`] as the route's handler, only without routing, the route
+/// guard and the extractors. The body is read only up to `limit` bytes (413 past it); the
+/// credentials and the body by the `deadline` (408 past it), the invocation by it too (504
+/// `deadline_exceeded`).
 pub async fn invoke_direct<B>(
     st: Arc<AppState>,
     req: axum::http::Request<B>,
     agent: String,
     limit: usize,
-    timeout: std::time::Duration,
+    deadline: RequestDeadline,
 ) -> Response
 where
     B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
-    let deadline = std::time::Instant::now() + timeout;
-    let (parts, body) = req.into_parts();
     // Answered from caches on the first poll almost always; a slow store (an API key, a
     // tenant not cached yet) is bounded by the request timeout, as on the routed lane.
-    let (p, own) =
-        match crate::runtime::deadline::within(deadline.into(), principal_and_tenant(&st, &parts.headers)).await {
-            Some(Ok(found)) => found,
-            Some(Err(e)) => return e.into_response(),
-            None => return ApiError::RequestTimeout(timeout).into_response(),
-        };
-    let body = async {
-        match crate::runtime::deadline::within(deadline.into(), read_body(body, &parts.headers, limit)).await {
-            Some(read) => read,
-            None => Err(ApiError::RequestTimeout(timeout)),
-        }
-    };
-    agents::invoke_core(&st, &p, own, parts.headers.get(TENANT_HEADER), &agent, body, Some(deadline))
-        .await
-        .into_response()
+    match deadline.bound(Caller::authenticate(&st, req.headers(), Some(Action::Invoke))).await {
+        Ok(caller) => agents::invoke_request(&st, &caller, &agent, req, limit, deadline).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 /// A whole request body of at most `limit` bytes: refused at once when its declared
@@ -288,8 +215,9 @@ pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
 }
 
-/// Authentication and audit around each `/v1` route, as one layer: the principal from the
-/// credentials (401 without), put in the request's extensions for the handlers; and an audit
+/// Authentication and audit around each `/v1` route, as one layer: the [`Caller`] (401
+/// without credentials, 403 for a role or tenant header the route refuses), handed to the
+/// handler as its extractor; and an audit
 /// event for every mutating call (invocations excepted: they are counted in metrics, not
 /// audited).
 #[derive(Clone)]
@@ -377,21 +305,11 @@ fn body_limit_of(st: &AppState, route: &str) -> usize {
 
 /// What is refused before a route's handler runs, in this order: a role that may not call
 /// the route (403), a tenant header naming another tenant than a non-platform-admin's own
-/// (403 `foreign_tenant`), a body declared larger than the route takes (413, before a byte
-/// of it is read).
-fn refusal(st: &AppState, p: &Principal, req: &Request, route: &str) -> Option<ApiError> {
-    if let Some(action) = route_action(req.method(), route)
-        && let Err(e) = authorize(p, action)
-    {
+/// (403 `foreign_tenant`), both by [`Caller::permit`]; a body declared larger than the route
+/// takes (413, before a byte of it is read).
+fn refusal(st: &AppState, c: &Caller, req: &Request, route: &str) -> Option<ApiError> {
+    if let Err(e) = c.permit(route_action(req.method(), route)) {
         return Some(e);
-    }
-    if p.role != Role::PlatformAdmin
-        && let Some(h) = req.headers().get(TENANT_HEADER)
-    {
-        let named = h.to_str().unwrap_or("\u{fffd}");
-        if p.tenant.as_deref() != Some(named) {
-            return Some(foreign_tenant(named));
-        }
     }
     let limit = body_limit_of(st, route);
     let declared = declared_length(req.headers());
@@ -402,11 +320,11 @@ fn refusal(st: &AppState, p: &Principal, req: &Request, route: &str) -> Option<A
 }
 
 /// The response to a request refused before its handler ran. Its body, unread, is read and
-/// dropped first (up to the route's `limit`, within the request timeout): a client still
+/// dropped first (up to the route's `limit`, by the request's `deadline`): a client still
 /// sending it then reads the refusal, where closing the connection under it would give it a
 /// broken pipe instead. A body declared over the limit is not waited for: the refusal (413, or
 /// the 403 found before it) goes out at once and the connection closes.
-async fn refuse(e: ApiError, req: Request, limit: usize) -> Response {
+async fn refuse(e: ApiError, req: Request, limit: usize, deadline: Option<RequestDeadline>) -> Response {
     use http_body_util::BodyExt;
     let declared = declared_length(req.headers());
     // A body declared over the limit would not be read whole anyway: whatever the refusal
@@ -416,13 +334,22 @@ async fn refuse(e: ApiError, req: Request, limit: usize) -> Response {
         resp.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
         return resp;
     }
-    let mut body = req.into_body();
-    let mut read = 0usize;
-    while let Some(Ok(frame)) = body.frame().await {
-        read += frame.data_ref().map_or(0, |d| d.len());
-        if read > limit {
-            break;
+    let drain = async {
+        let mut body = req.into_body();
+        let mut read = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len());
+            if read > limit {
+                break;
+            }
         }
+        Ok(())
+    };
+    if let Some(d) = deadline {
+        // A body that does not come by then is not waited for: the refusal goes out anyway.
+        let _ = d.bound(drain).await;
+    } else {
+        let _: ApiResult<()> = drain.await;
     }
     e.into_response()
 }
@@ -431,26 +358,32 @@ async fn guard<S>(st: Arc<AppState>, mut req: Request, mut inner: S) -> Result<R
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
-    let (p, own) = match principal_and_tenant(&st, req.headers()).await {
-        Ok(found) => found,
+    let deadline = req.extensions().get::<RequestDeadline>().copied();
+    let identified = Caller::identify(&st, req.headers());
+    let identified = match deadline {
+        Some(d) => d.bound(identified).await,
+        None => identified.await,
+    };
+    let c = match identified {
+        Ok(c) => c,
         Err(e) => return Ok(e.into_response()),
     };
     let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let route = req.extensions().get::<MatchedPath>().map_or_else(|| req.uri().path(), MatchedPath::as_str);
-    let refused = refusal(&st, &p, &req, route);
+    let refused = refusal(&st, &c, &req, route);
     let limit = body_limit_of(&st, route);
     if !mutating || route.ends_with("/invoke") {
         if let Some(e) = refused {
-            return Ok(refuse(e, req, limit).await);
+            return Ok(refuse(e, req, limit, deadline).await);
         }
-        req.extensions_mut().insert(p);
+        req.extensions_mut().insert(c);
         return inner.call(req).await;
     }
     let route = route.to_owned();
     let path = req.uri().path().to_owned();
-    let named = req.headers().get(TENANT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let action = format!("{} {route}", req.method());
-    let tenant = match &p {
+    let p = &c.principal;
+    let tenant = match p {
         // The tenant as its handler reads it (percent-decoded): `/v1/tenants/%61cme` is
         // `acme`, and its events go to acme's log.
         p if p.role == Role::PlatformAdmin && route.starts_with("/v1/tenants") => {
@@ -460,25 +393,28 @@ where
                 Err(_) => String::new(),
             }
         }
-        p if p.role == Role::PlatformAdmin => named.unwrap_or_default(),
+        p if p.role == Role::PlatformAdmin => c.named().map(str::to_owned).unwrap_or_default(),
         p => p.tenant.as_deref().unwrap_or_default().to_owned(),
     };
     // The id of the tenant acted on, found before the call (a delete removes it): the event
     // goes to that tenant's own log, never to a later tenant of the same name.
-    let tenant_id = match own.filter(|t| t.name == tenant) {
+    let tenant_id = match c.own().filter(|t| t.name == tenant) {
         Some(t) => t.id.clone(),
         None if tenant.is_empty() => String::new(),
         None => st.tenant(&tenant).await.ok().flatten().map(|t| t.id.clone()).unwrap_or_default(),
     };
-    req.extensions_mut().insert(p.clone());
+    let actor = p.subject.to_string();
     let resp = match refused {
-        Some(e) => refuse(e, req, limit).await,
-        None => inner.call(req).await?,
+        Some(e) => refuse(e, req, limit, deadline).await,
+        None => {
+            req.extensions_mut().insert(c);
+            inner.call(req).await?
+        }
     };
     let event = AuditEvent {
         seq: 0,
         time_ms: now_ms(),
-        actor: p.subject.to_string(),
+        actor,
         tenant,
         tenant_id,
         action,

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::{Extension, Json};
+use axum::Json;
+use axum::http::StatusCode;
 
-use super::auth::{Action, Principal};
+use super::auth::Action;
 use super::error::{ApiError, ApiResult};
-use super::{AppState, JsonBody, Path, authorize, check_name, tenant_scope};
+use super::{AppState, Caller, JsonBody, Path, authorize, check_name};
 use crate::agents::ProfileSpec;
 use crate::registry::{ProfileRecord, scoped};
 use crate::store::RecordKind;
@@ -18,22 +18,20 @@ type St = State<Arc<AppState>>;
 
 pub async fn list(
     State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
+    p: Caller,
 ) -> ApiResult<Json<Vec<ProfileRecord>>> {
     authorize(&p, Action::ReadProfiles)?;
-    let t = tenant_scope(&st, &p, &headers).await?;
+    let t = p.scope(&st).await?;
     Ok(Json(st.registry.list(RecordKind::Profile, &scoped(&t.name, "")).await?))
 }
 
 pub async fn get(
     State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
+    p: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<ProfileRecord>> {
     authorize(&p, Action::ReadProfiles)?;
-    let t = tenant_scope(&st, &p, &headers).await?;
+    let t = p.scope(&st).await?;
     match st.registry.get::<ProfileRecord>(RecordKind::Profile, &scoped(&t.name, &name)).await? {
         Some((rec, _)) => Ok(Json(rec)),
         None => Err(ApiError::NotFound(format!("profile {name:?} not found"))),
@@ -42,13 +40,12 @@ pub async fn get(
 
 pub async fn put(
     State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
+    p: Caller,
     Path(name): Path<String>,
     JsonBody(spec): JsonBody<ProfileSpec>,
 ) -> ApiResult<(StatusCode, Json<ProfileRecord>)> {
     authorize(&p, Action::ManageProfiles)?;
-    let t = tenant_scope(&st, &p, &headers).await?;
+    let t = p.scope(&st).await?;
     check_name("profile", &name)?;
     // Serialised with deploys: a deploy reads the profile it names under the same lock.
     let _lock = st.tenant_write_lock(&t.name).await;
@@ -58,12 +55,11 @@ pub async fn put(
 
 pub async fn delete(
     State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
+    p: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     authorize(&p, Action::ManageProfiles)?;
-    let t = tenant_scope(&st, &p, &headers).await?;
+    let t = p.scope(&st).await?;
     let _lock = st.tenant_write_lock(&t.name).await;
     st.agents.delete_profile(&t.name, &name).await?;
     Ok(StatusCode::NO_CONTENT)

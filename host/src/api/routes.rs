@@ -2,15 +2,15 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{self, Action, Principal, Role};
 use super::error::{ApiError, ApiResult, problem};
-use super::{AppState, JsonBody, Path, Query, authorize, check_name, tenant_scope};
+use super::{AppState, Caller, JsonBody, Path, Query, authorize, check_name};
 use crate::registry::{
     AgentRecord, ApiKeyRecord, AuditEvent, DeletedTenant, ModuleRecord, ProfileRecord, QuotasPatch, Tenant, now_ms,
     scoped,
@@ -91,7 +91,7 @@ const MAX_CREATE_WAIT_MS: u64 = 2_000;
 
 pub async fn create_tenant(
     State(st): St,
-    Extension(p): Extension<Principal>,
+    p: Caller,
     JsonBody(body): JsonBody<CreateTenant>,
 ) -> ApiResult<(StatusCode, Json<Tenant>)> {
     authorize(&p, Action::ManageTenants)?;
@@ -133,7 +133,7 @@ fn claim_name(st: &Arc<AppState>, name: &str) -> ApiResult<crate::api::state::Cl
     })
 }
 
-pub async fn list_tenants(State(st): St, Extension(p): Extension<Principal>) -> ApiResult<Json<Vec<Tenant>>> {
+pub async fn list_tenants(State(st): St, p: Caller) -> ApiResult<Json<Vec<Tenant>>> {
     authorize(&p, Action::ManageTenants)?;
     Ok(Json(st.registry.list(RecordKind::Tenant, "").await?))
 }
@@ -150,11 +150,7 @@ async fn visible_tenant(st: &AppState, p: &Principal, name: &str) -> ApiResult<(
         .ok_or_else(|| ApiError::NotFound(format!("tenant {name:?} not found")))
 }
 
-pub async fn get_tenant(
-    State(st): St,
-    Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
-) -> ApiResult<Json<Tenant>> {
+pub async fn get_tenant(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<Json<Tenant>> {
     Ok(Json(visible_tenant(&st, &p, &name).await?.0))
 }
 
@@ -168,7 +164,7 @@ pub struct UpdateTenant {
 
 pub async fn update_tenant(
     State(st): St,
-    Extension(p): Extension<Principal>,
+    p: Caller,
     Path(name): Path<String>,
     JsonBody(body): JsonBody<UpdateTenant>,
 ) -> ApiResult<Json<Tenant>> {
@@ -180,11 +176,7 @@ pub async fn update_tenant(
     Ok(Json(t))
 }
 
-pub async fn delete_tenant(
-    State(st): St,
-    Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
+pub async fn delete_tenant(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
     authorize(&p, Action::ManageTenants)?;
     // Held until the clean-up below is done: a creation of this name waits for it (409).
     let _name = claim_name(&st, &name)?;
@@ -256,12 +248,11 @@ impl From<ApiKeyRecord> for KeyView {
 
 pub async fn create_key(
     State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
+    p: Caller,
     JsonBody(body): JsonBody<CreateKey>,
 ) -> ApiResult<(StatusCode, Json<NewKey>)> {
     authorize(&p, Action::ManageKeys)?;
-    let t = tenant_scope(&st, &p, &headers).await?;
+    let t = p.scope(&st).await?;
     let role = Role::parse(&body.role).ok_or_else(|| ApiError::BadRequest(format!("unknown role {:?}", body.role)))?;
     if role > p.role || role == Role::PlatformAdmin {
         return Err(ApiError::Forbidden("a key cannot have more rights than its creator, nor platform-admin".into()));
@@ -281,25 +272,16 @@ pub async fn create_key(
     Ok((StatusCode::CREATED, Json(NewKey { id, key, role: rec.role, tenant: t.name.clone() })))
 }
 
-pub async fn list_keys(
-    State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
-) -> ApiResult<Json<Vec<KeyView>>> {
+pub async fn list_keys(State(st): St, p: Caller) -> ApiResult<Json<Vec<KeyView>>> {
     authorize(&p, Action::ManageKeys)?;
-    let t = tenant_scope(&st, &p, &headers).await?;
+    let t = p.scope(&st).await?;
     let keys = st.registry.list::<ApiKeyRecord>(RecordKind::ApiKey, "").await?;
     Ok(Json(keys.into_iter().filter(|k| k.tenant == t.name).map(KeyView::from).collect()))
 }
 
-pub async fn revoke_key(
-    State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult<StatusCode> {
+pub async fn revoke_key(State(st): St, p: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     authorize(&p, Action::ManageKeys)?;
-    let t = tenant_scope(&st, &p, &headers).await?;
+    let t = p.scope(&st).await?;
     let not_found = || ApiError::NotFound(format!("key {id:?} not found"));
     let (mut k, rev) = st.registry.get::<ApiKeyRecord>(RecordKind::ApiKey, &id).await?.ok_or_else(not_found)?;
     if k.tenant != t.name {
@@ -326,12 +308,7 @@ pub struct AuditQuery {
     actor: Option<String>,
 }
 
-pub async fn list_audit(
-    State(st): St,
-    Extension(p): Extension<Principal>,
-    headers: HeaderMap,
-    Query(q): Query<AuditQuery>,
-) -> ApiResult<Json<Vec<AuditEvent>>> {
+pub async fn list_audit(State(st): St, p: Caller, Query(q): Query<AuditQuery>) -> ApiResult<Json<Vec<AuditEvent>>> {
     authorize(&p, Action::ReadAudit)?;
     let limit = q.limit.unwrap_or(100).min(1000);
     let filter = |e: &AuditEvent| {
@@ -342,13 +319,12 @@ pub async fn list_audit(
         // Tenant-admins read their tenant's own log, whatever they ask for: only its events,
         // numbered from 1 for this tenant (no gaps from other tenants' activity, nothing of
         // an earlier tenant of the same name).
-        let own = tenant_scope(&st, &p, &headers).await?;
+        let own = p.scope(&st).await?;
         return Ok(Json(st.registry.audit_list(Some(&own.id), q.since, limit, filter).await?));
     }
     // Platform-admins read the platform's log (every tenant, deleted ones included, and
     // platform-wide actions), filtered by tenant name with `?tenant=` or the tenant header.
-    let named = headers.get(super::TENANT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let tenant = q.tenant.or(named);
+    let tenant = q.tenant.or_else(|| p.named().map(str::to_owned));
     let events = st
         .registry
         .audit_list(None, q.since, limit, |e| tenant.as_ref().is_none_or(|t| &e.tenant == t) && filter(e))

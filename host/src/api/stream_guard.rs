@@ -21,9 +21,9 @@ use axum::http::HeaderMap;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::oneshot;
 
-use super::auth::{Action, Principal};
+use super::auth::Action;
 use super::error::{ApiError, ApiResult};
-use super::{AppState, CachedTenant, TENANT_HEADER, authorize, tenant_scope};
+use super::{AppState, CachedTenant, Caller, TENANT_HEADER};
 use crate::registry::now_ms;
 
 /// How often an open stream checks its credentials again, besides the wake-ups for changes
@@ -93,11 +93,11 @@ pub struct StreamGuard {
 }
 
 impl StreamGuard {
-    /// Authorize `p` (from the request's `headers`) for `action` within its tenant scope,
-    /// and keep what is needed to check it again.
-    pub async fn open(st: &Arc<AppState>, p: &Principal, headers: &HeaderMap, action: Action) -> ApiResult<Self> {
-        authorize(p, action)?;
-        let tenant = tenant_scope(st, p, headers).await?;
+    /// Authorize `p` for `action` within its tenant scope, and keep what is needed to check
+    /// it again (its credentials and tenant header, from the request's `headers`).
+    pub async fn open(st: &Arc<AppState>, p: &Caller, headers: &HeaderMap, action: Action) -> ApiResult<Self> {
+        p.permit(Some(action))?;
+        let tenant = p.scope(st).await?;
         let mut kept = HeaderMap::new();
         for name in [axum::http::header::AUTHORIZATION, axum::http::HeaderName::from_static(TENANT_HEADER)] {
             if let Some(v) = headers.get(&name) {
@@ -128,13 +128,14 @@ impl StreamGuard {
             Ok(_) => return Err(Lapse::TenantGone),
             Err(_) => return Err(Lapse::Unverified),
         }
-        let (p, own) = match super::principal_and_tenant(&self.st, &self.headers).await {
-            Ok(found) => found,
+        // The same authentication as the request's: its credentials, the action, the header.
+        let c = match Caller::authenticate(&self.st, &self.headers, Some(self.action)).await {
+            Ok(c) => c,
             Err(ApiError::Unauthorized(_)) => return Err(Lapse::Revoked),
+            Err(ApiError::Forbidden(_) | ApiError::ForeignTenant(_)) => return Err(Lapse::Forbidden),
             Err(_) => return Err(Lapse::Unverified),
         };
-        authorize(&p, self.action).map_err(|_| Lapse::Forbidden)?;
-        match super::tenant_scope_known(&self.st, &p, self.headers.get(TENANT_HEADER), own).await {
+        match c.scope(&self.st).await {
             Ok(t) if t.name == self.tenant.name && t.id == self.tenant.id => Ok(()),
             Ok(_) | Err(ApiError::NotFound(_)) => Err(Lapse::TenantGone),
             Err(ApiError::Forbidden(_) | ApiError::ForeignTenant(_)) => Err(Lapse::Forbidden),
