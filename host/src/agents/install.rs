@@ -22,7 +22,7 @@ impl Agents {
             let shared = match old {
                 Some(old) => old.shared.clone(),
                 None => Arc::new(Shared::new(
-                    record.max_concurrency,
+                    &record,
                     self.config.http.log_ring_lines,
                     self.config.http.log_ring_bytes,
                 )),

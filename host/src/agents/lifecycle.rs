@@ -33,6 +33,12 @@ pub struct DeploySpec {
     /// Invocations at once.
     #[serde(default = "default_concurrency")]
     pub max_concurrency: u32,
+    /// Invocations that may wait for a slot.
+    #[serde(default = "crate::registry::default_queue")]
+    pub queue: u32,
+    /// How long one may wait, in milliseconds.
+    #[serde(default = "crate::registry::default_queue_timeout_ms")]
+    pub queue_timeout_ms: u64,
     /// Change feeds it takes.
     #[serde(default)]
     pub watches: Vec<Watch>,
@@ -43,6 +49,21 @@ pub struct DeploySpec {
 
 fn default_concurrency() -> u32 {
     16
+}
+
+/// Longest queue of an agent.
+pub const MAX_QUEUE: u32 = 10_000;
+/// Longest wait in an agent's queue, in milliseconds.
+pub const MAX_QUEUE_TIMEOUT_MS: u64 = 60_000;
+
+fn check_queue(spec: &DeploySpec) -> AgentsResult<()> {
+    if spec.queue > MAX_QUEUE {
+        return Err(AgentsError::Invalid(format!("queue must be 0..={MAX_QUEUE}")));
+    }
+    if spec.queue_timeout_ms > MAX_QUEUE_TIMEOUT_MS {
+        return Err(AgentsError::Invalid(format!("queue_timeout_ms must be 0..={MAX_QUEUE_TIMEOUT_MS}")));
+    }
+    Ok(())
 }
 
 /// Most watches one agent may have.
@@ -125,6 +146,7 @@ impl Agents {
     pub async fn deploy(self: &Arc<Self>, t: &CachedTenant, spec: DeploySpec) -> AgentsResult<Arc<Deployed>> {
         check_limits(&spec.limits, t)?;
         check_subscriptions(&spec.subscriptions)?;
+        check_queue(&spec)?;
         if spec.max_concurrency == 0 || spec.max_concurrency > self.config.engine.max_instances {
             return Err(AgentsError::Invalid(format!(
                 "max_concurrency must be 1..={}",
@@ -159,6 +181,8 @@ impl Agents {
             config: spec.config,
             limits: spec.limits,
             max_concurrency: spec.max_concurrency,
+            queue: spec.queue,
+            queue_timeout_ms: spec.queue_timeout_ms,
             status: AgentStatus::Running,
             created_ms: now,
             updated_ms: now,

@@ -10,11 +10,15 @@
 pub mod deliveries;
 pub mod deployed;
 pub mod error;
+mod grant;
 pub mod install;
 pub mod invoke;
 pub mod lifecycle;
 pub mod messenger;
 pub mod modules;
+pub mod pool;
+pub mod quota;
+pub mod scheduler;
 pub mod tenants;
 
 use std::collections::HashMap;

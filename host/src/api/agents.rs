@@ -49,7 +49,8 @@ impl From<AgentsError> for ApiError {
             AgentsError::NotFound(m) => ApiError::NotFound(m),
             AgentsError::Conflict { code, message } => ApiError::Conflict { code, message },
             AgentsError::OverQuota { code, message, retry_after } => ApiError::TooMany { code, message, retry_after },
-            AgentsError::PoolFull(m) => ApiError::PoolFull(m),
+            AgentsError::PoolFull(m) => ApiError::Busy { code: "pool_full", message: m },
+            AgentsError::QueueTimeout(m) => ApiError::Busy { code: "queue_timeout", message: m },
             AgentsError::Init { code, message } => ApiError::Init { code, message },
             AgentsError::Module(e) => ApiError::Module(e),
             AgentsError::Store(e) => e.into(),
@@ -187,7 +188,7 @@ fn view(st: &AppState, d: &Deployed) -> AgentView {
         record: d.record.clone(),
         invocations: s.invocations.load(Ordering::Relaxed),
         failures: s.failures.load(Ordering::Relaxed),
-        running_now: (d.record.max_concurrency.max(1) as usize).saturating_sub(s.pool.available_permits()),
+        running_now: s.pool.running() as usize,
         messages: MessageCounters {
             delivered: s.messages_delivered.load(Ordering::Relaxed),
             retried: s.messages_retried.load(Ordering::Relaxed),

@@ -7,7 +7,6 @@ mod deadletters;
 pub mod error;
 mod events;
 mod openapi;
-pub mod quota;
 mod routes;
 pub mod state;
 pub mod stream_guard;
