@@ -20,6 +20,7 @@ mod load;
 mod messaging;
 mod metrics;
 mod pipeline;
+mod pools;
 mod schemathesis;
 mod server;
 mod store_contract;

@@ -169,6 +169,8 @@ pub struct AgentView {
     invocations: u64,
     failures: u64,
     running_now: usize,
+    /// Invocations waiting in its queue now.
+    queued_now: usize,
     messages: MessageCounters,
 }
 
@@ -189,6 +191,7 @@ fn view(st: &AppState, d: &Deployed) -> AgentView {
         invocations: s.invocations.load(Ordering::Relaxed),
         failures: s.failures.load(Ordering::Relaxed),
         running_now: s.pool.running() as usize,
+        queued_now: s.pool.waiting() as usize,
         messages: MessageCounters {
             delivered: s.messages_delivered.load(Ordering::Relaxed),
             retried: s.messages_retried.load(Ordering::Relaxed),
