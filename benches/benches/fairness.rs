@@ -25,7 +25,8 @@ mod served;
 fn percentiles(run: &load::Run) -> (Duration, Duration) {
     let mut l = run.latencies.clone();
     l.sort();
-    let pct = |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct =
+        |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or_default();
     (pct(0.50), pct(0.99))
 }
 
@@ -55,7 +56,9 @@ fn main() {
     let duration = Duration::from_secs(seconds);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async move {
-        println!("== fairness: quiet tenant's hello (1 client) alone and under {flooders} flooding clients, {seconds} s each");
+        println!(
+            "== fairness: quiet tenant's hello (1 client) alone and under {flooders} flooding clients, {seconds} s each"
+        );
         for (label, guests) in [("fair queues, guests = cores", 0), ("no guest cap", 1_000_000)] {
             let dir = tempfile::tempdir().unwrap();
             let mut cfg = ServerConfig { data_dir: dir.path().to_owned(), ..ServerConfig::default() };

@@ -86,7 +86,8 @@ async fn a_busy_agent_queues_up_to_its_queue_then_refuses_with_stable_codes() {
     assert_eq!((v["running_now"].as_u64(), v["queued_now"].as_u64()), (Some(0), Some(0)), "{v}");
 
     // Bounds of the new fields.
-    for (spec, what) in [(json!({ "queue": 10_001 }), "queue"), (json!({ "queue_timeout_ms": 60_001 }), "queue_timeout_ms")]
+    for (spec, what) in
+        [(json!({ "queue": 10_001 }), "queue"), (json!({ "queue_timeout_ms": 60_001 }), "queue_timeout_ms")]
     {
         let mut body = json!({ "name": "bad", "module": hostile });
         body.as_object_mut().unwrap().extend(spec.as_object().unwrap().clone());
@@ -137,8 +138,9 @@ async fn a_tenant_flooding_the_node_does_not_starve_a_quiet_one() {
 
     // The quiet tenant's requests all succeed while the flood goes on.
     for i in 0..50 {
-        let r = answer(s.req(Method::POST, "/v1/agents/hello/invoke", &quiet).body(format!("q{i}")).send().await.unwrap())
-            .await;
+        let r =
+            answer(s.req(Method::POST, "/v1/agents/hello/invoke", &quiet).body(format!("q{i}")).send().await.unwrap())
+                .await;
         assert_eq!((r.status, r.text.as_str()), (StatusCode::OK, format!("Hello, q{i}!").as_str()));
     }
     assert_eq!(s.get_json(&flood, "/v1/agents/spin").await["failures"].as_u64(), Some(0));
@@ -154,19 +156,30 @@ async fn a_tenant_weight_is_set_at_create_and_patch_and_bounded() {
     let s = Server::start().await;
     let admin = s.admin();
     let r = answer(
-        s.req(Method::POST, "/v1/tenants", &admin).json(&json!({ "name": "w", "quotas": { "weight": 3 } })).send().await.unwrap(),
+        s.req(Method::POST, "/v1/tenants", &admin)
+            .json(&json!({ "name": "w", "quotas": { "weight": 3 } }))
+            .send()
+            .await
+            .unwrap(),
     )
     .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(s.get_json(&admin, "/v1/tenants/w").await["quotas"]["weight"].as_u64(), Some(3));
-    let r = answer(s.req(Method::PATCH, "/v1/tenants/w", &admin).json(&json!({ "quotas": { "weight": 5 } })).send().await.unwrap())
-        .await;
+    let r = answer(
+        s.req(Method::PATCH, "/v1/tenants/w", &admin).json(&json!({ "quotas": { "weight": 5 } })).send().await.unwrap(),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(s.get_json(&admin, "/v1/tenants/w").await["quotas"]["weight"].as_u64(), Some(5));
     for bad in [0, 1001] {
-        let r =
-            answer(s.req(Method::PATCH, "/v1/tenants/w", &admin).json(&json!({ "quotas": { "weight": bad } })).send().await.unwrap())
-                .await;
+        let r = answer(
+            s.req(Method::PATCH, "/v1/tenants/w", &admin)
+                .json(&json!({ "quotas": { "weight": bad } }))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!((r.status, r.code.as_str()), (StatusCode::BAD_REQUEST, "bad_request"), "{bad}: {}", r.text);
     }
     s.tenant("plain").await;

@@ -88,11 +88,8 @@ impl Agents {
         let ctx = self.deployed_context_with(d, q, callers, deadline);
         let limits = self.limits_for(&d.record, q);
         let call = self.runtime.call(&d.module, &ctx, &limits, export);
-        let report = if nested {
-            call.await
-        } else {
-            self.tenants.scheduler.run(&t.lane, deadline, limits.timeout, call).await
-        };
+        let report =
+            if nested { call.await } else { self.tenants.scheduler.run(&t.lane, deadline, limits.timeout, call).await };
         self.account(d, &report);
         report
     }

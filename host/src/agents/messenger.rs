@@ -126,13 +126,17 @@ impl Agents {
         let _slot = match d.shared.pool.enter(Some(from.deadline)).await {
             Ok(slot) => slot,
             Err(Refused::Full) => {
-                return Err(MessagingError::Unavailable(format!("agent {to:?} is busy (its queue is full); retry later")));
+                return Err(MessagingError::Unavailable(format!(
+                    "agent {to:?} is busy (its queue is full); retry later"
+                )));
             }
             Err(Refused::Timeout) if std::time::Instant::now() >= from.deadline => {
                 return Err(MessagingError::DeadlineExceeded);
             }
             Err(Refused::Timeout) => {
-                return Err(MessagingError::Unavailable(format!("agent {to:?} is busy (no free slot in time); retry later")));
+                return Err(MessagingError::Unavailable(format!(
+                    "agent {to:?} is busy (no free slot in time); retry later"
+                )));
             }
         };
         // The callee ends by its caller's deadline at the latest.

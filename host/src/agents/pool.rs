@@ -63,7 +63,8 @@ impl Pool {
         if self.waiting.load(Ordering::SeqCst) == 0 && self.take() {
             return Ok(PoolSlot(self));
         }
-        let until = deadline.map_or(Instant::now() + self.queue_timeout, |d| d.min(Instant::now() + self.queue_timeout));
+        let until =
+            deadline.map_or(Instant::now() + self.queue_timeout, |d| d.min(Instant::now() + self.queue_timeout));
         let mut cell: Option<Arc<Grant>> = None;
         let wait = std::future::poll_fn(|cx| {
             let g = match &cell {
