@@ -212,17 +212,18 @@ impl Scheduler {
     ) -> F::Output {
         let mut fut = pin!(fut);
         let mut turn = Turn { sched: self, lane, state: State::Idle, since: None };
-        let mut until = deadline.map(Instant::from_std);
+        let deadline = deadline.map(Instant::from_std);
+        // When it first got a slot: its own timeout runs from then.
+        let mut started: Option<Instant> = None;
         let mut timer: Option<(Instant, Pin<Box<tokio::time::Sleep>>)> = None;
         std::future::poll_fn(|cx| {
-            let first = turn.since.is_none();
             let held = turn.hold(cx);
-            if held && first {
-                let own = Instant::now() + timeout;
-                until = Some(until.map_or(own, |d| d.min(own)));
+            if held && started.is_none() {
+                started = turn.since;
             }
             if !held {
-                let Some(u) = until else { return Poll::Pending };
+                let own = started.map(|s| s + timeout);
+                let Some(u) = [deadline, own].into_iter().flatten().min() else { return Poll::Pending };
                 if timer.as_ref().is_none_or(|(at, _)| *at != u) {
                     timer = Some((u, Box::pin(tokio::time::sleep_until(u))));
                 }
