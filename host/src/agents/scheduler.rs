@@ -216,27 +216,51 @@ impl Scheduler {
         // When it first got a slot: its own timeout runs from then.
         let mut started: Option<Instant> = None;
         let mut timer: Option<(Instant, Pin<Box<tokio::time::Sleep>>)> = None;
-        std::future::poll_fn(|cx| {
-            let held = turn.hold(cx);
-            if held && started.is_none() {
-                started = turn.since;
-            }
-            if !held {
-                let own = started.map(|s| s + timeout);
-                let Some(u) = [deadline, own].into_iter().flatten().min() else { return Poll::Pending };
-                if timer.as_ref().is_none_or(|(at, _)| *at != u) {
-                    timer = Some((u, Box::pin(tokio::time::sleep_until(u))));
+        // From its second poll on, a guest is polled with a waker that tells a yield (a
+        // wake during its own poll) from a wait; a yield then goes through tokio's
+        // `yield_now`, which lets the worker poll the network first, so that CPU-bound
+        // guests cannot hold other requests' connections back.
+        let mut yields: Option<Arc<SelfWake>> = None;
+        let mut polls = 0u32;
+        loop {
+            let step = std::future::poll_fn(|cx| {
+                let held = turn.hold(cx);
+                if held && started.is_none() {
+                    started = turn.since;
                 }
-                if let Some((_, t)) = timer.as_mut()
-                    && t.as_mut().poll(cx).is_pending()
-                {
-                    return Poll::Pending;
+                if !held {
+                    let own = started.map(|s| s + timeout);
+                    let Some(u) = [deadline, own].into_iter().flatten().min() else { return Poll::Pending };
+                    if timer.as_ref().is_none_or(|(at, _)| *at != u) {
+                        timer = Some((u, Box::pin(tokio::time::sleep_until(u))));
+                    }
+                    if let Some((_, t)) = timer.as_mut()
+                        && t.as_mut().poll(cx).is_pending()
+                    {
+                        return Poll::Pending;
+                    }
+                    // Past its deadline: polled without a slot, the runtime ends it now.
                 }
-                // Past its deadline: polled without a slot, the runtime ends it now.
+                polls = polls.saturating_add(1);
+                if polls == 1 {
+                    return fut.as_mut().poll(cx).map(Some);
+                }
+                let w = yields.get_or_insert_with(|| Arc::new(SelfWake::default()));
+                let waker = w.enter(cx);
+                let out = fut.as_mut().poll(&mut Context::from_waker(&waker));
+                let yielded = w.leave();
+                match out {
+                    Poll::Ready(v) => Poll::Ready(Some(v)),
+                    Poll::Pending if yielded => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            match step {
+                Some(v) => return v,
+                None => tokio::task::yield_now().await,
             }
-            fut.as_mut().poll(cx)
-        })
-        .await
+        }
     }
 
     fn queues(&self) -> MutexGuard<'_, Queues> {
@@ -309,6 +333,54 @@ impl Scheduler {
         q.grant(i);
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         Some(self.enqueue(&mut q, lane, cx, true))
+    }
+}
+
+/// The waker a guest is polled with from its second poll on: a wake while it is being
+/// polled is a yield (recorded), any other goes to the task's own waker.
+#[derive(Debug, Default)]
+struct SelfWake {
+    polling: std::sync::atomic::AtomicBool,
+    woke: std::sync::atomic::AtomicBool,
+    task: Mutex<Option<std::task::Waker>>,
+}
+
+impl SelfWake {
+    /// Start a poll of the guest for the task polled with `cx`: the waker to poll it with.
+    fn enter(self: &Arc<Self>, cx: &Context<'_>) -> std::task::Waker {
+        let mut t = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        if !t.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *t = Some(cx.waker().clone());
+        }
+        drop(t);
+        self.woke.store(false, Ordering::SeqCst);
+        self.polling.store(true, Ordering::SeqCst);
+        std::task::Waker::from(self.clone())
+    }
+
+    /// End the poll: whether the guest woke itself (yielded) during it.
+    fn leave(&self) -> bool {
+        self.polling.store(false, Ordering::SeqCst);
+        self.woke.swap(false, Ordering::SeqCst)
+    }
+}
+
+impl std::task::Wake for SelfWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.polling.load(Ordering::SeqCst) {
+            self.woke.store(true, Ordering::SeqCst);
+            if self.polling.load(Ordering::SeqCst) {
+                return;
+            }
+            // The poll ended meanwhile and may not have seen the wake: pass it on too.
+        }
+        if let Some(w) = self.task.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            w.wake_by_ref();
+        }
     }
 }
 
