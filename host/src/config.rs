@@ -54,6 +54,17 @@ pub struct ServerConfig {
     pub store: StoreConfig,
     /// Messages between agents.
     pub messaging: MessagingConfig,
+    /// Guests running at once on this node and their fair share.
+    pub scheduling: SchedulingConfig,
+}
+
+/// `[scheduling]`: how many guests run at once on this node; the others wait in per-tenant
+/// queues served in weighted fair order (see [`crate::agents::scheduler`]).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulingConfig {
+    /// Guests running at once; 0: one per core.
+    pub guests: u32,
 }
 
 /// The storage backend: `[store] type = "embedded"` (default) or `"arangodb"`.
@@ -116,6 +127,7 @@ impl Default for ServerConfig {
             metrics: MetricsConfig::default(),
             store: StoreConfig::default(),
             messaging: MessagingConfig::default(),
+            scheduling: SchedulingConfig::default(),
         }
     }
 }

@@ -20,6 +20,7 @@ mod load;
 mod messaging;
 mod metrics;
 mod pipeline;
+mod pools;
 mod profiles;
 mod routes_in_process;
 mod schemathesis;

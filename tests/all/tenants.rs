@@ -25,6 +25,7 @@ fn configured() -> Quotas {
         max_fuel: 19_000_000,
         max_memory_bytes: 23 << 20,
         max_timeout_ms: 29_000,
+        weight: 37,
     }
 }
 

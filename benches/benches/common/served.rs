@@ -17,6 +17,10 @@ pub struct Served {
     pub addr: SocketAddr,
     /// A developer token of the `demo` tenant.
     pub developer: String,
+    /// A platform-admin token.
+    pub admin: String,
+    /// Issuer and audience of its tokens.
+    claims: (String, String),
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -24,6 +28,11 @@ pub struct Served {
 // Each bench uses part of it.
 #[allow(dead_code)]
 impl Served {
+    /// A token of `role` in `tenant` (none: platform-wide).
+    pub fn mint(&self, tenant: Option<&str>, role: &str) -> String {
+        mint(&self.state, &self.claims, tenant, role)
+    }
+
     /// Stop the server as `cortex serve` would, halt its background tasks and wait until
     /// nothing else holds its state, so that its data directory can be opened again.
     pub async fn stop(mut self) {
@@ -53,6 +62,20 @@ impl Drop for Served {
     }
 }
 
+/// A token of `role` in `tenant`, signed by `state`'s verifier for `(issuer, audience)`.
+fn mint(state: &AppState, claims: &(String, String), tenant: Option<&str>, role: &str) -> String {
+    let claims = Claims {
+        sub: "bench".into(),
+        iss: claims.0.clone(),
+        aud: claims.1.clone(),
+        exp: now_ms() / 1000 + 3600,
+        iat: None,
+        tenant: tenant.map(str::to_owned),
+        role: role.into(),
+    };
+    state.verifier.mint(&claims).unwrap()
+}
+
 /// Serve `cfg` (its quotas raised out of the way) on 127.0.0.1, with the `demo` tenant and
 /// `deploys` (`NAME=PATH`) deployed in it.
 pub async fn serve(mut cfg: ServerConfig, deploys: &[String]) -> Served {
@@ -66,27 +89,17 @@ pub async fn serve(mut cfg: ServerConfig, deploys: &[String]) -> Served {
         ..Quotas::default()
     };
     let state = cortex_host::server::build(cfg.clone()).await.unwrap();
-    let mint = |tenant: Option<&str>, role: &str| {
-        let claims = Claims {
-            sub: "bench".into(),
-            iss: cfg.auth.issuer.clone(),
-            aud: cfg.auth.audience.clone(),
-            exp: now_ms() / 1000 + 3600,
-            iat: None,
-            tenant: tenant.map(str::to_owned),
-            role: role.into(),
-        };
-        state.verifier.mint(&claims).unwrap()
-    };
-    let admin = mint(None, "platform-admin");
+    let claims = (cfg.auth.issuer.clone(), cfg.auth.audience.clone());
+    let token = |tenant: Option<&str>, role: &str| mint(&state, &claims, tenant, role);
+    let admin = token(None, "platform-admin");
     let app = cortex_host::server::app(state.clone());
     cortex_host::cli::client::bootstrap_demo(app, &admin, deploys).await.unwrap();
-    let developer = mint(Some("demo"), "developer");
+    let developer = token(Some("demo"), "developer");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(cortex_host::server::serve(state.clone(), listener, async {
         let _ = stopped.await;
     }));
-    Served { state, addr, developer, stop: Some(stop), task: Some(task) }
+    Served { state, addr, developer, admin, claims, stop: Some(stop), task: Some(task) }
 }

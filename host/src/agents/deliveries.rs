@@ -57,13 +57,15 @@ impl Agents {
             self.metrics.refused(tenant, "concurrency_quota");
             return Delivery::Throttled(Duration::from_millis(20));
         };
-        let Ok(_slot) = d.shared.pool.clone().acquire_owned().await else { return Delivery::Gone };
+        // Waits in the agent's queue like an HTTP invocation; a full queue or a wait that
+        // runs out is tried again later without using up an attempt.
+        let Ok(_slot) = d.shared.pool.enter(None).await else { return Delivery::Throttled(Duration::from_millis(50)) };
         // Stopped or replaced while waiting for the slot.
         match self.get(tenant, name) {
             Some(now) if now.is_running() => {}
             _ => return Delivery::Gone,
         }
-        let report = self.run(&d, quotas, self.no_callers.clone(), None, export, ticket).await;
+        let report = self.run(&d, &t, self.no_callers.clone(), None, export, ticket).await;
         match report.outcome {
             Outcome::Ok { .. } => Delivery::Delivered,
             other => Delivery::Failed { code: other.code().to_owned(), message: other.to_string() },

@@ -5,17 +5,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use tokio::sync::Semaphore;
-
 use super::health::Health;
+use super::pool::Pool;
 use crate::registry::{AgentRecord, AgentStatus, now_ms};
 use crate::runtime::{AgentContext, LogLine, LogRing, Module, Report};
 
 /// What stays with an agent across config changes and upgrades.
 #[derive(Debug)]
 pub struct Shared {
-    /// Invocations running at once.
-    pub pool: Arc<Semaphore>,
+    /// Its invocations running and waiting.
+    pub pool: Pool,
     /// Invocations so far.
     pub invocations: AtomicU64,
     /// Invocations that did not end `ok`.
@@ -32,9 +31,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub(super) fn new(max_concurrency: u32, ring_lines: usize, ring_bytes: usize) -> Self {
+    pub(super) fn new(record: &AgentRecord, ring_lines: usize, ring_bytes: usize) -> Self {
+        let queue_timeout = std::time::Duration::from_millis(record.queue_timeout_ms);
         Self {
-            pool: Arc::new(Semaphore::new(max_concurrency.max(1) as usize)),
+            pool: Pool::new(record.max_concurrency, record.queue, queue_timeout),
             invocations: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             messages_delivered: AtomicU64::new(0),

@@ -48,9 +48,12 @@ pub enum AgentsError {
         /// Seconds until a retry may be let through (rounded up).
         retry_after: u64,
     },
-    /// The agent's pool is full.
+    /// The agent's pool and its queue are full.
     #[error("{0}")]
     PoolFull(String),
+    /// The wait in the agent's queue ran out (its `queue_timeout_ms` or the deadline).
+    #[error("{0}")]
+    QueueTimeout(String),
     /// The agent's `init` refused its configuration.
     #[error("{message}")]
     Init {

@@ -22,11 +22,9 @@ impl Agents {
         let d = self.deployed.replace(&tenant, &name, |old| {
             let shared = match old {
                 Some(old) => old.shared.clone(),
-                None => Arc::new(Shared::new(
-                    record.max_concurrency,
-                    self.config.http.log_ring_lines,
-                    self.config.http.log_ring_bytes,
-                )),
+                None => {
+                    Arc::new(Shared::new(&record, self.config.http.log_ring_lines, self.config.http.log_ring_bytes))
+                }
             };
             let base = self.context(&record, &Quotas::default());
             let metrics = self.metrics.agent(&record.tenant, &record.name);

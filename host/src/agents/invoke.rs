@@ -14,6 +14,7 @@ use super::Agents;
 use super::deployed::Deployed;
 use super::error::{AgentsError, AgentsResult};
 use super::health::Ticket;
+use super::pool::Refused;
 use super::tenants::CachedTenant;
 use crate::capabilities::MessagingLink;
 use crate::registry::{AgentRecord, Quotas};
@@ -71,19 +72,26 @@ impl Agents {
         c
     }
 
-    /// Run `export` of deployed agent `d` once, by `deadline` at the latest, as called by
-    /// `callers`, through its circuit breaker's `ticket`; counted like every invocation.
+    /// Run `export` of deployed agent `d` of tenant `t` once, by `deadline` at the latest,
+    /// as called by `callers`, through its circuit breaker's `ticket`; counted like every
+    /// invocation. It waits for one of the node's guest slots in its tenant's queue; a call
+    /// from another agent runs on its caller's slot.
     pub(super) async fn run(
         &self,
         d: &Deployed,
-        q: &Quotas,
+        t: &CachedTenant,
         callers: Arc<[Arc<str>]>,
         deadline: Option<Instant>,
         export: Export<'_>,
         ticket: Ticket<'_>,
     ) -> Report {
+        let q = &t.quotas;
+        let nested = !callers.is_empty();
         let ctx = self.deployed_context_with(d, q, callers, deadline);
-        let report = self.runtime.call(&d.module, &ctx, &self.limits_for(&d.record, q), export).await;
+        let limits = self.limits_for(&d.record, q);
+        let call = self.runtime.call(&d.module, &ctx, &limits, export);
+        let report =
+            if nested { call.await } else { self.tenants.scheduler.run(&t.lane, deadline, limits.timeout, call).await };
         self.account(d, &report);
         self.settle(d, ticket, &report);
         report
@@ -91,8 +99,9 @@ impl Agents {
 
     /// An invocation from outside of `d` (of tenant `t`, whose rate quota the caller has
     /// already taken) with `input`: the agent's circuit breaker (`circuit_open` at once
-    /// while open), the tenant's concurrency quota and the agent's pool,
-    /// then `handle(input)`, ending by `deadline` (the request's) if that comes before the
+    /// while open), the tenant's concurrency quota and a slot of the agent's pool (waiting
+    /// in its queue if need be), then `handle(input)`, ending by `deadline` (the request's)
+    /// if that comes before the
     /// agent's own timeout.
     pub async fn invoke(
         &self,
@@ -120,10 +129,17 @@ impl Agents {
                 retry_after: 1,
             });
         };
-        let _slot = d.shared.pool.clone().try_acquire_owned().map_err(|_| {
-            AgentsError::PoolFull(format!("agent {name:?} already runs {} invocations", d.record.max_concurrency))
+        let _slot = d.shared.pool.enter(deadline).await.map_err(|refused| match refused {
+            Refused::Full => AgentsError::PoolFull(format!(
+                "agent {name:?} runs {} invocations and {} more wait",
+                d.record.max_concurrency, d.record.queue
+            )),
+            Refused::Timeout => AgentsError::QueueTimeout(format!(
+                "agent {name:?} had no free slot within {} ms (or the request's deadline)",
+                d.record.queue_timeout_ms
+            )),
         })?;
-        Ok(self.run(d, &t.quotas, self.no_callers.clone(), deadline, Export::Handle(input), ticket).await)
+        Ok(self.run(d, t, self.no_callers.clone(), deadline, Export::Handle(input), ticket).await)
     }
 
     /// Count an invocation of `d`: counters, logs, metrics.

@@ -37,6 +37,12 @@ pub struct DeploySpec {
     /// Invocations at once: from its profile when left out, else 16.
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// Invocations that may wait for a slot.
+    #[serde(default = "crate::registry::default_queue")]
+    pub queue: u32,
+    /// How long one may wait, in milliseconds.
+    #[serde(default = "crate::registry::default_queue_timeout_ms")]
+    pub queue_timeout_ms: u64,
     /// Change feeds it takes.
     #[serde(default)]
     pub watches: Vec<Watch>,
@@ -63,6 +69,21 @@ fn with_profile(spec: &DeploySpec, profile: Option<&ProfileRecord>) -> (AgentLim
         }
         None => (spec.limits.clone(), spec.max_concurrency.unwrap_or(DEFAULT_CONCURRENCY)),
     }
+}
+
+/// Longest queue of an agent.
+pub const MAX_QUEUE: u32 = 10_000;
+/// Longest wait in an agent's queue, in milliseconds.
+pub const MAX_QUEUE_TIMEOUT_MS: u64 = 60_000;
+
+fn check_queue(spec: &DeploySpec) -> AgentsResult<()> {
+    if spec.queue > MAX_QUEUE {
+        return Err(AgentsError::Invalid(format!("queue must be 0..={MAX_QUEUE}")));
+    }
+    if spec.queue_timeout_ms > MAX_QUEUE_TIMEOUT_MS {
+        return Err(AgentsError::Invalid(format!("queue_timeout_ms must be 0..={MAX_QUEUE_TIMEOUT_MS}")));
+    }
+    Ok(())
 }
 
 /// Most watches one agent may have.
@@ -152,6 +173,7 @@ impl Agents {
         check_limits(&limits, t)?;
         check_subscriptions(&spec.subscriptions)?;
         spec.supervision.check().map_err(AgentsError::Invalid)?;
+        check_queue(&spec)?;
         if max_concurrency == 0 || max_concurrency > self.config.engine.max_instances {
             return Err(AgentsError::Invalid(format!(
                 "max_concurrency must be 1..={}",
@@ -188,6 +210,8 @@ impl Agents {
             config: spec.config,
             limits,
             max_concurrency,
+            queue: spec.queue,
+            queue_timeout_ms: spec.queue_timeout_ms,
             status: AgentStatus::Running,
             created_ms: now,
             updated_ms: now,

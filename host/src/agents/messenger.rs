@@ -6,6 +6,7 @@ use std::sync::{Arc, PoisonError, Weak};
 
 use super::Agents;
 use super::deployed::key;
+use super::pool::Refused;
 use crate::capabilities::{AgentError, Caller, MessagingError, Messenger};
 use crate::coordination::mailbox;
 use crate::runtime::{Export, Outcome};
@@ -126,11 +127,24 @@ impl Agents {
                 quotas.concurrent_invocations
             )));
         };
-        let slot = tokio::time::timeout_at(from.deadline.into(), d.shared.pool.clone().acquire_owned()).await;
-        let Ok(Ok(_slot)) = slot else { return Err(MessagingError::DeadlineExceeded) };
+        let _slot = match d.shared.pool.enter(Some(from.deadline)).await {
+            Ok(slot) => slot,
+            Err(Refused::Full) => {
+                return Err(MessagingError::Unavailable(format!(
+                    "agent {to:?} is busy (its queue is full); retry later"
+                )));
+            }
+            Err(Refused::Timeout) if std::time::Instant::now() >= from.deadline => {
+                return Err(MessagingError::DeadlineExceeded);
+            }
+            Err(Refused::Timeout) => {
+                return Err(MessagingError::Unavailable(format!(
+                    "agent {to:?} is busy (no free slot in time); retry later"
+                )));
+            }
+        };
         // The callee ends by its caller's deadline at the latest.
-        let report =
-            self.run(&d, quotas, from.chain_for_callee(), Some(from.deadline), Export::Handle(body), ticket).await;
+        let report = self.run(&d, &t, from.chain_for_callee(), Some(from.deadline), Export::Handle(body), ticket).await;
         match report.outcome {
             Outcome::Ok { output } => Ok(output),
             Outcome::AgentError { code, message } => Err(MessagingError::Agent(AgentError { code, message })),

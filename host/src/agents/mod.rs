@@ -11,14 +11,18 @@
 pub mod deliveries;
 pub mod deployed;
 pub mod error;
+mod grant;
 pub mod health;
 pub mod install;
 pub mod invoke;
 pub mod lifecycle;
 pub mod messenger;
 pub mod modules;
-mod supervise;
+pub mod pool;
 pub mod profiles;
+pub mod quota;
+pub mod scheduler;
+mod supervise;
 pub mod tenants;
 pub mod view;
 

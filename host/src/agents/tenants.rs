@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use crate::api::quota::{Limiters, TenantLimiter};
+use super::quota::{Limiters, TenantLimiter};
+use super::scheduler::{Lane, Scheduler};
 use crate::registry::{Registry, Tenant};
 use crate::store::{RecordKind, StoreError};
 
@@ -69,6 +70,8 @@ pub struct CachedTenant {
     pub record: Tenant,
     /// Its rate bucket and concurrency count.
     pub limiter: Arc<TenantLimiter>,
+    /// Its place in the node's scheduler.
+    pub lane: Arc<Lane>,
 }
 
 impl std::ops::Deref for CachedTenant {
@@ -84,6 +87,8 @@ pub struct Tenants {
     registry: Registry,
     /// Rate limiters and concurrency caps.
     pub limiters: Limiters,
+    /// The node's guest slots and the tenants' queues for them.
+    pub scheduler: Scheduler,
     cache: TtlCache<CachedTenant>,
 }
 
@@ -94,9 +99,9 @@ impl std::fmt::Debug for Tenants {
 }
 
 impl Tenants {
-    /// Over `registry`, nothing cached.
-    pub fn new(registry: Registry) -> Self {
-        Self { registry, limiters: Limiters::default(), cache: TtlCache::default() }
+    /// Over `registry`, nothing cached; `guests` running at once (0: one per core).
+    pub fn new(registry: Registry, guests: u32) -> Self {
+        Self { registry, limiters: Limiters::default(), scheduler: Scheduler::new(guests), cache: TtlCache::default() }
     }
 
     /// A tenant record and its limiter, from a short-lived cache (see [`TENANT_TTL`]) or
@@ -109,10 +114,17 @@ impl Tenants {
         let found = self.registry.get::<Tenant>(RecordKind::Tenant, name).await?.map(|(record, _)| {
             // The limiter for the quotas just read: a new one if they changed.
             let limiter = self.limiters.of(name, &record.quotas);
-            Arc::new(CachedTenant { record, limiter })
+            let lane = self.scheduler.lane(name, record.quotas.weight);
+            Arc::new(CachedTenant { record, limiter, lane })
         });
         self.cache.remember(name, found.clone(), seen);
         Ok(found)
+    }
+
+    /// Forget what this node keeps of a deleted tenant: its limiter and its lane.
+    pub fn forget_deleted(&self, name: &str) {
+        self.limiters.forget(name);
+        self.scheduler.forget(name);
     }
 
     /// Forget a cached tenant record (after this node changed or deleted it).

@@ -23,6 +23,8 @@ pub struct AgentView {
     pub failures: u64,
     /// Invocations running now.
     pub running_now: usize,
+    /// Invocations waiting in its queue now.
+    pub queued_now: usize,
     /// What its mailbox did.
     pub messages: MessageCounters,
     /// `healthy`, `degraded`, `failing` or `stopped`.
@@ -54,7 +56,8 @@ impl Agents {
             record: d.record.clone(),
             invocations: s.invocations.load(Ordering::Relaxed),
             failures: s.failures.load(Ordering::Relaxed),
-            running_now: (d.record.max_concurrency.max(1) as usize).saturating_sub(s.pool.available_permits()),
+            running_now: s.pool.running() as usize,
+            queued_now: s.pool.waiting() as usize,
             messages: MessageCounters {
                 delivered: s.messages_delivered.load(Ordering::Relaxed),
                 retried: s.messages_retried.load(Ordering::Relaxed),

@@ -87,9 +87,15 @@ pub enum ApiError {
         /// Seconds until a retry may be let through.
         retry_after: u64,
     },
-    /// 503: the agent's pool is full.
-    #[error("{0}")]
-    PoolFull(String),
+    /// 503 with `Retry-After: 1`: the agent is busy (`pool_full`: its queue is full;
+    /// `queue_timeout`: the wait in its queue ran out).
+    #[error("{message}")]
+    Busy {
+        /// Stable code.
+        code: &'static str,
+        /// Detail.
+        message: String,
+    },
     /// 500: the server failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -144,7 +150,7 @@ impl ApiError {
             ApiError::Init { code, .. } => return (StatusCode::UNPROCESSABLE_ENTITY, format!("init_{code}")),
             ApiError::TooMany { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
             ApiError::CircuitOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "circuit_open"),
-            ApiError::PoolFull(_) => (StatusCode::SERVICE_UNAVAILABLE, "pool_full"),
+            ApiError::Busy { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         (s, c.to_owned())
@@ -179,6 +185,9 @@ impl IntoResponse for ApiError {
             && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
         {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if let ApiError::Busy { .. } = &self {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }

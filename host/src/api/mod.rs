@@ -9,7 +9,6 @@ pub mod error;
 mod events;
 mod openapi;
 mod profiles;
-pub mod quota;
 mod routes;
 pub mod state;
 pub mod stream_guard;

@@ -37,7 +37,7 @@ pub const ROUTES: &[(&str, &str, &str, Option<&str>)] = &[
     (
         "post",
         "/v1/agents",
-        "Deploy an agent (runs init); a named profile fills the limits and max_concurrency the spec leaves out",
+        "Deploy an agent (runs init); a named profile fills the limits and max_concurrency the spec leaves out; queue and queue_timeout_ms size its wait queue",
         Some("json"),
     ),
     ("get", "/v1/agents", "List agents", None),
@@ -61,7 +61,7 @@ pub const ROUTES: &[(&str, &str, &str, Option<&str>)] = &[
     (
         "post",
         "/v1/agents/{name}/invoke",
-        "Invoke handle: bytes in, bytes out (503 circuit_open while its breaker is open)",
+        "Invoke handle: bytes in, bytes out (503 circuit_open while its breaker is open; 503 pool_full or queue_timeout with Retry-After when the agent is busy)",
         Some("bytes"),
     ),
     ("get", "/v1/agents/{name}/logs", "Read the agent's log ring (since, limit)", None),

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
 use axum::Json;
+use axum::extract::State;
 use axum::http::StatusCode;
 
 use super::auth::Action;
@@ -16,20 +16,13 @@ use crate::store::RecordKind;
 
 type St = State<Arc<AppState>>;
 
-pub async fn list(
-    State(st): St,
-    p: Caller,
-) -> ApiResult<Json<Vec<ProfileRecord>>> {
+pub async fn list(State(st): St, p: Caller) -> ApiResult<Json<Vec<ProfileRecord>>> {
     authorize(&p, Action::ReadProfiles)?;
     let t = p.scope(&st).await?;
     Ok(Json(st.registry.list(RecordKind::Profile, &scoped(&t.name, "")).await?))
 }
 
-pub async fn get(
-    State(st): St,
-    p: Caller,
-    Path(name): Path<String>,
-) -> ApiResult<Json<ProfileRecord>> {
+pub async fn get(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<Json<ProfileRecord>> {
     authorize(&p, Action::ReadProfiles)?;
     let t = p.scope(&st).await?;
     match st.registry.get::<ProfileRecord>(RecordKind::Profile, &scoped(&t.name, &name)).await? {
@@ -53,11 +46,7 @@ pub async fn put(
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(rec)))
 }
 
-pub async fn delete(
-    State(st): St,
-    p: Caller,
-    Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
+pub async fn delete(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
     authorize(&p, Action::ManageProfiles)?;
     let t = p.scope(&st).await?;
     let _lock = st.tenant_write_lock(&t.name).await;

@@ -98,6 +98,7 @@ pub async fn create_tenant(
     check_name("tenant", &body.name)?;
     let _name = claim_name(&st, &body.name)?;
     let quotas = body.quotas.apply(&st.config.quotas);
+    check_weight(&quotas)?;
     let mut t =
         Tenant::new(body.name, quotas, now_ms()).map_err(|e| ApiError::Internal(format!("random bytes: {e}")))?;
     if let Some((gone, _)) = st.registry.get::<DeletedTenant>(RecordKind::DeletedTenant, &t.name).await? {
@@ -162,6 +163,18 @@ pub struct UpdateTenant {
     quotas: QuotasPatch,
 }
 
+/// A tenant's scheduling weight is 1..=1000.
+fn check_weight(q: &crate::registry::Quotas) -> ApiResult<()> {
+    if (1..=MAX_WEIGHT).contains(&q.weight) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!("quotas.weight must be 1..={MAX_WEIGHT}")))
+    }
+}
+
+/// Highest scheduling weight of a tenant.
+const MAX_WEIGHT: u32 = 1000;
+
 pub async fn update_tenant(
     State(st): St,
     p: Caller,
@@ -171,6 +184,7 @@ pub async fn update_tenant(
     authorize(&p, Action::ManageTenants)?;
     let (mut t, rev) = visible_tenant(&st, &p, &name).await?;
     t.quotas = body.quotas.apply(&t.quotas);
+    check_weight(&t.quotas)?;
     st.registry.put(RecordKind::Tenant, &name, &t, Some(rev)).await?;
     st.forget_tenant(&name);
     Ok(Json(t))
@@ -209,7 +223,7 @@ pub async fn delete_tenant(State(st): St, p: Caller, Path(name): Path<String>) -
         }
     }
     st.registry.store().purge_tenant_documents(&name).await?;
-    st.tenants.limiters.forget(&name);
+    st.tenants.forget_deleted(&name);
     Ok(StatusCode::NO_CONTENT)
 }
 

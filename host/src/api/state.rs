@@ -88,7 +88,7 @@ impl AppState {
             Arc::new(move |op, d: Duration| latency.with_label_values(&[op]).observe(d.as_secs_f64()));
         let store: Arc<dyn Store> = Arc::new(crate::store::Instrumented::new(store, observe));
         let registry = Registry::new(store);
-        let tenants = Arc::new(Tenants::new(registry.clone()));
+        let tenants = Arc::new(Tenants::new(registry.clone(), config.scheduling.guests));
         let agents =
             Arc::new(Agents::new(config.clone(), runtime.clone(), registry.clone(), metrics.clone(), tenants.clone())?);
         Ok(Self {

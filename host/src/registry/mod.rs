@@ -47,6 +47,9 @@ pub struct Quotas {
     pub max_memory_bytes: u64,
     /// Highest timeout an agent may be given, in milliseconds.
     pub max_timeout_ms: u64,
+    /// Its share of the node's guest slots against other tenants' when they are all
+    /// busy (1..=1000, default 1).
+    pub weight: u32,
 }
 
 impl Default for Quotas {
@@ -62,6 +65,7 @@ impl Default for Quotas {
             max_fuel: 10_000_000_000,
             max_memory_bytes: 512 << 20,
             max_timeout_ms: 60_000,
+            weight: 1,
         }
     }
 }
@@ -91,6 +95,8 @@ pub struct QuotasPatch {
     pub max_memory_bytes: Option<u64>,
     /// See [`Quotas::max_timeout_ms`].
     pub max_timeout_ms: Option<u64>,
+    /// See [`Quotas::weight`].
+    pub weight: Option<u32>,
 }
 
 impl QuotasPatch {
@@ -107,6 +113,7 @@ impl QuotasPatch {
             max_fuel: self.max_fuel.unwrap_or(base.max_fuel),
             max_memory_bytes: self.max_memory_bytes.unwrap_or(base.max_memory_bytes),
             max_timeout_ms: self.max_timeout_ms.unwrap_or(base.max_timeout_ms),
+            weight: self.weight.unwrap_or(base.weight),
         }
     }
 }
@@ -268,6 +275,13 @@ pub struct AgentRecord {
     pub limits: AgentLimits,
     /// Invocations running at once.
     pub max_concurrency: u32,
+    /// Invocations that may wait for one of those slots (more: 503 `pool_full`).
+    #[serde(default = "default_queue")]
+    pub queue: u32,
+    /// How long an invocation may wait in the queue, in milliseconds (then 503
+    /// `queue_timeout`).
+    #[serde(default = "default_queue_timeout_ms")]
+    pub queue_timeout_ms: u64,
     /// Running or stopped.
     pub status: AgentStatus,
     /// Deploy time.
@@ -294,6 +308,17 @@ pub struct AgentRecord {
     /// `max_concurrency` then (a later change of the profile applies at the next deploy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
+}
+
+/// Invocations that may wait for a slot of an agent, unless its deploy says otherwise.
+pub fn default_queue() -> u32 {
+    64
+}
+
+/// How long an invocation may wait for a slot of an agent, in milliseconds, unless its
+/// deploy says otherwise.
+pub fn default_queue_timeout_ms() -> u64 {
+    1_000
 }
 
 /// A watch: every change of a document of `collection` whose key starts with `prefix`
