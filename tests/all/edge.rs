@@ -285,6 +285,41 @@ async fn an_invocation_of_a_missing_agent_spends_no_rate_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invocation_refused_as_stopped_or_circuit_open_spends_no_rate_token() {
+    let s = Server::start().await;
+    // Two tokens: one for the trap that opens the breaker, one for the last invocation.
+    let quotas = Quotas { invocations_per_second: 1, burst: 2, ..Quotas::default() };
+    s.tenant_with("t", Some(quotas)).await;
+    let dev = s.token(Some("t"), Role::Developer);
+    let hostile = s.upload(&dev, art::HOSTILE).await;
+    let hello = s.upload(&dev, art::HELLO).await;
+    let breaker = json!({ "supervision": {
+        "window": 20, "consecutive_failures": 1, "failure_ratio": 1.0, "min_outcomes": 20,
+        "open_ms": 60_000, "max_open_ms": 60_000,
+    }});
+    s.deploy_with(&dev, "h", &hostile, breaker).await;
+    s.deploy(&dev, "hello", &hello, json!({})).await;
+    s.deploy(&dev, "off", &hello, json!({})).await;
+    let r = s.req(Method::POST, "/v1/agents/off/stop", &dev).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(s.invoke(&dev, "h", "trap").await.0, StatusCode::BAD_GATEWAY);
+    // Both lanes, several times: each refused as what it is, none a 429.
+    for _ in 0..3 {
+        for (path, status, code) in [
+            ("/v1/agents/h/invoke", StatusCode::SERVICE_UNAVAILABLE, "circuit_open"),
+            ("/v1/agents/%68/invoke", StatusCode::SERVICE_UNAVAILABLE, "circuit_open"),
+            ("/v1/agents/off/invoke", StatusCode::CONFLICT, "agent_stopped"),
+            ("/v1/agents/o%66f/invoke", StatusCode::CONFLICT, "agent_stopped"),
+        ] {
+            let r = answer(s.req(Method::POST, path, &dev).body("x").send().await.unwrap()).await;
+            assert_eq!((r.status, r.code.as_str()), (status, code), "{path}: {}", r.text);
+        }
+    }
+    // The bucket's second token is still there.
+    assert_eq!(s.invoke_ok(&dev, "hello", "you").await, "Hello, you!");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_say_how_long_an_idle_connection_stays_open() {
     let s = Server::start_with(|c| c.http.header_timeout_ms = 7_000).await;
     for path in ["/healthz", "/v1/nothing", "/v1/agents"] {

@@ -97,19 +97,13 @@ impl Agents {
         report
     }
 
-    /// An invocation from outside of `d` (of tenant `t`, whose rate quota the caller has
-    /// already taken) with `input`: the agent's circuit breaker (`circuit_open` at once
-    /// while open), the tenant's concurrency quota and a slot of the agent's pool (waiting
-    /// in its queue if need be), then `handle(input)`, ending by `deadline` (the request's)
-    /// if that comes before the
-    /// agent's own timeout.
-    pub async fn invoke(
-        &self,
-        t: &CachedTenant,
-        d: &Deployed,
-        input: &[u8],
-        deadline: Option<Instant>,
-    ) -> AgentsResult<Report> {
+    /// Admit an invocation from outside of `d` (of tenant `t`), before its input is read:
+    /// the agent runs (409 `agent_stopped`), its circuit breaker lets it through
+    /// (`circuit_open` at once while open) and the tenant's rate quota has a token
+    /// (`rate_limited`). A refused invocation spends nothing: a stopped agent or an open
+    /// breaker takes no rate token. The ticket goes to [`Self::invoke`]; dropped, it gives
+    /// a half-open breaker's probe back.
+    pub fn admit_invocation<'d>(&self, t: &CachedTenant, d: &'d Deployed) -> AgentsResult<Ticket<'d>> {
         let name = &d.record.name;
         if !d.is_running() {
             return Err(AgentsError::Conflict { code: "agent_stopped", message: format!("agent {name:?} is stopped") });
@@ -121,6 +115,31 @@ impl Agents {
             ),
             retry_after: u64::try_from(r.retry_after.as_millis().div_ceil(1000)).unwrap_or(u64::MAX).max(1),
         })?;
+        t.limiter.take().map_err(|retry_after| {
+            self.metrics.refused(&t.name, "rate_limited");
+            AgentsError::OverQuota {
+                code: "rate_limited",
+                message: format!("over {} invocations per second", t.quotas.invocations_per_second),
+                retry_after,
+            }
+        })?;
+        Ok(ticket)
+    }
+
+    /// An invocation from outside of `d` (of tenant `t`), admitted by
+    /// [`Self::admit_invocation`] (`ticket`), with `input`: the tenant's concurrency quota
+    /// and a slot of the agent's pool (waiting in its queue if need be), then
+    /// `handle(input)`, ending by `deadline` (the request's) if that comes before the
+    /// agent's own timeout.
+    pub async fn invoke(
+        &self,
+        t: &CachedTenant,
+        d: &Deployed,
+        ticket: Ticket<'_>,
+        input: &[u8],
+        deadline: Option<Instant>,
+    ) -> AgentsResult<Report> {
+        let name = &d.record.name;
         let Some(_tenant_slot) = t.limiter.enter() else {
             self.metrics.refused(&t.name, "concurrency_quota");
             return Err(AgentsError::OverQuota {

@@ -303,19 +303,11 @@ pub(super) async fn invoke_core(
     deadline: Option<std::time::Instant>,
 ) -> ApiResult<Response> {
     let t = p.scope(st).await?;
-    // An agent that does not exist costs no rate token.
+    // An agent that does not exist, is stopped or whose breaker is open costs no rate token.
     let d = st.agents.find(&t.name, name)?;
-    t.limiter.take().map_err(|retry| {
-        too_many(
-            st,
-            &t.name,
-            "rate_limited",
-            format!("over {} invocations per second", t.quotas.invocations_per_second),
-            retry,
-        )
-    })?;
+    let ticket = st.agents.admit_invocation(&t, &d)?;
     let input = body.await?;
-    let report = st.agents.invoke(&t, &d, &input, deadline).await?;
+    let report = st.agents.invoke(&t, &d, ticket, &input, deadline).await?;
 
     let status = outcome_status(&report.outcome);
     let code = report.outcome.code();
