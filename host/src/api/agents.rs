@@ -11,12 +11,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::auth::Action;
 use super::error::{ApiError, ApiResult, problem};
 use super::state::LogLine;
 use super::{
     AppState, Caller, DURATION_HEADER, FUEL_HEADER, INVOCATION_HEADER, JsonBody, OUTCOME_HEADER, PEAK_MEMORY_HEADER,
-    Path, Query, RequestDeadline, authorize, check_name,
+    Path, Query, RequestDeadline, check_name,
 };
 use crate::agents::{AgentView, AgentsError, DeploySpec, Deployed};
 use crate::registry::{AgentStatus, ModuleRecord, Probation, Tenant, now_ms, scoped};
@@ -66,7 +65,6 @@ pub async fn upload_module(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<ModuleRecord>)> {
-    authorize(&p, Action::WriteModules)?;
     let t = p.scope(&st).await?;
     let limit = st.config.http.module_limit_bytes;
     if super::declared_length(&headers).is_some_and(|n| n > limit as u64) {
@@ -120,7 +118,6 @@ pub async fn upload_module(
 }
 
 pub async fn list_modules(State(st): St, p: Caller) -> ApiResult<Json<Vec<ModuleRecord>>> {
-    authorize(&p, Action::ReadModules)?;
     let t = p.scope(&st).await?;
     Ok(Json(st.registry.list(RecordKind::Module, &scoped(&t.name, "")).await?))
 }
@@ -130,13 +127,11 @@ async fn module_of(st: &AppState, t: &Tenant, d: &str) -> ApiResult<ModuleRecord
 }
 
 pub async fn get_module(State(st): St, p: Caller, Path(d): Path<String>) -> ApiResult<Json<ModuleRecord>> {
-    authorize(&p, Action::ReadModules)?;
     let t = p.scope(&st).await?;
     Ok(Json(module_of(&st, &t, &d).await?))
 }
 
 pub async fn delete_module(State(st): St, p: Caller, Path(d): Path<String>) -> ApiResult<StatusCode> {
-    authorize(&p, Action::WriteModules)?;
     let t = p.scope(&st).await?;
     module_of(&st, &t, &d).await?;
     if st.agents.module_in_use(&t.name, &d) {
@@ -153,7 +148,6 @@ pub async fn deploy(
     p: Caller,
     JsonBody(spec): JsonBody<DeploySpec>,
 ) -> ApiResult<(StatusCode, Json<AgentView>)> {
-    authorize(&p, Action::WriteAgents)?;
     let t = p.scope(&st).await?;
     check_name("agent", &spec.name)?;
     let _quota = st.tenant_write_lock(&t.name).await;
@@ -162,7 +156,6 @@ pub async fn deploy(
 }
 
 pub async fn list_agents(State(st): St, p: Caller) -> ApiResult<Json<Vec<AgentView>>> {
-    authorize(&p, Action::ReadAgents)?;
     let t = p.scope(&st).await?;
     Ok(Json(st.agents.of(&t.name).values().map(|d| st.agents.view(d)).collect()))
 }
@@ -171,16 +164,14 @@ pub(super) async fn deployed(
     st: &AppState,
     p: &Caller,
     name: &str,
-    action: Action,
 ) -> ApiResult<(Arc<super::CachedTenant>, Arc<Deployed>)> {
-    authorize(p, action)?;
     let t = p.scope(st).await?;
     let d = st.agents.find(&t.name, name)?;
     Ok((t, d))
 }
 
 pub async fn get_agent(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<Json<AgentView>> {
-    let (_, d) = deployed(&st, &p, &name, Action::ReadAgents).await?;
+    let (_, d) = deployed(&st, &p, &name).await?;
     Ok(Json(st.agents.view(&d)))
 }
 
@@ -196,7 +187,7 @@ pub async fn update_config(
     Path(name): Path<String>,
     JsonBody(body): JsonBody<ConfigBody>,
 ) -> ApiResult<Json<AgentView>> {
-    let (t, _) = deployed(&st, &p, &name, Action::WriteAgents).await?;
+    let (t, _) = deployed(&st, &p, &name).await?;
     let d = st.agents.update_config(&t, &name, body.config).await?;
     Ok(Json(st.agents.view(&d)))
 }
@@ -216,19 +207,19 @@ pub async fn upgrade(
     Path(name): Path<String>,
     JsonBody(body): JsonBody<UpgradeBody>,
 ) -> ApiResult<Json<AgentView>> {
-    let (t, _) = deployed(&st, &p, &name, Action::WriteAgents).await?;
+    let (t, _) = deployed(&st, &p, &name).await?;
     let d = st.agents.upgrade(&t, &name, body.module, body.probation).await?;
     Ok(Json(st.agents.view(&d)))
 }
 
 pub async fn rollback(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<Json<AgentView>> {
-    let (t, _) = deployed(&st, &p, &name, Action::WriteAgents).await?;
+    let (t, _) = deployed(&st, &p, &name).await?;
     let d = st.agents.rollback(&t, &name).await?;
     Ok(Json(st.agents.view(&d)))
 }
 
 async fn set_status(st: &Arc<AppState>, p: &Caller, name: &str, status: AgentStatus) -> ApiResult<Json<AgentView>> {
-    let (t, _) = deployed(st, p, name, Action::WriteAgents).await?;
+    let (t, _) = deployed(st, p, name).await?;
     let d = st.agents.set_status(&t, name, status).await?;
     Ok(Json(st.agents.view(&d)))
 }
@@ -242,7 +233,7 @@ pub async fn start(State(st): St, p: Caller, Path(name): Path<String>) -> ApiRes
 }
 
 pub async fn delete_agent(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    let (t, _) = deployed(&st, &p, &name, Action::WriteAgents).await?;
+    let (t, _) = deployed(&st, &p, &name).await?;
     st.agents.delete(&t.name, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -368,6 +359,6 @@ pub async fn logs(
     Path(name): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> ApiResult<Json<Vec<LogLine>>> {
-    let (_, d) = deployed(&st, &p, &name, Action::ReadLogs).await?;
+    let (_, d) = deployed(&st, &p, &name).await?;
     Ok(Json(d.shared.logs(q.since, q.limit.unwrap_or(100).min(1000))))
 }

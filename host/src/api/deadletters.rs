@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::agents::deployed;
-use super::auth::Action;
 use super::error::{ApiError, ApiResult, problem};
 use super::{AppState, Caller, Path};
 use crate::coordination::{self, Delivery, mailbox};
@@ -21,13 +20,13 @@ use crate::store::RecordKind;
 type St = State<Arc<AppState>>;
 
 pub async fn list(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<Json<Vec<DeadLetter>>> {
-    let (t, _) = deployed(&st, &p, &name, Action::ReadAgents).await?;
+    let (t, _) = deployed(&st, &p, &name).await?;
     Ok(Json(coordination::dead_letters(&st.registry, &t.name, &name).await?))
 }
 
 /// The dead letter `id` of the caller's agent `name`, with its record key and revision.
 async fn find(st: &AppState, p: &Caller, name: &str, id: &str) -> ApiResult<(String, DeadLetter, u64)> {
-    let (t, _) = deployed(st, p, name, Action::WriteAgents).await?;
+    let (t, _) = deployed(st, p, name).await?;
     let missing = || ApiError::NotFound(format!("dead letter {id:?} of agent {name:?} not found"));
     if !coordination::valid_dead_letter_id(id) {
         return Err(missing());

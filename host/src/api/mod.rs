@@ -259,8 +259,9 @@ where
 
 /// What a route does, for the check made before its handler runs (and so before its body
 /// is read or validated): `None` for a method the route does not have (the router answers 405).
-/// Handlers check again; this table makes a role that may not call a route learn nothing
-/// from it, not even the names of its body's fields.
+/// This table is the one RBAC decision of a routed request (handlers do not check again):
+/// a role that may not call a route learns nothing from it, not even the names of its
+/// body's fields.
 pub fn route_action(method: &Method, route: &str) -> Option<Action> {
     let read = *method == Method::GET || *method == Method::HEAD;
     let m = |want: Method| *method == want;
@@ -370,12 +371,18 @@ where
     let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let route = req.extensions().get::<MatchedPath>().map_or_else(|| req.uri().path(), MatchedPath::as_str);
     let refused = refusal(&st, &c, &req, route);
+    // The handler gets its caller, permitted by `refusal`, only for a route whose action the
+    // table knows: a handler the table does not cover gets none and answers 401 (fails
+    // closed); a method the route does not have never reaches a handler (405).
+    let known = route_action(req.method(), route).is_some();
     let limit = body_limit_of(&st, route);
     if !mutating || route.ends_with("/invoke") {
         if let Some(e) = refused {
             return Ok(refuse(e, req, limit, deadline).await);
         }
-        req.extensions_mut().insert(c);
+        if known {
+            req.extensions_mut().insert(c);
+        }
         return inner.call(req).await;
     }
     let route = route.to_owned();
@@ -406,7 +413,9 @@ where
     let resp = match refused {
         Some(e) => refuse(e, req, limit, deadline).await,
         None => {
-            req.extensions_mut().insert(c);
+            if known {
+                req.extensions_mut().insert(c);
+            }
             inner.call(req).await?
         }
     };
