@@ -185,3 +185,36 @@ async fn a_tenant_weight_is_set_at_create_and_patch_and_bounded() {
     s.tenant("plain").await;
     assert_eq!(s.get_json(&admin, "/v1/tenants/plain").await["quotas"]["weight"].as_u64(), Some(1), "default weight");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_pool_is_capped_by_its_tenants_concurrency_quota() {
+    let s = Server::start().await;
+    s.tenant_with("t", Some(Quotas { concurrent_invocations: 4, ..Quotas::default() })).await;
+    let dev = s.token(Some("t"), Role::Developer);
+    let hello = s.upload(&dev, art::HELLO).await;
+    // Left out: the default (16), lowered to the quota.
+    let v = s.deploy(&dev, "plain", &hello, json!({})).await;
+    assert_eq!(v["max_concurrency"], 4, "{v}");
+    // Given within the quota: as given.
+    let v = s.deploy_with(&dev, "two", &hello, json!({ "max_concurrency": 2 })).await;
+    assert_eq!(v["max_concurrency"], 2, "{v}");
+    // Given over it: refused, nothing deployed.
+    let r = answer(
+        s.req(Method::PUT, "/v1/profiles/wide", &s.token(Some("t"), Role::TenantAdmin))
+            .json(&json!({ "max_concurrency": 4 }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let body = json!({ "name": "wide", "module": hello, "max_concurrency": 5 });
+    let r = answer(s.req(Method::POST, "/v1/agents", &dev).json(&body).send().await.unwrap()).await;
+    assert_eq!((r.status, r.code.as_str()), (StatusCode::BAD_REQUEST, "bad_request"), "{}", r.text);
+    assert!(r.text.contains("concurrent invocations"), "{}", r.text);
+    let r = answer(s.req(Method::GET, "/v1/agents/wide", &dev).send().await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // A profile within the quota gives its value.
+    let v = s.deploy_with(&dev, "profiled", &hello, json!({ "profile": "wide" })).await;
+    assert_eq!(v["max_concurrency"], 4, "{v}");
+}

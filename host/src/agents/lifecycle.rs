@@ -61,13 +61,26 @@ pub struct DeploySpec {
 /// Invocations at once of an agent whose spec and profile say nothing of it.
 const DEFAULT_CONCURRENCY: u32 = 16;
 
-/// The limits and concurrency of `spec`, each left out taken from `profile`.
-fn with_profile(spec: &DeploySpec, profile: Option<&ProfileRecord>) -> (AgentLimits, u32) {
+/// The limits and concurrency of `spec`, each left out taken from `profile` (`None`: the
+/// concurrency is given by neither).
+fn with_profile(spec: &DeploySpec, profile: Option<&ProfileRecord>) -> (AgentLimits, Option<u32>) {
     match profile {
-        Some(p) => {
-            (spec.limits.or(&p.limits), spec.max_concurrency.or(p.max_concurrency).unwrap_or(DEFAULT_CONCURRENCY))
-        }
-        None => (spec.limits.clone(), spec.max_concurrency.unwrap_or(DEFAULT_CONCURRENCY)),
+        Some(p) => (spec.limits.or(&p.limits), spec.max_concurrency.or(p.max_concurrency)),
+        None => (spec.limits.clone(), spec.max_concurrency),
+    }
+}
+
+/// The concurrency an agent gets: the one its spec or profile gives, which may not exceed
+/// the tenant's `concurrent_invocations` quota (400), else the default, lowered to that
+/// quota (as every limit is capped by the tenant's quotas).
+fn concurrency_within(given: Option<u32>, t: &Tenant) -> AgentsResult<u32> {
+    let quota = t.quotas.concurrent_invocations;
+    match given {
+        Some(v) if v > quota => Err(AgentsError::Invalid(format!(
+            "max_concurrency = {v} is over the tenant's quota of {quota} concurrent invocations"
+        ))),
+        Some(v) => Ok(v),
+        None => Ok(DEFAULT_CONCURRENCY.min(quota.max(1))),
     }
 }
 
@@ -171,6 +184,7 @@ impl Agents {
         };
         let (limits, max_concurrency) = with_profile(&spec, profile.as_ref());
         check_limits(&limits, t)?;
+        let max_concurrency = concurrency_within(max_concurrency, t)?;
         check_subscriptions(&spec.subscriptions)?;
         spec.supervision.check().map_err(AgentsError::Invalid)?;
         check_queue(&spec)?;
