@@ -9,8 +9,9 @@ use axum::http::StatusCode;
 
 use super::auth::Action;
 use super::error::{ApiError, ApiResult};
-use super::{AppState, Caller, JsonBody, Path, authorize, check_name};
+use super::{AppState, Caller, JsonBody, Path, authorize};
 use crate::agents::ProfileSpec;
+use crate::names::{self, NameKind};
 use crate::registry::{ProfileRecord, scoped};
 use crate::store::RecordKind;
 
@@ -39,7 +40,7 @@ pub async fn put(
 ) -> ApiResult<(StatusCode, Json<ProfileRecord>)> {
     authorize(&p, Action::ManageProfiles)?;
     let t = p.scope(&st).await?;
-    check_name("profile", &name)?;
+    names::check(NameKind::Profile, &name)?;
     // Serialised with deploys: a deploy reads the profile it names under the same lock.
     let _lock = st.tenant_write_lock(&t.name).await;
     let (rec, created) = st.agents.put_profile(&t.name, &t.quotas, &name, spec).await?;
