@@ -169,6 +169,10 @@ async fn a_bad_agent_name_is_refused_where_it_enters_with_the_rule() {
     // Credentials still come first: no name check answers an anonymous caller.
     let r = answer(s.client.get(s.url("/v1/agents/Svc")).send().await.unwrap()).await;
     assert_eq!((r.status, r.code.as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"), "{}", r.text);
+    // The OpenAPI document states the rule for the path parameter.
+    let doc: Value = s.client.get(s.url("/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let param = &doc["paths"]["/v1/agents/{name}/invoke"]["post"]["parameters"][0];
+    assert_eq!((&param["name"], &param["schema"]["pattern"]), (&json!("name"), &json!(format!("^{RULE}$"))), "{param}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
