@@ -14,6 +14,7 @@ pub mod config;
 pub mod coordination;
 pub mod fsutil;
 pub mod ids;
+pub mod names;
 pub mod registry;
 pub mod runtime;
 pub mod secrets;

@@ -253,7 +253,7 @@ where
         let mut ended = activity.map(Ended);
         let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
         let deadline = api::RequestDeadline::after(self.timeout);
-        let lane = match api::invoke_target(req.method(), req.uri().path()).map(str::to_owned) {
+        let lane = match api::invoke_target(req.method(), req.uri().path()) {
             // Bounded inside by the request's deadline: the credentials and body by a 408, the
             // invocation by its own 504, each timer armed only if it can matter.
             // Boxed where it is made: the invocation's future is large (some 5 KB), and

@@ -116,6 +116,65 @@ async fn agent_lifecycle_from_upload_to_delete() {
     }
 }
 
+/// An agent name follows one rule, `[a-z][a-z0-9-]{0,62}`, wherever it enters: a deploy
+/// body (400 `bad_request`), a path on both invocation lanes and the other agent routes
+/// (400 `invalid_path`); each error names the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_agent_name_is_refused_where_it_enters_with_the_rule() {
+    let s = Server::start().await;
+    let dev = s.developer_in("acme").await;
+    let hello = s.upload(&dev, art::HELLO).await;
+    const RULE: &str = "[a-z][a-z0-9-]{0,62}";
+    let longest = format!("a{}", "0".repeat(62));
+    let too_long = format!("{longest}1");
+    for bad in ["Svc", "9lives", "a_b", "-a", "", "caf\u{e9}", too_long.as_str()] {
+        let r = answer(
+            s.req(Method::POST, "/v1/agents", &dev).json(&json!({"name": bad, "module": hello})).send().await.unwrap(),
+        )
+        .await;
+        assert_eq!((r.status, r.code.as_str()), (StatusCode::BAD_REQUEST, "bad_request"), "{bad:?}: {}", r.text);
+        let detail = r.body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("agent name") && detail.contains(RULE), "{bad:?}: {detail}");
+    }
+    assert_eq!(s.get_json(&dev, "/v1/agents").await, json!([]), "nothing deployed");
+    // The longest name is a name.
+    s.deploy(&dev, &longest, &hello, json!({})).await;
+    assert_eq!(s.invoke_ok(&dev, &longest, "you").await, "Hello, you!");
+
+    // In a path: the invocation (a bad name never takes the fast lane, the router refuses
+    // it), the agent itself, its sub-routes; a known and a missing good name for contrast.
+    let cases = [
+        (Method::POST, "/v1/agents/Svc/invoke"),
+        (Method::POST, "/v1/agents/%53vc/invoke"),
+        (Method::POST, "/v1/agents/a_b/invoke"),
+        (Method::GET, "/v1/agents/9lives"),
+        (Method::DELETE, "/v1/agents/a_b"),
+        (Method::POST, "/v1/agents/Svc/stop"),
+        (Method::GET, "/v1/agents/a_b/logs"),
+        (Method::DELETE, "/v1/agents/Svc/deadletters/x"),
+    ];
+    for (method, path) in cases {
+        let r = answer(s.req(method.clone(), path, &dev).body("you").send().await.unwrap()).await;
+        assert_eq!(
+            (r.status, r.code.as_str()),
+            (StatusCode::BAD_REQUEST, "invalid_path"),
+            "{method} {path}: {}",
+            r.text
+        );
+        let detail = r.body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("agent name") && detail.contains(RULE), "{method} {path}: {detail}");
+    }
+    let r = answer(s.req(Method::POST, "/v1/agents/nobody/invoke", &dev).body("you").send().await.unwrap()).await;
+    assert_eq!((r.status, r.code.as_str()), (StatusCode::NOT_FOUND, "not_found"), "{}", r.text);
+    // Credentials still come first: no name check answers an anonymous caller.
+    let r = answer(s.client.get(s.url("/v1/agents/Svc")).send().await.unwrap()).await;
+    assert_eq!((r.status, r.code.as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"), "{}", r.text);
+    // The OpenAPI document states the rule for the path parameter.
+    let doc: Value = s.client.get(s.url("/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let param = &doc["paths"]["/v1/agents/{name}/invoke"]["post"]["parameters"][0];
+    assert_eq!((&param["name"], &param["schema"]["pattern"]), (&json!("name"), &json!(format!("^{RULE}$"))), "{param}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_in_use_cannot_be_deleted() {
     let s = Server::start().await;

@@ -30,6 +30,16 @@ async fn agents_link_query_traverse_and_unlink() {
     assert!(r.starts_with("error:graph-unknown-agent:"), "{r}");
     let r = s.invoke_ok(&dev, "g", "link:a>b:knows={not json").await;
     assert!(r.starts_with("error:graph-invalid-argument:"), "{r}");
+    // An end that is no agent name (the API's rule: no such agent can be deployed) is an
+    // invalid argument naming the rule, on every call that takes one; a kind keeps its own
+    // rule (`_` allowed).
+    for cmd in ["link:a>B:knows", "link:_a>b:knows", "unlink:a>9b:knows", "out:a_b", "traverse:A:2"] {
+        let r = s.invoke_ok(&dev, "g", cmd).await;
+        assert!(r.starts_with("error:graph-invalid-argument:"), "{cmd}: {r}");
+        assert!(r.contains("agent name") && r.contains("[a-z][a-z0-9-]{0,62}"), "{cmd}: {r}");
+    }
+    assert_eq!(s.invoke_ok(&dev, "g", "link:a>d:works_with").await, "linked");
+    assert_eq!(s.invoke_ok(&dev, "g", "unlink:a>d:works_with").await, "true");
 
     assert_eq!(s.invoke_ok(&dev, "g", "unlink:a>c:owns").await, "true");
     assert_eq!(s.invoke_ok(&dev, "g", "unlink:a>c:owns").await, "false");

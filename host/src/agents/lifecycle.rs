@@ -12,6 +12,7 @@ use super::deployed::Deployed;
 use super::error::{AgentsError, AgentsResult};
 use super::tenants::CachedTenant;
 use crate::coordination;
+use crate::names::AgentName;
 use crate::registry::{
     AgentLimits, AgentRecord, AgentStatus, ModuleRecord, Probation, ProfileRecord, RolledBack, Supervision, Tenant,
     Watch, now_ms, scoped,
@@ -23,8 +24,8 @@ use crate::store::{RecordKind, StoreError, check_collection, keys::check_prefix}
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeploySpec {
-    /// The agent's name (checked by the caller).
-    pub name: String,
+    /// The agent's name (checked when the spec is parsed).
+    pub name: AgentName,
     /// The digest of one of the tenant's modules.
     pub module: String,
     /// Its configuration, given to `init`.
@@ -218,7 +219,7 @@ impl Agents {
         let now = now_ms();
         let rec = AgentRecord {
             tenant: t.name.clone(),
-            name: spec.name,
+            name: spec.name.into_string(),
             module: spec.module,
             previous_module: None,
             config: spec.config,

@@ -9,6 +9,7 @@ use super::deployed::key;
 use super::pool::Refused;
 use crate::capabilities::{AgentError, Caller, MessagingError, Messenger};
 use crate::coordination::mailbox;
+use crate::names::AgentName;
 use crate::runtime::{Export, Outcome};
 use crate::store::RecordKind;
 
@@ -170,7 +171,7 @@ impl Messenger for Mesh {
     async fn send(
         &self,
         from: &Caller,
-        to: &str,
+        to: &AgentName,
         body: Vec<u8>,
         idempotency_key: Option<String>,
     ) -> Result<(), MessagingError> {
@@ -182,7 +183,7 @@ impl Messenger for Mesh {
         agents.post(&msg).await
     }
 
-    async fn call(&self, from: &Caller, to: &str, body: Vec<u8>) -> Result<Option<Vec<u8>>, MessagingError> {
+    async fn call(&self, from: &Caller, to: &AgentName, body: Vec<u8>) -> Result<Option<Vec<u8>>, MessagingError> {
         self.agents()?.call_agent(from, to, &body).await
     }
 

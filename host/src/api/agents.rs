@@ -15,9 +15,10 @@ use super::error::{ApiError, ApiResult, problem};
 use super::state::LogLine;
 use super::{
     AppState, Caller, DURATION_HEADER, FUEL_HEADER, INVOCATION_HEADER, JsonBody, OUTCOME_HEADER, PEAK_MEMORY_HEADER,
-    Path, Query, RequestDeadline, check_name,
+    Path, Query, RequestDeadline,
 };
 use crate::agents::{AgentView, AgentsError, DeploySpec, Deployed};
+use crate::names::AgentName;
 use crate::registry::{AgentStatus, ModuleRecord, Probation, Tenant, now_ms, scoped};
 use crate::runtime::{Outcome, World, digest};
 use crate::store::{RecordKind, StoreError};
@@ -149,7 +150,6 @@ pub async fn deploy(
     JsonBody(spec): JsonBody<DeploySpec>,
 ) -> ApiResult<(StatusCode, Json<AgentView>)> {
     let t = p.scope(&st).await?;
-    check_name("agent", &spec.name)?;
     let _quota = st.tenant_write_lock(&t.name).await;
     let d = st.agents.deploy(&t, spec).await?;
     Ok((StatusCode::CREATED, Json(st.agents.view(&d))))
@@ -163,14 +163,14 @@ pub async fn list_agents(State(st): St, p: Caller) -> ApiResult<Json<Vec<AgentVi
 pub(super) async fn deployed(
     st: &AppState,
     p: &Caller,
-    name: &str,
+    name: &AgentName,
 ) -> ApiResult<(Arc<super::CachedTenant>, Arc<Deployed>)> {
     let t = p.scope(st).await?;
     let d = st.agents.find(&t.name, name)?;
     Ok((t, d))
 }
 
-pub async fn get_agent(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<Json<AgentView>> {
+pub async fn get_agent(State(st): St, p: Caller, Path(name): Path<AgentName>) -> ApiResult<Json<AgentView>> {
     let (_, d) = deployed(&st, &p, &name).await?;
     Ok(Json(st.agents.view(&d)))
 }
@@ -184,7 +184,7 @@ pub struct ConfigBody {
 pub async fn update_config(
     State(st): St,
     p: Caller,
-    Path(name): Path<String>,
+    Path(name): Path<AgentName>,
     JsonBody(body): JsonBody<ConfigBody>,
 ) -> ApiResult<Json<AgentView>> {
     let (t, _) = deployed(&st, &p, &name).await?;
@@ -204,7 +204,7 @@ pub struct UpgradeBody {
 pub async fn upgrade(
     State(st): St,
     p: Caller,
-    Path(name): Path<String>,
+    Path(name): Path<AgentName>,
     JsonBody(body): JsonBody<UpgradeBody>,
 ) -> ApiResult<Json<AgentView>> {
     let (t, _) = deployed(&st, &p, &name).await?;
@@ -212,27 +212,32 @@ pub async fn upgrade(
     Ok(Json(st.agents.view(&d)))
 }
 
-pub async fn rollback(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<Json<AgentView>> {
+pub async fn rollback(State(st): St, p: Caller, Path(name): Path<AgentName>) -> ApiResult<Json<AgentView>> {
     let (t, _) = deployed(&st, &p, &name).await?;
     let d = st.agents.rollback(&t, &name).await?;
     Ok(Json(st.agents.view(&d)))
 }
 
-async fn set_status(st: &Arc<AppState>, p: &Caller, name: &str, status: AgentStatus) -> ApiResult<Json<AgentView>> {
+async fn set_status(
+    st: &Arc<AppState>,
+    p: &Caller,
+    name: &AgentName,
+    status: AgentStatus,
+) -> ApiResult<Json<AgentView>> {
     let (t, _) = deployed(st, p, name).await?;
     let d = st.agents.set_status(&t, name, status).await?;
     Ok(Json(st.agents.view(&d)))
 }
 
-pub async fn stop(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<Json<AgentView>> {
+pub async fn stop(State(st): St, p: Caller, Path(name): Path<AgentName>) -> ApiResult<Json<AgentView>> {
     set_status(&st, &p, &name, AgentStatus::Stopped).await
 }
 
-pub async fn start(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<Json<AgentView>> {
+pub async fn start(State(st): St, p: Caller, Path(name): Path<AgentName>) -> ApiResult<Json<AgentView>> {
     set_status(&st, &p, &name, AgentStatus::Running).await
 }
 
-pub async fn delete_agent(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete_agent(State(st): St, p: Caller, Path(name): Path<AgentName>) -> ApiResult<StatusCode> {
     let (t, _) = deployed(&st, &p, &name).await?;
     st.agents.delete(&t.name, &name).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -251,7 +256,7 @@ fn outcome_status(o: &Outcome) -> StatusCode {
 /// `POST /v1/agents/{name}/invoke`, as routed. [`crate::server`] sends the requests it can
 /// to [`super::invoke_direct`] instead, which authenticates with the same
 /// [`Caller::authenticate`] and then calls the same [`invoke_request`].
-pub async fn invoke(State(st): St, p: Caller, Path(name): Path<String>, req: axum::extract::Request) -> Response {
+pub async fn invoke(State(st): St, p: Caller, Path(name): Path<AgentName>, req: axum::extract::Request) -> Response {
     // The server sets it on every request; a router served without it (in-process) gets the
     // same bound from the configured request timeout.
     let deadline =
@@ -268,7 +273,7 @@ pub async fn invoke(State(st): St, p: Caller, Path(name): Path<String>, req: axu
 pub(super) async fn invoke_request<B>(
     st: &AppState,
     p: &Caller,
-    name: &str,
+    name: &AgentName,
     req: axum::http::Request<B>,
     limit: usize,
     deadline: RequestDeadline,
@@ -289,7 +294,7 @@ where
 pub(super) async fn invoke_core(
     st: &AppState,
     p: &Caller,
-    name: &str,
+    name: &AgentName,
     body: impl Future<Output = ApiResult<Bytes>>,
     deadline: Option<std::time::Instant>,
 ) -> ApiResult<Response> {
@@ -356,7 +361,7 @@ pub struct LogQuery {
 pub async fn logs(
     State(st): St,
     p: Caller,
-    Path(name): Path<String>,
+    Path(name): Path<AgentName>,
     Query(q): Query<LogQuery>,
 ) -> ApiResult<Json<Vec<LogLine>>> {
     let (_, d) = deployed(&st, &p, &name).await?;

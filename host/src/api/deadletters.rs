@@ -14,18 +14,19 @@ use super::agents::deployed;
 use super::error::{ApiError, ApiResult, problem};
 use super::{AppState, Caller, Path};
 use crate::coordination::{self, Delivery, mailbox};
+use crate::names::AgentName;
 use crate::registry::{DeadLetter, Letter, now_ms};
 use crate::store::RecordKind;
 
 type St = State<Arc<AppState>>;
 
-pub async fn list(State(st): St, p: Caller, Path(name): Path<String>) -> ApiResult<Json<Vec<DeadLetter>>> {
+pub async fn list(State(st): St, p: Caller, Path(name): Path<AgentName>) -> ApiResult<Json<Vec<DeadLetter>>> {
     let (t, _) = deployed(&st, &p, &name).await?;
     Ok(Json(coordination::dead_letters(&st.registry, &t.name, &name).await?))
 }
 
 /// The dead letter `id` of the caller's agent `name`, with its record key and revision.
-async fn find(st: &AppState, p: &Caller, name: &str, id: &str) -> ApiResult<(String, DeadLetter, u64)> {
+async fn find(st: &AppState, p: &Caller, name: &AgentName, id: &str) -> ApiResult<(String, DeadLetter, u64)> {
     let (t, _) = deployed(st, p, name).await?;
     let missing = || ApiError::NotFound(format!("dead letter {id:?} of agent {name:?} not found"));
     if !coordination::valid_dead_letter_id(id) {
@@ -36,7 +37,7 @@ async fn find(st: &AppState, p: &Caller, name: &str, id: &str) -> ApiResult<(Str
     Ok((key, letter, rev))
 }
 
-pub async fn replay(State(st): St, p: Caller, Path((name, id)): Path<(String, String)>) -> ApiResult<Response> {
+pub async fn replay(State(st): St, p: Caller, Path((name, id)): Path<(AgentName, String)>) -> ApiResult<Response> {
     let (key, _, _) = find(&st, &p, &name, &id).await?;
     // One replay of a letter at a time: two at once would both deliver it.
     let Some(_claim) = st.claim_replay(&key) else {
@@ -101,7 +102,7 @@ pub async fn replay(State(st): St, p: Caller, Path((name, id)): Path<(String, St
     }
 }
 
-pub async fn discard(State(st): St, p: Caller, Path((name, id)): Path<(String, String)>) -> ApiResult<StatusCode> {
+pub async fn discard(State(st): St, p: Caller, Path((name, id)): Path<(AgentName, String)>) -> ApiResult<StatusCode> {
     let (key, _, _) = find(&st, &p, &name, &id).await?;
     st.registry.delete(RecordKind::DeadLetter, &key).await?;
     Ok(StatusCode::NO_CONTENT)

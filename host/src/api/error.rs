@@ -112,6 +112,13 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// A name that breaks the rule, given in a body (a path is refused by its extractor).
+impl From<crate::names::NameError> for ApiError {
+    fn from(e: crate::names::NameError) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
 /// The problem+json body.
 #[derive(Debug, Serialize)]
 pub struct Problem {

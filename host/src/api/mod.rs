@@ -33,6 +33,7 @@ pub use self::error::{ApiError, ApiResult};
 pub use self::openapi::openapi;
 pub use self::routes::metrics_token;
 pub use self::state::{AppState, CachedTenant};
+use crate::names::AgentName;
 use crate::registry::{AuditEvent, now_ms};
 
 /// Header a platform-admin uses to act within a tenant.
@@ -98,18 +99,6 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
     }
 }
 
-/// Names of tenants and agents: `[a-z][a-z0-9-]{0,62}`.
-pub fn check_name(what: &str, name: &str) -> ApiResult<()> {
-    let ok = name.len() <= 63
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(format!("{what} name {name:?} must match [a-z][a-z0-9-]{{0,62}}")))
-    }
-}
-
 /// Refuse unless `p`'s role may do `action`.
 pub fn authorize(p: &Principal, action: Action) -> ApiResult<()> {
     if action.allowed(p.role) {
@@ -156,12 +145,11 @@ pub fn bounds_itself(method: &Method, path: &str) -> bool {
 /// The agent name of an invocation the server can run without the router: `POST
 /// /v1/agents/{name}/invoke` with a well-formed name (anything else, including a
 /// percent-encoded name, takes the router and gets the same answer there).
-pub fn invoke_target<'a>(method: &Method, path: &'a str) -> Option<&'a str> {
+pub fn invoke_target(method: &Method, path: &str) -> Option<AgentName> {
     if !bounds_itself(method, path) {
         return None;
     }
-    let name = path.strip_prefix("/v1/agents/")?.strip_suffix("/invoke")?;
-    check_name("agent", name).is_ok().then_some(name)
+    AgentName::parse(path.strip_prefix("/v1/agents/")?.strip_suffix("/invoke")?).ok()
 }
 
 /// The invocation route without the router, for requests [`invoke_target`] accepts (it gave
@@ -173,7 +161,7 @@ pub fn invoke_target<'a>(method: &Method, path: &'a str) -> Option<&'a str> {
 pub async fn invoke_direct<B>(
     st: Arc<AppState>,
     req: axum::http::Request<B>,
-    agent: String,
+    agent: AgentName,
     limit: usize,
     deadline: RequestDeadline,
 ) -> Response

@@ -77,7 +77,15 @@ pub fn openapi() -> Value {
         let params: Vec<Value> = path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .map(|name| {
+                // An agent's or a profile's name follows the one name rule.
+                let schema = if name == "name" {
+                    json!({"type": "string", "pattern": format!("^{}$", crate::names::NAME_RULE)})
+                } else {
+                    json!({"type": "string"})
+                };
+                json!({"name": name, "in": "path", "required": true, "schema": schema})
+            })
             .collect();
         let mut op = json!({
             "summary": summary,

@@ -8,8 +8,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 
 use super::error::{ApiError, ApiResult};
-use super::{AppState, Caller, JsonBody, Path, check_name};
+use super::{AppState, Caller, JsonBody, Path};
 use crate::agents::ProfileSpec;
+use crate::names::{self, NameKind};
 use crate::registry::{ProfileRecord, scoped};
 use crate::store::RecordKind;
 
@@ -35,7 +36,7 @@ pub async fn put(
     JsonBody(spec): JsonBody<ProfileSpec>,
 ) -> ApiResult<(StatusCode, Json<ProfileRecord>)> {
     let t = p.scope(&st).await?;
-    check_name("profile", &name)?;
+    names::check(NameKind::Profile, &name)?;
     // Serialised with deploys: a deploy reads the profile it names under the same lock.
     let _lock = st.tenant_write_lock(&t.name).await;
     let (rec, created) = st.agents.put_profile(&t.name, &t.quotas, &name, spec).await?;

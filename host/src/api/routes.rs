@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::{self, Principal, Role};
 use super::error::{ApiError, ApiResult, problem};
-use super::{AppState, Caller, JsonBody, Path, Query, check_name};
+use super::{AppState, Caller, JsonBody, Path, Query};
+use crate::names::{self, NameKind};
 use crate::registry::{
     AgentRecord, ApiKeyRecord, AuditEvent, DeletedTenant, ModuleRecord, ProfileRecord, QuotasPatch, Tenant, now_ms,
     scoped,
@@ -94,7 +95,7 @@ pub async fn create_tenant(
     _p: Caller,
     JsonBody(body): JsonBody<CreateTenant>,
 ) -> ApiResult<(StatusCode, Json<Tenant>)> {
-    check_name("tenant", &body.name)?;
+    names::check(NameKind::Tenant, &body.name)?;
     let _name = claim_name(&st, &body.name)?;
     let quotas = body.quotas.apply(&st.config.quotas);
     check_weight(&quotas)?;

@@ -13,6 +13,7 @@ use std::collections::{BTreeSet, VecDeque};
 use super::bindings::cortex::agent::graph::{self as wit, Host};
 use super::fault::UNAVAILABLE;
 use super::{DocumentsCtx, Fault, HostState, Interface};
+use crate::names::AgentName;
 use crate::registry::scoped;
 use crate::store::{Direction, RecordKind, StoreError};
 
@@ -56,20 +57,24 @@ fn direction(d: wit::Direction) -> Direction {
     }
 }
 
-fn check_name(what: &str, name: &str) -> Result<(), wit::Error> {
-    if super::is_name(name) {
-        Ok(())
-    } else {
-        Err(wit::Error::InvalidArgument(format!("{what} {name:?} must match [a-z0-9_-]{{1,63}}")))
-    }
+/// `name` as an end of a link: an agent name (`invalid-argument` if it is not).
+fn agent(name: &str) -> Result<AgentName, wit::Error> {
+    AgentName::parse(name).map_err(|e| wit::Error::InvalidArgument(e.to_string()))
+}
+
+/// A relation kind: `[a-z0-9_-]{1,63}` (so that it cannot reach outside its key space).
+fn check_kind(kind: &str) -> Result<(), wit::Error> {
+    let ok = !kind.is_empty()
+        && kind.len() <= 63
+        && kind.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_');
+    if ok { Ok(()) } else { Err(wit::Error::InvalidArgument(format!("kind {kind:?} must match [a-z0-9_-]{{1,63}}"))) }
 }
 
 /// An agent of the invocation's tenant must exist. The invoking agent itself always does,
 /// even during the `init` of its first deploy (before its record is written), so an agent
 /// can link itself to others from `init`.
-async fn known_agent(cx: DocumentsCtx<'_>, name: &str) -> Result<(), GraphFault> {
-    check_name("agent", name)?;
-    if name == &*cx.scope.agent {
+async fn known_agent(cx: DocumentsCtx<'_>, name: &AgentName) -> Result<(), GraphFault> {
+    if **name == *cx.scope.agent {
         return Ok(());
     }
     match cx.store.record_get(RecordKind::Agent, &scoped(&cx.scope.tenant, name)).await? {
@@ -85,7 +90,8 @@ impl Host for HostState {
 
     async fn link(&mut self, from: String, to: String, kind: String, attributes: String) -> WitResult<()> {
         self.calls.charge(Interface::Graph)?;
-        check_name("kind", &kind)?;
+        check_kind(&kind)?;
+        let (from, to) = (agent(&from)?, agent(&to)?);
         let max = self.keys.max_value_bytes;
         if attributes.len() > max {
             return Err(wit::Error::TooLarge(format!("attributes are {} bytes, over {max}", attributes.len())).into());
@@ -99,9 +105,8 @@ impl Host for HostState {
 
     async fn unlink(&mut self, from: String, to: String, kind: String) -> WitResult<bool> {
         self.calls.charge(Interface::Graph)?;
-        for (what, n) in [("agent", &from), ("agent", &to), ("kind", &kind)] {
-            check_name(what, n)?;
-        }
+        let (from, to) = (agent(&from)?, agent(&to)?);
+        check_kind(&kind)?;
         let cx = self.documents();
         Ok(cx.store.unlink(&cx.scope.tenant, &from, &to, &kind).await?)
     }
@@ -114,9 +119,9 @@ impl Host for HostState {
         limit: u32,
     ) -> WitResult<Vec<wit::Edge>> {
         self.calls.charge(Interface::Graph)?;
-        check_name("agent", &agent)?;
+        let agent = self::agent(&agent)?;
         if let Some(k) = &kind {
-            check_name("kind", k)?;
+            check_kind(k)?;
         }
         let budget = self.page_budget();
         let cx = self.documents();
@@ -137,9 +142,9 @@ impl Host for HostState {
         limit: u32,
     ) -> WitResult<Vec<String>> {
         self.calls.charge(Interface::Graph)?;
-        check_name("agent", &start)?;
+        agent(&start)?;
         if let Some(k) = &kind {
-            check_name("kind", k)?;
+            check_kind(k)?;
         }
         let limit = limit.min(self.keys.max_list) as usize;
         let depth = max_depth.min(MAX_DEPTH);

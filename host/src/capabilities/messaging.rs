@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use super::bindings::cortex::agent::messaging::Host;
 use super::{Fault, HostState, Interface};
+use crate::names::AgentName;
 
 pub use super::bindings::cortex::agent::messaging::Error as MessagingError;
 
@@ -26,13 +27,9 @@ impl From<MessagingError> for MessagingFault {
     }
 }
 
-/// An agent name the imports accept (see [`super::is_name`]).
-fn check_agent(name: &str) -> Result<(), MessagingError> {
-    if super::is_name(name) {
-        Ok(())
-    } else {
-        Err(MessagingError::InvalidArgument(format!("{name:?} is not an agent name ([a-z0-9_-]{{1,63}})")))
-    }
+/// `name` as the target of a send or call: an agent name (`invalid-argument` if it is not).
+fn target(name: &str) -> Result<AgentName, MessagingError> {
+    AgentName::parse(name).map_err(|e| MessagingError::InvalidArgument(e.to_string()))
 }
 
 /// Whether `topic` is a valid topic name: `[a-z0-9._-]{1,128}`.
@@ -84,13 +81,13 @@ pub trait Messenger: Send + Sync + 'static {
     async fn send(
         &self,
         from: &Caller,
-        to: &str,
+        to: &AgentName,
         body: Vec<u8>,
         idempotency_key: Option<String>,
     ) -> Result<(), MessagingError>;
 
     /// Run `to`'s `handle(body)` now, within the caller's deadline, and return its reply.
-    async fn call(&self, from: &Caller, to: &str, body: Vec<u8>) -> Result<Option<Vec<u8>>, MessagingError>;
+    async fn call(&self, from: &Caller, to: &AgentName, body: Vec<u8>) -> Result<Option<Vec<u8>>, MessagingError>;
 
     /// Queue `body` for every agent of the tenant subscribed to `topic`.
     async fn publish(&self, from: &Caller, topic: &str, body: Vec<u8>) -> Result<(), MessagingError>;
@@ -166,7 +163,7 @@ impl Host for HostState {
     async fn send(&mut self, agent: String, body: Vec<u8>, idempotency_key: Option<String>) -> WitResult<()> {
         self.calls.charge(Interface::Messaging)?;
         let m = self.messaging();
-        check_agent(&agent)?;
+        let to = target(&agent)?;
         m.check_body(&body)?;
         if let Some(k) = &idempotency_key
             && (k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY)
@@ -178,16 +175,16 @@ impl Host for HostState {
             .into());
         }
         let messenger = m.messenger()?.clone();
-        Ok(messenger.send(&m.caller, &agent, body, idempotency_key).await?)
+        Ok(messenger.send(&m.caller, &to, body, idempotency_key).await?)
     }
 
     async fn call(&mut self, agent: String, body: Vec<u8>) -> WitResult<Option<Vec<u8>>> {
         self.calls.charge(Interface::Messaging)?;
         let m = self.messaging();
-        check_agent(&agent)?;
+        let to = target(&agent)?;
         m.check_body(&body)?;
         let messenger = m.messenger()?.clone();
-        Ok(messenger.call(&m.caller, &agent, body).await?)
+        Ok(messenger.call(&m.caller, &to, body).await?)
     }
 
     async fn publish(&mut self, topic: String, body: Vec<u8>) -> WitResult<()> {
@@ -216,9 +213,11 @@ mod tests {
         for bad in ["", "Orders", "a/b", "a b", &"x".repeat(129)] {
             assert!(!valid_topic(bad), "{bad:?}");
         }
-        assert!(check_agent("pricing").is_ok());
-        assert!(check_agent("../x").is_err());
-        assert!(check_agent("").is_err());
+        assert!(target("pricing").is_ok_and(|n| &*n == "pricing"));
+        for bad in ["../x", "", "_x", "9x", "X"] {
+            let Err(MessagingError::InvalidArgument(m)) = target(bad) else { panic!("{bad:?} accepted") };
+            assert!(m.contains("[a-z][a-z0-9-]{0,62}"), "{m}");
+        }
     }
 
     #[test]

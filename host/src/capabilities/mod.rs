@@ -70,14 +70,6 @@ impl From<&crate::store::ChangeEvent> for ChangeEvent {
     }
 }
 
-/// Whether `name` is a name the imports accept for an agent or an edge kind:
-/// `[a-z0-9_-]{1,63}` (so that it cannot reach outside its key space).
-pub(crate) fn is_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
-}
-
 /// The trap raised when an invocation exceeds its host-call budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("host call limit of {0} reached")]
