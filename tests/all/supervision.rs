@@ -49,7 +49,9 @@ async fn breaker_opens_refuses_without_running_half_opens_reopens_and_closes() {
     let s = Server::start().await;
     let dev = s.developer_in("acme").await;
     let m = s.upload(&dev, art::HOSTILE).await;
-    let deployed = s.deploy_with(&dev, "h", &m, breaker(3, 200, 400)).await;
+    // Intervals long enough that a loaded machine still sends the next request while the
+    // breaker is open (the state machine's timing is unit-tested on paused time).
+    let deployed = s.deploy_with(&dev, "h", &m, breaker(3, 1_000, 2_000)).await;
     assert_eq!((&deployed["health"], &deployed["circuit"]), (&json!("healthy"), &json!("closed")));
     assert_eq!(deployed["supervision"]["consecutive_failures"], 3);
 
@@ -92,8 +94,8 @@ async fn breaker_opens_refuses_without_running_half_opens_reopens_and_closes() {
 
     let opened = host_audit(&s, "circuit_open", 2).await;
     assert_eq!(opened[0]["target"], "/v1/agents/h");
-    assert!(opened[0]["detail"].as_str().unwrap().contains("opened for 200 ms"), "{}", opened[0]);
-    assert!(opened[1]["detail"].as_str().unwrap().contains("opened for 400 ms"), "{}", opened[1]);
+    assert!(opened[0]["detail"].as_str().unwrap().contains("opened for 1000 ms"), "{}", opened[0]);
+    assert!(opened[1]["detail"].as_str().unwrap().contains("opened for 2000 ms"), "{}", opened[1]);
     host_audit(&s, "circuit_closed", 1).await;
 }
 
