@@ -7,10 +7,14 @@
 //! (start-time fair queueing). A free slot goes to the waiting tenant with the lowest
 //! virtual time (ties in turn); a tenant that starts waiting after being idle starts at the
 //! virtual time of the last tenant served, so idleness is not saved up. Running guests
-//! yield to the executor at every fuel slice and epoch tick; while others wait, a guest at
+//! yield to the executor at every fuel slice, every slice of host calls
+//! ([`crate::runtime::host_slice`]) and every epoch tick; while others wait, a guest at
 //! one of those points whose tenant is ahead of the first waiting tenant hands it its slot
-//! and waits at the head of its own tenant's queue. A call from one agent to another runs
-//! on its caller's slot (the caller waits for it), so call chains cannot deadlock on slots.
+//! and waits at the head of its own tenant's queue. A guest that waits (for a write to
+//! commit, a reply, a timer) while others wait for a slot gives its slot back and, once
+//! woken, queues again at the head of its tenant's queue: a slot counts guests running, not
+//! guests waiting. A call from one agent to another runs on its caller's slot (the caller's
+//! future polls it), so call chains cannot deadlock on slots.
 //!
 //! Uncontended, taking a slot is a load and two atomic increments, and a running guest
 //! checks one atomic per poll.
@@ -211,15 +215,16 @@ impl Scheduler {
         fut: F,
     ) -> F::Output {
         let mut fut = pin!(fut);
-        let mut turn = Turn { sched: self, lane, state: State::Idle, since: None };
+        let mut turn = Turn { sched: self, lane, state: State::Idle, since: None, resumed: false };
         let deadline = deadline.map(Instant::from_std);
         // When it first got a slot: its own timeout runs from then.
         let mut started: Option<Instant> = None;
         let mut timer: Option<(Instant, Pin<Box<tokio::time::Sleep>>)> = None;
-        // From its second poll on, a guest is polled with a waker that tells a yield (a
-        // wake during its own poll) from a wait; a yield then goes through tokio's
-        // `yield_now`, which lets the worker poll the network first, so that CPU-bound
-        // guests cannot hold other requests' connections back.
+        // From its second poll on (from its first while others wait), a guest is polled with
+        // a waker that tells a yield (a wake during its own poll) from a wait; a yield then
+        // goes through tokio's `yield_now`, which lets the worker poll the network first, so
+        // that CPU-bound guests cannot hold other requests' connections back; at a wait it
+        // gives its slot back while others wait ([`Turn::park`]).
         let mut yields: Option<Arc<SelfWake>> = None;
         let mut polls = 0u32;
         loop {
@@ -242,7 +247,7 @@ impl Scheduler {
                     // Past its deadline: polled without a slot, the runtime ends it now.
                 }
                 polls = polls.saturating_add(1);
-                if polls == 1 {
+                if polls == 1 && self.waiting.load(Ordering::Relaxed) == 0 {
                     return fut.as_mut().poll(cx).map(Some);
                 }
                 let w = yields.get_or_insert_with(|| Arc::new(SelfWake::default()));
@@ -252,7 +257,10 @@ impl Scheduler {
                 match out {
                     Poll::Ready(v) => Poll::Ready(Some(v)),
                     Poll::Pending if yielded => Poll::Ready(None),
-                    Poll::Pending => Poll::Pending,
+                    Poll::Pending => {
+                        turn.park();
+                        Poll::Pending
+                    }
                 }
             })
             .await;
@@ -397,6 +405,9 @@ struct Turn<'a> {
     state: State,
     /// Since when it holds its slot (charged to its tenant); `None` before its first.
     since: Option<Instant>,
+    /// It gave its slot back at a wait ([`Turn::park`]): it queues at the head of its
+    /// tenant's queue.
+    resumed: bool,
 }
 
 impl Turn<'_> {
@@ -423,7 +434,7 @@ impl Turn<'_> {
                     true
                 } else {
                     let mut q = s.queues();
-                    let g = s.enqueue(&mut q, self.lane, cx, false);
+                    let g = s.enqueue(&mut q, self.lane, cx, self.resumed);
                     s.fill(&mut q);
                     drop(q);
                     let given = g.is_given();
@@ -439,6 +450,19 @@ impl Turn<'_> {
             self.since = Some(Instant::now());
         }
         given
+    }
+
+    /// The guest waits (in a host call, not at a yield): while others wait for a slot, it
+    /// gives its slot back (the time it held it charged to its tenant) and queues again when
+    /// woken. Nobody waiting, it keeps its slot.
+    fn park(&mut self) {
+        let s = self.sched;
+        if matches!(self.state, State::Running) && s.waiting.load(Ordering::SeqCst) != 0 {
+            let since = self.since.unwrap_or_else(Instant::now);
+            self.state = State::Idle;
+            self.resumed = true;
+            s.release(self.lane, since);
+        }
     }
 }
 
@@ -472,7 +496,7 @@ mod tests {
     }
 
     fn turn<'a>(s: &'a Scheduler, lane: &'a Arc<Lane>) -> Turn<'a> {
-        Turn { sched: s, lane, state: State::Idle, since: None }
+        Turn { sched: s, lane, state: State::Idle, since: None, resumed: false }
     }
 
     /// Whether it holds a slot (given or taken), without polling it.
@@ -549,6 +573,32 @@ mod tests {
         drop((f1, f2));
         assert!(f3.hold(&cx()));
         drop(f3);
+        assert_eq!((s.running(), s.waiting()), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_guest_waiting_in_a_host_call_gives_its_slot_to_a_waiter() {
+        let s = Scheduler::new(1);
+        let (flood, quiet) = (s.lane("flood", 1), s.lane("quiet", 1));
+        let mut f1 = turn(&s, &flood);
+        assert!(f1.hold(&cx()));
+        f1.park();
+        assert!(f1.hold(&cx()) && s.running() == 1, "nobody waits: a waiting guest keeps its slot");
+        let mut f2 = turn(&s, &flood);
+        let mut q = turn(&s, &quiet);
+        assert!(!f2.hold(&cx()) && !q.hold(&cx()));
+        tokio::time::advance(MS).await;
+        // f1 waits for a write to commit: its slot goes to the tenant behind.
+        f1.park();
+        assert_eq!((flood.running_now(), quiet.running_now()), (0, 1));
+        assert!(q.hold(&cx()), "the quiet tenant runs while the flood guest waits");
+        // Woken, f1 queues again, ahead of its tenant's newer guest.
+        assert!(!f1.hold(&cx()));
+        drop(q);
+        assert!(f1.hold(&cx()) && !f2.hold(&cx()), "the parked guest resumes before the newer one");
+        drop(f1);
+        assert!(f2.hold(&cx()));
+        drop(f2);
         assert_eq!((s.running(), s.waiting()), (0, 0));
     }
 

@@ -10,6 +10,7 @@ pub mod compiler;
 mod config;
 pub mod deadline;
 mod engine;
+pub mod host_slice;
 mod limiter;
 pub mod logring;
 pub mod module_cache;
@@ -197,6 +198,8 @@ pub struct Sandbox {
     pub limiter: Limiter,
     /// What the imports reach.
     pub host: HostState,
+    /// The guest's host calls, in slices that each end with a yield.
+    slices: host_slice::HostCallSlices,
 }
 
 impl wasmtime_wasi::WasiView for Sandbox {
@@ -345,6 +348,7 @@ impl Runtime {
         let sandbox = Sandbox {
             limiter: Limiter::new(limits.memory_bytes, limits.table_elements, limits.instances),
             host: HostState::new(agent.clone(), id, log.clone(), limits.host_limits(), deadline_at),
+            slices: host_slice::HostCallSlices::new(host_slice::HOST_CALL_SLICE),
         };
         let mut store = Store::new(&self.engine, sandbox);
         store.limiter(|s| &mut s.limiter);
@@ -360,6 +364,7 @@ impl Runtime {
                 Ok(if Instant::now() >= deadline_at { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
             });
             store.set_epoch_deadline(1);
+            host_slice::install(&mut store);
         }
 
         let bytes_in = match export {
