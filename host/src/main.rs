@@ -171,6 +171,21 @@ fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
     if cortex_host::api::Role::parse(&args.role).is_none() {
         anyhow::bail!("unknown role {:?}: observer, developer, tenant-admin or platform-admin", args.role);
     }
+    // A token signed with a secret no server uses would be refused by every call: mint
+    // only with the secret a server made (or was given), never a new one.
+    if cfg.auth.algorithm == "HS256" {
+        let path = cfg.auth.secret_file.clone().unwrap_or_else(|| cfg.data_dir.join("jwt-hs256.secret"));
+        if !path.is_file() {
+            eprintln!(
+                "error[no_secret]: no signing secret at {} (the data dir {} has none): start `cortex serve --data {}` \
+                 once (it creates one), or point --data or --config at the server's",
+                path.display(),
+                cfg.data_dir.display(),
+                cfg.data_dir.display(),
+            );
+            return Ok(ExitCode::from(1));
+        }
+    }
     println!("{}", mint(&cfg, args.tenant, &args.role, &args.sub, args.ttl)?);
     Ok(ExitCode::SUCCESS)
 }

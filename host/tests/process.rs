@@ -46,6 +46,18 @@ fn run_prints_the_output_and_exits_0() {
     assert!(stderr.contains("ok fuel="), "{stderr}");
 }
 
+#[test]
+fn token_refuses_to_mint_without_a_servers_secret_and_names_the_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("nowhere");
+    let out = cortex(&["token", "--data", data.to_str().unwrap(), "--role", "platform-admin"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty(), "no token printed");
+    assert!(stderr.contains("error[no_secret]") && stderr.contains(data.to_str().unwrap()), "{stderr}");
+    assert!(!data.join("jwt-hs256.secret").exists(), "no secret created");
+}
+
 /// Fuel no loop burns before its deadline, however fast the machine: a deadline test must
 /// not end by fuel (the default, 2e9 units, lasts under 200 ms on a fast machine).
 const UNLIMITED_FUEL: &str = "1000000000000000";
