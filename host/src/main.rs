@@ -134,7 +134,15 @@ fn main() -> ExitCode {
         Command::Run(args) => rt.block_on(run(args)),
         Command::Serve(args) => rt.block_on(serve(args)),
         Command::Token(args) => token(args),
-        Command::Client(cmd) => rt.block_on(cmd.run()),
+        // A client command that fails at run time (the server refused, or cannot be
+        // reached) exits 1; 2 is for usage errors (clap's own, and the other commands').
+        Command::Client(cmd) => match rt.block_on(cmd.run()) {
+            Ok(code) => Ok(code),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(1);
+            }
+        },
         Command::Compile => Ok(cortex_host::runtime::child_main()),
     };
     result.unwrap_or_else(|e| {

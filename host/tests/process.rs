@@ -531,9 +531,12 @@ async fn client_commands_drive_the_whole_lifecycle() {
     assert_eq!(stopped.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&stopped.stderr).contains("agent_stopped"));
 
-    // A developer may not read the audit log: a clear error and a nonzero exit.
+    // A usage error exits 2, before any request.
+    let usage = client(&s, &dev, &["agents", "list", "--no-such-flag"]);
+    assert_eq!(usage.status.code(), Some(2), "{}", String::from_utf8_lossy(&usage.stderr));
+    // A developer may not read the audit log: a clear error and exit 1.
     let denied = client(&s, &dev, &["audit"]);
-    assert!(!denied.status.success());
+    assert_eq!(denied.status.code(), Some(1), "a refusal by the server exits 1");
     assert!(String::from_utf8_lossy(&denied.stderr).contains("403"), "{}", String::from_utf8_lossy(&denied.stderr));
     let audit: Value = serde_json::from_str(&ok(client(&s, &admin, &["audit", "--json", "--tenant", "acme"]))).unwrap();
     let events = audit.as_array().unwrap();
