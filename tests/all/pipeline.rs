@@ -286,7 +286,11 @@ fn check_answer(body_in: &str, expect: &Expect, status: StatusCode, text: &str) 
             assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "submitting {body_in}: {text}");
             let problem: Value = serde_json::from_str(text).unwrap();
             assert_eq!(problem["code"], "agent_error", "{text}");
+            // The agent's own code and message are fields too, for clients to act on.
+            assert_eq!(problem["agent_code"], *code, "{text}");
+            let message = problem["agent_message"].as_str().unwrap();
             let detail = problem["detail"].as_str().unwrap();
+            assert_eq!(detail, format!("agent_error: {code}: {message}"), "{text}");
             assert!(
                 detail.starts_with(&format!("agent_error: {code}: ")),
                 "submitting {body_in}: want {code}, got {text}"

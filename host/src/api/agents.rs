@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::error::{ApiError, ApiResult, problem};
+use super::error::{ApiError, ApiResult, agent_problem, problem};
 use super::state::LogLine;
 use super::{
     AppState, Caller, DURATION_HEADER, FUEL_HEADER, INVOCATION_HEADER, JsonBody, OUTCOME_HEADER, PEAK_MEMORY_HEADER,
@@ -317,7 +317,12 @@ pub(super) async fn invoke_core(
             resp
         }
         Outcome::Ok { output: None } => StatusCode::NO_CONTENT.into_response(),
-        // The agent's own failure: the tenant owns the agent, so the detail is theirs to see.
+        // The agent's own failure: the tenant owns the agent, so the detail is theirs to see;
+        // an agent's error also as fields, for clients to act on.
+        Outcome::AgentError { code, message } => {
+            let detail = format!("agent_error: {code}: {message}");
+            agent_problem(status, detail, code, message)
+        }
         other => problem(status, other.code(), other.to_string()),
     };
     let h = resp.headers_mut();

@@ -133,6 +133,12 @@ pub struct Problem {
     pub detail: String,
     /// Stable machine-readable code.
     pub code: String,
+    /// An agent's own error code, for an invocation that ended `agent_error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_code: Option<String>,
+    /// An agent's own error message, for an invocation that ended `agent_error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_message: Option<String>,
 }
 
 impl ApiError {
@@ -166,13 +172,32 @@ impl ApiError {
 
 /// A problem+json response.
 pub fn problem(status: StatusCode, code: &str, detail: String) -> Response {
-    let body = Problem {
+    problem_response(problem_body(status, code, detail))
+}
+
+/// The problem of an invocation that ended `agent_error`: the agent's own `code` and
+/// `message` as fields (`agent_code`, `agent_message`) beside the detail.
+pub fn agent_problem(status: StatusCode, detail: String, agent_code: String, agent_message: String) -> Response {
+    let mut body = problem_body(status, "agent_error", detail);
+    body.agent_code = Some(agent_code);
+    body.agent_message = Some(agent_message);
+    problem_response(body)
+}
+
+fn problem_body(status: StatusCode, code: &str, detail: String) -> Problem {
+    Problem {
         kind: format!("https://cortex.dev/problems/{code}"),
         title: status.canonical_reason().unwrap_or("error").to_owned(),
         status: status.as_u16(),
         detail,
         code: code.to_owned(),
-    };
+        agent_code: None,
+        agent_message: None,
+    }
+}
+
+fn problem_response(body: Problem) -> Response {
+    let status = StatusCode::from_u16(body.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = (status, axum::Json(body)).into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     resp
