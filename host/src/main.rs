@@ -198,6 +198,23 @@ fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where this server's tokens come from, and how to mint one.
+fn token_hint(cfg: &ServerConfig) -> String {
+    if cfg.auth.algorithm == "HS256" {
+        let path = cfg.auth.secret_file.clone().unwrap_or_else(|| cfg.data_dir.join("jwt-hs256.secret"));
+        format!(
+            "Tokens are signed with the HS256 secret in {}; mint one with: cortex token --data {} --tenant TENANT --role developer",
+            path.display(),
+            cfg.data_dir.display()
+        )
+    } else {
+        format!(
+            "Tokens are {} JWTs from your issuer {:?} (audience {:?})",
+            cfg.auth.algorithm, cfg.auth.issuer, cfg.auth.audience
+        )
+    }
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = server_config(args.config.as_deref(), args.data)?;
     if let Some(l) = args.listen {
@@ -224,7 +241,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             );
         }
     } else {
-        println!("Cortex is serving on http://{addr}");
+        // One write: whoever reads the first line gets the second with it.
+        println!("Cortex is serving on http://{addr}\n{}", token_hint(&cfg));
     }
     cortex_host::server::serve(state, listener, cortex_host::server::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)

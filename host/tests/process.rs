@@ -154,6 +154,8 @@ struct Serve {
     child: Child,
     base: String,
     data: String,
+    /// The line after the address: where tokens come from.
+    tokens: String,
 }
 
 impl Serve {
@@ -183,7 +185,12 @@ impl Serve {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+        let mut tokens = String::new();
+        out.read_line(&mut tokens).unwrap();
+        // Kept open for the server's life: a write to a closed pipe would fail.
+        child.stdout = Some(out.into_inner());
         let addr = line
             .trim()
             .strip_prefix("Cortex is serving on http://")
@@ -196,7 +203,7 @@ impl Serve {
             .to_owned();
         let addr: std::net::SocketAddr = addr.parse().unwrap();
         assert_ne!(addr.port(), 0, "port 0 must be replaced by the real port");
-        Serve { child, base: format!("http://{addr}"), data }
+        Serve { child, base: format!("http://{addr}"), data, tokens }
     }
 
     fn token(&self, tenant: Option<&str>, role: &str) -> String {
@@ -363,6 +370,9 @@ async fn acknowledged_increments_survive_sigkill() {
     drop(s);
 
     let s = Serve::start(&data);
+    // It says where its tokens come from and how to mint one.
+    let secret = Path::new(&s.data).join("jwt-hs256.secret");
+    assert!(s.tokens.contains(secret.to_str().unwrap()) && s.tokens.contains("cortex token --data"), "{}", s.tokens);
     s.ready(&client).await;
     let r = client.post(format!("{}/v1/agents/c/invoke", s.base)).bearer_auth(&dev).body("hits").send().await.unwrap();
     assert_eq!(r.status(), 200, "the agent is back after the restart");
