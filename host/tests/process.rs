@@ -535,6 +535,26 @@ async fn client_commands_drive_the_whole_lifecycle() {
     assert!(header.contains("HEALTH") && header.contains("CIRCUIT") && header.contains("ROLLED_BACK"), "{shown}");
     assert!(shown.contains("probation failed: 2 of 2 invocations failed"), "{shown}");
     assert_eq!(ok(client(&s, &dev, &["invoke", "greeter", "--input", "cli"])), "Hello, cli!\n", "rolled back");
+    // --json: status, outcome, stats and output; or the problem, with exit 1.
+    let v: Value =
+        serde_json::from_str(&ok(client(&s, &dev, &["invoke", "greeter", "--input", "js", "--json"]))).unwrap();
+    assert_eq!((&v["status"], &v["outcome"], &v["output"]), (&json!(200), &json!("ok"), &json!("Hello, js!")), "{v}");
+    assert!(v["fuel"].as_u64().unwrap() > 0 && v["duration_us"].is_u64() && v["invocation"].is_string(), "{v}");
+    let missing = client(&s, &dev, &["invoke", "nobody", "--json"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&missing.stdout).unwrap();
+    assert_eq!((&v["status"], &v["problem"]["code"]), (&json!(404), &json!("not_found")), "{v}");
+    // --input @- reads stdin.
+    let mut piped = cortex(&["invoke", "greeter", "--input", "@-"])
+        .env("CORTEX_URL", &s.base)
+        .env("CORTEX_TOKEN", &dev)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut piped.stdin.take().unwrap(), b"stdin").unwrap();
+    let out = piped.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello, stdin!\n");
 
     ok(client(&s, &dev, &["agents", "stop", "greeter"]));
     let stopped = client(&s, &dev, &["invoke", "greeter"]);

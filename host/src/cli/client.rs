@@ -37,7 +37,7 @@ pub enum ClientCommand {
     Invoke {
         /// Agent name.
         name: String,
-        /// Input: text, or @FILE.
+        /// Input: text, @FILE, or @- for stdin.
         #[arg(long, default_value = "")]
         input: String,
         #[command(flatten)]
@@ -453,19 +453,32 @@ impl ClientCommand {
             }
             ClientCommand::Invoke { name, input, conn } => {
                 let body = match input.strip_prefix('@') {
+                    Some("-") => {
+                        let mut b = Vec::new();
+                        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b).context("cannot read stdin")?;
+                        b
+                    }
                     Some(p) => std::fs::read(p).with_context(|| format!("cannot read {p}"))?,
                     None => input.into_bytes(),
                 };
                 let resp = conn.send(M::POST, &format!("/v1/agents/{name}/invoke"), Payload::Bytes(body)).await?;
                 let status = resp.status();
-                let outcome =
-                    resp.headers().get("x-cortex-outcome").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                let header = |h: &str| resp.headers().get(h).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let outcome = header("x-cortex-outcome").unwrap_or_default();
+                let stats = InvocationStats {
+                    fuel: header("x-cortex-fuel").and_then(|v| v.parse().ok()),
+                    duration_us: header("x-cortex-duration-us").and_then(|v| v.parse().ok()),
+                    peak_memory: header("x-cortex-peak-memory").and_then(|v| v.parse().ok()),
+                    invocation: header("x-cortex-invocation"),
+                };
                 let bytes = resp.bytes().await?;
-                if status.is_success() {
+                let code = if status.is_success() { ExitCode::SUCCESS } else { ExitCode::from(1) };
+                if conn.json {
+                    println!("{}", serde_json::to_string_pretty(&invocation_json(status, &outcome, &stats, &bytes))?);
+                } else if status.is_success() {
                     use std::io::Write;
                     std::io::stdout().write_all(&bytes)?;
                     println!();
-                    Ok(ExitCode::SUCCESS)
                 } else {
                     let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                     eprintln!(
@@ -473,8 +486,8 @@ impl ClientCommand {
                         v["code"].as_str().unwrap_or(&outcome),
                         v["detail"].as_str().unwrap_or("")
                     );
-                    Ok(ExitCode::from(1))
                 }
+                Ok(code)
             }
             ClientCommand::Logs { name, since, limit, conn } => {
                 let path = format!("/v1/agents/{name}/logs?since={since}&limit={limit}");
@@ -568,4 +581,34 @@ pub async fn bootstrap_demo(app: axum::Router, admin_token: &str, deploys: &[Str
         names.push(name.to_owned());
     }
     Ok(names)
+}
+
+/// What an invocation's response headers say of it.
+struct InvocationStats {
+    fuel: Option<u64>,
+    duration_us: Option<u64>,
+    peak_memory: Option<u64>,
+    invocation: Option<String>,
+}
+
+/// `cortex invoke --json`: the status, outcome, stats and output (as text when it is UTF-8,
+/// else as hex in `output_hex`) or the problem the server answered.
+fn invocation_json(status: reqwest::StatusCode, outcome: &str, s: &InvocationStats, body: &[u8]) -> Value {
+    let mut v = json!({
+        "status": status.as_u16(),
+        "outcome": outcome,
+        "fuel": s.fuel,
+        "duration_us": s.duration_us,
+        "peak_memory": s.peak_memory,
+        "invocation": s.invocation,
+    });
+    if status.is_success() {
+        match std::str::from_utf8(body) {
+            Ok(text) => v["output"] = json!(text),
+            Err(_) => v["output_hex"] = json!(crate::secrets::hex(body)),
+        }
+    } else {
+        v["problem"] = serde_json::from_slice(body).unwrap_or(Value::Null);
+    }
+    v
 }
