@@ -1062,3 +1062,31 @@ async fn an_upload_that_outlasts_the_compile_bound_is_refused_and_its_compile_st
     assert_eq!(modules[0]["digest"], hello.as_str());
     assert_eq!(s.invoke_ok(&dev, "hi", "again").await, "Hello, again!");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_forgets_on_change_is_warned_at_upload_and_its_watches_refused() {
+    let s = Server::start().await;
+    let dev = s.developer_in("acme").await;
+    let upload = |path: &'static str| {
+        let r = s.req(Method::POST, "/v1/modules", &dev).body(std::fs::read(path).unwrap());
+        async move { r.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let partial = upload(art::NO_ON_CHANGE).await;
+    assert_eq!(partial["world"], "agent", "{partial}");
+    assert_eq!(partial["warnings"], json!(["exports handle but not on-change; watches will be refused"]), "{partial}");
+    // The warning stays with the module.
+    let digest = partial["digest"].as_str().unwrap();
+    assert_eq!(s.get_json(&dev, &format!("/v1/modules/{digest}")).await["warnings"], partial["warnings"]);
+    // And it is what happens: a deploy with watches is refused, one without runs.
+    let body = json!({ "name": "w", "module": digest, "watches": [{ "collection": "c", "prefix": "" }] });
+    let r = answer(s.req(Method::POST, "/v1/agents", &dev).json(&body).send().await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert!(r.text.contains("on-change"), "{}", r.text);
+    s.deploy(&dev, "plain", digest, json!({})).await;
+    assert_eq!(s.invoke(&dev, "plain", "x").await.0, StatusCode::NO_CONTENT);
+    // A full agent and a tool get no warning.
+    for path in [art::KV, art::HELLO] {
+        let m = upload(path).await;
+        assert!(m.get("warnings").is_none(), "{m}");
+    }
+}

@@ -107,6 +107,7 @@ pub async fn upload_module(
         },
         imports: module.shape.imports.clone(),
         exports: module.shape.exports.clone(),
+        warnings: module.shape.warnings(),
         created_ms: now_ms(),
     };
     st.agents.modules.cache(module);

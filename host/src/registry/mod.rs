@@ -202,6 +202,9 @@ pub struct ModuleRecord {
     pub imports: Vec<String>,
     /// Export names.
     pub exports: Vec<String>,
+    /// What the upload told its author (an agent missing an export the host calls).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Upload time.
     pub created_ms: u64,
 }

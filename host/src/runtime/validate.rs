@@ -271,6 +271,24 @@ pub struct Shape {
     pub has_on_change: bool,
 }
 
+impl Shape {
+    /// What an upload should tell its author: an agent (it exports `init` or `on-change`,
+    /// or imports the agent interfaces) that lacks an export the host calls. A tool (only
+    /// `handle`, no agent imports) gets none.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.world == World::Agent {
+            if !self.has_on_change {
+                w.push("exports handle but not on-change; watches will be refused".to_owned());
+            }
+            if !self.has_init {
+                w.push("exports handle but not init; a deploy's config is not checked by the agent".to_owned());
+            }
+        }
+        w
+    }
+}
+
 /// Check a compiled component's imports and exports.
 pub fn check_component(engine: &Engine, component: &Component) -> Result<Shape, LoadError> {
     let ty = component.component_type();
@@ -309,6 +327,18 @@ mod tests {
         assert!(matches!(check_import("wasi:cli/environment@0.3.0"), Err(LoadError::UnknownImport { .. })));
         assert!(matches!(check_import("evil:backdoor/shell"), Err(LoadError::UnknownImport { .. })));
         assert!(matches!(check_import("wasi:nn/graph@0.2.0"), Err(LoadError::UnknownImport { .. })));
+    }
+
+    #[test]
+    fn an_agent_missing_a_hook_is_warned_and_a_tool_is_not() {
+        let shape =
+            |world, has_init, has_on_change| Shape { world, imports: vec![], exports: vec![], has_init, has_on_change };
+        assert!(shape(World::Tool, false, false).warnings().is_empty());
+        assert!(shape(World::Agent, true, true).warnings().is_empty());
+        let w = shape(World::Agent, true, false).warnings();
+        assert_eq!(w, vec!["exports handle but not on-change; watches will be refused".to_owned()]);
+        let w = shape(World::Agent, false, true).warnings();
+        assert!(w.len() == 1 && w[0].contains("not init"), "{w:?}");
     }
 
     #[test]
