@@ -30,6 +30,9 @@ enum Command {
     Serve(ServeArgs),
     /// Mint a development token (HS256, from the data directory's secret).
     Token(TokenArgs),
+    /// Build the agent project in this folder (or the nearest above it with a cortex.toml);
+    /// prints the component's path.
+    Build(BuildArgs),
     /// Talk to a running server (CORTEX_URL, CORTEX_TOKEN).
     #[command(flatten)]
     Client(cortex_host::cli::client::ClientCommand),
@@ -53,6 +56,13 @@ struct ServeArgs {
     /// Deploy NAME=PATH.wasm into the `demo` tenant at start (repeatable).
     #[arg(long = "deploy", value_name = "NAME=PATH")]
     deploy: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// The project folder (default: the current one).
+    #[arg(long, default_value = ".")]
+    path: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -134,6 +144,7 @@ fn main() -> ExitCode {
         Command::Run(args) => rt.block_on(run(args)),
         Command::Serve(args) => rt.block_on(serve(args)),
         Command::Token(args) => token(args),
+        Command::Build(args) => build(args),
         // A client command that fails at run time (the server refused, or cannot be
         // reached) exits 1; 2 is for usage errors (clap's own, and the other commands').
         Command::Client(cmd) => match rt.block_on(cmd.run()) {
@@ -149,6 +160,24 @@ fn main() -> ExitCode {
         eprintln!("error: {e:#}");
         ExitCode::from(2)
     })
+}
+
+fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    use cortex_host::cli::project::Project;
+    let built = Project::find(&args.path).and_then(|p| {
+        eprintln!("building {} ({}): {}", p.manifest.agent.name, p.manifest.agent.lang, p.manifest.build.command);
+        p.build()
+    });
+    match built {
+        Ok(out) => {
+            println!("{}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 fn server_config(file: Option<&std::path::Path>, data: Option<PathBuf>) -> anyhow::Result<ServerConfig> {

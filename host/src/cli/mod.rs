@@ -1,4 +1,5 @@
 //! Command-line helpers of the `cortex` binary.
 
 pub mod client;
+pub mod project;
 pub mod units;
