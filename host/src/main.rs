@@ -30,6 +30,8 @@ enum Command {
     Serve(ServeArgs),
     /// Mint a development token (HS256, from the data directory's secret).
     Token(TokenArgs),
+    /// Make a new agent project from a template shipped in this binary.
+    New(NewArgs),
     /// Build the agent project in this folder (or the nearest above it with a cortex.toml);
     /// prints the component's path.
     Build(BuildArgs),
@@ -56,6 +58,18 @@ struct ServeArgs {
     /// Deploy NAME=PATH.wasm into the `demo` tenant at start (repeatable).
     #[arg(long = "deploy", value_name = "NAME=PATH")]
     deploy: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct NewArgs {
+    /// The agent's name (also the folder's, unless --dir).
+    name: String,
+    /// rust, python, ts, js, go or c.
+    #[arg(long)]
+    lang: String,
+    /// Where to make the project (default: ./NAME).
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -144,6 +158,7 @@ fn main() -> ExitCode {
         Command::Run(args) => rt.block_on(run(args)),
         Command::Serve(args) => rt.block_on(serve(args)),
         Command::Token(args) => token(args),
+        Command::New(args) => new_project(args),
         Command::Build(args) => build(args),
         // A client command that fails at run time (the server refused, or cannot be
         // reached) exits 1; 2 is for usage errors (clap's own, and the other commands').
@@ -160,6 +175,29 @@ fn main() -> ExitCode {
         eprintln!("error: {e:#}");
         ExitCode::from(2)
     })
+}
+
+fn new_project(args: NewArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.dir.unwrap_or_else(|| PathBuf::from(&args.name));
+    match cortex_host::cli::new::create(&dir, &args.lang, &args.name) {
+        Ok(files) => {
+            println!(
+                "Created {} ({}) in {}:",
+                args.name,
+                cortex_host::cli::new::canonical_lang(&args.lang),
+                dir.display()
+            );
+            for f in files {
+                println!("  {}", f.display());
+            }
+            println!("Next: cd {} && cortex build && cortex deploy {} <the printed .wasm>", dir.display(), args.name);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(2))
+        }
+    }
 }
 
 fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {

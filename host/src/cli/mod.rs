@@ -1,5 +1,6 @@
 //! Command-line helpers of the `cortex` binary.
 
 pub mod client;
+pub mod new;
 pub mod project;
 pub mod units;
