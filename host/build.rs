@@ -39,6 +39,32 @@ fn main() {
         }
         let _ = writeln!(code, "    ({lang:?}, {:?}, include_bytes!({:?})),", inner.join("/"), f.display().to_string());
     }
+    // Every template gets the repo's WIT package as its own copy (`wit/`), never a stale one.
+    let wit = root.parent().map(|h| h.join("../wit")).unwrap_or_default();
+    println!("cargo:rerun-if-changed={}", wit.display());
+    let mut wit_files = Vec::new();
+    walk(&wit, &mut wit_files);
+    let mut langs: Vec<String> = std::fs::read_dir(&root)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    langs.sort();
+    for lang in &langs {
+        for f in &wit_files {
+            let Ok(rel) = f.strip_prefix(&wit) else { continue };
+            let rel: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+            let _ = writeln!(
+                code,
+                "    ({lang:?}, \"wit/{}\", include_bytes!({:?})),",
+                rel.join("/"),
+                f.display().to_string()
+            );
+        }
+    }
     code.push_str("];\n");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default()).join("templates.rs");
     if let Err(e) = std::fs::write(&out, code) {
