@@ -130,4 +130,12 @@ mod tests {
             assert!(!String::from_utf8_lossy(&text).contains("{{name"), "{} keeps a placeholder", f.display());
         }
     }
+
+    #[test]
+    fn every_language_with_a_guide_has_a_template() {
+        let have = languages();
+        for lang in ["js", "python", "rust", "ts"] {
+            assert!(have.contains(&lang), "no template for {lang}: {have:?}");
+        }
+    }
 }
