@@ -149,7 +149,7 @@ async fn walk_through(lang: &str) {
         .await
         .unwrap();
     let (status, body) = (r.status(), r.text().await.unwrap());
-    assert!(status.is_client_error() && body.contains("bad-config"), "{lang}: an empty greeting: {status} {body}");
+    assert!(status.is_client_error() && body.contains("greeting must not be empty"), "{lang}: an empty greeting: {status} {body}");
     let settings = json!({ "op": "get", "collection": "settings", "key": "notes" });
     assert_eq!(command(&s, &dev, "notes", &settings).await, json!({ "value": { "greeting": "Hi" }, "revision": 1 }));
     let settings = json!({ "op": "get", "collection": "settings", "key": "peer" });
