@@ -88,7 +88,8 @@ fn package_value(sdk: &toml::Table, workspace: &toml::Table, key: &str) -> Optio
     }
 }
 
-/// Adds the guest SDK (`../guest-sdk`) to the Rust template as `vendor/cortex-agent/`.
+/// Adds the guest SDK (`../guest-sdk`) to the Rust template as `vendor/cortex-agent/`,
+/// and the repo's `rust-toolchain.toml`.
 fn vendor_sdk(templates: &Path, code: &mut String) {
     let repo = templates.join("../..");
     let sdk_dir = repo.join("guest-sdk");
@@ -126,6 +127,10 @@ fn vendor_sdk(templates: &Path, code: &mut String) {
         }
         manifest.insert(section.into(), toml::Value::Table(t));
     }
+    // The repo's toolchain pin: rustup installs that toolchain and its wasm32-wasip2 target.
+    let pin = repo.join("rust-toolchain.toml");
+    println!("cargo:rerun-if-changed={}", pin.display());
+    let _ = writeln!(code, "    (\"rust\", \"rust-toolchain.toml\", include_bytes!({:?})),", pin.display().to_string());
     let header = "# The Cortex guest SDK (guest-sdk/ of the Cortex repository), shipped by `cortex new`.\n";
     let mut files = vec![(PathBuf::from("Cargo.toml"), format!("{header}{manifest}").into_bytes())];
     let mut sources = Vec::new();
