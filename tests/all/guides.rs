@@ -139,8 +139,13 @@ async fn walk_through(lang: &str) {
 
     // Deploy: `init` reads the configuration and records it; a configuration it refuses
     // fails the deploy with the agent's own error.
-    s.deploy_with(&dev, "notes", &digest, json!({ "config": { "greeting": "Hi" }, "watches": [{ "collection": "notes" }] }))
-        .await;
+    s.deploy_with(
+        &dev,
+        "notes",
+        &digest,
+        json!({ "config": { "greeting": "Hi" }, "watches": [{ "collection": "notes" }] }),
+    )
+    .await;
     s.deploy_with(&dev, "peer", &digest, json!({})).await;
     let r = s
         .req(Method::POST, "/v1/agents", &dev)
@@ -149,7 +154,10 @@ async fn walk_through(lang: &str) {
         .await
         .unwrap();
     let (status, body) = (r.status(), r.text().await.unwrap());
-    assert!(status.is_client_error() && body.contains("greeting must not be empty"), "{lang}: an empty greeting: {status} {body}");
+    assert!(
+        status.is_client_error() && body.contains("greeting must not be empty"),
+        "{lang}: an empty greeting: {status} {body}"
+    );
     let settings = json!({ "op": "get", "collection": "settings", "key": "notes" });
     assert_eq!(command(&s, &dev, "notes", &settings).await, json!({ "value": { "greeting": "Hi" }, "revision": 1 }));
     let settings = json!({ "op": "get", "collection": "settings", "key": "peer" });
@@ -164,7 +172,8 @@ async fn walk_through(lang: &str) {
     let get = json!({ "op": "get", "key": "first" });
     assert_eq!(command(&s, &dev, "notes", &get).await["value"]["text"], input["text"], "{lang}");
     // on-change: the watch delivers the write, and the agent records it.
-    get_until(&s, &dev, "notes", "changes", "first", |v| v["value"]["op"] == "put" && v["value"]["revision"] == 1).await;
+    get_until(&s, &dev, "notes", "changes", "first", |v| v["value"]["op"] == "put" && v["value"]["revision"] == 1)
+        .await;
     let again = json!({ "op": "put", "key": "first", "text": "second version" });
     assert_eq!(command(&s, &dev, "notes", &again).await["revision"], 2, "{lang}");
     get_until(&s, &dev, "notes", "changes", "first", |v| v["value"]["revision"] == 2).await;

@@ -143,7 +143,12 @@ mod tests {
     fn the_rust_template_carries_the_sdk_its_wit_and_the_toolchain_pin() {
         let files = render("rust", "my-agent").unwrap();
         let file = |p: &str| files.iter().find(|(f, _)| f == Path::new(p)).map(|(_, b)| String::from_utf8_lossy(b));
-        for p in ["rust-toolchain.toml", "wit/worlds.wit", "vendor/cortex-agent/Cargo.toml", "vendor/cortex-agent/src/lib.rs"] {
+        for p in [
+            "rust-toolchain.toml",
+            "wit/worlds.wit",
+            "vendor/cortex-agent/Cargo.toml",
+            "vendor/cortex-agent/src/lib.rs",
+        ] {
             assert!(file(p).is_some(), "the rust template has no {p}");
         }
         // The project's own crate depends on the vendored SDK; the SDK builds outside the
