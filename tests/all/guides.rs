@@ -6,7 +6,8 @@
 //!   upload has no warning (the component exports `init`, `handle` and `on-change`), a
 //!   deploy runs `init` with the configuration (and one it refuses fails), the template's
 //!   `input.json` writes a note with compare-and-swap, `on-change` sees the write, a graph
-//!   relation is made and read back, and a message reaches another agent;
+//!   relation is made and read back, and a message sent and one published reach another
+//!   agent;
 //! - the guides show the templates' sources byte for byte (`<!-- file: PATH -->` before a
 //!   code block);
 //! - every relative link of the repo's markdown resolves, and no doc names the files that
@@ -146,7 +147,7 @@ async fn walk_through(lang: &str) {
         json!({ "config": { "greeting": "Hi" }, "watches": [{ "collection": "notes" }] }),
     )
     .await;
-    s.deploy_with(&dev, "peer", &digest, json!({})).await;
+    s.deploy_with(&dev, "peer", &digest, json!({ "subscriptions": ["news"] })).await;
     let r = s
         .req(Method::POST, "/v1/agents", &dev)
         .json(&json!({ "name": "refused", "module": digest, "config": { "greeting": "" } }))
@@ -185,6 +186,10 @@ async fn walk_through(lang: &str) {
     let send = json!({ "op": "send", "to": "peer", "text": "hello, peer" });
     assert_eq!(command(&s, &dev, "notes", &send).await, json!({ "sent": "peer" }), "{lang}");
     get_until(&s, &dev, "peer", "inbox", "notes", |v| v["value"]["text"] == "hello, peer").await;
+    // ... and one published to a topic reaches the agents subscribed to it.
+    let publish = json!({ "op": "publish", "topic": "news", "text": "extra, extra" });
+    assert_eq!(command(&s, &dev, "notes", &publish).await, json!({ "published": "news" }), "{lang}");
+    get_until(&s, &dev, "peer", "inbox", "notes", |v| v["value"]["text"] == "extra, extra").await;
 
     // A command it does not know is the agent's own error, with a stable code.
     let r = s.req(Method::POST, "/v1/agents/notes/invoke", &dev).body(r#"{"op":"dance"}"#).send().await.unwrap();

@@ -3,8 +3,9 @@
 - ``configure`` (the ``init`` export) reads the configuration (``greeting``) and records
   it in ``settings/<agent>``.
 - ``run`` (``handle``) takes a JSON command: ``hello``, ``put`` (compare-and-swap),
-  ``get``, ``link`` (a graph relation), ``send`` (a message to another agent) and
-  ``receive`` (what a message delivers).
+  ``get``, ``link`` (a graph relation), ``send`` (a message to another agent),
+  ``publish`` (a message to the agents subscribed to a topic) and ``receive`` (what a
+  message delivers).
 - ``changed`` (``on-change``) sees the writes to the watched collection ``notes`` and
   records each one in ``changes/<key>``.
 """
@@ -54,6 +55,10 @@ class WitWorld(Agent):
             to = field(cmd, "to")
             messaging.send(to, {"op": "receive", "from": me, "text": field(cmd, "text")})
             return {"sent": to}
+        if op == "publish":
+            topic = field(cmd, "topic")
+            messaging.publish(topic, {"op": "receive", "from": me, "text": field(cmd, "text")})
+            return {"published": topic}
         if op == "receive":
             # A message from another agent: delivered at least once, so the write is idempotent.
             Collection("inbox").put(field(cmd, "from"), {"text": field(cmd, "text")})

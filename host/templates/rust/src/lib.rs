@@ -2,8 +2,8 @@
 //!
 //! - `init` reads the configuration (`greeting`) and records it in `settings/<agent>`.
 //! - `handle` takes a JSON command: `hello`, `put` (compare-and-swap), `get`, `link`
-//!   (a graph relation), `send` (a message to another agent) and `receive` (what a
-//!   message delivers).
+//!   (a graph relation), `send` (a message to another agent), `publish` (a message to
+//!   the agents subscribed to a topic) and `receive` (what a message delivers).
 //! - `on-change` sees the writes to the watched collection `notes` and records each
 //!   one in `changes/<key>`.
 
@@ -68,6 +68,12 @@ impl Agent for Notes {
                 let message = json!({ "op": "receive", "from": me, "text": field(&cmd, "text")? });
                 messaging::send(to, message.to_string().as_bytes(), None)?;
                 json!({ "sent": to })
+            }
+            "publish" => {
+                let topic = field(&cmd, "topic")?;
+                let message = json!({ "op": "receive", "from": me, "text": field(&cmd, "text")? });
+                messaging::publish(topic, message.to_string().as_bytes())?;
+                json!({ "published": topic })
             }
             "receive" => {
                 // A message from another agent: delivered at least once, so the write is idempotent.

@@ -2,8 +2,8 @@
 //
 // - `init` reads the configuration (`greeting`) and records it in `settings/<agent>`.
 // - `handle` takes a JSON command: `hello`, `put` (compare-and-swap), `get`, `link`
-//   (a graph relation), `send` (a message to another agent) and `receive` (what a
-//   message delivers).
+//   (a graph relation), `send` (a message to another agent), `publish` (a message to
+//   the agents subscribed to a topic) and `receive` (what a message delivers).
 // - `onChange` (the `on-change` export) sees the writes to the watched collection
 //   `notes` and records each one in `changes/<key>`.
 //
@@ -93,6 +93,11 @@ export function handle(input: Uint8Array): Uint8Array | undefined {
         const to = field(cmd, 'to');
         messaging.send(to, encode({ op: 'receive', from: me, text: field(cmd, 'text') }), undefined);
         return encode({ sent: to });
+      }
+      case 'publish': {
+        const topic = field(cmd, 'topic');
+        messaging.publish(topic, encode({ op: 'receive', from: me, text: field(cmd, 'text') }));
+        return encode({ published: topic });
       }
       case 'receive':
         // A message from another agent: delivered at least once, so the write is idempotent.
