@@ -69,6 +69,7 @@ pub async fn build(config: ServerConfig) -> Result<Arc<AppState>, ServeError> {
     let state = Arc::new(AppState::new(config, runtime, store, verifier)?);
     let n = state.agents.restore().await.map_err(ApiError::from)?;
     tracing::info!(agents = n, "agents restored");
+    state.agents.count_records().await?;
     Ok(state)
 }
 
@@ -253,6 +254,7 @@ where
         let mut ended = activity.map(Ended);
         let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
         let deadline = api::RequestDeadline::after(self.timeout);
+        let (started, method, metrics) = (std::time::Instant::now(), req.method().clone(), self.state.metrics.clone());
         let lane = match api::invoke_target(req.method(), req.uri().path()) {
             // Bounded inside by the request's deadline: the credentials and body by a 408, the
             // invocation by its own 504, each timer armed only if it can matter.
@@ -273,6 +275,7 @@ where
         };
         Box::pin(
             async move {
+                let direct = matches!(lane, Lane::Invoke(_));
                 let mut resp = match lane {
                     Lane::Invoke(invoked) => invoked.await,
                     Lane::Router(routed, false) => match routed.await {
@@ -288,6 +291,9 @@ where
                 if resp.status().as_u16() >= 400 && !is_problem(&resp) {
                     resp = as_problem(resp).await;
                 }
+                // By route template, the fast path's as the router's.
+                let route = if direct { crate::telemetry::http::INVOKE_ROUTE } else { crate::telemetry::http::route_of(&resp) };
+                metrics.http_request(&method, route, resp.status().as_u16(), started.elapsed());
                 resp.headers_mut().insert(REQUEST_ID, id.header_value());
                 if ended.as_ref().is_some_and(|e| e.0.closing.load(Ordering::Relaxed)) {
                     // Shutting down: the client must not send another request here.

@@ -55,7 +55,8 @@ pub async fn metrics(st: &AppState, headers: &HeaderMap, token: &Result<Option<S
             return problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the metrics token is unreadable".into());
         }
     }
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render()).into_response()
+    let state = st.agents.tenant_state().await;
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render_with(&state)).into_response()
 }
 
 /// The bearer token `/metrics` requires (`[metrics] token_file`, trimmed), if any.
