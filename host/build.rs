@@ -19,9 +19,10 @@ fn main() {
     }
     let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]) else { return };
     // Built again when the checkout moves to another commit.
-    for dir in [git(&["rev-parse", "--absolute-git-dir"]), git(&["rev-parse", "--path-format=absolute", "--git-common-dir"])]
-        .into_iter()
-        .flatten()
+    for dir in
+        [git(&["rev-parse", "--absolute-git-dir"]), git(&["rev-parse", "--path-format=absolute", "--git-common-dir"])]
+            .into_iter()
+            .flatten()
     {
         let dir = PathBuf::from(dir);
         for f in ["HEAD", "packed-refs", "refs/heads"] {

@@ -255,6 +255,8 @@ where
         let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
         let deadline = api::RequestDeadline::after(self.timeout);
         let (started, method, metrics) = (std::time::Instant::now(), req.method().clone(), self.state.metrics.clone());
+        // Where the router says which route it took (none on the fast path).
+        let mut route_slot = None;
         let lane = match api::invoke_target(req.method(), req.uri().path()) {
             // Bounded inside by the request's deadline: the credentials and body by a 408, the
             // invocation by its own 504, each timer armed only if it can matter.
@@ -269,13 +271,15 @@ where
                 let bounded = !api::bounds_itself(req.method(), req.uri().path());
                 DefaultBodyLimit::max(self.body_limit).apply(&mut req);
                 req.extensions_mut().insert(deadline);
+                let slot = crate::telemetry::http::RouteSlot::default();
+                req.extensions_mut().insert(slot.clone());
+                route_slot = Some(slot);
                 let _entered = span.enter();
                 Lane::Router(Service::<Request<B>>::call(&mut self.router, req), bounded)
             }
         };
         Box::pin(
             async move {
-                let direct = matches!(lane, Lane::Invoke(_));
                 let mut resp = match lane {
                     Lane::Invoke(invoked) => invoked.await,
                     Lane::Router(routed, false) => match routed.await {
@@ -292,7 +296,7 @@ where
                     resp = as_problem(resp).await;
                 }
                 // By route template, the fast path's as the router's.
-                let route = if direct { crate::telemetry::http::INVOKE_ROUTE } else { crate::telemetry::http::route_of(&resp) };
+                let route = route_slot.as_ref().map_or(crate::telemetry::http::INVOKE_ROUTE, |r| r.label());
                 metrics.http_request(&method, route, resp.status().as_u16(), started.elapsed());
                 resp.headers_mut().insert(REQUEST_ID, id.header_value());
                 if ended.as_ref().is_some_and(|e| e.0.closing.load(Ordering::Relaxed)) {

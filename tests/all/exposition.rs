@@ -46,7 +46,8 @@ fn valid_name(n: &str) -> bool {
 
 fn valid_label(n: &str) -> bool {
     let mut chars = n.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn parse_value(v: &str) -> Result<f64, String> {

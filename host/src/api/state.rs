@@ -89,7 +89,8 @@ impl AppState {
         let observe: crate::store::Observer =
             Arc::new(move |op, d: Duration| latency.with_label_values(&[op]).observe(d.as_secs_f64()));
         let m = metrics.clone();
-        let count: crate::store::CountObserver = Arc::new(move |kind, tenant, delta| m.records_changed(kind, tenant, delta));
+        let count: crate::store::CountObserver =
+            Arc::new(move |kind, tenant, delta| m.records_changed(kind, tenant, delta));
         let store: Arc<dyn Store> = Arc::new(crate::store::Instrumented::new(store, observe).counting(count));
         let registry = Registry::new(store);
         let tenants = Arc::new(Tenants::new(registry.clone(), config.scheduling.guests));

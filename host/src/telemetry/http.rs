@@ -2,6 +2,8 @@
 //! the path asked for, whose values are unbounded), a fixed label for paths no route matches,
 //! and the method folded to the standard ones.
 
+use std::sync::{Arc, OnceLock};
+
 use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
 use axum::response::Response;
@@ -13,21 +15,27 @@ pub const UNMATCHED: &str = "unmatched";
 /// the router.
 pub const INVOKE_ROUTE: &str = "/v1/agents/{name}/invoke";
 
-/// A router layer (`axum::middleware::from_fn`) that hands the route template the router
-/// matched on to the response (as its [`MatchedPath`] extension), for the server's request
-/// metrics; a response without one matched no route.
-pub async fn tag_route(req: Request, next: axum::middleware::Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let mut resp = next.run(req).await;
-    if let Some(r) = route {
-        resp.extensions_mut().insert(r);
+/// Where the router puts the route template it matched a request on, for the server's
+/// request metrics (see [`tag_route`]); empty when no route matched. Inserted by the server
+/// into each request it routes: the label is known even when the server answers in the
+/// route's place (a request cut at its deadline).
+#[derive(Clone, Debug, Default)]
+pub struct RouteSlot(Arc<OnceLock<MatchedPath>>);
+
+impl RouteSlot {
+    /// The route label: the template matched, or [`UNMATCHED`].
+    pub fn label(&self) -> &str {
+        self.0.get().map_or(UNMATCHED, MatchedPath::as_str)
     }
-    resp
 }
 
-/// The route label of a response [`tag_route`] saw: its template, or [`UNMATCHED`].
-pub fn route_of(resp: &Response) -> &str {
-    resp.extensions().get::<MatchedPath>().map_or(UNMATCHED, MatchedPath::as_str)
+/// A router layer (`axum::middleware::from_fn`) that puts the route template the router
+/// matched into the request's [`RouteSlot`], if it has one.
+pub async fn tag_route(req: Request, next: axum::middleware::Next) -> Response {
+    if let (Some(slot), Some(route)) = (req.extensions().get::<RouteSlot>(), req.extensions().get::<MatchedPath>()) {
+        let _ = slot.0.set(route.clone());
+    }
+    next.run(req).await
 }
 
 /// The method label: the standard methods by name, anything else `other`.

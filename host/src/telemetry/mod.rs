@@ -35,8 +35,15 @@ pub const GIT_COMMIT: &str = match option_env!("CORTEX_GIT_COMMIT") {
 };
 
 /// Outcome codes other than `ok` and traps (whose kinds are open-ended).
-const OUTCOME_CODES: [&str; 7] =
-    ["agent_error", "fuel_exhausted", "memory_limit", "deadline_exceeded", "output_too_large", "host_call_limit", "exit"];
+const OUTCOME_CODES: [&str; 7] = [
+    "agent_error",
+    "fuel_exhausted",
+    "memory_limit",
+    "deadline_exceeded",
+    "output_too_large",
+    "host_call_limit",
+    "exit",
+];
 /// `cortex_traps_total` kinds besides trap kinds.
 const LIMIT_KINDS: [&str; 6] =
     ["fuel_exhausted", "memory_limit", "deadline_exceeded", "output_too_large", "host_call_limit", "exit"];
@@ -209,8 +216,7 @@ impl Metrics {
         };
         http_duration.with_label_values(&["GET", "/metrics"]);
         http_requests.with_label_values(&["GET", "/metrics", "200"]);
-        let traps =
-            f.counter("cortex_traps_total", "Invocations that ended on a trap or limit, by kind", &["kind"]);
+        let traps = f.counter("cortex_traps_total", "Invocations that ended on a trap or limit, by kind", &["kind"]);
         for kind in LIMIT_KINDS {
             traps.with_label_values(&[kind]);
         }
@@ -512,7 +518,8 @@ impl Metrics {
     }
 
     fn publish(&self, state: &HashMap<String, TenantState>) {
-        let gauges: [(&IntGaugeVec, fn(&TenantState) -> u64); 5] = [
+        type Figure = fn(&TenantState) -> u64;
+        let gauges: [(&IntGaugeVec, Figure); 5] = [
             (&self.running, |s| s.running),
             (&self.queued, |s| s.queued),
             (&self.mailbox_depth, |s| s.mailbox),

@@ -12,7 +12,11 @@ const FAMILIES: [(&str, &str, proto::MetricType); 7] = [
     ("process_virtual_memory_bytes", "Virtual memory size, in bytes", proto::MetricType::GAUGE),
     ("process_open_fds", "Open file descriptors", proto::MetricType::GAUGE),
     ("process_max_fds", "The limit on open file descriptors", proto::MetricType::GAUGE),
-    ("process_start_time_seconds", "Start time of the process since the Unix epoch, in seconds", proto::MetricType::GAUGE),
+    (
+        "process_start_time_seconds",
+        "Start time of the process since the Unix epoch, in seconds",
+        proto::MetricType::GAUGE,
+    ),
     ("process_threads", "Threads of the process", proto::MetricType::GAUGE),
 ];
 
