@@ -89,6 +89,31 @@ async fn a_fresh_server_exposes_every_documented_family_in_a_valid_exposition() 
     assert!(e.value("process_resident_memory_bytes", &[]).unwrap() > 1e6);
     assert!(e.value("process_open_fds", &[]).unwrap() >= 3.0);
     assert!(e.value("process_threads", &[]).unwrap() >= 2.0);
+
+    // A tenant's series exist once it does; an agent's once it is deployed: then every
+    // family has samples, before any invocation.
+    let dev = s.developer_in("acme").await;
+    let e = scrape(&s).await;
+    for (name, labels) in [
+        ("cortex_rate_limited_total", [("reason", "module_quota")]),
+        ("cortex_change_batches_total", [("result", "dead_lettered")]),
+        ("cortex_messages_total", [("result", "sent")]),
+        ("cortex_modules", [("tenant", "acme")]),
+        ("cortex_dead_letters", [("tenant", "acme")]),
+    ] {
+        assert_eq!(e.value(name, &labels), Some(0.0), "{name}{labels:?}");
+    }
+    let hello = s.upload(&dev, art::HELLO).await;
+    s.deploy(&dev, "first", &hello, json!({})).await;
+    let e = scrape(&s).await;
+    for (name, kind) in &documented {
+        let sampled = |n: &str| e.samples.iter().any(|x| x.name == n);
+        let has = if kind == "histogram" { sampled(&format!("{name}_count")) } else { sampled(name) };
+        assert!(has, "{name} has no sample with a tenant and an agent");
+    }
+    let zero = [("tenant", "acme"), ("agent", "first"), ("outcome", "fuel_exhausted")];
+    assert_eq!(e.value("cortex_invocations_total", &zero), Some(0.0));
+    assert_eq!(e.value("cortex_agent_health", &[("agent", "first")]), Some(0.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,9 +51,12 @@ impl Agents {
         out
     }
 
-    /// Count the modules and dead letters of every tenant in the store (once, at start:
-    /// from then on the store's writes keep the counts).
+    /// Make the series of every tenant in the store, and count the modules and dead letters
+    /// of each (once, at start: from then on the store's writes keep the counts).
     pub async fn count_records(&self) -> crate::store::Result<()> {
+        for (name, _) in self.registry.store().record_list(RecordKind::Tenant, "").await? {
+            self.metrics.tenant(&name);
+        }
         for kind in [RecordKind::Module, RecordKind::DeadLetter] {
             let mut counts: HashMap<String, i64> = HashMap::new();
             for (k, _) in self.registry.store().record_list(kind, "").await? {

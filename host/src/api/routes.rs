@@ -117,6 +117,7 @@ pub async fn create_tenant(
     match st.registry.put(RecordKind::Tenant, &t.name, &t, Some(0)).await {
         Ok(_) => {
             st.forget_tenant(&t.name);
+            st.metrics.tenant(&t.name);
             Ok((StatusCode::CREATED, Json(t)))
         }
         Err(crate::store::StoreError::Conflict { .. }) => {

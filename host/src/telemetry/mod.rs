@@ -361,9 +361,28 @@ impl Metrics {
     pub fn agent(&self, tenant: &str, agent: &str) -> AgentMetrics {
         let label = self.agent_label(tenant, agent).to_owned();
         // Its series start at zero: a first event moves them, it does not make them.
+        self.tenant(tenant);
         for outcome in OUTCOME_CODES.into_iter().chain(["trap"]) {
             self.invocations.with_label_values(&[tenant, &label, outcome]);
         }
+        for to in CIRCUIT_STATES {
+            self.circuit_transitions.with_label_values(&[tenant, &label, to]);
+        }
+        self.agent_health.with_label_values(&[tenant, &label]);
+        self.circuit_state.with_label_values(&[tenant, &label]);
+        AgentMetrics {
+            ok: self.invocations.with_label_values(&[tenant, &label, "ok"]),
+            duration: self.duration.with_label_values(&[tenant, &label]),
+            fuel: self.fuel.with_label_values(&[tenant]),
+            tenant: tenant.to_owned(),
+            label,
+        }
+    }
+
+    /// Make the series of `tenant` that are not an agent's (at zero, where they are new): a
+    /// tenant known to the node has them before its first event.
+    pub fn tenant(&self, tenant: &str) {
+        self.fuel.with_label_values(&[tenant]);
         for iface in crate::capabilities::Interface::ALL {
             self.host_calls.with_label_values(&[tenant, iface.name()]);
         }
@@ -376,20 +395,8 @@ impl Metrics {
         for result in MESSAGE_RESULTS {
             self.messages.with_label_values(&[tenant, result]);
         }
-        for to in CIRCUIT_STATES {
-            self.circuit_transitions.with_label_values(&[tenant, &label, to]);
-        }
-        self.agent_health.with_label_values(&[tenant, &label]);
-        self.circuit_state.with_label_values(&[tenant, &label]);
         self.dead_letters.with_label_values(&[tenant]);
         self.modules.with_label_values(&[tenant]);
-        AgentMetrics {
-            ok: self.invocations.with_label_values(&[tenant, &label, "ok"]),
-            duration: self.duration.with_label_values(&[tenant, &label]),
-            fuel: self.fuel.with_label_values(&[tenant]),
-            tenant: tenant.to_owned(),
-            label,
-        }
     }
 
     /// Count one invocation of the agent of `m`.
