@@ -84,6 +84,14 @@ pub struct AgentMetrics {
     fuel: IntCounter,
 }
 
+/// The agents that have a label of their own, by tenant, and the tenants whose `other`
+/// label has its series.
+#[derive(Debug, Default)]
+struct Labelled {
+    labelled: HashMap<String, HashSet<String>>,
+    others: HashSet<String>,
+}
+
 /// The handles of the invocation route's HTTP metrics, resolved once (the server's fast
 /// path counts every invocation request).
 #[derive(Clone)]
@@ -123,7 +131,7 @@ pub struct Metrics {
     artifact_cache: IntCounterVec,
     /// Every family, for those with no series yet: name, help, type.
     declared: Vec<(String, String, &'static str)>,
-    agents_seen: Mutex<HashMap<String, HashSet<String>>>,
+    agents_seen: Mutex<Labelled>,
     max_agent_labels: usize,
     /// Held while a scrape publishes the state and renders.
     scraping: Mutex<()>,
@@ -335,41 +343,50 @@ impl Metrics {
             artifact_cache,
             registry: f.registry,
             declared: f.declared,
-            agents_seen: Mutex::new(HashMap::new()),
+            agents_seen: Mutex::new(Labelled::default()),
             max_agent_labels,
             scraping: Mutex::new(()),
         }
     }
 
-    fn agent_label<'a>(&self, tenant: &str, agent: &'a str) -> &'a str {
+    /// The agent label of `tenant/agent`, and whether its series are yet to be made.
+    fn agent_label<'a>(&self, tenant: &str, agent: &'a str) -> (&'a str, bool) {
         let mut seen = self.agents_seen.lock().unwrap_or_else(PoisonError::into_inner);
         // No allocation on the hot path: an agent already labelled is found by borrow.
-        if seen.get(tenant).is_some_and(|s| s.contains(agent)) {
-            return agent;
+        if seen.labelled.get(tenant).is_some_and(|s| s.contains(agent)) {
+            return (agent, false);
         }
-        let total: usize = seen.values().map(HashSet::len).sum();
+        let total: usize = seen.labelled.values().map(HashSet::len).sum();
         if total < self.max_agent_labels {
-            seen.entry(tenant.to_owned()).or_default().insert(agent.to_owned());
-            agent
+            seen.labelled.entry(tenant.to_owned()).or_default().insert(agent.to_owned());
+            (agent, true)
         } else {
-            "other"
+            let fresh = !seen.others.contains(tenant);
+            if fresh {
+                seen.others.insert(tenant.to_owned());
+            }
+            ("other", fresh)
         }
     }
 
     /// The handles of `tenant/agent` (its agent label decided now, as for
     /// [`invocation`](Self::invocation)).
     pub fn agent(&self, tenant: &str, agent: &str) -> AgentMetrics {
-        let label = self.agent_label(tenant, agent).to_owned();
-        // Its series start at zero: a first event moves them, it does not make them.
-        self.tenant(tenant);
-        for outcome in OUTCOME_CODES.into_iter().chain(["trap"]) {
-            self.invocations.with_label_values(&[tenant, &label, outcome]);
+        let (label, fresh) = self.agent_label(tenant, agent);
+        let label = label.to_owned();
+        // Its series start at zero: a first event moves them, it does not make them. Made
+        // once per label (a restore of many agents does not make them again).
+        if fresh {
+            self.tenant(tenant);
+            for outcome in OUTCOME_CODES.into_iter().chain(["trap"]) {
+                self.invocations.with_label_values(&[tenant, &label, outcome]);
+            }
+            for to in CIRCUIT_STATES {
+                self.circuit_transitions.with_label_values(&[tenant, &label, to]);
+            }
+            self.agent_health.with_label_values(&[tenant, &label]);
+            self.circuit_state.with_label_values(&[tenant, &label]);
         }
-        for to in CIRCUIT_STATES {
-            self.circuit_transitions.with_label_values(&[tenant, &label, to]);
-        }
-        self.agent_health.with_label_values(&[tenant, &label]);
-        self.circuit_state.with_label_values(&[tenant, &label]);
         AgentMetrics {
             ok: self.invocations.with_label_values(&[tenant, &label, "ok"]),
             duration: self.duration.with_label_values(&[tenant, &label]),
