@@ -152,6 +152,29 @@ async fn http_requests_are_counted_by_route_template_and_status_on_both_lanes() 
     assert!(routes.iter().all(|r| r == "unmatched" || !r.contains("first") && !r.contains("nobody")), "{routes:?}");
 }
 
+/// A request the server answers in its route's place (cut at `http.request_timeout_ms`)
+/// keeps the route's template as its label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cut_at_its_deadline_keeps_its_route_label() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The tenant is made first, without the short timeout.
+    let s = Server::start().await;
+    let dev = s.developer_in("t").await;
+    let s = Server::start_in(s.stop().await, |c| c.http.request_timeout_ms = 400).await;
+    // Ten bytes of a module announced, none sent.
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let head =
+        format!("POST /v1/modules HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {dev}\r\nContent-Length: 10\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut resp = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut resp)).await.unwrap().unwrap();
+    let resp = String::from_utf8_lossy(&resp[..n]);
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    let e = scrape(&s).await;
+    let labels = [("method", "POST"), ("route", "/v1/modules"), ("status", "408")];
+    assert_eq!(e.value("cortex_http_requests_total", &labels), Some(1.0), "{e:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gauges_follow_pools_mailboxes_agents_and_modules() {
     let s = Server::start().await;
