@@ -34,6 +34,13 @@ async fn scrape_until(s: &Server, what: &str, want: impl Fn(&Exposition) -> bool
     }
 }
 
+/// Each `(family, label)` has exactly one series with that label, at 0.
+fn all_zero(e: &Exposition, series: &[(&str, (&str, &str))]) {
+    for (name, label) in series {
+        assert_eq!(e.value(name, &[*label]), Some(0.0), "{name}{label:?}");
+    }
+}
+
 /// The families the README's metrics table documents.
 fn documented() -> Vec<(String, String)> {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
@@ -62,15 +69,16 @@ async fn a_fresh_server_exposes_every_documented_family_in_a_valid_exposition() 
         assert!(documented.iter().any(|(d, _)| d == name), "{name} is exposed but not in the README's table");
     }
     // Known label values are there at zero before a first event.
-    for (name, labels) in [
-        ("cortex_artifact_cache_total", [("result", "hit")]),
-        ("cortex_artifact_cache_total", [("result", "miss")]),
-        ("cortex_traps_total", [("kind", "fuel_exhausted")]),
-        ("cortex_task_restarts_total", [("kind", "watcher")]),
-        ("cortex_http_requests_total", [("route", "/metrics")]),
-    ] {
-        assert_eq!(e.value(name, &labels), Some(0.0), "{name}{labels:?}");
-    }
+    all_zero(
+        &e,
+        &[
+            ("cortex_artifact_cache_total", ("result", "hit")),
+            ("cortex_artifact_cache_total", ("result", "miss")),
+            ("cortex_traps_total", ("kind", "fuel_exhausted")),
+            ("cortex_task_restarts_total", ("kind", "watcher")),
+            ("cortex_http_requests_total", ("route", "/metrics")),
+        ],
+    );
     assert_eq!(e.value("cortex_module_compile_seconds_count", &[]), Some(0.0));
     // The build, and the process.
     let version = e.label_values("cortex_build_info", "version");
@@ -94,15 +102,16 @@ async fn a_fresh_server_exposes_every_documented_family_in_a_valid_exposition() 
     // family has samples, before any invocation.
     let dev = s.developer_in("acme").await;
     let e = scrape(&s).await;
-    for (name, labels) in [
-        ("cortex_rate_limited_total", [("reason", "module_quota")]),
-        ("cortex_change_batches_total", [("result", "dead_lettered")]),
-        ("cortex_messages_total", [("result", "sent")]),
-        ("cortex_modules", [("tenant", "acme")]),
-        ("cortex_dead_letters", [("tenant", "acme")]),
-    ] {
-        assert_eq!(e.value(name, &labels), Some(0.0), "{name}{labels:?}");
-    }
+    all_zero(
+        &e,
+        &[
+            ("cortex_rate_limited_total", ("reason", "module_quota")),
+            ("cortex_change_batches_total", ("result", "dead_lettered")),
+            ("cortex_messages_total", ("result", "sent")),
+            ("cortex_modules", ("tenant", "acme")),
+            ("cortex_dead_letters", ("tenant", "acme")),
+        ],
+    );
     let hello = s.upload(&dev, art::HELLO).await;
     s.deploy(&dev, "first", &hello, json!({})).await;
     let e = scrape(&s).await;
@@ -156,19 +165,12 @@ async fn http_requests_are_counted_by_route_template_and_status_on_both_lanes() 
 /// keeps the route's template as its label.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_cut_at_its_deadline_keeps_its_route_label() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // The tenant is made first, without the short timeout.
     let s = Server::start().await;
     let dev = s.developer_in("t").await;
     let s = Server::start_in(s.stop().await, |c| c.http.request_timeout_ms = 400).await;
     // Ten bytes of a module announced, none sent.
-    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    let head =
-        format!("POST /v1/modules HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {dev}\r\nContent-Length: 10\r\n\r\n");
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    let mut resp = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut resp)).await.unwrap().unwrap();
-    let resp = String::from_utf8_lossy(&resp[..n]);
+    let resp = s.unsent_body("POST /v1/modules", &dev).await;
     assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
     let e = scrape(&s).await;
     let labels = [("method", "POST"), ("route", "/v1/modules"), ("status", "408")];
