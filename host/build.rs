@@ -1,7 +1,12 @@
-//! Embeds the agent project templates (`templates/<lang>/**`) that `cortex new` writes.
+//! Build-time inputs of the host:
+//! - the agent project templates (`templates/<lang>/**`) that `cortex new` writes, embedded;
+//! - the git commit the host is built from (for `cortex_build_info`), when it is built from
+//!   a git checkout and `git` is installed; `CORTEX_GIT_COMMIT` set in the environment wins
+//!   (builds from a source archive). Without either, the commit reads `unknown`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
@@ -22,6 +27,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn main() {
+    record_git_commit();
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default()).join("templates");
     println!("cargo:rerun-if-changed={}", root.display());
     let mut files = Vec::new();
@@ -165,4 +171,35 @@ fn vendor_sdk(templates: &Path, code: &mut String) {
             dest.display().to_string()
         );
     }
+}
+
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git").args(args).output().ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    (out.status.success() && !text.trim().is_empty()).then(|| text.trim().to_owned())
+}
+
+/// `CORTEX_GIT_COMMIT` for `cortex_build_info`.
+fn record_git_commit() {
+    println!("cargo:rerun-if-env-changed=CORTEX_GIT_COMMIT");
+    if let Ok(commit) = std::env::var("CORTEX_GIT_COMMIT") {
+        println!("cargo:rustc-env=CORTEX_GIT_COMMIT={commit}");
+        return;
+    }
+    let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]) else { return };
+    // Built again when the checkout moves to another commit.
+    for dir in
+        [git(&["rev-parse", "--absolute-git-dir"]), git(&["rev-parse", "--path-format=absolute", "--git-common-dir"])]
+            .into_iter()
+            .flatten()
+    {
+        let dir = PathBuf::from(dir);
+        for f in ["HEAD", "packed-refs", "refs/heads"] {
+            if dir.join(f).exists() {
+                println!("cargo:rerun-if-changed={}", dir.join(f).display());
+            }
+        }
+    }
+    println!("cargo:rustc-env=CORTEX_GIT_COMMIT={commit}");
 }

@@ -69,6 +69,7 @@ pub async fn build(config: ServerConfig) -> Result<Arc<AppState>, ServeError> {
     let state = Arc::new(AppState::new(config, runtime, store, verifier)?);
     let n = state.agents.restore().await.map_err(ApiError::from)?;
     tracing::info!(agents = n, "agents restored");
+    state.agents.count_records().await?;
     Ok(state)
 }
 
@@ -253,6 +254,9 @@ where
         let mut ended = activity.map(Ended);
         let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
         let deadline = api::RequestDeadline::after(self.timeout);
+        let (started, method, metrics) = (std::time::Instant::now(), req.method().clone(), self.state.metrics.clone());
+        // Where the router says which route it took (none on the fast path).
+        let mut route_slot = None;
         let lane = match api::invoke_target(req.method(), req.uri().path()) {
             // Bounded inside by the request's deadline: the credentials and body by a 408, the
             // invocation by its own 504, each timer armed only if it can matter.
@@ -267,6 +271,9 @@ where
                 let bounded = !api::bounds_itself(req.method(), req.uri().path());
                 DefaultBodyLimit::max(self.body_limit).apply(&mut req);
                 req.extensions_mut().insert(deadline);
+                let slot = crate::telemetry::http::RouteSlot::default();
+                req.extensions_mut().insert(slot.clone());
+                route_slot = Some(slot);
                 let _entered = span.enter();
                 Lane::Router(Service::<Request<B>>::call(&mut self.router, req), bounded)
             }
@@ -288,6 +295,9 @@ where
                 if resp.status().as_u16() >= 400 && !is_problem(&resp) {
                     resp = as_problem(resp).await;
                 }
+                // By route template, the fast path's as the router's.
+                let route = route_slot.as_ref().map_or(crate::telemetry::http::INVOKE_ROUTE, |r| r.label());
+                metrics.http_request(&method, route, resp.status().as_u16(), started.elapsed());
                 resp.headers_mut().insert(REQUEST_ID, id.header_value());
                 if ended.as_ref().is_some_and(|e| e.0.closing.load(Ordering::Relaxed)) {
                     // Shutting down: the client must not send another request here.

@@ -565,13 +565,7 @@ async fn an_invocation_ends_by_the_request_timeout() {
         }
 
         // Ten bytes announced, none sent.
-        let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-        let head =
-            format!("POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {dev}\r\nContent-Length: 10\r\n\r\n");
-        tcp.write_all(head.as_bytes()).await.unwrap();
-        let mut resp = vec![0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut resp)).await.unwrap().unwrap();
-        let resp = String::from_utf8_lossy(&resp[..n]);
+        let resp = s.unsent_body(&format!("POST {path}"), &dev).await;
         assert!(resp.starts_with("HTTP/1.1 408"), "{path}: {resp}");
         assert!(resp.contains("\"code\":\"request_timeout\""), "{path}: {resp}");
     }

@@ -11,6 +11,7 @@ mod counter;
 mod documents;
 mod edge;
 mod events;
+mod exposition;
 mod fake_arango;
 mod feed;
 mod graph;

@@ -188,6 +188,19 @@ impl Server {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// The raw response to `request` (`METHOD /path`) with `token`, whose headers announce
+    /// ten bytes of body that never come (bounded wait).
+    pub async fn unsent_body(&self, request: &str, token: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let head =
+            format!("{request} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 10\r\n\r\n");
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut resp = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut resp)).await.unwrap().unwrap();
+        String::from_utf8_lossy(&resp[..n]).into_owned()
+    }
+
     /// The dead letters of agent `name` once there are exactly `n` (bounded wait).
     pub async fn dead_letters_until(&self, token: &str, name: &str, n: usize) -> Vec<Value> {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);

@@ -158,6 +158,11 @@ impl DeployedMap {
         self.0.read().unwrap_or_else(PoisonError::into_inner).per_tenant.get(tenant).copied().unwrap_or(0)
     }
 
+    /// Call `f` with every deployed agent, under the read lock (`f` must be quick).
+    pub(super) fn each(&self, mut f: impl FnMut(&Deployed)) {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).by_key.values().for_each(|d| f(d));
+    }
+
     /// Agents of a tenant, by name.
     pub(super) fn of(&self, tenant: &str) -> BTreeMap<String, Arc<Deployed>> {
         self.0

@@ -30,6 +30,7 @@ impl Agents {
             let metrics = self.metrics.agent(&record.tenant, &record.name);
             Arc::new(Deployed { record, revision, module, shared, base, metrics })
         });
+        self.metrics.agent_health(&d.metrics, self.health_of(&d).gauge());
         self.sync_watcher(&d.record);
         self.sync_mailbox(&d.record);
         d

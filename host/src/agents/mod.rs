@@ -11,6 +11,7 @@
 pub mod deliveries;
 pub mod deployed;
 pub mod error;
+mod gauges;
 mod grant;
 pub mod health;
 pub mod install;

@@ -473,5 +473,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/openapi.json", get(routes::openapi_doc))
         .merge(authed)
         .fallback(routes::not_found)
+        .layer(axum::middleware::from_fn(crate::telemetry::http::tag_route))
         .with_state(state)
 }

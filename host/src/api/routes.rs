@@ -55,7 +55,8 @@ pub async fn metrics(st: &AppState, headers: &HeaderMap, token: &Result<Option<S
             return problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the metrics token is unreadable".into());
         }
     }
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render()).into_response()
+    let state = st.agents.tenant_state().await;
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render_with(&state)).into_response()
 }
 
 /// The bearer token `/metrics` requires (`[metrics] token_file`, trimmed), if any.
@@ -116,6 +117,7 @@ pub async fn create_tenant(
     match st.registry.put(RecordKind::Tenant, &t.name, &t, Some(0)).await {
         Ok(_) => {
             st.forget_tenant(&t.name);
+            st.metrics.tenant(&t.name);
             Ok((StatusCode::CREATED, Json(t)))
         }
         Err(crate::store::StoreError::Conflict { .. }) => {

@@ -83,10 +83,15 @@ impl AppState {
         let config = Arc::new(config);
         let runtime = Arc::new(runtime);
         let metrics = Arc::new(Metrics::new(config.metrics.max_agent_labels));
+        let m = metrics.clone();
+        runtime.observe_loads(Box::new(move |from_cache, took| m.module_loaded(from_cache, took)));
         let latency = metrics.store_latency();
         let observe: crate::store::Observer =
             Arc::new(move |op, d: Duration| latency.with_label_values(&[op]).observe(d.as_secs_f64()));
-        let store: Arc<dyn Store> = Arc::new(crate::store::Instrumented::new(store, observe));
+        let m = metrics.clone();
+        let count: crate::store::CountObserver =
+            Arc::new(move |kind, tenant, delta| m.records_changed(kind, tenant, delta));
+        let store: Arc<dyn Store> = Arc::new(crate::store::Instrumented::new(store, observe).counting(count));
         let registry = Registry::new(store);
         let tenants = Arc::new(Tenants::new(registry.clone(), config.scheduling.guests));
         let agents =

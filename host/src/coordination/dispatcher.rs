@@ -1,5 +1,6 @@
 //! One task per watching agent: read the feed after the cursor, deliver, then persist.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -18,9 +19,20 @@ pub struct Watcher {
     pub watches: Vec<Watch>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+    /// The cursor as the task last read or moved it ([`NO_CURSOR`] before).
+    cursor: Arc<AtomicU64>,
 }
 
+/// The cursor of a watcher that has not read it yet.
+const NO_CURSOR: u64 = u64::MAX;
+
 impl Watcher {
+    /// The feed sequence number the watcher has taken everything up to, once it has read
+    /// its cursor (for its lag behind the feed head).
+    pub fn cursor(&self) -> Option<u64> {
+        Some(self.cursor.load(Ordering::Relaxed)).filter(|c| *c != NO_CURSOR)
+    }
+
     /// Stop at once, the way a crash would (a batch in flight is abandoned and its cursor
     /// not moved), and wait until the task is gone.
     pub async fn halt(mut self) {
@@ -50,6 +62,8 @@ pub fn spawn(
 ) -> Watcher {
     let (stop, stopped) = watch::channel(false);
     let w = watches.clone();
+    let cursor = Arc::new(AtomicU64::new(NO_CURSOR));
+    let shown = cursor.clone();
     let task = super::supervisor::supervise(host.clone(), "watcher", move || {
         let d = Dispatcher {
             host: host.clone(),
@@ -58,10 +72,11 @@ pub fn spawn(
             watches: w.clone(),
             settings: settings.clone(),
             stopped: stopped.clone(),
+            shown: shown.clone(),
         };
         d.run()
     });
-    Watcher { watches, stop, task: Some(task) }
+    Watcher { watches, stop, task: Some(task), cursor }
 }
 
 struct Dispatcher {
@@ -71,6 +86,8 @@ struct Dispatcher {
     watches: Vec<Watch>,
     settings: DispatchSettings,
     stopped: watch::Receiver<bool>,
+    /// Where [`Watcher::cursor`] reads the cursor.
+    shown: Arc<AtomicU64>,
 }
 
 /// Why the loop ends early.
@@ -135,7 +152,10 @@ impl Dispatcher {
                 .await?;
             if let Some((bytes, rev)) = &found {
                 match serde_json::from_slice::<CursorRecord>(bytes) {
-                    Ok(c) => return Ok((c.seq, *rev)),
+                    Ok(c) => {
+                        self.shown.store(c.seq, Ordering::Relaxed);
+                        return Ok((c.seq, *rev));
+                    }
                     Err(e) => tracing::error!(tenant = %self.tenant, agent = %self.agent, error = %e,
                         "change feed: unreadable cursor; starting at the head"),
                 }
@@ -163,6 +183,7 @@ impl Dispatcher {
                 })
                 .await?;
             if let Some(rev) = put {
+                self.shown.store(head, Ordering::Relaxed);
                 return Ok((head, rev));
             }
             // Someone else wrote the cursor meanwhile: read it again.
@@ -194,7 +215,10 @@ impl Dispatcher {
                 tracing::info!(tenant = %self.tenant, agent = %self.agent, "change feed: the cursor moved elsewhere");
                 self.load_cursor().await
             }
-            Some(rev) => Ok((seq, rev)),
+            Some(rev) => {
+                self.shown.store(seq, Ordering::Relaxed);
+                Ok((seq, rev))
+            }
         }
     }
 

@@ -223,7 +223,14 @@ pub struct Runtime {
     compiler: compiler::Compiler,
     config: EngineConfig,
     _ticker: Ticker,
+    /// Told of every component compiled or taken from the artifact cache (see
+    /// [`Runtime::observe_loads`]).
+    on_load: std::sync::OnceLock<LoadObserver>,
 }
+
+/// Called with whether a component came from the artifact cache, and the time spent
+/// compiling it (or loading it from the cache).
+pub type LoadObserver = Box<dyn Fn(bool, std::time::Duration) + Send + Sync>;
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -269,7 +276,13 @@ impl Runtime {
         let cache = cache_dir.map(|d| ArtifactCache::open(d, &engine)).transpose().map_err(RuntimeError::Cache)?;
         let compiler = compiler::Compiler::new(engine.clone(), config.clone(), cache);
         let ticker = Ticker::start(engine.clone(), config.epoch_tick).map_err(RuntimeError::Ticker)?;
-        Ok(Self { engine, linker, compiler, config, _ticker: ticker })
+        Ok(Self { engine, linker, compiler, config, _ticker: ticker, on_load: std::sync::OnceLock::new() })
+    }
+
+    /// Tell `observe` of every component compiled or taken from the artifact cache from now
+    /// on (the metrics; set once, later calls are ignored).
+    pub fn observe_loads(&self, observe: LoadObserver) {
+        let _ = self.on_load.set(observe);
     }
 
     /// The node's engine.
@@ -291,8 +304,12 @@ impl Runtime {
     pub async fn load(&self, bytes: &[u8]) -> Result<Arc<Module>, LoadError> {
         validate::check_header(bytes)?;
         let digest = digest(bytes);
+        let started = std::time::Instant::now();
         let mut compiled = self.compiler.compile(&digest, bytes).await?;
         let (component, from_cache, compiled_size) = (&compiled.component, compiled.from_cache, compiled.artifact_len);
+        if let Some(observe) = self.on_load.get() {
+            observe(from_cache, started.elapsed());
+        }
         let shape = validate::check_component(&self.engine, component)?;
         let pre = self.linker.instantiate_pre(component).map_err(|e| LoadError::ImportMismatch(format!("{e:#}")))?;
         let index = |name: &str| component.get_export_index(None, name);

@@ -1,5 +1,7 @@
 //! A store wrapper that times every operation (for the `cortex_store_operation_seconds`
-//! metric) without the backends knowing about metrics.
+//! metric), and follows how many records of each tenant it creates and deletes (for the
+//! `cortex_modules` and `cortex_dead_letters` gauges), without the backends knowing about
+//! metrics.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,16 +14,35 @@ use super::{
 /// Called with the operation name and its latency.
 pub type Observer = Arc<dyn Fn(&'static str, Duration) + Send + Sync>;
 
+/// Called with a record kind, a tenant and how many of its records of that kind were
+/// created (positive) or deleted (negative).
+pub type CountObserver = Arc<dyn Fn(RecordKind, &str, i64) + Send + Sync>;
+
 /// Times each call to `inner`.
 pub struct Instrumented {
     inner: Arc<dyn Store>,
     observe: Observer,
+    count: Option<CountObserver>,
 }
 
 impl Instrumented {
     /// Wrap `inner`.
     pub fn new(inner: Arc<dyn Store>, observe: Observer) -> Self {
-        Self { inner, observe }
+        Self { inner, observe, count: None }
+    }
+
+    /// Tell `count` of the records created and deleted through this store. A record is
+    /// created by the write that gives it revision 1 (in every backend).
+    pub fn counting(self, count: CountObserver) -> Self {
+        Self { count: Some(count), ..self }
+    }
+
+    fn counted(&self, kind: RecordKind, key: &str, delta: i64) {
+        if let Some(count) = &self.count
+            && delta != 0
+        {
+            count(kind, super::record_tenant(key), delta);
+        }
     }
 
     async fn time<T>(&self, op: &'static str, f: impl std::future::Future<Output = T>) -> T {
@@ -80,13 +101,27 @@ impl RecordStore for Instrumented {
         expected: Option<u64>,
         quota: Quota,
     ) -> Result<u64> {
-        self.time("record_put", self.inner.record_put_within(kind, key, value, expected, quota)).await
+        let rev = self.time("record_put", self.inner.record_put_within(kind, key, value, expected, quota)).await?;
+        if rev == 1 {
+            self.counted(kind, key, 1);
+        }
+        Ok(rev)
     }
     async fn record_delete(&self, kind: RecordKind, key: &str) -> Result<bool> {
-        self.time("record_delete", self.inner.record_delete(kind, key)).await
+        let gone = self.time("record_delete", self.inner.record_delete(kind, key)).await?;
+        if gone {
+            self.counted(kind, key, -1);
+        }
+        Ok(gone)
     }
     async fn record_delete_many(&self, kind: RecordKind, keys: &[String]) -> Result<u64> {
-        self.time("record_delete_many", self.inner.record_delete_many(kind, keys)).await
+        let n = self.time("record_delete_many", self.inner.record_delete_many(kind, keys)).await?;
+        // Callers delete one tenant's records at a time; keys of several tenants are
+        // counted for the first one's.
+        if let Some(first) = keys.first() {
+            self.counted(kind, first, -i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        Ok(n)
     }
     async fn record_list(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
         self.time("record_list", self.inner.record_list(kind, prefix)).await

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 pub use arangodb::ArangoStore;
 pub use embedded::EmbeddedStore;
-pub use instrumented::{Instrumented, Observer};
+pub use instrumented::{CountObserver, Instrumented, Observer};
 pub use keys::{KeyLimits, check_collection, check_key};
 pub use overlay::Overlay;
 

@@ -173,7 +173,8 @@ impl Collector for ShardedHistogramVec {
         let metrics = children
             .iter()
             .map(|(values, h)| {
-                let labels = family
+                // Sorted by name, as the `prometheus` crate's own metrics are.
+                let mut labels: Vec<proto::LabelPair> = family
                     .desc
                     .variable_labels
                     .iter()
@@ -185,6 +186,7 @@ impl Collector for ShardedHistogramVec {
                         l
                     })
                     .collect();
+                labels.sort_by(|a, b| a.name().cmp(b.name()));
                 let mut m = proto::Metric::from_label(labels);
                 m.set_histogram(h.proto());
                 m
