@@ -19,6 +19,7 @@ mod languages;
 mod load;
 mod messaging;
 mod metrics;
+mod modules;
 mod pipeline;
 mod pools;
 mod profiles;
