@@ -645,7 +645,11 @@ fn client_in(s: &Serve, token: &str, dir: &Path, args: &[&str]) -> Output {
 
 /// Exit code, stdout and stderr of `out`.
 fn parts(out: &Output) -> (Option<i32>, String, String) {
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A server with tenant `acme` and a developer token of it.
@@ -676,7 +680,8 @@ async fn deploy_uploads_only_new_bytes_and_makes_the_agent_what_the_command_says
     let here = dir.path();
 
     // First deploy: upload, deploy.
-    let (code, stdout, stderr) = parts(&client_in(&s, &dev, here, &["deploy", "greeter", art::HELLO, "--config", "k=v"]));
+    let (code, stdout, stderr) =
+        parts(&client_in(&s, &dev, here, &["deploy", "greeter", art::HELLO, "--config", "k=v"]));
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("uploading") && stderr.contains("deployed greeter"), "{stderr}");
     assert_eq!(stdout.trim(), format!("greeter {}", digest_of(art::HELLO)));
@@ -687,7 +692,9 @@ async fn deploy_uploads_only_new_bytes_and_makes_the_agent_what_the_command_says
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("upload skipped") && stderr.contains("up to date"), "{stderr}");
     assert!(!stderr.contains("uploading"), "{stderr}");
-    let audit: Value = serde_json::from_slice(&client(&s, &admin, &["audit", "--json", "--tenant", "acme", "--limit", "1000"]).stdout).unwrap();
+    let audit: Value =
+        serde_json::from_slice(&client(&s, &admin, &["audit", "--json", "--tenant", "acme", "--limit", "1000"]).stdout)
+            .unwrap();
     let uploads = audit.as_array().unwrap().iter().filter(|e| e["action"] == "POST /v1/modules").count();
     assert_eq!(uploads, 1, "the bytes went up once: {audit}");
 
@@ -703,7 +710,8 @@ async fn deploy_uploads_only_new_bytes_and_makes_the_agent_what_the_command_says
     assert!(stderr.contains("updated the configuration"), "{stderr}");
     assert_eq!(agent_json(&s, &dev, "greeter")["config"], json!({"k": "w"}));
     // Both at once: one upgrade carries the new config; by a module reference this time.
-    let (code, _, stderr) = parts(&client_in(&s, &dev, here, &["deploy", "greeter", "greeter:latest", "--config", "k=z"]));
+    let (code, _, stderr) =
+        parts(&client_in(&s, &dev, here, &["deploy", "greeter", "greeter:latest", "--config", "k=z"]));
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("updated the configuration"), "greeter:latest is the COMPUTE upload: {stderr}");
     let hello = digest_of(art::HELLO);
@@ -713,14 +721,26 @@ async fn deploy_uploads_only_new_bytes_and_makes_the_agent_what_the_command_says
     assert_eq!((a["module"].as_str().unwrap(), &a["config"]), (hello.as_str(), &json!({})), "{stderr}");
 
     // What only a redeploy changes is refused without --replace (exit 1), done with it.
-    let (code, _, stderr) = parts(&client_in(&s, &dev, here, &["deploy", "greeter", art::HELLO, "--subscribe", "news", "--fuel", "5000000"]));
+    let (code, _, stderr) = parts(&client_in(
+        &s,
+        &dev,
+        here,
+        &["deploy", "greeter", art::HELLO, "--subscribe", "news", "--fuel", "5000000"],
+    ));
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("subscriptions") && stderr.contains("limits.fuel") && stderr.contains("--replace"), "{stderr}");
-    let args = ["deploy", "greeter", art::HELLO, "--subscribe", "news", "--fuel", "5000000", "--timeout", "2s", "--replace"];
+    assert!(
+        stderr.contains("subscriptions") && stderr.contains("limits.fuel") && stderr.contains("--replace"),
+        "{stderr}"
+    );
+    let args =
+        ["deploy", "greeter", art::HELLO, "--subscribe", "news", "--fuel", "5000000", "--timeout", "2s", "--replace"];
     let (code, _, stderr) = parts(&client_in(&s, &dev, here, &args));
     assert_eq!(code, Some(0), "{stderr}");
     let a = agent_json(&s, &dev, "greeter");
-    assert_eq!((&a["subscriptions"], &a["limits"]["fuel"], &a["limits"]["timeout_ms"]), (&json!(["news"]), &json!(5_000_000), &json!(2000)));
+    assert_eq!(
+        (&a["subscriptions"], &a["limits"]["fuel"], &a["limits"]["timeout_ms"]),
+        (&json!(["news"]), &json!(5_000_000), &json!(2000))
+    );
 
     // Usage: no module and no project here exits 2; an unknown reference exits 1.
     assert_eq!(client_in(&s, &dev, here, &["deploy", "x"]).status.code(), Some(2));

@@ -39,7 +39,10 @@ async fn settled(s: &Server, token: &str, digest: &str) -> Value {
 }
 
 fn tags(m: &Value) -> Vec<String> {
-    m["tags"].as_array().map(|t| t.iter().map(|t| format!("{}:{}", t["name"].as_str().unwrap(), t["tag"].as_str().unwrap())).collect()).unwrap_or_default()
+    m["tags"]
+        .as_array()
+        .map(|t| t.iter().map(|t| format!("{}:{}", t["name"].as_str().unwrap(), t["tag"].as_str().unwrap())).collect())
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,12 +83,21 @@ async fn modules_are_named_by_digest_prefix_or_name_tag_everywhere() {
     assert_eq!(s.get_json(&dev, "/v1/modules/greeter").await["digest"], d3.as_str(), "bare name = name:latest");
     assert!(tags(&s.get_json(&dev, &format!("/v1/modules/{d2}")).await).is_empty(), "the tag moved off d2");
     // The tag route moves it back, and the running agent does not move with tags.
-    let moved = call(&s, Method::POST, &format!("/v1/modules/{}/tags", &d2[..10]), &dev, Some(json!({"name": "greeter"}))).await;
+    let moved =
+        call(&s, Method::POST, &format!("/v1/modules/{}/tags", &d2[..10]), &dev, Some(json!({"name": "greeter"})))
+            .await;
     assert_eq!(moved.status, StatusCode::OK, "{}", moved.text);
     assert_eq!(s.get_json(&dev, "/v1/modules/greeter:latest").await["digest"], d2.as_str());
     assert_eq!(s.get_json(&dev, "/v1/agents/g").await["module"], d1.as_str());
     // One module may carry several names.
-    let also = call(&s, Method::POST, &format!("/v1/modules/{d1}/tags"), &dev, Some(json!({"name": "hello", "tag": "stable"}))).await;
+    let also = call(
+        &s,
+        Method::POST,
+        &format!("/v1/modules/{d1}/tags"),
+        &dev,
+        Some(json!({"name": "hello", "tag": "stable"})),
+    )
+    .await;
     assert_eq!(tags(&also.body), ["greeter:v1", "hello:stable"]);
     // A bad tag is refused with the rule.
     let bad_tag = upload(&s, &dev, art::HELLO, "?name=greeter&tag=Bad").await;
@@ -103,7 +115,10 @@ async fn modules_are_named_by_digest_prefix_or_name_tag_everywhere() {
     // Another tenant's names and prefixes are not seen.
     let other = s.developer_in("other").await;
     assert_eq!(call(&s, Method::GET, "/v1/modules/greeter:v1", &other, None).await.status, StatusCode::NOT_FOUND);
-    assert_eq!(call(&s, Method::GET, &format!("/v1/modules/{}", &d1[..8]), &other, None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        call(&s, Method::GET, &format!("/v1/modules/{}", &d1[..8]), &other, None).await.status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +135,12 @@ async fn an_ambiguous_prefix_is_refused_listing_the_candidates() {
     }
     let a = call(&s, Method::GET, "/v1/modules/abcdef01", &dev, None).await;
     assert_eq!((a.status, a.code.as_str()), (StatusCode::CONFLICT, "ambiguous_module_ref"), "{}", a.text);
-    assert!(a.text.contains(&format!("abcdef01{}", "1".repeat(56))) && a.text.contains(&format!("abcdef01{}", "2".repeat(56))), "{}", a.text);
+    assert!(
+        a.text.contains(&format!("abcdef01{}", "1".repeat(56)))
+            && a.text.contains(&format!("abcdef01{}", "2".repeat(56))),
+        "{}",
+        a.text
+    );
     // One more character settles it.
     assert_eq!(s.get_json(&dev, "/v1/modules/abcdef012").await["digest"], format!("abcdef01{}", "2".repeat(56)));
     let deploy = call(&s, Method::POST, "/v1/agents", &dev, Some(json!({"name": "x", "module": "abcdef01"}))).await;
@@ -174,7 +194,12 @@ async fn a_large_upload_answers_202_and_compiles_in_the_background() {
     assert_eq!((d.status, d.code.as_str()), (StatusCode::CONFLICT, "module_failed"), "{}", d.text);
     // Bytes that are not a component at all are refused at once.
     let junk = answer(s.req(Method::POST, "/v1/modules", &dev).body(vec![7u8; 2000]).send().await.unwrap()).await;
-    assert_eq!((junk.status, junk.code.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "not_a_component"), "{}", junk.text);
+    assert_eq!(
+        (junk.status, junk.code.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "not_a_component"),
+        "{}",
+        junk.text
+    );
     // A small upload still answers at once.
     let small = Server::start().await;
     let dev2 = small.developer_in("acme").await;

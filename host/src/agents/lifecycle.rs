@@ -14,8 +14,8 @@ use super::tenants::CachedTenant;
 use crate::coordination;
 use crate::names::AgentName;
 use crate::registry::{
-    AgentLimits, AgentRecord, AgentStatus, Probation, ProfileRecord, RolledBack, Supervision, Tenant,
-    Watch, now_ms, scoped,
+    AgentLimits, AgentRecord, AgentStatus, Probation, ProfileRecord, RolledBack, Supervision, Tenant, Watch, now_ms,
+    scoped,
 };
 use crate::runtime::Module;
 use crate::store::{RecordKind, StoreError, check_collection, keys::check_prefix};

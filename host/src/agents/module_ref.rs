@@ -113,9 +113,7 @@ impl Agents {
             }
             ModuleRef::Tagged { name, tag } => {
                 let all = self.registry.list::<ModuleRecord>(RecordKind::Module, &scoped(tenant, "")).await?;
-                all.into_iter()
-                    .find(|m| m.tags.iter().any(|t| t.name == name && t.tag == tag))
-                    .ok_or_else(not_found)
+                all.into_iter().find(|m| m.tags.iter().any(|t| t.name == name && t.tag == tag)).ok_or_else(not_found)
             }
         }
     }

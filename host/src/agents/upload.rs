@@ -35,7 +35,10 @@ impl Label {
         check(NameKind::Module, &name).map_err(|e| AgentsError::Invalid(e.to_string()))?;
         let tag = tag.unwrap_or_else(|| DEFAULT_TAG.to_owned());
         if !valid_tag(&tag) {
-            return Err(AgentsError::Invalid(format!("tag {:?} must match {TAG_RULE}", tag.chars().take(80).collect::<String>())));
+            return Err(AgentsError::Invalid(format!(
+                "tag {:?} must match {TAG_RULE}",
+                tag.chars().take(80).collect::<String>()
+            )));
         }
         Ok(Some(Self { name, tag }))
     }
@@ -106,7 +109,11 @@ impl Agents {
             self.metrics.refused(&t.name, "module_quota");
             return Err(AgentsError::OverQuota {
                 code: "module_quota",
-                message: format!("modules would take {} bytes, over the quota of {}", used + size, t.quotas.module_bytes),
+                message: format!(
+                    "modules would take {} bytes, over the quota of {}",
+                    used + size,
+                    t.quotas.module_bytes
+                ),
                 retry_after: 60,
             });
         }
@@ -159,7 +166,13 @@ impl Agents {
 
     /// Put `label` on `tenant`'s module `reference` (moved from the module that had it).
     /// The caller holds the tenant's write lock.
-    pub async fn tag_module(&self, tenant: &str, reference: &str, label: &Label, by: &str) -> AgentsResult<ModuleRecord> {
+    pub async fn tag_module(
+        &self,
+        tenant: &str,
+        reference: &str,
+        label: &Label,
+        by: &str,
+    ) -> AgentsResult<ModuleRecord> {
         let found = self.resolve_module(tenant, reference).await?;
         let key = scoped(tenant, &found.digest);
         let Some((mut rec, rev)) = self.registry.get::<ModuleRecord>(RecordKind::Module, &key).await? else {
@@ -195,7 +208,12 @@ impl Agents {
                 self.put_module(&k, &other, rev).await?;
             }
         }
-        rec.tags.push(ModuleTag { name: label.name.clone(), tag: label.tag.clone(), by: by.to_owned(), at_ms: now_ms() });
+        rec.tags.push(ModuleTag {
+            name: label.name.clone(),
+            tag: label.tag.clone(),
+            by: by.to_owned(),
+            at_ms: now_ms(),
+        });
         Ok(())
     }
 
@@ -213,12 +231,7 @@ impl Agents {
 
     /// Record how the background compilation of `tenant`'s module `d` ended (unless the
     /// module was deleted meanwhile).
-    async fn finish_compile(
-        &self,
-        tenant: &str,
-        d: &str,
-        result: AgentsResult<Arc<Module>>,
-    ) -> AgentsResult<()> {
+    async fn finish_compile(&self, tenant: &str, d: &str, result: AgentsResult<Arc<Module>>) -> AgentsResult<()> {
         let key = scoped(tenant, d);
         loop {
             let Some((mut rec, rev)) = self.registry.get::<ModuleRecord>(RecordKind::Module, &key).await? else {

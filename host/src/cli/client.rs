@@ -305,7 +305,12 @@ pub(crate) enum Payload {
 }
 
 impl Conn {
-    pub(crate) async fn send(&self, method: reqwest::Method, path: &str, body: Payload) -> anyhow::Result<reqwest::Response> {
+    pub(crate) async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Payload,
+    ) -> anyhow::Result<reqwest::Response> {
         let client = reqwest::Client::new();
         let mut req = client.request(method, format!("{}{path}", self.url.trim_end_matches('/')));
         if let Some(t) = &self.token {

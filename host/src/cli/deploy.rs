@@ -194,7 +194,8 @@ impl DeployArgs {
             Some(m) => {
                 let Some(name) = self.name.clone() else { bail!("usage: cortex deploy NAME PATH.wasm|REF") };
                 let path = PathBuf::from(m);
-                let source = if path.is_file() || m.ends_with(".wasm") { Source::File(path) } else { Source::Ref(m.clone()) };
+                let source =
+                    if path.is_file() || m.ends_with(".wasm") { Source::File(path) } else { Source::Ref(m.clone()) };
                 (name, source, DeploySection::default())
             }
             None => {
@@ -268,7 +269,10 @@ impl DeployArgs {
 /// The `[deploy]` table of `project`'s manifest.
 pub fn section_of(project: &Project) -> anyhow::Result<DeploySection> {
     match &project.manifest.deploy {
-        Some(t) => t.clone().try_into().with_context(|| format!("{}: [deploy]", project.root.join(super::project::MANIFEST).display())),
+        Some(t) => t
+            .clone()
+            .try_into()
+            .with_context(|| format!("{}: [deploy]", project.root.join(super::project::MANIFEST).display())),
         None => Ok(DeploySection::default()),
     }
 }
@@ -352,7 +356,9 @@ pub async fn module(conn: &Conn, d: &Desired) -> anyhow::Result<String> {
             let digest = crate::runtime::digest(&bytes);
             let tag = d.tag.clone().unwrap_or_else(|| crate::agents::module_ref::DEFAULT_TAG.to_owned());
             let tagged = |v: &Value| {
-                v["tags"].as_array().is_some_and(|ts| ts.iter().any(|t| t["name"] == d.name.as_str() && t["tag"] == tag.as_str()))
+                v["tags"]
+                    .as_array()
+                    .is_some_and(|ts| ts.iter().any(|t| t["name"] == d.name.as_str() && t["tag"] == tag.as_str()))
             };
             match get(conn, &format!("/v1/modules/{digest}")).await? {
                 (true, v) => {
@@ -361,7 +367,8 @@ pub async fn module(conn: &Conn, d: &Desired) -> anyhow::Result<String> {
                         v
                     } else {
                         let body = json!({"name": d.name, "tag": tag});
-                        expect_ok(conn, Method::POST, &format!("/v1/modules/{digest}/tags"), Payload::Json(body)).await?
+                        expect_ok(conn, Method::POST, &format!("/v1/modules/{digest}/tags"), Payload::Json(body))
+                            .await?
                     }
                 }
                 (false, _) => {
@@ -403,8 +410,10 @@ fn redeploy_needed(a: &Value, d: &Desired) -> Vec<String> {
     if watches != d.watches {
         diff.push("watches".to_owned());
     }
-    let subs: Vec<String> =
-        a["subscriptions"].as_array().map(|s| s.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect()).unwrap_or_default();
+    let subs: Vec<String> = a["subscriptions"]
+        .as_array()
+        .map(|s| s.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
     if subs != d.subscriptions {
         diff.push("subscriptions".to_owned());
     }
