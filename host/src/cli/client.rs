@@ -137,15 +137,21 @@ pub enum ModuleCmd {
     Upload {
         /// Path.
         path: std::path::PathBuf,
+        /// Name it (refer to it as NAME:TAG).
+        #[arg(long)]
+        name: Option<String>,
+        /// Tag it (default `latest`; moved from the module that had it).
+        #[arg(long, requires = "name")]
+        tag: Option<String>,
     },
     /// Show a module.
     Get {
-        /// Digest.
+        /// Digest, unique digest prefix, or NAME:TAG.
         digest: String,
     },
     /// Delete a module.
     Delete {
-        /// Digest.
+        /// Digest, unique digest prefix, or NAME:TAG.
         digest: String,
     },
 }
@@ -411,12 +417,17 @@ impl ClientCommand {
                 }
             },
             ClientCommand::Modules { cmd, conn } => {
-                let cols = ["digest", "size", "world"];
+                let cols = ["digest", "size", "world", "status"];
                 match cmd {
                     ModuleCmd::List => conn.call(M::GET, "/v1/modules", Payload::None, &cols).await,
-                    ModuleCmd::Upload { path } => {
+                    ModuleCmd::Upload { path, name, tag } => {
                         let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-                        conn.call(M::POST, "/v1/modules", Payload::Bytes(bytes), &cols).await
+                        let query = match (name, tag) {
+                            (Some(n), Some(t)) => format!("?name={n}&tag={t}"),
+                            (Some(n), None) => format!("?name={n}"),
+                            _ => String::new(),
+                        };
+                        conn.call(M::POST, &format!("/v1/modules{query}"), Payload::Bytes(bytes), &cols).await
                     }
                     ModuleCmd::Get { digest } => {
                         conn.call(M::GET, &format!("/v1/modules/{digest}"), Payload::None, &[]).await
