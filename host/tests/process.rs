@@ -785,11 +785,12 @@ async fn deploy_in_a_project_builds_it_and_dev_upgrades_on_every_save() {
 
     // `cortex dev`: a save of which.txt rebuilds and upgrades.
     let log = std::fs::File::create(dir.path().join("dev.stderr")).unwrap();
+    let agent_log = std::fs::File::create(dir.path().join("dev.stdout")).unwrap();
     let mut child = cortex(&["dev"])
         .current_dir(&project)
         .env("CORTEX_URL", &s.base)
         .env("CORTEX_TOKEN", &dev)
-        .stdout(Stdio::null())
+        .stdout(agent_log)
         .stderr(log)
         .spawn()
         .unwrap();
@@ -813,6 +814,20 @@ async fn deploy_in_a_project_builds_it_and_dev_upgrades_on_every_save() {
     let (code, out, _) = parts(&client(&s, &dev, &["invoke", "devagent", "--input", "cpu:1"]));
     assert_eq!(code, Some(0));
     assert!(!out.starts_with("Hello") && !out.trim().is_empty(), "the new module answers: {out}");
+    // The agent's log lines come out live.
+    std::fs::write(project.join("which.txt"), art::HOSTILE).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while agent_json(&s, &dev, "devagent")["module"] != digest_of(art::HOSTILE).as_str() {
+        assert!(std::time::Instant::now() < deadline, "not upgraded to hostile: {}", dev_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client(&s, &dev, &["invoke", "devagent", "--input", "exit:0"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let printed = || std::fs::read_to_string(dir.path().join("dev.stdout")).unwrap_or_default();
+    while !printed().contains("[devagent stdout] exiting") {
+        assert!(std::time::Instant::now() < deadline, "no agent log from cortex dev: {:?} {}", printed(), dev_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // A broken build is reported and the watch goes on.
     std::fs::write(project.join("which.txt"), "/nonexistent.wasm").unwrap();
     until("fix it and save again").await;

@@ -110,9 +110,10 @@ impl DevArgs {
                 continue;
             }
             if let Some(at) = changed_at.take() {
+                // `seen` stays what was built: a save during the build makes the next cycle
+                // (and so does a build that rewrites a watched file, once: its next build
+                // leaves it as it is).
                 running = cycle(&project, conn, &desired, at).await || running;
-                // The build may touch watched files (lock files, generated code).
-                seen = snapshot(&project);
             }
         }
         eprintln!("stopped watching; {} stays deployed", desired.name);
