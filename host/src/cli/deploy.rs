@@ -187,8 +187,7 @@ fn short(digest: &str) -> &str {
 }
 
 impl DeployArgs {
-    /// What the command asks for, with the project's manifest where it is used; `None` with
-    /// the usage error printed.
+    /// What the command asks for, with the project's manifest (built) when no module is given.
     fn desired(&self) -> anyhow::Result<Desired> {
         let (name, source, section) = match &self.module {
             Some(m) => {
