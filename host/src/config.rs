@@ -56,6 +56,23 @@ pub struct ServerConfig {
     pub messaging: MessagingConfig,
     /// Guests running at once on this node and their fair share.
     pub scheduling: SchedulingConfig,
+    /// Module uploads.
+    pub modules: ModulesConfig,
+}
+
+/// `[modules]`: how uploads are compiled.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModulesConfig {
+    /// An upload larger than this many bytes answers 202 at once with the module in status
+    /// `compiling` and compiles in the background; smaller ones compile before the answer.
+    pub async_compile_bytes: usize,
+}
+
+impl Default for ModulesConfig {
+    fn default() -> Self {
+        Self { async_compile_bytes: 1 << 20 }
+    }
 }
 
 /// `[scheduling]`: how many guests run at once on this node; the others wait in per-tenant
@@ -128,6 +145,7 @@ impl Default for ServerConfig {
             store: StoreConfig::default(),
             messaging: MessagingConfig::default(),
             scheduling: SchedulingConfig::default(),
+            modules: ModulesConfig::default(),
         }
     }
 }

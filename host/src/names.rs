@@ -1,4 +1,4 @@
-//! Names of agents, tenants and resource profiles: one rule, `[a-z][a-z0-9-]{0,62}`,
+//! Names of agents, tenants, resource profiles and modules: one rule, `[a-z][a-z0-9-]{0,62}`,
 //! checked once where a name enters (a request body or path, a guest's import call).
 //!
 //! An agent name is an [`AgentName`], made only by [`AgentName::parse`] (or `TryFrom`, or
@@ -28,6 +28,8 @@ pub enum NameKind {
     Tenant,
     /// A resource profile.
     Profile,
+    /// A module (its name, tagged `name:tag`).
+    Module,
 }
 
 impl fmt::Display for NameKind {
@@ -36,6 +38,7 @@ impl fmt::Display for NameKind {
             Self::Agent => "agent",
             Self::Tenant => "tenant",
             Self::Profile => "profile",
+            Self::Module => "module",
         })
     }
 }

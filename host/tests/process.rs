@@ -165,6 +165,11 @@ impl Serve {
 
     /// [`Serve::start`] with the process umask set to `umask` (octal) first.
     fn start_umask(data: &Path, umask: Option<&str>) -> Serve {
+        Self::start_opts(data, umask, &[])
+    }
+
+    /// [`Serve::start_umask`] with `env` (e.g. `CORTEX_CFG__...` settings) too.
+    fn start_opts(data: &Path, umask: Option<&str>, env: &[(&str, &str)]) -> Serve {
         let data = data.to_str().unwrap().to_owned();
         let log = std::fs::File::create(format!("{data}.stderr")).unwrap();
         let args = ["serve", "--listen", "127.0.0.1:0", "--data", &data];
@@ -178,6 +183,7 @@ impl Serve {
                 sh
             }
         };
+        command.envs(env.iter().copied());
         let mut child = command
             .env("CORTEX_CFG__HTTP__SHUTDOWN_GRACE_MS", "10000")
             .stdout(Stdio::piped())
@@ -630,4 +636,217 @@ async fn the_data_dir_and_everything_in_it_are_owner_only_whatever_the_umask() {
     let s = Serve::start(&data);
     s.ready(&client).await;
     assert_owner_only(&data);
+}
+
+/// `cortex ARGS` in folder `dir` against a server, as a user with `token`.
+fn client_in(s: &Serve, token: &str, dir: &Path, args: &[&str]) -> Output {
+    cortex(args).current_dir(dir).env("CORTEX_URL", &s.base).env("CORTEX_TOKEN", token).output().unwrap()
+}
+
+/// Exit code, stdout and stderr of `out`.
+fn parts(out: &Output) -> (Option<i32>, String, String) {
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A server with tenant `acme` and a developer token of it.
+async fn serve_acme(dir: &Path, env: &[(&str, &str)]) -> (Serve, String, String) {
+    let s = Serve::start_opts(&dir.join("data"), None, env);
+    s.ready(&reqwest::Client::new()).await;
+    let admin = s.token(None, "platform-admin");
+    let out = client(&s, &admin, &["tenants", "create", "acme"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dev = s.token(Some("acme"), "developer");
+    (s, admin, dev)
+}
+
+fn agent_json(s: &Serve, dev: &str, name: &str) -> Value {
+    let out = client(s, dev, &["agents", "get", name, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn digest_of(path: &str) -> String {
+    cortex_host::runtime::digest(&std::fs::read(path).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_uploads_only_new_bytes_and_makes_the_agent_what_the_command_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, admin, dev) = serve_acme(dir.path(), &[]).await;
+    let here = dir.path();
+
+    // First deploy: upload, deploy.
+    let (code, stdout, stderr) =
+        parts(&client_in(&s, &dev, here, &["deploy", "greeter", art::HELLO, "--config", "k=v"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("uploading") && stderr.contains("deployed greeter"), "{stderr}");
+    assert_eq!(stdout.trim(), format!("greeter {}", digest_of(art::HELLO)));
+    assert_eq!(parts(&client(&s, &dev, &["invoke", "greeter", "--input", "x"])).1, "Hello, x!\n");
+
+    // The same command again: no upload, nothing to do.
+    let (code, _, stderr) = parts(&client_in(&s, &dev, here, &["deploy", "greeter", art::HELLO, "--config", "k=v"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("upload skipped") && stderr.contains("up to date"), "{stderr}");
+    assert!(!stderr.contains("uploading"), "{stderr}");
+    let audit: Value =
+        serde_json::from_slice(&client(&s, &admin, &["audit", "--json", "--tenant", "acme", "--limit", "1000"]).stdout)
+            .unwrap();
+    let uploads = audit.as_array().unwrap().iter().filter(|e| e["action"] == "POST /v1/modules").count();
+    assert_eq!(uploads, 1, "the bytes went up once: {audit}");
+
+    // Another module: an upgrade (same config).
+    let (code, _, stderr) = parts(&client_in(&s, &dev, here, &["deploy", "greeter", art::COMPUTE, "--config", "k=v"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("upgraded greeter"), "{stderr}");
+    let a = agent_json(&s, &dev, "greeter");
+    assert_eq!((a["module"].as_str().unwrap(), &a["config"]), (digest_of(art::COMPUTE).as_str(), &json!({"k": "v"})));
+    // Another config: a config update, the module kept.
+    let (code, _, stderr) = parts(&client_in(&s, &dev, here, &["deploy", "greeter", art::COMPUTE, "--config", "k=w"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("updated the configuration"), "{stderr}");
+    assert_eq!(agent_json(&s, &dev, "greeter")["config"], json!({"k": "w"}));
+    // Both at once: one upgrade carries the new config; by a module reference this time.
+    let (code, _, stderr) =
+        parts(&client_in(&s, &dev, here, &["deploy", "greeter", "greeter:latest", "--config", "k=z"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("updated the configuration"), "greeter:latest is the COMPUTE upload: {stderr}");
+    let hello = digest_of(art::HELLO);
+    let (code, _, stderr) = parts(&client_in(&s, &dev, here, &["deploy", "greeter", &hello[..10]]));
+    assert_eq!(code, Some(0), "{stderr}");
+    let a = agent_json(&s, &dev, "greeter");
+    assert_eq!((a["module"].as_str().unwrap(), &a["config"]), (hello.as_str(), &json!({})), "{stderr}");
+
+    // What only a redeploy changes is refused without --replace (exit 1), done with it.
+    let (code, _, stderr) = parts(&client_in(
+        &s,
+        &dev,
+        here,
+        &["deploy", "greeter", art::HELLO, "--subscribe", "news", "--fuel", "5000000"],
+    ));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("subscriptions") && stderr.contains("limits.fuel") && stderr.contains("--replace"),
+        "{stderr}"
+    );
+    let args =
+        ["deploy", "greeter", art::HELLO, "--subscribe", "news", "--fuel", "5000000", "--timeout", "2s", "--replace"];
+    let (code, _, stderr) = parts(&client_in(&s, &dev, here, &args));
+    assert_eq!(code, Some(0), "{stderr}");
+    let a = agent_json(&s, &dev, "greeter");
+    assert_eq!(
+        (&a["subscriptions"], &a["limits"]["fuel"], &a["limits"]["timeout_ms"]),
+        (&json!(["news"]), &json!(5_000_000), &json!(2000))
+    );
+
+    // Usage: no module and no project here exits 2; an unknown reference exits 1.
+    assert_eq!(client_in(&s, &dev, here, &["deploy", "x"]).status.code(), Some(2));
+    assert_eq!(client_in(&s, &dev, here, &["deploy", "x", "nothing:v9"]).status.code(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_of_a_large_module_prints_progress_while_the_server_compiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _, dev) = serve_acme(dir.path(), &[("CORTEX_CFG__MODULES__ASYNC_COMPILE_BYTES", "1000")]).await;
+    let (code, _, stderr) = parts(&client_in(&s, &dev, dir.path(), &["deploy", "big", art::HELLO]));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("compiling ") && stderr.contains("deployed big"), "{stderr}");
+    assert_eq!(parts(&client(&s, &dev, &["invoke", "big", "--input", "y"])).1, "Hello, y!\n");
+}
+
+/// A project whose build copies the component named in `which.txt` over its output.
+fn copy_project(dir: &Path, component: &str) {
+    std::fs::write(
+        dir.join("cortex.toml"),
+        "[agent]\nname = \"devagent\"\nlang = \"rust\"\n\n[build]\n\
+         command = \"mkdir -p out && cp \\\"$(cat which.txt)\\\" out/agent.wasm\"\noutput = \"out/agent.wasm\"\n\n\
+         [deploy]\nconfig = { mode = \"dev\" }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("which.txt"), component).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_in_a_project_builds_it_and_dev_upgrades_on_every_save() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _, dev) = serve_acme(dir.path(), &[]).await;
+    let project = dir.path().join("proj");
+    std::fs::create_dir(&project).unwrap();
+    copy_project(&project, art::HELLO);
+
+    // `cortex deploy` with no module: build, then the manifest's name and [deploy].
+    let (code, _, stderr) = parts(&client_in(&s, &dev, &project, &["deploy"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("building devagent") && stderr.contains("deployed devagent"), "{stderr}");
+    assert_eq!(agent_json(&s, &dev, "devagent")["config"], json!({"mode": "dev"}));
+
+    // `cortex dev`: a save of which.txt rebuilds and upgrades.
+    let log = std::fs::File::create(dir.path().join("dev.stderr")).unwrap();
+    let agent_log = std::fs::File::create(dir.path().join("dev.stdout")).unwrap();
+    let mut child = cortex(&["dev"])
+        .current_dir(&project)
+        .env("CORTEX_URL", &s.base)
+        .env("CORTEX_TOKEN", &dev)
+        .stdout(agent_log)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let dev_log = || std::fs::read_to_string(dir.path().join("dev.stderr")).unwrap_or_default();
+    let until = |what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let what = what.to_owned();
+        async move {
+            while !dev_log().contains(&what) {
+                assert!(std::time::Instant::now() < deadline, "no {what:?} from cortex dev: {}", dev_log());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    until("watching").await;
+    assert!(dev_log().contains("up to date"), "the first cycle finds nothing to do: {}", dev_log());
+    std::fs::write(project.join("which.txt"), art::COMPUTE).unwrap();
+    until("upgraded devagent").await;
+    until("running").await;
+    assert_eq!(agent_json(&s, &dev, "devagent")["module"], digest_of(art::COMPUTE).as_str());
+    let (code, out, _) = parts(&client(&s, &dev, &["invoke", "devagent", "--input", "cpu:1"]));
+    assert_eq!(code, Some(0));
+    assert!(!out.starts_with("Hello") && !out.trim().is_empty(), "the new module answers: {out}");
+    // The agent's log lines come out live.
+    std::fs::write(project.join("which.txt"), art::HOSTILE).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while agent_json(&s, &dev, "devagent")["module"] != digest_of(art::HOSTILE).as_str() {
+        assert!(std::time::Instant::now() < deadline, "not upgraded to hostile: {}", dev_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client(&s, &dev, &["invoke", "devagent", "--input", "exit:0"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let printed = || std::fs::read_to_string(dir.path().join("dev.stdout")).unwrap_or_default();
+    while !printed().contains("[devagent stdout] exiting") {
+        assert!(std::time::Instant::now() < deadline, "no agent log from cortex dev: {:?} {}", printed(), dev_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A broken build is reported and the watch goes on.
+    std::fs::write(project.join("which.txt"), "/nonexistent.wasm").unwrap();
+    until("fix it and save again").await;
+    std::fs::write(project.join("which.txt"), art::HELLO).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while agent_json(&s, &dev, "devagent")["module"] != digest_of(art::HELLO).as_str() {
+        assert!(std::time::Instant::now() < deadline, "not upgraded back: {}", dev_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Ctrl-C ends it cleanly.
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "cortex dev did not stop: {}", dev_log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0), "{}", dev_log());
+    assert!(dev_log().contains("stopped watching"), "{}", dev_log());
 }

@@ -244,6 +244,14 @@ fn rbac_routes(kv: &str) -> Vec<RbacRoute> {
         (m("DELETE"), "/v1/modules/{digest}", "/v1/modules/nodigest".into(), Action::WriteModules, None, None),
         (
             m("POST"),
+            "/v1/modules/{digest}/tags",
+            format!("/v1/modules/{kv}/tags"),
+            Action::WriteModules,
+            Some(json!({"name": "kv", "tag": "rbac"})),
+            None,
+        ),
+        (
+            m("POST"),
             "/v1/agents",
             "/v1/agents".into(),
             Action::WriteAgents,

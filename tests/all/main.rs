@@ -21,6 +21,7 @@ mod languages;
 mod load;
 mod messaging;
 mod metrics;
+mod modules;
 mod pipeline;
 mod pools;
 mod profiles;

@@ -199,6 +199,7 @@ impl Agents {
     /// the watching ones and the mailboxes of those with messages waiting: one read of the
     /// agent records (with their revisions), one of the mailboxes.
     pub async fn restore(self: &Arc<Self>) -> AgentsResult<usize> {
+        self.resume_compiles().await?;
         let records = self.registry.list_revisions::<AgentRecord>(RecordKind::Agent, "").await?;
         let mut n = 0;
         for (k, record, rev) in records {

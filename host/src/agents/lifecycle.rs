@@ -14,8 +14,8 @@ use super::tenants::CachedTenant;
 use crate::coordination;
 use crate::names::AgentName;
 use crate::registry::{
-    AgentLimits, AgentRecord, AgentStatus, ModuleRecord, Probation, ProfileRecord, RolledBack, Supervision, Tenant,
-    Watch, now_ms, scoped,
+    AgentLimits, AgentRecord, AgentStatus, Probation, ProfileRecord, RolledBack, Supervision, Tenant, Watch, now_ms,
+    scoped,
 };
 use crate::runtime::Module;
 use crate::store::{RecordKind, StoreError, check_collection, keys::check_prefix};
@@ -26,7 +26,8 @@ use crate::store::{RecordKind, StoreError, check_collection, keys::check_prefix}
 pub struct DeploySpec {
     /// The agent's name (checked when the spec is parsed).
     pub name: AgentName,
-    /// The digest of one of the tenant's modules.
+    /// One of the tenant's modules: a digest, a unique digest prefix, `name:tag` or `name`
+    /// (see [`super::module_ref`]); the agent records the digest it names now.
     pub module: String,
     /// Its configuration, given to `init`.
     #[serde(default)]
@@ -166,15 +167,6 @@ impl Agents {
         watcher_module(module)
     }
 
-    /// The record of `tenant`'s module `digest`, or `not_found`.
-    pub async fn module_record(&self, tenant: &str, digest: &str) -> AgentsResult<ModuleRecord> {
-        self.registry
-            .get::<ModuleRecord>(RecordKind::Module, &scoped(tenant, digest))
-            .await?
-            .map(|(m, _)| m)
-            .ok_or_else(|| AgentsError::NotFound(format!("module {digest:?} not found")))
-    }
-
     /// Deploy `spec` in tenant `t`: its profile's values where it leaves them out, checks,
     /// the tenant's agent quota, `init`, then the record and the installed agent. The caller
     /// holds the tenant's write lock.
@@ -213,14 +205,14 @@ impl Agents {
                 retry_after: 60,
             });
         }
-        self.module_record(&t.name, &spec.module).await?;
-        let module = self.modules.load(&spec.module).await?;
+        let digest = self.ready_module(&t.name, &spec.module).await?.digest;
+        let module = self.modules.load(&digest).await?;
         self.check_watches(&spec.watches, &module)?;
         let now = now_ms();
         let rec = AgentRecord {
             tenant: t.name.clone(),
             name: spec.name.into_string(),
-            module: spec.module,
+            module: digest,
             previous_module: None,
             config: spec.config,
             limits,
@@ -295,20 +287,22 @@ impl Agents {
         self.commit(&d, rec, d.module.clone()).await
     }
 
-    /// Run agent `name` of `t` on module `digest`, keeping the current one to roll back to;
-    /// on `probation`, the host rolls back by itself if the new module fails it.
+    /// Run agent `name` of `t` on the module `reference` names (and with `config` in place
+    /// of its configuration, if given: one `init` sees both), keeping the current module to
+    /// roll back to; on `probation`, the host rolls back by itself if the new module fails it.
     pub async fn upgrade(
         self: &Arc<Self>,
         t: &CachedTenant,
         name: &str,
-        digest: String,
+        reference: &str,
+        config: Option<BTreeMap<String, String>>,
         probation: Option<Probation>,
     ) -> AgentsResult<Arc<Deployed>> {
         let d = self.find(&t.name, name)?;
         if let Some(p) = &probation {
             p.check().map_err(AgentsError::Invalid)?;
         }
-        self.module_record(&t.name, &digest).await?;
+        let digest = self.ready_module(&t.name, reference).await?.digest;
         let module = self.modules.load(&digest).await?;
         if !d.record.watches.is_empty() {
             watcher_module(&module)?;
@@ -316,6 +310,9 @@ impl Agents {
         let mut rec = d.record.clone();
         rec.previous_module = Some(rec.module.clone());
         rec.module = digest;
+        if let Some(c) = config {
+            rec.config = c;
+        }
         rec.probation = probation.map(|p| Probation { until_ms: now_ms().saturating_add(p.window_ms), ..p });
         rec.rolled_back = None;
         self.run_init(&module, &rec, &t.quotas).await?;

@@ -17,11 +17,11 @@ use super::{
     AppState, Caller, DURATION_HEADER, FUEL_HEADER, INVOCATION_HEADER, JsonBody, OUTCOME_HEADER, PEAK_MEMORY_HEADER,
     Path, Query, RequestDeadline,
 };
-use crate::agents::{AgentView, AgentsError, DeploySpec, Deployed};
+use crate::agents::{AgentView, AgentsError, DeploySpec, Deployed, Label, Uploaded};
 use crate::names::AgentName;
-use crate::registry::{AgentStatus, ModuleRecord, Probation, Tenant, now_ms, scoped};
-use crate::runtime::{Outcome, World, digest};
-use crate::store::{RecordKind, StoreError};
+use crate::registry::{AgentStatus, ModuleRecord, ModuleStatus, Probation, scoped};
+use crate::runtime::Outcome;
+use crate::store::RecordKind;
 
 type St = State<Arc<AppState>>;
 
@@ -33,11 +33,6 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
             ApiError::BadRequest(e.body_text())
         }
     })
-}
-
-fn too_many(st: &AppState, tenant: &str, code: &'static str, message: String, retry_after: u64) -> ApiError {
-    st.metrics.refused(tenant, code);
-    ApiError::TooMany { code, message, retry_after }
 }
 
 /// What the lifecycle refuses, as the API answers it.
@@ -60,63 +55,47 @@ impl From<AgentsError> for ApiError {
     }
 }
 
+/// `POST /v1/modules?name=..&tag=..`: the name and tag an upload may give its module.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    tag: Option<String>,
+}
+
+/// The module record as an answer, with its `Location`.
+fn module_answer(status: StatusCode, rec: ModuleRecord) -> Response {
+    let location = format!("/v1/modules/{}", rec.digest);
+    let mut resp = (status, Json(rec)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
 pub async fn upload_module(
     State(st): St,
     p: Caller,
+    Query(q): Query<UploadQuery>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<(StatusCode, Json<ModuleRecord>)> {
+) -> ApiResult<Response> {
     let t = p.scope(&st).await?;
     let limit = st.config.http.module_limit_bytes;
     if super::declared_length(&headers).is_some_and(|n| n > limit as u64) {
         return Err(ApiError::TooLarge(format!("modules are limited to {limit} bytes")));
     }
+    let label = Label::of(q.name, q.tag)?;
     let bytes = body_bytes(body)?;
-    let d = digest(&bytes);
     let _quota = st.tenant_write_lock(&t.name).await;
-    if let Some((existing, _)) = st.registry.get::<ModuleRecord>(RecordKind::Module, &scoped(&t.name, &d)).await? {
-        return Ok((StatusCode::OK, Json(existing)));
-    }
-    let used: u64 =
-        st.registry.list::<ModuleRecord>(RecordKind::Module, &scoped(&t.name, "")).await?.iter().map(|m| m.size).sum();
-    if used + bytes.len() as u64 > t.quotas.module_bytes {
-        return Err(too_many(
-            &st,
-            &t.name,
-            "module_quota",
-            format!(
-                "modules would take {} bytes, over the quota of {}",
-                used + bytes.len() as u64,
-                t.quotas.module_bytes
-            ),
-            60,
-        ));
-    }
-    let module = st.runtime.load(&bytes).await?;
-    // From the bytes to the record, a concurrent delete of the same digest (by another
-    // tenant) cannot free the files this record is about to name.
-    let _files = st.agents.modules.files().await;
-    st.agents.modules.save_bytes(&d, &bytes)?;
-    let rec = ModuleRecord {
-        tenant: t.name.clone(),
-        digest: d.clone(),
-        size: bytes.len() as u64,
-        world: match module.shape.world {
-            World::Agent => "agent".into(),
-            World::Tool => "tool".into(),
-        },
-        imports: module.shape.imports.clone(),
-        exports: module.shape.exports.clone(),
-        warnings: module.shape.warnings(),
-        created_ms: now_ms(),
-    };
-    st.agents.modules.cache(module);
-    match st.registry.put(RecordKind::Module, &scoped(&t.name, &d), &rec, Some(0)).await {
-        Ok(_) => Ok((StatusCode::CREATED, Json(rec))),
-        // A concurrent upload of the same bytes won: same record, same answer.
-        Err(StoreError::Conflict { .. }) => Ok((StatusCode::OK, Json(rec))),
-        Err(e) => Err(e.into()),
-    }
+    Ok(match st.agents.upload(&t, &bytes, label.as_ref(), &p.subject).await? {
+        Uploaded::Created(rec) => module_answer(StatusCode::CREATED, rec),
+        Uploaded::Compiling(rec) => module_answer(StatusCode::ACCEPTED, rec),
+        Uploaded::Existing(rec) if rec.status == ModuleStatus::Compiling => module_answer(StatusCode::ACCEPTED, rec),
+        Uploaded::Existing(rec) => module_answer(StatusCode::OK, rec),
+    })
 }
 
 pub async fn list_modules(State(st): St, p: Caller) -> ApiResult<Json<Vec<ModuleRecord>>> {
@@ -124,18 +103,35 @@ pub async fn list_modules(State(st): St, p: Caller) -> ApiResult<Json<Vec<Module
     Ok(Json(st.registry.list(RecordKind::Module, &scoped(&t.name, "")).await?))
 }
 
-async fn module_of(st: &AppState, t: &Tenant, d: &str) -> ApiResult<ModuleRecord> {
-    Ok(st.agents.module_record(&t.name, d).await?)
+pub async fn get_module(State(st): St, p: Caller, Path(r): Path<String>) -> ApiResult<Json<ModuleRecord>> {
+    let t = p.scope(&st).await?;
+    Ok(Json(st.agents.resolve_module(&t.name, &r).await?))
 }
 
-pub async fn get_module(State(st): St, p: Caller, Path(d): Path<String>) -> ApiResult<Json<ModuleRecord>> {
-    let t = p.scope(&st).await?;
-    Ok(Json(module_of(&st, &t, &d).await?))
+/// `POST /v1/modules/{ref}/tags`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagBody {
+    name: String,
+    #[serde(default)]
+    tag: Option<String>,
 }
 
-pub async fn delete_module(State(st): St, p: Caller, Path(d): Path<String>) -> ApiResult<StatusCode> {
+pub async fn tag_module(
+    State(st): St,
+    p: Caller,
+    Path(r): Path<String>,
+    JsonBody(body): JsonBody<TagBody>,
+) -> ApiResult<Json<ModuleRecord>> {
     let t = p.scope(&st).await?;
-    module_of(&st, &t, &d).await?;
+    let label = Label::of(Some(body.name), body.tag)?.ok_or_else(|| ApiError::BadRequest("a name is needed".into()))?;
+    let _quota = st.tenant_write_lock(&t.name).await;
+    Ok(Json(st.agents.tag_module(&t.name, &r, &label, &p.subject).await?))
+}
+
+pub async fn delete_module(State(st): St, p: Caller, Path(r): Path<String>) -> ApiResult<StatusCode> {
+    let t = p.scope(&st).await?;
+    let d = st.agents.resolve_module(&t.name, &r).await?.digest;
     if st.agents.module_in_use(&t.name, &d) {
         return Err(ApiError::Conflict { code: "module_in_use", message: format!("an agent uses module {d}") });
     }
@@ -197,6 +193,9 @@ pub async fn update_config(
 #[serde(deny_unknown_fields)]
 pub struct UpgradeBody {
     module: String,
+    /// Replaces the configuration in the same step (one `init` sees the new module and it).
+    #[serde(default)]
+    config: Option<BTreeMap<String, String>>,
     /// If the new module fails it, the host rolls back by itself.
     #[serde(default)]
     probation: Option<Probation>,
@@ -209,7 +208,7 @@ pub async fn upgrade(
     JsonBody(body): JsonBody<UpgradeBody>,
 ) -> ApiResult<Json<AgentView>> {
     let (t, _) = deployed(&st, &p, &name).await?;
-    let d = st.agents.upgrade(&t, &name, body.module, body.probation).await?;
+    let d = st.agents.upgrade(&t, &name, &body.module, body.config, body.probation).await?;
     Ok(Json(st.agents.view(&d)))
 }
 

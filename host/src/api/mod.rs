@@ -266,6 +266,7 @@ pub fn route_action(method: &Method, route: &str) -> Option<Action> {
         "/v1/modules" | "/v1/modules/{digest}" if read => Action::ReadModules,
         "/v1/modules" if m(Method::POST) => Action::WriteModules,
         "/v1/modules/{digest}" if m(Method::DELETE) => Action::WriteModules,
+        "/v1/modules/{digest}/tags" if m(Method::POST) => Action::WriteModules,
         "/v1/agents" | "/v1/agents/{name}" | "/v1/agents/{name}/deadletters" if read => Action::ReadAgents,
         "/v1/agents" if m(Method::POST) => Action::WriteAgents,
         "/v1/agents/{name}" if m(Method::DELETE) => Action::WriteAgents,
@@ -447,6 +448,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(agents::upload_module).get(agents::list_modules).layer(DefaultBodyLimit::max(module_limit)),
         )
         .route("/v1/modules/{digest}", get(agents::get_module).delete(agents::delete_module))
+        .route("/v1/modules/{digest}/tags", post(agents::tag_module))
         .route("/v1/agents", post(agents::deploy).get(agents::list_agents))
         .route("/v1/agents/{name}", get(agents::get_agent).delete(agents::delete_agent))
         .route("/v1/agents/{name}/config", put(agents::update_config))

@@ -81,6 +81,12 @@ pub enum ClientCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Upload (unless the server has it), wait for the compile, then deploy, upgrade or
+    /// reconfigure the agent so that it is what the command says (run it again: nothing to do).
+    Deploy(super::deploy::DeployArgs),
+    /// In a project folder: build, deploy, then rebuild and upgrade on every save while
+    /// printing the agent's log.
+    Dev(super::dev::DevArgs),
 }
 
 /// Where the server is and how to talk to it.
@@ -88,16 +94,16 @@ pub enum ClientCommand {
 pub struct Conn {
     /// Server URL.
     #[arg(long, env = "CORTEX_URL", default_value = "http://127.0.0.1:8080", global = true)]
-    url: String,
+    pub(crate) url: String,
     /// Bearer token or API key.
     #[arg(long, env = "CORTEX_TOKEN", hide_env_values = true, global = true)]
-    token: Option<String>,
+    pub(crate) token: Option<String>,
     /// Act within this tenant (platform-admins).
     #[arg(long, global = true)]
-    tenant: Option<String>,
+    pub(crate) tenant: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// `cortex tenants ...`
@@ -131,15 +137,21 @@ pub enum ModuleCmd {
     Upload {
         /// Path.
         path: std::path::PathBuf,
+        /// Name it (refer to it as NAME:TAG).
+        #[arg(long)]
+        name: Option<String>,
+        /// Tag it (default `latest`; moved from the module that had it).
+        #[arg(long, requires = "name")]
+        tag: Option<String>,
     },
     /// Show a module.
     Get {
-        /// Digest.
+        /// Digest, unique digest prefix, or NAME:TAG.
         digest: String,
     },
     /// Delete a module.
     Delete {
-        /// Digest.
+        /// Digest, unique digest prefix, or NAME:TAG.
         digest: String,
     },
 }
@@ -280,7 +292,7 @@ pub enum ProfileCmd {
     },
 }
 
-fn kv(entries: &[String]) -> anyhow::Result<Value> {
+pub(crate) fn kv(entries: &[String]) -> anyhow::Result<Value> {
     let mut map = serde_json::Map::new();
     for e in entries {
         let (k, v) = e.split_once('=').with_context(|| format!("{e:?} is not KEY=VALUE"))?;
@@ -289,14 +301,22 @@ fn kv(entries: &[String]) -> anyhow::Result<Value> {
     Ok(Value::Object(map))
 }
 
-enum Payload {
+pub(crate) enum Payload {
+    /// No body.
     None,
+    /// A JSON body.
     Json(Value),
+    /// Raw bytes.
     Bytes(Vec<u8>),
 }
 
 impl Conn {
-    async fn send(&self, method: reqwest::Method, path: &str, body: Payload) -> anyhow::Result<reqwest::Response> {
+    pub(crate) async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Payload,
+    ) -> anyhow::Result<reqwest::Response> {
         let client = reqwest::Client::new();
         let mut req = client.request(method, format!("{}{path}", self.url.trim_end_matches('/')));
         if let Some(t) = &self.token {
@@ -397,12 +417,17 @@ impl ClientCommand {
                 }
             },
             ClientCommand::Modules { cmd, conn } => {
-                let cols = ["digest", "size", "world"];
+                let cols = ["digest", "size", "world", "status"];
                 match cmd {
                     ModuleCmd::List => conn.call(M::GET, "/v1/modules", Payload::None, &cols).await,
-                    ModuleCmd::Upload { path } => {
+                    ModuleCmd::Upload { path, name, tag } => {
                         let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-                        conn.call(M::POST, "/v1/modules", Payload::Bytes(bytes), &cols).await
+                        let query = match (name, tag) {
+                            (Some(n), Some(t)) => format!("?name={n}&tag={t}"),
+                            (Some(n), None) => format!("?name={n}"),
+                            _ => String::new(),
+                        };
+                        conn.call(M::POST, &format!("/v1/modules{query}"), Payload::Bytes(bytes), &cols).await
                     }
                     ModuleCmd::Get { digest } => {
                         conn.call(M::GET, &format!("/v1/modules/{digest}"), Payload::None, &[]).await
@@ -510,6 +535,8 @@ impl ClientCommand {
                 }
                 KeyCmd::Revoke { id } => conn.call(M::DELETE, &format!("/v1/keys/{id}"), Payload::None, &[]).await,
             },
+            ClientCommand::Deploy(args) => args.run().await,
+            ClientCommand::Dev(args) => args.run().await,
             ClientCommand::Profiles { cmd, conn } => {
                 let cols = ["name", "limits", "max_concurrency"];
                 let path = |n: &str| format!("/v1/profiles/{n}");

@@ -1,6 +1,8 @@
 //! Command-line helpers of the `cortex` binary.
 
 pub mod client;
+pub mod deploy;
+pub mod dev;
 pub mod new;
 pub mod project;
 pub mod units;

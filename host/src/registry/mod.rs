@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{ChangeEvent, RecordKind, Store, StoreError};
 
+pub mod module_meta;
 pub mod supervision;
+pub use self::module_meta::{ModuleFailure, ModuleStatus, ModuleTag};
 pub use self::supervision::{Probation, RolledBack, Supervision};
 
 /// Result alias for registry calls.
@@ -207,6 +209,15 @@ pub struct ModuleRecord {
     pub warnings: Vec<String>,
     /// Upload time.
     pub created_ms: u64,
+    /// `ready`, `compiling` (a large upload, compiled in the background) or `failed`.
+    #[serde(default)]
+    pub status: ModuleStatus,
+    /// Why it failed (status `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ModuleFailure>,
+    /// Its `name:tag`s (each on one module of the tenant at a time).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<ModuleTag>,
 }
 
 /// Limits an agent is deployed with (each capped by the tenant's quotas).
