@@ -56,6 +56,38 @@ pub struct ServerConfig {
     pub messaging: MessagingConfig,
     /// Guests running at once on this node and their fair share.
     pub scheduling: SchedulingConfig,
+    /// Deploys from OCI registries (`"module": "oci://..."`).
+    pub oci: OciConfig,
+}
+
+/// `[oci]`: the registries tenants may deploy from. None by default: a server reaches no
+/// registry until its operator lists one (a deploy names the host the server connects to).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OciConfig {
+    /// Registries (`host` or `host:port`, as in references) pulled from over https.
+    pub allowed_registries: Vec<String>,
+    /// Registries pulled from over plain http (trusted networks, tests); allowed too.
+    pub insecure_registries: Vec<String>,
+    /// Largest manifest read, in bytes (the component is limited by
+    /// `http.module_limit_bytes`, as an upload is).
+    pub max_manifest_bytes: u64,
+    /// Connecting to a registry gives up after this, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Each request to a registry (with its body) gives up after this, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for OciConfig {
+    fn default() -> Self {
+        Self {
+            allowed_registries: Vec::new(),
+            insecure_registries: Vec::new(),
+            max_manifest_bytes: 256 << 10,
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 60_000,
+        }
+    }
 }
 
 /// `[scheduling]`: how many guests run at once on this node; the others wait in per-tenant
@@ -128,6 +160,7 @@ impl Default for ServerConfig {
             store: StoreConfig::default(),
             messaging: MessagingConfig::default(),
             scheduling: SchedulingConfig::default(),
+            oci: OciConfig::default(),
         }
     }
 }

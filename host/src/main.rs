@@ -30,6 +30,8 @@ enum Command {
     Serve(ServeArgs),
     /// Mint a development token (HS256, from the data directory's secret).
     Token(TokenArgs),
+    /// Push a component to an OCI registry; prints REF@sha256:<digest>.
+    Push(cortex_host::cli::push::PushArgs),
     /// Talk to a running server (CORTEX_URL, CORTEX_TOKEN).
     #[command(flatten)]
     Client(cortex_host::cli::client::ClientCommand),
@@ -136,6 +138,13 @@ fn main() -> ExitCode {
         Command::Token(args) => token(args),
         // A client command that fails at run time (the server refused, or cannot be
         // reached) exits 1; 2 is for usage errors (clap's own, and the other commands').
+        Command::Push(args) => match rt.block_on(args.run()) {
+            Ok(code) => Ok(code),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(1);
+            }
+        },
         Command::Client(cmd) => match rt.block_on(cmd.run()) {
             Ok(code) => Ok(code),
             Err(e) => {

@@ -72,16 +72,28 @@ pub async fn upload_module(
         return Err(ApiError::TooLarge(format!("modules are limited to {limit} bytes")));
     }
     let bytes = body_bytes(body)?;
-    let d = digest(&bytes);
     let _quota = st.tenant_write_lock(&t.name).await;
+    let (status, rec) = store_module(&st, &t, &bytes).await?;
+    Ok((status, Json(rec)))
+}
+
+/// Keep component `bytes` as a module of tenant `t` (an upload, or an `oci://` pull): its
+/// quota, validation and warnings; 200 with the record if the tenant has it, else 201. The
+/// caller holds the tenant's write lock.
+async fn store_module(st: &AppState, t: &Tenant, bytes: &[u8]) -> ApiResult<(StatusCode, ModuleRecord)> {
+    let limit = st.config.http.module_limit_bytes;
+    if bytes.len() > limit {
+        return Err(ApiError::TooLarge(format!("modules are limited to {limit} bytes")));
+    }
+    let d = digest(bytes);
     if let Some((existing, _)) = st.registry.get::<ModuleRecord>(RecordKind::Module, &scoped(&t.name, &d)).await? {
-        return Ok((StatusCode::OK, Json(existing)));
+        return Ok((StatusCode::OK, existing));
     }
     let used: u64 =
         st.registry.list::<ModuleRecord>(RecordKind::Module, &scoped(&t.name, "")).await?.iter().map(|m| m.size).sum();
     if used + bytes.len() as u64 > t.quotas.module_bytes {
         return Err(too_many(
-            &st,
+            st,
             &t.name,
             "module_quota",
             format!(
@@ -92,11 +104,11 @@ pub async fn upload_module(
             60,
         ));
     }
-    let module = st.runtime.load(&bytes).await?;
+    let module = st.runtime.load(bytes).await?;
     // From the bytes to the record, a concurrent delete of the same digest (by another
     // tenant) cannot free the files this record is about to name.
     let _files = st.agents.modules.files().await;
-    st.agents.modules.save_bytes(&d, &bytes)?;
+    st.agents.modules.save_bytes(&d, bytes)?;
     let rec = ModuleRecord {
         tenant: t.name.clone(),
         digest: d.clone(),
@@ -112,9 +124,9 @@ pub async fn upload_module(
     };
     st.agents.modules.cache(module);
     match st.registry.put(RecordKind::Module, &scoped(&t.name, &d), &rec, Some(0)).await {
-        Ok(_) => Ok((StatusCode::CREATED, Json(rec))),
+        Ok(_) => Ok((StatusCode::CREATED, rec)),
         // A concurrent upload of the same bytes won: same record, same answer.
-        Err(StoreError::Conflict { .. }) => Ok((StatusCode::OK, Json(rec))),
+        Err(StoreError::Conflict { .. }) => Ok((StatusCode::OK, rec)),
         Err(e) => Err(e.into()),
     }
 }
@@ -145,13 +157,34 @@ pub async fn delete_module(State(st): St, p: Caller, Path(d): Path<String>) -> A
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `module` as a module digest of tenant `t`: itself, or for an `oci://` reference, the
+/// pulled component stored as a module (with its source). The pull runs before `lock` is
+/// taken (it may take a while); the store under it. Returns the lock, held.
+async fn resolve_module(
+    st: &AppState,
+    t: &Tenant,
+    module: String,
+) -> ApiResult<(String, Option<crate::oci::OciSource>, tokio::sync::OwnedMutexGuard<()>)> {
+    match super::oci_pull::pull(st, &t.name, &module).await? {
+        None => Ok((module, None, st.tenant_write_lock(&t.name).await)),
+        Some(pulled) => {
+            let guard = st.tenant_write_lock(&t.name).await;
+            let (_, rec) = store_module(st, t, &pulled.wasm).await?;
+            Ok((rec.digest, Some(pulled.source), guard))
+        }
+    }
+}
+
 pub async fn deploy(
     State(st): St,
     p: Caller,
-    JsonBody(spec): JsonBody<DeploySpec>,
+    JsonBody(mut spec): JsonBody<DeploySpec>,
 ) -> ApiResult<(StatusCode, Json<AgentView>)> {
     let t = p.scope(&st).await?;
-    let _quota = st.tenant_write_lock(&t.name).await;
+    let module = std::mem::take(&mut spec.module);
+    let (module, oci, _quota) = resolve_module(&st, &t, module).await?;
+    spec.module = module;
+    spec.oci = oci;
     let d = st.agents.deploy(&t, spec).await?;
     Ok((StatusCode::CREATED, Json(st.agents.view(&d))))
 }
@@ -209,7 +242,8 @@ pub async fn upgrade(
     JsonBody(body): JsonBody<UpgradeBody>,
 ) -> ApiResult<Json<AgentView>> {
     let (t, _) = deployed(&st, &p, &name).await?;
-    let d = st.agents.upgrade(&t, &name, body.module, body.probation).await?;
+    let (module, oci, _quota) = resolve_module(&st, &t, body.module).await?;
+    let d = st.agents.upgrade(&t, &name, module, oci, body.probation).await?;
     Ok(Json(st.agents.view(&d)))
 }
 

@@ -1,4 +1,5 @@
 //! Command-line helpers of the `cortex` binary.
 
 pub mod client;
+pub mod push;
 pub mod units;
