@@ -138,25 +138,22 @@ fn main() -> ExitCode {
         Command::Token(args) => token(args),
         // A client command that fails at run time (the server refused, or cannot be
         // reached) exits 1; 2 is for usage errors (clap's own, and the other commands').
-        Command::Push(args) => match rt.block_on(args.run()) {
-            Ok(code) => Ok(code),
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return ExitCode::from(1);
-            }
-        },
-        Command::Client(cmd) => match rt.block_on(cmd.run()) {
-            Ok(code) => Ok(code),
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return ExitCode::from(1);
-            }
-        },
+        Command::Push(args) => return exit_1_on_error(rt.block_on(args.run())),
+        Command::Client(cmd) => return exit_1_on_error(rt.block_on(cmd.run())),
         Command::Compile => Ok(cortex_host::runtime::child_main()),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
         ExitCode::from(2)
+    })
+}
+
+/// A client command's (or a push's) exit: a failure at run time (the server or registry
+/// refused, or cannot be reached) exits 1; 2 is for usage errors.
+fn exit_1_on_error(result: anyhow::Result<ExitCode>) -> ExitCode {
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(1)
     })
 }
 

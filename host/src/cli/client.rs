@@ -9,6 +9,10 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+#[path = "registries.rs"]
+mod registries;
+pub use registries::RegistryCmd;
+
 /// Client commands.
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
@@ -78,6 +82,13 @@ pub enum ClientCommand {
     Profiles {
         #[command(subcommand)]
         cmd: ProfileCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Your tenant's credentials for OCI registries (tenant-admins).
+    Registries {
+        #[command(subcommand)]
+        cmd: RegistryCmd,
         #[command(flatten)]
         conn: Conn,
     },
@@ -525,6 +536,7 @@ impl ClientCommand {
                     ProfileCmd::Delete { name } => conn.call(M::DELETE, &path(&name), Payload::None, &[]).await,
                 }
             }
+            ClientCommand::Registries { cmd, conn } => registries::run(cmd, conn).await,
         }
     }
 }

@@ -32,7 +32,7 @@ pub struct PushArgs {
 }
 
 /// The registry password: from stdin if asked, else from CORTEX_REGISTRY_PASSWORD.
-fn password(from_stdin: bool) -> anyhow::Result<Option<String>> {
+pub(crate) fn registry_password(from_stdin: bool) -> anyhow::Result<Option<String>> {
     if from_stdin {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s).context("cannot read the password from stdin")?;
@@ -61,7 +61,7 @@ impl PushArgs {
                 return Ok(ExitCode::from(2));
             }
         };
-        let credentials = match (self.username, password(self.password_stdin)?) {
+        let credentials = match (self.username, registry_password(self.password_stdin)?) {
             (Some(username), Some(password)) => Some(Credentials { username, password }),
             (None, None) => None,
             (Some(_), None) => {
