@@ -25,7 +25,7 @@
 //! crate-type = ["cdylib"]
 //!
 //! [dependencies]
-//! cortex-agent = { path = "../../guest-sdk" }
+//! cortex-agent = "0.1"   # in the Cortex repository: { path = "../../guest-sdk" }
 //! ```
 //!
 //! `src/lib.rs`, built with `cargo build --release --target wasm32-wasip2`:

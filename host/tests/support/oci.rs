@@ -252,8 +252,13 @@ async fn push_image_manifest(host: &str, repo: &str) -> &'static str {
     let client = reqwest::Client::new();
     let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
     let digest = format!("sha256:{}", cortex_host::secrets::sha256_hex(&config));
+    let r = client.post(format!("http://{host}/v2/{repo}/blobs/uploads/")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let url = if location.starts_with("http") { location } else { format!("http://{host}{location}") };
     let r = client
-        .post(format!("http://{host}/v2/{repo}/blobs/uploads/?digest={digest}"))
+        .put(format!("{url}{sep}digest={digest}"))
         .header("content-type", "application/octet-stream")
         .body(config.clone())
         .send()
