@@ -39,7 +39,10 @@ fn the_crate_carries_the_repositorys_wit_unchanged() {
         "guest-sdk/wit must hold the same files as wit/"
     );
     for (name, bytes) in &repo {
-        assert!(ours[name] == *bytes, "guest-sdk/wit/{name} differs from wit/{name}: copy wit/*.wit into guest-sdk/wit/");
+        assert!(
+            ours[name] == *bytes,
+            "guest-sdk/wit/{name} differs from wit/{name}: copy wit/*.wit into guest-sdk/wit/"
+        );
     }
 }
 

@@ -238,7 +238,14 @@ fn rbac_routes(kv: &str) -> Vec<RbacRoute> {
             Some(json!({"username": "u", "password": "p"})),
             None,
         ),
-        (m("DELETE"), "/v1/registries/{host}", "/v1/registries/ghost.example.com".into(), Action::ManageRegistries, None, None),
+        (
+            m("DELETE"),
+            "/v1/registries/{host}",
+            "/v1/registries/ghost.example.com".into(),
+            Action::ManageRegistries,
+            None,
+            None,
+        ),
         (m("GET"), "/v1/events", "/v1/events".into(), Action::ReadAgents, None, None),
         (m("GET"), "/v1/events/stream", "/v1/events/stream?follow=false".into(), Action::ReadAgents, None, None),
         (

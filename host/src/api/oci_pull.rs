@@ -74,7 +74,10 @@ pub(super) async fn pull(st: &AppState, tenant: &str, module: &str) -> ApiResult
     let mut client = Client::new(&r, credentials, policy, false)?;
     let pulled = client.pull(&r).await?;
     tracing::info!(tenant, reference = %r, digest = %pulled.manifest_digest, "pulled an OCI artifact");
-    Ok(Some(Pulled { wasm: pulled.wasm, source: OciSource { reference: r.to_string(), digest: pulled.manifest_digest } }))
+    Ok(Some(Pulled {
+        wasm: pulled.wasm,
+        source: OciSource { reference: r.to_string(), digest: pulled.manifest_digest },
+    }))
 }
 
 #[cfg(test)]

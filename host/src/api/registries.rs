@@ -63,8 +63,9 @@ const MAX_SECRET_LEN: usize = 4096;
 /// `registry` as a key: a valid `host[:port]`, lower-cased.
 fn registry_key(registry: &str) -> ApiResult<String> {
     let r = registry.to_ascii_lowercase();
-    Reference::parse(&format!("{r}/x:x")).map_err(|_| {
-        ApiError::Invalid { code: "invalid_registry", message: format!("{registry:?} is not a registry host[:port]") }
+    Reference::parse(&format!("{r}/x:x")).map_err(|_| ApiError::Invalid {
+        code: "invalid_registry",
+        message: format!("{registry:?} is not a registry host[:port]"),
     })?;
     Ok(r)
 }
@@ -94,7 +95,9 @@ pub async fn put(
     let t = p.scope(&st).await?;
     let registry = registry_key(&host)?;
     if body.username.is_empty() || body.username.len() > MAX_SECRET_LEN || body.password.len() > MAX_SECRET_LEN {
-        return Err(ApiError::BadRequest(format!("username must be 1..={MAX_SECRET_LEN} bytes, password at most that")));
+        return Err(ApiError::BadRequest(format!(
+            "username must be 1..={MAX_SECRET_LEN} bytes, password at most that"
+        )));
     }
     let key = scoped(&t.name, &registry);
     let existed = st.registry.get::<RegistryCredential>(RecordKind::RegistryCredential, &key).await?.is_some();

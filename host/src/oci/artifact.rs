@@ -160,7 +160,8 @@ mod tests {
 
     #[test]
     fn container_images_indexes_and_extra_layers_are_refused() {
-        let layer = serde_json::json!({"mediaType": LAYER_MEDIA_TYPE, "digest": crate::oci::digest_of(b"x"), "size": 1});
+        let layer =
+            serde_json::json!({"mediaType": LAYER_MEDIA_TYPE, "digest": crate::oci::digest_of(b"x"), "size": 1});
         let cfg = |mt: &str| serde_json::json!({"mediaType": mt, "digest": crate::oci::digest_of(b"{}"), "size": 2});
         let cases = [
             serde_json::json!({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": []}),

@@ -91,6 +91,9 @@ pub struct Client {
 
 fn unreachable(what: &str, e: reqwest::Error) -> OciError {
     // Not the URL's query (a pre-signed blob URL carries credentials in it).
+    if e.is_redirect() {
+        return OciError::NotAllowed(format!("{what}: a redirect to a host this server may not reach (or too many)"));
+    }
     let e = e.without_url();
     OciError::Unreachable(format!("{what}: {e}"))
 }
@@ -192,7 +195,8 @@ impl Client {
         }
         let params = challenge_params(params);
         let get = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
-        let realm = get("realm").ok_or_else(|| OciError::Unauthorized("the registry's challenge has no realm".into()))?;
+        let realm =
+            get("realm").ok_or_else(|| OciError::Unauthorized("the registry's challenge has no realm".into()))?;
         let mut realm = Url::parse(&realm)
             .map_err(|_| OciError::Unauthorized(format!("the registry's token realm {realm:?} is not a URL")))?;
         if !(self.policy.may_follow)(&realm) && !realm.as_str().starts_with(&self.base) {
@@ -229,7 +233,8 @@ impl Client {
         }
         let t: Token = serde_json::from_slice(&body)
             .map_err(|_| OciError::Unauthorized("the registry's token answer is not JSON".into()))?;
-        let token = t.token.or(t.access_token).ok_or_else(|| OciError::Unauthorized("no token in the answer".into()))?;
+        let token =
+            t.token.or(t.access_token).ok_or_else(|| OciError::Unauthorized("no token in the answer".into()))?;
         let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| OciError::Unauthorized("the registry's token cannot be sent in a header".into()))?;
         v.set_sensitive(true);
@@ -359,9 +364,106 @@ async fn read_limited(mut resp: Response, limit: u64, what: &str) -> OciResult<V
 mod tests {
     use super::*;
 
+    use axum::extract::Query;
+    use axum::http::{HeaderMap, StatusCode as S};
+    use axum::response::{IntoResponse, Response as AxResponse};
+    use axum::routing::get;
+
+    const TOKEN: &str = "tok-123";
+
+    /// A registry on 127.0.0.1 that wants a bearer token from its own realm, handed out for
+    /// basic credentials `u:p` only, and serves one artifact whose blob redirects to `blob_at`.
+    async fn token_registry(wasm: Vec<u8>, blob_at: Option<String>) -> (String, Reference) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_, manifest) = artifact::build(&wasm, 0);
+        let layer = artifact::wasm_layer(&manifest).unwrap();
+        let realm = format!("http://{addr}/token");
+        let authed = |h: &HeaderMap| h.get("authorization").is_some_and(|v| v == format!("Bearer {TOKEN}").as_str());
+        let challenge = move || -> AxResponse {
+            let c = format!(r#"Bearer realm="{realm}",service="reg",scope="repository:team/a:pull""#);
+            (S::UNAUTHORIZED, [("www-authenticate", c)]).into_response()
+        };
+        let ch = challenge.clone();
+        let app = axum::Router::new()
+            .route(
+                "/token",
+                get(|h: HeaderMap, Query(q): Query<std::collections::HashMap<String, String>>| async move {
+                    // `u:p` in basic auth; the service and scope of the challenge.
+                    let ok = h.get("authorization").is_some_and(|v| v == "Basic dTpw")
+                        && q.get("service").map(String::as_str) == Some("reg")
+                        && q.get("scope").map(String::as_str) == Some("repository:team/a:pull");
+                    if ok {
+                        axum::Json(serde_json::json!({"token": TOKEN})).into_response()
+                    } else {
+                        S::UNAUTHORIZED.into_response()
+                    }
+                }),
+            )
+            .route(
+                "/v2/team/a/manifests/v1",
+                get(move |h: HeaderMap| async move {
+                    if authed(&h) { (S::OK, manifest).into_response() } else { challenge() }
+                }),
+            )
+            .route(
+                &format!("/v2/team/a/blobs/{}", layer.digest),
+                get(move |h: HeaderMap| async move {
+                    match (authed(&h), blob_at) {
+                        (false, _) => ch(),
+                        (true, Some(to)) => (S::TEMPORARY_REDIRECT, [("location", to)]).into_response(),
+                        (true, None) => (S::OK, wasm).into_response(),
+                    }
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let host = format!("127.0.0.1:{}", addr.port());
+        let r = Reference::parse(&format!("{host}/team/a:v1")).unwrap();
+        (host, r)
+    }
+
+    fn policy(plain_http_hosts: Vec<String>) -> Policy {
+        Policy {
+            plain_http: true,
+            may_follow: Arc::new(move |u: &Url| {
+                let authority = format!("{}:{}", u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0));
+                u.scheme() == "https" || plain_http_hosts.contains(&authority)
+            }),
+            max_manifest_bytes: 1 << 20,
+            max_blob_bytes: 1 << 20,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(20),
+        }
+    }
+
+    fn creds(user: &str, password: &str) -> Option<Credentials> {
+        Some(Credentials { username: user.into(), password: password.into() })
+    }
+
+    #[tokio::test]
+    async fn a_bearer_challenge_is_answered_with_a_token_from_the_realm_for_the_credentials() {
+        let (host, r) = token_registry(b"\0asm wasm".to_vec(), None).await;
+        let mut c = Client::new(&r, creds("u", "p"), policy(vec![host.clone()]), false).unwrap();
+        let pulled = c.pull(&r).await.unwrap();
+        assert_eq!(pulled.wasm, b"\0asm wasm");
+        let mut wrong = Client::new(&r, creds("u", "nope"), policy(vec![host.clone()]), false).unwrap();
+        assert_eq!(wrong.pull(&r).await.unwrap_err().code(), "oci_unauthorized");
+        let mut anonymous = Client::new(&r, None, policy(vec![host]), false).unwrap();
+        assert_eq!(anonymous.pull(&r).await.unwrap_err().code(), "oci_unauthorized");
+    }
+
+    #[tokio::test]
+    async fn a_redirect_to_a_host_not_permitted_is_refused_unfetched() {
+        // The blob redirects to a metadata address over http: refused, never fetched.
+        let (host, r) = token_registry(b"\0asm".to_vec(), Some("http://169.254.169.254/latest/meta-data".into())).await;
+        let mut c = Client::new(&r, creds("u", "p"), policy(vec![host]), false).unwrap();
+        assert_eq!(c.pull(&r).await.unwrap_err().code(), "oci_not_allowed");
+    }
+
     #[test]
     fn challenges_parse_quoted_and_bare_parameters() {
-        let p = challenge_params(r#"realm="https://auth.io/token",service="registry.io",scope="repository:a/b:pull,push""#);
+        let p =
+            challenge_params(r#"realm="https://auth.io/token",service="registry.io",scope="repository:a/b:pull,push""#);
         assert_eq!(p[0], ("realm".into(), "https://auth.io/token".into()));
         assert_eq!(p[1], ("service".into(), "registry.io".into()));
         assert_eq!(p[2], ("scope".into(), "repository:a/b:pull,push".into()));

@@ -2,11 +2,11 @@
 //! wasmCloud's `wash` and `wkg` push and pull) over the OCI distribution protocol, on
 //! `reqwest`. The `cortex push` command and the server's `oci://` deploys both use it.
 //!
-//! - [`Reference`]: `host[:port]/namespace/name[:tag][@sha256:...]`.
-//! - [`artifact`]: media types, the config blob and the manifest, and what a pulled
-//!   manifest must be to be taken as an agent.
-//! - [`Client`]: blobs and manifests, bearer-token and basic auth, every body read under a
-//!   limit, redirects only where a [`Policy`] permits.
+//! - [`Reference`], a reference: `host[:port]/namespace/name[:tag][@sha256:...]`.
+//! - [`artifact`], the layout: media types, the config blob and the manifest, and what a
+//!   pulled manifest must be to be taken as an agent.
+//! - [`Client`], the protocol: blobs and manifests, bearer-token and basic auth, every body
+//!   read under a limit, redirects only where a [`Policy`] permits.
 
 pub mod artifact;
 mod client;

@@ -40,7 +40,8 @@ fn valid_tag(t: &str) -> bool {
 
 /// Whether `d` is `sha256:` and 64 lower-case hex digits (the one algorithm taken).
 pub(super) fn valid_digest(d: &str) -> bool {
-    d.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|x| x.is_ascii_digit() || (b'a'..=b'f').contains(&x)))
+    d.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|x| x.is_ascii_digit() || (b'a'..=b'f').contains(&x)))
 }
 
 fn valid_registry(r: &str) -> bool {
@@ -50,9 +51,9 @@ fn valid_registry(r: &str) -> bool {
     };
     let host_ok = !host.is_empty()
         && host.len() <= 253
-        && host.split('.').all(|l| {
-            !l.is_empty() && l.bytes().all(|x| x.is_ascii_alphanumeric() || x == b'-') && !l.starts_with('-')
-        });
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|x| x.is_ascii_alphanumeric() || x == b'-') && !l.starts_with('-'));
     host_ok && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
 }
 
@@ -134,7 +135,10 @@ mod tests {
     #[test]
     fn references_parse_with_port_tag_and_digest_and_print_back() {
         let r = Reference::parse("oci://127.0.0.1:5000/team/hello:v1").unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()), ("127.0.0.1:5000", "team/hello", Some("v1")));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("127.0.0.1:5000", "team/hello", Some("v1"))
+        );
         assert_eq!(r.target(), "v1");
         assert!(r.is_loopback());
         let pinned = Reference::parse(&format!("ghcr.io/a/b:v2@{D}")).unwrap();

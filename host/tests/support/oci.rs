@@ -25,8 +25,8 @@ struct Registry {
 impl Registry {
     /// A registry; with `user`, requiring that user's basic auth (an htpasswd file).
     async fn start(user: Option<(&str, &str)>) -> Registry {
-        let found = std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(REGISTRY_BIN).is_file()));
+        let found =
+            std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(REGISTRY_BIN).is_file()));
         assert!(
             found,
             "`{REGISTRY_BIN}` is not installed: run scripts/install-language-toolchains.sh (it installs Debian's docker-registry)"
@@ -39,7 +39,8 @@ impl Registry {
             dir.path().join("data").display()
         );
         if let Some((name, password)) = user {
-            let out = Command::new("htpasswd").args(["-Bbn", name, password]).output().expect("htpasswd (apache2-utils)");
+            let out =
+                Command::new("htpasswd").args(["-Bbn", name, password]).output().expect("htpasswd (apache2-utils)");
             assert!(out.status.success(), "htpasswd: {}", String::from_utf8_lossy(&out.stderr));
             let file = dir.path().join("htpasswd");
             std::fs::write(&file, &out.stdout).unwrap();
@@ -80,7 +81,11 @@ fn push(source: &str, reference: &str, args: &[&str], env: &[(&str, &str)]) -> (
     let mut c = cortex(&["push", source, reference]);
     c.args(args).envs(env.iter().copied());
     let out = c.output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).trim().to_owned(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 /// Run `c` with `line` on its stdin; expect success, return its stdout.
@@ -292,7 +297,8 @@ async fn registry_credentials_are_pushed_with_and_pulled_with_for_their_own_tena
     let (code, _, err) = push(art::HELLO, &reference, &[], &[]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("oci_unauthorized"), "{err}");
-    let (code, _, err) = push(art::HELLO, &reference, &["--username", "alice"], &[("CORTEX_REGISTRY_PASSWORD", "wrong")]);
+    let (code, _, err) =
+        push(art::HELLO, &reference, &["--username", "alice"], &[("CORTEX_REGISTRY_PASSWORD", "wrong")]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("oci_unauthorized"), "{err}");
     let (code, out, err) =
@@ -338,7 +344,8 @@ async fn registry_credentials_are_pushed_with_and_pulled_with_for_their_own_tena
     assert_eq!(api.invoke(&dev_one, "a", "x").await, "Hello, x!");
     let (st, p) = api.deploy(&dev_two, "a", &module).await;
     assert_eq!((st.as_u16(), p["code"].as_str()), (422, Some("oci_unauthorized")), "{p}");
-    let (_, list_two) = api.call(reqwest::Method::GET, "/v1/registries", &s.token(Some("two"), "tenant-admin"), None).await;
+    let (_, list_two) =
+        api.call(reqwest::Method::GET, "/v1/registries", &s.token(Some("two"), "tenant-admin"), None).await;
     assert_eq!(list_two, json!([]));
 
     // Deleted credentials are no longer used.
