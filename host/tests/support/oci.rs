@@ -355,13 +355,15 @@ async fn registry_credentials_are_pushed_with_and_pulled_with_for_their_own_tena
     assert_eq!((st.as_u16(), p["code"].as_str()), (422, Some("oci_unauthorized")), "{p}");
     // A tenant's credentials go with it: a later tenant of the name does not get them.
     let admin_two = s.token(Some("two"), "tenant-admin");
-    let (st, _) = api.call(reqwest::Method::PUT, &path, &admin_two, Some(json!({"username": "bob", "password": "x"}))).await;
+    let (st, _) =
+        api.call(reqwest::Method::PUT, &path, &admin_two, Some(json!({"username": "bob", "password": "x"}))).await;
     assert_eq!(st, StatusCode::CREATED);
     let platform = s.token(None, "platform-admin");
     let (st, _) = api.call(reqwest::Method::DELETE, "/v1/tenants/two", &platform, None).await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     api.tenant("two").await;
-    let (_, list_two) = api.call(reqwest::Method::GET, "/v1/registries", &s.token(Some("two"), "tenant-admin"), None).await;
+    let (_, list_two) =
+        api.call(reqwest::Method::GET, "/v1/registries", &s.token(Some("two"), "tenant-admin"), None).await;
     assert_eq!(list_two, json!([]));
     let log = std::fs::read_to_string(format!("{}.stderr", s.data)).unwrap_or_default();
     assert!(!log.contains(PASSWORD), "the password is in the server's log");
