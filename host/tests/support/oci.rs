@@ -368,3 +368,20 @@ async fn registry_credentials_are_pushed_with_and_pulled_with_for_their_own_tena
     let log = std::fs::read_to_string(format!("{}.stderr", s.data)).unwrap_or_default();
     assert!(!log.contains(PASSWORD), "the password is in the server's log");
 }
+
+#[test]
+fn push_refuses_bad_arguments_with_2_and_a_file_that_is_not_wasm_with_1_before_connecting() {
+    // Port 1 on loopback: nothing listens, and nothing is asked of it.
+    let (code, _, err) = push(art::HELLO, "127.0.0.1:1/team/agent", &[], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("oci_invalid_reference") && err.contains("give a tag or a digest"), "{err}");
+    let (code, _, err) = push(art::HELLO, "127.0.0.1:1/team/agent:v1", &["--username", "u"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("needs a password"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("agent.txt");
+    std::fs::write(&text, "not wasm").unwrap();
+    let (code, _, err) = push(text.to_str().unwrap(), "127.0.0.1:1/team/agent:v1", &[], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("is not a WebAssembly file"), "{err}");
+}
