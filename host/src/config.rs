@@ -58,6 +58,8 @@ pub struct ServerConfig {
     pub scheduling: SchedulingConfig,
     /// Module uploads.
     pub modules: ModulesConfig,
+    /// Deploys from OCI registries (`"module": "oci://..."`).
+    pub oci: OciConfig,
 }
 
 /// `[modules]`: how uploads are compiled.
@@ -72,6 +74,36 @@ pub struct ModulesConfig {
 impl Default for ModulesConfig {
     fn default() -> Self {
         Self { async_compile_bytes: 1 << 20 }
+    }
+}
+
+/// `[oci]`: the registries tenants may deploy from. None by default: a server reaches no
+/// registry until its operator lists one (a deploy names the host the server connects to).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OciConfig {
+    /// Registries (`host` or `host:port`, as in references) pulled from over https.
+    pub allowed_registries: Vec<String>,
+    /// Registries pulled from over plain http (trusted networks, tests); allowed too.
+    pub insecure_registries: Vec<String>,
+    /// Largest manifest read, in bytes (the component is limited by
+    /// `http.module_limit_bytes`, as an upload is).
+    pub max_manifest_bytes: u64,
+    /// Connecting to a registry gives up after this, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Each request to a registry (with its body) gives up after this, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for OciConfig {
+    fn default() -> Self {
+        Self {
+            allowed_registries: Vec::new(),
+            insecure_registries: Vec::new(),
+            max_manifest_bytes: 256 << 10,
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 60_000,
+        }
     }
 }
 
@@ -146,6 +178,7 @@ impl Default for ServerConfig {
             messaging: MessagingConfig::default(),
             scheduling: SchedulingConfig::default(),
             modules: ModulesConfig::default(),
+            oci: OciConfig::default(),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod coordination;
 pub mod fsutil;
 pub mod ids;
 pub mod names;
+pub mod oci;
 pub mod registry;
 pub mod runtime;
 pub mod secrets;

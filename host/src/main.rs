@@ -35,6 +35,8 @@ enum Command {
     /// Build the agent project in this folder (or the nearest above it with a cortex.toml);
     /// prints the component's path.
     Build(BuildArgs),
+    /// Push a component to an OCI registry; prints REF@sha256:<digest>.
+    Push(cortex_host::cli::push::PushArgs),
     /// Talk to a running server (CORTEX_URL, CORTEX_TOKEN).
     #[command(flatten)]
     Client(cortex_host::cli::client::ClientCommand),
@@ -162,13 +164,8 @@ fn main() -> ExitCode {
         Command::Build(args) => build(args),
         // A client command that fails at run time (the server refused, or cannot be
         // reached) exits 1; 2 is for usage errors (clap's own, and the other commands').
-        Command::Client(cmd) => match rt.block_on(cmd.run()) {
-            Ok(code) => Ok(code),
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return ExitCode::from(1);
-            }
-        },
+        Command::Push(args) => return exit_1_on_error(rt.block_on(args.run())),
+        Command::Client(cmd) => return exit_1_on_error(rt.block_on(cmd.run())),
         Command::Compile => Ok(cortex_host::runtime::child_main()),
     };
     result.unwrap_or_else(|e| {
@@ -216,6 +213,15 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// A client command's (or a push's) exit: a failure at run time (the server or registry
+/// refused, or cannot be reached) exits 1; 2 is for usage errors.
+fn exit_1_on_error(result: anyhow::Result<ExitCode>) -> ExitCode {
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(1)
+    })
 }
 
 fn server_config(file: Option<&std::path::Path>, data: Option<PathBuf>) -> anyhow::Result<ServerConfig> {

@@ -15,6 +15,11 @@ use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cortex");
 
+// `cortex push` and `oci://` deploys against a real registry (outside `tests/`' top level,
+// so not a test binary of its own).
+#[path = "support/oci.rs"]
+mod oci;
+
 /// `cortex ARGS` with no CORTEX_* variables from the environment.
 fn cortex(args: &[&str]) -> Command {
     let mut c = without_cortex_env(Command::new(BIN));
@@ -165,11 +170,18 @@ impl Serve {
 
     /// [`Serve::start`] with the process umask set to `umask` (octal) first.
     fn start_umask(data: &Path, umask: Option<&str>) -> Serve {
-        Self::start_opts(data, umask, &[])
+        Self::start_env(data, umask, &[])
     }
 
-    /// [`Serve::start_umask`] with `env` (e.g. `CORTEX_CFG__...` settings) too.
+    /// [`Serve::start_env`] with `&str` pairs.
     fn start_opts(data: &Path, umask: Option<&str>, env: &[(&str, &str)]) -> Serve {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Self::start_env(data, umask, &env)
+    }
+
+    /// [`Serve::start_umask`] with the environment variables `env` set too (configuration
+    /// as `CORTEX_CFG__SECTION__KEY`).
+    fn start_env(data: &Path, umask: Option<&str>, env: &[(String, String)]) -> Serve {
         let data = data.to_str().unwrap().to_owned();
         let log = std::fs::File::create(format!("{data}.stderr")).unwrap();
         let args = ["serve", "--listen", "127.0.0.1:0", "--data", &data];
@@ -183,9 +195,9 @@ impl Serve {
                 sh
             }
         };
-        command.envs(env.iter().copied());
         let mut child = command
             .env("CORTEX_CFG__HTTP__SHUTDOWN_GRACE_MS", "10000")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -229,6 +229,23 @@ fn rbac_routes(kv: &str) -> Vec<RbacRoute> {
             None,
         ),
         (m("DELETE"), "/v1/profiles/{name}", "/v1/profiles/ghost".into(), Action::ManageProfiles, None, None),
+        (m("GET"), "/v1/registries", "/v1/registries".into(), Action::ManageRegistries, None, None),
+        (
+            m("PUT"),
+            "/v1/registries/{host}",
+            "/v1/registries/registry.example.com".into(),
+            Action::ManageRegistries,
+            Some(json!({"username": "u", "password": "p"})),
+            None,
+        ),
+        (
+            m("DELETE"),
+            "/v1/registries/{host}",
+            "/v1/registries/ghost.example.com".into(),
+            Action::ManageRegistries,
+            None,
+            None,
+        ),
         (m("GET"), "/v1/events", "/v1/events".into(), Action::ReadAgents, None, None),
         (m("GET"), "/v1/events/stream", "/v1/events/stream?follow=false".into(), Action::ReadAgents, None, None),
         (

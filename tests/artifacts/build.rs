@@ -153,6 +153,7 @@ fn rerun_if_changed(repo: &Path, plugins: &Path, members: &[String]) {
         plugins.join("wat"),
         repo.join("guest-sdk/Cargo.toml"),
         repo.join("guest-sdk/src"),
+        repo.join("guest-sdk/wit"),
         repo.join("wit"),
         repo.join("rust-toolchain.toml"),
     ];

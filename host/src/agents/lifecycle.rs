@@ -58,6 +58,10 @@ pub struct DeploySpec {
     /// leaves out (copied into the agent's record).
     #[serde(default)]
     pub profile: Option<String>,
+    /// Where `module` was pulled from, when the deploy named an `oci://` reference (set by
+    /// the API once it pulled it, never by the body).
+    #[serde(skip)]
+    pub oci: Option<crate::oci::OciSource>,
 }
 
 /// Invocations at once of an agent whose spec and profile say nothing of it.
@@ -228,6 +232,8 @@ impl Agents {
             probation: None,
             rolled_back: None,
             profile: spec.profile,
+            oci: spec.oci,
+            previous_oci: None,
         };
         let init = match self.run_init(&module, &rec, &t.quotas).await {
             Ok(report) => report,
@@ -289,13 +295,14 @@ impl Agents {
 
     /// Run agent `name` of `t` on the module `reference` names (and with `config` in place
     /// of its configuration, if given: one `init` sees both), keeping the current module to
-    /// roll back to; on `probation`, the host rolls back by itself if the new module fails it.
+    /// roll back to (`oci`: where it was pulled from, if it was); on `probation`, the host rolls back by itself if the new module fails it.
     pub async fn upgrade(
         self: &Arc<Self>,
         t: &CachedTenant,
         name: &str,
         reference: &str,
         config: Option<BTreeMap<String, String>>,
+        oci: Option<crate::oci::OciSource>,
         probation: Option<Probation>,
     ) -> AgentsResult<Arc<Deployed>> {
         let d = self.find(&t.name, name)?;
@@ -313,6 +320,7 @@ impl Agents {
         if let Some(c) = config {
             rec.config = c;
         }
+        rec.previous_oci = std::mem::replace(&mut rec.oci, oci);
         rec.probation = probation.map(|p| Probation { until_ms: now_ms().saturating_add(p.window_ms), ..p });
         rec.rolled_back = None;
         self.run_init(&module, &rec, &t.quotas).await?;
@@ -351,6 +359,7 @@ impl Agents {
         };
         let module = self.modules.load(&prev).await?;
         rec.previous_module = Some(std::mem::replace(&mut rec.module, prev));
+        std::mem::swap(&mut rec.oci, &mut rec.previous_oci);
         rec.probation = None;
         rec.rolled_back = failed.map(|f| RolledBack { to_module: rec.module.clone(), ..f });
         self.run_init(&module, &rec, &t.quotas).await?;

@@ -98,6 +98,20 @@ pub async fn upload_module(
     })
 }
 
+/// Keep a pulled component (an `oci://` deploy) as a module of tenant `t`, through the same
+/// path as an upload (size limit, quota, validation, warnings); a large one compiles in the
+/// background like an upload (the deploy then answers 409 `module_not_ready` until it is
+/// ready). The caller holds the tenant's write lock.
+async fn store_pulled(st: &AppState, t: &super::CachedTenant, bytes: &[u8], by: &str) -> ApiResult<ModuleRecord> {
+    let limit = st.config.http.module_limit_bytes;
+    if bytes.len() > limit {
+        return Err(ApiError::TooLarge(format!("modules are limited to {limit} bytes")));
+    }
+    Ok(match st.agents.upload(t, bytes, None, by).await? {
+        Uploaded::Created(rec) | Uploaded::Compiling(rec) | Uploaded::Existing(rec) => rec,
+    })
+}
+
 pub async fn list_modules(State(st): St, p: Caller) -> ApiResult<Json<Vec<ModuleRecord>>> {
     let t = p.scope(&st).await?;
     Ok(Json(st.registry.list(RecordKind::Module, &scoped(&t.name, "")).await?))
@@ -141,13 +155,35 @@ pub async fn delete_module(State(st): St, p: Caller, Path(r): Path<String>) -> A
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `module` as a module digest of tenant `t`: itself, or for an `oci://` reference, the
+/// pulled component stored as a module (with its source). The pull runs before `lock` is
+/// taken (it may take a while); the store under it. Returns the lock, held.
+async fn resolve_module(
+    st: &AppState,
+    t: &super::CachedTenant,
+    module: String,
+    by: &str,
+) -> ApiResult<(String, Option<crate::oci::OciSource>, tokio::sync::OwnedMutexGuard<()>)> {
+    match super::oci_pull::pull(st, &t.name, &module).await? {
+        None => Ok((module, None, st.tenant_write_lock(&t.name).await)),
+        Some(pulled) => {
+            let guard = st.tenant_write_lock(&t.name).await;
+            let rec = store_pulled(st, t, &pulled.wasm, by).await?;
+            Ok((rec.digest, Some(pulled.source), guard))
+        }
+    }
+}
+
 pub async fn deploy(
     State(st): St,
     p: Caller,
-    JsonBody(spec): JsonBody<DeploySpec>,
+    JsonBody(mut spec): JsonBody<DeploySpec>,
 ) -> ApiResult<(StatusCode, Json<AgentView>)> {
     let t = p.scope(&st).await?;
-    let _quota = st.tenant_write_lock(&t.name).await;
+    let module = std::mem::take(&mut spec.module);
+    let (module, oci, _quota) = resolve_module(&st, &t, module, &p.subject).await?;
+    spec.module = module;
+    spec.oci = oci;
     let d = st.agents.deploy(&t, spec).await?;
     Ok((StatusCode::CREATED, Json(st.agents.view(&d))))
 }
@@ -208,7 +244,8 @@ pub async fn upgrade(
     JsonBody(body): JsonBody<UpgradeBody>,
 ) -> ApiResult<Json<AgentView>> {
     let (t, _) = deployed(&st, &p, &name).await?;
-    let d = st.agents.upgrade(&t, &name, &body.module, body.config, body.probation).await?;
+    let (module, oci, _quota) = resolve_module(&st, &t, body.module, &p.subject).await?;
+    let d = st.agents.upgrade(&t, &name, &module, body.config, oci, body.probation).await?;
     Ok(Json(st.agents.view(&d)))
 }
 

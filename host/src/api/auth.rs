@@ -85,6 +85,8 @@ pub enum Action {
     ManageProfiles,
     /// List and read resource profiles.
     ReadProfiles,
+    /// Store, list and delete the tenant's registry credentials.
+    ManageRegistries,
 }
 
 impl Action {
@@ -96,12 +98,14 @@ impl Action {
             Action::ReadTenant => role >= TenantAdmin,
             Action::WriteModules | Action::WriteAgents | Action::Invoke => role >= Developer,
             Action::ReadModules | Action::ReadAgents | Action::ReadLogs | Action::ReadProfiles => role >= Observer,
-            Action::ReadAudit | Action::ManageKeys | Action::ManageProfiles => role >= TenantAdmin,
+            Action::ReadAudit | Action::ManageKeys | Action::ManageProfiles | Action::ManageRegistries => {
+                role >= TenantAdmin
+            }
         }
     }
 
     /// Every action.
-    pub const ALL: [Action; 12] = [
+    pub const ALL: [Action; 13] = [
         Action::ManageTenants,
         Action::ReadTenant,
         Action::WriteModules,
@@ -114,6 +118,7 @@ impl Action {
         Action::ManageKeys,
         Action::ManageProfiles,
         Action::ReadProfiles,
+        Action::ManageRegistries,
     ];
 }
 

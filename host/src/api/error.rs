@@ -96,6 +96,10 @@ pub enum ApiError {
         /// Detail.
         message: String,
     },
+    /// A deploy's or upgrade's `oci://` module could not be pulled (400, 403, 404, 413,
+    /// 422 or 502, by [`crate::oci::OciError::status`]).
+    #[error("{0}")]
+    Oci(#[from] crate::oci::OciError),
     /// 500: the server failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -164,6 +168,7 @@ impl ApiError {
             ApiError::TooMany { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
             ApiError::CircuitOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "circuit_open"),
             ApiError::Busy { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
+            ApiError::Oci(e) => (StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY), e.code()),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         (s, c.to_owned())
@@ -206,7 +211,9 @@ fn problem_response(body: Problem) -> Response {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let detail = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        // A registry's failure (502) is the registry's, not this server's: its detail is shown.
+        let shown = status == StatusCode::SERVICE_UNAVAILABLE || matches!(self, ApiError::Oci(_));
+        let detail = if status.is_server_error() && !shown {
             tracing::error!(error = %self, "request failed");
             "the server failed to handle this request; the error is in its log".to_owned()
         } else {

@@ -7,8 +7,10 @@ pub mod caller;
 mod deadletters;
 pub mod error;
 mod events;
+mod oci_pull;
 mod openapi;
 mod profiles;
+mod registries;
 mod routes;
 pub mod state;
 pub mod stream_guard;
@@ -262,6 +264,8 @@ pub fn route_action(method: &Method, route: &str) -> Option<Action> {
         "/v1/audit" if read => Action::ReadAudit,
         "/v1/profiles" | "/v1/profiles/{name}" if read => Action::ReadProfiles,
         "/v1/profiles/{name}" if m(Method::PUT) || m(Method::DELETE) => Action::ManageProfiles,
+        "/v1/registries" if read => Action::ManageRegistries,
+        "/v1/registries/{host}" if m(Method::PUT) || m(Method::DELETE) => Action::ManageRegistries,
         "/v1/events" | "/v1/events/stream" if read => Action::ReadAgents,
         "/v1/modules" | "/v1/modules/{digest}" if read => Action::ReadModules,
         "/v1/modules" if m(Method::POST) => Action::WriteModules,
@@ -441,6 +445,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/audit", get(routes::list_audit))
         .route("/v1/profiles", get(profiles::list))
         .route("/v1/profiles/{name}", get(profiles::get).put(profiles::put).delete(profiles::delete))
+        .route("/v1/registries", get(registries::list))
+        .route("/v1/registries/{host}", put(registries::put).delete(registries::delete))
         .route("/v1/events", get(events::list))
         .route("/v1/events/stream", get(events::stream))
         .route(

@@ -28,6 +28,14 @@ pub const ROUTES: &[(&str, &str, &str, Option<&str>)] = &[
         Some("json"),
     ),
     ("delete", "/v1/profiles/{name}", "Delete a resource profile no agent was deployed with (tenant-admin)", None),
+    ("get", "/v1/registries", "List the tenant's registry credentials, without their passwords (tenant-admin)", None),
+    (
+        "put",
+        "/v1/registries/{host}",
+        "Store the tenant's credentials for an OCI registry (host[:port]): username and password, used by its oci:// deploys only, never returned (tenant-admin)",
+        Some("json"),
+    ),
+    ("delete", "/v1/registries/{host}", "Delete the tenant's credentials for a registry (tenant-admin)", None),
     ("get", "/v1/events", "The tenant's change feed after a sequence number (since, limit)", None),
     ("get", "/v1/events/stream", "The change feed as server-sent events (since; resume from the last id)", None),
     (
@@ -53,7 +61,7 @@ pub const ROUTES: &[(&str, &str, &str, Option<&str>)] = &[
     (
         "post",
         "/v1/agents",
-        "Deploy an agent (runs init; module is a reference: digest, unique prefix, name:tag; 409 module_not_ready while it compiles); a named profile fills the limits and max_concurrency the spec leaves out; queue and queue_timeout_ms size its wait queue",
+        "Deploy an agent (runs init); module: a module reference (digest, unique digest prefix, name:tag; 409 module_not_ready while it compiles) or an oci://host[:port]/name:tag (or @sha256:digest) reference the server pulls from an allowed registry; a named profile fills the limits and max_concurrency the spec leaves out; queue and queue_timeout_ms size its wait queue",
         Some("json"),
     ),
     ("get", "/v1/agents", "List agents", None),
@@ -68,7 +76,7 @@ pub const ROUTES: &[(&str, &str, &str, Option<&str>)] = &[
     (
         "post",
         "/v1/agents/{name}/upgrade",
-        "Run another module (a module reference; with config, the new configuration in the same step; init first); with a probation, rolled back by the host if it fails it",
+        "Run another module (a module reference, or an oci:// reference, resolved again; with config, the new configuration in the same step; init first); with a probation, rolled back by the host if it fails it",
         Some("json"),
     ),
     ("post", "/v1/agents/{name}/rollback", "Go back to the module before the last upgrade", None),

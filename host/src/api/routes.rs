@@ -212,6 +212,9 @@ pub async fn delete_tenant(State(st): St, p: Caller, Path(name): Path<String>) -
     for p in st.registry.list::<ProfileRecord>(RecordKind::Profile, &prefix).await? {
         st.registry.delete(RecordKind::Profile, &scoped(&p.tenant, &p.name)).await?;
     }
+    for c in st.registry.list::<super::registries::RegistryCredential>(RecordKind::RegistryCredential, &prefix).await? {
+        st.registry.delete(RecordKind::RegistryCredential, &scoped(&c.tenant, &c.registry)).await?;
+    }
     for k in st.registry.list::<ApiKeyRecord>(RecordKind::ApiKey, "").await? {
         // This tenant's keys only (a later tenant of the name, made on another node
         // meanwhile, keeps its own).

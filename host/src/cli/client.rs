@@ -9,6 +9,10 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+#[path = "registries.rs"]
+mod registries;
+pub use registries::RegistryCmd;
+
 /// Client commands.
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
@@ -87,6 +91,13 @@ pub enum ClientCommand {
     /// In a project folder: build, deploy, then rebuild and upgrade on every save while
     /// printing the agent's log.
     Dev(super::dev::DevArgs),
+    /// Your tenant's credentials for OCI registries (tenant-admins).
+    Registries {
+        #[command(subcommand)]
+        cmd: RegistryCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 /// Where the server is and how to talk to it.
@@ -552,6 +563,7 @@ impl ClientCommand {
                     ProfileCmd::Delete { name } => conn.call(M::DELETE, &path(&name), Payload::None, &[]).await,
                 }
             }
+            ClientCommand::Registries { cmd, conn } => registries::run(cmd, conn).await,
         }
     }
 }

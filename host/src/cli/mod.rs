@@ -5,4 +5,5 @@ pub mod deploy;
 pub mod dev;
 pub mod new;
 pub mod project;
+pub mod push;
 pub mod units;

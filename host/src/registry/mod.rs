@@ -322,6 +322,14 @@ pub struct AgentRecord {
     /// `max_concurrency` then (a later change of the profile applies at the next deploy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
+    /// The OCI reference its module was pulled from and the manifest digest it resolved to
+    /// (a deploy or upgrade from `oci://...`); a restart runs the same module, only an
+    /// upgrade resolves a tag again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<crate::oci::OciSource>,
+    /// The same for its previous module (rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_oci: Option<crate::oci::OciSource>,
 }
 
 /// Invocations that may wait for a slot of an agent, unless its deploy says otherwise.

@@ -221,6 +221,8 @@ pub enum RecordKind {
     DeletedTenant,
     /// Resource profiles, keyed by `tenant/name`.
     Profile,
+    /// Registry credentials of a tenant, keyed by `tenant/host[:port]`.
+    RegistryCredential,
 }
 
 impl RecordKind {
@@ -237,6 +239,7 @@ impl RecordKind {
             RecordKind::Delivered => "delivered",
             RecordKind::DeletedTenant => "deleted-tenant",
             RecordKind::Profile => "profile",
+            RecordKind::RegistryCredential => "registry-credential",
         }
     }
 
