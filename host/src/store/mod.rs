@@ -221,6 +221,9 @@ pub enum RecordKind {
     DeletedTenant,
     /// Resource profiles, keyed by `tenant/name`.
     Profile,
+    /// Chunks of an agent's persisted log, keyed by `tenant/agent/<first line's number,
+    /// 20 digits>` (so they list oldest first): a JSON array of log lines.
+    AgentLog,
 }
 
 impl RecordKind {
@@ -237,6 +240,7 @@ impl RecordKind {
             RecordKind::Delivered => "delivered",
             RecordKind::DeletedTenant => "deleted-tenant",
             RecordKind::Profile => "profile",
+            RecordKind::AgentLog => "agent-log",
         }
     }
 
