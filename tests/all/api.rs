@@ -281,6 +281,14 @@ fn rbac_routes(kv: &str) -> Vec<RbacRoute> {
             Some(b"whoami".to_vec()),
         ),
         (m("GET"), "/v1/agents/{name}/logs", "/v1/agents/a1/logs".into(), Action::ReadLogs, None, None),
+        (
+            m("GET"),
+            "/v1/agents/{name}/logs/stream",
+            "/v1/agents/a1/logs/stream?follow=false".into(),
+            Action::ReadLogs,
+            None,
+            None,
+        ),
         (m("GET"), "/v1/agents/{name}/deadletters", "/v1/agents/a1/deadletters".into(), Action::ReadAgents, None, None),
         (
             m("DELETE"),

@@ -17,6 +17,7 @@ mod graph;
 mod hostile;
 mod languages;
 mod load;
+mod logs;
 mod messaging;
 mod metrics;
 mod pipeline;

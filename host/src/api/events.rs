@@ -89,7 +89,7 @@ pub async fn stream(
 }
 
 /// The last event of a stream whose credentials lapsed: `event: end`, a problem as data.
-fn end_event(lapse: Lapse) -> Event {
+pub(super) fn end_event(lapse: Lapse) -> Event {
     let problem = serde_json::json!({
         "type": format!("https://cortex.dev/problems/{}", lapse.code()),
         "title": "stream ended",
