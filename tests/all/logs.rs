@@ -31,14 +31,16 @@ async fn line_where(s: &Server, token: &str, agent: &str, pred: impl Fn(&Value) 
 
 /// Invoke and return the status and the invocation id of the response.
 async fn invoke_id(s: &Server, token: &str, agent: &str, input: &str) -> (StatusCode, String) {
-    let r = s.req(Method::POST, &format!("/v1/agents/{agent}/invoke"), token).body(input.to_owned()).send().await.unwrap();
+    let r =
+        s.req(Method::POST, &format!("/v1/agents/{agent}/invoke"), token).body(input.to_owned()).send().await.unwrap();
     let id = r.headers()["x-cortex-invocation"].to_str().unwrap().to_owned();
     (r.status(), id)
 }
 
 /// The stored log records of `tenant/agent`: how many lines and bytes of JSON.
 async fn stored(s: &Server, tenant: &str, agent: &str) -> (usize, usize) {
-    let records = s.state.registry.store().record_list(RecordKind::AgentLog, &format!("{tenant}/{agent}/")).await.unwrap();
+    let records =
+        s.state.registry.store().record_list(RecordKind::AgentLog, &format!("{tenant}/{agent}/")).await.unwrap();
     let lines: usize = records.iter().map(|(_, v)| serde_json::from_slice::<Vec<Value>>(v).unwrap().len()).sum();
     (lines, records.iter().map(|(_, v)| v.len()).sum())
 }
@@ -74,12 +76,10 @@ async fn lines_keep_their_fields_and_each_failure_leaves_a_host_line() {
     let host = line_where(&s, &dev, "kv", |l| l["invocation"] == failed.as_str()).await;
     assert_eq!((&host["stream"], &host["level"]), (&json!("host"), &json!("error")), "{host}");
     let f = &host["fields"];
-    assert_eq!((&f["code"], &f["agent_code"], &f["agent_message"], &f["export"]), (
-        &json!("agent_error"),
-        &json!("big-error"),
-        &json!("mmmmm"),
-        &json!("handle")
-    ));
+    assert_eq!(
+        (&f["code"], &f["agent_code"], &f["agent_message"], &f["export"]),
+        (&json!("agent_error"), &json!("big-error"), &json!("mmmmm"), &json!("handle"))
+    );
     assert!(host["message"].as_str().unwrap().contains("handle failed: agent_error: big-error"), "{host}");
     // A success leaves no host line.
     assert!(lines(&s, &dev, "kv").await.iter().filter(|l| l["stream"] == "host").count() == 1);
@@ -88,11 +88,10 @@ async fn lines_keep_their_fields_and_each_failure_leaves_a_host_line() {
     let (status, trapped) = invoke_id(&s, &dev, "hostile", "trap").await;
     assert!(status.is_client_error() || status.is_server_error());
     let host = line_where(&s, &dev, "hostile", |l| l["invocation"] == trapped.as_str()).await;
-    assert_eq!((&host["level"], &host["fields"]["code"], &host["fields"]["kind"]), (
-        &json!("error"),
-        &json!("trap"),
-        &json!("unreachable")
-    ));
+    assert_eq!(
+        (&host["level"], &host["fields"]["code"], &host["fields"]["kind"]),
+        (&json!("error"), &json!("trap"), &json!("unreachable"))
+    );
     s.deploy_with(&dev, "slow", &hostile, json!({"limits": {"timeout_ms": 100}})).await;
     let (_, late) = invoke_id(&s, &dev, "slow", "loop").await;
     let host = line_where(&s, &dev, "slow", |l| l["invocation"] == late.as_str()).await;
@@ -112,7 +111,10 @@ async fn a_failed_on_change_batch_leaves_a_host_line() {
     let host = line_where(&s, &dev, "w", |l| l["stream"] == "host").await;
     assert_eq!(host["level"], "error");
     let f = &host["fields"];
-    assert_eq!((&f["export"], &f["code"], &f["agent_code"]), (&json!("on-change"), &json!("agent_error"), &json!("told-to-fail")));
+    assert_eq!(
+        (&f["export"], &f["code"], &f["agent_code"]),
+        (&json!("on-change"), &json!("agent_error"), &json!("told-to-fail"))
+    );
     assert_eq!((&f["events"], &f["first_change"], &f["last_change"]), (&json!(1), &json!(1), &json!(1)), "{host}");
     assert!(host["message"].as_str().unwrap().starts_with("on-change batch of 1 events failed"), "{host}");
     assert!(host["invocation"].as_str().is_some_and(|i| !i.is_empty()));
@@ -168,7 +170,10 @@ async fn the_log_stream_follows_resumes_and_stays_within_the_tenant() {
     let got = events(&body);
     let logs: Vec<_> = got.iter().filter(|e| e.1 == "log").collect();
     assert_eq!(logs.len(), 2, "{body}");
-    assert_eq!((logs[1].2["message"].as_str(), logs[1].2["invocation"].as_str()), (Some("after"), Some(after.as_str())));
+    assert_eq!(
+        (logs[1].2["message"].as_str(), logs[1].2["invocation"].as_str()),
+        (Some("after"), Some(after.as_str()))
+    );
     for (id, _, data) in &logs {
         assert_eq!(*id, data["seq"].as_u64(), "each event's id is its line's number: {body}");
     }
@@ -296,8 +301,7 @@ async fn the_kept_log_is_bounded_in_lines_and_bytes() {
     let last = shown.last().unwrap()["seq"].as_u64().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let records =
-            s.state.registry.store().record_list(RecordKind::AgentLog, "acme/kv/").await.unwrap();
+        let records = s.state.registry.store().record_list(RecordKind::AgentLog, "acme/kv/").await.unwrap();
         let seqs: Vec<u64> = records
             .iter()
             .flat_map(|(_, v)| serde_json::from_slice::<Vec<Value>>(v).unwrap())

@@ -6,9 +6,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use super::health::Health;
+use super::logbook::LogBook;
 use super::pool::Pool;
 use crate::registry::{AgentRecord, AgentStatus, now_ms};
-use super::logbook::LogBook;
 use crate::runtime::{AgentContext, Export, Fields, LogLine, LogRing, LogStream, Module, Outcome, Report};
 
 /// What stays with an agent across config changes and upgrades.

@@ -165,7 +165,12 @@ impl LogBook {
         result
     }
 
-    async fn store_agent(&self, chunks: &mut HashMap<String, Chunks>, agent: &str, w: &Waiting) -> Result<(), StoreError> {
+    async fn store_agent(
+        &self,
+        chunks: &mut HashMap<String, Chunks>,
+        agent: &str,
+        w: &Waiting,
+    ) -> Result<(), StoreError> {
         if !chunks.contains_key(agent) {
             let known = self.read_chunks(&format!("{agent}/")).await?;
             chunks.insert(agent.to_owned(), known.into_values().next().map(|(c, _)| c).unwrap_or_default());

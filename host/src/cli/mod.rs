@@ -1,4 +1,9 @@
 //! Command-line helpers of the `cortex` binary.
 
 pub mod client;
+pub mod deadletters;
+pub mod events;
+pub mod logs;
+pub mod sse;
+pub mod tenants;
 pub mod units;

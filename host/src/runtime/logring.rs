@@ -262,7 +262,10 @@ plain text
         let lines = ring.since(0, 10);
         assert_eq!(lines.len(), 3);
         assert_eq!((lines[0].level.as_deref(), lines[0].message.as_str()), (Some("warn"), "slow order"));
-        assert_eq!(serde_json::Value::Object(lines[0].fields.clone()), serde_json::json!({"order": 42, "tags": ["eu"]}));
+        assert_eq!(
+            serde_json::Value::Object(lines[0].fields.clone()),
+            serde_json::json!({"order": 42, "tags": ["eu"]})
+        );
         assert_eq!((lines[1].message.as_str(), lines[1].fields.is_empty()), ("plain text", true));
         assert_eq!((lines[2].stream, lines[2].message.as_str()), (LogStream::Log, "paid"));
         assert_eq!(lines[2].fields["amount"], "12");
