@@ -760,6 +760,15 @@ async fn client_follows_logs_and_events_manages_dead_letters_and_quotas_and_logs
         table.lines().any(|l| l.contains("host") && l.contains("error") && l.contains("code=agent_error")),
         "{table}"
     );
+    // By default the last 100 lines; --tail N the last N; --since N the ones after N.
+    let last = json_of(client(&s, &dev, &["logs", "kv", "--tail", "1", "--json"]));
+    assert_eq!(last.as_array().unwrap().len(), 1);
+    assert_eq!(last[0]["stream"], "host");
+    let first_seq = host["seq"].as_u64().unwrap() - 1;
+    let after = json_of(client(&s, &dev, &["logs", "kv", "--since", &first_seq.to_string(), "--json"]));
+    assert_eq!(after[0]["seq"].as_u64(), Some(first_seq + 1));
+    let both = client(&s, &dev, &["logs", "kv", "--since", "1", "--tail", "1"]);
+    assert_eq!(both.status.code(), Some(2), "--since and --tail conflict");
 
     // events: the list and the follower see the write.
     ok(client(&s, &dev, &["invoke", "kv", "--input", r#"put:orders/o1={"n":1}"#]));

@@ -129,6 +129,11 @@ impl Shared {
         self.logs.lock().unwrap_or_else(PoisonError::into_inner).ring.since(since, limit)
     }
 
+    /// The number of the last log line (0: none yet).
+    pub fn last_log_seq(&self) -> u64 {
+        self.logs.lock().unwrap_or_else(PoisonError::into_inner).ring.last_seq()
+    }
+
     /// Changes of the number of the last log line (and the deletion of the agent).
     pub fn follow_logs(&self) -> tokio::sync::watch::Receiver<u64> {
         self.appended.subscribe()

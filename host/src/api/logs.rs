@@ -1,4 +1,6 @@
-//! An agent's log as a server-sent-events stream: `GET /v1/agents/{name}/logs/stream`.
+//! An agent's log: `GET /v1/agents/{name}/logs` (a page of lines) and the same as a
+//! server-sent-events stream, `GET /v1/agents/{name}/logs/stream`. Both start after `since`,
+//! or `tail` lines before the end.
 //!
 //! Each line is one `log` event whose SSE `id` is the line's number (`seq`) and whose data
 //! is the line as `GET /v1/agents/{name}/logs` gives it. The stream starts after `since`
@@ -13,6 +15,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -28,10 +31,48 @@ use crate::runtime::LogLine;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Lines after this number.
+    #[serde(default)]
+    since: Option<u64>,
+    /// Or the last this many lines.
+    #[serde(default)]
+    tail: Option<u64>,
+    /// At most this many lines (100 by default, at most 1000).
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// Where a read starts: after `since`, or `tail` lines before the end of `shared`'s log.
+fn start(shared: &Shared, since: Option<u64>, tail: Option<u64>) -> ApiResult<u64> {
+    match (since, tail) {
+        (Some(_), Some(_)) => Err(ApiError::BadRequest("give since or tail, not both".into())),
+        (_, Some(n)) => Ok(shared.last_log_seq().saturating_sub(n)),
+        (since, None) => Ok(since.unwrap_or(0)),
+    }
+}
+
+/// Lines of agent `name`'s log after `since` (or the last `tail`), at most `limit`.
+pub async fn list(
+    State(st): State<Arc<AppState>>,
+    p: Caller,
+    Path(name): Path<AgentName>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<LogLine>>> {
+    let (_, d) = super::agents::deployed(&st, &p, &name).await?;
+    let after = start(&d.shared, q.since, q.tail)?;
+    Ok(Json(d.shared.logs(after, q.limit.unwrap_or(100).min(1000))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     /// Lines after this number (a `Last-Event-ID` header takes precedence).
     #[serde(default)]
     since: Option<u64>,
+    /// Or the last this many lines, then the new ones.
+    #[serde(default)]
+    tail: Option<u64>,
     /// Lines read from the log at a time.
     #[serde(default)]
     limit: Option<usize>,
@@ -110,9 +151,13 @@ pub async fn stream(
     headers: HeaderMap,
     Query(q): Query<StreamQuery>,
 ) -> ApiResult<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>> {
-    let after = last_event_id(&headers)?.or(q.since).unwrap_or(0);
+    let resume = last_event_id(&headers)?;
     let guard = StreamGuard::open(&st, &p, &headers, Action::ReadLogs).await?;
     let d = st.agents.find(&guard.tenant().name, &name)?;
+    let after = match resume {
+        Some(id) => id,
+        None => start(&d.shared, q.since, q.tail)?,
+    };
     let shared = d.shared.clone();
     let cursor = Cursor {
         appended: shared.follow_logs(),

@@ -456,7 +456,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/agents/{name}/stop", post(agents::stop))
         .route("/v1/agents/{name}/start", post(agents::start))
         .route("/v1/agents/{name}/invoke", post(agents::invoke))
-        .route("/v1/agents/{name}/logs", get(agents::logs))
+        .route("/v1/agents/{name}/logs", get(logs::list))
         .route("/v1/agents/{name}/logs/stream", get(logs::stream))
         .route("/v1/agents/{name}/deadletters", get(deadletters::list))
         .route("/v1/agents/{name}/deadletters/{id}", axum::routing::delete(deadletters::discard))

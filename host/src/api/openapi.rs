@@ -67,13 +67,13 @@ pub const ROUTES: &[(&str, &str, &str, Option<&str>)] = &[
     (
         "get",
         "/v1/agents/{name}/logs",
-        "Read the agent's log (since, limit): lines with seq, time_ms, invocation, stream, level, message and fields; kept across restarts",
+        "Read the agent's log (since or tail, limit): lines with seq, time_ms, invocation, stream, level, message and fields; kept across restarts",
         None,
     ),
     (
         "get",
         "/v1/agents/{name}/logs/stream",
-        "The agent's log as server-sent events, id = seq (since, follow, limit; resume with Last-Event-ID)",
+        "The agent's log as server-sent events, id = seq (since or tail, follow, limit; resume with Last-Event-ID)",
         None,
     ),
     ("get", "/v1/agents/{name}/deadletters", "List the change batches and messages the agent failed", None),

@@ -36,7 +36,7 @@ impl EventsArgs {
         if !conn.json {
             println!("{}", COLUMNS.map(str::to_uppercase).join("  "));
         }
-        super::sse::follow(&conn, "/v1/events/stream?follow=true", "change", since, |e| {
+        super::sse::follow(&conn, "/v1/events/stream?follow=true", "change", &format!("since={since}"), |e| {
             if conn.json {
                 super::sse::out(&e.to_string())
             } else {

@@ -1,5 +1,5 @@
-//! `cortex logs NAME [--since N] [--limit N] [--follow]`: an agent's log, one line per
-//! row: its number, time (UTC), invocation, stream, level, message and fields (`k=v`).
+//! `cortex logs NAME [--tail N | --since N] [--follow]`: an agent's log (by default its
+//! last 100 lines), one line per row: its number, time (UTC), invocation, stream, level, message and fields (`k=v`).
 //! `--json` prints the lines as the API gives them (with `--follow`, one JSON object per
 //! line of output).
 
@@ -15,10 +15,13 @@ use super::client::{Conn, Payload};
 pub struct LogsArgs {
     /// Agent name.
     name: String,
-    /// Lines after this number.
-    #[arg(long, default_value_t = 0)]
-    since: u64,
-    /// At most this many lines (without --follow).
+    /// The last this many lines (then, with --follow, the new ones).
+    #[arg(long, default_value_t = 100, conflicts_with = "since")]
+    tail: u64,
+    /// The lines after this number instead (at most --limit of them without --follow).
+    #[arg(long)]
+    since: Option<u64>,
+    /// At most this many lines with --since (without --follow).
     #[arg(long, default_value_t = 100)]
     limit: usize,
     /// Keep printing new lines as the agent writes them (reconnects after the last line
@@ -78,25 +81,27 @@ const HEADER: &str = "   SEQ  TIME                      INVOCATION              
 impl LogsArgs {
     /// Run the command.
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        let LogsArgs { name, since, limit, follow, conn } = self;
+        let LogsArgs { name, tail, since, limit, follow, conn } = self;
+        let start = match since {
+            Some(since) => format!("since={since}&limit={limit}"),
+            None => format!("tail={tail}&limit={}", tail.min(1000)),
+        };
         if follow {
             if !conn.json {
                 println!("{HEADER}");
             }
             let path = format!("/v1/agents/{name}/logs/stream?follow=true");
-            super::sse::follow(&conn, &path, "log", since, |l| {
+            super::sse::follow(&conn, &path, "log", &start, |l| {
                 super::sse::out(&if conn.json { l.to_string() } else { row(l) })
             })
             .await?;
             return Ok(ExitCode::SUCCESS);
         }
+        let path = format!("/v1/agents/{name}/logs?{start}");
         if conn.json {
-            let path = format!("/v1/agents/{name}/logs?since={since}&limit={limit}");
             return conn.call(reqwest::Method::GET, &path, Payload::None, &[]).await;
         }
-        let resp = conn
-            .send(reqwest::Method::GET, &format!("/v1/agents/{name}/logs?since={since}&limit={limit}"), Payload::None)
-            .await?;
+        let resp = conn.send(reqwest::Method::GET, &path, Payload::None).await?;
         let status = resp.status();
         let body = resp.text().await?;
         if !status.is_success() {

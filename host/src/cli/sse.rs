@@ -56,7 +56,8 @@ pub fn out(line: &str) -> std::io::Result<()> {
     stdout.flush()
 }
 
-/// Follow the stream at `path` (which ends with a query, `since` added from the last id):
+/// Follow the stream at `path` (which ends with a query; `start` is added to it, e.g.
+/// `since=0`, and after a reconnection `since` = the last id seen):
 /// `on_event` gets each `data` (as JSON) of the events named `kind`; when it fails (stdout
 /// was closed: `| head`) the command ends without an error. An `end` event (the
 /// server ended the stream: credentials lapsed, the agent was deleted) is an error with its
@@ -65,13 +66,14 @@ pub async fn follow(
     conn: &Conn,
     path: &str,
     kind: &str,
-    since: u64,
+    start: &str,
     mut on_event: impl FnMut(&Value) -> std::io::Result<()>,
 ) -> anyhow::Result<()> {
-    let mut after = since;
+    let mut after: Option<u64> = None;
     loop {
         let sep = if path.contains('?') { '&' } else { '?' };
-        let resp = conn.send(reqwest::Method::GET, &format!("{path}{sep}since={after}"), Payload::None).await?;
+        let query = after.map_or_else(|| start.to_owned(), |a| format!("since={a}"));
+        let resp = conn.send(reqwest::Method::GET, &format!("{path}{sep}{query}"), Payload::None).await?;
         let status = resp.status();
         if !status.is_success() {
             return Err(refusal(status, &resp.text().await.unwrap_or_default()));
@@ -83,7 +85,7 @@ pub async fn follow(
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(e) => {
-                    eprintln!("the stream dropped ({e}); reconnecting after {after}");
+                    eprintln!("the stream dropped ({e}); reconnecting");
                     break;
                 }
             };
@@ -102,7 +104,7 @@ pub async fn follow(
                     continue;
                 }
                 if let Some(id) = ev.id.as_deref().and_then(|i| i.parse().ok()) {
-                    after = id;
+                    after = Some(id);
                 }
                 let v: Value = serde_json::from_str(&ev.data).context("an event that is not JSON")?;
                 if on_event(&v).is_err() {
