@@ -151,6 +151,7 @@ async fn a_bad_agent_name_is_refused_where_it_enters_with_the_rule() {
         (Method::DELETE, "/v1/agents/a_b"),
         (Method::POST, "/v1/agents/Svc/stop"),
         (Method::GET, "/v1/agents/a_b/logs"),
+        (Method::GET, "/v1/agents/a_b/logs/stream"),
         (Method::DELETE, "/v1/agents/Svc/deadletters/x"),
     ];
     for (method, path) in cases {

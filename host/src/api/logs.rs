@@ -16,7 +16,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use serde::Deserialize;
@@ -24,7 +24,7 @@ use serde::Deserialize;
 use super::auth::Action;
 use super::error::{ApiError, ApiResult};
 use super::stream_guard::StreamGuard;
-use super::{AppState, Caller, Query};
+use super::{AppState, Caller, Path, Query};
 use crate::agents::Shared;
 use crate::names::AgentName;
 use crate::runtime::LogLine;
