@@ -255,3 +255,36 @@ impl LogBook {
         self.store.record_delete_many(RecordKind::AgentLog, &keys).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{Fields, LogStream};
+    use crate::store::EmbeddedStore;
+
+    fn line(seq: u64) -> LogLine {
+        LogLine {
+            seq,
+            time_ms: seq,
+            invocation: "inv".into(),
+            stream: LogStream::Stdout,
+            level: None,
+            message: format!("line {seq}"),
+            fields: Fields::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_stores_every_line_handed_over_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let book = Arc::new(LogBook::new(store.clone()));
+        book.spawn_writer();
+        book.append("t", "a", vec![line(1), line(2)], 1);
+        book.append("t", "a", vec![line(3)], 1);
+        // The writer waits for its batch delay; a clean stop stores it all when it returns.
+        book.stop().await.unwrap();
+        let lines = LogBook::new(store).load_all().await.unwrap();
+        assert_eq!(lines["t/a"], [line(1), line(2), line(3)]);
+    }
+}

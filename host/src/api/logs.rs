@@ -133,14 +133,7 @@ impl Cursor {
 
 /// The last event of the log of an agent that was deleted.
 fn agent_deleted() -> Event {
-    let problem = serde_json::json!({
-        "type": "https://cortex.dev/problems/agent_deleted",
-        "title": "stream ended",
-        "status": 404,
-        "detail": "the agent was deleted",
-        "code": "agent_deleted",
-    });
-    Event::default().event("end").data(problem.to_string())
+    super::events::end("agent_deleted", 404, "the agent was deleted")
 }
 
 /// A server-sent-events stream of agent `name`'s log, from `since` (or `Last-Event-ID`) on.
