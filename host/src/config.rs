@@ -201,10 +201,10 @@ pub struct HttpConfig {
     pub request_timeout_ms: u64,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace_ms: u64,
-    /// Lines of log kept per agent.
+    /// Lines of log kept per agent (in memory and in the store).
     pub log_ring_lines: usize,
-    /// Bytes of log kept per agent (text plus about 100 bytes a line); the oldest lines go
-    /// first, a longer single line is cut.
+    /// Bytes of log kept per agent (text and fields plus about 120 bytes a line); the oldest
+    /// lines go first, a longer single line is cut.
     pub log_ring_bytes: usize,
     /// Connections served at once; past it the server accepts no more until one closes
     /// (they wait in the listen backlog).

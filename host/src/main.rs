@@ -40,6 +40,12 @@ enum Command {
     /// Talk to a running server (CORTEX_URL, CORTEX_TOKEN).
     #[command(flatten)]
     Client(cortex_host::cli::client::ClientCommand),
+    /// Print a shell completion script for `cortex` (e.g. `cortex completions bash >
+    /// /etc/bash_completion.d/cortex`, or `source <(cortex completions zsh)`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Internal: compile one component (stdin) into an artifact (stdout) under the limits
     /// the parent host set; run by the host itself, in a child process.
     #[command(name = "__compile", hide = true)]
@@ -162,6 +168,16 @@ fn main() -> ExitCode {
         Command::Token(args) => token(args),
         Command::New(args) => new_project(args),
         Command::Build(args) => build(args),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "cortex", &mut script);
+            // A closed pipe (`| head`) is not an error.
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
         // A client command that fails at run time (the server refused, or cannot be
         // reached) exits 1; 2 is for usage errors (clap's own, and the other commands').
         Command::Push(args) => return exit_1_on_error(rt.block_on(args.run())),

@@ -862,3 +862,197 @@ async fn deploy_in_a_project_builds_it_and_dev_upgrades_on_every_save() {
     assert_eq!(status.code(), Some(0), "{}", dev_log());
     assert!(dev_log().contains("stopped watching"), "{}", dev_log());
 }
+
+/// A `cortex ... --follow` child whose stdout lines arrive on a channel.
+struct Follower {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Follower {
+    fn start(s: &Serve, token: &str, args: &[&str]) -> Follower {
+        let mut child = cortex(args)
+            .env("CORTEX_URL", &s.base)
+            .env("CORTEX_TOKEN", token)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Follower { child, lines }
+    }
+
+    /// The first line (parsed as JSON) for which `pred` holds (bounded wait).
+    fn until(&self, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self.lines.recv_timeout(left).expect("the follower printed no matching line in time");
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && pred(&v)
+            {
+                return v;
+            }
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `cortex ARGS --json` (bounded) until `pred` holds on its output.
+async fn poll_json(s: &Serve, token: &str, args: &[&str], pred: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..1500 {
+        let out = client(s, token, args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        last = serde_json::from_slice(&out.stdout).unwrap();
+        if pred(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{args:?} never matched: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_follows_logs_and_events_manages_dead_letters_and_quotas_and_logs_survive_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut s = Serve::start(&data);
+    s.ready(&reqwest::Client::new()).await;
+    let admin = s.token(None, "platform-admin");
+    let ok = |out: Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json_of = |out: Output| -> Value { serde_json::from_str(&ok(out)).unwrap() };
+
+    // tenants update: the named quotas change, the others stay.
+    ok(client(&s, &admin, &["tenants", "create", "acme"]));
+    let before = json_of(client(&s, &admin, &["tenants", "get", "acme", "--json"]));
+    let args = ["tenants", "update", "acme", "--quota", "agents=7", "--quota", "max_timeout_ms=2s", "--json"];
+    let after = json_of(client(&s, &admin, &args));
+    assert_eq!((&after["quotas"]["agents"], &after["quotas"]["max_timeout_ms"]), (&json!(7), &json!(2000)));
+    for (k, v) in before["quotas"].as_object().unwrap() {
+        if k != "agents" && k != "max_timeout_ms" {
+            assert_eq!(&after["quotas"][k], v, "{k} was kept");
+        }
+    }
+    let bad = client(&s, &admin, &["tenants", "update", "acme", "--quota", "no_such_quota=1"]);
+    assert_eq!(bad.status.code(), Some(1), "{}", String::from_utf8_lossy(&bad.stderr));
+    let usage = client(&s, &admin, &["tenants", "update", "acme", "--quota", "agents"]);
+    assert_ne!(usage.status.code(), Some(0));
+
+    let dev = s.token(Some("acme"), "developer");
+    let up = json_of(client(&s, &dev, &["modules", "upload", art::KV, "--json"]));
+    let kv = up["digest"].as_str().unwrap().to_owned();
+    ok(client(&s, &dev, &["agents", "deploy", "kv", "--module", &kv]));
+    let up = json_of(client(&s, &dev, &["modules", "upload", art::WATCHER, "--json"]));
+    let w = up["digest"].as_str().unwrap().to_owned();
+    ok(client(&s, &dev, &["agents", "deploy", "w", "--module", &w, "--watch", "orders", "--config", "fail=yes"]));
+
+    // logs --follow prints a line written after it started, with its fields.
+    let logs = Follower::start(&s, &dev, &["logs", "kv", "--follow", "--json"]);
+    let events = Follower::start(&s, &dev, &["events", "--follow", "--json"]);
+    let said = json_of(client(&s, &dev, &["invoke", "kv", "--input", r#"say:{"msg":"hello","n":1}"#, "--json"]));
+    let line = logs.until(|l| l["message"] == "hello");
+    assert_eq!((&line["invocation"], &line["fields"]), (&said["invocation"], &json!({"n": 1})), "{line}");
+    // The table: number, UTC time, invocation, stream, level, message with its fields.
+    let table = ok(client(&s, &dev, &["logs", "kv"]));
+    let header = table.lines().next().unwrap();
+    for col in ["SEQ", "TIME", "INVOCATION", "STREAM", "LEVEL", "MESSAGE"] {
+        assert!(header.contains(col), "{table}");
+    }
+    let row = table.lines().find(|l| l.contains("hello")).unwrap_or_else(|| panic!("{table}"));
+    let invocation = said["invocation"].as_str().unwrap();
+    assert!(row.contains(invocation) && row.contains("stdout") && row.contains("hello n=1"), "{row}");
+    assert!(row.split_whitespace().nth(1).is_some_and(|t| t.len() == 24 && t.ends_with('Z')), "{row}");
+    // A failed invocation: the host's line, level error, with the invocation and the code.
+    let failed = client(&s, &dev, &["invoke", "kv", "--input", "fail:2", "--json"]);
+    assert_eq!(failed.status.code(), Some(1));
+    let failed: Value = serde_json::from_slice(&failed.stdout).unwrap();
+    let host = logs.until(|l| l["stream"] == "host");
+    assert_eq!((&host["invocation"], &host["level"]), (&failed["invocation"], &json!("error")));
+    let table = ok(client(&s, &dev, &["logs", "kv"]));
+    assert!(
+        table.lines().any(|l| l.contains("host") && l.contains("error") && l.contains("code=agent_error")),
+        "{table}"
+    );
+    // By default the last 100 lines; --tail N the last N; --since N the ones after N.
+    let last = json_of(client(&s, &dev, &["logs", "kv", "--tail", "1", "--json"]));
+    assert_eq!(last.as_array().unwrap().len(), 1);
+    assert_eq!(last[0]["stream"], "host");
+    let first_seq = host["seq"].as_u64().unwrap() - 1;
+    let after = json_of(client(&s, &dev, &["logs", "kv", "--since", &first_seq.to_string(), "--json"]));
+    assert_eq!(after[0]["seq"].as_u64(), Some(first_seq + 1));
+    let both = client(&s, &dev, &["logs", "kv", "--since", "1", "--tail", "1"]);
+    assert_eq!(both.status.code(), Some(2), "--since and --tail conflict");
+
+    // events: the list and the follower see the write.
+    ok(client(&s, &dev, &["invoke", "kv", "--input", r#"put:orders/o1={"n":1}"#]));
+    let e = events.until(|e| e["key"] == "o1");
+    assert_eq!((&e["collection"], &e["op"], &e["agent"]), (&json!("orders"), &json!("put"), &json!("kv")));
+    let listed = json_of(client(&s, &dev, &["events", "--since", "0", "--json"]));
+    assert!(listed.as_array().unwrap().iter().any(|e| e["key"] == "o1"), "{listed}");
+    assert!(ok(client(&s, &dev, &["events"])).lines().next().unwrap().starts_with("SEQ"));
+
+    // deadletters: list, a replay that fails again (exit 1), discard, a replay that succeeds.
+    let letters = poll_json(&s, &dev, &["deadletters", "w", "--json"], |v| v.as_array().unwrap().len() == 1).await;
+    let first = letters[0]["id"].as_str().unwrap().to_owned();
+    ok(client(&s, &dev, &["invoke", "kv", "--input", r#"put:orders/o2={"n":2}"#]));
+    let letters =
+        poll_json(&s, &dev, &["deadletters", "w", "list", "--json"], |v| v.as_array().unwrap().len() == 2).await;
+    let second =
+        letters.as_array().unwrap().iter().map(|l| l["id"].as_str().unwrap()).find(|i| *i != first).unwrap().to_owned();
+    let replay = client(&s, &dev, &["deadletters", "w", "replay", &first]);
+    assert_eq!(replay.status.code(), Some(1), "{}", String::from_utf8_lossy(&replay.stdout));
+    assert!(
+        String::from_utf8_lossy(&replay.stderr).contains("agent_error"),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    ok(client(&s, &dev, &["deadletters", "w", "discard", &first]));
+    ok(client(&s, &dev, &["agents", "config", "w", "--set", "fail=no"]));
+    let replayed = json_of(client(&s, &dev, &["deadletters", "w", "replay", &second, "--json"]));
+    assert_eq!(replayed["outcome"], "ok");
+    assert_eq!(json_of(client(&s, &dev, &["deadletters", "w", "--json"])), json!([]));
+    let missing = client(&s, &dev, &["deadletters", "w", "discard", &first]);
+    assert_eq!(missing.status.code(), Some(1));
+    // The failed on-change batches left host lines in the watcher's log.
+    let wlog = json_of(client(&s, &dev, &["logs", "w", "--json"]));
+    assert!(
+        wlog.as_array().unwrap().iter().any(|l| l["stream"] == "host" && l["fields"]["export"] == "on-change"),
+        "{wlog}"
+    );
+    drop(logs);
+    drop(events);
+
+    // A clean shutdown (SIGTERM) and a start on the same data: the logs are all there.
+    let kept = json_of(client(&s, &dev, &["logs", "kv", "--json"]));
+    s.signal("-TERM");
+    assert_eq!(s.exit_code(Duration::from_secs(30)).await, Some(0));
+    let s = Serve::start(&data);
+    s.ready(&reqwest::Client::new()).await;
+    let dev = s.token(Some("acme"), "developer");
+    assert_eq!(json_of(client(&s, &dev, &["logs", "kv", "--json"])), kept);
+
+    // completions: a script for each shell clap knows; an unknown shell is a usage error.
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let script = ok(run(&["completions", shell]));
+        assert!(script.contains("deadletters") && script.contains("completions"), "{shell}");
+    }
+    assert_eq!(run(&["completions", "tcsh"]).status.code(), Some(2));
+}

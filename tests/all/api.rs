@@ -151,6 +151,7 @@ async fn a_bad_agent_name_is_refused_where_it_enters_with_the_rule() {
         (Method::DELETE, "/v1/agents/a_b"),
         (Method::POST, "/v1/agents/Svc/stop"),
         (Method::GET, "/v1/agents/a_b/logs"),
+        (Method::GET, "/v1/agents/a_b/logs/stream"),
         (Method::DELETE, "/v1/agents/Svc/deadletters/x"),
     ];
     for (method, path) in cases {
@@ -306,6 +307,14 @@ fn rbac_routes(kv: &str) -> Vec<RbacRoute> {
             Some(b"whoami".to_vec()),
         ),
         (m("GET"), "/v1/agents/{name}/logs", "/v1/agents/a1/logs".into(), Action::ReadLogs, None, None),
+        (
+            m("GET"),
+            "/v1/agents/{name}/logs/stream",
+            "/v1/agents/a1/logs/stream?follow=false".into(),
+            Action::ReadLogs,
+            None,
+            None,
+        ),
         (m("GET"), "/v1/agents/{name}/deadletters", "/v1/agents/a1/deadletters".into(), Action::ReadAgents, None, None),
         (
             m("DELETE"),

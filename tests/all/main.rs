@@ -19,6 +19,7 @@ mod guides;
 mod hostile;
 mod languages;
 mod load;
+mod logs;
 mod messaging;
 mod metrics;
 mod modules;

@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cortex_host::agents::logbook::LogBook;
+use cortex_host::runtime::{LogLine, LogStream};
 use cortex_host::store::{
     ChangeEvent, ChangeOp, Direction, Edge, EmbeddedStore, Quota, RecordKind, Scope, Store, StoreError, Usage, WriteOp,
     edge_size,
@@ -39,6 +41,7 @@ macro_rules! contract_cases {
             graph_edges_link_list_and_go_with_their_agent,
             quotas_count_every_stored_byte_inside_the_write,
             bounded_reads_stop_at_the_byte_budget,
+            agent_logs_are_stored_in_order_trimmed_and_purged,
         );
     };
 }
@@ -216,6 +219,51 @@ pub async fn records_use_cas_and_kinds_are_separate_key_spaces(s: Arc<dyn Store>
     s.record_put(RecordKind::Message, "t1/rx/2", b"{\"v\":2}".to_vec(), Some(1)).await.unwrap();
     let listed = s.record_list_revisions(RecordKind::Message, "t1/rx").await.unwrap();
     assert_eq!(listed, [("t1/rx/2".to_owned(), b"{\"v\":2}".to_vec(), 2), ("t1/rxx/1".to_owned(), b"{}".to_vec(), 1)]);
+}
+
+fn log_line(seq: u64, message: &str) -> LogLine {
+    let mut fields = cortex_host::runtime::Fields::new();
+    fields.insert("n".into(), seq.into());
+    LogLine {
+        seq,
+        time_ms: 1_000 + seq,
+        invocation: format!("inv-{seq}"),
+        stream: LogStream::Stdout,
+        level: Some("info".into()),
+        message: message.into(),
+        fields,
+    }
+}
+
+/// The logbook keeps agents' logs as records of their own kind: in order, without the
+/// chunks that left the ring, per agent, gone with a purge, outside the tenant's usage.
+pub async fn agent_logs_are_stored_in_order_trimmed_and_purged(s: Arc<dyn Store>) {
+    let book = LogBook::new(s.clone());
+    book.append("lt", "a", (1..=3).map(|i| log_line(i, "first")).collect(), 1);
+    book.append("lt", "ab", vec![log_line(1, "other agent")], 1);
+    book.flush().await.unwrap();
+    book.append("lt", "a", (4..=6).map(|i| log_line(i, "second")).collect(), 2);
+    book.flush().await.unwrap();
+    // Lines 2 and 3 are still in the ring: the first chunk stays.
+    let keys = |v: Vec<(String, Vec<u8>)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    let a = keys(s.record_list(RecordKind::AgentLog, "lt/a/").await.unwrap());
+    assert_eq!(a, ["lt/a/00000000000000000001", "lt/a/00000000000000000004"]);
+    book.append("lt", "a", (7..=8).map(|i| log_line(i, "third")).collect(), 5);
+    book.flush().await.unwrap();
+    let a = keys(s.record_list(RecordKind::AgentLog, "lt/a/").await.unwrap());
+    assert_eq!(a, ["lt/a/00000000000000000004", "lt/a/00000000000000000007"], "the chunk that left the ring goes");
+    assert_eq!(s.record_get(RecordKind::Message, "lt/a/00000000000000000004").await.unwrap(), None);
+
+    // Read back by another logbook (a restart): every kept line, as written.
+    let loaded = LogBook::new(s.clone()).load_all().await.unwrap();
+    let a: Vec<LogLine> = loaded["lt/a"].clone();
+    assert_eq!(a, (4..=8).map(|i| log_line(i, ["second", "third"][usize::from(i > 6)])).collect::<Vec<_>>());
+    assert_eq!(loaded["lt/ab"], [log_line(1, "other agent")]);
+    assert_eq!(s.usage("lt").await.unwrap(), Usage::default(), "logs do not count in the tenant's storage");
+
+    assert_eq!(book.purge("lt", "a").await.unwrap(), 2);
+    let loaded = LogBook::new(s.clone()).load_all().await.unwrap();
+    assert!(!loaded.contains_key("lt/a") && loaded.contains_key("lt/ab"), "{:?}", loaded.keys());
 }
 
 /// Concurrent CAS increments: the final value equals the number of successful swaps.

@@ -23,7 +23,8 @@ impl Agents {
             let shared = match old {
                 Some(old) => old.shared.clone(),
                 None => {
-                    Arc::new(Shared::new(&record, self.config.http.log_ring_lines, self.config.http.log_ring_bytes))
+                    let (lines, bytes) = (self.config.http.log_ring_lines, self.config.http.log_ring_bytes);
+                    Arc::new(Shared::new(&record, lines, bytes, self.logbook.clone()))
                 }
             };
             let base = self.context(&record, &Quotas::default());
@@ -159,12 +160,19 @@ impl Agents {
     /// Waits until the agent's mailbox task is gone, so that no delivery in flight writes
     /// after the caller forgets the agent's records.
     pub async fn uninstall(&self, tenant: &str, name: &str) {
+        if let Some(d) = self.deployed.get(tenant, name) {
+            d.shared.close_logs();
+        }
         self.deployed.remove(tenant, name);
         self.watchers.lock().unwrap_or_else(PoisonError::into_inner).remove(&key(tenant, name));
         let mailbox = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner).remove(&key(tenant, name));
         self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&key(tenant, name));
         if let Some(m) = mailbox {
             m.halt().await;
+        }
+        // Its kept log goes with it (a line written after `close_logs` is not kept).
+        if let Err(e) = self.logbook.purge(tenant, name).await {
+            tracing::warn!(%tenant, agent = %name, error = %e, "deleting the agent's kept log failed");
         }
     }
 
@@ -193,6 +201,10 @@ impl Agents {
         for m in all {
             m.halt().await;
         }
+        // Last: the logs of the invocations that ended (a clean shutdown loses none).
+        if let Err(e) = self.logbook.stop().await {
+            tracing::error!(error = %e, "storing the last agent logs failed");
+        }
     }
 
     /// Bring back every agent in the registry (after a restart), with the dispatchers of
@@ -201,11 +213,16 @@ impl Agents {
     pub async fn restore(self: &Arc<Self>) -> AgentsResult<usize> {
         self.resume_compiles().await?;
         let records = self.registry.list_revisions::<AgentRecord>(RecordKind::Agent, "").await?;
+        // Their kept logs: one scan too.
+        let mut logs = self.logbook.load_all().await?;
         let mut n = 0;
         for (k, record, rev) in records {
             match self.modules.load(&record.module).await {
                 Ok(m) => {
-                    self.install(record, rev, m);
+                    let d = self.install(record, rev, m);
+                    if let Some(lines) = logs.remove(&k) {
+                        d.shared.restore_logs(lines);
+                    }
                     n += 1;
                 }
                 Err(e) => tracing::error!(agent = %k, error = %e, "cannot restore agent"),
@@ -213,6 +230,7 @@ impl Agents {
         }
         self.wake_waiting_mailboxes().await?;
         self.start_sweep();
+        self.logbook.spawn_writer();
         Ok(n)
     }
 }

@@ -92,7 +92,7 @@ impl Agents {
         let call = self.runtime.call(&d.module, &ctx, &limits, export);
         let report =
             if nested { call.await } else { self.tenants.scheduler.run(&t.lane, deadline, limits.timeout, call).await };
-        self.account(d, &report);
+        self.account(d, &report, export);
         self.settle(d, ticket, &report);
         report
     }
@@ -161,13 +161,13 @@ impl Agents {
         Ok(self.run(d, t, self.no_callers.clone(), deadline, Export::Handle(input), ticket).await)
     }
 
-    /// Count an invocation of `d`: counters, logs, metrics.
-    pub fn account(&self, d: &Deployed, report: &Report) {
+    /// Count an invocation of `export` of `d`: counters, logs, metrics.
+    pub fn account(&self, d: &Deployed, report: &Report, export: Export<'_>) {
         d.shared.invocations.fetch_add(1, Ordering::Relaxed);
         if !report.outcome.is_ok() {
             d.shared.failures.fetch_add(1, Ordering::Relaxed);
         }
-        d.shared.record_logs(report);
+        d.shared.record_invocation(report, export);
         self.metrics.invocation_of(&d.metrics, report);
     }
 

@@ -2,7 +2,8 @@
 //! them. It owns the deployed agents ([`deployed`]), the modules they run ([`modules`]),
 //! their deploy, config change, upgrade, rollback, stop, start and delete ([`lifecycle`]),
 //! the resource profiles a deploy may name ([`profiles`]),
-//! install, uninstall and restore at start ([`install`]), the one invoke core that HTTP
+//! install, uninstall and restore at start ([`install`]), their logs kept in the store
+//! ([`logbook`]), the one invoke core that HTTP
 //! invocations, agent-to-agent calls and background deliveries share ([`invoke`]), those
 //! deliveries ([`deliveries`]) and the messenger the `messaging` import calls
 //! ([`messenger`]). The API above it authenticates, authorizes and maps [`AgentsError`] to
@@ -17,6 +18,7 @@ pub mod health;
 pub mod install;
 pub mod invoke;
 pub mod lifecycle;
+pub mod logbook;
 pub mod messenger;
 pub mod module_ref;
 pub mod modules;
@@ -70,6 +72,8 @@ pub struct Agents {
     no_callers: Arc<[Arc<str>]>,
     /// Itself, for what it starts in the background (an automatic rollback).
     this: OnceLock<Weak<Agents>>,
+    /// Where the agents' logs are kept across restarts.
+    logbook: Arc<logbook::LogBook>,
 }
 
 impl std::fmt::Debug for Agents {
@@ -95,6 +99,7 @@ impl Agents {
             registry.clone(),
         )?;
         let mailbox_settings = config.messaging.mailbox();
+        let logbook = Arc::new(logbook::LogBook::new(registry.store().clone()));
         Ok(Self {
             config,
             runtime,
@@ -112,6 +117,7 @@ impl Agents {
             mesh: OnceLock::new(),
             no_callers: Arc::from([]),
             this: OnceLock::new(),
+            logbook,
         })
     }
 

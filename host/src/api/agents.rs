@@ -1,4 +1,5 @@
-//! Modules, agents, invocations and agent logs: everything scoped to the caller's tenant.
+//! Modules, agents and invocations: everything scoped to the caller's tenant (agent logs are in
+//! `logs.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +13,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult, agent_problem, problem};
-use super::state::LogLine;
 use super::{
     AppState, Caller, DURATION_HEADER, FUEL_HEADER, INVOCATION_HEADER, JsonBody, OUTCOME_HEADER, PEAK_MEMORY_HEADER,
     Path, Query, RequestDeadline,
@@ -389,23 +389,4 @@ fn header_value_of(v: impl std::fmt::Display) -> Option<HeaderValue> {
     let mut buf = Buf([0; 64], 0);
     std::fmt::write(&mut buf, format_args!("{v}")).ok()?;
     HeaderValue::from_bytes(&buf.0[..buf.1]).ok()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogQuery {
-    #[serde(default)]
-    since: u64,
-    #[serde(default)]
-    limit: Option<usize>,
-}
-
-pub async fn logs(
-    State(st): St,
-    p: Caller,
-    Path(name): Path<AgentName>,
-    Query(q): Query<LogQuery>,
-) -> ApiResult<Json<Vec<LogLine>>> {
-    let (_, d) = deployed(&st, &p, &name).await?;
-    Ok(Json(d.shared.logs(q.since, q.limit.unwrap_or(100).min(1000))))
 }

@@ -89,13 +89,18 @@ pub async fn stream(
 }
 
 /// The last event of a stream whose credentials lapsed: `event: end`, a problem as data.
-fn end_event(lapse: Lapse) -> Event {
+pub(super) fn end_event(lapse: Lapse) -> Event {
+    end(lapse.code(), lapse.status(), lapse.detail())
+}
+
+/// The last event of a stream the server ends: `event: end`, a problem as data.
+pub(super) fn end(code: &str, status: u16, detail: &str) -> Event {
     let problem = serde_json::json!({
-        "type": format!("https://cortex.dev/problems/{}", lapse.code()),
+        "type": format!("https://cortex.dev/problems/{code}"),
         "title": "stream ended",
-        "status": lapse.status(),
-        "detail": lapse.detail(),
-        "code": lapse.code(),
+        "status": status,
+        "detail": detail,
+        "code": code,
     });
     Event::default().event("end").data(problem.to_string())
 }

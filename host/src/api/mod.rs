@@ -8,6 +8,7 @@ mod deadletters;
 pub mod error;
 mod events;
 mod oci_pull;
+mod logs;
 mod openapi;
 mod profiles;
 mod registries;
@@ -286,7 +287,7 @@ pub fn route_action(method: &Method, route: &str) -> Option<Action> {
         }
         "/v1/agents/{name}/deadletters/{id}" if m(Method::DELETE) => Action::WriteAgents,
         "/v1/agents/{name}/invoke" if m(Method::POST) => Action::Invoke,
-        "/v1/agents/{name}/logs" if read => Action::ReadLogs,
+        "/v1/agents/{name}/logs" | "/v1/agents/{name}/logs/stream" if read => Action::ReadLogs,
         _ => return None,
     })
 }
@@ -463,7 +464,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/agents/{name}/stop", post(agents::stop))
         .route("/v1/agents/{name}/start", post(agents::start))
         .route("/v1/agents/{name}/invoke", post(agents::invoke))
-        .route("/v1/agents/{name}/logs", get(agents::logs))
+        .route("/v1/agents/{name}/logs", get(logs::list))
+        .route("/v1/agents/{name}/logs/stream", get(logs::stream))
         .route("/v1/agents/{name}/deadletters", get(deadletters::list))
         .route("/v1/agents/{name}/deadletters/{id}", axum::routing::delete(deadletters::discard))
         .route("/v1/agents/{name}/deadletters/{id}/replay", post(deadletters::replay))

@@ -47,19 +47,12 @@ pub enum ClientCommand {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Read an agent's log.
-    Logs {
-        /// Agent name.
-        name: String,
-        /// Lines after this sequence number.
-        #[arg(long, default_value_t = 0)]
-        since: u64,
-        /// At most this many lines.
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-        #[command(flatten)]
-        conn: Conn,
-    },
+    /// Read an agent's log (--follow to keep reading).
+    Logs(super::logs::LogsArgs),
+    /// Read the tenant's change feed (--follow to keep reading).
+    Events(super::events::EventsArgs),
+    /// An agent's dead letters: list, replay or discard them.
+    Deadletters(super::deadletters::DeadLettersArgs),
     /// Read the audit log.
     Audit {
         /// Events after this sequence number.
@@ -136,6 +129,14 @@ pub enum TenantCmd {
     Delete {
         /// Name.
         name: String,
+    },
+    /// Change the quotas named, keep the others.
+    Update {
+        /// Name.
+        name: String,
+        /// KEY=VALUE, e.g. agents=20, stored_bytes=1GiB, max_timeout_ms=30s (repeatable).
+        #[arg(long = "quota", value_name = "KEY=VALUE")]
+        quota: Vec<String>,
     },
 }
 
@@ -344,7 +345,7 @@ impl Conn {
         req.send().await.with_context(|| format!("cannot reach {}", self.url))
     }
 
-    async fn call(
+    pub(super) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -355,13 +356,7 @@ impl Conn {
         let status = resp.status();
         let text = resp.text().await?;
         if !status.is_success() {
-            let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| json!({"detail": text}));
-            bail!(
-                "{} {}: {}",
-                status.as_u16(),
-                v["code"].as_str().unwrap_or("error"),
-                v["detail"].as_str().unwrap_or("")
-            );
+            return Err(refusal(status, &text));
         }
         if text.is_empty() {
             println!("ok");
@@ -377,6 +372,17 @@ impl Conn {
     }
 }
 
+/// The error of a response the server refused: its status, code and detail.
+pub(super) fn refusal(status: reqwest::StatusCode, text: &str) -> anyhow::Error {
+    let v: Value = serde_json::from_str(text).unwrap_or_else(|_| json!({"detail": text}));
+    anyhow::anyhow!(
+        "{} {}: {}",
+        status.as_u16(),
+        v["code"].as_str().unwrap_or("error"),
+        v["detail"].as_str().unwrap_or("")
+    )
+}
+
 fn cell(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -387,7 +393,7 @@ fn cell(v: &Value) -> String {
     }
 }
 
-fn print_table(v: &Value, columns: &[&str]) {
+pub(super) fn print_table(v: &Value, columns: &[&str]) {
     let rows: Vec<&Value> = match v {
         Value::Array(a) => a.iter().collect(),
         other => vec![other],
@@ -425,6 +431,10 @@ impl ClientCommand {
                 TenantCmd::Get { name } => conn.call(M::GET, &format!("/v1/tenants/{name}"), Payload::None, &[]).await,
                 TenantCmd::Delete { name } => {
                     conn.call(M::DELETE, &format!("/v1/tenants/{name}"), Payload::None, &[]).await
+                }
+                TenantCmd::Update { name, quota } => {
+                    let body = Payload::Json(super::tenants::quota_patch(&quota)?);
+                    conn.call(M::PATCH, &format!("/v1/tenants/{name}"), body, &[]).await
                 }
             },
             ClientCommand::Modules { cmd, conn } => {
@@ -525,10 +535,9 @@ impl ClientCommand {
                 }
                 Ok(code)
             }
-            ClientCommand::Logs { name, since, limit, conn } => {
-                let path = format!("/v1/agents/{name}/logs?since={since}&limit={limit}");
-                conn.call(M::GET, &path, Payload::None, &["seq", "stream", "level", "message"]).await
-            }
+            ClientCommand::Logs(args) => args.run().await,
+            ClientCommand::Events(args) => args.run().await,
+            ClientCommand::Deadletters(args) => args.run().await,
             ClientCommand::Audit { since, limit, conn } => {
                 let path = format!("/v1/audit?since={since}&limit={limit}");
                 conn.call(M::GET, &path, Payload::None, &["seq", "actor", "tenant", "action", "outcome"]).await

@@ -30,7 +30,7 @@ pub use self::compiler::{CompileConfig, child_main};
 pub use self::config::{EngineConfig, Limits};
 pub use self::engine::{Ticker, build_engine, wasmtime_config};
 pub use self::limiter::{LimitExceeded, Limiter};
-pub use self::logring::{LogLine, LogRing};
+pub use self::logring::{Fields, LogLine, LogRing, LogStream};
 pub use self::module_cache::ModuleCache;
 pub use self::outcome::{Outcome, Stats};
 pub use self::validate::{CodeBound, Shape, World};
@@ -175,6 +175,17 @@ pub enum Export<'a> {
     Init(&'a [(String, String)]),
     /// `on-change(events)`; a no-op success when the component does not export it.
     OnChange(&'a [crate::store::ChangeEvent]),
+}
+
+impl Export<'_> {
+    /// The export's WIT name: `handle`, `init` or `on-change`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Export::Handle(_) => "handle",
+            Export::Init(_) => "init",
+            Export::OnChange(_) => "on-change",
+        }
+    }
 }
 
 /// The result of one invocation.

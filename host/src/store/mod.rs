@@ -223,6 +223,9 @@ pub enum RecordKind {
     Profile,
     /// Registry credentials of a tenant, keyed by `tenant/host[:port]`.
     RegistryCredential,
+    /// Chunks of an agent's persisted log, keyed by `tenant/agent/<first line's number,
+    /// 20 digits>` (so they list oldest first): a JSON array of log lines.
+    AgentLog,
 }
 
 impl RecordKind {
@@ -240,6 +243,7 @@ impl RecordKind {
             RecordKind::DeletedTenant => "deleted-tenant",
             RecordKind::Profile => "profile",
             RecordKind::RegistryCredential => "registry-credential",
+            RecordKind::AgentLog => "agent-log",
         }
     }
 

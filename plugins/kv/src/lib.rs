@@ -14,6 +14,7 @@
 //! | `config:KEY`                        | the value, or `none`                    |
 //! | `log:MSG`                           | `logged`, after logging MSG at info with a field |
 //! | `fail:N`                            | `Err(big-error)` with a message of N bytes |
+//! | `say:TEXT`                          | `said`, after printing TEXT as a line to stdout |
 //!
 //! `init` puts the documents of the config key `init_puts` (`COLL/KEY=JSON;COLL/KEY=JSON`),
 //! reads each back (failing with `not-visible` if it cannot see its own write), then fails
@@ -139,6 +140,10 @@ fn run(command: &str) -> Result<Result<String, StoreError>, AgentError> {
         "log" => {
             log::log_with(log::Level::Info, rest, &[("source", "kv")]);
             Ok("logged".to_owned())
+        }
+        "say" => {
+            println!("{rest}");
+            Ok("said".to_owned())
         }
         "fail" => {
             let n: usize = rest.parse().map_err(|e| AgentError::bad_input(format!("bad N: {e}")))?;
