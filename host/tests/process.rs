@@ -13,6 +13,8 @@ use std::time::Duration;
 use cortex_artifacts as art;
 use serde_json::{Value, json};
 
+mod guides_go_c;
+
 const BIN: &str = env!("CARGO_BIN_EXE_cortex");
 
 /// `cortex ARGS` with no CORTEX_* variables from the environment.
