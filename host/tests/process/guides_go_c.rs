@@ -139,7 +139,7 @@ async fn check_guide(lang: &str, project: &str) {
         });
         assert!(imported, "{lang}: does not import {interface}: {module}");
     }
-    assert_eq!(module["warnings"], serde_json::json!([]), "{lang}: {module}");
+    assert!(module["warnings"].as_array().is_none_or(Vec::is_empty), "{lang}: warned: {module}");
 
     // What the agents wrote is in the tenant's change feed: visits counted, on-change's
     // record, both messages kept.
