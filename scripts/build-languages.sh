@@ -5,6 +5,7 @@
 #   ts-counter.wasm      tsc + componentize-js (plugins/js/ts)
 #   go-counter.wasm      go (wasip1) + wasm-tools component embed/new + preview1 adapter
 #   c-counter.wasm       clang-19 + wasi-libc + wasm-tools component embed/new + adapter
+#                        (Go and C: the build.sh of the `cortex new` template, host/templates/)
 #
 # Usage: scripts/build-languages.sh [--out DIR] [python|js|ts|go|c ...]
 #        scripts/build-languages.sh --bindings   (regenerate the committed C/Go bindings)
@@ -19,7 +20,6 @@ TOOLS="${CORTEX_LANG_TOOLS:-$HOME/.cache/cortex/lang-tools}"
 OUT="${CORTEX_LANG_OUT:-${CARGO_TARGET_DIR:-$HOME/.cache/cortex/target}/cortex-languages}"
 INSTALL="scripts/install-language-toolchains.sh"
 WIT_BINDGEN_VERSION=0.63.0
-ADAPTER="$TOOLS/wasi_snapshot_preview1.reactor.wasm"
 ALL=(python js ts go c)
 
 langs=()

@@ -139,7 +139,10 @@ mod tests {
         ] {
             let rendered = render(lang, "agent-one").unwrap();
             let get = |want: &str| {
-                rendered.iter().find(|(p, _)| p == Path::new(want)).map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+                rendered
+                    .iter()
+                    .find(|(p, _)| p == Path::new(want))
+                    .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
             };
             for f in files.iter().chain(&["build.sh", "input.txt", "README.md", "wit/worlds.wit"]) {
                 assert!(get(f).is_some(), "{lang}: no {f}");
@@ -150,8 +153,13 @@ mod tests {
             assert!(get("build.sh").unwrap().contains("build/agent-one.wasm"));
             // Bound to the full world: all three exports the host calls.
             let (bindings, wants) = match lang {
-                "go" => (get("wit_exports.go").unwrap(), ["wasmexport init", "wasmexport handle", "wasmexport on-change"]),
-                _ => (get("gen/agent.h").unwrap(), ["exports_agent_init", "exports_agent_handle", "exports_agent_on_change"]),
+                "go" => {
+                    (get("wit_exports.go").unwrap(), ["wasmexport init", "wasmexport handle", "wasmexport on-change"])
+                }
+                _ => (
+                    get("gen/agent.h").unwrap(),
+                    ["exports_agent_init", "exports_agent_handle", "exports_agent_on_change"],
+                ),
             };
             for want in wants {
                 assert!(bindings.contains(want), "{lang}: the bindings lack {want}");

@@ -134,9 +134,11 @@ async fn check_guide(lang: &str, project: &str) {
         assert!(module["exports"].as_array().unwrap().iter().any(|e| e == export), "{lang}: no {export}: {module}");
     }
     for interface in ["runtime", "documents", "graph", "messaging"] {
-        let imported = module["imports"].as_array().unwrap().iter().any(|i| {
-            i.as_str().is_some_and(|i| i.starts_with(&format!("cortex:agent/{interface}@")))
-        });
+        let imported = module["imports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i.as_str().is_some_and(|i| i.starts_with(&format!("cortex:agent/{interface}@"))));
         assert!(imported, "{lang}: does not import {interface}: {module}");
     }
     assert!(module["warnings"].as_array().is_none_or(Vec::is_empty), "{lang}: warned: {module}");
@@ -151,7 +153,9 @@ async fn check_guide(lang: &str, project: &str) {
         .iter()
         .map(|e| format!("{}/{}", e["collection"].as_str().unwrap_or(""), e["key"].as_str().unwrap_or("")))
         .collect();
-    for want in ["visits/world".to_owned(), format!("seen/{project}"), "inbox/friend".into(), format!("inbox/{project}")] {
+    for want in
+        ["visits/world".to_owned(), format!("seen/{project}"), "inbox/friend".into(), format!("inbox/{project}")]
+    {
         assert!(keys.contains(&want), "{lang}: no write of {want} in the feed: {keys:?}");
     }
 }
