@@ -14,6 +14,7 @@ mod events;
 mod fake_arango;
 mod feed;
 mod graph;
+mod guides;
 mod hostile;
 mod languages;
 mod load;

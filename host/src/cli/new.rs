@@ -166,4 +166,33 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn every_language_with_a_guide_has_a_template() {
+        let have = languages();
+        for lang in ["c", "go", "js", "python", "rust", "ts"] {
+            assert!(have.contains(&lang), "no template for {lang}: {have:?}");
+        }
+    }
+
+    #[test]
+    fn the_rust_template_carries_the_sdk_its_wit_and_the_toolchain_pin() {
+        let files = render("rust", "my-agent").unwrap();
+        let file = |p: &str| files.iter().find(|(f, _)| f == Path::new(p)).map(|(_, b)| String::from_utf8_lossy(b));
+        for p in [
+            "rust-toolchain.toml",
+            "wit/worlds.wit",
+            "vendor/cortex-agent/Cargo.toml",
+            "vendor/cortex-agent/src/lib.rs",
+        ] {
+            assert!(file(p).is_some(), "the rust template has no {p}");
+        }
+        // The project's own crate depends on the vendored SDK; the SDK builds outside the
+        // repo's workspace, against the project's wit/.
+        assert!(file("Cargo.toml").unwrap().contains("path = \"vendor/cortex-agent\""));
+        assert!(file("Cargo.toml").unwrap().contains("name = \"my_agent\""));
+        let sdk = file("vendor/cortex-agent/Cargo.toml").unwrap();
+        assert!(!sdk.contains("workspace"), "{sdk}");
+        assert!(!file("vendor/cortex-agent/src/lib.rs").unwrap().contains("\"../wit\""));
+    }
 }

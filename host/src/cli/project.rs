@@ -142,11 +142,18 @@ impl Project {
     /// Run the build command (its stdout and stderr go to this process's stderr) and return
     /// the component it wrote.
     pub fn build(&self) -> Result<PathBuf, ProjectError> {
+        self.build_with_env(&[])
+    }
+
+    /// [`Self::build`] with `env` added to the build command's environment (a `PATH` that
+    /// finds the toolchain, a shared `CARGO_TARGET_DIR`, ...).
+    pub fn build_with_env(&self, env: &[(&str, &std::ffi::OsStr)]) -> Result<PathBuf, ProjectError> {
         let command = self.manifest.build.command.clone();
         let started = SystemTime::now();
         let status = std::process::Command::new("sh")
             .arg("-c")
             .arg(&command)
+            .envs(env.iter().copied())
             .current_dir(&self.root)
             .stdin(Stdio::null())
             .stdout(std::io::stderr())
