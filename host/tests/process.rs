@@ -13,6 +13,9 @@ use std::time::Duration;
 use cortex_artifacts as art;
 use serde_json::{Value, json};
 
+#[path = "process/guides_go_c.rs"]
+mod guides_go_c;
+
 const BIN: &str = env!("CARGO_BIN_EXE_cortex");
 
 // `cortex push` and `oci://` deploys against a real registry (outside `tests/`' top level,

@@ -132,9 +132,45 @@ mod tests {
     }
 
     #[test]
+    fn go_and_c_templates_carry_their_bindings_build_script_test_input_and_the_full_world() {
+        for (lang, files) in [
+            ("go", &["export_wit_world/agent.go", "wit_exports.go", "go.mod", "WIT.sha256"][..]),
+            ("c", &["src/main.c", "gen/agent.h", "gen/agent.c", "gen/WIT.sha256"][..]),
+        ] {
+            let rendered = render(lang, "agent-one").unwrap();
+            let get = |want: &str| {
+                rendered
+                    .iter()
+                    .find(|(p, _)| p == Path::new(want))
+                    .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+            };
+            for f in files.iter().chain(&["build.sh", "input.txt", "README.md", "wit/worlds.wit"]) {
+                assert!(get(f).is_some(), "{lang}: no {f}");
+            }
+            let manifest = get("cortex.toml").unwrap();
+            assert!(manifest.contains("name = \"agent-one\"") && manifest.contains(&format!("lang = \"{lang}\"")));
+            assert!(manifest.contains("output = \"build/agent-one.wasm\""), "{manifest}");
+            assert!(get("build.sh").unwrap().contains("build/agent-one.wasm"));
+            // Bound to the full world: all three exports the host calls.
+            let (bindings, wants) = match lang {
+                "go" => {
+                    (get("wit_exports.go").unwrap(), ["wasmexport init", "wasmexport handle", "wasmexport on-change"])
+                }
+                _ => (
+                    get("gen/agent.h").unwrap(),
+                    ["exports_agent_init", "exports_agent_handle", "exports_agent_on_change"],
+                ),
+            };
+            for want in wants {
+                assert!(bindings.contains(want), "{lang}: the bindings lack {want}");
+            }
+        }
+    }
+
+    #[test]
     fn every_language_with_a_guide_has_a_template() {
         let have = languages();
-        for lang in ["js", "python", "rust", "ts"] {
+        for lang in ["c", "go", "js", "python", "rust", "ts"] {
             assert!(have.contains(&lang), "no template for {lang}: {have:?}");
         }
     }

@@ -1,4 +1,6 @@
-// A counter agent in C on the bindings `wit-bindgen c` generates (gen/agent.{h,c}).
+// A counter agent in C on the bindings `wit-bindgen c` generates, built in place of the
+// `cortex new` template's agent (host/templates/c: gen/agent.{h,c}, build.sh; see
+// scripts/build-languages.sh).
 //
 // Input: a key (empty: "default"). It increments the JSON number stored under that key
 // in collection "counters" with compare-and-swap and returns the new value as decimal
@@ -122,4 +124,18 @@ bool exports_agent_handle(agent_list_u8_t *input, agent_option_list_u8_t *ret, a
         if (e.tag != CORTEX_AGENT_DOCUMENTS_ERROR_CONFLICT) return fail_doc(err, &e);
     }
     return fail(err, "conflict", "gave up after 100 attempts", strlen("gave up after 100 attempts"));
+}
+
+// init accepts any configuration.
+bool exports_agent_init(agent_list_tuple2_string_string_t *config, agent_agent_error_t *err) {
+    (void)err;
+    agent_list_tuple2_string_string_free(config);
+    return true;
+}
+
+// on-change ignores change events (the counter watches nothing).
+bool exports_agent_on_change(agent_list_change_event_t *events, agent_agent_error_t *err) {
+    (void)err;
+    agent_list_change_event_free(events);
+    return true;
 }

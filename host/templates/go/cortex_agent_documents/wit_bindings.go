@@ -2,7 +2,6 @@
 //
 // This code was generated from the following packages:
 //     cortex:agent@0.1.0
-//     cortex:lang-agent@0.1.0
 
 package cortex_agent_documents
 

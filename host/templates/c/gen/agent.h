@@ -181,6 +181,79 @@ typedef struct {
   } val;
 } cortex_agent_documents_result_list_revision_error_t;
 
+// Which edges to follow from an agent.
+typedef uint8_t cortex_agent_graph_direction_t;
+
+#define CORTEX_AGENT_GRAPH_DIRECTION_OUTGOING 0
+#define CORTEX_AGENT_GRAPH_DIRECTION_INCOMING 1
+#define CORTEX_AGENT_GRAPH_DIRECTION_BOTH 2
+
+// A relation `from -kind-> to` with JSON attributes.
+typedef struct cortex_agent_graph_edge_t {
+  agent_string_t   from;
+  agent_string_t   to;
+  agent_string_t   kind;
+  // JSON text.
+  agent_string_t   attributes;
+} cortex_agent_graph_edge_t;
+
+typedef struct cortex_agent_graph_error_t {
+  uint8_t tag;
+  union {
+    agent_string_t     unknown_agent;
+    agent_string_t     invalid_argument;
+    agent_string_t     too_large;
+    agent_string_t     unavailable;
+  } val;
+} cortex_agent_graph_error_t;
+
+// No agent of that name in the tenant.
+#define CORTEX_AGENT_GRAPH_ERROR_UNKNOWN_AGENT 0
+#define CORTEX_AGENT_GRAPH_ERROR_INVALID_ARGUMENT 1
+#define CORTEX_AGENT_GRAPH_ERROR_TOO_LARGE 2
+#define CORTEX_AGENT_GRAPH_ERROR_UNAVAILABLE 3
+
+typedef struct {
+  bool is_err;
+  union {
+    cortex_agent_graph_error_t err;
+  } val;
+} cortex_agent_graph_result_void_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    bool ok;
+    cortex_agent_graph_error_t err;
+  } val;
+} cortex_agent_graph_result_bool_error_t;
+
+typedef struct {
+  cortex_agent_graph_edge_t *ptr;
+  size_t len;
+} cortex_agent_graph_list_edge_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    cortex_agent_graph_list_edge_t ok;
+    cortex_agent_graph_error_t err;
+  } val;
+} cortex_agent_graph_result_list_edge_error_t;
+
+typedef struct {
+  agent_string_t *ptr;
+  size_t len;
+} agent_list_string_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    agent_list_string_t ok;
+    cortex_agent_graph_error_t err;
+  } val;
+} cortex_agent_graph_result_list_string_error_t;
+
 // The error an agent returns from one of its exports.
 // 
 // `code` is a short stable machine-readable word chosen by the agent (for example
@@ -207,12 +280,45 @@ typedef struct cortex_agent_types_change_event_t {
   uint64_t   revision;
 } cortex_agent_types_change_event_t;
 
-typedef cortex_agent_types_agent_error_t agent_agent_error_t;
+typedef cortex_agent_types_agent_error_t cortex_agent_messaging_agent_error_t;
+
+typedef struct cortex_agent_messaging_error_t {
+  uint8_t tag;
+  union {
+    agent_string_t     unknown_agent;
+    cortex_agent_messaging_agent_error_t     agent;
+    agent_string_t     too_large;
+    agent_string_t     invalid_argument;
+    agent_string_t     unavailable;
+  } val;
+} cortex_agent_messaging_error_t;
+
+// No agent of that name in the tenant.
+#define CORTEX_AGENT_MESSAGING_ERROR_UNKNOWN_AGENT 0
+// The call chain is deeper than the host allows, or loops back on itself.
+#define CORTEX_AGENT_MESSAGING_ERROR_DEPTH_EXCEEDED 1
+// The callee ran out of the caller's remaining time.
+#define CORTEX_AGENT_MESSAGING_ERROR_DEADLINE_EXCEEDED 2
+// The callee returned an error (or failed: its outcome code is the error code).
+#define CORTEX_AGENT_MESSAGING_ERROR_AGENT 3
+// The message is bigger than the host accepts.
+#define CORTEX_AGENT_MESSAGING_ERROR_TOO_LARGE 4
+// A malformed agent name, topic or idempotency key.
+#define CORTEX_AGENT_MESSAGING_ERROR_INVALID_ARGUMENT 5
+// The host cannot take the message now (storage down, mailbox full); retry later.
+#define CORTEX_AGENT_MESSAGING_ERROR_UNAVAILABLE 6
 
 typedef struct {
   uint8_t *ptr;
   size_t len;
 } agent_list_u8_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    cortex_agent_messaging_error_t err;
+  } val;
+} cortex_agent_messaging_result_void_error_t;
 
 typedef struct {
   bool is_some;
@@ -223,9 +329,33 @@ typedef struct {
   bool is_err;
   union {
     agent_option_list_u8_t ok;
+    cortex_agent_messaging_error_t err;
+  } val;
+} cortex_agent_messaging_result_option_list_u8_error_t;
+
+typedef cortex_agent_types_agent_error_t agent_agent_error_t;
+
+typedef cortex_agent_types_change_event_t agent_change_event_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    agent_agent_error_t err;
+  } val;
+} agent_result_void_agent_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    agent_option_list_u8_t ok;
     agent_agent_error_t err;
   } val;
 } agent_result_option_list_u8_agent_error_t;
+
+typedef struct {
+  agent_change_event_t *ptr;
+  size_t len;
+} agent_list_change_event_t;
 
 // Imported Functions from `cortex:agent/runtime@0.1.0`
 // Who am I?
@@ -255,8 +385,34 @@ extern bool cortex_agent_documents_list(agent_string_t *collection, agent_string
 // in order (for a delete: 0). The first failing precondition aborts the whole batch.
 extern bool cortex_agent_documents_transact(cortex_agent_documents_list_op_t *ops, cortex_agent_documents_list_revision_t *ret, cortex_agent_documents_error_t *err);
 
+// Imported Functions from `cortex:agent/graph@0.1.0`
+// Create or replace the edge `from -kind-> to`.
+extern bool cortex_agent_graph_link(agent_string_t *from, agent_string_t *to, agent_string_t *kind, agent_string_t *attributes, cortex_agent_graph_error_t *err);
+// Remove the edge; returns whether it existed.
+extern bool cortex_agent_graph_unlink(agent_string_t *from, agent_string_t *to, agent_string_t *kind, bool *ret, cortex_agent_graph_error_t *err);
+// Edges of `agent` of the given kind (`none`: every kind), at most `limit`.
+extern bool cortex_agent_graph_neighbours(agent_string_t *agent, agent_string_t *maybe_kind, cortex_agent_graph_direction_t direction, uint32_t limit, cortex_agent_graph_list_edge_t *ret, cortex_agent_graph_error_t *err);
+// Agents reachable from `start` within `max-depth` hops (at most 8), breadth first,
+// at most `limit`, `start` itself excluded.
+extern bool cortex_agent_graph_traverse(agent_string_t *start, agent_string_t *maybe_kind, cortex_agent_graph_direction_t direction, uint32_t max_depth, uint32_t limit, agent_list_string_t *ret, cortex_agent_graph_error_t *err);
+
+// Imported Functions from `cortex:agent/messaging@0.1.0`
+// Queue `body` for `agent`'s `handle`, durably, at least once. A repeated
+// `idempotency-key` for the same target is delivered once (within the host's
+// idempotency window, a day by default).
+extern bool cortex_agent_messaging_send(agent_string_t *agent, agent_list_u8_t *body, agent_string_t *maybe_idempotency_key, cortex_agent_messaging_error_t *err);
+// Invoke `agent` and wait for its reply; its time counts against the caller's
+// deadline. Calls nest at most 8 deep and may not loop back to an agent already in the
+// chain.
+extern bool cortex_agent_messaging_call(agent_string_t *agent, agent_list_u8_t *body, agent_option_list_u8_t *ret, cortex_agent_messaging_error_t *err);
+// Deliver `body` to every agent of the tenant subscribed to `topic` (the deploy
+// spec's `subscriptions`), through their mailboxes. Topics match `[a-z0-9._-]{1,128}`.
+extern bool cortex_agent_messaging_publish(agent_string_t *topic, agent_list_u8_t *body, cortex_agent_messaging_error_t *err);
+
 // Exported Functions from `agent`
+bool exports_agent_init(agent_list_tuple2_string_string_t *config, agent_agent_error_t *err);
 bool exports_agent_handle(agent_list_u8_t *input, agent_option_list_u8_t *ret, agent_agent_error_t *err);
+bool exports_agent_on_change(agent_list_change_event_t *events, agent_agent_error_t *err);
 
 // Helper Functions
 
@@ -300,17 +456,47 @@ void cortex_agent_documents_list_revision_free(cortex_agent_documents_list_revis
 
 void cortex_agent_documents_result_list_revision_error_free(cortex_agent_documents_result_list_revision_error_t *ptr);
 
+void cortex_agent_graph_edge_free(cortex_agent_graph_edge_t *ptr);
+
+void cortex_agent_graph_error_free(cortex_agent_graph_error_t *ptr);
+
+void cortex_agent_graph_result_void_error_free(cortex_agent_graph_result_void_error_t *ptr);
+
+void cortex_agent_graph_result_bool_error_free(cortex_agent_graph_result_bool_error_t *ptr);
+
+void cortex_agent_graph_list_edge_free(cortex_agent_graph_list_edge_t *ptr);
+
+void cortex_agent_graph_result_list_edge_error_free(cortex_agent_graph_result_list_edge_error_t *ptr);
+
+void agent_list_string_free(agent_list_string_t *ptr);
+
+void cortex_agent_graph_result_list_string_error_free(cortex_agent_graph_result_list_string_error_t *ptr);
+
 void cortex_agent_types_agent_error_free(cortex_agent_types_agent_error_t *ptr);
 
 void cortex_agent_types_change_event_free(cortex_agent_types_change_event_t *ptr);
 
-void agent_agent_error_free(agent_agent_error_t *ptr);
+void cortex_agent_messaging_agent_error_free(cortex_agent_messaging_agent_error_t *ptr);
+
+void cortex_agent_messaging_error_free(cortex_agent_messaging_error_t *ptr);
 
 void agent_list_u8_free(agent_list_u8_t *ptr);
 
+void cortex_agent_messaging_result_void_error_free(cortex_agent_messaging_result_void_error_t *ptr);
+
 void agent_option_list_u8_free(agent_option_list_u8_t *ptr);
 
+void cortex_agent_messaging_result_option_list_u8_error_free(cortex_agent_messaging_result_option_list_u8_error_t *ptr);
+
+void agent_agent_error_free(agent_agent_error_t *ptr);
+
+void agent_change_event_free(agent_change_event_t *ptr);
+
+void agent_result_void_agent_error_free(agent_result_void_agent_error_t *ptr);
+
 void agent_result_option_list_u8_agent_error_free(agent_result_option_list_u8_agent_error_t *ptr);
+
+void agent_list_change_event_free(agent_list_change_event_t *ptr);
 
 // Sets the string `ret` to reference the input string `s` without copying it
 void agent_string_set(agent_string_t *ret, const char*s);

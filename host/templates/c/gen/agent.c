@@ -37,7 +37,50 @@ extern void __wasm_import_cortex_agent_documents_list(uint8_t *, size_t, uint8_t
 __attribute__((__import_module__("cortex:agent/documents@0.1.0"), __import_name__("transact")))
 extern void __wasm_import_cortex_agent_documents_transact(uint8_t *, size_t, uint8_t *);
 
+// Imported Functions from `cortex:agent/graph@0.1.0`
+
+__attribute__((__import_module__("cortex:agent/graph@0.1.0"), __import_name__("link")))
+extern void __wasm_import_cortex_agent_graph_link(uint8_t *, size_t, uint8_t *, size_t, uint8_t *, size_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("cortex:agent/graph@0.1.0"), __import_name__("unlink")))
+extern void __wasm_import_cortex_agent_graph_unlink(uint8_t *, size_t, uint8_t *, size_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("cortex:agent/graph@0.1.0"), __import_name__("neighbours")))
+extern void __wasm_import_cortex_agent_graph_neighbours(uint8_t *, size_t, int32_t, uint8_t *, size_t, int32_t, int32_t, uint8_t *);
+
+__attribute__((__import_module__("cortex:agent/graph@0.1.0"), __import_name__("traverse")))
+extern void __wasm_import_cortex_agent_graph_traverse(uint8_t *, size_t, int32_t, uint8_t *, size_t, int32_t, int32_t, int32_t, uint8_t *);
+
+// Imported Functions from `cortex:agent/messaging@0.1.0`
+
+__attribute__((__import_module__("cortex:agent/messaging@0.1.0"), __import_name__("send")))
+extern void __wasm_import_cortex_agent_messaging_send(uint8_t *, size_t, uint8_t *, size_t, int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("cortex:agent/messaging@0.1.0"), __import_name__("call")))
+extern void __wasm_import_cortex_agent_messaging_call(uint8_t *, size_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("cortex:agent/messaging@0.1.0"), __import_name__("publish")))
+extern void __wasm_import_cortex_agent_messaging_publish(uint8_t *, size_t, uint8_t *, size_t, uint8_t *);
+
 // Exported Functions from `agent`
+
+__attribute__((__weak__, __export_name__("cabi_post_init")))
+void __wasm_export_exports_agent_init_post_return(uint8_t * arg0) {
+  switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
+    case 0: {
+      break;
+    }
+    case 1: {
+      if ((*((size_t*) (arg0 + (2*sizeof(void*))))) > 0) {
+        free(*((uint8_t **) (arg0 + sizeof(void*))));
+      }
+      if ((*((size_t*) (arg0 + (4*sizeof(void*))))) > 0) {
+        free(*((uint8_t **) (arg0 + (3*sizeof(void*)))));
+      }
+      break;
+    }
+  }
+}
 
 __attribute__((__weak__, __export_name__("cabi_post_handle")))
 void __wasm_export_exports_agent_handle_post_return(uint8_t * arg0) {
@@ -60,6 +103,24 @@ void __wasm_export_exports_agent_handle_post_return(uint8_t * arg0) {
           break;
         }
       }
+      break;
+    }
+    case 1: {
+      if ((*((size_t*) (arg0 + (2*sizeof(void*))))) > 0) {
+        free(*((uint8_t **) (arg0 + sizeof(void*))));
+      }
+      if ((*((size_t*) (arg0 + (4*sizeof(void*))))) > 0) {
+        free(*((uint8_t **) (arg0 + (3*sizeof(void*)))));
+      }
+      break;
+    }
+  }
+}
+
+__attribute__((__weak__, __export_name__("cabi_post_on-change")))
+void __wasm_export_exports_agent_on_change_post_return(uint8_t * arg0) {
+  switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
+    case 0: {
       break;
     }
     case 1: {
@@ -263,6 +324,86 @@ void cortex_agent_documents_result_list_revision_error_free(cortex_agent_documen
   }
 }
 
+void cortex_agent_graph_edge_free(cortex_agent_graph_edge_t *ptr) {
+  agent_string_free(&ptr->from);
+  agent_string_free(&ptr->to);
+  agent_string_free(&ptr->kind);
+  agent_string_free(&ptr->attributes);
+}
+
+void cortex_agent_graph_error_free(cortex_agent_graph_error_t *ptr) {
+  switch ((int32_t) ptr->tag) {
+    case 0: {
+      agent_string_free(&ptr->val.unknown_agent);
+      break;
+    }
+    case 1: {
+      agent_string_free(&ptr->val.invalid_argument);
+      break;
+    }
+    case 2: {
+      agent_string_free(&ptr->val.too_large);
+      break;
+    }
+    case 3: {
+      agent_string_free(&ptr->val.unavailable);
+      break;
+    }
+  }
+}
+
+void cortex_agent_graph_result_void_error_free(cortex_agent_graph_result_void_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    cortex_agent_graph_error_free(&ptr->val.err);
+  }
+}
+
+void cortex_agent_graph_result_bool_error_free(cortex_agent_graph_result_bool_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    cortex_agent_graph_error_free(&ptr->val.err);
+  }
+}
+
+void cortex_agent_graph_list_edge_free(cortex_agent_graph_list_edge_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    cortex_agent_graph_edge_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+      cortex_agent_graph_edge_free(&list_ptr[i]);
+    }
+    free(list_ptr);
+  }
+}
+
+void cortex_agent_graph_result_list_edge_error_free(cortex_agent_graph_result_list_edge_error_t *ptr) {
+  if (!ptr->is_err) {
+    cortex_agent_graph_list_edge_free(&ptr->val.ok);
+  } else {
+    cortex_agent_graph_error_free(&ptr->val.err);
+  }
+}
+
+void agent_list_string_free(agent_list_string_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    agent_string_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+      agent_string_free(&list_ptr[i]);
+    }
+    free(list_ptr);
+  }
+}
+
+void cortex_agent_graph_result_list_string_error_free(cortex_agent_graph_result_list_string_error_t *ptr) {
+  if (!ptr->is_err) {
+    agent_list_string_free(&ptr->val.ok);
+  } else {
+    cortex_agent_graph_error_free(&ptr->val.err);
+  }
+}
+
 void cortex_agent_types_agent_error_free(cortex_agent_types_agent_error_t *ptr) {
   agent_string_free(&ptr->code);
   agent_string_free(&ptr->message);
@@ -273,8 +414,33 @@ void cortex_agent_types_change_event_free(cortex_agent_types_change_event_t *ptr
   agent_string_free(&ptr->key);
 }
 
-void agent_agent_error_free(agent_agent_error_t *ptr) {
+void cortex_agent_messaging_agent_error_free(cortex_agent_messaging_agent_error_t *ptr) {
   cortex_agent_types_agent_error_free(ptr);
+}
+
+void cortex_agent_messaging_error_free(cortex_agent_messaging_error_t *ptr) {
+  switch ((int32_t) ptr->tag) {
+    case 0: {
+      agent_string_free(&ptr->val.unknown_agent);
+      break;
+    }
+    case 3: {
+      cortex_agent_messaging_agent_error_free(&ptr->val.agent);
+      break;
+    }
+    case 4: {
+      agent_string_free(&ptr->val.too_large);
+      break;
+    }
+    case 5: {
+      agent_string_free(&ptr->val.invalid_argument);
+      break;
+    }
+    case 6: {
+      agent_string_free(&ptr->val.unavailable);
+      break;
+    }
+  }
 }
 
 void agent_list_u8_free(agent_list_u8_t *ptr) {
@@ -287,9 +453,39 @@ void agent_list_u8_free(agent_list_u8_t *ptr) {
   }
 }
 
+void cortex_agent_messaging_result_void_error_free(cortex_agent_messaging_result_void_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    cortex_agent_messaging_error_free(&ptr->val.err);
+  }
+}
+
 void agent_option_list_u8_free(agent_option_list_u8_t *ptr) {
   if (ptr->is_some) {
     agent_list_u8_free(&ptr->val);
+  }
+}
+
+void cortex_agent_messaging_result_option_list_u8_error_free(cortex_agent_messaging_result_option_list_u8_error_t *ptr) {
+  if (!ptr->is_err) {
+    agent_option_list_u8_free(&ptr->val.ok);
+  } else {
+    cortex_agent_messaging_error_free(&ptr->val.err);
+  }
+}
+
+void agent_agent_error_free(agent_agent_error_t *ptr) {
+  cortex_agent_types_agent_error_free(ptr);
+}
+
+void agent_change_event_free(agent_change_event_t *ptr) {
+  cortex_agent_types_change_event_free(ptr);
+}
+
+void agent_result_void_agent_error_free(agent_result_void_agent_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    agent_agent_error_free(&ptr->val.err);
   }
 }
 
@@ -298,6 +494,17 @@ void agent_result_option_list_u8_agent_error_free(agent_result_option_list_u8_ag
     agent_option_list_u8_free(&ptr->val.ok);
   } else {
     agent_agent_error_free(&ptr->val.err);
+  }
+}
+
+void agent_list_change_event_free(agent_list_change_event_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    agent_change_event_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+      agent_change_event_free(&list_ptr[i]);
+    }
+    free(list_ptr);
   }
 }
 
@@ -736,6 +943,461 @@ bool cortex_agent_documents_transact(cortex_agent_documents_list_op_t *ops, cort
   }
 }
 
+bool cortex_agent_graph_link(agent_string_t *from, agent_string_t *to, agent_string_t *kind, agent_string_t *attributes, cortex_agent_graph_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_cortex_agent_graph_link((uint8_t *) (*from).ptr, (*from).len, (uint8_t *) (*to).ptr, (*to).len, (uint8_t *) (*kind).ptr, (*kind).len, (uint8_t *) (*attributes).ptr, (*attributes).len, ptr);
+  cortex_agent_graph_result_void_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      cortex_agent_graph_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.unknown_agent = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 1: {
+          variant.val.invalid_argument = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 2: {
+          variant.val.too_large = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 3: {
+          variant.val.unavailable = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool cortex_agent_graph_unlink(agent_string_t *from, agent_string_t *to, agent_string_t *kind, bool *ret, cortex_agent_graph_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_cortex_agent_graph_unlink((uint8_t *) (*from).ptr, (*from).len, (uint8_t *) (*to).ptr, (*to).len, (uint8_t *) (*kind).ptr, (*kind).len, ptr);
+  cortex_agent_graph_result_bool_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      cortex_agent_graph_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.unknown_agent = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 1: {
+          variant.val.invalid_argument = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 2: {
+          variant.val.too_large = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 3: {
+          variant.val.unavailable = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool cortex_agent_graph_neighbours(agent_string_t *agent, agent_string_t *maybe_kind, cortex_agent_graph_direction_t direction, uint32_t limit, cortex_agent_graph_list_edge_t *ret, cortex_agent_graph_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  agent_option_string_t kind;
+  kind.is_some = maybe_kind != NULL;if (maybe_kind) {
+    kind.val = *maybe_kind;
+  }
+  int32_t option;
+  uint8_t * option1;
+  size_t option2;
+  if ((kind).is_some) {
+    const agent_string_t *payload0 = &(kind).val;
+    option = 1;
+    option1 = (uint8_t *) (*payload0).ptr;
+    option2 = (*payload0).len;
+  } else {
+    option = 0;
+    option1 = 0;
+    option2 = 0;
+  }
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_cortex_agent_graph_neighbours((uint8_t *) (*agent).ptr, (*agent).len, option, option1, option2, (int32_t) direction, (int32_t) (limit), ptr);
+  cortex_agent_graph_result_list_edge_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (cortex_agent_graph_list_edge_t) { (cortex_agent_graph_edge_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      cortex_agent_graph_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.unknown_agent = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 1: {
+          variant.val.invalid_argument = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 2: {
+          variant.val.too_large = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 3: {
+          variant.val.unavailable = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool cortex_agent_graph_traverse(agent_string_t *start, agent_string_t *maybe_kind, cortex_agent_graph_direction_t direction, uint32_t max_depth, uint32_t limit, agent_list_string_t *ret, cortex_agent_graph_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  agent_option_string_t kind;
+  kind.is_some = maybe_kind != NULL;if (maybe_kind) {
+    kind.val = *maybe_kind;
+  }
+  int32_t option;
+  uint8_t * option1;
+  size_t option2;
+  if ((kind).is_some) {
+    const agent_string_t *payload0 = &(kind).val;
+    option = 1;
+    option1 = (uint8_t *) (*payload0).ptr;
+    option2 = (*payload0).len;
+  } else {
+    option = 0;
+    option1 = 0;
+    option2 = 0;
+  }
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_cortex_agent_graph_traverse((uint8_t *) (*start).ptr, (*start).len, option, option1, option2, (int32_t) direction, (int32_t) (max_depth), (int32_t) (limit), ptr);
+  cortex_agent_graph_result_list_string_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (agent_list_string_t) { (agent_string_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      cortex_agent_graph_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.unknown_agent = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 1: {
+          variant.val.invalid_argument = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 2: {
+          variant.val.too_large = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 3: {
+          variant.val.unavailable = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool cortex_agent_messaging_send(agent_string_t *agent, agent_list_u8_t *body, agent_string_t *maybe_idempotency_key, cortex_agent_messaging_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(6*sizeof(void*))];
+  agent_option_string_t idempotency_key;
+  idempotency_key.is_some = maybe_idempotency_key != NULL;if (maybe_idempotency_key) {
+    idempotency_key.val = *maybe_idempotency_key;
+  }
+  int32_t option;
+  uint8_t * option1;
+  size_t option2;
+  if ((idempotency_key).is_some) {
+    const agent_string_t *payload0 = &(idempotency_key).val;
+    option = 1;
+    option1 = (uint8_t *) (*payload0).ptr;
+    option2 = (*payload0).len;
+  } else {
+    option = 0;
+    option1 = 0;
+    option2 = 0;
+  }
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_cortex_agent_messaging_send((uint8_t *) (*agent).ptr, (*agent).len, (uint8_t *) (*body).ptr, (*body).len, option, option1, option2, ptr);
+  cortex_agent_messaging_result_void_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      cortex_agent_messaging_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.unknown_agent = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          break;
+        }
+        case 3: {
+          variant.val.agent = (cortex_agent_types_agent_error_t) {
+            (agent_string_t) (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) },
+            (agent_string_t) (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (4*sizeof(void*))))), (*((size_t*) (ptr + (5*sizeof(void*))))) },
+          };
+          break;
+        }
+        case 4: {
+          variant.val.too_large = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 5: {
+          variant.val.invalid_argument = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 6: {
+          variant.val.unavailable = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool cortex_agent_messaging_call(agent_string_t *agent, agent_list_u8_t *body, agent_option_list_u8_t *ret, cortex_agent_messaging_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(6*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_cortex_agent_messaging_call((uint8_t *) (*agent).ptr, (*agent).len, (uint8_t *) (*body).ptr, (*body).len, ptr);
+  cortex_agent_messaging_result_option_list_u8_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      agent_option_list_u8_t option;
+      switch ((int32_t) *((uint8_t*) (ptr + sizeof(void*)))) {
+        case 0: {
+          option.is_some = false;
+          break;
+        }
+        case 1: {
+          option.is_some = true;
+          option.val = (agent_list_u8_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.ok = option;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      cortex_agent_messaging_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.unknown_agent = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          break;
+        }
+        case 3: {
+          variant.val.agent = (cortex_agent_types_agent_error_t) {
+            (agent_string_t) (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) },
+            (agent_string_t) (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (4*sizeof(void*))))), (*((size_t*) (ptr + (5*sizeof(void*))))) },
+          };
+          break;
+        }
+        case 4: {
+          variant.val.too_large = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 5: {
+          variant.val.invalid_argument = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 6: {
+          variant.val.unavailable = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool cortex_agent_messaging_publish(agent_string_t *topic, agent_list_u8_t *body, cortex_agent_messaging_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(6*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_cortex_agent_messaging_publish((uint8_t *) (*topic).ptr, (*topic).len, (uint8_t *) (*body).ptr, (*body).len, ptr);
+  cortex_agent_messaging_result_void_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      cortex_agent_messaging_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.unknown_agent = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          break;
+        }
+        case 3: {
+          variant.val.agent = (cortex_agent_types_agent_error_t) {
+            (agent_string_t) (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) },
+            (agent_string_t) (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (4*sizeof(void*))))), (*((size_t*) (ptr + (5*sizeof(void*))))) },
+          };
+          break;
+        }
+        case 4: {
+          variant.val.too_large = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 5: {
+          variant.val.invalid_argument = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 6: {
+          variant.val.unavailable = (agent_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+__attribute__((__export_name__("init")))
+uint8_t * __wasm_export_exports_agent_init(uint8_t * arg, size_t arg0) {
+  agent_list_tuple2_string_string_t arg1 = (agent_list_tuple2_string_string_t) { (agent_tuple2_string_string_t*)(arg), (arg0) };
+  agent_result_void_agent_error_t ret;
+  agent_agent_error_t err;
+  ret.is_err = !exports_agent_init(&arg1, &err);
+  if (ret.is_err) {
+    ret.val.err = err;
+  }
+  uint8_t *ptr = (uint8_t *) &RET_AREA;
+  if ((ret).is_err) {
+    const agent_agent_error_t *payload2 = &(ret).val.err;*((int8_t*)(ptr + 0)) = 1;
+    *((size_t*)(ptr + (2*sizeof(void*)))) = ((*payload2).code).len;
+    *((uint8_t **)(ptr + sizeof(void*))) = (uint8_t *) ((*payload2).code).ptr;
+    *((size_t*)(ptr + (4*sizeof(void*)))) = ((*payload2).message).len;
+    *((uint8_t **)(ptr + (3*sizeof(void*)))) = (uint8_t *) ((*payload2).message).ptr;
+  } else {
+    *((int8_t*)(ptr + 0)) = 0;
+  }
+  return ptr;
+}
+
 __attribute__((__export_name__("handle")))
 uint8_t * __wasm_export_exports_agent_handle(uint8_t * arg, size_t arg0) {
   agent_list_u8_t arg1 = (agent_list_u8_t) { (uint8_t*)(arg), (arg0) };
@@ -766,6 +1428,28 @@ uint8_t * __wasm_export_exports_agent_handle(uint8_t * arg, size_t arg0) {
     } else {
       *((int8_t*)(ptr + sizeof(void*))) = 0;
     }
+  }
+  return ptr;
+}
+
+__attribute__((__export_name__("on-change")))
+uint8_t * __wasm_export_exports_agent_on_change(uint8_t * arg, size_t arg0) {
+  agent_list_change_event_t arg1 = (agent_list_change_event_t) { (agent_change_event_t*)(arg), (arg0) };
+  agent_result_void_agent_error_t ret;
+  agent_agent_error_t err;
+  ret.is_err = !exports_agent_on_change(&arg1, &err);
+  if (ret.is_err) {
+    ret.val.err = err;
+  }
+  uint8_t *ptr = (uint8_t *) &RET_AREA;
+  if ((ret).is_err) {
+    const agent_agent_error_t *payload2 = &(ret).val.err;*((int8_t*)(ptr + 0)) = 1;
+    *((size_t*)(ptr + (2*sizeof(void*)))) = ((*payload2).code).len;
+    *((uint8_t **)(ptr + sizeof(void*))) = (uint8_t *) ((*payload2).code).ptr;
+    *((size_t*)(ptr + (4*sizeof(void*)))) = ((*payload2).message).len;
+    *((uint8_t **)(ptr + (3*sizeof(void*)))) = (uint8_t *) ((*payload2).message).ptr;
+  } else {
+    *((int8_t*)(ptr + 0)) = 0;
   }
   return ptr;
 }

@@ -2,7 +2,6 @@
 //
 // This code was generated from the following packages:
 //     cortex:agent@0.1.0
-//     cortex:lang-agent@0.1.0
 
 package wit_world
 
@@ -11,3 +10,4 @@ import (
 )
 
 type AgentError = cortex_agent_types.AgentError
+type ChangeEvent = cortex_agent_types.ChangeEvent
