@@ -799,6 +799,20 @@ async fn the_openapi_document_lists_every_served_route() {
             assert!(!r.status.is_server_error(), "{m} {path}: {} {}", r.status, r.text);
             n += 1;
         }
+        // And a method it does not document is not served there.
+        for m in [Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+            if ops.get(m.as_str().to_lowercase()).is_some() {
+                continue;
+            }
+            let concrete = path.replace("{name}", "nothing-here").replace('{', "").replace('}', "");
+            let r = answer(s.req(m.clone(), &concrete, &admin).send().await.unwrap()).await;
+            assert_eq!(
+                (r.status, r.code.as_str()),
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+                "{m} {path} is served but not documented: {}",
+                r.text
+            );
+        }
     }
     assert!(n >= 28, "only {n} operations documented");
     for path in ["/v1/nope", "/v2/agents", "/v1/agents/a/b/c", "/"] {

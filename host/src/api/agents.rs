@@ -176,7 +176,7 @@ pub async fn get_agent(State(st): St, p: Caller, Path(name): Path<AgentName>) ->
     Ok(Json(st.agents.view(&d)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigBody {
     config: BTreeMap<String, String>,
@@ -193,7 +193,7 @@ pub async fn update_config(
     Ok(Json(st.agents.view(&d)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpgradeBody {
     module: String,
@@ -355,11 +355,14 @@ fn header_value_of(v: impl std::fmt::Display) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&buf.0[..buf.1]).ok()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogQuery {
+    /// Only lines after this sequence number (default 0: the oldest kept).
     #[serde(default)]
     since: u64,
+    /// At most this many lines (default 100, at most 1000).
     #[serde(default)]
     limit: Option<usize>,
 }

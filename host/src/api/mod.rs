@@ -9,6 +9,7 @@ pub mod error;
 mod events;
 mod openapi;
 mod profiles;
+pub mod request_id;
 mod routes;
 pub mod state;
 pub mod stream_guard;

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::logbuf::{Logs, truncate};
 
 /// One line of an agent's log ring.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct LogLine {
     /// Position in the agent's ring (from 1, increasing).
     pub seq: u64,
@@ -21,6 +21,7 @@ pub struct LogLine {
     /// The invocation that wrote it.
     pub invocation: String,
     /// `stdout`, `stderr` or `log`.
+    #[schema(value_type = String)]
     pub stream: &'static str,
     /// Level of a `log` record.
     #[serde(skip_serializing_if = "Option::is_none")]
