@@ -25,7 +25,7 @@ fn installed(bin: PathBuf) -> PathBuf {
 }
 
 fn client_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../openapi-client")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi-client")
 }
 
 /// The document as the server serves it, written to `dir/openapi.json`.

@@ -110,7 +110,8 @@ async fn every_problem_on_every_route_carries_the_request_id_of_its_response() {
     }
     assert!(limited, "no invocation was over the rate quota");
     for bad in ["a".repeat(129), "has space".to_owned()] {
-        let r = s.req(Method::POST, "/v1/agents/nobody/invoke", &dev).header("x-request-id", &bad).send().await.unwrap();
+        let r =
+            s.req(Method::POST, "/v1/agents/nobody/invoke", &dev).header("x-request-id", &bad).send().await.unwrap();
         let (_, id) = id_of(r, "insane id").await;
         assert!(id != bad && !id.is_empty() && id.len() <= 128, "{id}");
     }

@@ -102,7 +102,8 @@ pub async fn stream(
             }
         }
     });
-    Ok(Sse::new(guard.wrap(events, move |lapse| Some(Ok(end_event(lapse, request_id))))).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(guard.wrap(events, move |lapse| Some(Ok(end_event(lapse, request_id)))))
+        .keep_alive(KeepAlive::default()))
 }
 
 /// The last event of a stream whose credentials lapsed: `event: end`, a problem as data.

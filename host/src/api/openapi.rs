@@ -117,7 +117,9 @@ impl Doc {
             "responses": {},
         });
         let mut op = Op { doc: self, method, path, v, errors: AUTHED_ERRORS.to_vec() };
-        op.v["parameters"].as_array_mut().map(|p| p.push(json!({"$ref": "#/components/parameters/Tenant"})));
+        if let Some(p) = op.v["parameters"].as_array_mut() {
+            p.push(json!({"$ref": "#/components/parameters/Tenant"}));
+        }
         op
     }
 }
@@ -135,7 +137,9 @@ impl Op<'_> {
     /// Open to anyone (no credentials, no tenant header); it answers no error but those of
     /// `errors`.
     fn public(mut self, errors: &[u16]) -> Self {
-        self.v.as_object_mut().map(|o| o.remove("security"));
+        if let Some(o) = self.v.as_object_mut() {
+            o.remove("security");
+        }
         if let Some(p) = self.v["parameters"].as_array_mut() {
             p.retain(|p| p["$ref"] != "#/components/parameters/Tenant");
         }
@@ -156,7 +160,9 @@ impl Op<'_> {
     /// A request header parameter.
     fn header(mut self, name: &str, description: &str, schema: Value) -> Self {
         if let Some(list) = self.v["parameters"].as_array_mut() {
-            list.push(json!({"name": name, "in": "header", "required": false, "description": description, "schema": schema}));
+            list.push(
+                json!({"name": name, "in": "header", "required": false, "description": description, "schema": schema}),
+            );
         }
         self
     }
@@ -313,7 +319,9 @@ fn operations(d: &mut Doc) {
     d.op("get", "/v1/profiles", "listProfiles", "List the tenant's resource profiles")
         .list::<ProfileRecord>("The profiles")
         .add();
-    d.op("get", "/v1/profiles/{name}", "getProfile", "Get a resource profile").ok::<ProfileRecord>(200, "The profile").add();
+    d.op("get", "/v1/profiles/{name}", "getProfile", "Get a resource profile")
+        .ok::<ProfileRecord>(200, "The profile")
+        .add();
     d.op(
         "put",
         "/v1/profiles/{name}",
@@ -325,10 +333,15 @@ fn operations(d: &mut Doc) {
     .ok::<ProfileRecord>(201, "Created")
     .errors(&[409])
     .add();
-    d.op("delete", "/v1/profiles/{name}", "deleteProfile", "Delete a resource profile no agent was deployed with (tenant-admin)")
-        .empty(204, "Deleted")
-        .errors(&[409])
-        .add();
+    d.op(
+        "delete",
+        "/v1/profiles/{name}",
+        "deleteProfile",
+        "Delete a resource profile no agent was deployed with (tenant-admin)",
+    )
+    .empty(204, "Deleted")
+    .errors(&[409])
+    .add();
 
     // --- the change feed ---
     d.op("get", "/v1/events", "listEvents", "The tenant's change feed after a sequence number")
@@ -463,7 +476,10 @@ fn unsigned_bounds(v: &mut Value) {
                 Some(Value::Array(ts)) => ts.iter().any(|t| t == "integer"),
                 _ => false,
             };
-            if integer && o.get("minimum").and_then(Value::as_f64).is_some_and(|m| m >= 0.0) && !o.contains_key("maximum") {
+            if integer
+                && o.get("minimum").and_then(Value::as_f64).is_some_and(|m| m >= 0.0)
+                && !o.contains_key("maximum")
+            {
                 let max = match o.get("format").and_then(Value::as_str) {
                     Some("int32") => json!(u32::MAX),
                     _ => json!(u64::MAX),
@@ -565,7 +581,9 @@ mod tests {
             for (method, op) in ops.as_object().unwrap() {
                 let id = op["operationId"].as_str().unwrap();
                 assert!(ids.insert(id.to_owned()), "operationId {id} twice");
-                assert!(id.chars().next().unwrap().is_ascii_lowercase() && id.chars().all(|c| c.is_ascii_alphanumeric()));
+                assert!(
+                    id.chars().next().unwrap().is_ascii_lowercase() && id.chars().all(|c| c.is_ascii_alphanumeric())
+                );
                 let responses = op["responses"].as_object().unwrap();
                 assert!(responses.keys().any(|k| k.starts_with('2')), "{method} {path}: no success");
                 if !PUBLIC.contains(&path.as_str()) {
