@@ -50,9 +50,9 @@ async fn every_problem_on_every_route_carries_the_request_id_of_its_response() {
         n += 1;
         // Every other request names its own id: it is kept.
         let mine = format!("client-{n}");
-        let rb = if n % 2 == 0 { rb.header("x-request-id", &mine) } else { rb };
+        let rb = if n.is_multiple_of(2) { rb.header("x-request-id", &mine) } else { rb };
         let (status, id) = id_of(rb.send().await.unwrap(), &what).await;
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             assert_eq!(id, mine, "{what}");
         }
         *seen.entry(status.as_u16()).or_default() += 1;
