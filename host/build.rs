@@ -173,7 +173,6 @@ fn vendor_sdk(templates: &Path, code: &mut String) {
     }
 }
 
-
 fn git(args: &[&str]) -> Option<String> {
     let out = Command::new("git").args(args).output().ok()?;
     let text = String::from_utf8(out.stdout).ok()?;

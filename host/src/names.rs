@@ -84,6 +84,19 @@ pub fn check(kind: NameKind, name: &str) -> Result<(), NameError> {
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AgentName(String);
 
+/// In the OpenAPI document: a string matching [`NAME_RULE`].
+impl utoipa::PartialSchema for AgentName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(format!("^{NAME_RULE}$")))
+            .description(Some("A name (of an agent, a tenant or a profile)"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for AgentName {}
+
 impl AgentName {
     /// `name`, if it is an agent name.
     pub fn parse(name: &str) -> Result<Self, NameError> {

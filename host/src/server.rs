@@ -24,7 +24,6 @@ use crate::api::auth::{AuthError, Verifier};
 use crate::api::error::ApiError;
 use crate::api::{self, AppState};
 use crate::config::{ServerConfig, StoreConfig};
-use crate::ids::RequestId;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::store::{ArangoStore, EmbeddedStore, Store, StoreError};
 
@@ -73,8 +72,8 @@ pub async fn build(config: ServerConfig) -> Result<Arc<AppState>, ServeError> {
     Ok(state)
 }
 
-/// The header echoing a request's id.
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The header carrying a request's id (see [`api::request_id`]).
+pub use crate::api::request_id::REQUEST_ID;
 
 /// What every request goes through before and after routing, once (not wrapped around each
 /// route, where axum would clone and box it per route level): a span with the method, path and
@@ -243,7 +242,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let id = RequestId::next();
+        let id = api::request_id::of_request(req.headers());
         let activity = self.activity.clone();
         if let Some(a) = &activity {
             a.begun.fetch_add(1, Ordering::Relaxed);
@@ -252,7 +251,7 @@ where
         // unless the response streams on.
         let keep_alive = activity.as_ref().map(|_| self.keep_alive.clone());
         let mut ended = activity.map(Ended);
-        let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
+        let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = id.to_str().unwrap_or("-"));
         let deadline = api::RequestDeadline::after(self.timeout);
         let (started, method, metrics) = (std::time::Instant::now(), req.method().clone(), self.state.metrics.clone());
         // Where the router says which route it took (none on the fast path).
@@ -278,7 +277,9 @@ where
                 Lane::Router(Service::<Request<B>>::call(&mut self.router, req), bounded)
             }
         };
-        Box::pin(
+        let scoped_id = id.clone();
+        Box::pin(api::request_id::scope(
+            scoped_id,
             async move {
                 let mut resp = match lane {
                     Lane::Invoke(invoked) => invoked.await,
@@ -298,7 +299,7 @@ where
                 // By route template, the fast path's as the router's.
                 let route = route_slot.as_ref().map_or(crate::telemetry::http::INVOKE_ROUTE, |r| r.label());
                 metrics.http_request(&method, route, resp.status().as_u16(), started.elapsed());
-                resp.headers_mut().insert(REQUEST_ID, id.header_value());
+                resp.headers_mut().insert(REQUEST_ID, id);
                 if ended.as_ref().is_some_and(|e| e.0.closing.load(Ordering::Relaxed)) {
                     // Shutting down: the client must not send another request here.
                     resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -316,7 +317,7 @@ where
                 Ok(resp)
             }
             .instrument(span),
-        )
+        ))
     }
 }
 

@@ -360,6 +360,11 @@ async fn rbac_matrix_matches_the_table_for_every_role_and_route() {
             );
         }
     }
+    // And every route of the table is in the document.
+    for (m, template, ..) in &routes {
+        let op = &doc["paths"][*template][m.as_str().to_lowercase()];
+        assert!(op["operationId"].is_string(), "{m} {template} is served but not in the OpenAPI document");
+    }
     for a in Action::ALL {
         assert!(routes.iter().any(|r| r.3 == a), "no route exercises {a:?}");
     }
@@ -826,6 +831,20 @@ async fn the_openapi_document_lists_every_served_route() {
             assert_ne!(r.code, "no_route", "{m} {path} is documented but not served");
             assert!(!r.status.is_server_error(), "{m} {path}: {} {}", r.status, r.text);
             n += 1;
+        }
+        // And a method it does not document is not served there.
+        for m in [Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+            if ops.get(m.as_str().to_lowercase()).is_some() {
+                continue;
+            }
+            let concrete = path.replace("{name}", "nothing-here").replace(['{', '}'], "");
+            let r = answer(s.req(m.clone(), &concrete, &admin).send().await.unwrap()).await;
+            assert_eq!(
+                (r.status, r.code.as_str()),
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+                "{m} {path} is served but not documented: {}",
+                r.text
+            );
         }
     }
     assert!(n >= 28, "only {n} operations documented");

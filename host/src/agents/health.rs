@@ -47,7 +47,7 @@ impl Verdict {
 }
 
 /// The state of a circuit breaker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Circuit {
     /// Invocations run.
@@ -75,7 +75,7 @@ impl Circuit {
 }
 
 /// The health of an agent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthState {
     /// No failure in its window.
@@ -156,7 +156,7 @@ struct Inner {
 }
 
 /// What the agent view shows of the breaker and the window (flattened into it).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct HealthView {
     /// The breaker.
     pub circuit: Circuit,
@@ -174,7 +174,7 @@ pub struct HealthView {
 }
 
 /// The sliding window of an agent's outcomes.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, utoipa::ToSchema)]
 pub struct WindowView {
     /// Outcomes in the window.
     pub outcomes: u32,
@@ -187,7 +187,7 @@ pub struct WindowView {
 }
 
 /// Invocations judged by a probation so far.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, utoipa::ToSchema)]
 pub struct ProbationProgress {
     /// Invocations that ended.
     pub invocations: u32,

@@ -21,7 +21,7 @@ use crate::runtime::Module;
 use crate::store::{RecordKind, StoreError, check_collection, keys::check_prefix};
 
 /// What a deploy asks for (the body of `POST /v1/agents`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeploySpec {
     /// The agent's name (checked when the spec is parsed).
@@ -38,18 +38,23 @@ pub struct DeploySpec {
     pub limits: AgentLimits,
     /// Invocations at once: from its profile when left out, else 16.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_concurrency: Option<u32>,
     /// Invocations that may wait for a slot.
     #[serde(default = "crate::registry::default_queue")]
+    #[schema(maximum = 10_000)]
     pub queue: u32,
     /// How long one may wait, in milliseconds.
     #[serde(default = "crate::registry::default_queue_timeout_ms")]
+    #[schema(maximum = 60_000)]
     pub queue_timeout_ms: u64,
     /// Change feeds it takes.
     #[serde(default)]
+    #[schema(max_items = 32)]
     pub watches: Vec<Watch>,
     /// Topics it takes.
     #[serde(default)]
+    #[schema(max_items = 32)]
     pub subscriptions: Vec<String>,
     /// Its health window and circuit breaker (defaults in [`Supervision`]).
     #[serde(default)]

@@ -14,7 +14,7 @@ use crate::store::RecordKind;
 
 /// What a profile sets (the body of `PUT /v1/profiles/{name}`): each value optional, each
 /// given one above 0 and at most the tenant's quota.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileSpec {
     /// Fuel, memory and timeout.
@@ -22,6 +22,7 @@ pub struct ProfileSpec {
     pub limits: AgentLimits,
     /// Invocations at once.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_concurrency: Option<u32>,
 }
 

@@ -12,7 +12,7 @@ use super::health::{HealthState, HealthView};
 use crate::registry::{AgentRecord, now_ms};
 
 /// An agent as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AgentView {
     /// Its record (flattened).
     #[serde(flatten)]
@@ -35,7 +35,7 @@ pub struct AgentView {
 }
 
 /// What an agent's mailbox did (since this node started).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MessageCounters {
     /// Messages delivered.
     pub delivered: u64,

@@ -56,7 +56,8 @@ impl From<AgentsError> for ApiError {
 }
 
 /// `POST /v1/modules?name=..&tag=..`: the name and tag an upload may give its module.
-#[derive(Deserialize)]
+#[derive(utoipa::IntoParams, Deserialize)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UploadQuery {
     #[serde(default)]
@@ -123,7 +124,7 @@ pub async fn get_module(State(st): St, p: Caller, Path(r): Path<String>) -> ApiR
 }
 
 /// `POST /v1/modules/{ref}/tags`.
-#[derive(Deserialize)]
+#[derive(utoipa::ToSchema, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TagBody {
     name: String,
@@ -208,7 +209,7 @@ pub async fn get_agent(State(st): St, p: Caller, Path(name): Path<AgentName>) ->
     Ok(Json(st.agents.view(&d)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigBody {
     config: BTreeMap<String, String>,
@@ -225,7 +226,7 @@ pub async fn update_config(
     Ok(Json(st.agents.view(&d)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpgradeBody {
     module: String,

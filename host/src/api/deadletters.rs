@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 use super::agents::deployed;
 use super::error::{ApiError, ApiResult, problem};
@@ -19,6 +19,19 @@ use crate::registry::{DeadLetter, Letter, now_ms};
 use crate::store::RecordKind;
 
 type St = State<Arc<AppState>>;
+
+/// The answer to a replay that delivered (or found already delivered) its dead letter.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Replayed {
+    /// The dead letter's id (deleted now).
+    id: String,
+    /// `ok`: delivered now; `duplicate`: its message had been delivered already.
+    #[schema(value_type = String)]
+    outcome: &'static str,
+    /// For a change batch: the events delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<usize>,
+}
 
 pub async fn list(State(st): St, p: Caller, Path(name): Path<AgentName>) -> ApiResult<Json<Vec<DeadLetter>>> {
     let (t, _) = deployed(&st, &p, &name).await?;
@@ -61,19 +74,19 @@ pub async fn replay(State(st): St, p: Caller, Path((name, id)): Path<(AgentName,
                 && mailbox::was_delivered(store.as_ref(), k).await?
             {
                 st.registry.delete(RecordKind::DeadLetter, &key).await?;
-                return Ok(Json(json!({ "id": letter.id, "outcome": "duplicate" })).into_response());
+                return Ok(Json(Replayed { id: letter.id, outcome: "duplicate", events: None }).into_response());
             }
             let delivery = st.agents.deliver_message(&letter.tenant, &name, &body).await;
             if let (Delivery::Delivered, Some(k)) = (&delivery, &seen) {
                 mailbox::remember_delivered(store.as_ref(), k).await?;
             }
-            (delivery, json!({ "id": letter.id, "outcome": "ok" }))
+            (delivery, Replayed { id: letter.id.clone(), outcome: "ok", events: None })
         }
         Letter::Changes { events, .. } => {
             let n = events.len();
             (
                 st.agents.deliver_changes(&letter.tenant, &name, events).await,
-                json!({ "id": letter.id, "outcome": "ok", "events": n }),
+                Replayed { id: letter.id.clone(), outcome: "ok", events: Some(n) },
             )
         }
     };

@@ -124,7 +124,7 @@ impl From<crate::names::NameError> for ApiError {
 }
 
 /// The problem+json body.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// A URI naming the problem type.
     #[serde(rename = "type")]
@@ -143,6 +143,10 @@ pub struct Problem {
     /// An agent's own error message, for an invocation that ended `agent_error`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_message: Option<String>,
+    /// The id of the request, as in its `x-request-id` response header: quote it when
+    /// reporting a problem (the server's log has it too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl ApiError {
@@ -198,6 +202,7 @@ fn problem_body(status: StatusCode, code: &str, detail: String) -> Problem {
         code: code.to_owned(),
         agent_code: None,
         agent_message: None,
+        request_id: super::request_id::current(),
     }
 }
 

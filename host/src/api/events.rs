@@ -15,16 +15,20 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use serde::Deserialize;
 
 use super::auth::Action;
-use super::error::ApiResult;
+use super::error::{ApiError, ApiResult};
 use super::stream_guard::{Lapse, StreamGuard};
 use super::{AppState, Caller, Query};
 use crate::store::ChangeEvent;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
+    /// Only events after this sequence number (default 0: from the first). On the stream, a
+    /// `Last-Event-ID` header (the id of the last event a client saw) takes its place.
     #[serde(default)]
     since: u64,
+    /// At most this many events (default 100, at most 1000); on the stream, per batch read.
     #[serde(default)]
     limit: Option<usize>,
     /// For the stream: keep waiting for new events (default), or end once caught up.
@@ -45,6 +49,9 @@ pub async fn list(
 
 /// How long the stream waits for a write before it checks again (keep-alives go out
 /// meanwhile).
+/// The header a reconnecting `EventSource` sends: the id of the last event it saw.
+pub const LAST_EVENT_ID: &str = "last-event-id";
+
 const WAIT: Duration = Duration::from_secs(15);
 
 /// A server-sent-events stream of the tenant's feed, from `since` on.
@@ -55,10 +62,20 @@ pub async fn stream(
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>> {
     let guard = StreamGuard::open(&st, &p, &headers, Action::ReadAgents).await?;
+    // An `EventSource` that reconnects says where it was: the id of the last event it saw.
+    let since = match headers.get(LAST_EVENT_ID) {
+        None => q.since,
+        Some(v) => v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| ApiError::Invalid {
+            code: "invalid_last_event_id",
+            message: "Last-Event-ID must be the sequence number of an event".into(),
+        })?,
+    };
+    // Made here, in the request's task: the stream's end event is read after it.
+    let request_id = super::request_id::current();
     let tenant = guard.tenant().name.clone();
     let batch = q.limit.unwrap_or(100).clamp(1, 1000);
     let follow = q.follow.unwrap_or(true);
-    let state = (st, tenant, q.since, std::collections::VecDeque::<ChangeEvent>::new());
+    let state = (st, tenant, since, std::collections::VecDeque::<ChangeEvent>::new());
     let events = futures_util::stream::unfold(state, move |(st, tenant, mut cursor, mut pending)| async move {
         loop {
             if let Some(e) = pending.pop_front() {
@@ -85,17 +102,20 @@ pub async fn stream(
             }
         }
     });
-    Ok(Sse::new(guard.wrap(events, |lapse| Some(Ok(end_event(lapse))))).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(guard.wrap(events, move |lapse| Some(Ok(end_event(lapse, request_id)))))
+        .keep_alive(KeepAlive::default()))
 }
 
 /// The last event of a stream whose credentials lapsed: `event: end`, a problem as data.
-pub(super) fn end_event(lapse: Lapse) -> Event {
-    end(lapse.code(), lapse.status(), lapse.detail())
+pub(super) fn end_event(lapse: Lapse, request_id: Option<String>) -> Event {
+    end(lapse.code(), lapse.status(), lapse.detail(), request_id)
 }
 
-/// The last event of a stream the server ends: `event: end`, a problem as data.
-pub(super) fn end(code: &str, status: u16, detail: &str) -> Event {
+/// The last event of a stream the server ends: `event: end`, a problem (with the request's
+/// id) as data.
+pub(super) fn end(code: &str, status: u16, detail: &str, request_id: Option<String>) -> Event {
     let problem = serde_json::json!({
+        "request_id": request_id,
         "type": format!("https://cortex.dev/problems/{code}"),
         "title": "stream ended",
         "status": status,

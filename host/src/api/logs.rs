@@ -29,7 +29,8 @@ use crate::agents::Shared;
 use crate::names::AgentName;
 use crate::runtime::LogLine;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Lines after this number.
@@ -64,7 +65,8 @@ pub async fn list(
     Ok(Json(d.shared.logs(after, q.limit.unwrap_or(100).min(1000))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     /// Lines after this number (a `Last-Event-ID` header takes precedence).
@@ -99,6 +101,8 @@ struct Cursor {
     batch: usize,
     follow: bool,
     ended: bool,
+    /// The id of the request that opened the stream (for its `end` event).
+    request_id: Option<String>,
 }
 
 impl Cursor {
@@ -122,7 +126,7 @@ impl Cursor {
             }
             if self.shared.logs_closed() {
                 self.ended = true;
-                return Some(agent_deleted());
+                return Some(agent_deleted(self.request_id.clone()));
             }
             if !self.follow || self.appended.changed().await.is_err() {
                 return None;
@@ -132,8 +136,8 @@ impl Cursor {
 }
 
 /// The last event of the log of an agent that was deleted.
-fn agent_deleted() -> Event {
-    super::events::end("agent_deleted", 404, "the agent was deleted")
+fn agent_deleted(request_id: Option<String>) -> Event {
+    super::events::end("agent_deleted", 404, "the agent was deleted", request_id)
 }
 
 /// A server-sent-events stream of agent `name`'s log, from `since` (or `Last-Event-ID`) on.
@@ -144,6 +148,7 @@ pub async fn stream(
     headers: HeaderMap,
     Query(q): Query<StreamQuery>,
 ) -> ApiResult<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>> {
+    let request_id = super::request_id::current();
     let resume = last_event_id(&headers)?;
     let guard = StreamGuard::open(&st, &p, &headers, Action::ReadLogs).await?;
     let d = st.agents.find(&guard.tenant().name, &name)?;
@@ -160,10 +165,12 @@ pub async fn stream(
         batch: q.limit.unwrap_or(100).clamp(1, 1000),
         follow: q.follow.unwrap_or(true),
         ended: false,
+        request_id: request_id.clone(),
     };
     let events = futures_util::stream::unfold(cursor, |mut c| async move {
         let ev = c.next().await?;
         Some((Ok(ev), c))
     });
-    Ok(Sse::new(guard.wrap(events, |lapse| Some(Ok(super::events::end_event(lapse))))).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(guard.wrap(events, move |lapse| Some(Ok(super::events::end_event(lapse, request_id)))))
+        .keep_alive(KeepAlive::default()))
 }

@@ -33,7 +33,7 @@ pub struct RegistryCredential {
 }
 
 /// A credential as the API shows it: without its password.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CredentialView {
     /// `host[:port]`.
     pub registry: String,
@@ -50,7 +50,7 @@ impl From<RegistryCredential> for CredentialView {
 }
 
 /// The body of `PUT /v1/registries/{host}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialBody {
     username: String,

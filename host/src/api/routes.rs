@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::{self, Principal, Role};
 use super::error::{ApiError, ApiResult, problem};
 use super::{AppState, Caller, JsonBody, Path, Query};
-use crate::names::{self, NameKind};
+use crate::names::{self, AgentName, NameKind};
 use crate::registry::{
     AgentRecord, ApiKeyRecord, AuditEvent, DeletedTenant, ModuleRecord, ProfileRecord, QuotasPatch, Tenant, now_ms,
     scoped,
@@ -70,17 +70,21 @@ pub fn metrics_token(cfg: &crate::config::MetricsConfig) -> Result<Option<String
     Ok(Some(token.to_owned()))
 }
 
+/// `/v1/openapi.json`: the document, built once.
 pub async fn openapi_doc() -> Json<serde_json::Value> {
-    Json(super::openapi())
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    Json(DOC.get_or_init(super::openapi).clone())
 }
 
 pub async fn not_found() -> ApiError {
     ApiError::NoRoute
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
+    /// Its name.
+    #[schema(value_type = AgentName)]
     name: String,
     /// The quotas it names; the others are the server's `[quotas]`.
     #[serde(default)]
@@ -155,7 +159,7 @@ pub async fn get_tenant(State(st): St, p: Caller, Path(name): Path<String>) -> A
     Ok(Json(visible_tenant(&st, &p, &name).await?.0))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTenant {
     /// The quotas to change; the others keep their values.
@@ -228,15 +232,17 @@ pub async fn delete_tenant(State(st): St, p: Caller, Path(name): Path<String>) -
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
+    /// At most the creator's own role, never platform-admin.
+    #[schema(value_type = Role)]
     role: String,
     #[serde(default)]
     name: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct NewKey {
     id: String,
     /// Shown once; only its hash is stored.
@@ -245,7 +251,7 @@ pub struct NewKey {
     tenant: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct KeyView {
     id: String,
     name: String,
@@ -305,17 +311,23 @@ pub async fn revoke_key(State(st): St, p: Caller, Path(id): Path<String>) -> Api
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
+    /// Only events after this sequence number (default 0: from the first).
     #[serde(default)]
     since: u64,
+    /// At most this many events (default 100, at most 1000).
     #[serde(default)]
     limit: Option<usize>,
+    /// Platform-admins: only this tenant's events (default: the tenant header's, else all).
     #[serde(default)]
     tenant: Option<String>,
+    /// Only events whose action (`<METHOD> <route>`) contains this text.
     #[serde(default)]
     action: Option<String>,
+    /// Only events of this actor (a token's subject or `key:<id>`).
     #[serde(default)]
     actor: Option<String>,
 }

@@ -20,7 +20,7 @@ pub use reference::Reference;
 /// Where an agent's module came from when it was deployed from an OCI reference: the
 /// reference as given and the manifest digest it resolved to (a restart or replay runs the
 /// module of that digest; only an upgrade resolves a tag again).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct OciSource {
     /// The reference as the deploy gave it, without the `oci://` scheme.
     pub reference: String,

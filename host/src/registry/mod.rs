@@ -25,7 +25,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// What a tenant may use.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Quotas {
     /// Sustained invocations per second (token bucket refill rate).
@@ -74,7 +74,7 @@ impl Default for Quotas {
 
 /// Quotas a request names: each one given replaces that quota, the others stay as they
 /// are (`PATCH`) or come from the server's `[quotas]` (a new tenant).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuotasPatch {
     /// See [`Quotas::invocations_per_second`].
@@ -98,6 +98,7 @@ pub struct QuotasPatch {
     /// See [`Quotas::max_timeout_ms`].
     pub max_timeout_ms: Option<u64>,
     /// See [`Quotas::weight`].
+    #[schema(minimum = 1, maximum = 1000)]
     pub weight: Option<u32>,
 }
 
@@ -121,7 +122,7 @@ impl QuotasPatch {
 }
 
 /// A tenant.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(from = "StoredTenant")]
 pub struct Tenant {
     /// Its immutable id, never given to another tenant: a name can be used again after its
@@ -190,7 +191,7 @@ pub struct DeletedTenant {
 }
 
 /// An uploaded module, as a tenant sees it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModuleRecord {
     /// Owner.
     pub tenant: String,
@@ -221,14 +222,17 @@ pub struct ModuleRecord {
 }
 
 /// Limits an agent is deployed with (each capped by the tenant's quotas).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentLimits {
     /// Fuel per invocation.
+    #[schema(minimum = 1)]
     pub fuel: Option<u64>,
     /// Memory in bytes.
+    #[schema(minimum = 1)]
     pub memory_bytes: Option<u64>,
     /// Wall-clock limit in milliseconds.
+    #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
 }
 
@@ -245,7 +249,7 @@ impl AgentLimits {
 
 /// A resource profile: named limits a tenant's admins define, that a deploy names
 /// (`"profile": "small"`) to take the limits its spec leaves out. Keyed `tenant/name`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProfileRecord {
     /// Owner.
     pub tenant: String,
@@ -263,7 +267,7 @@ pub struct ProfileRecord {
 }
 
 /// Whether an agent takes invocations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AgentStatus {
     /// Taking invocations.
@@ -273,7 +277,7 @@ pub enum AgentStatus {
 }
 
 /// A deployed agent.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AgentRecord {
     /// Owner.
     pub tenant: String,
@@ -345,7 +349,7 @@ pub fn default_queue_timeout_ms() -> u64 {
 
 /// A watch: every change of a document of `collection` whose key starts with `prefix`
 /// (empty: every key).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Watch {
     /// The collection watched.
@@ -374,7 +378,7 @@ pub struct CursorRecord {
 
 /// A message in an agent's mailbox, waiting for delivery to its `handle`. Keyed
 /// `tenant/agent/id`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MessageRecord {
     /// Its id within the mailbox: `<ms>-<random>`, or `k<hash>` for a message sent with an
     /// idempotency key (so a repeated key finds the same record).
@@ -420,7 +424,7 @@ pub struct DeliveredRecord {
 
 /// What an agent failed to take after its retries: a batch of change events (the cursor
 /// moved past it) or a message (removed from the mailbox). Keyed `tenant/agent/id`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(from = "StoredLetter")]
 pub struct DeadLetter {
     /// Its id within the agent (change batches sort by feed position; messages are
@@ -446,7 +450,7 @@ pub struct DeadLetter {
 }
 
 /// What a dead letter holds: one or the other, never parts of both.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Letter {
     /// A batch of change events for `on-change`.
@@ -545,7 +549,7 @@ pub struct ApiKeyRecord {
 }
 
 /// One audit event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEvent {
     /// Position in the log (set on append).
     #[serde(default)]

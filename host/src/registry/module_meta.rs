@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Where a module's compilation stands.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ModuleStatus {
     /// Compiled and admitted: agents may run it.
@@ -17,7 +17,7 @@ pub enum ModuleStatus {
 }
 
 /// Why a module failed to compile or was refused.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModuleFailure {
     /// The stable code (as a synchronous upload would answer it, e.g. `compile_timeout`).
     pub code: String,
@@ -27,7 +27,7 @@ pub struct ModuleFailure {
 
 /// A name and tag on a module: `name:tag` refers to it until the tag moves to a newer
 /// upload. A module may carry several (the same bytes deployed under two names).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModuleTag {
     /// The module name (the one name rule).
     pub name: String,

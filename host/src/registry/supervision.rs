@@ -6,21 +6,25 @@ use serde::{Deserialize, Serialize};
 
 /// How an agent's outcomes are judged and when its circuit breaker opens (the deploy
 /// field `supervision`; every part has a default).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Supervision {
     /// Outcomes the sliding window keeps (the last ones), 1..=64.
+    #[schema(minimum = 1, maximum = 64)]
     pub window: u32,
     /// Failures in a row that open the breaker (0: never on this count).
     pub consecutive_failures: u32,
     /// Share of failures in the window that opens the breaker (0 < ratio <= 1), once it
     /// holds at least `min_outcomes`.
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     pub failure_ratio: f64,
     /// Outcomes the window needs before the ratio applies.
     pub min_outcomes: u32,
     /// How long the breaker stays open the first time, in milliseconds (at least 100).
+    #[schema(minimum = 100, maximum = 86_400_000)]
     pub open_ms: u64,
     /// The longest it stays open: each failed probe doubles the interval up to this.
+    #[schema(minimum = 100, maximum = 86_400_000)]
     pub max_open_ms: u64,
     /// Whether the agent's own errors (`agent_error`) count as failures too.
     pub agent_errors_count: bool,
@@ -71,15 +75,18 @@ impl Supervision {
 /// The probation of an upgrade (the `probation` of `POST /v1/agents/{name}/upgrade`): if,
 /// within `window_ms` of the upgrade, at least `min_invocations` ended and more than
 /// `failure_ratio` of them failed, the host rolls back to the previous module by itself.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Probation {
     /// How long the probation lasts, from the upgrade, in milliseconds.
+    #[schema(minimum = 1, maximum = 604_800_000)]
     pub window_ms: u64,
     /// Share of failures over which the upgrade is rolled back (0 <= ratio < 1).
+    #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
     pub failure_ratio: f64,
     /// Invocations to judge by before the ratio applies.
     #[serde(default = "default_min_invocations")]
+    #[schema(minimum = 1)]
     pub min_invocations: u32,
     /// When it ends (ms since the epoch); set by the host.
     #[serde(default)]
@@ -110,7 +117,7 @@ impl Probation {
 }
 
 /// An automatic rollback: an upgrade that failed its probation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RolledBack {
     /// When (ms since the epoch).
     pub at_ms: u64,

@@ -20,7 +20,7 @@ use super::logbuf::{Logs, truncate};
 pub type Fields = serde_json::Map<String, serde_json::Value>;
 
 /// Where a log line came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogStream {
     /// The guest's stdout.
@@ -34,7 +34,7 @@ pub enum LogStream {
 }
 
 /// One line of an agent's log ring.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogLine {
     /// Position in the agent's ring (from 1, increasing).
     pub seq: u64,
@@ -50,6 +50,7 @@ pub struct LogLine {
     /// The text.
     pub message: String,
     /// Structured fields, kept as fields.
+    #[schema(value_type = Object)]
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub fields: Fields,
 }

@@ -396,7 +396,7 @@ pub trait DocumentStore: Send + Sync + 'static {
 }
 
 /// What a change event reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ChangeOp {
     /// The document was inserted or replaced.
@@ -427,7 +427,7 @@ impl ChangeOp {
 /// One document write, as recorded in its tenant's change feed: the one type of a change
 /// event in the host (feed, deliveries, dead letters); it becomes the WIT `change-event` only
 /// where a guest's `on-change` is called.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ChangeEvent {
     /// Position in the tenant's feed: 1, 2, 3... without gaps.
     pub seq: u64,
