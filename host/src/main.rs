@@ -16,7 +16,21 @@ use cortex_host::runtime::{AgentContext, EngineConfig, Limits, Runtime};
 use cortex_host::store::EmbeddedStore;
 
 #[derive(Parser)]
-#[command(name = "cortex", version, about = "A multi-tenant WebAssembly host for sandboxed agents")]
+#[command(
+    name = "cortex",
+    version,
+    about = "A multi-tenant WebAssembly host for sandboxed agents",
+    after_help = "Your first agent:\n  \
+    cortex serve --data .cortex                       # the API on 127.0.0.1:8080; prints how to mint a token\n  \
+    cortex tenants create acme --token $(cortex token --data .cortex --role platform-admin)\n  \
+    export CORTEX_TOKEN=$(cortex token --data .cortex --tenant acme --role developer)\n  \
+    cortex new hello --lang rust                      # or python, ts, js, go, c\n  \
+    cd hello && cortex deploy                         # build, upload, deploy (again: upgrade)\n  \
+    cortex invoke hello --input @input.json           # add --json for outcome, fuel, duration\n  \
+    cortex dev                                        # rebuild and upgrade on every save, logs live\n  \
+    cortex logs hello --follow\n\n\
+Client commands read CORTEX_URL and CORTEX_TOKEN. Exit codes: 0 ok, 1 the server refused or the agent failed, 2 usage."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -203,7 +217,10 @@ fn new_project(args: NewArgs) -> anyhow::Result<ExitCode> {
             for f in files {
                 println!("  {}", f.display());
             }
-            println!("Next: cd {} && cortex build && cortex deploy {} <the printed .wasm>", dir.display(), args.name);
+            println!(
+                "Next: cd {} && cortex deploy   (builds, uploads and deploys it; `cortex dev` redeploys on every save)",
+                dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

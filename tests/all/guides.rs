@@ -133,7 +133,10 @@ async fn walk_through(lang: &str) {
     let r = s.req(Method::POST, "/v1/modules", &dev).body(std::fs::read(&wasm).unwrap()).send().await.unwrap();
     let status = r.status();
     let module: Value = r.json().await.unwrap();
-    assert_eq!(status, StatusCode::CREATED, "{lang}: upload: {module}");
+    // A component this large compiles in the background: 202, then poll until it is ready.
+    assert!(matches!(status, StatusCode::CREATED | StatusCode::ACCEPTED), "{lang}: upload: {status} {module}");
+    let module = s.module_settled(&dev, module["digest"].as_str().unwrap(), Duration::from_secs(600)).await;
+    assert_eq!(module["status"], "ready", "{lang}: {module}");
     let warnings = module["warnings"].as_array().map_or(0, Vec::len);
     assert_eq!(warnings, 0, "{lang}: a template agent must export init, handle and on-change: {module}");
     let digest = module["digest"].as_str().unwrap().to_owned();

@@ -27,15 +27,7 @@ async fn call(s: &Server, method: Method, path: &str, token: &str, body: Option<
 
 /// The module once its status is no longer `compiling` (bounded wait).
 async fn settled(s: &Server, token: &str, digest: &str) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let m = s.get_json(token, &format!("/v1/modules/{digest}")).await;
-        if m["status"] != "compiling" {
-            return m;
-        }
-        assert!(std::time::Instant::now() < deadline, "module {digest} still compiling: {m}");
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    s.module_settled(token, digest, std::time::Duration::from_secs(60)).await
 }
 
 fn tags(m: &Value) -> Vec<String> {

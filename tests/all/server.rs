@@ -179,6 +179,20 @@ impl Server {
         body
     }
 
+    /// Module `digest` once its status is no longer `compiling` (a large upload compiles in
+    /// the background), waiting at most `within`.
+    pub async fn module_settled(&self, token: &str, digest: &str, within: std::time::Duration) -> Value {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let m = self.get_json(token, &format!("/v1/modules/{digest}")).await;
+            if m["status"] != "compiling" {
+                return m;
+            }
+            assert!(std::time::Instant::now() < deadline, "module {digest} still compiling: {m}");
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
     /// GET `path` as JSON, expecting 200.
     pub async fn get_json(&self, token: &str, path: &str) -> Value {
         let r = self.req(Method::GET, path, token).send().await.unwrap();

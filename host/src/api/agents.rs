@@ -127,7 +127,11 @@ pub async fn get_module(State(st): St, p: Caller, Path(r): Path<String>) -> ApiR
 #[derive(utoipa::ToSchema, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TagBody {
+    /// The module name (the name rule).
+    #[schema(pattern = "^[a-z][a-z0-9-]{0,62}$")]
     name: String,
+    /// The tag (default `latest`).
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
     #[serde(default)]
     tag: Option<String>,
 }

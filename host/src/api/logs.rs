@@ -44,13 +44,11 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
-/// Where a read starts: after `since`, or `tail` lines before the end of `shared`'s log.
+/// Where a read starts: after `since`, and no earlier than `tail` lines before the end of
+/// `shared`'s log (both given: the last `tail` lines after `since`).
 fn start(shared: &Shared, since: Option<u64>, tail: Option<u64>) -> ApiResult<u64> {
-    match (since, tail) {
-        (Some(_), Some(_)) => Err(ApiError::BadRequest("give since or tail, not both".into())),
-        (_, Some(n)) => Ok(shared.last_log_seq().saturating_sub(n)),
-        (since, None) => Ok(since.unwrap_or(0)),
-    }
+    let from_tail = tail.map(|n| shared.last_log_seq().saturating_sub(n));
+    Ok(since.unwrap_or(0).max(from_tail.unwrap_or(0)))
 }
 
 /// Lines of agent `name`'s log after `since` (or the last `tail`), at most `limit`.

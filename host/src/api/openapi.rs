@@ -51,6 +51,14 @@ use crate::registry::{AuditEvent, DeadLetter, ModuleRecord, ProfileRecord, Tenan
 use crate::runtime::LogLine;
 use crate::store::ChangeEvent;
 
+/// A module reference (see [`crate::agents::module_ref`]): a digest or a digest prefix of at
+/// least 8 lower-case hex characters, or a module name with an optional tag.
+const MODULE_REF_PATTERN: &str = "^([0-9a-f]{8,64}|[a-z][a-z0-9-]{0,62}(:[a-z0-9][a-z0-9._-]{0,63})?)$";
+
+/// A registry `host[:port]` (DNS labels of letters, digits and `-`, not starting with `-`;
+/// a port from 1 to 65535).
+const REGISTRY_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9-]*(\\.[A-Za-z0-9][A-Za-z0-9-]*)*(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?$";
+
 /// Error statuses every authenticated operation may answer with: a malformed path, query or
 /// header (400), no or bad credentials (401), a role or tenant header the route refuses
 /// (403), a tenant or object that does not exist (404), a request slower than the request
@@ -99,7 +107,11 @@ impl Doc {
                 let (schema, what) = match name {
                     "name" => (json!({"type": "string", "pattern": format!("^{}$", crate::names::NAME_RULE)}), "name"),
                     "tenant" => (json!({"type": "string", "minLength": 1}), "tenant name"),
-                    "digest" => (json!({"type": "string", "minLength": 1}), "module digest (`sha256:<hex>`)"),
+                    "digest" => (
+                        json!({"type": "string", "pattern": MODULE_REF_PATTERN}),
+                        "module reference: digest (64 hex), unique digest prefix (8+ hex), name:tag or name",
+                    ),
+                    "host" => (json!({"type": "string", "pattern": REGISTRY_PATTERN, "maxLength": 253}), "registry host[:port]"),
                     _ => (json!({"type": "string", "minLength": 1}), "id"),
                 };
                 json!({"name": name, "in": "path", "required": true, "description": format!("The {what}"), "schema": schema})
@@ -416,7 +428,8 @@ fn operations(d: &mut Doc) {
         "Store the tenant's credentials for an OCI registry (host[:port]): used by its oci:// deploys only, never returned (tenant-admin)",
     )
     .json::<CredentialBody>()
-    .ok::<CredentialView>(200, "Stored")
+    .ok::<CredentialView>(201, "Stored (new credentials)")
+    .ok::<CredentialView>(200, "Stored (replacing earlier credentials)")
     .add();
     d.op(
         "delete",

@@ -53,7 +53,11 @@ impl From<RegistryCredential> for CredentialView {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialBody {
+    /// The user name (1 to 4096 characters).
+    #[schema(min_length = 1, max_length = 4096)]
     username: String,
+    /// The password or token (at most 4096 characters); never returned.
+    #[schema(max_length = 4096)]
     password: String,
 }
 
@@ -94,9 +98,12 @@ pub async fn put(
 ) -> ApiResult<(StatusCode, Json<CredentialView>)> {
     let t = p.scope(&st).await?;
     let registry = registry_key(&host)?;
-    if body.username.is_empty() || body.username.len() > MAX_SECRET_LEN || body.password.len() > MAX_SECRET_LEN {
+    if body.username.is_empty()
+        || body.username.chars().count() > MAX_SECRET_LEN
+        || body.password.chars().count() > MAX_SECRET_LEN
+    {
         return Err(ApiError::BadRequest(format!(
-            "username must be 1..={MAX_SECRET_LEN} bytes, password at most that"
+            "username must be 1..={MAX_SECRET_LEN} characters, password at most that"
         )));
     }
     let key = scoped(&t.name, &registry);

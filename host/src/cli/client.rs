@@ -155,6 +155,10 @@ pub enum ModuleCmd {
         /// Tag it (default `latest`; moved from the module that had it).
         #[arg(long, requires = "name")]
         tag: Option<String>,
+        /// Answer at once, while a large module still compiles on the server (by default
+        /// the command waits until it is ready, with progress on stderr).
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Show a module.
     Get {
@@ -441,14 +445,25 @@ impl ClientCommand {
                 let cols = ["digest", "size", "world", "status"];
                 match cmd {
                     ModuleCmd::List => conn.call(M::GET, "/v1/modules", Payload::None, &cols).await,
-                    ModuleCmd::Upload { path, name, tag } => {
+                    ModuleCmd::Upload { path, name, tag, no_wait } => {
                         let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
                         let query = match (name, tag) {
                             (Some(n), Some(t)) => format!("?name={n}&tag={t}"),
                             (Some(n), None) => format!("?name={n}"),
                             _ => String::new(),
                         };
-                        conn.call(M::POST, &format!("/v1/modules{query}"), Payload::Bytes(bytes), &cols).await
+                        let path = format!("/v1/modules{query}");
+                        if no_wait {
+                            return conn.call(M::POST, &path, Payload::Bytes(bytes), &cols).await;
+                        }
+                        let rec = super::deploy::expect_ok(&conn, M::POST, &path, Payload::Bytes(bytes)).await?;
+                        let rec = super::deploy::compiled(&conn, rec).await?;
+                        if conn.json {
+                            println!("{}", serde_json::to_string_pretty(&rec)?);
+                        } else {
+                            print_table(&rec, &cols);
+                        }
+                        Ok(ExitCode::SUCCESS)
                     }
                     ModuleCmd::Get { digest } => {
                         conn.call(M::GET, &format!("/v1/modules/{digest}"), Payload::None, &[]).await

@@ -337,7 +337,7 @@ fn refused(status: StatusCode, v: &Value) -> anyhow::Error {
 }
 
 /// `method path` expecting success: its body.
-async fn expect_ok(conn: &Conn, method: Method, path: &str, body: Payload) -> anyhow::Result<Value> {
+pub(super) async fn expect_ok(conn: &Conn, method: Method, path: &str, body: Payload) -> anyhow::Result<Value> {
     let (s, v) = request(conn, method, path, body).await?;
     if s.is_success() { Ok(v) } else { Err(refused(s, &v)) }
 }
@@ -345,7 +345,7 @@ async fn expect_ok(conn: &Conn, method: Method, path: &str, body: Payload) -> an
 /// The digest of the module `d` asks for, on the server and ready: uploaded unless the
 /// server has the bytes, then waited for while it compiles (progress on stderr).
 pub async fn module(conn: &Conn, d: &Desired) -> anyhow::Result<String> {
-    let mut rec = match &d.source {
+    let rec = match &d.source {
         Source::Ref(r) => match get(conn, &format!("/v1/modules/{r}")).await? {
             (true, v) => v,
             (false, _) => bail!("no module {r} on the server"),
@@ -378,6 +378,13 @@ pub async fn module(conn: &Conn, d: &Desired) -> anyhow::Result<String> {
             }
         }
     };
+    let rec = compiled(conn, rec).await?;
+    Ok(rec["digest"].as_str().context("the server's module record has no digest")?.to_owned())
+}
+
+/// Module record `rec` once the server has compiled it: polled while its status is
+/// `compiling` (progress on stderr); an error if the compile failed.
+pub(super) async fn compiled(conn: &Conn, mut rec: Value) -> anyhow::Result<Value> {
     let digest = rec["digest"].as_str().context("the server's module record has no digest")?.to_owned();
     let started = Instant::now();
     let mut said = 0;
@@ -398,7 +405,7 @@ pub async fn module(conn: &Conn, d: &Desired) -> anyhow::Result<String> {
             rec["error"]["message"].as_str().unwrap_or("")
         );
     }
-    Ok(digest)
+    Ok(rec)
 }
 
 /// What differs between agent `a` (as the server shows it) and `d`, among what only a
