@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    ChangeEvent, Direction, Document, DocumentStore, Edge, FeedStore, GraphStore, Page, Quota, RecordKind, RecordStore,
-    Result, Scope, Store, Usage, WriteOp,
+    ChangeEvent, Direction, Document, DocumentStore, Edge, FeedStore, Fence, GraphStore, Page, Quota, RecordKind,
+    RecordOp, RecordStore, Result, Scope, Store, Usage, WriteOp,
 };
 
 /// Called with the operation name and its latency.
@@ -125,6 +125,17 @@ impl RecordStore for Instrumented {
     }
     async fn record_list(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
         self.time("record_list", self.inner.record_list(kind, prefix)).await
+    }
+    async fn record_apply(&self, fence: Option<&Fence>, ops: &[RecordOp], quota: Quota) -> Result<Vec<u64>> {
+        let out = self.time("record_apply", self.inner.record_apply(fence, ops, quota)).await?;
+        for (op, r) in ops.iter().zip(&out) {
+            match op {
+                RecordOp::Put { kind, key, .. } if *r == 1 => self.counted(*kind, key, 1),
+                RecordOp::Delete { kind, key, .. } if *r == 1 => self.counted(*kind, key, -1),
+                _ => {}
+            }
+        }
+        Ok(out)
     }
 
     async fn record_list_revisions(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>, u64)>> {

@@ -169,6 +169,17 @@ pub enum StoreError {
     /// The write would take the tenant past its storage or edge quota; nothing was written.
     #[error("quota exceeded: {0}")]
     QuotaExceeded(String),
+    /// A fenced write ([`RecordStore::record_apply`]) whose lease has passed to a later
+    /// epoch (or is gone): nothing was written. The former owner of the work must stop.
+    #[error("fenced: the lease {key} is at epoch {held}, the write carried epoch {carried}")]
+    Fenced {
+        /// The lease record's key.
+        key: String,
+        /// The epoch the lease holds now (0: no lease record).
+        held: u64,
+        /// The epoch the write carried.
+        carried: u64,
+    },
     /// Opening the data directory failed.
     #[error("cannot open the data directory {path}: {source}")]
     Open {
@@ -194,6 +205,7 @@ impl StoreError {
             StoreError::Corrupted(_) => "corrupted",
             StoreError::QuotaExceeded(_) => "quota",
             StoreError::Open { .. } => "open",
+            StoreError::Fenced { .. } => "fenced",
         }
     }
 }
@@ -226,6 +238,66 @@ pub enum RecordKind {
     /// Chunks of an agent's persisted log, keyed by `tenant/agent/<first line's number,
     /// 20 digits>` (so they list oldest first): a JSON array of log lines.
     AgentLog,
+    /// Leases of per-agent background work (its watcher cursor, its mailbox), keyed by
+    /// `work/tenant/agent`: a JSON object with at least `"epoch": <u64>` (see
+    /// [`RecordStore::record_apply`]).
+    Lease,
+    /// Cluster membership: one record per host node, keyed by its node id.
+    Node,
+    /// Chunks of module bytes, keyed by `<digest>/<chunk number, 8 digits>`.
+    ModuleChunk,
+    /// Cluster-wide counters kept exact by compare-and-swap (e.g. a tenant's agents),
+    /// keyed by `what/tenant`.
+    Counter,
+}
+
+/// The pseudo-tenant whose change feed is the registry change stream: never a valid
+/// tenant name (tenant names are `[a-z0-9-]`), so no tenant can read or purge it.
+pub const REGISTRY_FEED: &str = "~registry";
+
+/// A fence for [`RecordStore::record_apply`]: the writes apply only while the lease record
+/// (`RecordKind::Lease`, `key`) holds `epoch`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Fence {
+    /// Key of the lease record.
+    pub key: String,
+    /// The epoch the writer holds the lease at.
+    pub epoch: u64,
+}
+
+/// One write of [`RecordStore::record_apply`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordOp {
+    /// Write a record (compare-and-swap with `expected`; 0: must not exist).
+    Put {
+        /// Its kind.
+        kind: RecordKind,
+        /// Its key.
+        key: String,
+        /// Its bytes.
+        value: Vec<u8>,
+        /// Expected current revision.
+        expected: Option<u64>,
+    },
+    /// Delete a record (compare-and-swap with `expected`; absent is not an error without one).
+    Delete {
+        /// Its kind.
+        kind: RecordKind,
+        /// Its key.
+        key: String,
+        /// Expected current revision.
+        expected: Option<u64>,
+    },
+}
+
+/// The lease epoch in a lease record's JSON bytes (`{"epoch": n, ...}`; 0 when unreadable).
+pub fn lease_epoch(value: &[u8]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct E {
+        #[serde(default)]
+        epoch: u64,
+    }
+    serde_json::from_slice::<E>(value).map_or(0, |e| e.epoch)
 }
 
 impl RecordKind {
@@ -244,7 +316,52 @@ impl RecordKind {
             RecordKind::Profile => "profile",
             RecordKind::RegistryCredential => "registry-credential",
             RecordKind::AgentLog => "agent-log",
+            RecordKind::Lease => "lease",
+            RecordKind::Node => "node",
+            RecordKind::ModuleChunk => "module-chunk",
+            RecordKind::Counter => "counter",
         }
+    }
+
+    /// Undo [`RecordKind::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Every kind.
+    pub const ALL: [RecordKind; 16] = [
+        RecordKind::Tenant,
+        RecordKind::Module,
+        RecordKind::Agent,
+        RecordKind::ApiKey,
+        RecordKind::Cursor,
+        RecordKind::DeadLetter,
+        RecordKind::Message,
+        RecordKind::Delivered,
+        RecordKind::DeletedTenant,
+        RecordKind::Profile,
+        RecordKind::RegistryCredential,
+        RecordKind::AgentLog,
+        RecordKind::Lease,
+        RecordKind::Node,
+        RecordKind::ModuleChunk,
+        RecordKind::Counter,
+    ];
+
+    /// Whether every write of a record of this kind is appended to the registry change
+    /// stream ([`REGISTRY_FEED`]) in the same atomic step: what every node keeps a view of
+    /// (tenants, modules, agents, keys, profiles, registry credentials).
+    pub fn is_replicated(self) -> bool {
+        matches!(
+            self,
+            RecordKind::Tenant
+                | RecordKind::DeletedTenant
+                | RecordKind::Module
+                | RecordKind::Agent
+                | RecordKind::ApiKey
+                | RecordKind::Profile
+                | RecordKind::RegistryCredential
+        )
     }
 
     /// Whether records of this kind hold a tenant's data and count in its [`Usage::bytes`]
@@ -320,6 +437,14 @@ pub trait RecordStore: Send + Sync + 'static {
     /// store opens a read transaction, ArangoDB answers `GET /_api/version` within the
     /// client's timeouts. Reads no tenant data.
     async fn ping(&self) -> Result<()>;
+
+    /// Apply `ops` in one atomic step, all or none, and only while the lease record
+    /// `fence.key` holds `fence.epoch` (read in the same step; otherwise
+    /// [`StoreError::Fenced`] and nothing is written). Records of a metered kind count in
+    /// their tenant's usage within `quota`; replicated kinds append to the registry stream.
+    /// Returns, for each op, the revision after a put, and for a delete 1 if the record
+    /// existed, else 0.
+    async fn record_apply(&self, fence: Option<&Fence>, ops: &[RecordOp], quota: Quota) -> Result<Vec<u64>>;
 
     /// Bytes a tenant stores ([`Usage::bytes`]).
     async fn stored_bytes(&self, tenant: &str) -> Result<u64> {

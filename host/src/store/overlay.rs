@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::{
-    ChangeEvent, Direction, Document, DocumentStore, Edge, FeedStore, GraphStore, Page, Quota, RecordKind, RecordStore,
-    Result, Scope, Store, StoreError, Usage, WriteOp,
+    ChangeEvent, Direction, Document, DocumentStore, Edge, FeedStore, Fence, GraphStore, Page, Quota, RecordKind,
+    RecordOp, RecordStore, Result, Scope, Store, StoreError, Usage, WriteOp,
 };
 
 /// A document as `init` left it.
@@ -346,6 +346,9 @@ impl RecordStore for Overlay {
     }
     async fn record_list(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
         self.inner.record_list(kind, prefix).await
+    }
+    async fn record_apply(&self, fence: Option<&Fence>, ops: &[RecordOp], quota: Quota) -> Result<Vec<u64>> {
+        self.inner.record_apply(fence, ops, quota).await
     }
 
     async fn record_list_revisions(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>, u64)>> {

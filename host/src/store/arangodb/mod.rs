@@ -631,6 +631,19 @@ impl DocumentStore for ArangoStore {
 
 #[async_trait::async_trait]
 impl RecordStore for ArangoStore {
+    async fn record_apply(
+        &self,
+        _fence: Option<&super::Fence>,
+        _ops: &[super::RecordOp],
+        _quota: Quota,
+    ) -> Result<Vec<u64>> {
+        Err(StoreError::Backend {
+            message: "record_apply is not implemented on ArangoDB yet".into(),
+            transient: false,
+            source: None,
+        })
+    }
+
     async fn record_get(&self, kind: RecordKind, key: &str) -> Result<Option<(Vec<u8>, u64)>> {
         let k = arango_key(&[kind.as_str(), key]);
         let Some((_, r)) = read::<StoredRecord>(&self.records, &k).await? else { return Ok(None) };

@@ -395,6 +395,115 @@ fn record_key(kind: RecordKind, key: &str) -> String {
     format!("{}/{key}", kind.as_str())
 }
 
+/// The scope registry changes are appended under ([`super::REGISTRY_FEED`]).
+fn registry_scope() -> Scope {
+    Scope::new(super::REGISTRY_FEED, "")
+}
+
+/// The record writes of one write transaction: the records table, usage, and the
+/// registry change stream (appended for replicated kinds).
+struct RecordTables<'t> {
+    records: redb::Table<'t, &'static str, &'static [u8]>,
+    usage: redb::Table<'t, &'static str, u64>,
+    feed: feed::FeedTables<'t>,
+}
+
+impl<'t> RecordTables<'t> {
+    fn open(txn: &'t redb::WriteTransaction) -> Result<Self> {
+        Ok(Self {
+            records: txn.open_table(RECORDS).map_err(backend)?,
+            usage: txn.open_table(USAGE).map_err(backend)?,
+            feed: feed::FeedTables::open(txn)?,
+        })
+    }
+
+    /// The current revision and value size of a record (0, 0 when absent).
+    fn current(&self, k: &str) -> Result<(u64, u64)> {
+        Ok(match self.records.get(k).map_err(backend)? {
+            Some(raw) => (revision_of(raw.value())?, raw.value().len().saturating_sub(8) as u64),
+            None => (0, 0),
+        })
+    }
+
+    /// Put one record (compare-and-swap with `expected`), metering and logging it.
+    fn put(&mut self, kind: RecordKind, key: &str, value: &[u8], expected: Option<u64>, quota: Quota) -> Result<u64> {
+        let k = record_key(kind, key);
+        let (current, old_size) = self.current(&k)?;
+        if expected.is_some_and(|want| want != current) {
+            return Err(StoreError::Conflict { current });
+        }
+        if kind.is_metered() {
+            let tenant = record_tenant(key);
+            let before = bytes_of(&self.usage, tenant)?;
+            add_bytes(&mut self.usage, tenant, value.len() as u64, old_size)?;
+            let after = bytes_of(&self.usage, tenant)?;
+            quota.check(Usage { bytes: before, edges: 0 }, Usage { bytes: after, edges: 0 })?;
+        }
+        let mut v = (current + 1).to_be_bytes().to_vec();
+        v.extend_from_slice(value);
+        self.records.insert(k.as_str(), v.as_slice()).map_err(backend)?;
+        if kind.is_replicated() {
+            self.feed.append(&registry_scope(), kind.as_str(), key, ChangeOp::Put, current + 1)?;
+        }
+        Ok(current + 1)
+    }
+
+    /// Delete one record (compare-and-swap with `expected`); whether it existed.
+    fn delete(&mut self, kind: RecordKind, key: &str, expected: Option<u64>) -> Result<bool> {
+        let k = record_key(kind, key);
+        if let Some(want) = expected {
+            let (current, _) = self.current(&k)?;
+            if want != current {
+                return Err(StoreError::Conflict { current });
+            }
+        }
+        let Some(old) = self.records.remove(k.as_str()).map_err(backend)? else { return Ok(false) };
+        let rev = revision_of(old.value())?;
+        let size = old.value().len().saturating_sub(8) as u64;
+        drop(old);
+        if kind.is_metered() {
+            add_bytes(&mut self.usage, record_tenant(key), 0, size)?;
+        }
+        if kind.is_replicated() {
+            self.feed.append(&registry_scope(), kind.as_str(), key, ChangeOp::Delete, rev)?;
+        }
+        Ok(true)
+    }
+
+    /// Refuse unless the lease record `fence.key` holds `fence.epoch`.
+    fn check_fence(&self, fence: &super::Fence) -> Result<()> {
+        let held = match self.records.get(record_key(RecordKind::Lease, &fence.key).as_str()).map_err(backend)? {
+            Some(raw) => super::lease_epoch(raw.value().get(8..).unwrap_or_default()),
+            None => 0,
+        };
+        if held == fence.epoch && held != 0 {
+            Ok(())
+        } else {
+            Err(StoreError::Fenced { key: fence.key.clone(), held, carried: fence.epoch })
+        }
+    }
+}
+
+impl EmbeddedStore {
+    /// A write transaction over the record tables; wakes the registry stream's waiters.
+    async fn write_records<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut RecordTables<'_>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (out, head) = self
+            .write_txn(move |txn| {
+                let mut t = RecordTables::open(txn)?;
+                let out = f(&mut t)?;
+                Ok((out, t.feed.appended))
+            })
+            .await?;
+        if let Some(head) = head {
+            self.signal.publish(super::REGISTRY_FEED, head);
+        }
+        Ok(out)
+    }
+}
+
 #[async_trait::async_trait]
 impl RecordStore for EmbeddedStore {
     async fn record_get(&self, kind: RecordKind, key: &str) -> Result<Option<(Vec<u8>, u64)>> {
@@ -413,30 +522,8 @@ impl RecordStore for EmbeddedStore {
         expected: Option<u64>,
         quota: Quota,
     ) -> Result<u64> {
-        let k = record_key(kind, key);
-        let tenant = record_tenant(key).to_owned();
-        self.write_txn(move |txn| {
-            let mut table = txn.open_table(RECORDS).map_err(backend)?;
-            let (current, old_size) = match table.get(k.as_str()).map_err(backend)? {
-                Some(raw) => (revision_of(raw.value())?, raw.value().len().saturating_sub(8) as u64),
-                None => (0, 0),
-            };
-            if expected.is_some_and(|want| want != current) {
-                return Err(StoreError::Conflict { current });
-            }
-            if kind.is_metered() {
-                let mut usage = txn.open_table(USAGE).map_err(backend)?;
-                let before = bytes_of(&usage, &tenant)?;
-                add_bytes(&mut usage, &tenant, value.len() as u64, old_size)?;
-                let after = bytes_of(&usage, &tenant)?;
-                quota.check(Usage { bytes: before, edges: 0 }, Usage { bytes: after, edges: 0 })?;
-            }
-            let mut v = (current + 1).to_be_bytes().to_vec();
-            v.extend_from_slice(&value);
-            table.insert(k.as_str(), v.as_slice()).map_err(backend)?;
-            Ok(current + 1)
-        })
-        .await
+        let key = key.to_owned();
+        self.write_records(move |t| t.put(kind, &key, &value, expected, quota)).await
     }
 
     async fn record_delete(&self, kind: RecordKind, key: &str) -> Result<bool> {
@@ -444,22 +531,35 @@ impl RecordStore for EmbeddedStore {
     }
 
     async fn record_delete_many(&self, kind: RecordKind, keys: &[String]) -> Result<u64> {
-        let keys: Vec<(String, String)> =
-            keys.iter().map(|k| (record_key(kind, k), record_tenant(k).to_owned())).collect();
-        self.write_txn(move |txn| {
-            let mut table = txn.open_table(RECORDS).map_err(backend)?;
-            let mut usage = txn.open_table(USAGE).map_err(backend)?;
+        let keys = keys.to_vec();
+        self.write_records(move |t| {
             let mut n = 0;
-            for (k, tenant) in &keys {
-                let Some(old) = table.remove(k.as_str()).map_err(backend)? else { continue };
-                n += 1;
-                if kind.is_metered() {
-                    let size = old.value().len().saturating_sub(8) as u64;
-                    drop(old);
-                    add_bytes(&mut usage, tenant, 0, size)?;
-                }
+            for k in &keys {
+                n += u64::from(t.delete(kind, k, None)?);
             }
             Ok(n)
+        })
+        .await
+    }
+
+    async fn record_apply(
+        &self,
+        fence: Option<&super::Fence>,
+        ops: &[super::RecordOp],
+        quota: Quota,
+    ) -> Result<Vec<u64>> {
+        let fence = fence.cloned();
+        let ops = ops.to_vec();
+        self.write_records(move |t| {
+            if let Some(f) = &fence {
+                t.check_fence(f)?;
+            }
+            ops.iter()
+                .map(|op| match op {
+                    super::RecordOp::Put { kind, key, value, expected } => t.put(*kind, key, value, *expected, quota),
+                    super::RecordOp::Delete { kind, key, expected } => t.delete(*kind, key, *expected).map(u64::from),
+                })
+                .collect()
         })
         .await
     }
