@@ -60,6 +60,8 @@ pub struct ServerConfig {
     pub modules: ModulesConfig,
     /// Deploys from OCI registries (`"module": "oci://..."`).
     pub oci: OciConfig,
+    /// Several nodes on one store: membership and leases.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// `[modules]`: how uploads are compiled.
@@ -179,6 +181,7 @@ impl Default for ServerConfig {
             scheduling: SchedulingConfig::default(),
             modules: ModulesConfig::default(),
             oci: OciConfig::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
         }
     }
 }
@@ -382,7 +385,10 @@ impl ServerConfig {
             };
             set_path(&mut table, &path, value);
         }
-        toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))
+        let config: Self =
+            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.cluster.check().map_err(ConfigError::Invalid)?;
+        Ok(config)
     }
 }
 

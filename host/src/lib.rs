@@ -10,6 +10,7 @@ pub mod agents;
 pub mod api;
 pub mod capabilities;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod coordination;
 pub mod fsutil;

@@ -65,9 +65,13 @@ pub async fn build(config: ServerConfig) -> Result<Arc<AppState>, ServeError> {
     let verifier = Verifier::new(&config.auth, &config.data_dir)?;
     // A metrics token that cannot be read stops the start, not only the scrapes.
     api::metrics_token(&config.metrics).map_err(AuthError::Config)?;
+    // The registry stream's head before the agents are read: every change after it is
+    // applied by the follower, so none made meanwhile by another node is missed.
+    let from = store.feed_head(crate::store::REGISTRY_FEED).await?;
     let state = Arc::new(AppState::new(config, runtime, store, verifier)?);
     let n = state.agents.restore().await.map_err(ApiError::from)?;
-    tracing::info!(agents = n, "agents restored");
+    tracing::info!(agents = n, node = %state.agents.cluster().id(), "agents restored");
+    tokio::spawn(crate::cluster::follow::follow(Arc::downgrade(&state), from));
     state.agents.count_records().await?;
     Ok(state)
 }
@@ -441,6 +445,8 @@ pub async fn serve(
     if tokio::time::timeout(grace, drained.recv()).await.is_err() {
         tracing::warn!(?grace, "in-flight requests did not finish within the grace period");
     }
+    // Hand the leases back (the other nodes take the work at once), then stop.
+    state.agents.hand_back().await;
     state.agents.halt_watchers().await;
     Ok(())
 }

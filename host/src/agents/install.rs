@@ -66,6 +66,8 @@ impl Agents {
             return;
         }
         let k = key(tenant, name);
+        // Only the node holding the agent's lease runs its mailbox.
+        let Some(fence) = self.fence_of(&k) else { return };
         let mut boxes = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner);
         if boxes.get(&k).is_some_and(Mailbox::wake) {
             return;
@@ -80,6 +82,7 @@ impl Agents {
             (d.record.max_concurrency.max(1) as usize).div_ceil(2),
             self.mailbox_settings.clone(),
             self.pending.lock().unwrap_or_else(PoisonError::into_inner).entry(k.clone()).or_default().clone(),
+            Some(fence),
         );
         boxes.insert(k, m);
     }
@@ -133,11 +136,13 @@ impl Agents {
     }
 
     /// Start, keep or stop the dispatcher of an agent to match its record.
-    fn sync_watcher(self: &Arc<Self>, record: &AgentRecord) {
+    pub(super) fn sync_watcher(self: &Arc<Self>, record: &AgentRecord) {
         let k = key(&record.tenant, &record.name);
-        let wanted = record.status == AgentStatus::Running && !record.watches.is_empty();
+        // Only the node holding the agent's lease runs its watcher, fenced by the lease.
+        let fence = self.fence_of(&k);
+        let wanted = record.status == AgentStatus::Running && !record.watches.is_empty() && fence.is_some();
         let mut watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
-        if wanted && watchers.get(&k).is_some_and(|w| w.watches == record.watches) {
+        if wanted && watchers.get(&k).is_some_and(|w| w.watches == record.watches && w.fence == fence) {
             return;
         }
         // Dropping a watcher asks its task to stop.
@@ -150,6 +155,7 @@ impl Agents {
                 record.name.clone(),
                 record.watches.clone(),
                 self.dispatch.clone(),
+                fence,
             );
             watchers.insert(k, w);
         }
@@ -228,8 +234,12 @@ impl Agents {
                 Err(e) => tracing::error!(agent = %k, error = %e, "cannot restore agent"),
             }
         }
+        // Leases first (a single node takes its own at once): watchers and mailboxes run
+        // where the lease is held.
+        self.own_tick().await;
         self.wake_waiting_mailboxes().await?;
         self.start_sweep();
+        self.start_ownership();
         self.logbook.spawn_writer();
         Ok(n)
     }

@@ -267,6 +267,8 @@ impl Agents {
         };
         let d = self.install(rec, rev, module);
         d.shared.record_logs(&init);
+        // Its background work starts at once where it belongs (here, for a single node).
+        self.claim(&d.record.tenant, &d.record.name).await;
         Ok(d)
     }
 
@@ -385,6 +387,7 @@ impl Agents {
         rec.status = status;
         let d = self.commit(&d, rec, d.module.clone()).await?;
         self.metrics.agent_health(&d.metrics, self.health_of(&d).gauge());
+        self.claim(&d.record.tenant, &d.record.name).await;
         Ok(d)
     }
 

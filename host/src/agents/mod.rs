@@ -22,6 +22,7 @@ pub mod logbook;
 pub mod messenger;
 pub mod module_ref;
 pub mod modules;
+mod ownership;
 pub mod pool;
 pub mod profiles;
 pub mod quota;
@@ -74,6 +75,12 @@ pub struct Agents {
     this: OnceLock<Weak<Agents>>,
     /// Where the agents' logs are kept across restarts.
     logbook: Arc<logbook::LogBook>,
+    /// This node in the cluster: membership, lease timing, registry stream position.
+    cluster: Arc<crate::cluster::Cluster>,
+    /// The leases of agents' background work this node holds, by `tenant/agent`.
+    held: Mutex<HashMap<String, ownership::Held>>,
+    /// The lease loop (see `ownership.rs`), started by [`Agents::restore`].
+    owner_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Agents {
@@ -100,6 +107,14 @@ impl Agents {
         )?;
         let mailbox_settings = config.messaging.mailbox();
         let logbook = Arc::new(logbook::LogBook::new(registry.store().clone()));
+        let id = crate::cluster::Cluster::node_id(&config.cluster, &config.data_dir)
+            .map_err(|e| AgentsError::Internal(format!("cannot keep the node id in the data directory: {e}")))?;
+        let address = if config.cluster.advertise.is_empty() {
+            config.listen.to_string()
+        } else {
+            config.cluster.advertise.clone()
+        };
+        let cluster = Arc::new(crate::cluster::Cluster::new(id, address, config.cluster.clone()));
         Ok(Self {
             config,
             runtime,
@@ -118,6 +133,9 @@ impl Agents {
             no_callers: Arc::from([]),
             this: OnceLock::new(),
             logbook,
+            cluster,
+            held: Mutex::new(HashMap::new()),
+            owner_task: Mutex::new(None),
         })
     }
 

@@ -61,7 +61,7 @@ impl Role {
 /// What a request wants to do; the RBAC table maps each to the roles allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Create, update or delete tenants; list all tenants.
+    /// Create, update or delete tenants; list all tenants; read the cluster's nodes.
     ManageTenants,
     /// Read a tenant record.
     ReadTenant,

@@ -4,6 +4,7 @@
 mod agents;
 pub mod auth;
 pub mod caller;
+mod cluster;
 mod deadletters;
 pub mod error;
 mod events;
@@ -259,6 +260,7 @@ pub fn route_action(method: &Method, route: &str) -> Option<Action> {
     let m = |want: Method| *method == want;
     Some(match route {
         "/v1/tenants" if read || m(Method::POST) => Action::ManageTenants,
+        "/v1/cluster" if read => Action::ManageTenants,
         "/v1/tenants/{tenant}" if read => Action::ReadTenant,
         "/v1/tenants/{tenant}" if m(Method::PATCH) || m(Method::DELETE) => Action::ManageTenants,
         "/v1/keys" if read || m(Method::POST) => Action::ManageKeys,
@@ -438,6 +440,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let metrics_token = Arc::new(routes::metrics_token(&state.config.metrics));
     let authed = Router::new()
         .route("/v1/tenants", post(routes::create_tenant).get(routes::list_tenants))
+        .route("/v1/cluster", get(cluster::get))
         .route(
             "/v1/tenants/{tenant}",
             get(routes::get_tenant).patch(routes::update_tenant).delete(routes::delete_tenant),

@@ -308,6 +308,9 @@ fn operations(d: &mut Doc) {
         .errors(&[409])
         .add();
     d.op("get", "/v1/tenants", "listTenants", "List tenants (platform-admin)").list::<Tenant>("The tenants").add();
+    d.op("get", "/v1/cluster", "getCluster", "The nodes, whether each is live, and what each owns (platform-admin)")
+        .ok::<super::cluster::ClusterView>(200, "The cluster as the answering node sees it")
+        .add();
     d.op("get", "/v1/tenants/{tenant}", "getTenant", "Get a tenant").ok::<Tenant>(200, "The tenant").add();
     d.op("patch", "/v1/tenants/{tenant}", "updateTenant", "Change the quotas named, keep the others (platform-admin)")
         .json::<UpdateTenant>()

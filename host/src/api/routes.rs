@@ -24,11 +24,20 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `/readyz`: "ready" when the store answers its cheapest call ([`RecordStore::ping`]),
-/// else 503 `store_unavailable` (the store's error goes to the log only).
+/// `/readyz`: "ready" when the node has applied the registry stream up to where it was
+/// when the node started (else 503 `registry_catching_up`) and the store answers its
+/// cheapest call ([`RecordStore::ping`]; else 503 `store_unavailable`, the store's error
+/// going to the log only).
 ///
 /// [`RecordStore::ping`]: crate::store::RecordStore::ping
 pub async fn readyz(State(st): St) -> Response {
+    if !st.agents.cluster().caught_up() {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "registry_catching_up",
+            "the node has not yet applied the registry changes made before it started".into(),
+        );
+    }
     match st.registry.store().ping().await {
         Ok(()) => "ready".into_response(),
         Err(e) => {

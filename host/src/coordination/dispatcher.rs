@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 
 use super::{Delivery, DispatchSettings, Host, dead_letter_key, watched};
 use crate::registry::{CursorRecord, DeadLetter, Letter, Watch, now_ms, scoped};
-use crate::store::{RecordKind, Store, StoreError};
+use crate::store::{Fence, Fenced, RecordKind, Store, StoreError};
 
 /// A running dispatcher. Dropping it asks the task to stop (at its next wait, or after
 /// the batch in flight).
@@ -21,6 +21,8 @@ pub struct Watcher {
     task: Option<JoinHandle<()>>,
     /// The cursor as the task last read or moved it ([`NO_CURSOR`] before).
     cursor: Arc<AtomicU64>,
+    /// The lease its writes are fenced by, if any.
+    pub fence: Option<Fence>,
 }
 
 /// The cursor of a watcher that has not read it yet.
@@ -59,11 +61,13 @@ pub fn spawn(
     agent: String,
     watches: Vec<Watch>,
     settings: DispatchSettings,
+    fence: Option<Fence>,
 ) -> Watcher {
     let (stop, stopped) = watch::channel(false);
     let w = watches.clone();
     let cursor = Arc::new(AtomicU64::new(NO_CURSOR));
     let shown = cursor.clone();
+    let f = fence.clone();
     let task = super::supervisor::supervise(host.clone(), "watcher", move || {
         let d = Dispatcher {
             host: host.clone(),
@@ -73,10 +77,11 @@ pub fn spawn(
             settings: settings.clone(),
             stopped: stopped.clone(),
             shown: shown.clone(),
+            fence: f.clone(),
         };
         d.run()
     });
-    Watcher { watches, stop, task: Some(task), cursor }
+    Watcher { watches, stop, task: Some(task), cursor, fence }
 }
 
 struct Dispatcher {
@@ -88,6 +93,8 @@ struct Dispatcher {
     stopped: watch::Receiver<bool>,
     /// Where [`Watcher::cursor`] reads the cursor.
     shown: Arc<AtomicU64>,
+    /// The lease every write of the dispatcher is fenced by.
+    fence: Option<Fence>,
 }
 
 /// Why the loop ends early.
@@ -107,7 +114,11 @@ impl Dispatcher {
     }
 
     fn store(&self) -> Step<Arc<dyn Store>> {
-        Ok(self.host()?.store())
+        let store = self.host()?.store();
+        Ok(match &self.fence {
+            Some(f) => Arc::new(Fenced::new(store, f.clone())),
+            None => store,
+        })
     }
 
     /// Sleep `d`, or end when asked to stop.
@@ -129,6 +140,10 @@ impl Dispatcher {
             let store = self.store()?;
             match f(store).await {
                 Ok(v) => return Ok(v),
+                Err(e @ StoreError::Fenced { .. }) => {
+                    tracing::warn!(tenant = %self.tenant, agent = %self.agent, error = %e, "change feed: lease lost, stopping");
+                    return Err(End::Stop);
+                }
                 Err(e) => {
                     tracing::warn!(tenant = %self.tenant, agent = %self.agent, error = %e, "change feed: {what} failed");
                     self.sleep(backoff).await?;
@@ -438,7 +453,7 @@ mod tests {
 
     fn start(fake: &Arc<Fake>) -> Watcher {
         let host: Weak<dyn Host> = Arc::downgrade(fake) as Weak<dyn Host>;
-        spawn(host, "t".into(), "w".into(), watches(), settings())
+        spawn(host, "t".into(), "w".into(), watches(), settings(), None)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use super::{Delivery, Host};
 use crate::registry::{DeadLetter, DeliveredRecord, Letter, MessageRecord, now_ms, scoped};
-use crate::store::{self, Quota, RecordKind, Store, StoreError};
+use crate::store::{self, Fence, Quota, RecordKind, Store, StoreError};
 
 /// How mailboxes deliver, retry and wait.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -232,6 +232,7 @@ pub fn spawn_mailbox(
     concurrency: usize,
     settings: MailboxSettings,
     pending: Arc<AtomicUsize>,
+    fence: Option<Fence>,
 ) -> Mailbox {
     let (stop, stopped) = watch::channel(false);
     let wake = Arc::new(Notify::new());
@@ -248,6 +249,7 @@ pub fn spawn_mailbox(
             wake: w.clone(),
             idle: i.clone(),
             pending: pending.clone(),
+            fence: fence.clone(),
         };
         run.run()
     });
@@ -264,6 +266,8 @@ struct Runner {
     wake: Arc<Notify>,
     idle: Arc<Mutex<Idle>>,
     pending: Arc<AtomicUsize>,
+    /// The lease every write of the consumer is fenced by.
+    fence: Option<Fence>,
 }
 
 /// Messages delivered at once before the delivered ones are removed together (the most a
@@ -338,7 +342,10 @@ impl Runner {
     async fn run(mut self) {
         loop {
             let Some(host) = self.host() else { break };
-            let store = host.store();
+            let store = match &self.fence {
+                Some(f) => Arc::new(crate::store::Fenced::new(host.store(), f.clone())) as Arc<dyn Store>,
+                None => host.store(),
+            };
             drop(host);
             let all = match pending(store.as_ref(), &self.tenant, &self.agent).await {
                 Ok(all) => all,
@@ -675,7 +682,7 @@ mod tests {
             enqueue(store.as_ref(), &new_message("t", "b", "a", None, body, key), Quota::NONE).await.unwrap();
         }
         let host: Weak<dyn Host> = Arc::downgrade(&fake) as Weak<dyn Host>;
-        let mut mb = spawn_mailbox(host.clone(), "t".into(), "b".into(), 1, settings(), Arc::default());
+        let mut mb = spawn_mailbox(host.clone(), "t".into(), "b".into(), 1, settings(), Arc::default(), None);
         until("two deliveries", || fake.got.lock().unwrap().len() == 2).await;
         until("an empty mailbox", || fake.counts.lock().unwrap().len() == 2).await;
         assert_eq!(*fake.got.lock().unwrap(), vec![b"one".to_vec(), b"two".to_vec()], "oldest first, dup dropped");
@@ -684,7 +691,7 @@ mod tests {
         enqueue(store.as_ref(), &new_message("t", "b", "a", None, b"again", Some("k1")), Quota::NONE).await.unwrap();
         if !mb.wake() {
             // The empty mailbox's task ended: a send starts a new one.
-            mb = spawn_mailbox(host, "t".into(), "b".into(), 1, settings(), Arc::default());
+            mb = spawn_mailbox(host, "t".into(), "b".into(), 1, settings(), Arc::default(), None);
         }
         until("the duplicate to be dropped", || fake.counts.lock().unwrap().contains(&"deduplicated")).await;
         assert_eq!(fake.got.lock().unwrap().len(), 2);
@@ -698,7 +705,7 @@ mod tests {
         *fake.mode.lock().unwrap() = Mode::Fail;
         enqueue(store.as_ref(), &new_message("t", "b", "a", Some("news"), b"bad", None), Quota::NONE).await.unwrap();
         let host: Weak<dyn Host> = Arc::downgrade(&fake) as Weak<dyn Host>;
-        let mb = spawn_mailbox(host, "t".into(), "b".into(), 4, settings(), Arc::default());
+        let mb = spawn_mailbox(host, "t".into(), "b".into(), 4, settings(), Arc::default(), None);
         until("a dead letter", || fake.counts.lock().unwrap().contains(&"dead_lettered")).await;
         assert_eq!(fake.got.lock().unwrap().len(), 3, "three attempts");
         assert_eq!(*fake.counts.lock().unwrap(), vec!["retried", "retried", "dead_lettered"]);
@@ -722,7 +729,7 @@ mod tests {
             enqueue(store.as_ref(), &new_message("t", "b", "a", None, body, None), Quota::NONE).await.unwrap();
         }
         let host: Weak<dyn Host> = Arc::downgrade(&fake) as Weak<dyn Host>;
-        let mb = spawn_mailbox(host, "t".into(), "b".into(), 1, settings(), Arc::default());
+        let mb = spawn_mailbox(host, "t".into(), "b".into(), 1, settings(), Arc::default(), None);
         until("both delivered", || fake.counts.lock().unwrap().iter().filter(|c| **c == "delivered").count() == 2)
             .await;
         assert_eq!(*fake.restarts.lock().unwrap(), vec!["mailbox"], "one restart, counted");
@@ -742,7 +749,7 @@ mod tests {
         let (_dir, fake, reg) = setup();
         let store = reg.store().clone();
         let host: Weak<dyn Host> = Arc::downgrade(&fake) as Weak<dyn Host>;
-        let mb = spawn_mailbox(host.clone(), "t".into(), "b".into(), 1, settings(), Arc::default());
+        let mb = spawn_mailbox(host.clone(), "t".into(), "b".into(), 1, settings(), Arc::default(), None);
         // Nothing waits: the task ends at once, and says so to the next waker.
         for _ in 0..2000 {
             if mb.task.as_ref().unwrap().is_finished() {
@@ -752,7 +759,7 @@ mod tests {
         }
         assert!(!mb.wake(), "an ended mailbox task asks for a new one");
         enqueue(store.as_ref(), &new_message("t", "b", "a", None, b"late", None), Quota::NONE).await.unwrap();
-        let mb = spawn_mailbox(host, "t".into(), "b".into(), 1, settings(), Arc::default());
+        let mb = spawn_mailbox(host, "t".into(), "b".into(), 1, settings(), Arc::default(), None);
         until("the late message", || fake.got.lock().unwrap().len() == 1).await;
         mb.halt().await;
     }

@@ -6,6 +6,7 @@
 
 pub mod arangodb;
 mod embedded;
+mod fenced;
 mod instrumented;
 pub mod keys;
 mod overlay;
@@ -18,6 +19,7 @@ use tokio::sync::watch;
 
 pub use arangodb::ArangoStore;
 pub use embedded::EmbeddedStore;
+pub use fenced::Fenced;
 pub use instrumented::{CountObserver, Instrumented, Observer};
 pub use keys::{KeyLimits, check_collection, check_key};
 pub use overlay::Overlay;

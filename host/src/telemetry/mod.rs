@@ -56,7 +56,7 @@ const REFUSALS: [&str; 4] = ["rate_limited", "concurrency_quota", "agent_quota",
 /// Circuit breaker states entered.
 const CIRCUIT_STATES: [&str; 3] = ["open", "half_open", "closed"];
 /// Background task kinds.
-const TASK_KINDS: [&str; 3] = ["watcher", "mailbox", "mailbox_sweep"];
+const TASK_KINDS: [&str; 4] = ["watcher", "mailbox", "mailbox_sweep", "ownership"];
 
 /// What a scrape computes per tenant from the node's current state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -129,6 +129,7 @@ pub struct Metrics {
     modules: IntGaugeVec,
     compile: Histogram,
     artifact_cache: IntCounterVec,
+    leases: IntCounterVec,
     /// Every family, for those with no series yet: name, help, type.
     declared: Vec<(String, String, &'static str)>,
     agents_seen: Mutex<Labelled>,
@@ -230,7 +231,7 @@ impl Metrics {
         }
         let task_restarts = f.counter(
             "cortex_task_restarts_total",
-            "Background tasks that panicked and were restarted, by kind: watcher, mailbox, mailbox_sweep",
+            "Background tasks that panicked and were restarted, by kind: watcher, mailbox, mailbox_sweep, ownership",
             &["kind"],
         );
         for kind in TASK_KINDS {
@@ -251,6 +252,14 @@ impl Metrics {
         );
         for result in ["hit", "miss"] {
             artifact_cache.with_label_values(&[result]);
+        }
+        let leases = f.counter(
+            "cortex_lease_events_total",
+            "Leases of agents' background work on this node, by event: taken, handed_back, lost, expired",
+            &["event"],
+        );
+        for event in ["taken", "handed_back", "lost", "expired"] {
+            leases.with_label_values(&[event]);
         }
         Self {
             invocations: f.counter(
@@ -341,6 +350,7 @@ impl Metrics {
             modules: f.gauge("cortex_modules", "Modules uploaded, by tenant", &["tenant"]),
             compile,
             artifact_cache,
+            leases,
             registry: f.registry,
             declared: f.declared,
             agents_seen: Mutex::new(Labelled::default()),
@@ -495,6 +505,11 @@ impl Metrics {
             self.http_duration.with_label_values(&[method, route]).observe(elapsed.as_secs_f64());
         }
         self.http_requests.with_label_values(&[method, route, http::status_label(status)]).inc();
+    }
+
+    /// A lease of an agent's background work was taken, handed back, lost or let expire.
+    pub fn lease_event(&self, event: &'static str) {
+        self.leases.with_label_values(&[event]).inc();
     }
 
     /// A component was loaded: from the artifact cache, or compiled in `compile_time`.
