@@ -61,6 +61,14 @@ pub async fn build(config: ServerConfig) -> Result<Arc<AppState>, ServeError> {
         StoreConfig::Embedded => Arc::new(EmbeddedStore::open(&config.data_dir.join("store"))?),
         StoreConfig::Arangodb(cfg) => Arc::new(ArangoStore::connect(cfg).await?),
     };
+    build_on(config, store).await
+}
+
+/// [`build`] over a store opened by the caller (several nodes of one process sharing one
+/// store, in tests and benches): `config.store` is not read.
+pub async fn build_on(config: ServerConfig, store: Arc<dyn Store>) -> Result<Arc<AppState>, ServeError> {
+    crate::fsutil::prepare_data_dir(&config.data_dir)
+        .map_err(|source| StoreError::Open { path: config.data_dir.clone(), source })?;
     let runtime = Runtime::new(config.engine.clone(), Some(&config.data_dir.join("cache")))?;
     let verifier = Verifier::new(&config.auth, &config.data_dir)?;
     // A metrics token that cannot be read stops the start, not only the scrapes.

@@ -6,6 +6,7 @@
 mod api;
 mod api_security;
 mod arangodb;
+mod cluster;
 mod common;
 mod counter;
 mod documents;

@@ -59,7 +59,20 @@ impl Server {
     }
 
     pub async fn start_config(dir: DataDir, cfg: ServerConfig) -> Server {
-        let state = match cortex_host::server::build(cfg).await {
+        Self::start_on(dir, cfg, None).await
+    }
+
+    /// A server on `cfg`, over `store` when given (nodes of one cluster sharing a store).
+    pub async fn start_on(
+        dir: DataDir,
+        cfg: ServerConfig,
+        store: Option<Arc<dyn cortex_host::store::Store>>,
+    ) -> Server {
+        let built = match store {
+            Some(store) => cortex_host::server::build_on(cfg, store).await,
+            None => cortex_host::server::build(cfg).await,
+        };
+        let state = match built {
             Ok(s) => s,
             Err(e) => panic!("server build failed: {e}"),
         };

@@ -1,0 +1,194 @@
+//! Several full host nodes in one process, each with its own HTTP listener and data dir,
+//! sharing one store: a change made through one node is applied by every node within the
+//! bound; every running agent's background work is owned by exactly one live node; a node
+//! that leaves hands its work over; a former owner's writes are fenced.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cortex_artifacts as art;
+use cortex_host::api::Role;
+use cortex_host::store::{EmbeddedStore, Fence, Fenced, RecordKind, RecordStore, Store, StoreError};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::server::{Server, config, data_dir};
+
+/// The bound the README states for a change to reach every node.
+const BOUND: Duration = Duration::from_secs(1);
+
+/// `n` nodes over one embedded store (opened in a directory of its own), sharing one token
+/// secret, with fast heartbeats.
+async fn nodes(n: usize) -> (Vec<Server>, Arc<dyn Store>, crate::server::DataDir) {
+    let shared = data_dir();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&shared.path().join("store")).unwrap());
+    let secret = shared.path().join("jwt-hs256.secret");
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let dir = data_dir();
+        let mut cfg = config(dir.path());
+        cfg.auth.secret_file = Some(secret.clone());
+        cfg.cluster.heartbeat_ms = 100;
+        cfg.cluster.node_ttl_ms = 1_000;
+        cfg.cluster.lease_ttl_ms = 1_000;
+        cfg.messaging.idle_poll_ms = 100;
+        out.push(Server::start_on(dir, cfg, Some(store.clone())).await);
+    }
+    (out, store, shared)
+}
+
+/// Poll `f` until it holds, at most `within`; returns how long it took.
+async fn within<F, Fut>(within: Duration, what: &str, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if f().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Which node owns each agent, from every node's own view: (agent, epoch) -> node index.
+fn owners(nodes: &[&Server]) -> BTreeMap<String, Vec<(usize, u64)>> {
+    let mut out: BTreeMap<String, Vec<(usize, u64)>> = BTreeMap::new();
+    for (i, s) in nodes.iter().enumerate() {
+        for (agent, epoch) in s.state.agents.owned() {
+            out.entry(agent).or_default().push((i, epoch));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_through_one_node_reaches_every_node_within_the_bound() {
+    let (n, _store, _dir) = nodes(3).await;
+    let admin = n[0].admin();
+    n[0].tenant("acme").await;
+    let dev = n[0].token(Some("acme"), Role::Developer);
+    let digest = n[0].upload(&dev, art::COUNTER).await;
+    n[0].deploy(&dev, "c", &digest, json!({})).await;
+    // Deployed through node 1, invoked through node 3.
+    within(BOUND, "the deploy reaches node 3", || async { n[2].invoke(&dev, "c", "").await.0 == StatusCode::OK }).await;
+    // Stopped through node 2: refused through node 1 and node 3.
+    let r = n[1].req(Method::POST, "/v1/agents/c/stop", &dev).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    for i in [0, 2] {
+        within(BOUND, "the stop reaches every node", || async { n[i].invoke(&dev, "c", "").await.0 != StatusCode::OK })
+            .await;
+    }
+    // A key made through node 1 and used there; revoked through node 2: refused on node 1.
+    let r = n[0].req(Method::POST, "/v1/keys", &n[0].token(Some("acme"), Role::TenantAdmin));
+    let key: serde_json::Value =
+        r.json(&json!({"role": "observer", "name": "k"})).send().await.unwrap().json().await.unwrap();
+    let (id, secret) = (key["id"].as_str().unwrap().to_owned(), key["key"].as_str().unwrap().to_owned());
+    let read = |i: usize| {
+        let req = n[i].client.get(n[i].url("/v1/agents")).bearer_auth(secret.clone());
+        async move { req.send().await.unwrap().status() }
+    };
+    assert_eq!(read(0).await, StatusCode::OK, "the key works (and is cached on node 1)");
+    let r = n[1].req(Method::DELETE, &format!("/v1/keys/{id}"), &n[1].token(Some("acme"), Role::TenantAdmin));
+    assert!(r.send().await.unwrap().status().is_success());
+    within(BOUND, "the revocation reaches node 1", || async { read(0).await == StatusCode::UNAUTHORIZED }).await;
+    // A tenant deleted through node 3 is gone through node 1.
+    let r = n[2].req(Method::DELETE, "/v1/tenants/acme", &admin).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    within(BOUND, "the tenant delete reaches node 1", || async {
+        n[0].req(Method::GET, "/v1/agents", &dev).send().await.unwrap().status() != StatusCode::OK
+    })
+    .await;
+    // Every node applied the stream to the same position and answers ready.
+    for s in &n {
+        let r = s.client.get(s.url("/readyz")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_agent_has_one_owner_and_a_leaving_node_hands_its_work_over() {
+    let (mut n, store, _dir) = nodes(3).await;
+    n[0].tenant("acme").await;
+    let dev = n[0].token(Some("acme"), Role::Developer);
+    let counter = n[0].upload(&dev, art::COUNTER).await;
+    let agents: Vec<String> = (0..9).map(|i| format!("a{i}")).collect();
+    for a in &agents {
+        n[0].deploy(&dev, a, &counter, json!({})).await;
+    }
+    let want: HashSet<String> = agents.iter().map(|a| format!("acme/{a}")).collect();
+    let all: Vec<&Server> = n.iter().collect();
+    within(Duration::from_secs(10), "every agent owned by exactly one node", || async {
+        let o = owners(&all);
+        o.keys().cloned().collect::<HashSet<_>>() == want && o.values().all(|v| v.len() == 1)
+    })
+    .await;
+    // Spread over more than one node (rendezvous hashing over 3 live nodes).
+    let spread: HashSet<usize> = owners(&all).values().map(|v| v[0].0).collect();
+    assert!(spread.len() >= 2, "{:?}", owners(&all));
+    // The cluster view lists the three nodes, live, and what each owns.
+    let view = n[1].get_json(&n[1].admin(), "/v1/cluster").await;
+    let nodes = view["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{view}");
+    assert!(nodes.iter().all(|x| x["live"] == true), "{view}");
+    let listed: usize = nodes.iter().map(|x| x["owns"].as_array().unwrap().len()).sum();
+    assert_eq!(listed, 9, "{view}");
+
+    // Node 2 leaves (SIGTERM-like shutdown): it hands back; the others take over at once.
+    let before = owners(&all);
+    let gone = n.remove(1);
+    let gone_id = gone.state.agents.cluster().id().to_owned();
+    gone.stop().await;
+    let left: Vec<&Server> = n.iter().collect();
+    within(Duration::from_secs(10), "the leaving node's agents owned again", || async {
+        let o = owners(&left);
+        o.keys().cloned().collect::<HashSet<_>>() == want && o.values().all(|v| v.len() == 1)
+    })
+    .await;
+    // Epochs never go back: a moved agent has a higher epoch than before.
+    for (agent, now) in owners(&left) {
+        let was = before[&agent][0].1;
+        assert!(now[0].1 >= was, "{agent}: epoch {was} went back to {}", now[0].1);
+    }
+    // The work runs: every agent still counts through any node.
+    for a in &agents {
+        n[1].invoke_ok(&dev, a, "").await;
+    }
+    // The left node's membership record is gone.
+    assert!(store.record_get(RecordKind::Node, &gone_id).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_former_owner_cannot_write_once_another_took_the_lease() {
+    let (n, store, _dir) = nodes(2).await;
+    n[0].tenant("acme").await;
+    let dev = n[0].token(Some("acme"), Role::Developer);
+    let watcher = n[0].upload(&dev, art::WATCHER).await;
+    n[0].deploy_with(&dev, "w", &watcher, json!({"watches": [{"collection": "orders"}]})).await;
+    let all: Vec<&Server> = n.iter().collect();
+    within(Duration::from_secs(10), "the watcher is owned", || async { owners(&all).len() == 1 }).await;
+    let (owner, epoch) = owners(&all)["acme/w"][0];
+    // Another node takes the lease (epoch + 1), as after the owner paused past its TTL.
+    let (bytes, rev) = store.record_get(RecordKind::Lease, "acme/w").await.unwrap().unwrap();
+    let mut lease: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    lease["owner"] = json!("someone-else");
+    lease["epoch"] = json!(epoch + 1);
+    store.record_put(RecordKind::Lease, "acme/w", serde_json::to_vec(&lease).unwrap(), Some(rev)).await.unwrap();
+    // A write fenced by the old epoch is refused, and nothing is written.
+    let old = Fenced::new(store.clone(), Fence { key: "acme/w".into(), epoch });
+    let e = old.record_put(RecordKind::Cursor, "acme/w", b"{\"seq\":0,\"updated_ms\":0}".to_vec(), None).await;
+    assert!(matches!(e, Err(StoreError::Fenced { held, .. }) if held == epoch + 1), "{e:?}");
+    // The former owner notices at its next heartbeat and stops the work.
+    within(Duration::from_secs(5), "the former owner stops", || async {
+        !n[owner].state.agents.is_watching("acme", "w") || owners(&all)["acme/w"].iter().all(|(_, e)| *e > epoch)
+    })
+    .await;
+    // "someone-else" never renews: its lease expires and a live node takes it, one epoch on.
+    within(Duration::from_secs(10), "a live node owns it again", || async {
+        owners(&all).get("acme/w").is_some_and(|o| o.len() == 1 && o[0].1 >= epoch + 2)
+    })
+    .await;
+}
