@@ -129,8 +129,11 @@ fn parse_chunk(value: &[u8]) -> Result<(u32, u64, &[u8]), String> {
 
 /// Put a module's chunk records (as listed, in key order) back together and verify them.
 pub fn assemble(digest: &str, records: &[(String, Vec<u8>)]) -> Result<Vec<u8>, ModuleBytesError> {
-    let malformed =
-        |key: &str, reason: String| ModuleBytesError::MalformedChunk { digest: digest.to_owned(), key: key.to_owned(), reason };
+    let malformed = |key: &str, reason: String| ModuleBytesError::MalformedChunk {
+        digest: digest.to_owned(),
+        key: key.to_owned(),
+        reason,
+    };
     let Some((first_key, first)) = records.first() else {
         return Err(ModuleBytesError::Absent { digest: digest.to_owned() });
     };
@@ -145,7 +148,10 @@ pub fn assemble(digest: &str, records: &[(String, Vec<u8>)]) -> Result<Vec<u8>, 
             .ok_or_else(|| malformed(key, "not a chunk key of this module".into()))?;
         let (c, s, payload) = parse_chunk(value).map_err(|r| malformed(key, r))?;
         if (c, s) != (count, size) {
-            return Err(malformed(key, format!("says {c} chunks of {s} bytes, chunk {first_key} says {count} of {size}")));
+            return Err(malformed(
+                key,
+                format!("says {c} chunks of {s} bytes, chunk {first_key} says {count} of {size}"),
+            ));
         }
         if index >= count {
             return Err(malformed(key, format!("beyond the {count} chunks of the set")));
