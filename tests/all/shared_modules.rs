@@ -244,12 +244,18 @@ async fn the_chunks_go_with_the_last_module_record_naming_their_digest() {
     assert_eq!(chunks(&store, &digest).await, stored);
     let b = Node::start(store.clone(), |_| {}).await;
     assert!(b.state.agents.modules.load(&digest).await.is_ok(), "another node still loads it");
+    let b_copy = b.dir.path().join("modules").join(format!("{digest}.wasm"));
+    assert!(b_copy.exists());
+    assert!(!b.state.agents.modules.forget_if_unused(&digest).await.unwrap(), "still used: B keeps it");
 
     // acme deletes the last one: the chunks and A's local copy go.
     let del = a.req(Method::DELETE, &format!("/v1/modules/{digest}"), &acme).send().await.unwrap();
     assert_eq!(del.status(), StatusCode::NO_CONTENT);
     assert!(chunks(&store, &digest).await.is_empty(), "no chunk left");
     assert!(!a.dir.path().join("modules").join(format!("{digest}.wasm")).exists());
+    // B, told of the delete, drops its own copy.
+    assert!(b.state.agents.modules.forget_if_unused(&digest).await.unwrap());
+    assert!(!b_copy.exists() && !b.state.agents.modules.is_cached(&digest));
     // An upload of the same bytes stores them again.
     assert_eq!(a.upload(&acme, art::HELLO).await, digest);
     assert_eq!(chunks(&store, &digest).await, stored);

@@ -336,13 +336,34 @@ impl Modules {
     pub async fn delete(&self, tenant: &str, digest: &str) -> AgentsResult<()> {
         let _files = self.files().await;
         self.registry.delete(RecordKind::Module, &crate::registry::scoped(tenant, digest)).await?;
-        let records = self.registry.store().record_list(RecordKind::Module, "").await?;
-        if records.iter().any(|(k, _)| k.rsplit_once('/').is_some_and(|(_, d)| d == digest)) {
+        if self.named_by_a_record(digest).await? {
             return Ok(());
         }
         if let Err(e) = self.delete_chunks(digest).await {
             tracing::warn!(digest, error = %e, "cannot remove a deleted module's chunks from the store");
         }
+        // Another node may have written a record of the same bytes meanwhile (its upload
+        // holds its own node's lock only): then its chunks are written back from the local
+        // copy (its upload also checks its set after its record; see `ensure_stored`).
+        if self.named_by_a_record(digest).await? {
+            if let Some(bytes) = self.read_local(digest) {
+                tracing::warn!(digest, "a module was uploaded again while its bytes were deleted; storing them again");
+                self.put_chunks(digest, &bytes).await?;
+            }
+            return Ok(());
+        }
+        self.forget_local(digest);
+        Ok(())
+    }
+
+    /// Whether any tenant's module record names `digest`.
+    async fn named_by_a_record(&self, digest: &str) -> AgentsResult<bool> {
+        let records = self.registry.store().record_list(RecordKind::Module, "").await?;
+        Ok(records.iter().any(|(k, _)| k.rsplit_once('/').is_some_and(|(_, d)| d == digest)))
+    }
+
+    /// Drop this node's loaded module, compiled artifact and local copy of `digest`.
+    fn forget_local(&self, digest: &str) {
         self.cache.remove(digest);
         self.runtime.forget_artifact(digest);
         match std::fs::remove_file(self.path(digest)) {
@@ -350,6 +371,29 @@ impl Modules {
                 tracing::warn!(digest, error = %e, "cannot remove a deleted module's bytes");
             }
             _ => {}
+        }
+    }
+
+    /// For a node that learns (from the registry change stream) that another node deleted
+    /// a module record: drop this node's loaded module, artifact and local copy of `digest`
+    /// if no module record names it any more (the deleting node removed the chunks).
+    /// Returns whether they were dropped.
+    pub async fn forget_if_unused(&self, digest: &str) -> AgentsResult<bool> {
+        let _files = self.files().await;
+        if self.named_by_a_record(digest).await? {
+            return Ok(false);
+        }
+        self.forget_local(digest);
+        Ok(true)
+    }
+
+    /// After an upload wrote its record: make sure the store still holds the chunk set (a
+    /// delete of the same digest on another node may have raced with the upload), writing
+    /// it again from `bytes` if not.
+    pub async fn ensure_stored(&self, digest: &str, bytes: &[u8]) -> AgentsResult<()> {
+        if !self.stored_set_present(digest).await? {
+            tracing::warn!(digest, "a module's chunks went while it was uploaded; storing them again");
+            self.put_chunks(digest, bytes).await?;
         }
         Ok(())
     }

@@ -159,6 +159,7 @@ impl Agents {
             Err(e) => return Err(e.into()),
         }
         drop(files);
+        self.modules.ensure_stored(&d, bytes).await?;
         if background {
             self.compile_in_background(t.name.clone(), d);
             Ok(Uploaded::Compiling(rec))
