@@ -32,6 +32,7 @@ mod request_ids;
 mod routes_in_process;
 mod schemathesis;
 mod server;
+mod shared_modules;
 mod store_contract;
 mod supervision;
 mod tenants;

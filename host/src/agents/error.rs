@@ -65,6 +65,9 @@ pub enum AgentsError {
     /// The module was refused at load.
     #[error(transparent)]
     Module(#[from] LoadError),
+    /// A module's bytes could not be read from the store (missing or altered chunks).
+    #[error(transparent)]
+    ModuleBytes(#[from] super::modules::ModuleBytesError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -1,6 +1,7 @@
 //! Module uploads: admitted at once when small, compiled in the background when larger
 //! than `[modules] async_compile_bytes` (the record says `compiling` until it is `ready`
-//! or `failed`, and a restart resumes what was compiling); names and tags.
+//! or `failed`, and a restart resumes what was compiling, on any node: the bytes are in the
+//! store before the record); names and tags.
 
 use std::sync::Arc;
 
@@ -142,10 +143,12 @@ impl Agents {
         if let Some(l) = label {
             self.label(&mut rec, l, by).await?;
         }
-        // From the bytes to the record, a concurrent delete of the same digest (by another
-        // tenant) cannot free the files this record is about to name.
+        // The bytes (chunks in the store, then the local copy) before the record: a node
+        // that sees the record can read them. From the bytes to the record, a concurrent
+        // delete of the same digest (by another tenant) cannot free the bytes this record
+        // is about to name.
         let files = self.modules.files().await;
-        self.modules.save_bytes(&d, bytes)?;
+        self.modules.save_bytes(&d, bytes).await?;
         if let Some(m) = module {
             self.modules.cache(m);
         }
@@ -156,6 +159,7 @@ impl Agents {
             Err(e) => return Err(e.into()),
         }
         drop(files);
+        self.modules.ensure_stored(&d, bytes).await?;
         if background {
             self.compile_in_background(t.name.clone(), d);
             Ok(Uploaded::Compiling(rec))
@@ -217,8 +221,9 @@ impl Agents {
         Ok(())
     }
 
-    /// Compile `tenant`'s module `d` (its bytes on disk) in the background and record the
-    /// result; bounded by the compile limits and concurrency as any load.
+    /// Compile `tenant`'s module `d` (its bytes: the local copy, else the store's) in the
+    /// background and record the result; bounded by the compile limits and concurrency as
+    /// any load.
     fn compile_in_background(self: &Arc<Self>, tenant: String, d: String) {
         let this = self.clone();
         tokio::spawn(async move {
@@ -248,6 +253,7 @@ impl Agents {
                 Err(e) => {
                     let code = match e {
                         AgentsError::Module(l) => l.code(),
+                        AgentsError::ModuleBytes(b) => b.code(),
                         _ => "internal",
                     };
                     tracing::info!(tenant, digest = d, code, error = %e, "a module failed to compile");
@@ -263,8 +269,15 @@ impl Agents {
         }
     }
 
-    /// Compile again every module a stopped server left `compiling` (at start).
+    /// At start: copy to the store the bytes of modules this node has only as local files
+    /// (a data directory from before the store held them; see
+    /// [`super::Modules::share_local_files`]), then compile again every module a stopped
+    /// server left `compiling`.
     pub(super) async fn resume_compiles(self: &Arc<Self>) -> AgentsResult<usize> {
+        let shared = self.modules.share_local_files().await?;
+        if shared > 0 {
+            tracing::info!(modules = shared, "module bytes migrated from the data directory to the store");
+        }
         let all = self.registry.list::<ModuleRecord>(RecordKind::Module, "").await?;
         let mut n = 0;
         for m in all.into_iter().filter(|m| m.status == ModuleStatus::Compiling) {

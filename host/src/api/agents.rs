@@ -50,6 +50,7 @@ impl From<AgentsError> for ApiError {
             AgentsError::Init { code, message } => ApiError::Init { code, message },
             AgentsError::Module(e) => ApiError::Module(e),
             AgentsError::Store(e) => e.into(),
+            AgentsError::ModuleBytes(e) => ApiError::Internal(e.to_string()),
             AgentsError::Internal(m) => ApiError::Internal(m),
         }
     }
