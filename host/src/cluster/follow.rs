@@ -89,6 +89,15 @@ async fn apply(st: &Arc<AppState>, e: &ChangeEvent) {
             }
         }
         RecordKind::ApiKey => st.forget_api_key(&e.key),
+        // A module deleted through another node: drop this node's copy, artifact and
+        // loaded module unless another tenant's record still names the digest.
+        RecordKind::Module if e.op == ChangeOp::Delete => {
+            if let Some((_, digest)) = e.key.split_once('/')
+                && let Err(err) = st.agents.modules.forget_if_unused(digest).await
+            {
+                tracing::warn!(%digest, error = %err, "registry stream: forgetting a deleted module failed");
+            }
+        }
         // Read from the store when used: nothing cached to forget.
         _ => {}
     }
