@@ -32,8 +32,26 @@ pub(crate) async fn connected() -> (FakeArango, ArangoStore, tempfile::TempDir) 
     (fake, store, dir)
 }
 
+/// A second client of the fake server `fake` (a second host process), on the same database.
+pub(crate) async fn connect_again(fake: &FakeArango, dir: &tempfile::TempDir) -> ArangoStore {
+    ArangoStore::connect(&config(&fake.url, dir, PASSWORD)).await.unwrap()
+}
+
 /// A store on a fresh database of the real server at `CORTEX_TEST_ARANGODB_URL`, if set.
 pub(crate) async fn real() -> Option<(ArangoStore, tempfile::TempDir)> {
+    let (cfg, dir) = real_config()?;
+    Some((ArangoStore::connect(&cfg).await.unwrap(), dir))
+}
+
+/// Two clients of one fresh database of the real server at `CORTEX_TEST_ARANGODB_URL`.
+pub(crate) async fn real_twins() -> Option<(ArangoStore, ArangoStore, tempfile::TempDir)> {
+    let (cfg, dir) = real_config()?;
+    let a = ArangoStore::connect(&cfg).await.unwrap();
+    Some((a, ArangoStore::connect(&cfg).await.unwrap(), dir))
+}
+
+/// The configuration of a fresh database of the real server, if one is given.
+fn real_config() -> Option<(ArangoConfig, tempfile::TempDir)> {
     let url = std::env::var("CORTEX_TEST_ARANGODB_URL").ok()?;
     let dir = tempfile::tempdir().unwrap();
     let password = std::env::var("CORTEX_TEST_ARANGODB_PASSWORD").unwrap_or_default();
@@ -44,7 +62,7 @@ pub(crate) async fn real() -> Option<(ArangoStore, tempfile::TempDir)> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     cfg.database = format!("cortex_contract_{nanos}_{n}");
-    Some((ArangoStore::connect(&cfg).await.unwrap(), dir))
+    Some((cfg, dir))
 }
 
 /// The contract itself runs per case in `store_contract::fake_arango`; this runs every case
