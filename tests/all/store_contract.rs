@@ -815,14 +815,14 @@ pub async fn replicated_record_writes_append_one_registry_event_each(s: Arc<dyn 
 
     // record_apply: one event per effective op of a replicated kind, in op order.
     let ops = [
-        rput(Profile, "reg-one/p", b"{}", Some(1)),
+        rput(Profile, "reg-one/k", b"{}", Some(1)),
         rput(Message, "reg-one/a/1", b"{}", None),
         rdel(ApiKey, "reg-one/k", Some(1)),
         rdel(ApiKey, "reg-one/none", None),
         rput(Agent, "reg-one/k", b"{}", Some(0)),
     ];
     assert_eq!(s.record_apply(None, &ops, Quota::NONE).await.unwrap(), vec![2, 1, 1, 0, 1]);
-    want.extend([reg(Profile, "reg-one/p", Put, 2), reg(ApiKey, "reg-one/k", Delete, 1), reg(Agent, "reg-one/k", Put, 1)]);
+    want.extend([reg(Profile, "reg-one/k", Put, 2), reg(ApiKey, "reg-one/k", Delete, 1), reg(Agent, "reg-one/k", Put, 1)]);
 
     assert_eq!(unnumbered(&registry_since(s, h).await), want);
     // The stream pages like any feed, and is no tenant's feed.
