@@ -808,7 +808,11 @@ pub async fn replicated_record_writes_append_one_registry_event_each(s: Arc<dyn 
     s.record_put(Module, "reg-one/m1", b"{}".to_vec(), None).await.unwrap();
     s.record_put(Module, "reg-one/m1", b"{}".to_vec(), None).await.unwrap();
     s.record_put(Module, "reg-one/m2", b"{}".to_vec(), None).await.unwrap();
-    want.extend([reg(Module, "reg-one/m1", Put, 1), reg(Module, "reg-one/m1", Put, 2), reg(Module, "reg-one/m2", Put, 1)]);
+    want.extend([
+        reg(Module, "reg-one/m1", Put, 1),
+        reg(Module, "reg-one/m1", Put, 2),
+        reg(Module, "reg-one/m2", Put, 1),
+    ]);
     let keys = ["reg-one/m1", "reg-one/m9", "reg-one/m2"].map(String::from);
     assert_eq!(s.record_delete_many(Module, &keys).await.unwrap(), 2);
     want.extend([reg(Module, "reg-one/m1", Delete, 2), reg(Module, "reg-one/m2", Delete, 1)]);
@@ -822,7 +826,11 @@ pub async fn replicated_record_writes_append_one_registry_event_each(s: Arc<dyn 
         rput(Agent, "reg-one/k", b"{}", Some(0)),
     ];
     assert_eq!(s.record_apply(None, &ops, Quota::NONE).await.unwrap(), vec![2, 1, 1, 0, 1]);
-    want.extend([reg(Profile, "reg-one/k", Put, 2), reg(ApiKey, "reg-one/k", Delete, 1), reg(Agent, "reg-one/k", Put, 1)]);
+    want.extend([
+        reg(Profile, "reg-one/k", Put, 2),
+        reg(ApiKey, "reg-one/k", Delete, 1),
+        reg(Agent, "reg-one/k", Put, 1),
+    ]);
 
     assert_eq!(unnumbered(&registry_since(s, h).await), want);
     // The stream pages like any feed, and is no tenant's feed.

@@ -58,8 +58,8 @@ use serde_json::{Value, json};
 use self::client::{HttpClient, Timeouts, retry_safe, with_timeouts};
 use self::keys::{arango_key, escape, hex, unhex};
 use super::{
-    ChangeOp, Document, DocumentStore, FeedSignal, Fence, Page, Quota, RecordKind, RecordOp, RecordStore, Result, Scope,
-    StoreError, Usage, WriteOp,
+    ChangeOp, Document, DocumentStore, FeedSignal, Fence, Page, Quota, RecordKind, RecordOp, RecordStore, Result,
+    Scope, StoreError, Usage, WriteOp,
 };
 use crate::config::ArangoConfig;
 
