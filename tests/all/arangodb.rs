@@ -7,7 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cortex_host::config::ArangoConfig;
-use cortex_host::store::{ArangoStore, DocumentStore, RecordKind, RecordStore, Scope, StoreError};
+use cortex_host::store::arangodb::keys::{arango_key, hex};
+use cortex_host::store::{
+    ArangoStore, DocumentStore, FeedStore, Fence, Quota, REGISTRY_FEED, RecordKind, RecordOp, RecordStore, Scope,
+    StoreError,
+};
+use serde_json::{Value, json};
 
 use crate::fake_arango::{FakeArango, PASSWORD, USER};
 use crate::store_contract::every_case;
@@ -32,8 +37,26 @@ pub(crate) async fn connected() -> (FakeArango, ArangoStore, tempfile::TempDir) 
     (fake, store, dir)
 }
 
+/// A second client of the fake server `fake` (a second host process), on the same database.
+pub(crate) async fn connect_again(fake: &FakeArango, dir: &tempfile::TempDir) -> ArangoStore {
+    ArangoStore::connect(&config(&fake.url, dir, PASSWORD)).await.unwrap()
+}
+
 /// A store on a fresh database of the real server at `CORTEX_TEST_ARANGODB_URL`, if set.
 pub(crate) async fn real() -> Option<(ArangoStore, tempfile::TempDir)> {
+    let (cfg, dir) = real_config()?;
+    Some((ArangoStore::connect(&cfg).await.unwrap(), dir))
+}
+
+/// Two clients of one fresh database of the real server at `CORTEX_TEST_ARANGODB_URL`.
+pub(crate) async fn real_twins() -> Option<(ArangoStore, ArangoStore, tempfile::TempDir)> {
+    let (cfg, dir) = real_config()?;
+    let a = ArangoStore::connect(&cfg).await.unwrap();
+    Some((a, ArangoStore::connect(&cfg).await.unwrap(), dir))
+}
+
+/// The configuration of a fresh database of the real server, if one is given.
+fn real_config() -> Option<(ArangoConfig, tempfile::TempDir)> {
     let url = std::env::var("CORTEX_TEST_ARANGODB_URL").ok()?;
     let dir = tempfile::tempdir().unwrap();
     let password = std::env::var("CORTEX_TEST_ARANGODB_PASSWORD").unwrap_or_default();
@@ -44,7 +67,7 @@ pub(crate) async fn real() -> Option<(ArangoStore, tempfile::TempDir)> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     cfg.database = format!("cortex_contract_{nanos}_{n}");
-    Some((ArangoStore::connect(&cfg).await.unwrap(), dir))
+    Some((cfg, dir))
 }
 
 /// The contract itself runs per case in `store_contract::fake_arango`; this runs every case
@@ -65,6 +88,8 @@ async fn the_contract_uses_every_protocol_path_of_the_fake_server() {
         "PUT /_db/cortex_test/_api/document/cortex_feed/t_cfeed_ha-head",
         "POST /_db/cortex_test/_api/document/cortex_edges",
         "DELETE /_db/cortex_test/_api/document/cortex_edges/",
+        // The registry change stream: the feed of the pseudo-tenant `~registry`.
+        "PUT /_db/cortex_test/_api/document/cortex_feed/t_c_x7eregistry-head",
     ] {
         assert!(log.iter().any(|l| l.starts_with(want)), "no request {want:?}");
     }
@@ -287,4 +312,44 @@ async fn readyz_pings_the_store_and_answers_503_while_it_stalls() {
     fake.state.lock().unwrap().hang = false;
     let r = ready().await;
     assert_eq!((r.status.as_u16(), r.text.as_str()), (200, "ready"));
+}
+
+/// A fenced write takes part in the server's write-write conflict detection on its lease:
+/// while another client holds an uncommitted write of the lease (a takeover in flight), the
+/// fenced write cannot commit (it retries, then gives up with a transient error, nothing
+/// written); once the takeover commits, the write is fenced. Were the lease only read, the
+/// fenced write would commit before the takeover does, and both would stand.
+#[tokio::test]
+async fn a_fenced_write_conflicts_with_an_uncommitted_takeover_of_its_lease() {
+    let (fake, store, _dir) = connected().await;
+    let lease = "watch/t/a";
+    store.record_put(RecordKind::Lease, lease, br#"{"epoch":1}"#.to_vec(), Some(0)).await.unwrap();
+    let ops = [RecordOp::Put { kind: RecordKind::Agent, key: "t/a".into(), value: b"{}".to_vec(), expected: None }];
+    let fence = Fence { key: lease.into(), epoch: 1 };
+    assert_eq!(store.record_apply(Some(&fence), &ops, Quota::NONE).await.unwrap(), [1]);
+
+    // Another node writes the lease at epoch 2 in a stream transaction, not committed yet.
+    let http = reqwest::Client::new();
+    let api = format!("{}/_db/cortex_test/_api", fake.url);
+    let begin = json!({ "collections": { "write": ["cortex_records"] } });
+    let r = http.post(format!("{api}/transaction/begin")).basic_auth(USER, Some(PASSWORD)).json(&begin).send();
+    let trx: Value = r.await.unwrap().json().await.unwrap();
+    let trx = trx["result"]["id"].as_str().unwrap().to_owned();
+    let doc = json!({
+        "kind": "lease", "key": lease, "khex": hex(lease.as_bytes()), "value": hex(br#"{"epoch":2}"#), "rev": 2
+    });
+    let url = format!("{api}/document/cortex_records/{}", arango_key(&["lease", lease]));
+    let r = http.put(url).basic_auth(USER, Some(PASSWORD)).header("x-arango-trx-id", &trx).json(&doc).send();
+    assert!(r.await.unwrap().status().is_success());
+
+    let head = store.feed_head(REGISTRY_FEED).await.unwrap();
+    let e = store.record_apply(Some(&fence), &ops, Quota::NONE).await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert_eq!(store.record_get(RecordKind::Agent, "t/a").await.unwrap().map(|(_, rev)| rev), Some(1));
+    assert_eq!(store.feed_head(REGISTRY_FEED).await.unwrap(), head);
+
+    let r = http.put(format!("{api}/transaction/{trx}")).basic_auth(USER, Some(PASSWORD)).send();
+    assert!(r.await.unwrap().status().is_success());
+    let e = store.record_apply(Some(&fence), &ops, Quota::NONE).await.unwrap_err();
+    assert!(matches!(e, StoreError::Fenced { held: 2, carried: 1, .. }), "{e}");
 }

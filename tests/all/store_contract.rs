@@ -4,8 +4,11 @@
 //! empty store, so one failing case does not hide the others.
 //!
 //! A case is a `pub async fn <case>(s: Arc<dyn Store>)` listed in [`contract_cases!`]; a new
-//! backend is a module with `async fn backend() -> Option<Backend>` and
-//! `contract_tests!(backend);`. Cases use their own tenants, so [`every_case`] can also run
+//! backend is a module with `async fn backend() -> Option<Backend>`, `async fn twins() ->
+//! Option<Twins>` (two store values over one backend, for the cases in [`twin_cases!`]:
+//! `pub async fn <case>(a: Arc<dyn Store>, b: Arc<dyn Store>)`) and
+//! `contract_tests!(backend, twins);`. Cases use their own tenants and keys, and read the
+//! shared registry stream from its head when they start, so [`every_case`] can also run
 //! them one after another on one store.
 
 use std::collections::BTreeMap;
@@ -15,8 +18,8 @@ use std::time::{Duration, Instant};
 use cortex_host::agents::logbook::LogBook;
 use cortex_host::runtime::{LogLine, LogStream};
 use cortex_host::store::{
-    ChangeEvent, ChangeOp, Direction, Edge, EmbeddedStore, Quota, RecordKind, Scope, Store, StoreError, Usage, WriteOp,
-    edge_size,
+    ChangeEvent, ChangeOp, Direction, Edge, EmbeddedStore, Fence, Quota, REGISTRY_FEED, RecordKind, RecordOp, Scope,
+    Store, StoreError, Usage, WriteOp, edge_size,
 };
 
 /// A store under test and what must live as long as it (a folder, a fake server).
@@ -42,17 +45,50 @@ macro_rules! contract_cases {
             quotas_count_every_stored_byte_inside_the_write,
             bounded_reads_stop_at_the_byte_budget,
             agent_logs_are_stored_in_order_trimmed_and_purged,
+            replicated_record_writes_append_one_registry_event_each,
+            other_record_kinds_append_no_registry_event,
+            wait_for_wakes_on_a_registry_record_write,
+            record_apply_is_all_or_nothing_and_reports_each_op,
+            record_apply_with_a_fence_applies_only_at_the_held_epoch,
+            record_apply_meters_metered_kinds_within_the_quota,
         );
     };
 }
 pub(crate) use contract_cases;
 
-/// One `#[tokio::test]` per case on a fresh store from `$backend()` (`None`: skipped).
-macro_rules! contract_tests {
-    ($backend:path) => {
-        $crate::store_contract::contract_cases!(contract_tests_for!($backend));
+/// Like [`contract_cases!`], for the cases that take two store values over one backend
+/// (two processes sharing it; the embedded backend gives the same store twice).
+macro_rules! twin_cases {
+    ($callback:ident!($($args:tt)*)) => {
+        $crate::store_contract::$callback!(($($args)*)
+            registry_writes_of_two_store_values_get_one_dense_stream,
+            a_lease_takeover_and_a_fenced_write_never_both_commit,
+        );
     };
 }
+pub(crate) use twin_cases;
+
+/// One `#[tokio::test]` per case on a fresh store from `$backend()`, and per twin case on
+/// two fresh store values of one backend from `$twins()` (`None`: skipped).
+macro_rules! contract_tests {
+    ($backend:path, $twins:path) => {
+        $crate::store_contract::contract_cases!(contract_tests_for!($backend));
+        $crate::store_contract::twin_cases!(twin_tests_for!($twins));
+    };
+}
+
+macro_rules! twin_tests_for {
+    (($twins:path) $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some((a, b, _guard)) = $twins().await else { return };
+                $crate::store_contract::$case(a, b).await;
+            }
+        )*
+    };
+}
+pub(crate) use twin_tests_for;
 
 macro_rules! contract_tests_for {
     (($backend:path) $($case:ident),* $(,)?) => {
@@ -69,14 +105,29 @@ pub(crate) use contract_tests_for;
 
 macro_rules! every_case_fn {
     (() $($case:ident),* $(,)?) => {
-        /// Every case in order on one store (for tests that look at all the calls made).
+        /// Every case in order on one store (for tests that look at all the calls made),
+        /// then every twin case with that store twice.
         pub async fn every_case(s: &Arc<dyn Store>) {
             $( $case(s.clone()).await; )*
+            every_twin_case(s).await;
         }
     };
 }
 pub(crate) use every_case_fn;
 contract_cases!(every_case_fn!());
+
+macro_rules! every_twin_case_fn {
+    (() $($case:ident),* $(,)?) => {
+        async fn every_twin_case(s: &Arc<dyn Store>) {
+            $( $case(s.clone(), s.clone()).await; )*
+        }
+    };
+}
+pub(crate) use every_twin_case_fn;
+twin_cases!(every_twin_case_fn!());
+
+/// Two store values over one backend, and what must live as long as them.
+pub type Twins = (Arc<dyn Store>, Arc<dyn Store>, Box<dyn std::any::Any + Send>);
 
 mod embedded {
     use super::*;
@@ -87,7 +138,13 @@ mod embedded {
         Some((store, Box::new(dir)))
     }
 
-    contract_tests!(backend);
+    /// One process opens the data directory once: the same store twice.
+    async fn twins() -> Option<Twins> {
+        let (store, guard) = backend().await?;
+        Some((store.clone(), store, guard))
+    }
+
+    contract_tests!(backend, twins);
 }
 
 mod fake_arango {
@@ -98,7 +155,14 @@ mod fake_arango {
         Some((Arc::new(store), Box::new((fake, dir))))
     }
 
-    contract_tests!(backend);
+    /// Two clients of one fake server, as two host processes would be.
+    async fn twins() -> Option<Twins> {
+        let (fake, a, dir) = crate::arangodb::connected().await;
+        let b = crate::arangodb::connect_again(&fake, &dir).await;
+        Some((Arc::new(a), Arc::new(b), Box::new((fake, dir))))
+    }
+
+    contract_tests!(backend, twins);
 }
 
 mod real_arangodb {
@@ -115,7 +179,13 @@ mod real_arangodb {
         Some((Arc::new(store), Box::new(dir)))
     }
 
-    contract_tests!(backend);
+    /// Two clients of one fresh database of the real server.
+    async fn twins() -> Option<Twins> {
+        let (a, b, dir) = crate::arangodb::real_twins().await?;
+        Some((Arc::new(a), Arc::new(b), Box::new(dir)))
+    }
+
+    contract_tests!(backend, twins);
 }
 
 fn put_op(c: &str, k: &str, v: &str, expected: Option<u64>) -> WriteOp {
@@ -663,4 +733,363 @@ async fn embedded_feed_and_edges_survive_reopening() {
     s.delete(&a, "c", "j", None).await.unwrap();
     assert_eq!(s.feed_since("t", 3, 10).await.unwrap(), [ev(4, "c", "j", ChangeOp::Delete, 1, "agent")]);
     assert_eq!(s.neighbours("t", "y", None, Direction::Incoming, 10).await.unwrap(), [edge("x", "y", "calls", "{}")]);
+}
+
+/// The registry stream's events after `since`, checked to be numbered `since + 1..` without
+/// gaps up to its head.
+async fn registry_since(s: &Arc<dyn Store>, since: u64) -> Vec<ChangeEvent> {
+    let mut all: Vec<ChangeEvent> = Vec::new();
+    loop {
+        let from = all.last().map_or(since, |e| e.seq);
+        let page = s.feed_since(REGISTRY_FEED, from, 7).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        all.extend(page);
+    }
+    let n = all.len() as u64;
+    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), (since + 1..=since + n).collect::<Vec<_>>());
+    assert_eq!(s.feed_head(REGISTRY_FEED).await.unwrap(), since + n);
+    all
+}
+
+/// A registry event without its number: (kind, key, op, revision), agent always empty.
+fn reg(kind: RecordKind, key: &str, op: ChangeOp, revision: u64) -> (String, String, ChangeOp, u64) {
+    (kind.as_str().to_owned(), key.to_owned(), op, revision)
+}
+
+fn unnumbered(events: &[ChangeEvent]) -> Vec<(String, String, ChangeOp, u64)> {
+    for e in events {
+        assert_eq!(e.agent, "", "registry events carry no agent: {e:?}");
+    }
+    events.iter().map(|e| (e.collection.clone(), e.key.clone(), e.op, e.revision)).collect()
+}
+
+fn rput(kind: RecordKind, key: &str, value: &[u8], expected: Option<u64>) -> RecordOp {
+    RecordOp::Put { kind, key: key.into(), value: value.to_vec(), expected }
+}
+
+fn rdel(kind: RecordKind, key: &str, expected: Option<u64>) -> RecordOp {
+    RecordOp::Delete { kind, key: key.into(), expected }
+}
+
+fn lease(epoch: u64) -> Vec<u8> {
+    format!(r#"{{"epoch":{epoch},"holder":"node-{epoch}"}}"#).into_bytes()
+}
+
+/// Every write of a replicated kind (put, delete, delete_many, record_apply) appends one
+/// event to the registry stream, in the write's atomic step: kind, key, op and revision
+/// (the new one for a put, the removed one for a delete), numbered densely.
+pub async fn replicated_record_writes_append_one_registry_event_each(s: Arc<dyn Store>) {
+    use ChangeOp::{Delete, Put};
+    use RecordKind::{Agent, ApiKey, Message, Module, Profile, Tenant};
+    let s = &s;
+    let h = s.feed_head(REGISTRY_FEED).await.unwrap();
+    let mut want = Vec::new();
+
+    assert_eq!(s.record_put(Tenant, "reg-one", b"{}".to_vec(), Some(0)).await.unwrap(), 1);
+    assert_eq!(s.record_put(Tenant, "reg-one", b"{\"v\":2}".to_vec(), Some(1)).await.unwrap(), 2);
+    want.extend([reg(Tenant, "reg-one", Put, 1), reg(Tenant, "reg-one", Put, 2)]);
+    // A failed compare-and-swap and a delete of nothing append nothing.
+    assert!(matches!(
+        s.record_put(Tenant, "reg-one", b"{}".to_vec(), Some(1)).await,
+        Err(StoreError::Conflict { current: 2 })
+    ));
+    assert!(!s.record_delete(Agent, "reg-one/absent").await.unwrap());
+    assert_eq!(s.feed_head(REGISTRY_FEED).await.unwrap(), h + 2, "a refused write appended an event");
+
+    // Every replicated kind, each under its own name.
+    for kind in RecordKind::ALL.into_iter().filter(|k| k.is_replicated()) {
+        s.record_put(kind, "reg-one/k", b"{}".to_vec(), Some(0)).await.unwrap();
+        want.push(reg(kind, "reg-one/k", Put, 1));
+    }
+    assert!(s.record_delete(Agent, "reg-one/k").await.unwrap());
+    want.push(reg(Agent, "reg-one/k", Delete, 1));
+    s.record_put(Module, "reg-one/m1", b"{}".to_vec(), None).await.unwrap();
+    s.record_put(Module, "reg-one/m1", b"{}".to_vec(), None).await.unwrap();
+    s.record_put(Module, "reg-one/m2", b"{}".to_vec(), None).await.unwrap();
+    want.extend([
+        reg(Module, "reg-one/m1", Put, 1),
+        reg(Module, "reg-one/m1", Put, 2),
+        reg(Module, "reg-one/m2", Put, 1),
+    ]);
+    let keys = ["reg-one/m1", "reg-one/m9", "reg-one/m2"].map(String::from);
+    assert_eq!(s.record_delete_many(Module, &keys).await.unwrap(), 2);
+    want.extend([reg(Module, "reg-one/m1", Delete, 2), reg(Module, "reg-one/m2", Delete, 1)]);
+
+    // record_apply: one event per effective op of a replicated kind, in op order.
+    let ops = [
+        rput(Profile, "reg-one/k", b"{}", Some(1)),
+        rput(Message, "reg-one/a/1", b"{}", None),
+        rdel(ApiKey, "reg-one/k", Some(1)),
+        rdel(ApiKey, "reg-one/none", None),
+        rput(Agent, "reg-one/k", b"{}", Some(0)),
+    ];
+    assert_eq!(s.record_apply(None, &ops, Quota::NONE).await.unwrap(), vec![2, 1, 1, 0, 1]);
+    want.extend([
+        reg(Profile, "reg-one/k", Put, 2),
+        reg(ApiKey, "reg-one/k", Delete, 1),
+        reg(Agent, "reg-one/k", Put, 1),
+    ]);
+
+    assert_eq!(unnumbered(&registry_since(s, h).await), want);
+    // The stream pages like any feed, and is no tenant's feed.
+    let page = s.feed_since(REGISTRY_FEED, h + 2, 3).await.unwrap();
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [h + 3, h + 4, h + 5]);
+    assert_eq!(s.feed_head("reg-one").await.unwrap(), 0);
+}
+
+/// Records of the other kinds (messages, cursors, leases, nodes, chunks, counters, logs...)
+/// append nothing to the registry stream, however they are written.
+pub async fn other_record_kinds_append_no_registry_event(s: Arc<dyn Store>) {
+    let s = &s;
+    let h = s.feed_head(REGISTRY_FEED).await.unwrap();
+    let kinds: Vec<RecordKind> = RecordKind::ALL.into_iter().filter(|k| !k.is_replicated()).collect();
+    assert!(kinds.contains(&RecordKind::Lease) && kinds.contains(&RecordKind::Message));
+    for &kind in &kinds {
+        let (k1, k2) = ("reg-none/a/1", "reg-none/a/2");
+        assert_eq!(s.record_put(kind, k1, lease(1), Some(0)).await.unwrap(), 1);
+        assert_eq!(s.record_put(kind, k1, lease(2), None).await.unwrap(), 2);
+        s.record_put(kind, k2, b"{}".to_vec(), None).await.unwrap();
+        assert!(s.record_delete(kind, k1).await.unwrap());
+        assert_eq!(s.record_delete_many(kind, &[k2.to_owned()]).await.unwrap(), 1);
+        let ops = [rput(kind, k1, b"{}", Some(0)), rdel(kind, k1, Some(1))];
+        assert_eq!(s.record_apply(None, &ops, Quota::NONE).await.unwrap(), vec![1, 1]);
+    }
+    assert_eq!(s.feed_head(REGISTRY_FEED).await.unwrap(), h, "a non-replicated kind appended to the registry");
+    assert!(s.feed_since(REGISTRY_FEED, h, 10).await.unwrap().is_empty());
+    assert_eq!(s.usage("reg-none").await.unwrap(), Usage::default(), "metered records came and went");
+}
+
+/// `wait_for` on the registry stream returns because of a registry record write, and not
+/// because of a write of another kind.
+pub async fn wait_for_wakes_on_a_registry_record_write(s: Arc<dyn Store>) {
+    let s = &s;
+    let h = s.feed_head(REGISTRY_FEED).await.unwrap();
+    let waiter = {
+        let s = s.clone();
+        tokio::spawn(async move { s.wait_for(REGISTRY_FEED, h, Duration::from_secs(60)).await.unwrap() })
+    };
+    tokio::task::yield_now().await;
+    s.record_put(RecordKind::Agent, "reg-wait/a", b"{}".to_vec(), None).await.unwrap();
+    // The 60 s timeout would return h: h + 1 means the write ended the wait.
+    assert_eq!(waiter.await.unwrap(), h + 1);
+    let waiter = {
+        let s = s.clone();
+        tokio::spawn(async move { s.wait_for(REGISTRY_FEED, h + 1, Duration::from_millis(300)).await.unwrap() })
+    };
+    s.record_put(RecordKind::Cursor, "reg-wait/a", b"{}".to_vec(), None).await.unwrap();
+    assert_eq!(waiter.await.unwrap(), h + 1, "a cursor write is not a registry change");
+}
+
+/// `record_apply` applies every op or none (a compare-and-swap that fails aborts all,
+/// appending nothing), and reports each op: a put's new revision, a delete's 1 or 0.
+pub async fn record_apply_is_all_or_nothing_and_reports_each_op(s: Arc<dyn Store>) {
+    use RecordKind::{Agent, Cursor};
+    let s = &s;
+    assert_eq!(s.record_put(Agent, "apply-t/a", b"1".to_vec(), Some(0)).await.unwrap(), 1);
+    let h = s.feed_head(REGISTRY_FEED).await.unwrap();
+    let bad = [
+        rput(Agent, "apply-t/b", b"1", Some(0)),
+        rput(Cursor, "apply-t/b", b"1", None),
+        rdel(Agent, "apply-t/a", Some(1)),
+        rput(Agent, "apply-t/a", b"2", Some(5)),
+    ];
+    assert!(matches!(s.record_apply(None, &bad, Quota::NONE).await, Err(StoreError::Conflict { current: 0 })));
+    let bad = [rput(Agent, "apply-t/b", b"1", Some(0)), rdel(Agent, "apply-t/none", Some(3))];
+    assert!(matches!(s.record_apply(None, &bad, Quota::NONE).await, Err(StoreError::Conflict { current: 0 })));
+    assert_eq!(s.record_get(Agent, "apply-t/b").await.unwrap(), None, "nothing of a refused apply is written");
+    assert_eq!(s.record_get(Cursor, "apply-t/b").await.unwrap(), None);
+    assert_eq!(s.record_get(Agent, "apply-t/a").await.unwrap(), Some((b"1".to_vec(), 1)));
+    assert_eq!(s.feed_head(REGISTRY_FEED).await.unwrap(), h, "a refused apply appended an event");
+
+    let good = [
+        rput(Agent, "apply-t/b", b"1", Some(0)),
+        rput(Agent, "apply-t/b", b"2", Some(1)),
+        rdel(Agent, "apply-t/a", Some(1)),
+        rdel(Agent, "apply-t/none", None),
+        rdel(Agent, "apply-t/none", Some(0)),
+        rput(Cursor, "apply-t/b", b"c", None),
+    ];
+    assert_eq!(s.record_apply(None, &good, Quota::NONE).await.unwrap(), vec![1, 2, 1, 0, 0, 1]);
+    assert_eq!(s.record_get(Agent, "apply-t/b").await.unwrap(), Some((b"2".to_vec(), 2)));
+    assert_eq!(s.record_get(Agent, "apply-t/a").await.unwrap(), None);
+    assert_eq!(s.record_get(Cursor, "apply-t/b").await.unwrap(), Some((b"c".to_vec(), 1)));
+    assert_eq!(
+        unnumbered(&registry_since(s, h).await),
+        [
+            reg(Agent, "apply-t/b", ChangeOp::Put, 1),
+            reg(Agent, "apply-t/b", ChangeOp::Put, 2),
+            reg(Agent, "apply-t/a", ChangeOp::Delete, 1),
+        ]
+    );
+    assert_eq!(s.record_apply(None, &[], Quota::NONE).await.unwrap(), Vec::<u64>::new());
+}
+
+/// A fenced `record_apply` writes only while the lease holds the fence's epoch: an older
+/// or newer epoch, a missing lease or epoch 0 is `Fenced` with nothing written; once the
+/// lease moves on, the old epoch is refused. The lease's own revision is not moved by the
+/// writes it fences, and a fenced apply may write the lease itself (a release).
+pub async fn record_apply_with_a_fence_applies_only_at_the_held_epoch(s: Arc<dyn Store>) {
+    use RecordKind::{Agent, Cursor, Lease};
+    let s = &s;
+    let key = "watch/fence-t/a";
+    let fence = |epoch| Fence { key: key.into(), epoch };
+    assert_eq!(s.record_put(Lease, key, lease(3), Some(0)).await.unwrap(), 1);
+    let ops = |v: &[u8]| [rput(Cursor, "fence-t/a", v, None), rput(Agent, "fence-t/a", v, None)];
+    assert_eq!(s.record_apply(Some(&fence(3)), &ops(b"1"), Quota::NONE).await.unwrap(), vec![1, 1]);
+    let h = s.feed_head(REGISTRY_FEED).await.unwrap();
+
+    let fenced = |r: Result<Vec<u64>, StoreError>| match r {
+        Err(StoreError::Fenced { key, held, carried }) => (key, held, carried),
+        other => panic!("not fenced: {other:?}"),
+    };
+    for epoch in [2, 4] {
+        let r = s.record_apply(Some(&fence(epoch)), &ops(b"x"), Quota::NONE).await;
+        assert_eq!(fenced(r), (key.to_owned(), 3, epoch));
+    }
+    let absent = Fence { key: "watch/fence-t/none".into(), epoch: 1 };
+    let r = s.record_apply(Some(&absent), &ops(b"x"), Quota::NONE).await;
+    assert_eq!(fenced(r), ("watch/fence-t/none".to_owned(), 0, 1));
+    // A lease without an epoch (or unreadable) holds epoch 0, which fences everything.
+    s.record_put(Lease, "watch/fence-t/zero", b"{}".to_vec(), Some(0)).await.unwrap();
+    let zero = Fence { key: "watch/fence-t/zero".into(), epoch: 0 };
+    assert_eq!(fenced(s.record_apply(Some(&zero), &ops(b"x"), Quota::NONE).await).1, 0);
+    assert_eq!(s.record_get(Cursor, "fence-t/a").await.unwrap(), Some((b"1".to_vec(), 1)), "fenced writes wrote");
+    assert_eq!(s.feed_head(REGISTRY_FEED).await.unwrap(), h, "fenced writes appended");
+
+    // The lease passes to epoch 4 (its revision is still 1: fenced writes do not move it).
+    assert_eq!(s.record_get(Lease, key).await.unwrap(), Some((lease(3), 1)));
+    assert_eq!(s.record_put(Lease, key, lease(4), Some(1)).await.unwrap(), 2);
+    assert_eq!(fenced(s.record_apply(Some(&fence(3)), &ops(b"x"), Quota::NONE).await), (key.to_owned(), 4, 3));
+    assert_eq!(s.record_apply(Some(&fence(4)), &ops(b"2"), Quota::NONE).await.unwrap(), vec![2, 2]);
+    assert_eq!(s.record_get(Cursor, "fence-t/a").await.unwrap(), Some((b"2".to_vec(), 2)));
+    assert_eq!(unnumbered(&registry_since(s, h).await), [reg(Agent, "fence-t/a", ChangeOp::Put, 2)]);
+
+    // The holder releases the lease under its own fence; then nothing passes the fence.
+    let release = [rdel(Lease, key, Some(2)), rput(Cursor, "fence-t/a", b"3", Some(2))];
+    assert_eq!(s.record_apply(Some(&fence(4)), &release, Quota::NONE).await.unwrap(), vec![1, 3]);
+    assert_eq!(fenced(s.record_apply(Some(&fence(4)), &ops(b"x"), Quota::NONE).await), (key.to_owned(), 0, 4));
+}
+
+/// Records of a metered kind written by `record_apply` count in their tenant's usage, and
+/// an apply that would take a tenant past its quota is refused with nothing written.
+pub async fn record_apply_meters_metered_kinds_within_the_quota(s: Arc<dyn Store>) {
+    use RecordKind::{Agent, DeadLetter, Message};
+    let s = &s;
+    let t = "apply-quota";
+    let bytes = |n| Quota { bytes: Some(n), edges: None };
+    let ops = [
+        rput(Message, &format!("{t}/a/1"), &[b'm'; 100], Some(0)),
+        rput(DeadLetter, &format!("{t}/a/d"), &[b'd'; 10], None),
+        rput(Agent, &format!("{t}/a"), &[b'r'; 50], None),
+    ];
+    assert_eq!(s.record_apply(None, &ops, bytes(150)).await.unwrap(), vec![1, 1, 1]);
+    assert_eq!(s.usage(t).await.unwrap().bytes, 110, "messages and dead letters count, agents do not");
+    let h = s.feed_head(REGISTRY_FEED).await.unwrap();
+
+    let over = [rput(Agent, &format!("{t}/b"), b"{}", None), rput(Message, &format!("{t}/a/2"), &[b'm'; 50], None)];
+    assert!(matches!(s.record_apply(None, &over, bytes(150)).await, Err(StoreError::QuotaExceeded(_))));
+    assert_eq!(s.record_get(Message, &format!("{t}/a/2")).await.unwrap(), None);
+    assert_eq!(s.record_get(Agent, &format!("{t}/b")).await.unwrap(), None, "the refused apply wrote nothing");
+    assert_eq!(s.usage(t).await.unwrap().bytes, 110);
+    assert_eq!(s.feed_head(REGISTRY_FEED).await.unwrap(), h);
+
+    // Freeing room first in the same apply lets it through.
+    let swap = [rdel(Message, &format!("{t}/a/1"), Some(1)), rput(Message, &format!("{t}/a/2"), &[b'm'; 50], None)];
+    assert_eq!(s.record_apply(None, &swap, bytes(100)).await.unwrap(), vec![1, 1]);
+    assert_eq!(s.usage(t).await.unwrap().bytes, 60);
+    // Another tenant's records count for that tenant.
+    let other = [rput(Message, "apply-quota-2/a/1", &[b'm'; 7], None)];
+    s.record_apply(None, &other, bytes(100)).await.unwrap();
+    assert_eq!((s.usage(t).await.unwrap().bytes, s.usage("apply-quota-2").await.unwrap().bytes), (60, 7));
+}
+
+/// Registry writes from two store values over one backend (two processes) at once: one
+/// stream, numbered densely in commit order, each key's events in revision order, read
+/// the same through either value.
+pub async fn registry_writes_of_two_store_values_get_one_dense_stream(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    use RecordKind::{Agent, Profile};
+    let h = a.feed_head(REGISTRY_FEED).await.unwrap();
+    let mut tasks = Vec::new();
+    for task in 0..4 {
+        let s = if task % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let own = format!("reg-twin/own{task}");
+            for i in 0..6 {
+                match i % 3 {
+                    0 => {
+                        let ops = [rput(Agent, "reg-twin/shared", b"{}", None), rput(Profile, &own, b"{}", None)];
+                        s.record_apply(None, &ops, Quota::NONE).await.unwrap();
+                    }
+                    1 => {
+                        s.record_put(Agent, "reg-twin/shared", b"{}".to_vec(), None).await.unwrap();
+                    }
+                    _ => {
+                        s.record_put(Profile, &own, b"{}".to_vec(), None).await.unwrap();
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let events = registry_since(&a, h).await;
+    assert_eq!(events.len(), 4 * 8);
+    assert_eq!(b.feed_since(REGISTRY_FEED, h, 100).await.unwrap(), events, "both values read one stream");
+    let mut by_key: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for e in &events {
+        assert_eq!(e.op, ChangeOp::Put);
+        by_key.entry(&e.key).or_default().push(e.revision);
+    }
+    assert_eq!(by_key["reg-twin/shared"], (1..=16).collect::<Vec<u64>>(), "a key's events follow its revisions");
+    for task in 0..4 {
+        assert_eq!(by_key[format!("reg-twin/own{task}").as_str()], [1, 2, 3, 4]);
+    }
+    // An apply's two events are adjacent: each task's own revisions 1 and 3 came with a
+    // write of the shared key.
+    for pair in events.windows(2).filter(|w| w[1].collection == "profile" && w[1].revision % 2 == 1) {
+        assert_eq!(pair[0].key, "reg-twin/shared", "{:?} before {:?}", pair[0], pair[1]);
+    }
+}
+
+/// A node writing under a fence (`a`) while another node takes the lease over (`b`, the
+/// epoch after, with a marker in the same apply): every fenced write that committed comes
+/// before the takeover in the registry stream, and after it the writer is fenced.
+pub async fn a_lease_takeover_and_a_fenced_write_never_both_commit(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    use RecordKind::{Lease, Profile};
+    let key = "watch/race-t/a";
+    assert_eq!(a.record_put(Lease, key, lease(1), Some(0)).await.unwrap(), 1);
+    let h = a.feed_head(REGISTRY_FEED).await.unwrap();
+    let writer = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let fence = Fence { key: key.into(), epoch: 1 };
+            let mut wrote = 0u64;
+            loop {
+                match a.record_apply(Some(&fence), &[rput(Profile, "race-t/w", b"{}", None)], Quota::NONE).await {
+                    Ok(_) => wrote += 1,
+                    Err(StoreError::Fenced { held: 2, carried: 1, .. }) => return wrote,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        })
+    };
+    // Take over once the writer is under way.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while b.record_get(Profile, "race-t/w").await.unwrap().is_none_or(|(_, rev)| rev < 3) {
+        assert!(Instant::now() < deadline, "the fenced writer never wrote");
+        tokio::task::yield_now().await;
+    }
+    let takeover = [rput(Lease, key, &lease(2), Some(1)), rput(Profile, "race-t/marker", b"{}", Some(0))];
+    assert_eq!(b.record_apply(None, &takeover, Quota::NONE).await.unwrap(), vec![2, 1]);
+    let wrote = writer.await.unwrap();
+
+    let events = registry_since(&a, h).await;
+    let marker = events.iter().position(|e| e.key == "race-t/marker").unwrap();
+    let writes: Vec<usize> = (0..events.len()).filter(|&i| events[i].key == "race-t/w").collect();
+    assert_eq!(writes.len() as u64, wrote, "one event per fenced write that committed");
+    assert!(writes.iter().all(|&i| i < marker), "a fenced write committed after the takeover: {events:?}");
+    assert_eq!(a.record_get(Profile, "race-t/w").await.unwrap().map(|(_, rev)| rev), Some(wrote));
 }

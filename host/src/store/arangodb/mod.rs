@@ -15,7 +15,8 @@
 //!   are dense. The audit log is the stream `audit`, and each tenant's own copy of its
 //!   events the stream `audit:{tenant id}` (both written in one stream transaction); the change feed is one stream per
 //!   tenant (`t:{tenant}`), appended in the same stream transaction as the writes it
-//!   reports, together with a head document ([`feed`]). ArangoDB has no change streams in
+//!   reports, together with a head document ([`feed`]); the registry change stream is the
+//!   feed of the pseudo-tenant `~registry` ([`records`]). ArangoDB has no change streams in
 //!   a cluster, so readers poll `seq > cursor` in order, with backoff.
 //! - `cortex_edges`: the edge collection of agent links ([`graph`]). `_from`/`_to` are the
 //!   handles of the agents' registry records in `cortex_records` (the vertices), and every
@@ -28,13 +29,16 @@
 //! revision it then finds differs from the expected one. Every document write (`put`,
 //! `delete`, `transact`) does this inside one stream transaction (`x-arango-trx-id`) over
 //! `cortex_documents` and `cortex_feed` that also appends the change events, aborted on
-//! any failure; records use the same steps without a transaction. Multi-document
-//! transactions are ACID on a single server or a OneShard database only.
+//! any failure. Records use the same steps: without a transaction for plain kinds, in one
+//! for metered and replicated kinds and for fenced writes ([`records`]: usage, the
+//! registry change stream, the lease held). Multi-document transactions are ACID on a
+//! single server or a OneShard database only.
 
 pub mod client;
 mod feed;
 mod graph;
 pub mod keys;
+mod records;
 mod usage;
 
 use std::path::Path;
@@ -54,8 +58,8 @@ use serde_json::{Value, json};
 use self::client::{HttpClient, Timeouts, retry_safe, with_timeouts};
 use self::keys::{arango_key, escape, hex, unhex};
 use super::{
-    ChangeOp, Document, DocumentStore, FeedSignal, Page, Quota, RecordKind, RecordStore, Result, Scope, StoreError,
-    Usage, WriteOp, record_tenant,
+    ChangeOp, Document, DocumentStore, FeedSignal, Fence, Page, Quota, RecordKind, RecordOp, RecordStore, Result,
+    Scope, StoreError, Usage, WriteOp,
 };
 use crate::config::ArangoConfig;
 
@@ -69,6 +73,9 @@ const AUDIT_STREAM: &str = "audit";
 const MAX_ATTEMPTS: usize = 64;
 /// Rows per cursor batch for AQL reads.
 const BATCH: u32 = 100;
+/// Most deletes of one transaction of `record_delete_many` (a batch that loses a race
+/// starts over whole, so batches stay small).
+const DELETE_BATCH: usize = 128;
 
 // ArangoDB error numbers (https://docs.arangodb.com/stable/develop/error-codes/).
 const ERR_CONFLICT: u16 = 1200;
@@ -471,19 +478,6 @@ impl ArangoStore {
             }
         }
     }
-
-    /// [`Self::in_transaction`] over `cortex_records` alone, `f` given the bound collection.
-    async fn in_records_transaction<T, F, Fut>(&self, f: F) -> Result<Step<T>>
-    where
-        F: FnOnce(Coll) -> Fut,
-        Fut: std::future::Future<Output = Result<Step<T>>>,
-    {
-        self.in_transaction(&[RECORDS], |id| async move {
-            let records = self.records.clone_with_transaction(id).map_err(backend)?;
-            f(records).await
-        })
-        .await
-    }
 }
 
 /// What one op of a write did.
@@ -631,21 +625,12 @@ impl DocumentStore for ArangoStore {
 
 #[async_trait::async_trait]
 impl RecordStore for ArangoStore {
-    async fn record_apply(
-        &self,
-        _fence: Option<&super::Fence>,
-        _ops: &[super::RecordOp],
-        _quota: Quota,
-    ) -> Result<Vec<u64>> {
-        Err(StoreError::Backend {
-            message: "record_apply is not implemented on ArangoDB yet".into(),
-            transient: false,
-            source: None,
-        })
+    async fn record_apply(&self, fence: Option<&Fence>, ops: &[RecordOp], quota: Quota) -> Result<Vec<u64>> {
+        self.apply_records(fence, ops, quota, "record_apply").await
     }
 
     async fn record_get(&self, kind: RecordKind, key: &str) -> Result<Option<(Vec<u8>, u64)>> {
-        let k = arango_key(&[kind.as_str(), key]);
+        let k = records::record_key(kind, key);
         let Some((_, r)) = read::<StoredRecord>(&self.records, &k).await? else { return Ok(None) };
         Ok(Some((bytes_of(&r.value)?, r.rev)))
     }
@@ -658,8 +643,18 @@ impl RecordStore for ArangoStore {
         expected: Option<u64>,
         quota: Quota,
     ) -> Result<u64> {
-        let k = arango_key(&[kind.as_str(), key]);
-        let size = value.len() as u64;
+        if records::needs_transaction(kind) {
+            let op = RecordOp::Put { kind, key: key.to_owned(), value, expected };
+            return match self.apply_records(None, std::slice::from_ref(&op), quota, "record_put").await?.as_slice() {
+                [rev] => Ok(*rev),
+                _ => Err(StoreError::Backend {
+                    message: "arangodb: a record put applied no put".into(),
+                    transient: false,
+                    source: None,
+                }),
+            };
+        }
+        let k = records::record_key(kind, key);
         let value = hex(&value);
         for _ in 0..MAX_ATTEMPTS {
             let make = |rev| StoredRecord {
@@ -669,28 +664,7 @@ impl RecordStore for ArangoStore {
                 value: value.clone(),
                 rev,
             };
-            if !kind.is_metered() {
-                if let Step::Done((rev, _)) = cas_put(&self.records, &k, expected, record_rev, make).await? {
-                    return Ok(rev);
-                }
-                continue;
-            }
-            let k = &k;
-            let step = self
-                .in_records_transaction(|records| async move {
-                    let mut meter = self.meter(&records, record_tenant(key)).await?;
-                    let Step::Done((rev, old)) = cas_put(&records, k, expected, record_rev, make).await? else {
-                        return Ok(Step::Retry);
-                    };
-                    meter.add(size, 0);
-                    meter.remove(old.map_or(0, |o| o.value.len() as u64 / 2), 0);
-                    Ok(match meter.commit(&records, quota).await? {
-                        Step::Done(()) => Step::Done(rev),
-                        Step::Retry => Step::Retry,
-                    })
-                })
-                .await?;
-            if let Step::Done(rev) = step {
+            if let Step::Done((rev, _)) = cas_put(&self.records, &k, expected, record_rev, make).await? {
                 return Ok(rev);
             }
         }
@@ -698,34 +672,33 @@ impl RecordStore for ArangoStore {
     }
 
     async fn record_delete(&self, kind: RecordKind, key: &str) -> Result<bool> {
-        let k = arango_key(&[kind.as_str(), key]);
-        for _ in 0..MAX_ATTEMPTS {
-            if !kind.is_metered() {
-                if let Step::Done(removed) = cas_delete::<StoredRecord>(&self.records, &k, None, record_rev).await? {
-                    return Ok(removed.is_some());
-                }
-                continue;
+        Ok(self.record_delete_many(kind, &[key.to_owned()]).await? == 1)
+    }
+
+    /// Records of a metered or replicated kind go in transactions of at most
+    /// [`DELETE_BATCH`] deletes each (their usage and registry events with them); others
+    /// one by one, without a transaction.
+    async fn record_delete_many(&self, kind: RecordKind, keys: &[String]) -> Result<u64> {
+        let mut n = 0;
+        if records::needs_transaction(kind) {
+            for chunk in keys.chunks(DELETE_BATCH) {
+                let ops: Vec<RecordOp> =
+                    chunk.iter().map(|key| RecordOp::Delete { kind, key: key.clone(), expected: None }).collect();
+                n += self.apply_records(None, &ops, Quota::NONE, "record_delete").await?.iter().sum::<u64>();
             }
-            let k = &k;
-            let step = self
-                .in_records_transaction(|records| async move {
-                    let mut meter = self.meter(&records, record_tenant(key)).await?;
-                    let Step::Done(removed) = cas_delete::<StoredRecord>(&records, k, None, record_rev).await? else {
-                        return Ok(Step::Retry);
-                    };
-                    let Some(old) = removed else { return Ok(Step::Done(false)) };
-                    meter.remove(old.value.len() as u64 / 2, 0);
-                    Ok(match meter.commit(&records, Quota::NONE).await? {
-                        Step::Done(()) => Step::Done(true),
-                        Step::Retry => Step::Retry,
-                    })
-                })
-                .await?;
-            if let Step::Done(existed) = step {
-                return Ok(existed);
-            }
+            return Ok(n);
         }
-        Err(too_busy("record_delete"))
+        'keys: for key in keys {
+            let k = records::record_key(kind, key);
+            for _ in 0..MAX_ATTEMPTS {
+                if let Step::Done(removed) = cas_delete::<StoredRecord>(&self.records, &k, None, record_rev).await? {
+                    n += u64::from(removed.is_some());
+                    continue 'keys;
+                }
+            }
+            return Err(too_busy("record_delete"));
+        }
+        Ok(n)
     }
 
     async fn record_list(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {

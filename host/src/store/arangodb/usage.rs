@@ -40,10 +40,25 @@ pub(super) struct Meter {
 }
 
 impl Meter {
+    /// The tenant whose usage this is.
+    pub(super) fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
     /// Add `bytes` and `edges`.
     pub(super) fn add(&mut self, bytes: u64, edges: u64) {
         self.now.bytes = self.now.bytes.saturating_add(bytes);
         self.now.edges = self.now.edges.saturating_add(edges);
+    }
+
+    /// Add `bytes` and take away `freed` as one write, refused by `quota` if that write
+    /// grows the count past it (each write of a transaction is checked on its own, as the
+    /// embedded store does; [`Meter::commit`] checks the whole again).
+    pub(super) fn step(&mut self, bytes: u64, freed: u64, quota: Quota) -> Result<()> {
+        let before = self.now;
+        self.add(bytes, 0);
+        self.remove(freed, 0);
+        quota.check(before, self.now)
     }
 
     /// Take away `bytes` and `edges`.
