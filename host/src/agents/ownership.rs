@@ -351,6 +351,20 @@ impl Agents {
         }));
     }
 
+    /// Stop at once without handing anything back, the way a killed process would: the
+    /// membership record goes stale and the leases expire (failover benches and tests of
+    /// one process).
+    pub async fn crash(&self) {
+        self.cluster.leave();
+        let task = self.owner_task.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(t) = task {
+            t.abort();
+            let _ = t.await;
+        }
+        self.held.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.halt_watchers().await;
+    }
+
     /// Leave the cluster (at shutdown): stop the lease loop and every piece of work, hand
     /// every lease back, and remove the membership record, so that the other nodes take
     /// over at once instead of after the TTL.
