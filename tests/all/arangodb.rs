@@ -56,7 +56,7 @@ pub(crate) async fn real_twins() -> Option<(ArangoStore, ArangoStore, tempfile::
 }
 
 /// The configuration of a fresh database of the real server, if one is given.
-fn real_config() -> Option<(ArangoConfig, tempfile::TempDir)> {
+pub(crate) fn real_config() -> Option<(ArangoConfig, tempfile::TempDir)> {
     let url = std::env::var("CORTEX_TEST_ARANGODB_URL").ok()?;
     let dir = tempfile::tempdir().unwrap();
     let password = std::env::var("CORTEX_TEST_ARANGODB_PASSWORD").unwrap_or_default();

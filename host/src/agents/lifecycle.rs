@@ -293,7 +293,7 @@ impl Agents {
         name: &str,
         config: BTreeMap<String, String>,
     ) -> AgentsResult<Arc<Deployed>> {
-        let d = self.find(&t.name, name)?;
+        let d = self.find(&t.name, name).await?;
         let mut rec = d.record.clone();
         rec.config = config;
         self.run_init(&d.module, &rec, &t.quotas).await?;
@@ -312,7 +312,7 @@ impl Agents {
         oci: Option<crate::oci::OciSource>,
         probation: Option<Probation>,
     ) -> AgentsResult<Arc<Deployed>> {
-        let d = self.find(&t.name, name)?;
+        let d = self.find(&t.name, name).await?;
         if let Some(p) = &probation {
             p.check().map_err(AgentsError::Invalid)?;
         }
@@ -350,7 +350,7 @@ impl Agents {
         name: &str,
         failed: Option<RolledBack>,
     ) -> AgentsResult<Arc<Deployed>> {
-        let d = self.find(&t.name, name)?;
+        let d = self.find(&t.name, name).await?;
         let mut rec = d.record.clone();
         if let Some(f) = failed.as_ref().filter(|f| f.from_module != rec.module) {
             return Err(AgentsError::Conflict {
@@ -382,7 +382,7 @@ impl Agents {
         name: &str,
         status: AgentStatus,
     ) -> AgentsResult<Arc<Deployed>> {
-        let d = self.find(&t.name, name)?;
+        let d = self.find(&t.name, name).await?;
         let mut rec = d.record.clone();
         rec.status = status;
         let d = self.commit(&d, rec, d.module.clone()).await?;
@@ -393,8 +393,8 @@ impl Agents {
 
     /// Delete agent `name` of `tenant`: its record, the running agent, what coordination
     /// keeps for it and its graph edges.
-    pub async fn delete(&self, tenant: &str, name: &str) -> AgentsResult<()> {
-        self.find(tenant, name)?;
+    pub async fn delete(self: &Arc<Self>, tenant: &str, name: &str) -> AgentsResult<()> {
+        self.find(tenant, name).await?;
         self.registry.delete(RecordKind::Agent, &scoped(tenant, name)).await?;
         self.uninstall(tenant, name).await;
         coordination::forget(&self.registry, tenant, name).await?;

@@ -144,8 +144,14 @@ impl Agents {
         self.deployed.get(tenant, name)
     }
 
-    /// A deployed agent, or `not_found`.
-    pub fn find(&self, tenant: &str, name: &str) -> AgentsResult<Arc<Deployed>> {
+    /// A deployed agent, or `not_found`. One this node has not installed yet (a deploy
+    /// through another node whose registry change is still on its way) is read from the
+    /// store and installed first: any node answers for any agent at once.
+    pub async fn find(self: &Arc<Self>, tenant: &str, name: &str) -> AgentsResult<Arc<Deployed>> {
+        if let Some(d) = self.get(tenant, name) {
+            return Ok(d);
+        }
+        self.refresh(tenant, name).await?;
         self.get(tenant, name).ok_or_else(|| AgentsError::NotFound(format!("agent {name:?} not found")))
     }
 

@@ -205,7 +205,7 @@ pub(super) async fn deployed(
     name: &AgentName,
 ) -> ApiResult<(Arc<super::CachedTenant>, Arc<Deployed>)> {
     let t = p.scope(st).await?;
-    let d = st.agents.find(&t.name, name)?;
+    let d = st.agents.find(&t.name, name).await?;
     Ok((t, d))
 }
 
@@ -343,7 +343,7 @@ pub(super) async fn invoke_core(
 ) -> ApiResult<Response> {
     let t = p.scope(st).await?;
     // An agent that does not exist, is stopped or whose breaker is open costs no rate token.
-    let d = st.agents.find(&t.name, name)?;
+    let d = st.agents.find(&t.name, name).await?;
     let ticket = st.agents.admit_invocation(&t, &d)?;
     let input = body.await?;
     let report = st.agents.invoke(&t, &d, ticket, &input, deadline).await?;

@@ -149,7 +149,7 @@ pub async fn stream(
     let request_id = super::request_id::current();
     let resume = last_event_id(&headers)?;
     let guard = StreamGuard::open(&st, &p, &headers, Action::ReadLogs).await?;
-    let d = st.agents.find(&guard.tenant().name, &name)?;
+    let d = st.agents.find(&guard.tenant().name, &name).await?;
     let after = match resume {
         Some(id) => id,
         None => start(&d.shared, q.since, q.tail)?,

@@ -35,8 +35,16 @@ pub async fn follow(state: Weak<AppState>, from: u64) {
 async fn run(state: Weak<AppState>, from: u64) {
     let mut cursor = from;
     let mut backoff = Duration::from_millis(50);
+    // Agents whose change could not be applied (the store or a module load failed): tried
+    // again every round until they are.
+    let mut retry: std::collections::BTreeSet<(String, String)> = std::collections::BTreeSet::new();
     loop {
         let Some(st) = state.upgrade() else { return };
+        for (tenant, name) in std::mem::take(&mut retry) {
+            if st.agents.refresh(&tenant, &name).await.is_err() {
+                retry.insert((tenant, name));
+            }
+        }
         let store = st.registry.store().clone();
         let events = match store.feed_since(REGISTRY_FEED, cursor, BATCH).await {
             Ok(e) => e,
@@ -51,7 +59,9 @@ async fn run(state: Weak<AppState>, from: u64) {
         backoff = Duration::from_millis(50);
         if let Some(last) = events.last().map(|e| e.seq) {
             for e in &events {
-                apply(&st, e).await;
+                if let Some(agent) = apply(&st, e).await {
+                    retry.insert(agent);
+                }
             }
             cursor = last;
             st.agents.cluster().set_applied(cursor, false);
@@ -60,7 +70,8 @@ async fn run(state: Weak<AppState>, from: u64) {
         // Read to the head: caught up.
         st.agents.cluster().set_applied(cursor, true);
         drop(st);
-        match store.wait_for(REGISTRY_FEED, cursor, IDLE_WAIT).await {
+        let wait = if retry.is_empty() { IDLE_WAIT } else { Duration::from_secs(1) };
+        match store.wait_for(REGISTRY_FEED, cursor, wait).await {
             // The stream never goes back; a lower head is a store that was replaced.
             Ok(head) if head < cursor => cursor = head,
             Ok(_) => {}
@@ -72,14 +83,16 @@ async fn run(state: Weak<AppState>, from: u64) {
     }
 }
 
-/// Bring this node's view in line with one change.
-async fn apply(st: &Arc<AppState>, e: &ChangeEvent) {
-    let Some(kind) = RecordKind::parse(&e.collection) else { return };
+/// Bring this node's view in line with one change; the agent to try again when it could
+/// not be applied.
+async fn apply(st: &Arc<AppState>, e: &ChangeEvent) -> Option<(String, String)> {
+    let kind = RecordKind::parse(&e.collection)?;
     match kind {
         RecordKind::Agent => {
-            let Some((tenant, name)) = e.key.split_once('/') else { return };
+            let (tenant, name) = e.key.split_once('/')?;
             if let Err(err) = st.agents.refresh(tenant, name).await {
                 tracing::warn!(%tenant, agent = %name, error = %err, "registry stream: applying an agent change failed");
+                return Some((tenant.to_owned(), name.to_owned()));
             }
         }
         RecordKind::Tenant | RecordKind::DeletedTenant => {
@@ -101,4 +114,5 @@ async fn apply(st: &Arc<AppState>, e: &ChangeEvent) {
         // Read from the store when used: nothing cached to forget.
         _ => {}
     }
+    None
 }
