@@ -6,6 +6,7 @@
 
 pub mod arangodb;
 mod embedded;
+mod faults;
 mod instrumented;
 pub mod keys;
 mod overlay;
@@ -18,6 +19,7 @@ use tokio::sync::watch;
 
 pub use arangodb::ArangoStore;
 pub use embedded::EmbeddedStore;
+pub use faults::{FaultControls, FaultPlan, FaultStats, Faulty, Latency, Rate};
 pub use instrumented::{CountObserver, Instrumented, Observer};
 pub use keys::{KeyLimits, check_collection, check_key};
 pub use overlay::Overlay;
