@@ -60,8 +60,12 @@ pub fn fake_arangodb_bin() -> PathBuf {
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         match profile.as_str() {
             "debug" => {}
-            "release" => drop(build.arg("--release")),
-            other => drop(build.args(["--profile", other])),
+            "release" => {
+                build.arg("--release");
+            }
+            other => {
+                build.args(["--profile", other]);
+            }
         }
         let status = build.status().expect("run cargo to build fake-arangodb");
         assert!(status.success(), "cargo build -p cortex-tests --bin fake-arangodb failed");
