@@ -50,7 +50,10 @@ async fn round_trip(addr: &str) {
     let dir = tempfile::tempdir().unwrap();
     let store = ArangoStore::connect(&config(&format!("http://{addr}"), &dir)).await.unwrap();
     let rev = store.record_put(RecordKind::Tenant, "acme", b"{\"name\":\"acme\"}".to_vec(), Some(0)).await.unwrap();
-    assert_eq!(store.record_get(RecordKind::Tenant, "acme").await.unwrap(), Some((b"{\"name\":\"acme\"}".to_vec(), rev)));
+    assert_eq!(
+        store.record_get(RecordKind::Tenant, "acme").await.unwrap(),
+        Some((b"{\"name\":\"acme\"}".to_vec(), rev))
+    );
     let scope = Scope::new("acme", "agent");
     store.put(&scope, "notes", "a", "{\"n\":1}", None).await.unwrap();
     let doc = store.get(&scope, "notes", "a").await.unwrap().unwrap();

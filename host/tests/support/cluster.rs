@@ -303,7 +303,12 @@ impl Node {
             {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "node {} never became ready; log:\n{}", self.name, self.log());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {} never became ready; log:\n{}",
+                self.name,
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
