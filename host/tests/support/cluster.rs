@@ -49,24 +49,17 @@ pub fn fake_arangodb_bin() -> PathBuf {
         if bin.is_file() {
             return bin;
         }
-        // target/<profile>/cortex: build the fake into the same target dir and profile.
-        let profile = dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug").to_owned();
+        // target/debug/cortex: build the fake into the same target dir, with the profile
+        // test builds use (its dependencies are built already; `dev` would build them again).
+        let profile = if dir.ends_with("release") { "bench" } else { "test" };
         let target_dir = dir.parent().expect("the profile dir is in the target dir");
         let cargo = option_env!("CARGO").unwrap_or("cargo");
         let mut build = Command::new(cargo);
         build
-            .args(["build", "--quiet", "-p", "cortex-tests", "--bin", "fake-arangodb", "--target-dir"])
+            .args(["build", "--quiet", "--profile", profile, "-p", "cortex-tests", "--bin", "fake-arangodb"])
+            .arg("--target-dir")
             .arg(target_dir)
             .current_dir(env!("CARGO_MANIFEST_DIR"));
-        match profile.as_str() {
-            "debug" => {}
-            "release" => {
-                build.arg("--release");
-            }
-            other => {
-                build.args(["--profile", other]);
-            }
-        }
         let status = build.status().expect("run cargo to build fake-arangodb");
         assert!(status.success(), "cargo build -p cortex-tests --bin fake-arangodb failed");
         assert!(bin.is_file(), "no {} after building it", bin.display());
