@@ -10,10 +10,11 @@
 //! ```
 //!
 //! The fake's binary: `CORTEX_FAKE_ARANGODB` when set, else `fake-arangodb` beside the
-//! `cortex` binary under test (a workspace build puts it there), else it is built once with
-//! `cargo build -p cortex-tests --bin fake-arangodb` into the same target directory. A
-//! binary found there is used as is: after changing `tests/all/fake_arango.rs`, build it
-//! again (`cargo build -p cortex-tests --bin fake-arangodb`) or run the workspace's tests.
+//! `cortex` binary under test. A test run that includes `cortex-tests` builds it there
+//! (`cargo nextest run --workspace`, or `-p cortex-host -p cortex-tests`); otherwise build
+//! it once with `cargo build --profile test -p cortex-tests --bin fake-arangodb` (a helper
+//! that finds none fails saying so). A binary found there is used as is: after changing
+//! `tests/all/fake_arango.rs`, build it again.
 
 // Each test binary that includes this uses a part of it.
 #![allow(dead_code)]
@@ -36,33 +37,22 @@ pub const FAKE_PASSWORD: &str = "fake-secret";
 /// may be busy).
 const STARTUP: Duration = Duration::from_secs(60);
 
-/// The path of the `fake-arangodb` binary, built on first use if it is missing.
+/// The path of the `fake-arangodb` binary (see the module docs).
 pub fn fake_arangodb_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(p) = std::env::var_os("CORTEX_FAKE_ARANGODB") {
             return PathBuf::from(p);
         }
-        let cortex = Path::new(CORTEX);
-        let dir = cortex.parent().expect("the cortex binary is in a directory");
+        let dir = Path::new(CORTEX).parent().expect("the cortex binary is in a directory");
         let bin = dir.join("fake-arangodb");
-        if bin.is_file() {
-            return bin;
-        }
-        // target/debug/cortex: build the fake into the same target dir, with the profile
-        // test builds use (its dependencies are built already; `dev` would build them again).
-        let profile = if dir.ends_with("release") { "bench" } else { "test" };
-        let target_dir = dir.parent().expect("the profile dir is in the target dir");
-        let cargo = option_env!("CARGO").unwrap_or("cargo");
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "--quiet", "--profile", profile, "-p", "cortex-tests", "--bin", "fake-arangodb"])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        let status = build.status().expect("run cargo to build fake-arangodb");
-        assert!(status.success(), "cargo build -p cortex-tests --bin fake-arangodb failed");
-        assert!(bin.is_file(), "no {} after building it", bin.display());
+        // Not built here: a cold build of its crate takes longer than a test may run.
+        assert!(
+            bin.is_file(),
+            "no {}: build it with `cargo build --profile test -p cortex-tests --bin fake-arangodb`, or run these \
+             tests with `-p cortex-tests` too (or the workspace's), or set CORTEX_FAKE_ARANGODB",
+            bin.display()
+        );
         bin
     })
     .clone()
