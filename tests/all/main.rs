@@ -14,6 +14,7 @@ mod edge;
 mod events;
 mod exposition;
 mod fake_arango;
+mod fake_arango_process;
 mod feed;
 mod graph;
 mod guides;

@@ -6,6 +6,7 @@
 
 pub mod arangodb;
 mod embedded;
+mod faults;
 mod fenced;
 mod instrumented;
 pub mod keys;
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 
 pub use arangodb::ArangoStore;
 pub use embedded::EmbeddedStore;
+pub use faults::{FaultControls, FaultPlan, FaultStats, Faulty, Latency, Rate};
 pub use fenced::Fenced;
 pub use instrumented::{CountObserver, Instrumented, Observer};
 pub use keys::{KeyLimits, check_collection, check_key};
