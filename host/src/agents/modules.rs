@@ -95,6 +95,22 @@ impl Modules {
         Ok(())
     }
 
+    /// The bytes of the component `digest` as uploaded (read from the file it is saved
+    /// under); `NotFound` when this node has none for it.
+    pub async fn bytes(&self, digest: &str) -> AgentsResult<Vec<u8>> {
+        let path = self.path(digest);
+        let read = tokio::task::spawn_blocking(move || std::fs::read(path))
+            .await
+            .map_err(|e| AgentsError::Internal(format!("reading module {digest}: {e}")))?;
+        match read {
+            Ok(bytes) => Ok(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(AgentsError::NotFound(format!("module {digest} has no bytes on this node")))
+            }
+            Err(e) => Err(AgentsError::Internal(format!("module {digest} is registered but unreadable: {e}"))),
+        }
+    }
+
     /// The loaded module for `digest` (from memory, else from disk through the artifact cache).
     pub async fn load(&self, digest: &str) -> AgentsResult<Arc<Module>> {
         if let Some(m) = self.cache.get(digest) {
