@@ -141,7 +141,10 @@ async fn a_module_downloads_as_uploaded_for_its_own_tenant_only() {
     // The other tenant's upload of the same component is its own; its deletion leaves acme's.
     let theirs = upload(&s, &other, art::HELLO, "").await;
     assert_eq!(theirs.body["digest"], digest.as_str());
-    assert_eq!(call(&s, Method::DELETE, &format!("/v1/modules/{digest}"), &other, None).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        call(&s, Method::DELETE, &format!("/v1/modules/{digest}"), &other, None).await.status,
+        StatusCode::NO_CONTENT
+    );
     let after = call(&s, Method::GET, &format!("/v1/modules/{digest}/wasm"), &other, None).await;
     assert_eq!(after.status, StatusCode::NOT_FOUND);
     let resp = s.req(Method::GET, &format!("/v1/modules/{digest}/wasm"), &dev).send().await.unwrap();

@@ -89,7 +89,8 @@ async fn two_nodes_deploying_at_once_keep_the_agent_quota_exact() {
     // Eight deploys at once, four on each node: three slots in all.
     let mut deploys = tokio::task::JoinSet::new();
     for i in 0..8usize {
-        let (base, client, dev) = (if i % 2 == 0 { &a } else { &b }.base.clone(), a.client.clone(), dev.clone());
+        let (base, client, dev) =
+            (if i.is_multiple_of(2) { &a } else { &b }.base.clone(), a.client.clone(), dev.clone());
         deploys.spawn(async move {
             let body = json!({"name": format!("agent-{i}"), "module": "hello"});
             let r = client.post(format!("{base}/v1/agents")).bearer_auth(dev).json(&body).send().await.unwrap();
@@ -102,7 +103,12 @@ async fn two_nodes_deploying_at_once_keep_the_agent_quota_exact() {
         answers.iter().filter(|(_, r)| r.status == StatusCode::CREATED).map(|(i, _)| *i).collect();
     assert_eq!(created.len(), 3, "{:?}", answers.iter().map(|(i, r)| (i, &r.text)).collect::<Vec<_>>());
     for (i, r) in answers.iter().filter(|(_, r)| r.status != StatusCode::CREATED) {
-        assert_eq!((r.status, r.code.as_str()), (StatusCode::TOO_MANY_REQUESTS, "agent_quota"), "agent-{i}: {}", r.text);
+        assert_eq!(
+            (r.status, r.code.as_str()),
+            (StatusCode::TOO_MANY_REQUESTS, "agent_quota"),
+            "agent-{i}: {}",
+            r.text
+        );
     }
     let records = store.record_list(RecordKind::Agent, "acme/").await.unwrap();
     assert_eq!(records.len(), 3, "three agent records");
@@ -113,8 +119,8 @@ async fn two_nodes_deploying_at_once_keep_the_agent_quota_exact() {
         assert_eq!((r.status, r.code.as_str()), (StatusCode::TOO_MANY_REQUESTS, "agent_quota"), "{}", r.text);
     }
     let first = created[0];
-    let owner = if first % 2 == 0 { &a } else { &b };
-    let other = if first % 2 == 0 { &b } else { &a };
+    let owner = if first.is_multiple_of(2) { &a } else { &b };
+    let other = if first.is_multiple_of(2) { &b } else { &a };
     let r = owner.call(Method::DELETE, &format!("/v1/agents/agent-{first}"), &dev, None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
     let r = other.deploy(&dev, "one-more", "hello").await;
@@ -144,8 +150,10 @@ async fn a_missing_agent_counter_is_counted_from_the_records_and_goes_with_its_t
     s.state.registry.store().record_delete(RecordKind::Counter, "agents/acme").await.unwrap();
     s.deploy(&dev, "c", &hello, json!({})).await;
     assert_eq!(counter(&s, "acme").await, Some(3));
-    let r = answer(s.req(Method::POST, "/v1/agents", &dev).json(&json!({"name": "d", "module": hello})).send().await.unwrap())
-        .await;
+    let r = answer(
+        s.req(Method::POST, "/v1/agents", &dev).json(&json!({"name": "d", "module": hello})).send().await.unwrap(),
+    )
+    .await;
     assert_eq!((r.status, r.code.as_str()), (StatusCode::TOO_MANY_REQUESTS, "agent_quota"), "{}", r.text);
     // A delete without a counter counts the records too (the deleted one among them).
     s.state.registry.store().record_delete(RecordKind::Counter, "agents/acme").await.unwrap();
