@@ -631,17 +631,77 @@ impl DocumentStore for ArangoStore {
 
 #[async_trait::async_trait]
 impl RecordStore for ArangoStore {
+    /// One stream transaction over `cortex_records`: the fence's lease read, then each op
+    /// compare-and-swap. Not yet: records of a metered kind (refused), and the registry
+    /// change stream (ArangoDB appends no event for replicated kinds yet).
     async fn record_apply(
         &self,
-        _fence: Option<&super::Fence>,
-        _ops: &[super::RecordOp],
+        fence: Option<&super::Fence>,
+        ops: &[super::RecordOp],
         _quota: Quota,
     ) -> Result<Vec<u64>> {
-        Err(StoreError::Backend {
-            message: "record_apply is not implemented on ArangoDB yet".into(),
-            transient: false,
-            source: None,
-        })
+        use super::RecordOp;
+        if ops.iter().any(|op| match op {
+            RecordOp::Put { kind, .. } | RecordOp::Delete { kind, .. } => kind.is_metered(),
+        }) {
+            return Err(StoreError::Backend {
+                message: "record_apply of metered records is not implemented on ArangoDB yet".into(),
+                transient: false,
+                source: None,
+            });
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            let step = self
+                .in_records_transaction(|records| async move {
+                    if let Some(f) = fence {
+                        let lease =
+                            read::<StoredRecord>(&records, &arango_key(&[RecordKind::Lease.as_str(), &f.key])).await?;
+                        let held = match lease {
+                            Some((_, r)) => super::lease_epoch(&bytes_of(&r.value)?),
+                            None => 0,
+                        };
+                        if held != f.epoch {
+                            return Err(StoreError::Fenced { key: f.key.clone(), held, carried: f.epoch });
+                        }
+                    }
+                    let mut out = Vec::with_capacity(ops.len());
+                    for op in ops {
+                        match op {
+                            RecordOp::Put { kind, key, value, expected } => {
+                                let k = arango_key(&[kind.as_str(), key]);
+                                let value = hex(value);
+                                let make = |rev| StoredRecord {
+                                    kind: kind.as_str().to_owned(),
+                                    key: key.clone(),
+                                    khex: hex(key.as_bytes()),
+                                    value,
+                                    rev,
+                                };
+                                let Step::Done((rev, _)) = cas_put(&records, &k, *expected, record_rev, make).await?
+                                else {
+                                    return Ok(Step::Retry);
+                                };
+                                out.push(rev);
+                            }
+                            RecordOp::Delete { kind, key, expected } => {
+                                let k = arango_key(&[kind.as_str(), key]);
+                                let Step::Done(removed) =
+                                    cas_delete::<StoredRecord>(&records, &k, *expected, record_rev).await?
+                                else {
+                                    return Ok(Step::Retry);
+                                };
+                                out.push(u64::from(removed.is_some()));
+                            }
+                        }
+                    }
+                    Ok(Step::Done(out))
+                })
+                .await?;
+            if let Step::Done(revs) = step {
+                return Ok(revs);
+            }
+        }
+        Err(too_busy("record_apply"))
     }
 
     async fn record_get(&self, kind: RecordKind, key: &str) -> Result<Option<(Vec<u8>, u64)>> {
