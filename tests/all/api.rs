@@ -260,6 +260,7 @@ fn rbac_routes(kv: &str) -> Vec<RbacRoute> {
         ),
         (m("GET"), "/v1/modules", "/v1/modules".into(), Action::ReadModules, None, None),
         (m("GET"), "/v1/modules/{digest}", format!("/v1/modules/{kv}"), Action::ReadModules, None, None),
+        (m("GET"), "/v1/modules/{digest}/wasm", format!("/v1/modules/{kv}/wasm"), Action::ReadModules, None, None),
         (m("DELETE"), "/v1/modules/{digest}", "/v1/modules/nodigest".into(), Action::WriteModules, None, None),
         (
             m("POST"),

@@ -225,6 +225,9 @@ async fn failed_batches_become_dead_letters_that_can_be_replayed_or_discarded() 
     // A replay that fails again: 422 with the outcome, the dead letter stays.
     let r = answer(s.req(Method::POST, &replay, &dev).send().await.unwrap()).await;
     assert_eq!((r.status, r.code.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "agent_error"), "{}", r.text);
+    // The agent's own error as fields, like an invocation's problem.
+    assert_eq!(r.body["agent_code"], "told-to-fail", "{}", r.text);
+    assert_eq!(r.body["agent_message"], "refusing 1 events", "{}", r.text);
     let letters = s.dead_letters_until(&dev, "w", 2).await;
     assert!(letters[0]["attempts"].as_u64() > first["attempts"].as_u64(), "{letters:?}");
 

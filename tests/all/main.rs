@@ -29,6 +29,7 @@ mod openapi_doc;
 mod pipeline;
 mod pools;
 mod profiles;
+mod quotas_across_nodes;
 mod request_ids;
 mod routes_in_process;
 mod schemathesis;

@@ -114,6 +114,45 @@ async fn modules_are_named_by_digest_prefix_or_name_tag_everywhere() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_downloads_as_uploaded_for_its_own_tenant_only() {
+    let s = Server::start().await;
+    let dev = s.developer_in("acme").await;
+    let observer = s.token(Some("acme"), cortex_host::api::Role::Observer);
+    let up = upload(&s, &dev, art::HELLO, "?name=greeter&tag=v1").await;
+    assert_eq!(up.status, StatusCode::CREATED, "{}", up.text);
+    let digest = up.body["digest"].as_str().unwrap().to_owned();
+    let original = std::fs::read(art::HELLO).unwrap();
+    // By every kind of reference, by any role that reads modules.
+    for (r, token) in [(digest.clone(), &dev), (digest[..10].to_owned(), &observer), ("greeter:v1".to_owned(), &dev)] {
+        let resp = s.req(Method::GET, &format!("/v1/modules/{r}/wasm"), token).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{r}");
+        assert_eq!(resp.headers()["content-type"], "application/wasm");
+        assert!(resp.bytes().await.unwrap() == original, "{r}: the bytes uploaded");
+    }
+    // Another tenant: not found, by digest as by name, whether or not it has the same bytes.
+    let other = s.developer_in("other").await;
+    for r in [digest.clone(), digest[..8].to_owned(), "greeter:v1".to_owned()] {
+        let a = call(&s, Method::GET, &format!("/v1/modules/{r}/wasm"), &other, None).await;
+        assert_eq!((a.status, a.code.as_str()), (StatusCode::NOT_FOUND, "not_found"), "{r}: {}", a.text);
+        assert!(!a.text.contains("asm"), "{}", a.text);
+    }
+    let missing = call(&s, Method::GET, &format!("/v1/modules/{}/wasm", "0".repeat(64)), &dev, None).await;
+    assert_eq!((missing.status, missing.code.as_str()), (StatusCode::NOT_FOUND, "not_found"), "{}", missing.text);
+    // The other tenant's upload of the same component is its own; its deletion leaves acme's.
+    let theirs = upload(&s, &other, art::HELLO, "").await;
+    assert_eq!(theirs.body["digest"], digest.as_str());
+    assert_eq!(
+        call(&s, Method::DELETE, &format!("/v1/modules/{digest}"), &other, None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let after = call(&s, Method::GET, &format!("/v1/modules/{digest}/wasm"), &other, None).await;
+    assert_eq!(after.status, StatusCode::NOT_FOUND);
+    let resp = s.req(Method::GET, &format!("/v1/modules/{digest}/wasm"), &dev).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.bytes().await.unwrap() == original);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ambiguous_prefix_is_refused_listing_the_candidates() {
     let s = Server::start().await;
     let dev = s.developer_in("acme").await;

@@ -66,9 +66,13 @@ impl Agents {
             _ => return Delivery::Gone,
         }
         let report = self.run(&d, &t, self.no_callers.clone(), None, export, ticket).await;
+        let message = report.outcome.to_string();
         match report.outcome {
             Outcome::Ok { .. } => Delivery::Delivered,
-            other => Delivery::Failed { code: other.code().to_owned(), message: other.to_string() },
+            Outcome::AgentError { code, message: m } => {
+                Delivery::Failed { code: "agent_error".to_owned(), message, agent: Some((code, m)) }
+            }
+            other => Delivery::Failed { code: other.code().to_owned(), message, agent: None },
         }
     }
 }

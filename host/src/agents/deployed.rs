@@ -203,16 +203,13 @@ pub(super) fn key(tenant: &str, name: &str) -> String {
     k
 }
 
-/// The deployed agents of every tenant, by `tenant/name`, with each tenant's count.
+/// The deployed agents of every tenant, by `tenant/name`.
 #[derive(Debug, Default)]
 pub(super) struct DeployedMap(RwLock<Agents>);
 
 #[derive(Debug, Default)]
 struct Agents {
     by_key: HashMap<String, Arc<Deployed>>,
-    /// Agents per tenant, kept with `by_key` under the same lock: the agent quota reads it
-    /// instead of listing the tenant's records on every deploy.
-    per_tenant: HashMap<String, usize>,
 }
 
 impl DeployedMap {
@@ -243,27 +240,13 @@ impl DeployedMap {
         let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
         let k = key(tenant, name);
         let d = make(map.by_key.get(&k));
-        if map.by_key.insert(k, d.clone()).is_none() {
-            *map.per_tenant.entry(tenant.to_owned()).or_default() += 1;
-        }
+        map.by_key.insert(k, d.clone());
         d
     }
 
     pub(super) fn remove(&self, tenant: &str, name: &str) {
         let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        if map.by_key.remove(&key(tenant, name)).is_some()
-            && let Some(n) = map.per_tenant.get_mut(tenant)
-        {
-            *n -= 1;
-            if *n == 0 {
-                map.per_tenant.remove(tenant);
-            }
-        }
-    }
-
-    /// How many agents `tenant` has on this node.
-    pub(super) fn count(&self, tenant: &str) -> usize {
-        self.0.read().unwrap_or_else(PoisonError::into_inner).per_tenant.get(tenant).copied().unwrap_or(0)
+        map.by_key.remove(&key(tenant, name));
     }
 
     /// Call `f` with every deployed agent, under the read lock (`f` must be quick).

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::Agents;
 use super::deployed::Deployed;
@@ -18,7 +18,7 @@ use crate::registry::{
     scoped,
 };
 use crate::runtime::Module;
-use crate::store::{RecordKind, StoreError, check_collection, keys::check_prefix};
+use crate::store::{Quota, RecordKind, RecordOp, StoreError, check_collection, keys::check_prefix};
 
 /// What a deploy asks for (the body of `POST /v1/agents`).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -177,8 +177,9 @@ impl Agents {
     }
 
     /// Deploy `spec` in tenant `t`: its profile's values where it leaves them out, checks,
-    /// the tenant's agent quota, `init`, then the record and the installed agent. The caller
-    /// holds the tenant's write lock.
+    /// the tenant's agent quota, `init`, then the record (with the tenant's agent counter, in
+    /// one atomic step: the quota is exact across the nodes sharing the store) and the
+    /// installed agent. The caller holds the tenant's write lock (on this node).
     pub async fn deploy(self: &Arc<Self>, t: &CachedTenant, spec: DeploySpec) -> AgentsResult<Arc<Deployed>> {
         let profile = match &spec.profile {
             Some(name) => Some(self.resolve_profile(&t.name, name).await?),
@@ -203,17 +204,9 @@ impl Agents {
                 message: format!("agent {:?} exists", spec.name),
             });
         }
-        // Exact: the caller holds the tenant's write lock, and every agent of the tenant is
-        // installed on this node (restored at start, installed by its deploy).
-        let count = self.deployed.count(&t.name);
-        if count >= t.quotas.agents as usize {
-            self.metrics.refused(&t.name, "agent_quota");
-            return Err(AgentsError::OverQuota {
-                code: "agent_quota",
-                message: format!("the tenant has {count} agents, its quota"),
-                retry_after: 60,
-            });
-        }
+        // Refused early, before `init`; the count is checked again when the record is written.
+        let (count, _) = self.agent_count(&t.name).await?;
+        self.within_agent_quota(t, count)?;
         let digest = self.ready_module(&t.name, &spec.module).await?.digest;
         let module = self.modules.load(&digest).await?;
         self.check_watches(&spec.watches, &module)?;
@@ -256,12 +249,14 @@ impl Agents {
             // Before the agent record: a watching agent always has its cursor.
             coordination::start_cursor(&self.registry, &t.name, &rec.name).await?;
         }
-        let rev = match self.registry.put(RecordKind::Agent, &key, &rec, Some(0)).await {
-            Err(StoreError::Conflict { .. }) => {
-                return Err(AgentsError::Conflict {
-                    code: "already_exists",
-                    message: format!("agent {:?} exists", rec.name),
-                });
+        let rev = match self.put_counted(t, &key, &rec).await {
+            Err(e @ AgentsError::OverQuota { .. }) => {
+                // Another node took the last slot meanwhile: undo what this deploy wrote.
+                self.registry.store().remove_agent_edges(&t.name, &rec.name).await?;
+                if !rec.watches.is_empty() {
+                    self.registry.delete(RecordKind::Cursor, &key).await?;
+                }
+                return Err(e);
             }
             other => other?,
         };
@@ -395,11 +390,130 @@ impl Agents {
     /// keeps for it and its graph edges.
     pub async fn delete(self: &Arc<Self>, tenant: &str, name: &str) -> AgentsResult<()> {
         self.find(tenant, name).await?;
-        self.registry.delete(RecordKind::Agent, &scoped(tenant, name)).await?;
+        self.delete_counted(tenant, &scoped(tenant, name)).await?;
         self.uninstall(tenant, name).await;
         coordination::forget(&self.registry, tenant, name).await?;
         // Its edges go with it (graph import).
         self.registry.store().remove_agent_edges(tenant, name).await?;
         Ok(())
+    }
+}
+
+/// Key of the [`RecordKind::Counter`] record that counts a tenant's agents.
+pub(crate) fn agent_counter_key(tenant: &str) -> String {
+    format!("agents/{tenant}")
+}
+
+/// The value of a tenant's agent counter.
+#[derive(Debug, Serialize, Deserialize)]
+struct AgentCount {
+    /// Agent records of the tenant.
+    agents: u64,
+}
+
+/// Most compare-and-swap rounds of one deploy or delete against the agent counter: each
+/// lost round is another writer's success, so this is only reached under a storm of them.
+const COUNTER_ROUNDS: usize = 1000;
+
+fn counter_value(agents: u64) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(&AgentCount { agents }).map_err(|e| StoreError::Corrupted(format!("agent counter: {e}")))
+}
+
+// The agent quota, exact across the nodes of a cluster: every agent record is written and
+// deleted in one atomic step with the tenant's counter (`agents/<tenant>`, compare-and-swap
+// on its revision), so two nodes deploying at once cannot both take the last slot.
+impl Agents {
+    /// The tenant's agents and the counter's revision (0: no counter yet, the count then
+    /// comes from its agent records: data written before the counter existed).
+    async fn agent_count(&self, tenant: &str) -> AgentsResult<(u64, u64)> {
+        let store = self.registry.store();
+        if let Some((bytes, rev)) = store.record_get(RecordKind::Counter, &agent_counter_key(tenant)).await? {
+            let c: AgentCount = serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Corrupted(format!("agent counter of {tenant}: {e}")))?;
+            return Ok((c.agents, rev));
+        }
+        let records = store.record_list(RecordKind::Agent, &scoped(tenant, "")).await?;
+        Ok((records.len() as u64, 0))
+    }
+
+    /// Refuse a deploy in `t` when it has `count` agents, its quota.
+    fn within_agent_quota(&self, t: &CachedTenant, count: u64) -> AgentsResult<()> {
+        if count >= u64::from(t.quotas.agents) {
+            self.metrics.refused(&t.name, "agent_quota");
+            return Err(AgentsError::OverQuota {
+                code: "agent_quota",
+                message: format!("the tenant has {count} agents, its quota"),
+                retry_after: 60,
+            });
+        }
+        Ok(())
+    }
+
+    /// Write the new agent record `rec` (under `key`, which must not exist) and the tenant's
+    /// incremented agent counter in one atomic step, within the quota; returns the record's
+    /// revision.
+    async fn put_counted(&self, t: &CachedTenant, key: &str, rec: &AgentRecord) -> AgentsResult<u64> {
+        let store = self.registry.store();
+        let value = serde_json::to_vec(rec).map_err(|e| StoreError::Corrupted(format!("agent record: {e}")))?;
+        for _ in 0..COUNTER_ROUNDS {
+            let (count, rev) = self.agent_count(&t.name).await?;
+            self.within_agent_quota(t, count)?;
+            let ops = [
+                RecordOp::Put {
+                    kind: RecordKind::Counter,
+                    key: agent_counter_key(&t.name),
+                    value: counter_value(count + 1)?,
+                    expected: Some(rev),
+                },
+                RecordOp::Put { kind: RecordKind::Agent, key: key.to_owned(), value: value.clone(), expected: Some(0) },
+            ];
+            match store.record_apply(None, &ops, Quota::NONE).await {
+                Ok(revs) => {
+                    return revs.get(1).copied().ok_or_else(|| {
+                        AgentsError::Internal("the store answered a write of two records with fewer revisions".into())
+                    });
+                }
+                Err(StoreError::Conflict { .. }) => {
+                    if store.record_get(RecordKind::Agent, key).await?.is_some() {
+                        return Err(AgentsError::Conflict {
+                            code: "already_exists",
+                            message: format!("agent {:?} exists", rec.name),
+                        });
+                    }
+                    // The counter moved (another deploy or delete): count again.
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Conflict { current: 0 }.into())
+    }
+
+    /// Delete the agent record under `key` and decrement the tenant's agent counter in one
+    /// atomic step (nothing when the record is already gone).
+    async fn delete_counted(&self, tenant: &str, key: &str) -> AgentsResult<()> {
+        let store = self.registry.store();
+        for _ in 0..COUNTER_ROUNDS {
+            let Some((_, agent_rev)) = store.record_get(RecordKind::Agent, key).await? else {
+                return Ok(());
+            };
+            let (count, rev) = self.agent_count(tenant).await?;
+            let ops = [
+                RecordOp::Put {
+                    kind: RecordKind::Counter,
+                    key: agent_counter_key(tenant),
+                    // A counter initialised from the records counts this one.
+                    value: counter_value(count.saturating_sub(1))?,
+                    expected: Some(rev),
+                },
+                RecordOp::Delete { kind: RecordKind::Agent, key: key.to_owned(), expected: Some(agent_rev) },
+            ];
+            match store.record_apply(None, &ops, Quota::NONE).await {
+                Ok(_) => return Ok(()),
+                // The counter or the record moved: read both again.
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Conflict { current: 0 }.into())
     }
 }

@@ -398,6 +398,12 @@ impl Modules {
         Ok(())
     }
 
+    /// The bytes of the component `digest` as uploaded: the local copy if intact, else
+    /// the store's chunks (verified by SHA-256).
+    pub async fn bytes(&self, digest: &str) -> AgentsResult<Vec<u8>> {
+        self.read_stored(digest).await
+    }
+
     /// Delete every chunk record of `digest`: the set its first chunk names, and whatever
     /// else is stored under the digest (a damaged set).
     async fn delete_chunks(&self, digest: &str) -> AgentsResult<()> {

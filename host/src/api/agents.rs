@@ -124,6 +124,15 @@ pub async fn get_module(State(st): St, p: Caller, Path(r): Path<String>) -> ApiR
     Ok(Json(st.agents.resolve_module(&t.name, &r).await?))
 }
 
+/// `GET /v1/modules/{ref}/wasm`: the component's bytes as uploaded (`application/wasm`),
+/// e.g. for `cortex push NAME:TAG REF`.
+pub async fn download_module(State(st): St, p: Caller, Path(r): Path<String>) -> ApiResult<Response> {
+    let t = p.scope(&st).await?;
+    let digest = st.agents.resolve_module(&t.name, &r).await?.digest;
+    let bytes = st.agents.modules.bytes(&digest).await?;
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/wasm"))], bytes).into_response())
+}
+
 /// `POST /v1/modules/{ref}/tags`.
 #[derive(utoipa::ToSchema, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::agents::deployed;
-use super::error::{ApiError, ApiResult, problem};
+use super::error::{ApiError, ApiResult, agent_problem, problem};
 use super::{AppState, Caller, Path};
 use crate::coordination::{self, Delivery, mailbox};
 use crate::names::AgentName;
@@ -103,14 +103,21 @@ pub async fn replay(State(st): St, p: Caller, Path((name, id)): Path<(AgentName,
         Delivery::Gone => {
             Err(ApiError::Conflict { code: "agent_stopped", message: format!("agent {name:?} is stopped") })
         }
-        Delivery::Failed { code, message } => {
+        Delivery::Failed { code, message, agent } => {
             letter.attempts += 1;
             letter.error_code = code.clone();
             letter.error = message.clone();
             letter.updated_ms = now_ms();
             // A concurrent replay or discard wins; this one only reports its outcome.
             let _ = st.registry.put(RecordKind::DeadLetter, &key, &letter, Some(rev)).await;
-            Ok(problem(StatusCode::UNPROCESSABLE_ENTITY, &code, format!("replay failed: {message}")))
+            let detail = format!("replay failed: {message}");
+            // The agent's own error as fields, like an invocation's problem.
+            Ok(match agent {
+                Some((agent_code, agent_message)) => {
+                    agent_problem(StatusCode::UNPROCESSABLE_ENTITY, detail, agent_code, agent_message)
+                }
+                None => problem(StatusCode::UNPROCESSABLE_ENTITY, &code, detail),
+            })
         }
     }
 }

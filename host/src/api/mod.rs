@@ -271,7 +271,7 @@ pub fn route_action(method: &Method, route: &str) -> Option<Action> {
         "/v1/registries" if read => Action::ManageRegistries,
         "/v1/registries/{host}" if m(Method::PUT) || m(Method::DELETE) => Action::ManageRegistries,
         "/v1/events" | "/v1/events/stream" if read => Action::ReadAgents,
-        "/v1/modules" | "/v1/modules/{digest}" if read => Action::ReadModules,
+        "/v1/modules" | "/v1/modules/{digest}" | "/v1/modules/{digest}/wasm" if read => Action::ReadModules,
         "/v1/modules" if m(Method::POST) => Action::WriteModules,
         "/v1/modules/{digest}" if m(Method::DELETE) => Action::WriteModules,
         "/v1/modules/{digest}/tags" if m(Method::POST) => Action::WriteModules,
@@ -460,6 +460,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/modules/{digest}", get(agents::get_module).delete(agents::delete_module))
         .route("/v1/modules/{digest}/tags", post(agents::tag_module))
+        .route("/v1/modules/{digest}/wasm", get(agents::download_module))
         .route("/v1/agents", post(agents::deploy).get(agents::list_agents))
         .route("/v1/agents/{name}", get(agents::get_agent).delete(agents::delete_agent))
         .route("/v1/agents/{name}/config", put(agents::update_config))

@@ -400,6 +400,15 @@ fn operations(d: &mut Doc) {
     .ok::<ModuleRecord>(200, "The module")
     .errors(&[409])
     .add();
+    d.op(
+        "get",
+        "/v1/modules/{digest}/wasm",
+        "downloadModule",
+        "Download a module's component as uploaded (by reference)",
+    )
+    .raw_ok(200, "application/wasm", json!({"type": "string", "format": "binary"}), "The component's bytes")
+    .errors(&[409])
+    .add();
     d.op("delete", "/v1/modules/{digest}", "deleteModule", "Delete a module no agent uses (by reference)")
         .empty(204, "Deleted")
         .errors(&[409])

@@ -219,6 +219,7 @@ pub async fn delete_tenant(State(st): St, p: Caller, Path(name): Path<String>) -
         st.registry.delete(RecordKind::Agent, &scoped(&a.tenant, &a.name)).await?;
         crate::coordination::forget(&st.registry, &a.tenant, &a.name).await?;
     }
+    st.registry.delete(RecordKind::Counter, &crate::agents::lifecycle::agent_counter_key(&name)).await?;
     for m in st.registry.list::<ModuleRecord>(RecordKind::Module, &prefix).await? {
         st.agents.modules.delete(&m.tenant, &m.digest).await?;
     }

@@ -170,6 +170,14 @@ pub enum ModuleCmd {
         /// Digest, unique digest prefix, or NAME:TAG.
         digest: String,
     },
+    /// Download a module's component as uploaded (to stdout unless -o).
+    Download {
+        /// Digest, unique digest prefix, or NAME:TAG.
+        reference: String,
+        /// Write it to this file.
+        #[arg(short, long)]
+        output: Option<std::path::PathBuf>,
+    },
 }
 
 /// `cortex agents ...`
@@ -376,6 +384,21 @@ impl Conn {
     }
 }
 
+/// The bytes of the module `reference` names (digest, unique digest prefix, `name:tag` or
+/// `name`), as uploaded: `GET /v1/modules/{ref}/wasm`.
+pub(crate) async fn module_bytes(conn: &Conn, reference: &str) -> anyhow::Result<Vec<u8>> {
+    if reference.is_empty() || reference.contains(['/', '?', '#', '%']) {
+        bail!("{reference:?} is not a module reference (a digest, a digest prefix, NAME:TAG or NAME)");
+    }
+    let resp = conn.send(reqwest::Method::GET, &format!("/v1/modules/{reference}/wasm"), Payload::None).await?;
+    let status = resp.status();
+    if !status.is_success() {
+        let text = resp.text().await.unwrap_or_default();
+        return Err(refusal(status, &text)).with_context(|| format!("cannot download module {reference}"));
+    }
+    Ok(resp.bytes().await.with_context(|| format!("cannot download module {reference}"))?.to_vec())
+}
+
 /// The error of a response the server refused: its status, code and detail.
 pub(super) fn refusal(status: reqwest::StatusCode, text: &str) -> anyhow::Error {
     let v: Value = serde_json::from_str(text).unwrap_or_else(|_| json!({"detail": text}));
@@ -470,6 +493,25 @@ impl ClientCommand {
                     }
                     ModuleCmd::Delete { digest } => {
                         conn.call(M::DELETE, &format!("/v1/modules/{digest}"), Payload::None, &[]).await
+                    }
+                    ModuleCmd::Download { reference, output } => {
+                        let bytes = module_bytes(&conn, &reference).await?;
+                        match output {
+                            Some(path) => {
+                                std::fs::write(&path, &bytes)
+                                    .with_context(|| format!("cannot write {}", path.display()))?;
+                                eprintln!("{} bytes written to {}", bytes.len(), path.display());
+                            }
+                            None => {
+                                use std::io::{IsTerminal, Write};
+                                let mut out = std::io::stdout().lock();
+                                if out.is_terminal() {
+                                    bail!("a component is binary: give -o FILE or redirect stdout");
+                                }
+                                out.write_all(&bytes).and_then(|()| out.flush()).context("cannot write to stdout")?;
+                            }
+                        }
+                        Ok(ExitCode::SUCCESS)
                     }
                 }
             }

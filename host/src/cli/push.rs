@@ -1,6 +1,8 @@
 //! `cortex push SOURCE REF`: push a component to an OCI registry as a Wasm OCI artifact
 //! (the layout `wash` and `wkg` use), and print the reference pinned to its digest, ready
-//! for a deploy's `"module": "oci://..."`.
+//! for a deploy's `"module": "oci://..."`. SOURCE is a .wasm file, or a module on the
+//! server (`NAME:TAG`, a digest or a unique digest prefix; downloaded from `CORTEX_URL`
+//! with `CORTEX_TOKEN`, like the client commands) when no file has that name.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -11,15 +13,26 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 
+use super::client::{Conn, module_bytes};
 use crate::oci::{Client, Credentials, Policy, Reference};
 
 /// `cortex push` arguments.
 #[derive(Debug, Args)]
 pub struct PushArgs {
-    /// The component to push (a .wasm file).
+    /// The component to push: a .wasm file, or a module on the server (NAME:TAG, NAME,
+    /// digest or unique digest prefix) when no such file exists.
     source: PathBuf,
     /// Where: `[oci://]host[:port]/namespace/name:tag`.
     reference: String,
+    /// Server URL (for a module on the server).
+    #[arg(long, env = "CORTEX_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Bearer token or API key (for a module on the server).
+    #[arg(long, env = "CORTEX_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Act within this tenant (platform-admins; for a module on the server).
+    #[arg(long)]
+    tenant: Option<String>,
     /// Registry user name (the password from CORTEX_REGISTRY_PASSWORD or --password-stdin).
     #[arg(long, env = "CORTEX_REGISTRY_USERNAME")]
     username: Option<String>,
@@ -51,6 +64,25 @@ fn created_ms() -> u64 {
 }
 
 impl PushArgs {
+    /// The component's bytes: the file SOURCE, else the module SOURCE names on the server.
+    async fn component(&self) -> anyhow::Result<Vec<u8>> {
+        let shown = self.source.display();
+        if self.source.exists() {
+            return std::fs::read(&self.source).with_context(|| format!("cannot read {shown}"));
+        }
+        let looks_like_a_file = self.source.extension().is_some_and(|e| e == "wasm")
+            || self.source.components().count() > 1
+            || self.source.to_str().is_none();
+        if looks_like_a_file {
+            bail!("cannot read {shown}: no such file");
+        }
+        let reference = self.source.to_string_lossy();
+        let conn = Conn { url: self.url.clone(), token: self.token.clone(), tenant: self.tenant.clone(), json: false };
+        module_bytes(&conn, &reference)
+            .await
+            .with_context(|| format!("{shown} is no file, nor a module on the server at {}", self.url))
+    }
+
     /// Push; prints `REF@sha256:...`. A registry that refuses or cannot be reached is an
     /// error (exit 1); bad arguments exit 2.
     pub async fn run(self) -> anyhow::Result<ExitCode> {
@@ -61,7 +93,7 @@ impl PushArgs {
                 return Ok(ExitCode::from(2));
             }
         };
-        let credentials = match (self.username, registry_password(self.password_stdin)?) {
+        let credentials = match (self.username.clone(), registry_password(self.password_stdin)?) {
             (Some(username), Some(password)) => Some(Credentials { username, password }),
             (None, None) => None,
             (Some(_), None) => {
@@ -73,7 +105,7 @@ impl PushArgs {
                 return Ok(ExitCode::from(2));
             }
         };
-        let wasm = std::fs::read(&self.source).with_context(|| format!("cannot read {}", self.source.display()))?;
+        let wasm = self.component().await?;
         if !wasm.starts_with(b"\0asm") {
             bail!("{} is not a WebAssembly file", self.source.display());
         }

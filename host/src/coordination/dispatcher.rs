@@ -300,7 +300,7 @@ impl Dispatcher {
                             attempt -= 1;
                             self.sleep(wait).await?;
                         }
-                        Delivery::Failed { code, message } => {
+                        Delivery::Failed { code, message, .. } => {
                             tracing::info!(%tenant, agent = %self.agent, attempt, %code, %message,
                                 first = events[0].seq, last, "change feed: batch failed");
                             if attempt >= self.settings.attempts.max(1) {
@@ -387,7 +387,7 @@ mod tests {
                 Mode::Take => Delivery::Delivered,
                 Mode::Fail => {
                     *self.mode.lock().unwrap() = Mode::Fail;
-                    Delivery::Failed { code: "agent_error".into(), message: "no".into() }
+                    Delivery::Failed { code: "agent_error".into(), message: "no".into(), agent: None }
                 }
                 Mode::Hang => {
                     *self.mode.lock().unwrap() = Mode::Hang;

@@ -442,7 +442,7 @@ impl Runner {
             Delivery::Gone => Step::Gone,
             Delivery::Throttled(wait) => Step::Throttled(wait),
             Delivery::Delivered => Step::Delivered { key, dedup: dedup_key.is_some() },
-            Delivery::Failed { code, message } => {
+            Delivery::Failed { code, message, .. } => {
                 msg.attempts += 1;
                 tracing::info!(tenant = %self.tenant, agent = %self.agent, id = %msg.id, attempt = msg.attempts,
                     %code, %message, "mailbox: delivery failed");
@@ -628,7 +628,7 @@ mod tests {
             }
             self.got.lock().unwrap().push(body.to_vec());
             match mode {
-                Mode::Fail => Delivery::Failed { code: "agent_error".into(), message: "no".into() },
+                Mode::Fail => Delivery::Failed { code: "agent_error".into(), message: "no".into(), agent: None },
                 _ => Delivery::Delivered,
             }
         }

@@ -64,6 +64,8 @@ pub enum Delivery {
         code: String,
         /// Detail for the dead letter.
         message: String,
+        /// The agent's own error code and message, when it failed with one (`agent_error`).
+        agent: Option<(String, String)>,
     },
     /// The agent is deleted or stopped: its dispatcher ends.
     Gone,

@@ -12,6 +12,11 @@ use serde_json::{Value, json};
 
 use super::{Serve, art, cortex};
 
+// `cortex push NAME:TAG REF` from a module on the server (a child module: it uses this
+// file's registry and helpers).
+#[path = "../process/push_from_server.rs"]
+mod push_from_server;
+
 const REGISTRY_BIN: &str = "docker-registry";
 
 /// A `docker-registry serve` child on 127.0.0.1, storage in a temp dir.
