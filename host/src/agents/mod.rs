@@ -45,6 +45,7 @@ pub use self::upload::{Label, Uploaded};
 pub use self::view::AgentView;
 use crate::capabilities::Messenger;
 use crate::config::ServerConfig;
+use crate::coordination::group_commit::{GroupCommit, GroupCommitSettings};
 use crate::coordination::{DispatchSettings, Mailbox, MailboxSettings, Watcher};
 use crate::registry::Registry;
 use crate::runtime::Runtime;
@@ -68,6 +69,8 @@ pub struct Agents {
     /// Messages waiting per agent, running or stopped (counted from the store once).
     pending: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     mailbox_settings: MailboxSettings,
+    /// Writes the messages of concurrent senders in one transaction (group commit).
+    message_writer: GroupCommit,
     mesh: OnceLock<Arc<dyn Messenger>>,
     no_callers: Arc<[Arc<str>]>,
     /// Itself, for what it starts in the background (an automatic rollback).
@@ -100,6 +103,7 @@ impl Agents {
         )?;
         let mailbox_settings = config.messaging.mailbox();
         let logbook = Arc::new(logbook::LogBook::new(registry.store().clone()));
+        let message_writer = GroupCommit::new(registry.store().clone(), GroupCommitSettings::default());
         Ok(Self {
             config,
             runtime,
@@ -114,6 +118,7 @@ impl Agents {
             sweep: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
             mailbox_settings,
+            message_writer,
             mesh: OnceLock::new(),
             no_callers: Arc::from([]),
             this: OnceLock::new(),
