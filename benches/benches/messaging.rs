@@ -121,7 +121,10 @@ fn main() {
         let b = total as f64 / d.as_secs_f64();
         assert_eq!(stored(&state).await, expected, "every acknowledged message is in the store, once");
 
-        println!("  (a) baseline   {a:>9.0} one-at-a-time durable record commits/s ({writes}, {} bytes each)", value.len());
+        println!(
+            "  (a) baseline   {a:>9.0} one-at-a-time durable record commits/s ({writes}, {} bytes each)",
+            value.len()
+        );
         println!("  (b) cortex     {b:>9.0} durable messages/s, {senders} concurrent senders x {per_sender} sends");
         println!("  (c) cortex     {c:>9.0} durable messages/s, one sender x {lone} sends");
         println!("  ratio (b)/(a)  {:.2}x", b / a);
