@@ -60,7 +60,8 @@ impl Agents {
                 msg.agent
             )));
         }
-        let fresh = match mailbox::enqueue(self.registry.store().as_ref(), msg, quota).await {
+        // Written with the messages of concurrent senders, in one transaction.
+        let fresh = match mailbox::enqueue_grouped(&self.message_writer, msg, quota).await {
             Ok(fresh) => fresh,
             Err(crate::store::StoreError::QuotaExceeded(m)) => {
                 counter.fetch_sub(1, Ordering::Relaxed);

@@ -46,6 +46,7 @@ pub use self::upload::{Label, Uploaded};
 pub use self::view::AgentView;
 use crate::capabilities::Messenger;
 use crate::config::ServerConfig;
+use crate::coordination::group_commit::{GroupCommit, GroupCommitSettings};
 use crate::coordination::{DispatchSettings, Mailbox, MailboxSettings, Watcher};
 use crate::registry::Registry;
 use crate::runtime::Runtime;
@@ -69,6 +70,8 @@ pub struct Agents {
     /// Messages waiting per agent, running or stopped (counted from the store once).
     pending: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     mailbox_settings: MailboxSettings,
+    /// Writes the messages of concurrent senders in one transaction (group commit).
+    message_writer: GroupCommit,
     mesh: OnceLock<Arc<dyn Messenger>>,
     no_callers: Arc<[Arc<str>]>,
     /// Itself, for what it starts in the background (an automatic rollback).
@@ -115,6 +118,7 @@ impl Agents {
             config.cluster.advertise.clone()
         };
         let cluster = Arc::new(crate::cluster::Cluster::new(id, address, config.cluster.clone()));
+        let message_writer = GroupCommit::new(registry.store().clone(), GroupCommitSettings::default());
         Ok(Self {
             config,
             runtime,
@@ -129,6 +133,7 @@ impl Agents {
             sweep: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
             mailbox_settings,
+            message_writer,
             mesh: OnceLock::new(),
             no_callers: Arc::from([]),
             this: OnceLock::new(),

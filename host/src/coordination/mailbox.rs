@@ -19,9 +19,10 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use super::group_commit::GroupCommit;
 use super::{Delivery, Host};
 use crate::registry::{DeadLetter, DeliveredRecord, Letter, MessageRecord, now_ms, scoped};
-use crate::store::{self, Fence, Quota, RecordKind, Store, StoreError};
+use crate::store::{self, Fence, Quota, RecordKind, RecordOp, Store, StoreError};
 
 /// How mailboxes deliver, retry and wait.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,6 +127,19 @@ pub async fn enqueue(store: &dyn Store, msg: &MessageRecord, quota: Quota) -> st
     let bytes = serde_json::to_vec(msg).map_err(|e| StoreError::Corrupted(e.to_string()))?;
     let key = message_key(&msg.tenant, &msg.agent, &msg.id);
     match store.record_put_within(RecordKind::Message, &key, bytes, Some(0), quota).await {
+        Ok(_) => Ok(true),
+        Err(StoreError::Conflict { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`enqueue`] through `writer`: committed together with the messages other senders write
+/// at the same moment (one transaction for all, see [`GroupCommit`]), with the same
+/// answers. A lone send is written at once, as by [`enqueue`].
+pub async fn enqueue_grouped(writer: &GroupCommit, msg: &MessageRecord, quota: Quota) -> store::Result<bool> {
+    let bytes = serde_json::to_vec(msg).map_err(|e| StoreError::Corrupted(e.to_string()))?;
+    let key = message_key(&msg.tenant, &msg.agent, &msg.id);
+    match writer.put(RecordKind::Message, key, bytes, Some(0), quota).await {
         Ok(_) => Ok(true),
         Err(StoreError::Conflict { .. }) => Ok(false),
         Err(e) => Err(e),
@@ -461,30 +475,36 @@ impl Runner {
         }
     }
 
-    /// Remove the messages `steps` delivered, in one transaction, after remembering the
-    /// idempotency keys among them. `false` if the store failed (they are delivered again).
+    /// Remove the messages `steps` delivered, with the idempotency keys among them
+    /// remembered, in one transaction. `false` if the store failed (they are delivered
+    /// again).
     async fn remove_delivered(&self, store: &dyn Store, steps: &[Step]) -> bool {
         let mut keys = Vec::new();
+        let mut dedup = Vec::new();
         for step in steps {
-            let Step::Delivered { key, dedup } = step else { continue };
-            if *dedup {
-                // Before the message goes: a crash in between must not forget the key.
-                if remember_delivered(store, key).await.is_err() {
-                    return false;
-                }
+            let Step::Delivered { key, dedup: d } = step else { continue };
+            if *d {
+                dedup.push(key.clone());
             }
             keys.push(key.clone());
         }
         if keys.is_empty() {
             return true;
         }
-        if store.record_delete_many(RecordKind::Message, &keys).await.is_err() {
-            return false;
+        let removed = match remove_all(store, &dedup, &keys).await {
+            Ok(()) => true,
+            Err(StoreError::Backend { transient: false, .. }) => {
+                // A backend without multi-record writes: the keys first, one at a time.
+                remove_one_by_one(store, &dedup, &keys).await.is_ok()
+            }
+            Err(_) => false,
+        };
+        if removed {
+            for _ in &keys {
+                self.count("delivered");
+            }
         }
-        for _ in &keys {
-            self.count("delivered");
-        }
-        true
+        removed
     }
 
     /// Move a message to the agent's dead letters.
@@ -552,6 +572,31 @@ impl Runner {
             .collect();
         let _ = store.record_delete_many(RecordKind::Delivered, &old).await;
     }
+}
+
+/// Remember the delivered idempotency keys `dedup` and delete the messages `keys`, in
+/// one transaction.
+async fn remove_all(store: &dyn Store, dedup: &[String], keys: &[String]) -> store::Result<()> {
+    let rec = DeliveredRecord { delivered_ms: now_ms() };
+    let bytes = serde_json::to_vec(&rec).map_err(|e| StoreError::Corrupted(e.to_string()))?;
+    let puts = dedup.iter().map(|k| RecordOp::Put {
+        kind: RecordKind::Delivered,
+        key: k.clone(),
+        value: bytes.clone(),
+        expected: None,
+    });
+    let deletes = keys.iter().map(|k| RecordOp::Delete { kind: RecordKind::Message, key: k.clone(), expected: None });
+    let ops: Vec<RecordOp> = puts.chain(deletes).collect();
+    store.record_apply(None, &ops, Quota::NONE).await.map(|_| ())
+}
+
+/// [`remove_all`] without a multi-record write: each key remembered before the messages go
+/// (a crash in between must not forget a key), then the messages in one call.
+async fn remove_one_by_one(store: &dyn Store, dedup: &[String], keys: &[String]) -> store::Result<()> {
+    for k in dedup {
+        remember_delivered(store, k).await?;
+    }
+    store.record_delete_many(RecordKind::Message, keys).await.map(|_| ())
 }
 
 /// Rewrite a waiting message (its attempts and backoff) unless it is gone meanwhile.

@@ -14,6 +14,7 @@
 //! made after its deploy. A stopped agent keeps its cursor and catches up when started.
 
 mod dispatcher;
+pub mod group_commit;
 pub mod mailbox;
 pub mod supervisor;
 
