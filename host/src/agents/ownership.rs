@@ -204,6 +204,8 @@ impl Agents {
                 return;
             }
         };
+        // Each live node enforces its share of every tenant's rate and concurrency quotas.
+        self.tenants.limiters.set_nodes(live.len());
         let rows = match store.record_list_revisions(RecordKind::Lease, "").await {
             Ok(r) => r,
             Err(e) => {
