@@ -81,7 +81,7 @@ async fn nodes_on(backend: Backend, n: usize) -> Option<(Vec<Server>, Arc<dyn St
 }
 
 /// Poll `f` until it holds, at most `within`; returns how long it took.
-async fn within<F, Fut>(within: Duration, what: &str, mut f: F) -> Duration
+pub(crate) async fn within<F, Fut>(within: Duration, what: &str, mut f: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -97,7 +97,7 @@ where
 }
 
 /// Which node owns each agent, from every node's own view: (agent, epoch) -> node index.
-fn owners(nodes: &[&Server]) -> BTreeMap<String, Vec<(usize, u64)>> {
+pub(crate) fn owners(nodes: &[&Server]) -> BTreeMap<String, Vec<(usize, u64)>> {
     let mut out: BTreeMap<String, Vec<(usize, u64)>> = BTreeMap::new();
     for (i, s) in nodes.iter().enumerate() {
         for (agent, epoch) in s.state.agents.owned() {

@@ -7,6 +7,7 @@ mod api;
 mod api_security;
 mod arangodb;
 mod cluster;
+mod cluster_faults;
 mod common;
 mod counter;
 mod documents;

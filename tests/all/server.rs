@@ -108,6 +108,23 @@ impl Server {
         self.dir.clone()
     }
 
+    /// Die the way a killed process does: the node's background work stops without
+    /// handing anything back (its leases expire, its membership record goes stale) and its
+    /// listener stops accepting. Requests already on a connection may still finish; a
+    /// caller must not send more to it. Returns the node's state (kept alive by nothing
+    /// else once its connections close).
+    pub async fn crash(mut self) -> Arc<AppState> {
+        self.state.agents.crash().await;
+        if let Some(task) = self.task.take() {
+            // Aborted, not shut down: a shutdown would hand the leases back.
+            task.abort();
+            let _ = task.await;
+        }
+        // The serving task is gone: dropping the sender starts no shutdown.
+        self.shutdown.take();
+        self.state.clone()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
