@@ -13,8 +13,8 @@
 //! - every running agent is owned by one live node, at its lease's epoch, within 10 s of
 //!   the last disruption;
 //! - no write fenced by a lease is accepted unless it carries the lease's current epoch
-//!   (an auditing store under every node's wrapper checks each one), and the paused node
-//!   learns it lost its leases.
+//!   (an auditing store under every node's wrapper checks each one); the paused node
+//!   learns it lost its leases, and a write at its old epoch is refused.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,8 +26,8 @@ use cortex_host::api::{AppState, Role};
 use cortex_host::registry::Quotas;
 use cortex_host::store::{
     ChangeEvent, Direction, Document, DocumentStore, Edge, EmbeddedStore, FaultControls, Faulty, FeedStore, Fence,
-    GraphStore, Latency, Page, Quota, Rate, RecordKind, RecordOp, RecordStore, Result, Scope, Store, StoreError,
-    Usage, WriteOp, lease_epoch,
+    Fenced, GraphStore, Latency, Page, Quota, Rate, RecordKind, RecordOp, RecordStore, Result, Scope, Store,
+    StoreError, Usage, WriteOp, lease_epoch,
 };
 use serde_json::{Value, json};
 
@@ -461,7 +461,7 @@ fn sampler(
                 }
             }
             if let Some((bytes, _)) = raw.record_get(RecordKind::Cursor, "acme/w").await.unwrap() {
-                let seq = serde_json::from_slice::<Value>(&bytes).unwrap()["seq"].as_u64().unwrap();
+                let seq = cursor_seq(&bytes);
                 if seq < cursor {
                     bad.push(format!("the watcher's cursor went back from {cursor} to {seq}"));
                 }
@@ -471,6 +471,11 @@ fn sampler(
         }
         (samples, bad)
     })
+}
+
+/// The position of a cursor record.
+fn cursor_seq(bytes: &[u8]) -> u64 {
+    serde_json::from_slice::<Value>(bytes).unwrap()["seq"].as_u64().unwrap()
 }
 
 /// The watcher plugin's entries (`SEQ:COLL/KEY@REV`) as (seq, doc).
@@ -500,7 +505,9 @@ async fn feed_of(store: &dyn Store, tenant: &str, collection: &str) -> Vec<(u64,
         let page = store.feed_since(tenant, since, 1_000).await.unwrap();
         let Some(last) = page.last().map(|e| e.seq) else { return out };
         out.extend(
-            page.into_iter().filter(|e| e.collection == collection).map(|e| (e.seq, format!("{}/{}", e.collection, e.key))),
+            page.into_iter()
+                .filter(|e| e.collection == collection)
+                .map(|e| (e.seq, format!("{}/{}", e.collection, e.key))),
         );
         since = last;
     }
@@ -510,12 +517,8 @@ async fn feed_of(store: &dyn Store, tenant: &str, collection: &str) -> Vec<(u64,
 async fn acknowledged_work_survives_kills_pauses_partitions_and_lost_answers() {
     let mut c = Faults::start(N).await;
     let n0 = c.any();
-    let quotas = Quotas {
-        invocations_per_second: 100_000,
-        burst: 100_000,
-        concurrent_invocations: 1_000,
-        ..Quotas::default()
-    };
+    let quotas =
+        Quotas { invocations_per_second: 100_000, burst: 100_000, concurrent_invocations: 1_000, ..Quotas::default() };
     n0.tenant_with("acme", Some(quotas)).await;
     let dev = n0.token(Some("acme"), Role::Developer);
     let counter = n0.upload(&dev, art::COUNTER).await;
@@ -616,6 +619,14 @@ async fn acknowledged_work_survives_kills_pauses_partitions_and_lost_answers() {
         metric(p, r#"cortex_lease_events_total{event="expired"}"#).await,
     );
     assert!(after.0 + after.1 > before.0 + before.1, "the paused node counted no lease lost: {before:?} {after:?}");
+    // Whatever the resumed node still had in flight, a cursor write at its old epoch (as
+    // its watcher would make it) is refused, and moves nothing.
+    let cursor = c.raw.record_get(RecordKind::Cursor, "acme/w").await.unwrap().unwrap();
+    let stale = Fenced::new(c.audit.clone(), Fence { key: "acme/w".into(), epoch: old_epoch });
+    let e = stale.record_put(RecordKind::Cursor, "acme/w", br#"{"seq":0,"updated_ms":0}"#.to_vec(), None).await;
+    assert!(matches!(e, Err(StoreError::Fenced { held, .. }) if held > old_epoch), "{e:?}");
+    let now = c.raw.record_get(RecordKind::Cursor, "acme/w").await.unwrap().unwrap();
+    assert!(now.1 >= cursor.1 && cursor_seq(&now.0) >= cursor_seq(&cursor.0), "the stale write moved the cursor");
     within(Duration::from_secs(10), "settled after the pause", || c.settled(&want)).await;
 
     // 3. Partition a node (the one running `b`'s mailbox if it is neither the paused one
@@ -671,7 +682,8 @@ async fn acknowledged_work_survives_kills_pauses_partitions_and_lost_answers() {
         assert!(value > acked, "the counter reads {value} after {acked} acknowledged increments");
     }
     let stored = c.raw.get(&Scope::new("acme", "c"), "counters", "default").await.unwrap().unwrap();
-    assert!(stored.value.parse::<u64>().unwrap() >= acked + c.live().len() as u64, "{stored:?}");
+    let stored: u64 = stored.value.parse().unwrap();
+    assert!(stored >= acked + c.live().len() as u64, "{stored} after {acked} acknowledged increments");
 
     // No acknowledged message lost: each delivered at least once.
     let sent = sent.lock().unwrap().clone();
@@ -701,10 +713,10 @@ async fn acknowledged_work_survives_kills_pauses_partitions_and_lost_answers() {
     assert!(bad.is_empty(), "{bad:#?}");
     let ledger = c.audit.ledger.lock().await;
     assert!(ledger.violations.is_empty(), "{:#?}", ledger.violations);
-    assert!(ledger.fenced_accepted > 0);
+    assert!(ledger.fenced_accepted > 0 && ledger.fenced_refused > 0);
     eprintln!(
-        "acknowledged: {acked} increments, {} messages, {} watched writes; fenced writes: {} accepted, {} refused; \
-         answers lost after commit: {}; ownership samples: {n}",
+        "acknowledged: {acked} increments (counter at {stored}), {} messages, {} watched writes; fenced writes: {} \
+         accepted, {} refused; answers lost after commit: {}; ownership samples: {n}",
         sent.len(),
         written.len(),
         ledger.fenced_accepted,
