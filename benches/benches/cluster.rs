@@ -146,6 +146,14 @@ async fn main() {
     )
     .await;
 
+    // Every node has both agents installed (and their modules compiled) before the rounds:
+    // a compile is not propagation.
+    for n in &nodes {
+        while n.state.agents.get("acme", "writer").is_none() || n.state.agents.get("acme", "w").is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     // Registry propagation.
     let (mut local, mut remote) = (Vec::new(), Vec::new());
     for i in 0..40 {

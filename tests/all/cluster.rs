@@ -178,7 +178,7 @@ async fn one_owner_and_hand_over(backend: Backend) {
     let nodes = view["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 3, "{view}");
     assert!(nodes.iter().all(|x| x["live"] == true), "{view}");
-    let listed: usize = nodes.iter().map(|x| x["owns"].as_array().unwrap().len()).sum();
+    let listed: usize = nodes.iter().map(|x| x["owned"].as_array().unwrap().len()).sum();
     assert_eq!(listed, 9, "{view}");
 
     // Node 2 leaves (SIGTERM-like shutdown): it hands back; the others take over at once.

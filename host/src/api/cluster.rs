@@ -32,8 +32,9 @@ pub struct NodeView {
     pub live: bool,
     /// Whether it is the answering node.
     pub this: bool,
-    /// The agents whose work it holds the lease of.
-    pub owns: Vec<OwnedWork>,
+    /// The agents whose work it holds the lease of (`owns` in its record is how many it
+    /// counted at its last heartbeat).
+    pub owned: Vec<OwnedWork>,
 }
 
 /// The cluster as one node sees it.
@@ -60,7 +61,7 @@ pub async fn get(State(st): State<Arc<AppState>>, _p: Caller) -> ApiResult<Json<
     for (record, live) in cluster.nodes() {
         let owns = by_owner.remove(&record.id).unwrap_or_default();
         let this = record.id == cluster.id();
-        nodes.push(NodeView { record, live, this, owns });
+        nodes.push(NodeView { record, live, this, owned: owns });
     }
     let unowned = by_owner.into_values().flatten().collect();
     Ok(Json(ClusterView { node: cluster.id().to_owned(), registry_applied: cluster.applied(), nodes, unowned }))

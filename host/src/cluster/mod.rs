@@ -175,7 +175,11 @@ impl Cluster {
         }
         let path = dir.join("node-id");
         match std::fs::read_to_string(&path) {
-            Ok(s) if valid_node_id(s.trim()) => return Ok(s.trim().to_owned()),
+            Ok(s) if valid_node_id(s.trim()) => {
+                // Kept owner-only like everything in the data dir (an older one may be open).
+                crate::fsutil::ensure_private_file(&path)?;
+                return Ok(s.trim().to_owned());
+            }
             Ok(_) => tracing::warn!(path = %path.display(), "unreadable node id; making a new one"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
