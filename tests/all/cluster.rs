@@ -215,11 +215,19 @@ async fn former_owner_fenced(backend: Backend) {
     within(Duration::from_secs(10), "the watcher is owned", || async { owners(&all).len() == 1 }).await;
     let (owner, epoch) = owners(&all)["acme/w"][0];
     // Another node takes the lease (epoch + 1), as after the owner paused past its TTL.
-    let (bytes, rev) = store.record_get(RecordKind::Lease, "acme/w").await.unwrap().unwrap();
-    let mut lease: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    lease["owner"] = json!("someone-else");
-    lease["epoch"] = json!(epoch + 1);
-    store.record_put(RecordKind::Lease, "acme/w", serde_json::to_vec(&lease).unwrap(), Some(rev)).await.unwrap();
+    // (Compare-and-swap, as a node does: the owner may renew in between.)
+    loop {
+        let (bytes, rev) = store.record_get(RecordKind::Lease, "acme/w").await.unwrap().unwrap();
+        let mut lease: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(lease["epoch"], json!(epoch), "{lease}");
+        lease["owner"] = json!("someone-else");
+        lease["epoch"] = json!(epoch + 1);
+        match store.record_put(RecordKind::Lease, "acme/w", serde_json::to_vec(&lease).unwrap(), Some(rev)).await {
+            Ok(_) => break,
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
     // A write fenced by the old epoch is refused, and nothing is written.
     let old = Fenced::new(store.clone(), Fence { key: "acme/w".into(), epoch });
     let e = old.record_put(RecordKind::Cursor, "acme/w", b"{\"seq\":0,\"updated_ms\":0}".to_vec(), None).await;
