@@ -47,7 +47,6 @@ async fn a_tenant_created_through_one_node_is_read_through_another_and_survives_
 // Three nodes under traffic while they are killed and stopped.
 // ---------------------------------------------------------------------------------------
 
-
 /// Fast cluster timing: heartbeats every 100 ms, nodes and leases dead after 1 s.
 const FAST: [(&str, &str); 4] = [
     ("CORTEX_CFG__CLUSTER__HEARTBEAT_MS", "100"),
@@ -100,7 +99,12 @@ async fn answer(rb: reqwest::RequestBuilder) -> Option<(u16, String)> {
 
 /// Create tenant `acme` (through `base`) with rate quotas the traffic does not reach.
 async fn acme(client: &reqwest::Client, base: &str, admin: &str) {
-    let body = json!({"name": "acme", "quotas": {"invocations_per_second": 100_000, "burst": 100_000}});
+    tenant(client, base, admin, "acme").await;
+}
+
+/// Create tenant `name` (through `base`) with rate quotas the traffic does not reach.
+async fn tenant(client: &reqwest::Client, base: &str, admin: &str, name: &str) {
+    let body = json!({"name": name, "quotas": {"invocations_per_second": 100_000, "burst": 100_000}});
     let r = client.post(format!("{base}/v1/tenants")).bearer_auth(admin).json(&body).send().await.unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
 }
@@ -136,19 +140,19 @@ fn epochs(view: &Value) -> BTreeMap<String, u64> {
 /// node that is not.
 fn each_owned_once_by_a_live_node(view: &Value, agents: &[&str]) -> bool {
     let nodes = view["nodes"].as_array().unwrap();
-    let unowned: HashSet<&str> = view["unowned"].as_array().unwrap().iter().map(|w| w["agent"].as_str().unwrap()).collect();
+    let unowned: HashSet<&str> =
+        view["unowned"].as_array().unwrap().iter().map(|w| w["agent"].as_str().unwrap()).collect();
     agents.iter().all(|a| {
-        let owners: Vec<&Value> = nodes
-            .iter()
-            .filter(|n| n["owns"].as_array().unwrap().iter().any(|w| w["agent"] == *a))
-            .collect();
+        let owners: Vec<&Value> =
+            nodes.iter().filter(|n| n["owns"].as_array().unwrap().iter().any(|w| w["agent"] == *a)).collect();
         !unowned.contains(a) && owners.len() == 1 && owners[0]["live"] == true
     })
 }
 
 /// The node (index into `bases`) that owns `agent` in `view`.
 fn owner_of(view: &Value, agent: &str, ids: &[String]) -> Option<usize> {
-    let node = view["nodes"].as_array()?.iter().find(|n| n["owns"].as_array().unwrap().iter().any(|w| w["agent"] == agent))?;
+    let node =
+        view["nodes"].as_array()?.iter().find(|n| n["owns"].as_array().unwrap().iter().any(|w| w["agent"] == agent))?;
     ids.iter().position(|id| node["id"] == id.as_str())
 }
 
@@ -227,24 +231,37 @@ async fn three_nodes_lose_no_acknowledged_work_while_nodes_are_killed_and_stoppe
     let setup = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
     let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap();
 
+    // The counter in a tenant of its own: each tenant's writes go through its own feed head.
+    let beta = cluster.token(Some("beta"), "developer");
     acme(&setup, &bases[0], &admin).await;
-    let counter = upload(&setup, &bases[0], &dev, art::COUNTER).await;
+    tenant(&setup, &bases[0], &admin, "beta").await;
+    let counter = upload(&setup, &bases[0], &beta, art::COUNTER).await;
     let kv = upload(&setup, &bases[0], &dev, art::KV).await;
     let watcher = upload(&setup, &bases[0], &dev, art::WATCHER).await;
-    deploy(&setup, &bases[0], &dev, json!({"name": "c", "module": counter})).await;
+    deploy(&setup, &bases[0], &beta, json!({"name": "c", "module": counter})).await;
+    deploy(
+        &setup,
+        &bases[0],
+        &beta,
+        json!({"name": "reader", "module": upload(&setup, &bases[0], &beta, art::KV).await}),
+    )
+    .await;
     deploy(&setup, &bases[0], &dev, json!({"name": "writer", "module": kv})).await;
     deploy(&setup, &bases[0], &dev, json!({"name": "w", "module": watcher, "watches": [{"collection": "orders"}]}))
         .await;
-    let agents = ["acme/c", "acme/w", "acme/writer"];
+    let agents = ["beta/c", "beta/reader", "acme/w", "acme/writer"];
 
     // Every node has every agent (a node that has not applied the deploys yet answers
     // 404), and every agent is owned once.
     for base in &bases {
         within(Duration::from_secs(30), "every node invokes every agent", || async {
-            let get = |a: &str| client.post(format!("{base}/v1/agents/{a}/invoke")).bearer_auth(&dev).body("get:orders/none");
+            let get =
+                |a: &str| client.post(format!("{base}/v1/agents/{a}/invoke")).bearer_auth(&dev).body("get:orders/none");
             let w = answer(get("w")).await.is_some_and(|(s, _)| s == 200);
             let k = answer(get("writer")).await.is_some_and(|(s, _)| s == 200);
-            w && k
+            let rb = client.post(format!("{base}/v1/agents/reader/invoke")).bearer_auth(&beta).body("get:orders/none");
+            let r = answer(rb).await.is_some_and(|(s, _)| s == 200);
+            w && k && r
         })
         .await;
     }
@@ -252,6 +269,7 @@ async fn three_nodes_lose_no_acknowledged_work_while_nodes_are_killed_and_stoppe
         cluster_view(&client, &bases[0], &admin).await.is_some_and(|v| each_owned_once_by_a_live_node(&v, &agents))
     })
     .await;
+    let w_epoch_before = epochs(&cluster_view(&setup, &bases[0], &admin).await.unwrap())["acme/w"];
     let ids: Vec<String> = {
         let mut ids = Vec::new();
         for base in &bases {
@@ -264,7 +282,7 @@ async fn three_nodes_lose_no_acknowledged_work_while_nodes_are_killed_and_stoppe
     let mut tasks = Vec::new();
     // Counter increments, round-robin; a node that does not answer is skipped this round.
     tasks.push(tokio::spawn({
-        let (tally, client, bases, dev) = (tally.clone(), client.clone(), bases.clone(), dev.clone());
+        let (tally, client, bases, dev) = (tally.clone(), client.clone(), bases.clone(), beta.clone());
         async move {
             let mut i = 0usize;
             while !tally.stop.load(Ordering::SeqCst) {
@@ -331,15 +349,22 @@ async fn three_nodes_lose_no_acknowledged_work_while_nodes_are_killed_and_stoppe
 
     // SIGKILL the watcher's owner; the others go on serving; it comes back.
     let view = cluster_view(&setup, &bases[0], &admin).await.unwrap();
-    let victim = owner_of(&view, "acme/w", &ids).unwrap();
+    let victim = owner_of(&view, "acme/w", &ids).expect("the watcher is owned");
     nodes[victim].kill9();
     at = progress(&tally, at, 20, "traffic flows while a node is killed").await;
     nodes[victim].restart().await;
     at = progress(&tally, at, 20, "traffic flows after the restart").await;
 
-    // SIGSTOP the watcher's owner (now) for longer than the lease TTL.
-    let view = cluster_view(&setup, &bases[(victim + 1) % 3], &admin).await.unwrap();
-    let stopped = owner_of(&view, "acme/w", &ids).unwrap();
+    // SIGSTOP the watcher's owner (now: it may be changing hands) for longer than the
+    // lease TTL.
+    let owner = Mutex::new(None);
+    within(Duration::from_secs(10), "the watcher is owned after the restart", || async {
+        let view = cluster_view(&client, &bases[(victim + 1) % 3], &admin).await;
+        *owner.lock().unwrap() = view.and_then(|v| owner_of(&v, "acme/w", &ids));
+        owner.lock().unwrap().is_some()
+    })
+    .await;
+    let stopped = owner.into_inner().unwrap().unwrap();
     nodes[stopped].sigstop();
     // The deliberate stop: not a synchronisation.
     tokio::time::sleep(STOPPED_FOR).await;
@@ -357,7 +382,8 @@ async fn three_nodes_lose_no_acknowledged_work_while_nodes_are_killed_and_stoppe
     within(Duration::from_secs(10), "every agent owned once by a live node after the disruptions", || async {
         let mut all = true;
         for base in &bases {
-            all &= cluster_view(&client, base, &admin).await.is_some_and(|v| each_owned_once_by_a_live_node(&v, &agents));
+            all &=
+                cluster_view(&client, base, &admin).await.is_some_and(|v| each_owned_once_by_a_live_node(&v, &agents));
         }
         all
     })
@@ -369,12 +395,16 @@ async fn three_nodes_lose_no_acknowledged_work_while_nodes_are_killed_and_stoppe
     }
     let (reads, highest) = monitor.await.unwrap();
     assert!(reads > 0 && agents.iter().all(|a| highest.contains_key(*a)), "{reads} reads: {highest:?}");
+    // The watcher's work changed hands at least twice: taken from the killed node, taken
+    // from the stopped one.
+    let w_epoch = epochs(&cluster_view(&setup, &bases[0], &admin).await.unwrap())["acme/w"];
+    assert!(w_epoch >= w_epoch_before + 2, "the watcher's lease went from epoch {w_epoch_before} to {w_epoch}");
 
     // No acknowledged increment lost, through any node; none counted twice.
     let sent = tally.increments_sent.load(Ordering::SeqCst);
     let acked = tally.increments_acked.load(Ordering::SeqCst);
     for base in &bases {
-        let rb = setup.post(format!("{base}/v1/agents/writer/invoke")).bearer_auth(&dev).body("get:counters/default");
+        let rb = setup.post(format!("{base}/v1/agents/reader/invoke")).bearer_auth(&beta).body("get:counters/default");
         let (status, body) = answer(rb).await.unwrap();
         assert_eq!(status, 200, "{body}");
         let value: u64 = body.parse().unwrap();
@@ -400,13 +430,17 @@ async fn three_nodes_lose_no_acknowledged_work_while_nodes_are_killed_and_stoppe
         if Instant::now() >= deadline {
             let missing: Vec<&String> = written.iter().filter(|k| !last.iter().any(|(_, s)| s == *k)).collect();
             for base in &bases {
-                let rb = setup.post(format!("{base}/v1/agents/writer/invoke")).bearer_auth(&dev).body(format!("get:orders/{}", missing[0]));
-                eprintln!("DIAG get {} via {base}: {:?}", missing[0], answer(rb).await);
+                let rb = setup
+                    .post(format!("{base}/v1/agents/writer/invoke"))
+                    .bearer_auth(&dev)
+                    .body(format!("get:orders/{}", missing[0]));
+                eprintln!("get {} via {base}: {:?}", missing[0], answer(rb).await);
             }
-            eprintln!("DIAG seen {last:?}");
+            eprintln!("the watcher saw {last:?}");
             for n in &nodes {
-                eprintln!("DIAG log of {} ({}):", n.name, n.base);
-                for line in n.log().lines().filter(|l| !l.contains("INFO") || l.contains("lease") || l.contains("feed")) {
+                eprintln!("log of {} ({}):", n.name, n.base);
+                for line in n.log().lines().filter(|l| !l.contains("INFO") || l.contains("lease") || l.contains("feed"))
+                {
                     eprintln!("  {line}");
                 }
             }
@@ -414,7 +448,6 @@ async fn three_nodes_lose_no_acknowledged_work_while_nodes_are_killed_and_stoppe
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    eprintln!("DIAG sent={sent} acked={acked} writes_sent={} written={} failed={} reads={reads} highest={highest:?} seen={} victim={victim} stopped={stopped}", tally.writes_sent.load(Ordering::SeqCst), written.len(), tally.failed.load(Ordering::SeqCst), seen.len());
     let mut first: Vec<(u64, String)> = Vec::new();
     let mut known = HashSet::new();
     for (seq, key) in &seen {
@@ -423,8 +456,7 @@ async fn three_nodes_lose_no_acknowledged_work_while_nodes_are_killed_and_stoppe
         }
     }
     assert!(first.windows(2).all(|w| w[0].0 < w[1].0), "first sights out of feed order: {first:?}");
-    let acked_in_first_order: Vec<&String> =
-        first.iter().map(|(_, k)| k).filter(|k| written.contains(k)).collect();
+    let acked_in_first_order: Vec<&String> = first.iter().map(|(_, k)| k).filter(|k| written.contains(k)).collect();
     assert_eq!(acked_in_first_order, written.iter().collect::<Vec<_>>(), "acknowledged writes seen out of order");
     assert!(
         written.len() >= 60 && acked >= 60,
