@@ -12,6 +12,9 @@
 //! - stream transactions: `POST /_db/{db}/_api/transaction/begin`, `PUT` (commit) and
 //!   `DELETE` (abort) `/_db/{db}/_api/transaction/{id}`; operations carrying
 //!   `x-arango-trx-id` are buffered, read their own writes, and are applied at commit;
+//!   with [`State::trx_idle_timeout`] set, a transaction no request named for that long is
+//!   aborted, as ArangoDB's `--transaction.streaming-idle-timeout` does (its default, 60 s;
+//!   unset here: never), so that one a dead client left stops blocking the keys it wrote;
 //! - AQL cursors: `POST /_db/{db}/_api/cursor` with `batchSize`, `PUT|POST
 //!   /_db/{db}/_api/cursor/{id}` for the next batch (404, error 1600, once exhausted). Only
 //!   the queries the store sends are understood (matched on whitespace-normalised text and
@@ -43,6 +46,8 @@ struct Database {
 
 struct Trx {
     db: String,
+    /// When a request last named it.
+    touched: std::time::Instant,
     /// Buffered writes: (collection, key) -> new document, or `None` for a removal.
     writes: BTreeMap<(String, String), Option<Value>>,
 }
@@ -57,6 +62,8 @@ pub struct State {
     next_id: u64,
     /// When set, requests are read but never answered.
     pub hang: bool,
+    /// When set, a stream transaction idle this long is aborted (see the module docs).
+    pub trx_idle_timeout: Option<std::time::Duration>,
     /// `METHOD path` of every request, in arrival order.
     pub log: Vec<String>,
 }
@@ -213,6 +220,12 @@ fn handle(st: &mut State, req: &Req) -> (u16, Value) {
     if !authorised(req) {
         return err(401, 11, "not authorized to execute this request");
     }
+    if let Some(idle) = st.trx_idle_timeout {
+        st.trx.retain(|_, t| t.touched.elapsed() < idle);
+    }
+    if let Some(t) = req.headers.get("x-arango-trx-id").and_then(|id| st.trx.get_mut(id)) {
+        t.touched = std::time::Instant::now();
+    }
     // `/_api/...` is `/_db/_system/_api/...`.
     let (db, rest): (String, Vec<&str>) = match segs.as_slice() {
         ["_db", db, rest @ ..] => ((*db).to_owned(), rest.to_vec()),
@@ -273,7 +286,7 @@ fn handle(st: &mut State, req: &Req) -> (u16, Value) {
         }
         ("POST", ["_api", "transaction", "begin"]) => {
             let id = st.id();
-            st.trx.insert(id.clone(), Trx { db, writes: BTreeMap::new() });
+            st.trx.insert(id.clone(), Trx { db, touched: std::time::Instant::now(), writes: BTreeMap::new() });
             (201, json!({ "error": false, "code": 201, "result": { "id": id, "status": "running" } }))
         }
         ("PUT" | "DELETE", ["_api", "transaction", id]) => {

@@ -91,7 +91,13 @@ pub struct FakeArangodb {
 impl FakeArangodb {
     /// Start one on a free loopback port and wait for its address.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`FakeArangodb::start`] with extra arguments (`--trx-idle-timeout-ms MS`).
+    pub fn start_with(args: &[&str]) -> Self {
         let mut child = Command::new(fake_arangodb_bin())
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -131,8 +137,15 @@ impl Drop for FakeArangodb {
     }
 }
 
+/// How long the cluster's fake lets a stream transaction sit idle before aborting it, as
+/// ArangoDB's `--transaction.streaming-idle-timeout` does (60 s by default there): a node
+/// killed or stopped in the middle of a write leaves its transaction open, and until it is
+/// aborted every other write of that tenant conflicts on the keys it wrote (the tenant's
+/// feed head). A cluster on ArangoDB wants that timeout short for the same reason.
+pub const TRX_IDLE_TIMEOUT_MS: u64 = 1_000;
+
 /// A fake ArangoDB and the configuration every node of the cluster shares: the store at
-/// the fake, one HS256 secret.
+/// the fake (aborting transactions idle for [`TRX_IDLE_TIMEOUT_MS`]), one HS256 secret.
 pub struct Cluster {
     /// The shared store.
     pub fake: FakeArangodb,
@@ -144,7 +157,7 @@ impl Cluster {
     /// Start the fake and write the shared configuration.
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let fake = FakeArangodb::start();
+        let fake = FakeArangodb::start_with(&["--trx-idle-timeout-ms", &TRX_IDLE_TIMEOUT_MS.to_string()]);
         let secret = dir.path().join("jwt-hs256.secret");
         // 64 hex characters: what `cortex serve` itself would create.
         std::fs::write(&secret, "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff").unwrap();

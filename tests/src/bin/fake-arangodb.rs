@@ -4,7 +4,7 @@
 //! cluster tests. It keeps everything in memory, implements only the endpoints the
 //! `arangodb` store calls, and is no database: never point anything but a test at it.
 //!
-//! Usage: `fake-arangodb [--port PORT]`. It listens on 127.0.0.1 (PORT, or a free port when
+//! Usage: `fake-arangodb [--port PORT] [--trx-idle-timeout-ms MS]`. It listens on 127.0.0.1 (PORT, or a free port when
 //! omitted), prints `listening on 127.0.0.1:PORT` as its first line on stdout, and runs
 //! until killed (SIGTERM, SIGINT or SIGKILL). Basic auth: user `root`, password
 //! `fake-secret`.
@@ -24,11 +24,14 @@ const HELP: &str = "\
 fake-arangodb: a stand-in for ArangoDB's HTTP API, FOR TESTS ONLY (in memory, a subset of
 the endpoints, no durability). Not a database.
 
-Usage: fake-arangodb [--port PORT]
+Usage: fake-arangodb [--port PORT] [--trx-idle-timeout-ms MS]
 
 Options:
-  --port PORT  listen on 127.0.0.1:PORT (default: a free port)
-  -h, --help   print this help
+  --port PORT                listen on 127.0.0.1:PORT (default: a free port)
+  --trx-idle-timeout-ms MS   abort a stream transaction no request named for MS ms, as
+                             ArangoDB's --transaction.streaming-idle-timeout does
+                             (default: never)
+  -h, --help                 print this help
 
 Prints `listening on 127.0.0.1:PORT` as its first line on stdout, then runs until killed.
 Basic auth: user `root`, password `fake-secret`.
@@ -36,6 +39,7 @@ Basic auth: user `root`, password `fake-secret`.
 
 fn main() -> ExitCode {
     let mut port: Option<u16> = None;
+    let mut idle: Option<u64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -46,6 +50,10 @@ fn main() -> ExitCode {
             "--port" => match args.next().and_then(|p| p.parse().ok()) {
                 Some(p) => port = Some(p),
                 None => return usage("--port needs a port number"),
+            },
+            "--trx-idle-timeout-ms" => match args.next().and_then(|p| p.parse().ok()) {
+                Some(ms) => idle = Some(ms),
+                None => return usage("--trx-idle-timeout-ms needs a number of milliseconds"),
             },
             other => match other.strip_prefix("--port=").map(str::parse) {
                 Some(Ok(p)) => port = Some(p),
@@ -60,7 +68,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(port)) {
+    match runtime.block_on(serve(port, idle)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fake-arangodb: {e}");
@@ -74,8 +82,10 @@ fn usage(msg: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-async fn serve(port: Option<u16>) -> std::io::Result<()> {
+async fn serve(port: Option<u16>, idle_ms: Option<u64>) -> std::io::Result<()> {
     let fake = fake_arango::FakeArango::start().await;
+    fake.state.lock().map_err(|_| std::io::Error::other("the fake's state is poisoned"))?.trx_idle_timeout =
+        idle_ms.map(std::time::Duration::from_millis);
     let fake_addr: SocketAddr = fake
         .url
         .trim_start_matches("http://")

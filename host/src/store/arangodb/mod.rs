@@ -354,7 +354,8 @@ impl ArangoStore {
             )
             .wait_for_sync(true)
             .build();
-        let trx = self.db.begin_transaction(settings).await.map_err(backend)?;
+        let guard = Pending(Some(self.db.begin_transaction(settings).await.map_err(backend)?));
+        let trx = guard.get();
         let coll = self.docs.clone_with_transaction(trx.id().clone()).map_err(backend)?;
         let feed = self.feed.clone_with_transaction(trx.id().clone()).map_err(backend)?;
         let records = self.records.clone_with_transaction(trx.id().clone()).map_err(backend)?;
@@ -394,16 +395,21 @@ impl ArangoStore {
         }
         .await;
         match outcome {
-            Ok(Step::Done(done)) => match trx.commit().await {
-                Ok(_) => Ok(Step::Done(done)),
-                Err(e) if lost_race(&e) => Ok(Step::Retry),
-                Err(e) => Err(backend(e)),
-            },
+            Ok(Step::Done(done)) => {
+                let committed = trx.commit().await;
+                guard.done();
+                match committed {
+                    Ok(_) => Ok(Step::Done(done)),
+                    Err(e) if lost_race(&e) => Ok(Step::Retry),
+                    Err(e) => Err(backend(e)),
+                }
+            }
             other => {
                 // Best effort: an abort that fails leaves the transaction to the server's idle timeout.
                 if let Err(e) = trx.abort().await {
                     tracing::warn!(error = %e, "arangodb: aborting a stream transaction failed");
                 }
+                guard.done();
                 other
             }
         }
@@ -462,20 +468,62 @@ impl ArangoStore {
             )
             .wait_for_sync(true)
             .build();
-        let trx = self.db.begin_transaction(settings).await.map_err(backend)?;
+        let guard = Pending(Some(self.db.begin_transaction(settings).await.map_err(backend)?));
+        let trx = guard.get();
         match f(trx.id().clone()).await {
-            Ok(Step::Done(done)) => match trx.commit().await {
-                Ok(_) => Ok(Step::Done(done)),
-                Err(e) if lost_race(&e) => Ok(Step::Retry),
-                Err(e) => Err(backend(e)),
-            },
+            Ok(Step::Done(done)) => {
+                let committed = trx.commit().await;
+                guard.done();
+                match committed {
+                    Ok(_) => Ok(Step::Done(done)),
+                    Err(e) if lost_race(&e) => Ok(Step::Retry),
+                    Err(e) => Err(backend(e)),
+                }
+            }
             other => {
                 // Best effort: an abort that fails leaves the transaction to the server's idle timeout.
                 if let Err(e) = trx.abort().await {
                     tracing::warn!(error = %e, "arangodb: aborting a stream transaction failed");
                 }
+                guard.done();
                 other
             }
+        }
+    }
+}
+
+/// A stream transaction that is aborted if it is dropped before it was committed or
+/// aborted: a write whose future is cancelled (a watcher halted when its lease moves, a
+/// request whose client went away) must not leave its transaction holding the keys it
+/// wrote until the server's idle timeout (`--transaction.streaming-idle-timeout`, 60 s by
+/// default), which would refuse every other write of those keys (the tenant's feed head)
+/// meanwhile.
+struct Pending(Option<arangors::transaction::Transaction<HttpClient>>);
+
+impl Pending {
+    /// The transaction (present until [`Pending::done`] or drop).
+    fn get(&self) -> &arangors::transaction::Transaction<HttpClient> {
+        match &self.0 {
+            Some(t) => t,
+            None => unreachable!("a pending transaction is present until it is done"),
+        }
+    }
+
+    /// It was committed or aborted: nothing to do on drop.
+    fn done(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(trx) = self.0.take() else { return };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = trx.abort().await {
+                    tracing::debug!(error = %e, "arangodb: aborting an abandoned stream transaction failed");
+                }
+            });
         }
     }
 }
