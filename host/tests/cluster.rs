@@ -131,7 +131,7 @@ async fn cluster_view(client: &reqwest::Client, base: &str, admin: &str) -> Opti
 
 /// Every lease a cluster view lists (owned or not): agent -> epoch.
 fn epochs(view: &Value) -> BTreeMap<String, u64> {
-    let owned = view["nodes"].as_array().unwrap().iter().flat_map(|n| n["owns"].as_array().unwrap().iter());
+    let owned = view["nodes"].as_array().unwrap().iter().flat_map(|n| n["owned"].as_array().unwrap().iter());
     let unowned = view["unowned"].as_array().unwrap().iter();
     owned.chain(unowned).map(|w| (w["agent"].as_str().unwrap().to_owned(), w["epoch"].as_u64().unwrap())).collect()
 }
@@ -144,7 +144,7 @@ fn each_owned_once_by_a_live_node(view: &Value, agents: &[&str]) -> bool {
         view["unowned"].as_array().unwrap().iter().map(|w| w["agent"].as_str().unwrap()).collect();
     agents.iter().all(|a| {
         let owners: Vec<&Value> =
-            nodes.iter().filter(|n| n["owns"].as_array().unwrap().iter().any(|w| w["agent"] == *a)).collect();
+            nodes.iter().filter(|n| n["owned"].as_array().unwrap().iter().any(|w| w["agent"] == *a)).collect();
         !unowned.contains(a) && owners.len() == 1 && owners[0]["live"] == true
     })
 }
@@ -152,7 +152,7 @@ fn each_owned_once_by_a_live_node(view: &Value, agents: &[&str]) -> bool {
 /// The node (index into `bases`) that owns `agent` in `view`.
 fn owner_of(view: &Value, agent: &str, ids: &[String]) -> Option<usize> {
     let node =
-        view["nodes"].as_array()?.iter().find(|n| n["owns"].as_array().unwrap().iter().any(|w| w["agent"] == agent))?;
+        view["nodes"].as_array()?.iter().find(|n| n["owned"].as_array().unwrap().iter().any(|w| w["agent"] == agent))?;
     ids.iter().position(|id| node["id"] == id.as_str())
 }
 
