@@ -151,8 +151,10 @@ fn each_owned_once_by_a_live_node(view: &Value, agents: &[&str]) -> bool {
 
 /// The node (index into `bases`) that owns `agent` in `view`.
 fn owner_of(view: &Value, agent: &str, ids: &[String]) -> Option<usize> {
-    let node =
-        view["nodes"].as_array()?.iter().find(|n| n["owned"].as_array().unwrap().iter().any(|w| w["agent"] == agent))?;
+    let node = view["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["owned"].as_array().unwrap().iter().any(|w| w["agent"] == agent))?;
     ids.iter().position(|id| node["id"] == id.as_str())
 }
 
