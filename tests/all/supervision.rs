@@ -73,7 +73,8 @@ async fn breaker_opens_refuses_without_running_half_opens_reopens_and_closes() {
 
     // After the interval, one probe goes through; it fails: open again.
     probe_due(&s, &dev, "h").await;
-    assert_eq!(s.invoke(&dev, "h", "trap").await.0, StatusCode::BAD_GATEWAY, "the probe ran");
+    let (status, body) = s.invoke(&dev, "h", "trap").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "the probe ran: {body}");
     let v = view(&s, &dev, "h").await;
     assert_eq!((&v["circuit"], &v["invocations"]), (&json!("open"), &json!(4)));
     assert_eq!(s.invoke(&dev, "h", "echo:x").await.0, StatusCode::SERVICE_UNAVAILABLE);

@@ -380,7 +380,8 @@ impl Health {
         };
         HealthView {
             circuit,
-            circuit_retry_after_ms: retry.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            // Rounded up: 0 only once the interval has passed (a probe sent then runs).
+            circuit_retry_after_ms: retry.map(|d| u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)),
             circuit_opened_ms: (h.opened_ms > 0).then_some(h.opened_ms),
             window: WindowView {
                 outcomes: u32::from(h.len),
