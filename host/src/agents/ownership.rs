@@ -33,6 +33,16 @@ pub(super) struct Held {
     renewed: Instant,
 }
 
+/// The epoch and expected revision to take a lease at once with, when it is free: missing
+/// (epoch 1), handed back, or held by `me` (a former run of this node).
+fn free(found: Option<(&LeaseRecord, u64)>, me: &str) -> Option<(u64, u64)> {
+    match found {
+        None => Some((1, 0)),
+        Some((l, rev)) if l.owner.is_empty() || l.owner == me => Some((l.epoch + 1, rev)),
+        Some(_) => None,
+    }
+}
+
 fn encode(l: &LeaseRecord) -> Vec<u8> {
     serde_json::to_vec(l).unwrap_or_default()
 }
@@ -64,7 +74,8 @@ impl Agents {
             None => {
                 if self.get(tenant, name).is_some() {
                     self.uninstall(tenant, name).await;
-                    self.drop_work(&key(tenant, name)).await;
+                    // Handed back, not left to expire: a new agent of the name starts at once.
+                    self.release(&key(tenant, name)).await;
                 }
             }
             Some((rec, rev)) => {
@@ -110,14 +121,16 @@ impl Agents {
             Ok(f) => f,
             Err(_) => return,
         };
-        let (epoch, expected) = match found {
-            None => (1, 0),
+        let lease = match found {
+            None => None,
             Some((bytes, rev)) => match serde_json::from_slice::<LeaseRecord>(&bytes) {
-                Ok(l) if l.owner.is_empty() || l.owner == self.cluster.id() => (l.epoch + 1, rev),
-                _ => return,
+                Ok(l) => Some((l, rev)),
+                Err(_) => return,
             },
         };
-        self.take(&k, epoch, expected).await;
+        if let Some((epoch, expected)) = free(lease.as_ref().map(|(l, rev)| (l, *rev)), self.cluster.id()) {
+            self.take(&k, epoch, expected).await;
+        }
     }
 
     /// Write the lease of `k` as ours at `epoch` (compare-and-swap on `expected`) and
@@ -256,14 +269,14 @@ impl Agents {
                 renew.push(k.clone());
                 self.ensure_work(k);
             } else if desired {
-                match leases.get(k) {
-                    None => self.take(k, 1, 0).await,
-                    Some((l, rev)) if l.owner.is_empty() || l.owner == me => self.take(k, l.epoch + 1, *rev).await,
-                    Some((l, rev)) if self.cluster.lease_expired(k, *rev) => {
-                        tracing::info!(agent = %k, from = %l.owner, "lease expired: taking it");
-                        self.take(k, l.epoch + 1, *rev).await;
-                    }
-                    Some(_) => {}
+                let found = leases.get(k).map(|(l, rev)| (l, *rev));
+                if let Some((epoch, expected)) = free(found, &me) {
+                    self.take(k, epoch, expected).await;
+                } else if let Some((l, rev)) = found
+                    && self.cluster.lease_expired(k, rev)
+                {
+                    tracing::info!(agent = %k, from = %l.owner, "lease expired: taking it");
+                    self.take(k, l.epoch + 1, rev).await;
                 }
             }
         }
@@ -353,16 +366,21 @@ impl Agents {
         }));
     }
 
-    /// Stop at once without handing anything back, the way a killed process would: the
-    /// membership record goes stale and the leases expire (failover benches and tests of
-    /// one process).
-    pub async fn crash(&self) {
-        self.cluster.leave();
+    /// Stop the lease loop and wait until it is gone.
+    async fn stop_ownership(&self) {
         let task = self.owner_task.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(t) = task {
             t.abort();
             let _ = t.await;
         }
+    }
+
+    /// Stop at once without handing anything back, the way a killed process would: the
+    /// membership record goes stale and the leases expire (failover benches and tests of
+    /// one process).
+    pub async fn crash(&self) {
+        self.cluster.leave();
+        self.stop_ownership().await;
         self.held.lock().unwrap_or_else(PoisonError::into_inner).clear();
         self.halt_watchers().await;
     }
@@ -372,11 +390,7 @@ impl Agents {
     /// over at once instead of after the TTL.
     pub async fn hand_back(&self) {
         self.cluster.leave();
-        let task = self.owner_task.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(t) = task {
-            t.abort();
-            let _ = t.await;
-        }
+        self.stop_ownership().await;
         let keys: Vec<String> = self.held.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
         for k in keys {
             self.release(&k).await;
