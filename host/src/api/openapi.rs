@@ -281,10 +281,15 @@ fn operations(d: &mut Doc) {
     let text = json!({"type": "string"});
     // --- outside /v1 ---
     d.op("get", "/healthz", "getHealth", "Liveness").public(&[]).raw_ok(200, "text/plain", text.clone(), "`ok`").add();
-    d.op("get", "/readyz", "getReadiness", "Readiness (the store answers)")
-        .public(&[503])
-        .raw_ok(200, "text/plain", text.clone(), "`ready`")
-        .add();
+    d.op(
+        "get",
+        "/readyz",
+        "getReadiness",
+        "Readiness (the node has applied the registry stream up to where it was at start, and the store answers)",
+    )
+    .public(&[503])
+    .raw_ok(200, "text/plain", text.clone(), "`ready`")
+    .add();
     let mut metrics = d
         .op(
             "get",
