@@ -10,6 +10,7 @@ mod cluster;
 mod cluster_faults;
 mod common;
 mod counter;
+mod deploy;
 mod documents;
 mod edge;
 mod events;
