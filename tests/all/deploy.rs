@@ -951,6 +951,27 @@ fn every_overlay_runs_the_host_as_its_config_and_the_image_expect() {
             }
             assert!(!verbs.contains(&"delete"), "{at}: the operator deletes {resources:?}");
         }
+        // ...and what it needs is granted.
+        let grants = |group: &str, resource: &str, verb: &str| {
+            role["rules"].as_array().unwrap().iter().any(|rule| {
+                let has = |k: &str, v: &str| rule[k].as_array().unwrap().contains(&Value::from(v));
+                has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
+            })
+        };
+        let mut needed: Vec<(&str, String, &str)> =
+            vec![("apps", "deployments".into(), "watch"), ("apps", "deployments/scale".into(), "patch")];
+        for kind in ["cortexclusters", "tenants", "agents"] {
+            for sub in ["", "/status", "/finalizers"] {
+                needed.push(("cortex.dev", format!("{kind}{sub}"), "patch"));
+            }
+            needed.push(("cortex.dev", kind.into(), "watch"));
+        }
+        for (resource, verb) in [("secrets", "get"), ("configmaps", "get"), ("events", "create")] {
+            needed.push(("", resource.into(), verb));
+        }
+        for (group, resource, verb) in needed {
+            assert!(grants(group, &resource, verb), "{at}: the operator may not {verb} {group}/{resource}");
+        }
     }
 }
 
