@@ -119,14 +119,21 @@ pub struct SchedulingConfig {
 }
 
 /// The storage backend: `[store] type = "embedded"` (default) or `"arangodb"`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum StoreConfig {
-    /// A redb file in the data directory.
-    #[default]
-    Embedded,
+    /// A redb file in the data directory. A struct variant (with no fields), so that
+    /// `deny_unknown_fields` refuses a misspelled key under `[store]`: a unit variant of an
+    /// internally tagged enum would accept and ignore it.
+    Embedded {},
     /// An ArangoDB server or cluster.
     Arangodb(ArangoConfig),
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self::Embedded {}
+    }
 }
 
 /// Connection to ArangoDB.
@@ -403,6 +410,20 @@ mod tests {
         std::fs::write(&f, "listen = \"127.0.0.1:1\"\n[http]\nbody_limit = 3\n").unwrap();
         let e = ServerConfig::load(Some(&f), []).unwrap_err();
         assert!(e.to_string().contains("body_limit"), "{e}");
+    }
+
+    #[test]
+    fn a_misspelled_store_key_is_refused_on_every_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[store]\ntype = \"embedded\"\n").unwrap();
+        let c = ServerConfig::load(Some(&f), []).unwrap();
+        assert!(matches!(c.store, StoreConfig::Embedded {}));
+        std::fs::write(&f, "[store]\ntype = \"embedded\"\npasword_file = \"x\"\n").unwrap();
+        let e = ServerConfig::load(Some(&f), []).unwrap_err();
+        assert!(e.to_string().contains("pasword_file"), "{e}");
+        let env = [("CORTEX_CFG__STORE__URL".to_owned(), "http://x".to_owned())];
+        assert!(ServerConfig::load(None, env).is_err(), "an arangodb key under the embedded store loads");
     }
 
     #[test]

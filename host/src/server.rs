@@ -58,7 +58,7 @@ pub async fn build(config: ServerConfig) -> Result<Arc<AppState>, ServeError> {
     crate::fsutil::prepare_data_dir(&config.data_dir)
         .map_err(|source| StoreError::Open { path: config.data_dir.clone(), source })?;
     let store: Arc<dyn Store> = match &config.store {
-        StoreConfig::Embedded => Arc::new(EmbeddedStore::open(&config.data_dir.join("store"))?),
+        StoreConfig::Embedded {} => Arc::new(EmbeddedStore::open(&config.data_dir.join("store"))?),
         StoreConfig::Arangodb(cfg) => Arc::new(ArangoStore::connect(cfg).await?),
     };
     build_on(config, store).await

@@ -758,7 +758,7 @@ fn every_overlay_runs_the_host_as_its_config_and_the_image_expect() {
             "single-node" => {
                 assert_eq!(w["kind"], "StatefulSet", "{at}");
                 assert_eq!(w["spec"]["replicas"], 1, "{at}");
-                assert!(matches!(cfg.store, StoreConfig::Embedded), "{at}: {:?}", cfg.store);
+                assert!(matches!(cfg.store, StoreConfig::Embedded {}), "{at}: {:?}", cfg.store);
                 let claims = w["spec"]["volumeClaimTemplates"].as_array().expect("a PVC template");
                 assert!(claims.iter().any(|p| p["metadata"]["name"] == "data"), "{at}");
             }
