@@ -39,3 +39,4 @@ mod shared_modules;
 mod store_contract;
 mod supervision;
 mod tenants;
+mod workflows;
