@@ -159,6 +159,7 @@ pub async fn put(
 
 /// `?version=` of a definition read.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct VersionQuery {
     /// A version (default: the latest).
     pub version: Option<u64>,
@@ -228,6 +229,7 @@ pub async fn start(
 
 /// Filters of a run listing.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RunsQuery {
     /// Only runs in this state.
     pub state: Option<RunState>,
