@@ -74,10 +74,11 @@ async fn runs_end_with_exactly_once_effects_across_20_kill_9s() {
     // Non-idempotent: b, c. Idempotent: a, fan (one effect per item), d.
     let def = json!({"steps": [
         {"id": "a", "agent": "step", "idempotent": true, "input": {"op": "effect", "value": "$.input.items"}},
-        {"id": "b", "agent": "step", "depends_on": ["a"], "input": {"op": "effect", "value": 1}},
+        {"id": "b", "agent": "step", "depends_on": ["a"], "input": {"op": "effect", "value": 1, "spin_ms": 60}},
         {"id": "fan", "agent": "step", "depends_on": ["b"], "idempotent": true, "for_each": "$.steps.a.output",
-         "concurrency": 2, "input": {"op": "effect", "value": "$.item"}},
-        {"id": "c", "agent": "step", "depends_on": ["fan"], "input": {"op": "effect", "value": "$.steps.fan.output"}},
+         "concurrency": 2, "input": {"op": "effect", "value": "$.item", "spin_ms": 20}},
+        {"id": "c", "agent": "step", "depends_on": ["fan"],
+         "input": {"op": "effect", "value": "$.steps.fan.output", "spin_ms": 60}},
         {"id": "d", "agent": "step", "depends_on": ["c"], "idempotent": true,
          "input": {"op": "add", "values": "$.steps.c.output"}}
     ]});

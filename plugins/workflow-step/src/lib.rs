@@ -7,7 +7,7 @@
 //! |--------------|----------------------------------------------------------------------------|
 //! | `echo`       | returns `value`                                                            |
 //! | `add`        | returns the sum of the numbers in `values` (arrays in it are summed too) plus `plus` |
-//! | `effect`     | adds one to the document `effects/<run>.<step>` (compare-and-swap), returns `value` |
+//! | `effect`     | adds one to the document `effects/<run>.<step>` (compare-and-swap), returns `value`; with `spin_ms`, waits half of it before and half after |
 //! | `fail_times` | fails (code `told-to-fail`) while the attempt is at most `n`, then returns `value` |
 //! | `fail`       | always fails (code `told-to-fail`)                                         |
 //! | `log`        | appends `entry` to the array document `log/<run>` (compare-and-swap), returns it |
@@ -34,6 +34,18 @@ fn number(x: f64) -> Value {
     }
 }
 
+/// Busy for `ms` milliseconds, reading the clock only now and then (each read is a host
+/// call, and host calls are limited per invocation).
+fn spin(ms: u64) {
+    let until = now_ms() + ms;
+    let mut x = 0u64;
+    while now_ms() < until {
+        for i in 0..20_000u64 {
+            x = core::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+    }
+}
+
 impl Agent for Step {
     fn handle(input: Vec<u8>) -> Result<Option<Vec<u8>>, AgentError> {
         let req: Value = serde_json::from_slice(&input)?;
@@ -48,7 +60,10 @@ impl Agent for Step {
                 number(req.get("values").map_or(0.0, sum) + plus)
             }
             "effect" => {
+                let half = req.get("spin_ms").and_then(Value::as_u64).unwrap_or(0) / 2;
+                spin(half);
                 documents::update("effects", &format!("{run}.{step}"), |old: Option<u64>| old.unwrap_or(0) + 1)?;
+                spin(half);
                 value
             }
             "fail_times" => {
@@ -69,9 +84,7 @@ impl Agent for Step {
                 entry
             }
             "spin" => {
-                let ms = req.get("ms").and_then(Value::as_u64).unwrap_or(0);
-                let until = now_ms() + ms;
-                while now_ms() < until {}
+                spin(req.get("ms").and_then(Value::as_u64).unwrap_or(0));
                 value
             }
             other => return Err(AgentError::new("bad-op", format!("unknown op {other:?}"))),
