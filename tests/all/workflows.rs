@@ -302,3 +302,20 @@ async fn runs_of_a_node_that_dies_finish_on_another_node() {
     }
     assert!(n.state.agents.owned().iter().any(|(k, _)| k == "acme/~workflows"), "the survivor took the engine over");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_the_tenant_deletes_its_workflows_and_runs() {
+    let (n, tok) = node().await;
+    let def = json!({"steps": [{"id": "e", "agent": "step", "input": {"op": "echo", "value": 1}}]});
+    put_workflow(&n, &tok, "w", &def).await;
+    let (_, run) = start_run(&n, &tok, "w", json!({})).await;
+    run_until(&n, &tok, "w", run["id"].as_str().unwrap(), &["succeeded"]).await;
+    let r = n.req(Method::DELETE, "/v1/tenants/acme", &n.admin()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let store = n.state.registry.store().clone();
+    use cortex_host::store::{RecordKind, RecordStore};
+    for kind in [RecordKind::Workflow, RecordKind::WorkflowRun] {
+        assert!(store.record_list(kind, "acme/").await.unwrap().is_empty(), "{kind:?} left behind");
+    }
+    assert!(store.record_get(RecordKind::Lease, "acme/~workflows").await.unwrap().is_none());
+}

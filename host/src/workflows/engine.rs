@@ -381,6 +381,21 @@ impl Workflows {
         .await
     }
 
+    /// Remove everything of a deleted tenant: its definitions, its runs (the engine stops
+    /// where it runs: its lease record is gone, so the lease loop hands it back).
+    pub async fn forget_tenant(&self, tenant: &str) -> Result<(), WorkflowError> {
+        let prefix = format!("{tenant}/");
+        for kind in [RecordKind::Workflow, RecordKind::WorkflowRun] {
+            let keys: Vec<String> =
+                self.store().record_list(kind, &prefix).await?.into_iter().map(|(k, _)| k).collect();
+            for chunk in keys.chunks(256) {
+                self.store().record_delete_many(kind, chunk).await?;
+            }
+        }
+        self.store().record_delete(RecordKind::Lease, &super::lease_key(tenant)).await?;
+        Ok(())
+    }
+
     /// The tenants whose engine runs on this node.
     pub fn engines(&self) -> Vec<String> {
         let mut v: Vec<String> = self.engines.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
