@@ -313,7 +313,7 @@ async fn deleting_the_tenant_deletes_its_workflows_and_runs() {
     let r = n.req(Method::DELETE, "/v1/tenants/acme", &n.admin()).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let store = n.state.registry.store().clone();
-    use cortex_host::store::{RecordKind, RecordStore};
+    use cortex_host::store::RecordKind;
     for kind in [RecordKind::Workflow, RecordKind::WorkflowRun] {
         assert!(store.record_list(kind, "acme/").await.unwrap().is_empty(), "{kind:?} left behind");
     }
