@@ -20,7 +20,7 @@ const BOUND: Duration = Duration::from_secs(1);
 
 /// Where the nodes' shared store lives.
 #[derive(Clone, Copy, Debug)]
-enum Backend {
+pub(crate) enum Backend {
     /// One embedded store value shared by every node.
     Embedded,
     /// The ArangoDB backend: one client per node against the loopback stand-in.
@@ -30,7 +30,7 @@ enum Backend {
 }
 
 /// What keeps the shared store alive.
-struct Shared {
+pub(crate) struct Shared {
     _dir: crate::server::DataDir,
     _fake: Option<crate::fake_arango::FakeArango>,
     _arango_dir: Option<tempfile::TempDir>,
@@ -38,7 +38,7 @@ struct Shared {
 
 /// `n` nodes over one store of `backend` (None: the real server is not configured), sharing
 /// one token secret, with fast heartbeats.
-async fn nodes_on(backend: Backend, n: usize) -> Option<(Vec<Server>, Arc<dyn Store>, Shared)> {
+pub(crate) async fn nodes_on(backend: Backend, n: usize) -> Option<(Vec<Server>, Arc<dyn Store>, Shared)> {
     let shared = data_dir();
     let mut fake = None;
     let mut arango_dir = None;

@@ -85,9 +85,36 @@ impl Agents {
         export: Export<'_>,
         ticket: Ticket<'_>,
     ) -> Report {
+        self.run_with(d, t, callers, deadline, export, ticket, &[]).await
+    }
+
+    /// [`Self::run`] with `extra` configuration entries the agent reads with `config` for
+    /// this invocation only (a workflow step's run id, step id and attempt).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn run_with(
+        &self,
+        d: &Deployed,
+        t: &CachedTenant,
+        callers: Arc<[Arc<str>]>,
+        deadline: Option<Instant>,
+        export: Export<'_>,
+        ticket: Ticket<'_>,
+        extra: &[(&str, String)],
+    ) -> Report {
         let q = &t.quotas;
         let nested = !callers.is_empty();
-        let ctx = self.deployed_context_with(d, q, callers, deadline);
+        let mut ctx = self.deployed_context_with(d, q, callers, deadline);
+        if !extra.is_empty() {
+            let mut config = ctx.base.config.clone();
+            for (k, v) in extra {
+                config.insert((*k).to_owned(), v.clone());
+            }
+            ctx.base = Arc::new(crate::runtime::AgentBase {
+                scope: ctx.base.scope.clone(),
+                config,
+                store: ctx.base.store.clone(),
+            });
+        }
         let limits = self.limits_for(&d.record, q);
         let call = self.runtime.call(&d.module, &ctx, &limits, export);
         let report =
@@ -139,6 +166,21 @@ impl Agents {
         input: &[u8],
         deadline: Option<Instant>,
     ) -> AgentsResult<Report> {
+        self.invoke_with(t, d, ticket, input, deadline, &[]).await
+    }
+
+    /// [`Self::invoke`] with `extra` configuration entries for this invocation only (see
+    /// [`Self::run_with`]): how a workflow step tells its agent its run id, step id and
+    /// attempt.
+    pub async fn invoke_with(
+        &self,
+        t: &CachedTenant,
+        d: &Deployed,
+        ticket: Ticket<'_>,
+        input: &[u8],
+        deadline: Option<Instant>,
+        extra: &[(&str, String)],
+    ) -> AgentsResult<Report> {
         let name = &d.record.name;
         let Some(_tenant_slot) = t.limiter.enter() else {
             self.metrics.refused(&t.name, "concurrency_quota");
@@ -158,7 +200,7 @@ impl Agents {
                 d.record.queue_timeout_ms
             )),
         })?;
-        Ok(self.run(d, t, self.no_callers.clone(), deadline, Export::Handle(input), ticket).await)
+        Ok(self.run_with(d, t, self.no_callers.clone(), deadline, Export::Handle(input), ticket, extra).await)
     }
 
     /// Count an invocation of `export` of `d`: counters, logs, metrics.

@@ -22,7 +22,7 @@ pub mod logbook;
 pub mod messenger;
 pub mod module_ref;
 pub mod modules;
-mod ownership;
+pub mod ownership;
 pub mod pool;
 pub mod profiles;
 pub mod quota;
@@ -84,6 +84,8 @@ pub struct Agents {
     held: Mutex<HashMap<String, ownership::Held>>,
     /// The lease loop (see `ownership.rs`), started by [`Agents::restore`].
     owner_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Other per-tenant background work leased by the same loop (the workflow engine).
+    work: OnceLock<Weak<dyn ownership::LeasedWork>>,
 }
 
 impl std::fmt::Debug for Agents {
@@ -141,6 +143,7 @@ impl Agents {
             cluster,
             held: Mutex::new(HashMap::new()),
             owner_task: Mutex::new(None),
+            work: OnceLock::new(),
         })
     }
 

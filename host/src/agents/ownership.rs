@@ -43,6 +43,22 @@ fn free(found: Option<(&LeaseRecord, u64)>, me: &str) -> Option<(u64, u64)> {
     }
 }
 
+/// Background work other than an agent's that the lease loop places on one node, keyed like
+/// a lease (`tenant/~name`: `~` is never in an agent's name): e.g. a tenant's workflow
+/// engine. A key is wanted while its lease record exists (the work writes it, with an
+/// empty owner, when it first has something to do).
+#[async_trait::async_trait]
+pub trait LeasedWork: Send + Sync {
+    /// Whether `key` names work of this kind.
+    fn is_work(&self, key: &str) -> bool;
+    /// Start the work of `key` under `fence` (nothing if it runs already).
+    fn start(&self, key: &str, fence: Fence);
+    /// Stop the work of `key` and wait until it stopped.
+    async fn stop(&self, key: &str);
+    /// Stop every piece of work at once, as a crash would.
+    async fn stop_all(&self);
+}
+
 fn encode(l: &LeaseRecord) -> Vec<u8> {
     serde_json::to_vec(l).unwrap_or_default()
 }
@@ -51,6 +67,43 @@ impl Agents {
     /// This node's place in the cluster.
     pub fn cluster(&self) -> &Arc<crate::cluster::Cluster> {
         &self.cluster
+    }
+
+    /// Place `work` under the lease loop (once).
+    pub fn set_leased_work(&self, work: std::sync::Weak<dyn LeasedWork>) {
+        let _ = self.work.set(work);
+    }
+
+    fn leased_work(&self) -> Option<Arc<dyn LeasedWork>> {
+        self.work.get().and_then(std::sync::Weak::upgrade)
+    }
+
+    fn is_leased_work(&self, k: &str) -> bool {
+        self.leased_work().is_some_and(|w| w.is_work(k))
+    }
+
+    /// Take the lease of leased work `k` now if this node should own it and it is free, or
+    /// start the work if this node holds it already: new work starts at once instead of at
+    /// the next round of the lease loop.
+    pub async fn claim_work(self: &Arc<Self>, k: &str) {
+        if self.fence_of(k).is_some() {
+            self.ensure_work(k);
+            return;
+        }
+        if self.cluster.is_leaving() || rendezvous(k, &self.cluster.live()) != Some(self.cluster.id()) {
+            return;
+        }
+        let found = match self.registry.store().record_get(RecordKind::Lease, k).await {
+            Ok(Some((bytes, rev))) => match serde_json::from_slice::<LeaseRecord>(&bytes) {
+                Ok(l) => Some((l, rev)),
+                Err(_) => return,
+            },
+            Ok(None) => None,
+            Err(_) => return,
+        };
+        if let Some((epoch, expected)) = free(found.as_ref().map(|(l, rev)| (l, *rev)), self.cluster.id()) {
+            self.take(k, epoch, expected).await;
+        }
     }
 
     /// The fence of the agent's work when this node owns it.
@@ -146,7 +199,9 @@ impl Agents {
                     .insert(k.to_owned(), Held { epoch, rev, renewed: Instant::now() });
                 self.metrics.lease_event("taken");
                 self.ensure_work(k);
-                if let Some((tenant, name)) = k.split_once('/') {
+                if !self.is_leased_work(k)
+                    && let Some((tenant, name)) = k.split_once('/')
+                {
                     self.wake_mailbox(tenant, name);
                 }
             }
@@ -157,6 +212,12 @@ impl Agents {
 
     /// Start the agent's watcher if it should run and does not (the lease is held).
     fn ensure_work(self: &Arc<Self>, k: &str) {
+        if let Some(w) = self.leased_work().filter(|w| w.is_work(k)) {
+            if let Some(f) = self.fence_of(k) {
+                w.start(k, f);
+            }
+            return;
+        }
         let Some((tenant, name)) = k.split_once('/') else { return };
         if let Some(d) = self.get(tenant, name) {
             self.sync_watcher(&d.record);
@@ -173,6 +234,9 @@ impl Agents {
         }
         if let Some(m) = mailbox {
             m.halt().await;
+        }
+        if let Some(w) = self.leased_work().filter(|w| w.is_work(k)) {
+            w.stop(k).await;
         }
         held
     }
@@ -257,6 +321,9 @@ impl Agents {
                 wanted.push(key(&d.record.tenant, &d.record.name));
             }
         });
+        if let Some(w) = self.leased_work() {
+            wanted.extend(leases.keys().filter(|k| w.is_work(k)).cloned());
+        }
         let wanted_set: HashSet<&str> = wanted.iter().map(String::as_str).collect();
         let leaving = self.cluster.is_leaving();
         let mut renew = Vec::new();
@@ -383,6 +450,9 @@ impl Agents {
         self.stop_ownership().await;
         self.held.lock().unwrap_or_else(PoisonError::into_inner).clear();
         self.halt_watchers().await;
+        if let Some(w) = self.leased_work() {
+            w.stop_all().await;
+        }
     }
 
     /// Leave the cluster (at shutdown): stop the lease loop and every piece of work, hand

@@ -17,6 +17,7 @@ pub mod request_id;
 mod routes;
 pub mod state;
 pub mod stream_guard;
+pub mod workflows;
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -291,6 +292,20 @@ pub fn route_action(method: &Method, route: &str) -> Option<Action> {
         "/v1/agents/{name}/deadletters/{id}" if m(Method::DELETE) => Action::WriteAgents,
         "/v1/agents/{name}/invoke" if m(Method::POST) => Action::Invoke,
         "/v1/agents/{name}/logs" | "/v1/agents/{name}/logs/stream" if read => Action::ReadLogs,
+        "/v1/workflows"
+        | "/v1/workflows/{name}"
+        | "/v1/workflows/{name}/runs"
+        | "/v1/workflows/{name}/runs/{id}"
+        | "/v1/workflows/{name}/runs/{id}/steps/{step}/output"
+            if read =>
+        {
+            Action::ReadAgents
+        }
+        "/v1/workflows/{name}" if m(Method::PUT) || m(Method::DELETE) => Action::WriteAgents,
+        "/v1/workflows/{name}/runs" if m(Method::POST) => Action::Invoke,
+        "/v1/workflows/{name}/runs/{id}/cancel" | "/v1/workflows/{name}/runs/{id}/resolve" if m(Method::POST) => {
+            Action::WriteAgents
+        }
         _ => return None,
     })
 }
@@ -474,6 +489,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/agents/{name}/deadletters", get(deadletters::list))
         .route("/v1/agents/{name}/deadletters/{id}", axum::routing::delete(deadletters::discard))
         .route("/v1/agents/{name}/deadletters/{id}/replay", post(deadletters::replay))
+        .route("/v1/workflows", get(workflows::list))
+        .route("/v1/workflows/{name}", get(workflows::get).put(workflows::put).delete(workflows::delete))
+        .route("/v1/workflows/{name}/runs", get(workflows::runs).post(workflows::start))
+        .route("/v1/workflows/{name}/runs/{id}", get(workflows::get_run))
+        .route("/v1/workflows/{name}/runs/{id}/cancel", post(workflows::cancel))
+        .route("/v1/workflows/{name}/runs/{id}/resolve", post(workflows::resolve))
+        .route("/v1/workflows/{name}/runs/{id}/steps/{step}/output", get(workflows::step_output))
         .layer(Guard(state.clone()));
     Router::new()
         .route("/healthz", get(routes::healthz))

@@ -557,6 +557,79 @@ fn operations(d: &mut Doc) {
     .ok::<Replayed>(200, "Delivered")
     .errors(&[409, 422, 429])
     .add();
+    workflow_operations(d);
+}
+
+/// The operations of `/v1/workflows` (see [`super::workflows`]).
+fn workflow_operations(d: &mut Doc) {
+    use super::workflows::{Resolve, RunView, RunsQuery, StartRun, VersionQuery};
+    use crate::workflows::{Definition, WorkflowRecord};
+    d.op("get", "/v1/workflows", "listWorkflows", "List the tenant's workflows (the latest version of each)")
+        .list::<WorkflowRecord>("The workflows, by name")
+        .add();
+    d.op("put", "/v1/workflows/{name}", "putWorkflow", "Store a new version of a workflow, validated (`unknown_agent`, `cycle`, `missing_reference`, `bad_expression`, `bad_for_each`, `duplicate_step`, `unknown_compensation`, `unknown_dependency`, `invalid_workflow`)")
+        .json::<Definition>()
+        .ok::<WorkflowRecord>(201, "Stored as a new version")
+        .ok::<WorkflowRecord>(200, "The same as the latest version: nothing stored")
+        .errors(BODY_ERRORS)
+        .add();
+    d.op("get", "/v1/workflows/{name}", "getWorkflow", "Read a workflow (the latest version, or `version`)")
+        .query::<VersionQuery>()
+        .ok::<WorkflowRecord>(200, "The workflow")
+        .add();
+    d.op("delete", "/v1/workflows/{name}", "deleteWorkflow", "Delete every version of a workflow (its runs go on)")
+        .empty(204, "Deleted")
+        .add();
+    d.op(
+        "post",
+        "/v1/workflows/{name}/runs",
+        "startWorkflowRun",
+        "Start a run (with an idempotency key, the run started first with it)",
+    )
+    .json::<StartRun>()
+    .ok::<RunView>(201, "Started")
+    .ok::<RunView>(200, "The run of the same idempotency key")
+    .errors(BODY_ERRORS)
+    .add();
+    d.op("get", "/v1/workflows/{name}/runs", "listWorkflowRuns", "List the workflow's runs, newest first")
+        .query::<RunsQuery>()
+        .list::<RunView>("The runs")
+        .add();
+    d.op(
+        "get",
+        "/v1/workflows/{name}/runs/{id}",
+        "getWorkflowRun",
+        "Read a run: its state and each step's state, attempts, timings, outcome and output (bounded)",
+    )
+    .ok::<RunView>(200, "The run")
+    .add();
+    d.op(
+        "post",
+        "/v1/workflows/{name}/runs/{id}/cancel",
+        "cancelWorkflowRun",
+        "Cancel a run: it ends once its running calls return",
+    )
+    .ok::<RunView>(202, "Cancelling")
+    .errors(&[409])
+    .add();
+    d.op(
+        "post",
+        "/v1/workflows/{name}/runs/{id}/resolve",
+        "resolveWorkflowRun",
+        "Resolve a run in needs_attention: retry or skip its stuck step",
+    )
+    .json::<Resolve>()
+    .ok::<RunView>(200, "The run goes on")
+    .errors(&[409, 413])
+    .add();
+    d.op(
+        "get",
+        "/v1/workflows/{name}/runs/{id}/steps/{step}/output",
+        "getWorkflowStepOutput",
+        "The whole output of a step",
+    )
+    .raw_ok(200, "application/json", json!({}), "The output (JSON)")
+    .add();
 }
 
 /// The reason phrase of an error status.

@@ -35,6 +35,8 @@ pub struct AppState {
     pub agents: Arc<Agents>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Workflow definitions and runs, and this node's workflow engines.
+    pub workflows: Arc<crate::workflows::Workflows>,
     tenant_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Dead letters being replayed on this node, by record key.
     replaying: ClaimSet,
@@ -96,6 +98,7 @@ impl AppState {
         let tenants = Arc::new(Tenants::new(registry.clone(), config.scheduling.guests));
         let agents =
             Arc::new(Agents::new(config.clone(), runtime.clone(), registry.clone(), metrics.clone(), tenants.clone())?);
+        let workflows = crate::workflows::Workflows::new(registry.clone(), agents.clone(), tenants.clone());
         Ok(Self {
             config,
             runtime,
@@ -104,6 +107,7 @@ impl AppState {
             tenants,
             agents,
             metrics,
+            workflows,
             tenant_locks: Mutex::new(HashMap::new()),
             replaying: ClaimSet::default(),
             tenant_names: ClaimSet::default(),

@@ -53,6 +53,10 @@ pub enum ClientCommand {
     Events(super::events::EventsArgs),
     /// An agent's dead letters: list, replay or discard them.
     Deadletters(super::deadletters::DeadLettersArgs),
+    /// Workflow definitions of your tenant: list, get, put, delete.
+    Workflows(super::workflows::WorkflowsArgs),
+    /// Workflow runs: start, list, get, cancel, resolve (`--watch` follows one live).
+    Runs(super::workflows::RunsArgs),
     /// Read the audit log.
     Audit {
         /// Events after this sequence number.
@@ -595,6 +599,8 @@ impl ClientCommand {
             ClientCommand::Logs(args) => args.run().await,
             ClientCommand::Events(args) => args.run().await,
             ClientCommand::Deadletters(args) => args.run().await,
+            ClientCommand::Workflows(args) => args.run().await,
+            ClientCommand::Runs(args) => args.run().await,
             ClientCommand::Audit { since, limit, conn } => {
                 let path = format!("/v1/audit?since={since}&limit={limit}");
                 conn.call(M::GET, &path, Payload::None, &["seq", "actor", "tenant", "action", "outcome"]).await

@@ -12,3 +12,4 @@ pub mod push;
 pub mod sse;
 pub mod tenants;
 pub mod units;
+pub mod workflows;

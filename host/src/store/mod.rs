@@ -253,6 +253,11 @@ pub enum RecordKind {
     /// Cluster-wide counters kept exact by compare-and-swap (e.g. a tenant's agents),
     /// keyed by `what/tenant`.
     Counter,
+    /// Workflow definitions, keyed by `tenant/name/<version, 10 digits>`.
+    Workflow,
+    /// Workflow runs (`tenant/run/<id>`), the index of active runs (`tenant/active/<id>`)
+    /// and the runs' idempotency keys (`tenant/key/<workflow>/<sha-256 hex>`).
+    WorkflowRun,
 }
 
 /// The pseudo-tenant whose change feed is the registry change stream: never a valid
@@ -324,6 +329,8 @@ impl RecordKind {
             RecordKind::Node => "node",
             RecordKind::ModuleChunk => "module-chunk",
             RecordKind::Counter => "counter",
+            RecordKind::Workflow => "workflow",
+            RecordKind::WorkflowRun => "workflow-run",
         }
     }
 
@@ -333,7 +340,7 @@ impl RecordKind {
     }
 
     /// Every kind.
-    pub const ALL: [RecordKind; 16] = [
+    pub const ALL: [RecordKind; 18] = [
         RecordKind::Tenant,
         RecordKind::Module,
         RecordKind::Agent,
@@ -350,6 +357,8 @@ impl RecordKind {
         RecordKind::Node,
         RecordKind::ModuleChunk,
         RecordKind::Counter,
+        RecordKind::Workflow,
+        RecordKind::WorkflowRun,
     ];
 
     /// Whether every write of a record of this kind is appended to the registry change
