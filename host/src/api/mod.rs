@@ -7,6 +7,7 @@ pub mod caller;
 mod cluster;
 mod deadletters;
 pub mod error;
+pub mod oidc;
 mod events;
 mod logs;
 mod oci_pull;
