@@ -161,9 +161,9 @@ fn main() -> ExitCode {
     // `serve` logs as its `[log]` says (a config that does not load is reported by `serve`
     // itself); every other command as the defaults say.
     let log = match &cli.command {
-        Command::Serve(args) => ServerConfig::load(args.config.as_deref(), std::env::vars())
-            .map(|c| c.log)
-            .unwrap_or_default(),
+        Command::Serve(args) => {
+            ServerConfig::load(args.config.as_deref(), std::env::vars()).map(|c| c.log).unwrap_or_default()
+        }
         _ => cortex_host::config::LogConfig::default(),
     };
     cortex_host::telemetry::logging::init(&log);

@@ -26,6 +26,7 @@ mod logs;
 mod messaging;
 mod metrics;
 mod modules;
+mod oidc;
 mod openapi_doc;
 mod pipeline;
 mod pools;

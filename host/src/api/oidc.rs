@@ -48,7 +48,8 @@ impl std::fmt::Debug for Oidc {
 pub struct Issuer {
     cfg: OidcIssuerConfig,
     discovery_url: String,
-    validation: Validation,
+    /// One validation per accepted algorithm (jsonwebtoken checks one family at a time).
+    validations: Vec<(Algorithm, Validation)>,
     /// The roles of `cfg.groups`, parsed once.
     group_roles: Vec<Role>,
     http: reqwest::Client,
@@ -110,24 +111,33 @@ impl Oidc {
                 return Err(bad("configured twice".into()));
             }
             let algorithms = cfg.algorithms.iter().map(|a| algorithm(a)).collect::<Result<Vec<_>, _>>()?;
-            let Some(first) = algorithms.first() else { return Err(bad("needs at least one algorithm".into())) };
+            if algorithms.is_empty() {
+                return Err(bad("needs at least one algorithm".into()));
+            }
             let mut group_roles = Vec::new();
             for g in &cfg.groups {
                 group_roles.push(
-                    Role::parse(&g.role).ok_or_else(|| bad(format!("group {:?}: unknown role {:?}", g.group, g.role)))?,
+                    Role::parse(&g.role)
+                        .ok_or_else(|| bad(format!("group {:?}: unknown role {:?}", g.group, g.role)))?,
                 );
             }
             if cfg.role_claim.is_none() && cfg.groups.is_empty() {
                 return Err(bad("needs a role_claim or groups (a mapping of groups to roles)".into()));
             }
-            let mut validation = Validation::new(*first);
-            validation.algorithms = algorithms;
-            validation.set_issuer(&[cfg.issuer.as_str()]);
-            validation.set_audience(&[cfg.audience.as_str()]);
-            validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-            validation.leeway = cfg.leeway_seconds;
-            validation.validate_exp = true;
-            validation.validate_nbf = true;
+            let validations = algorithms
+                .into_iter()
+                .map(|alg| {
+                    let mut v = Validation::new(alg);
+                    v.algorithms = vec![alg];
+                    v.set_issuer(&[cfg.issuer.as_str()]);
+                    v.set_audience(&[cfg.audience.as_str()]);
+                    v.set_required_spec_claims(&["exp", "iss", "aud"]);
+                    v.leeway = cfg.leeway_seconds;
+                    v.validate_exp = true;
+                    v.validate_nbf = true;
+                    (alg, v)
+                })
+                .collect();
             let timeout = Duration::from_millis(cfg.request_timeout_ms.max(1));
             let http = reqwest::Client::builder()
                 .connect_timeout(timeout)
@@ -139,7 +149,7 @@ impl Oidc {
             issuers.push(Arc::new(Issuer {
                 cfg: cfg.clone(),
                 discovery_url,
-                validation,
+                validations,
                 group_roles,
                 http,
                 keys: RwLock::new(None),
@@ -208,13 +218,16 @@ impl Issuer {
     pub fn verify(&self, token: &str) -> Result<(Principal, u64), AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let kid = header.kid.clone().unwrap_or_default();
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
+            return Err(AuthError::Invalid(format!("algorithm {:?} is not accepted from this issuer", header.alg)));
+        };
         let claims = {
             let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
             let Some(key) = keys.as_ref().and_then(|k| k.get(&kid)) else { return Err(self.missing(&kid)) };
             if key.alg.is_some_and(|a| a != header.alg) {
                 return Err(AuthError::Invalid(format!("the token's alg {:?} is not its key's", header.alg)));
             }
-            jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &self.validation)
+            jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation)
                 .map_err(|e| AuthError::Invalid(e.to_string()))?
                 .claims
         };
