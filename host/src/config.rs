@@ -64,6 +64,25 @@ pub struct ServerConfig {
     pub cluster: crate::cluster::ClusterConfig,
     /// The host's own logs.
     pub log: LogConfig,
+    /// The audit log's retention.
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: how long the audit log keeps events.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Events older than this many days are deleted in the background, oldest first (0:
+    /// kept forever). The newest event of each log is always kept.
+    pub retention_days: u64,
+    /// How often the background pruning runs, in milliseconds.
+    pub prune_interval_ms: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { retention_days: 0, prune_interval_ms: 3_600_000 }
+    }
 }
 
 /// `[log]`: the host's own logs (on stderr).
@@ -213,6 +232,7 @@ impl Default for ServerConfig {
             oci: OciConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
             log: LogConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }

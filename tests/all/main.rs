@@ -6,6 +6,7 @@
 mod api;
 mod api_security;
 mod arangodb;
+mod audit_export;
 mod cluster;
 mod cluster_faults;
 mod common;
