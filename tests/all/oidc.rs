@@ -350,3 +350,30 @@ async fn two_issuers_map_their_own_claims_and_keep_their_keys_apart() {
     let forged = token_kid(&ci_key, &people_key.kid, &p_iss, claims);
     assert_eq!(get(&s, "/v1/tenants", &forged).await.0, StatusCode::UNAUTHORIZED);
 }
+
+/// The first ```toml block of the README's section `heading`.
+fn readme_toml(heading: &str) -> String {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = &text[text.find(heading).unwrap_or_else(|| panic!("no {heading:?} in the README"))..];
+    let block = &section[section.find("```toml\n").unwrap() + 8..];
+    block[..block.find("```").unwrap()].to_owned()
+}
+
+#[test]
+fn the_readmes_sso_log_and_audit_settings_are_valid_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cortex.toml");
+    let text = [
+        readme_toml("## Host logs"),
+        readme_toml("## Single sign-on (OIDC)"),
+        readme_toml("## Audit export and retention"),
+    ]
+    .join("\n");
+    std::fs::write(&file, text).unwrap();
+    let cfg = cortex_host::config::ServerConfig::load(Some(&file), Vec::new()).unwrap();
+    assert_eq!(cfg.log.format, cortex_host::config::LogFormat::Json);
+    assert_eq!(cfg.auth.oidc.len(), 2);
+    assert_eq!(cfg.auth.oidc[0].groups.len(), 2);
+    assert_eq!(cfg.audit.retention_days, 365);
+    cortex_host::api::oidc::Oidc::new(&cfg.auth.oidc).unwrap();
+}
