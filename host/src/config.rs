@@ -62,6 +62,55 @@ pub struct ServerConfig {
     pub oci: OciConfig,
     /// Several nodes on one store: membership and leases.
     pub cluster: crate::cluster::ClusterConfig,
+    /// The host's own logs.
+    pub log: LogConfig,
+    /// The audit log's retention.
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: how long the audit log keeps events.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Events older than this many days are deleted in the background, oldest first (0:
+    /// kept forever). The newest event of each log is always kept.
+    pub retention_days: u64,
+    /// How often the background pruning runs, in milliseconds.
+    pub prune_interval_ms: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { retention_days: 0, prune_interval_ms: 3_600_000 }
+    }
+}
+
+/// `[log]`: the host's own logs (on stderr).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (for people) or `json` (one object a line, for log shippers).
+    pub format: LogFormat,
+    /// A filter directive (`info`, `warn,cortex_host::api=debug`); `RUST_LOG` (or
+    /// `CORTEX_LOG`) overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "warn".into() }
+    }
+}
+
+/// The format of the host's logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 /// `[modules]`: how uploads are compiled.
@@ -189,6 +238,8 @@ impl Default for ServerConfig {
             modules: ModulesConfig::default(),
             oci: OciConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
+            log: LogConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -255,6 +306,79 @@ pub struct AuthConfig {
     pub jwks_file: Option<PathBuf>,
     /// Clock skew allowed on `exp`, in seconds.
     pub leeway_seconds: u64,
+    /// OpenID Connect issuers (`[[auth.oidc]]`), beside the keys above: a token whose `iss`
+    /// is one of them is verified with that issuer's published keys.
+    pub oidc: Vec<OidcIssuerConfig>,
+}
+
+/// `[[auth.oidc]]`: one OpenID Connect issuer whose tokens Cortex accepts, and how its
+/// claims map to a Cortex principal.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcIssuerConfig {
+    /// The issuer URL: tokens must carry it as `iss`, and its discovery document is at
+    /// `<issuer>/.well-known/openid-configuration` (https, or http on a loopback address).
+    pub issuer: String,
+    /// Required `aud` (a string, or an array holding it).
+    pub audience: String,
+    /// Signature algorithms accepted (of `RS256`, `RS384`, `RS512`, `PS256`, `PS384`,
+    /// `PS512`, `ES256`, `ES384`, `EdDSA`).
+    pub algorithms: Vec<String>,
+    /// The claim naming the caller (a top-level claim, or a dotted path into nested
+    /// objects such as `realm_access.roles`; a claim whose whole name has dots, like an
+    /// Auth0 namespaced claim, is found first).
+    pub subject_claim: String,
+    /// The claim holding the tenant, if any.
+    pub tenant_claim: Option<String>,
+    /// The claim holding a Cortex role name (a string, or an array: the strongest known
+    /// role in it counts), if any.
+    pub role_claim: Option<String>,
+    /// The claim holding the caller's groups (or app roles), mapped by `groups`.
+    pub groups_claim: Option<String>,
+    /// Groups to roles and tenants: the strongest role of the caller's mapped groups wins.
+    pub groups: Vec<OidcGroupMapping>,
+    /// How often the keys are fetched again in the background, in milliseconds.
+    pub refresh_interval_ms: u64,
+    /// At most one fetch of the keys this often for tokens of an unknown `kid`, and the
+    /// retry delay after a failed fetch, in milliseconds.
+    pub min_refresh_interval_ms: u64,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_seconds: u64,
+    /// Timeout of one request to the issuer, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for OidcIssuerConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            audience: String::new(),
+            algorithms: vec!["RS256".into(), "ES256".into()],
+            subject_claim: "sub".into(),
+            tenant_claim: None,
+            role_claim: None,
+            groups_claim: None,
+            groups: Vec::new(),
+            refresh_interval_ms: 300_000,
+            min_refresh_interval_ms: 10_000,
+            leeway_seconds: 60,
+            request_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// `[[auth.oidc.groups]]`: members of `group` get `role`, in `tenant` when given (else in
+/// the tenant of the issuer's `tenant_claim`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcGroupMapping {
+    /// The group (a value of the `groups_claim`).
+    pub group: String,
+    /// The Cortex role its members get.
+    pub role: String,
+    /// The tenant its members act in.
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 impl Default for AuthConfig {
@@ -267,6 +391,7 @@ impl Default for AuthConfig {
             public_key_file: None,
             jwks_file: None,
             leeway_seconds: 30,
+            oidc: Vec::new(),
         }
     }
 }

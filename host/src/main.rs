@@ -157,14 +157,16 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CORTEX_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // `serve` logs as its `[log]` says (a config that does not load is reported by `serve`
+    // itself); every other command as the defaults say.
+    let log = match &cli.command {
+        Command::Serve(args) => {
+            ServerConfig::load(args.config.as_deref(), std::env::vars()).map(|c| c.log).unwrap_or_default()
+        }
+        _ => cortex_host::config::LogConfig::default(),
+    };
+    cortex_host::telemetry::logging::init(&log);
     if let Command::Compile = cli.command {
         // No async runtime, no threads of ours: the child only compiles.
         return cortex_host::runtime::child_main();

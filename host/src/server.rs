@@ -77,6 +77,10 @@ pub async fn build_on(config: ServerConfig, store: Arc<dyn Store>) -> Result<Arc
     // applied by the follower, so none made meanwhile by another node is missed.
     let from = store.feed_head(crate::store::REGISTRY_FEED).await?;
     let state = Arc::new(AppState::new(config, runtime, store, verifier)?);
+    state.verifier.start(&state.metrics.oidc());
+    if state.config.audit.retention_days > 0 {
+        tokio::spawn(api::audit_export::retention(Arc::downgrade(&state)));
+    }
     let n = state.agents.restore().await.map_err(ApiError::from)?;
     tracing::info!(agents = n, node = %state.agents.cluster().id(), "agents restored");
     tokio::spawn(crate::cluster::follow::follow(Arc::downgrade(&state), from));

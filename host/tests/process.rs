@@ -1059,3 +1059,54 @@ async fn client_follows_logs_and_events_manages_dead_letters_and_quotas_and_logs
     }
     assert_eq!(run(&["completions", "tcsh"]).status.code(), Some(2));
 }
+
+/// `[log] format = "json"`: every line the host writes on stderr is one JSON object with
+/// timestamp, level, target and message, and a line logged while answering a request
+/// carries the request's span and its id as `trace_id`. `RUST_LOG` overrides `[log] level`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_a_line_with_the_request_id_as_trace_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Serve::start_opts(
+        &data,
+        None,
+        &[("CORTEX_CFG__LOG__FORMAT", "json"), ("CORTEX_CFG__LOG__LEVEL", "error"), ("RUST_LOG", "info")],
+    );
+    let client = reqwest::Client::new();
+    s.ready(&client).await;
+    let r = client
+        .get(format!("{}/v1/agents", s.base))
+        .bearer_auth("not-a-token")
+        .header("x-request-id", "json-log-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let stderr = format!("{}.stderr", data.display());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}")))
+            .collect();
+        for l in &lines {
+            for key in ["timestamp", "level", "target", "message"] {
+                assert!(l[key].is_string(), "{key} missing in {l}");
+            }
+        }
+        if let Some(l) = lines.iter().find(|l| l["message"] == "refused credentials") {
+            break l.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no `refused credentials` line in {text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(refused["level"], "INFO", "RUST_LOG=info overrides [log] level = error: {refused}");
+    assert_eq!(refused["trace_id"], "json-log-1", "{refused}");
+    assert!(refused["fields"]["reason"].is_string(), "{refused}");
+    let spans = refused["spans"].as_array().unwrap();
+    assert_eq!(spans[0]["name"], "request", "{refused}");
+    assert_eq!(spans[0]["path"], "/v1/agents", "{refused}");
+    let ts = refused["timestamp"].as_str().unwrap();
+    assert!(ts.ends_with('Z') && ts.len() == "2026-01-01T00:00:00.000Z".len(), "{ts}");
+}

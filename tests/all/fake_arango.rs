@@ -535,6 +535,12 @@ fn run_query(st: &mut State, db: &str, q: &str, vars: &Value) -> Option<Vec<Valu
             let stream = s("stream");
             Some(vec![json!(remove_where(st, db, "cortex_feed", |e| e["stream"] == stream.as_str())?)])
         }
+        "LET removed = (FOR e IN cortex_feed FILTER e.stream == @stream AND e.seq <= @through REMOVE e IN cortex_feed RETURN 1) RETURN LENGTH(removed)" =>
+        {
+            let (stream, through) = (s("stream"), n("through"));
+            let old = |e: &Value| e["stream"] == stream.as_str() && e["seq"].as_u64().is_some_and(|q| q <= through);
+            Some(vec![json!(remove_where(st, db, "cortex_feed", old)?)])
+        }
         "LET removed = (FOR e IN cortex_edges FILTER e.tenant == @tenant REMOVE e IN cortex_edges RETURN 1) RETURN LENGTH(removed)" =>
         {
             let tenant = s("tenant");

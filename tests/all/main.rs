@@ -6,6 +6,7 @@
 mod api;
 mod api_security;
 mod arangodb;
+mod audit_export;
 mod cluster;
 mod cluster_faults;
 mod common;
@@ -27,6 +28,7 @@ mod logs;
 mod messaging;
 mod metrics;
 mod modules;
+mod oidc;
 mod openapi_doc;
 mod pipeline;
 mod pools;

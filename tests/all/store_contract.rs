@@ -37,6 +37,7 @@ macro_rules! contract_cases {
             usage_counts_and_a_purge_removes_one_tenant_only,
             records_use_cas_and_kinds_are_separate_key_spaces,
             audit_logs_number_their_events_densely,
+            audit_prune_deletes_an_old_prefix_and_never_the_newest,
             concurrent_cas_increments_lose_no_update,
             the_feed_records_each_effective_write_once,
             concurrent_writers_get_a_dense_feed,
@@ -476,6 +477,28 @@ pub async fn bounded_reads_stop_at_the_byte_budget(s: Arc<dyn Store>) {
     assert_eq!(n(usize::MAX).await.len(), 5);
     assert_eq!(n(1100).await.iter().map(|e| e.to.as_str()).collect::<Vec<_>>(), ["x1", "x2"]);
     assert_eq!(n(1).await.len(), 1, "the first edge always comes back");
+}
+
+/// Pruning an audit log deletes its oldest events up to a number, never the newest: what
+/// stays is numbered on without gaps, and appends go on from the newest.
+pub async fn audit_prune_deletes_an_old_prefix_and_never_the_newest(s: Arc<dyn Store>) {
+    let s = &s;
+    for e in [b"a", b"b", b"c"] {
+        s.audit_append(e.to_vec(), Some("id-1")).await.unwrap();
+    }
+    let head = s.audit_list(None, 0, 100).await.unwrap().last().unwrap().0;
+    assert_eq!(s.audit_prune(Some("id-1"), 1).await.unwrap(), 1);
+    assert_eq!(s.audit_list(Some("id-1"), 0, 10).await.unwrap(), vec![(2, b"b".to_vec()), (3, b"c".to_vec())]);
+    // Up to past the end: all but the newest.
+    assert_eq!(s.audit_prune(Some("id-1"), 99).await.unwrap(), 1);
+    assert_eq!(s.audit_list(Some("id-1"), 0, 10).await.unwrap(), vec![(3, b"c".to_vec())]);
+    assert_eq!(s.audit_append(b"d".to_vec(), Some("id-1")).await.unwrap().1, Some(4));
+    // The platform's log the same way, and the tenant's log is untouched by it.
+    s.audit_prune(None, u64::MAX).await.unwrap();
+    assert_eq!(s.audit_list(None, 0, 10).await.unwrap(), vec![(head + 1, b"d".to_vec())]);
+    assert_eq!(s.audit_append(b"e".to_vec(), None).await.unwrap().0, head + 2);
+    assert_eq!(s.audit_list(Some("id-1"), 0, 10).await.unwrap().len(), 2);
+    assert_eq!(s.audit_prune(Some("id-2"), 5).await.unwrap(), 0, "no such log");
 }
 
 /// The platform's audit log numbers every event; each tenant's own log numbers only its

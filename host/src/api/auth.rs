@@ -4,7 +4,8 @@
 //! checked when present (with the same leeway as `exp`), `aud` a string or an array that
 //! contains the configured audience (RFC 7519); the validation is built from config only,
 //! never from the token's header. The tenant and
-//! role come from verified claims only. API keys (`ck_<id>_<secret>`) are stored as
+//! role come from verified claims only. Tokens of OpenID Connect issuers (`[[auth.oidc]]`)
+//! are verified with the keys those issuers publish (see [`super::oidc`]). API keys (`ck_<id>_<secret>`) are stored as
 //! SHA-256 hashes and can be revoked.
 
 use std::collections::HashMap;
@@ -196,6 +197,13 @@ pub enum AuthError {
     /// Bad configuration of keys.
     #[error("auth configuration: {0}")]
     Config(String),
+    /// The token names a signing key its issuer does not publish (or not yet: a fetch of
+    /// the issuer's keys is rate-limited).
+    #[error("unknown signing key: {0}")]
+    UnknownKey(String),
+    /// The token's issuer's keys could not be fetched yet.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 enum Keys {
@@ -212,6 +220,8 @@ pub struct Verifier {
     keys: Keys,
     /// The HS256 secret, for minting development tokens.
     hs_secret: Option<Vec<u8>>,
+    /// OpenID Connect issuers, if any are configured.
+    oidc: Option<super::oidc::Oidc>,
     /// Verified tokens and their principals, until they expire (`exp`, seconds).
     verified: Mutex<HashMap<u64, Verified, BuildHasherDefault<TailHasher>>>,
 }
@@ -330,7 +340,48 @@ impl Verifier {
         } else {
             return Err(AuthError::Config(format!("{} needs auth.public_key_file or auth.jwks_file", cfg.algorithm)));
         };
-        Ok(Self { validation, keys, hs_secret, verified: Mutex::default() })
+        let oidc = Some(super::oidc::Oidc::new(&cfg.oidc)?).filter(|o| !o.is_empty());
+        Ok(Self { validation, keys, hs_secret, oidc, verified: Mutex::default() })
+    }
+
+    /// Start fetching the OIDC issuers' keys in the background (within a tokio runtime),
+    /// counted in `metrics`.
+    pub fn start(&self, metrics: &crate::telemetry::OidcMetrics) {
+        if let Some(o) = &self.oidc {
+            o.start(metrics);
+        }
+    }
+
+    /// The principal of a bearer token: [`Self::principal`], and for a token of an OIDC
+    /// issuer the same with that issuer's keys, fetched again (rate-limited) for a key id
+    /// it does not know yet.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        let Some(issuer) = self.oidc.as_ref().and_then(|o| o.issuer_of(token)) else {
+            return self.principal(token);
+        };
+        if let Some(p) = self.cached(token) {
+            return Ok(p.0);
+        }
+        let (p, exp) = issuer.principal(token).await?;
+        self.remember(token, exp, &p);
+        Ok(p)
+    }
+
+    /// A verified token's principal and `exp` from the cache, unless it expired.
+    fn cached(&self, token: &str) -> Option<(Principal, u64)> {
+        let now = crate::registry::now_ms() / 1000;
+        let cache = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        let v = cache.get(&tail(token))?;
+        (v.exp > now && *v.token == *token).then(|| (v.principal.clone(), v.exp))
+    }
+
+    /// Cache a verified token.
+    fn remember(&self, token: &str, exp: u64, p: &Principal) {
+        let mut cache = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= MAX_CACHED_TOKENS {
+            cache.clear();
+        }
+        cache.insert(tail(token), Verified { token: token.into(), exp, principal: p.clone() });
     }
 
     /// The principal of a bearer token, remembering verified tokens until they expire.
@@ -375,12 +426,11 @@ impl Verifier {
 
     /// The `exp` of a token this verifier accepts (seconds since the epoch).
     pub fn expiry(&self, token: &str) -> Result<u64, AuthError> {
-        let now = crate::registry::now_ms() / 1000;
-        if let Some(v) = self.verified.lock().unwrap_or_else(PoisonError::into_inner).get(&tail(token))
-            && v.exp > now
-            && *v.token == *token
-        {
-            return Ok(v.exp);
+        if let Some((_, exp)) = self.cached(token) {
+            return Ok(exp);
+        }
+        if let Some(issuer) = self.oidc.as_ref().and_then(|o| o.issuer_of(token)) {
+            return Ok(issuer.verify(token)?.1);
         }
         Ok(self.verify(token)?.exp)
     }

@@ -168,7 +168,14 @@ async fn principal_and_tenant(st: &AppState, headers: &HeaderMap) -> ApiResult<(
         };
         return Ok((p, Some(tenant)));
     }
-    let p = st.verifier.principal(raw).map_err(|e| unauthorized(e.to_string()))?;
+    let p = st.verifier.authenticate(raw).await.map_err(|e| match e {
+        auth::AuthError::UnknownKey(why) => {
+            tracing::info!(reason = %why, "refused credentials");
+            ApiError::UnknownSigningKey(why)
+        }
+        auth::AuthError::Unavailable(why) => ApiError::Busy { code: "idp_unavailable", message: why },
+        other => unauthorized(other.to_string()),
+    })?;
     let tenant = match &p.tenant {
         Some(t) => match st.tenant(t).await? {
             Some(record) if record.accepts_token_issued_at(p.issued_at) => Some(record),

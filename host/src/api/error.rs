@@ -31,6 +31,10 @@ pub enum ApiError {
     /// 401: the credentials are of an earlier tenant of the same name (deleted since).
     #[error("{0}")]
     CredentialsPredateTenant(String),
+    /// 401: the token's signing key is not among its issuer's keys (fetched again at most
+    /// once per interval).
+    #[error("{0}")]
+    UnknownSigningKey(String),
     /// 403: authenticated, not allowed.
     #[error("{0}")]
     Forbidden(String),
@@ -157,6 +161,7 @@ impl ApiError {
             ApiError::Invalid { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::CredentialsPredateTenant(_) => (StatusCode::UNAUTHORIZED, "credentials_predate_tenant"),
+            ApiError::UnknownSigningKey(_) => (StatusCode::UNAUTHORIZED, "unknown_signing_key"),
             ApiError::ForeignTenant(_) => (StatusCode::FORBIDDEN, "foreign_tenant"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),

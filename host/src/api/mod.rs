@@ -2,6 +2,7 @@
 //! every route but health, metrics and the OpenAPI document.
 
 mod agents;
+pub mod audit_export;
 pub mod auth;
 pub mod caller;
 mod cluster;
@@ -10,6 +11,7 @@ pub mod error;
 mod events;
 mod logs;
 mod oci_pull;
+pub mod oidc;
 mod openapi;
 mod profiles;
 mod registries;
@@ -266,7 +268,7 @@ pub fn route_action(method: &Method, route: &str) -> Option<Action> {
         "/v1/tenants/{tenant}" if m(Method::PATCH) || m(Method::DELETE) => Action::ManageTenants,
         "/v1/keys" if read || m(Method::POST) => Action::ManageKeys,
         "/v1/keys/{id}" if m(Method::DELETE) => Action::ManageKeys,
-        "/v1/audit" if read => Action::ReadAudit,
+        "/v1/audit" | "/v1/audit/export" if read => Action::ReadAudit,
         "/v1/profiles" | "/v1/profiles/{name}" if read => Action::ReadProfiles,
         "/v1/profiles/{name}" if m(Method::PUT) || m(Method::DELETE) => Action::ManageProfiles,
         "/v1/registries" if read => Action::ManageRegistries,
@@ -463,6 +465,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/keys", post(routes::create_key).get(routes::list_keys))
         .route("/v1/keys/{id}", axum::routing::delete(routes::revoke_key))
         .route("/v1/audit", get(routes::list_audit))
+        .route("/v1/audit/export", get(audit_export::export))
         .route("/v1/profiles", get(profiles::list))
         .route("/v1/profiles/{name}", get(profiles::get).put(profiles::put).delete(profiles::delete))
         .route("/v1/registries", get(registries::list))

@@ -336,6 +336,15 @@ fn operations(d: &mut Doc) {
         .query::<AuditQuery>()
         .list::<AuditEvent>("The events, oldest first")
         .add();
+    d.op(
+        "get",
+        "/v1/audit/export",
+        "exportAudit",
+        "The audit log after `since` as JSON lines (one AuditEvent a line, oldest first), streamed",
+    )
+    .query::<super::audit_export::ExportQuery>()
+    .raw_ok(200, "application/x-ndjson", json!({"type": "string"}), "The events, one JSON object a line")
+    .add();
 
     // --- profiles ---
     d.op("get", "/v1/profiles", "listProfiles", "List the tenant's resource profiles")

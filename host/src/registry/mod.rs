@@ -688,6 +688,35 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Delete the audit events older than `cutoff_ms` from the platform's log and from the
+    /// own logs of `tenant_ids`: of each log a prefix, up to its first event at or after the
+    /// cutoff, and never its newest event, so what is kept stays numbered without gaps.
+    /// Returns how many events were deleted.
+    pub async fn audit_prune_before(&self, cutoff_ms: u64, tenant_ids: &[String]) -> Result<u64> {
+        let mut deleted = 0;
+        for log in std::iter::once(None).chain(tenant_ids.iter().map(|t| Some(t.as_str()))) {
+            let (mut through, mut cursor) = (0, 0);
+            'scan: loop {
+                let batch = self.store.audit_list(log, cursor, 512).await?;
+                let Some((last, _)) = batch.last() else { break };
+                cursor = *last;
+                for (seq, raw) in &batch {
+                    let e: AuditEvent = decode(raw)?;
+                    if e.time_ms >= cutoff_ms {
+                        break 'scan;
+                    }
+                    through = *seq;
+                }
+            }
+            if through > 0 {
+                deleted += self.store.audit_prune(log, through).await?;
+            }
+        }
+        Ok(deleted)
+    }
+}
+
 /// Key of a tenant-scoped record.
 pub fn scoped(tenant: &str, name: &str) -> String {
     format!("{tenant}/{name}")

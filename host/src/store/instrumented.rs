@@ -147,6 +147,9 @@ impl RecordStore for Instrumented {
     async fn audit_list(&self, tenant: Option<&str>, since: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
         self.time("audit_list", self.inner.audit_list(tenant, since, limit)).await
     }
+    async fn audit_prune(&self, tenant: Option<&str>, through: u64) -> Result<u64> {
+        self.time("audit_prune", self.inner.audit_prune(tenant, through)).await
+    }
     async fn purge_tenant_documents(&self, tenant: &str) -> Result<u64> {
         self.time("purge_tenant", self.inner.purge_tenant_documents(tenant)).await
     }

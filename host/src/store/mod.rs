@@ -440,6 +440,14 @@ pub trait RecordStore: Send + Sync + 'static {
     /// Audit events after `since` of the platform's log (`tenant` `None`) or of one tenant's
     /// own log, oldest first, at most `limit`.
     async fn audit_list(&self, tenant: Option<&str>, since: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>>;
+    /// Delete the oldest events of the platform's log (`tenant` `None`) or of one tenant's
+    /// own log, those numbered up to `through`, but never the newest (the log numbers on
+    /// from it): what is kept stays numbered without gaps. Returns how many were deleted.
+    /// The default (a store that cannot) deletes none.
+    async fn audit_prune(&self, tenant: Option<&str>, through: u64) -> Result<u64> {
+        let _ = (tenant, through);
+        Ok(0)
+    }
     /// Delete every document of a tenant, its change feed (the sequence starts again at 1)
     /// and its graph edges; returns how many documents there were.
     async fn purge_tenant_documents(&self, tenant: &str) -> Result<u64>;

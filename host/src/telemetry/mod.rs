@@ -22,6 +22,7 @@ use crate::runtime::{Outcome, Report};
 use crate::store::RecordKind;
 
 pub mod http;
+pub mod logging;
 pub mod process;
 pub mod sharded;
 
@@ -100,6 +101,15 @@ struct InvokeRoute {
     ok: IntCounter,
 }
 
+/// The metrics of OIDC issuers' key fetches (see [`crate::api::oidc`]).
+#[derive(Clone, Debug)]
+pub struct OidcMetrics {
+    /// `cortex_oidc_refresh_total{issuer,outcome}`.
+    pub refresh: IntCounterVec,
+    /// `cortex_oidc_last_refresh_timestamp_seconds{issuer}`.
+    pub last_success: IntGaugeVec,
+}
+
 /// The host's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -130,12 +140,20 @@ pub struct Metrics {
     compile: Histogram,
     artifact_cache: IntCounterVec,
     leases: IntCounterVec,
+    oidc: OidcMetrics,
     /// Every family, for those with no series yet: name, help, type.
     declared: Vec<(String, String, &'static str)>,
     agents_seen: Mutex<Labelled>,
     max_agent_labels: usize,
     /// Held while a scrape publishes the state and renders.
     scraping: Mutex<()>,
+}
+
+impl Metrics {
+    /// The metrics of OIDC key fetches.
+    pub fn oidc(&self) -> OidcMetrics {
+        self.oidc.clone()
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -261,7 +279,20 @@ impl Metrics {
         for event in ["taken", "handed_back", "lost", "expired"] {
             leases.with_label_values(&[event]);
         }
+        let oidc = OidcMetrics {
+            refresh: f.counter(
+                "cortex_oidc_refresh_total",
+                "Fetches of an OIDC issuer's signing keys (discovery document and key set), by issuer and outcome: ok, error",
+                &["issuer", "outcome"],
+            ),
+            last_success: f.gauge(
+                "cortex_oidc_last_refresh_timestamp_seconds",
+                "When an OIDC issuer's signing keys were last fetched successfully (seconds since the epoch; 0: never)",
+                &["issuer"],
+            ),
+        };
         Self {
+            oidc,
             invocations: f.counter(
                 "cortex_invocations_total",
                 "Invocations by tenant, agent and outcome",

@@ -808,6 +808,23 @@ impl RecordStore for ArangoStore {
         rows.into_iter().map(|r| Ok((r.seq, bytes_of(&r.value)?))).collect()
     }
 
+    async fn audit_prune(&self, tenant: Option<&str>, through: u64) -> Result<u64> {
+        let stream = tenant.map_or_else(|| AUDIT_STREAM.to_owned(), tenant_audit_stream);
+        // Never the newest: appends number on from it.
+        let through = through.min(self.audit_last(&stream).await?.saturating_sub(1));
+        if through == 0 {
+            return Ok(0);
+        }
+        let n: Vec<u64> = self
+            .query(
+                "LET removed = (FOR e IN cortex_feed FILTER e.stream == @stream AND e.seq <= @through \
+                 REMOVE e IN cortex_feed RETURN 1) RETURN LENGTH(removed)",
+                vec![("stream", json!(stream)), ("through", json!(through))],
+            )
+            .await?;
+        Ok(n.first().copied().unwrap_or(0))
+    }
+
     async fn purge_tenant_documents(&self, tenant: &str) -> Result<u64> {
         let n: Vec<u64> = self
             .query(

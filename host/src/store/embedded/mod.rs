@@ -631,6 +631,47 @@ impl RecordStore for EmbeddedStore {
         .await
     }
 
+    async fn audit_prune(&self, tenant: Option<&str>, through: u64) -> Result<u64> {
+        let tenant = tenant.map(str::to_owned);
+        self.write_txn(move |txn| {
+            let mut n = 0;
+            if let Some(tenant) = tenant {
+                let mut table = txn.open_table(TENANT_AUDIT).map_err(backend)?;
+                let last =
+                    match table.range((tenant.as_str(), 0)..=(tenant.as_str(), u64::MAX)).map_err(backend)?.next_back()
+                    {
+                        Some(item) => item.map_err(backend)?.0.value().1,
+                        None => 0,
+                    };
+                let through = through.min(last.saturating_sub(1));
+                let seqs: Vec<u64> = table
+                    .range((tenant.as_str(), 0)..=(tenant.as_str(), through))
+                    .map_err(backend)?
+                    .map(|item| item.map(|(k, _)| k.value().1).map_err(backend))
+                    .collect::<Result<_>>()?;
+                for seq in seqs {
+                    table.remove((tenant.as_str(), seq)).map_err(backend)?;
+                    n += 1;
+                }
+                return Ok(n);
+            }
+            let mut table = txn.open_table(AUDIT).map_err(backend)?;
+            let last = table.last().map_err(backend)?.map_or(0, |(k, _)| k.value());
+            let through = through.min(last.saturating_sub(1));
+            let seqs: Vec<u64> = table
+                .range(..=through)
+                .map_err(backend)?
+                .map(|item| item.map(|(k, _)| k.value()).map_err(backend))
+                .collect::<Result<_>>()?;
+            for seq in seqs {
+                table.remove(seq).map_err(backend)?;
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
     async fn purge_tenant_documents(&self, tenant: &str) -> Result<u64> {
         let mut prefix = Vec::new();
         push_part(&mut prefix, tenant.as_bytes());
