@@ -114,7 +114,15 @@ async fn converge(agent: &Agent, ctx: &Context, ns: &str) -> Result<Option<Agent
         Some(c) if needs_redeploy(spec, &c) => {
             delete(&cortex, tenant, &name).await?;
             deploy(&cortex, tenant, &name, spec, &digest).await?;
-            event(ctx, agent, false, "Redeployed", "Redeploy", format!("deployed {tenant}/{name} again: its limits, queue, watches or subscriptions changed")).await;
+            event(
+                ctx,
+                agent,
+                false,
+                "Redeployed",
+                "Redeploy",
+                format!("deployed {tenant}/{name} again: its limits, queue, watches or subscriptions changed"),
+            )
+            .await;
         }
         Some(c) if c.module != digest || c.config != spec.config => {
             let body = json!({ "module": digest, "config": spec.config });
@@ -224,7 +232,9 @@ async fn write_status(
     let mut st = AgentStatus { observed_generation: gen_, ..AgentStatus::default() };
     let ready = match (err, view) {
         (Some(e), _) => condition(&prev.conditions, "Ready", false, e.reason(), e.to_string(), gen_),
-        (None, None) => condition(&prev.conditions, "Ready", false, "NotFound", "the agent is not deployed".into(), gen_),
+        (None, None) => {
+            condition(&prev.conditions, "Ready", false, "NotFound", "the agent is not deployed".into(), gen_)
+        }
         (None, Some(v)) => {
             let ok = v.status == "running" && v.health != "failing" && v.health != "stopped";
             let msg = format!("{} running {}: {}", cortex_name(agent), v.module, v.health);
@@ -233,7 +243,8 @@ async fn write_status(
     };
     st.conditions.push(ready);
     if let Some(v) = view {
-        let degraded = v.health == "degraded" || v.health == "failing" || (!v.circuit.is_empty() && v.circuit != "closed");
+        let degraded =
+            v.health == "degraded" || v.health == "failing" || (!v.circuit.is_empty() && v.circuit != "closed");
         let msg = format!("health {}, circuit {}", v.health, v.circuit);
         let reason = if degraded { "Unhealthy" } else { "Healthy" };
         st.conditions.push(condition(&prev.conditions, "Degraded", degraded, reason, msg, gen_));

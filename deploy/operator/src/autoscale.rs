@@ -96,8 +96,8 @@ pub fn decide(
     let per_node = total / live.len() as f64;
     let target = if policy.target_load_per_node > 0.0 { policy.target_load_per_node } else { 1.0 };
     let wanted = ((total / target).ceil() as i64).clamp(i64::from(min), i64::from(max)) as i32;
-    let cooling = last_change_ms
-        .is_some_and(|t| now_ms.saturating_sub(t) < policy.cooldown_seconds.saturating_mul(1000));
+    let cooling =
+        last_change_ms.is_some_and(|t| now_ms.saturating_sub(t) < policy.cooldown_seconds.saturating_mul(1000));
     let load = format!("load {total:.2} on {} live node(s), {per_node:.2} per node, target {target}", live.len());
     if per_node > target * policy.scale_up_ratio && wanted > current {
         if cooling {

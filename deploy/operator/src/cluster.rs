@@ -90,7 +90,14 @@ pub async fn scale(c: &CortexCluster, ctx: &Context, now: u64) -> Result<Action,
         Err(_) => Vec::new(),
     };
     match &nodes {
-        Ok(_) => st.conditions.push(condition(&prev.conditions, "Ready", true, "LoadRead", "read the nodes' load".into(), gen_)),
+        Ok(_) => st.conditions.push(condition(
+            &prev.conditions,
+            "Ready",
+            true,
+            "LoadRead",
+            "read the nodes' load".into(),
+            gen_,
+        )),
         Err(e) => st.conditions.push(condition(&prev.conditions, "Ready", false, e.reason(), e.to_string(), gen_)),
     }
     if let Some(p) = &c.spec.autoscaling {

@@ -140,7 +140,8 @@ impl Cortex {
         }
         let resp = req.send().await.map_err(|e| Error::Cortex(format!("{method} {path}: {e}")))?;
         let status = resp.status();
-        let text = resp.bytes().await.map_err(|e| Error::Cortex(format!("{method} {path}: reading the answer: {e}")))?;
+        let text =
+            resp.bytes().await.map_err(|e| Error::Cortex(format!("{method} {path}: reading the answer: {e}")))?;
         let body = serde_json::from_slice(&text).unwrap_or(Value::Null);
         Ok(Answer { status, body })
     }

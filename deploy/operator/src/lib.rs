@@ -86,7 +86,12 @@ impl Error {
     /// The error for a Cortex answer that is not a success.
     pub fn api(method: &reqwest::Method, path: &str, a: &cortex::Answer) -> Self {
         let text = |k: &str| a.body.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-        Error::Api { call: format!("{method} {path}"), status: a.status.as_u16(), code: text("code"), detail: text("detail") }
+        Error::Api {
+            call: format!("{method} {path}"),
+            status: a.status.as_u16(),
+            code: text("code"),
+            detail: text("detail"),
+        }
     }
 
     /// A CamelCase reason for conditions and events.

@@ -58,7 +58,14 @@ async fn apply(t: &Tenant, ctx: &Context) -> Result<Action, Error> {
     let gen_ = t.metadata.generation;
     let prev = t.status.clone().unwrap_or_default();
     let ready = match &result {
-        Ok(()) => condition(&prev.conditions, "Ready", true, "Reconciled", format!("tenant {} matches the spec", cortex_name(t)), gen_),
+        Ok(()) => condition(
+            &prev.conditions,
+            "Ready",
+            true,
+            "Reconciled",
+            format!("tenant {} matches the spec", cortex_name(t)),
+            gen_,
+        ),
         Err(e) => condition(&prev.conditions, "Ready", false, e.reason(), e.to_string(), gen_),
     };
     let st = TenantStatus { conditions: vec![ready], observed_generation: gen_ };
@@ -116,8 +123,10 @@ async fn sync_profiles(
     for (name, spec) in want {
         let existing = have.iter().find(|p| p["name"] == name.as_str());
         let same = existing.is_some_and(|p| {
-            serde_json::from_value::<ProfileSpec>(json!({ "limits": p["limits"], "max_concurrency": p["max_concurrency"] }))
-                .is_ok_and(|h| h == *spec)
+            serde_json::from_value::<ProfileSpec>(
+                json!({ "limits": p["limits"], "max_concurrency": p["max_concurrency"] }),
+            )
+            .is_ok_and(|h| h == *spec)
         });
         if !same {
             let body = serde_json::to_value(spec).map_err(|e| Error::Invalid(e.to_string()))?;

@@ -130,7 +130,9 @@ impl FakeKube {
                     };
                     let p: json_patch::Patch = match serde_json::from_value(patch) {
                         Ok(p) => p,
-                        Err(e) => return answer(StatusCode::BAD_REQUEST, status_body(400, "BadRequest", &e.to_string())),
+                        Err(e) => {
+                            return answer(StatusCode::BAD_REQUEST, status_body(400, "BadRequest", &e.to_string()));
+                        }
                     };
                     if let Err(e) = json_patch::patch(&mut next, &p) {
                         return answer(StatusCode::UNPROCESSABLE_ENTITY, status_body(422, "Invalid", &e.to_string()));

@@ -74,7 +74,10 @@ async fn reconcile_agent(kube: &FakeKube, ctx: &Arc<Context>, name: &str) -> Res
 }
 
 fn condition(obj: &Value, type_: &str) -> Value {
-    obj["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == type_).cloned()).unwrap_or_default()
+    obj["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_).cloned())
+        .unwrap_or_default()
 }
 
 fn reasons(kube: &FakeKube) -> Vec<String> {
@@ -262,7 +265,7 @@ async fn a_tenant_is_created_updated_with_its_profiles_and_deleted() {
                 "spec": { "quotas": { "agents": 5 },
                           "profiles": { "small": { "limits": { "fuel": 1000 }, "max_concurrency": 2 } } } }),
     );
-    let run = async || { tenant::reconcile(load_tenant(&kube, "acme"), ctx.clone()).await.map(|_| ()) };
+    let run = async || tenant::reconcile(load_tenant(&kube, "acme"), ctx.clone()).await.map(|_| ());
     run().await.unwrap(); // finalizer
     run().await.unwrap();
     assert_eq!(cortex.tenant("acme").unwrap()["quotas"]["agents"], 5);
@@ -375,7 +378,9 @@ async fn the_finalizer_is_added_with_a_guarded_json_patch_and_a_kube_conflict_fa
         assert_eq!(body[0]["op"], "test");
         assert_eq!(body[1], json!({ "op": "add", "path": "/metadata/finalizers", "value": [FINALIZER] }));
         let status = cortex_operator::testing::status_body(409, "Conflict", "the object has been modified");
-        send.send_response(Response::builder().status(409).body(Body::from(serde_json::to_vec(&status).unwrap())).unwrap());
+        send.send_response(
+            Response::builder().status(409).body(Body::from(serde_json::to_vec(&status).unwrap())).unwrap(),
+        );
     });
     let e = agent::reconcile(Arc::new(obj), ctx).await.unwrap_err();
     server.await.unwrap();

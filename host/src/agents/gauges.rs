@@ -22,8 +22,13 @@ impl Agents {
             running += u64::from(d.shared.pool.running());
             queued += u64::from(d.shared.pool.waiting());
         });
-        let mailbox =
-            self.pending.lock().unwrap_or_else(PoisonError::into_inner).values().map(|n| n.load(Ordering::Relaxed) as u64).sum();
+        let mailbox = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|n| n.load(Ordering::Relaxed) as u64)
+            .sum();
         (running, queued, mailbox)
     }
 

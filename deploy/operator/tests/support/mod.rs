@@ -33,7 +33,12 @@ pub struct FakeCortex {
 
 fn problem(status: u16, code: &str) -> Response {
     let s = StatusCode::from_u16(status).unwrap();
-    (s, axum::Json(json!({ "type": "x", "title": "x", "status": status, "detail": format!("fake {code}"), "code": code })))
+    (
+        s,
+        axum::Json(
+            json!({ "type": "x", "title": "x", "status": status, "detail": format!("fake {code}"), "code": code }),
+        ),
+    )
         .into_response()
 }
 
