@@ -1,5 +1,7 @@
 //! The CRDs checked in under `deploy/crds/` are what `crdgen` makes from the types.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 
 #[test]

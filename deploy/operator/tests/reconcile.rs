@@ -2,6 +2,8 @@
 //! `tower_test` mock services where the exact request sequence matters) and a fake Cortex
 //! API on 127.0.0.1 that can inject errors.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! modules and agents the way the real API shows them, records every call, and answers
 //! the next calls matching a prefix with an injected error.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
