@@ -244,6 +244,67 @@ async fn former_owner_fenced(backend: Backend) {
     .await;
 }
 
+/// A busy node's load (invocations running and queued, wasm time per second) is in its
+/// membership record, and so in `GET /v1/cluster` answered by another node: what the
+/// operator's autoscaler reads.
+async fn load_seen_from_another_node(backend: Backend) {
+    let Some((n, _store, _shared)) = nodes_on(backend, 2).await else { return };
+    let roomy = cortex_host::registry::Quotas {
+        invocations_per_second: 100_000,
+        burst: 100_000,
+        concurrent_invocations: 1000,
+        ..cortex_host::registry::Quotas::default()
+    };
+    n[0].tenant_with("acme", Some(roomy)).await;
+    let dev = n[0].token(Some("acme"), Role::Developer);
+    let hostile = n[0].upload(&dev, art::HOSTILE).await;
+    let limits = json!({ "timeout_ms": 60_000 });
+    let spec = json!({ "max_concurrency": 1, "queue": 2, "queue_timeout_ms": 60_000, "limits": limits });
+    n[0].deploy_with(&dev, "busy", &hostile, spec).await;
+    let busy_id = n[0].state.agents.cluster().id().to_owned();
+    let load_of = |view: &serde_json::Value, id: &str| {
+        view["nodes"].as_array().unwrap().iter().find(|x| x["id"] == id).map(|x| x["load"].clone()).unwrap_or_default()
+    };
+    // One invocation runs on node 1 and another waits in its queue.
+    let invoke = |input: &str| {
+        let rb = n[0].req(Method::POST, "/v1/agents/busy/invoke", &dev).body(input.to_owned());
+        tokio::spawn(async move { rb.send().await.unwrap().status() })
+    };
+    let blocker = invoke("sleep:5000");
+    let admin = n[1].admin();
+    within(Duration::from_secs(10), "node 2 sees node 1 running one", || async {
+        let view = n[1].get_json(&admin, "/v1/cluster").await;
+        load_of(&view, &busy_id)["in_flight"] == 1
+    })
+    .await;
+    let queued = invoke("echo:waited");
+    within(Duration::from_secs(10), "node 2 sees node 1 busy", || async {
+        let view = n[1].get_json(&admin, "/v1/cluster").await;
+        let load = load_of(&view, &busy_id);
+        load["in_flight"] == 1 && load["queued"] == 1
+    })
+    .await;
+    // The other node is idle.
+    let view = n[1].get_json(&admin, "/v1/cluster").await;
+    let other = n[1].state.agents.cluster().id().to_owned();
+    assert_eq!(load_of(&view, &other)["in_flight"], 0, "{view}");
+    assert_eq!(blocker.await.unwrap(), StatusCode::OK);
+    assert_eq!(queued.await.unwrap(), StatusCode::OK);
+    // The five seconds of wasm show as a rate in a record written after them; then the
+    // node is idle again.
+    within(Duration::from_secs(10), "the wasm time rate shows", || async {
+        let view = n[1].get_json(&admin, "/v1/cluster").await;
+        load_of(&view, &busy_id)["wasm_seconds_per_second"].as_f64().unwrap_or(0.0) > 0.0
+    })
+    .await;
+    within(Duration::from_secs(10), "node 1 idle again", || async {
+        let view = n[1].get_json(&admin, "/v1/cluster").await;
+        let load = load_of(&view, &busy_id);
+        load["in_flight"] == 0 && load["queued"] == 0 && load["wasm_seconds_per_second"] == 0.0
+    })
+    .await;
+}
+
 macro_rules! on_every_backend {
     ($($case:ident => $test:ident),* $(,)?) => {
         mod embedded {
@@ -267,4 +328,5 @@ on_every_backend! {
     change_reaches_every_node => a_change_through_one_node_reaches_every_node_within_the_bound,
     one_owner_and_hand_over => every_agent_has_one_owner_and_a_leaving_node_hands_its_work_over,
     former_owner_fenced => a_former_owner_cannot_write_once_another_took_the_lease,
+    load_seen_from_another_node => a_busy_nodes_load_shows_in_the_cluster_view_of_another_node,
 }

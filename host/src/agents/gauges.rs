@@ -14,6 +14,24 @@ use crate::store::{RecordKind, record_tenant};
 use crate::telemetry::TenantState;
 
 impl Agents {
+    /// The node's invocations running and queued in the agents' pools and the messages
+    /// waiting in the mailboxes it holds (the load in its membership record).
+    pub(super) fn node_load(&self) -> (u64, u64, u64) {
+        let (mut running, mut queued) = (0u64, 0u64);
+        self.deployed.each(|d| {
+            running += u64::from(d.shared.pool.running());
+            queued += u64::from(d.shared.pool.waiting());
+        });
+        let mailbox = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|n| n.load(Ordering::Relaxed) as u64)
+            .sum();
+        (running, queued, mailbox)
+    }
+
     /// The node's state per tenant, for the metrics.
     pub async fn tenant_state(&self) -> HashMap<String, TenantState> {
         let mut out: HashMap<String, TenantState> = HashMap::new();

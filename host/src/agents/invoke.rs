@@ -211,6 +211,7 @@ impl Agents {
         }
         d.shared.record_invocation(report, export);
         self.metrics.invocation_of(&d.metrics, report);
+        self.cluster.add_wasm_time(report.stats.wall_time);
     }
 
     /// Run `init` with `record`'s config on `module`; an error if it does not succeed.

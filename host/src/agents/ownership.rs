@@ -274,6 +274,8 @@ impl Agents {
             self.metrics.lease_event("expired");
             self.drop_work(&k).await;
         }
+        let (in_flight, queued, mailbox) = self.node_load();
+        self.cluster.set_load(in_flight, queued, mailbox);
         let live = match self.cluster.beat(store.as_ref()).await {
             Ok(l) => l,
             Err(e) => {

@@ -797,6 +797,11 @@ mod tests {
         for f in ["type", "title", "status", "detail", "code", "request_id", "agent_code"] {
             assert!(problem["properties"][f].is_object(), "{f}: {problem}");
         }
+        // Each node's load in `GET /v1/cluster` (what the operator's autoscaler reads).
+        let load = &doc["components"]["schemas"]["NodeLoad"];
+        for f in ["in_flight", "queued", "mailbox", "wasm_seconds_per_second"] {
+            assert!(load["properties"][f].is_object(), "{f}: {load}");
+        }
         let audit = &doc["paths"]["/v1/audit"]["get"]["parameters"];
         for q in ["since", "limit", "tenant", "action", "actor"] {
             assert!(audit.as_array().unwrap().iter().any(|p| p["name"] == q && p["in"] == "query"), "{q}: {audit}");

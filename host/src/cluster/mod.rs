@@ -80,8 +80,22 @@ pub fn valid_node_id(id: &str) -> bool {
     (1..=63).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+/// A node's load at its last heartbeat: what an autoscaler reads from `GET /v1/cluster`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeLoad {
+    /// Invocations running in the node's agent pools.
+    pub in_flight: u64,
+    /// Invocations waiting for a slot in the node's agent pools.
+    pub queued: u64,
+    /// Messages waiting in the mailboxes of the agents whose work the node owns.
+    pub mailbox: u64,
+    /// Seconds spent inside guest invocations (wall time) per second, over the last
+    /// heartbeat interval: 1.0 is one core's worth of wasm running all the time.
+    pub wasm_seconds_per_second: f64,
+}
+
 /// A node's membership record, keyed by its id.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeRecord {
     /// Its id.
     pub id: String,
@@ -96,6 +110,9 @@ pub struct NodeRecord {
     /// How many agents' background work it owned then.
     #[serde(default)]
     pub owns: u64,
+    /// Its load then (absent in records of older versions: zero).
+    #[serde(default)]
+    pub load: NodeLoad,
 }
 
 /// The lease of an agent's background work, keyed `tenant/agent`.
@@ -140,6 +157,10 @@ pub struct Cluster {
     owns: AtomicU64,
     /// Set when the node leaves; dropped with the node: ends the registry follower.
     stop: tokio::sync::watch::Sender<bool>,
+    /// Microseconds spent inside guest invocations since start.
+    wasm_micros: AtomicU64,
+    /// The load for the next record, and the wasm time counter at the previous record.
+    load: Mutex<(NodeLoad, Option<(u64, Instant)>)>,
 }
 
 impl Cluster {
@@ -157,7 +178,39 @@ impl Cluster {
             leaving: AtomicBool::new(false),
             owns: AtomicU64::new(0),
             stop: tokio::sync::watch::Sender::new(false),
+            wasm_micros: AtomicU64::new(0),
+            load: Mutex::new((NodeLoad::default(), None)),
         }
+    }
+
+    /// Count `d` spent inside a guest invocation (for the load in the node's record).
+    pub fn add_wasm_time(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.wasm_micros.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Set the pools' and mailboxes' load for the next record (the wasm time rate is
+    /// computed when the record is written).
+    pub fn set_load(&self, in_flight: u64, queued: u64, mailbox: u64) {
+        let mut l = self.load.lock().unwrap_or_else(PoisonError::into_inner);
+        l.0.in_flight = in_flight;
+        l.0.queued = queued;
+        l.0.mailbox = mailbox;
+    }
+
+    /// The load for a record written now: the wasm time rate since the previous one.
+    fn load_now(&self) -> NodeLoad {
+        let mut l = self.load.lock().unwrap_or_else(PoisonError::into_inner);
+        let total = self.wasm_micros.load(Ordering::Relaxed);
+        let now = Instant::now();
+        if let Some((prev, at)) = l.1 {
+            let secs = now.duration_since(at).as_secs_f64();
+            if secs > 0.0 {
+                l.0.wasm_seconds_per_second = total.saturating_sub(prev) as f64 / 1e6 / secs;
+            }
+        }
+        l.1 = Some((total, now));
+        l.0.clone()
     }
 
     /// Resolves once the node leaves or is dropped (for its background loops).
@@ -241,6 +294,7 @@ impl Cluster {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 heartbeat_ms: now_ms(),
                 owns: self.owns.load(Ordering::Relaxed),
+                load: self.load_now(),
             };
             let bytes = serde_json::to_vec(&me).map_err(|e| StoreError::Corrupted(e.to_string()))?;
             store.record_put(RecordKind::Node, &self.id, bytes, None).await?;
