@@ -932,6 +932,12 @@ fn every_overlay_runs_the_host_as_its_config_and_the_image_expect() {
             oc["env"].as_array().unwrap().iter().any(|e| e["valueFrom"]["secretKeyRef"]["name"].is_string()),
             "{at}: the operator's token is not from a Secret"
         );
+        // Its Role is namespaced, so it must watch its own namespace: unset, the operator lists
+        // across all namespaces and is refused.
+        let env_from_field = |name: &str| {
+            oc["env"].as_array().unwrap().iter().find(|e| e["name"] == name).map(|e| e["valueFrom"]["fieldRef"]["fieldPath"].clone())
+        };
+        assert_eq!(env_from_field("WATCH_NAMESPACE"), Some(Value::from("metadata.namespace")), "{at}");
         assert!(r.kind("ClusterRole").is_empty(), "{at}: a ClusterRole");
         let role = r.named("Role", "cortex-operator");
         for rule in role["rules"].as_array().unwrap() {
@@ -969,6 +975,9 @@ fn every_overlay_runs_the_host_as_its_config_and_the_image_expect() {
         for (resource, verb) in [("secrets", "get"), ("configmaps", "get"), ("events", "create")] {
             needed.push(("", resource.into(), verb));
         }
+        // kube-runtime's event recorder writes events.k8s.io/v1 Events.
+        needed.push(("events.k8s.io", "events".into(), "create"));
+        needed.push(("events.k8s.io", "events".into(), "patch"));
         for (group, resource, verb) in needed {
             assert!(grants(group, &resource, verb), "{at}: the operator may not {verb} {group}/{resource}");
         }
