@@ -35,6 +35,8 @@ pub struct AppState {
     pub agents: Arc<Agents>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// The tenants' secrets (see [`crate::vault`]).
+    pub vault: Arc<crate::vault::Vault>,
     tenant_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Dead letters being replayed on this node, by record key.
     replaying: ClaimSet,
@@ -78,8 +80,23 @@ impl Drop for Claim {
 }
 
 impl AppState {
-    /// Build the state; `agents.restore` then brings back deployed agents.
+    /// Build the state; `agents.restore` then brings back deployed agents. The secrets
+    /// keys come from `config.secrets` and `CORTEX_SECRETS_KEY` (see [`Self::with_keys`]).
     pub fn new(config: ServerConfig, runtime: Runtime, store: Arc<dyn Store>, verifier: Verifier) -> ApiResult<Self> {
+        let env_key = std::env::var(crate::vault::KEY_ENV).ok();
+        let keys = crate::vault::Keyring::load(&config.secrets, &config.data_dir, env_key.as_deref())
+            .map_err(|e| super::ApiError::Internal(e.to_string()))?;
+        Self::with_keys(config, runtime, store, verifier, keys)
+    }
+
+    /// [`Self::new`] with the secrets keys given.
+    pub fn with_keys(
+        config: ServerConfig,
+        runtime: Runtime,
+        store: Arc<dyn Store>,
+        verifier: Verifier,
+        keys: crate::vault::Keyring,
+    ) -> ApiResult<Self> {
         let config = Arc::new(config);
         let runtime = Arc::new(runtime);
         let metrics = Arc::new(Metrics::new(config.metrics.max_agent_labels));
@@ -92,6 +109,7 @@ impl AppState {
         let count: crate::store::CountObserver =
             Arc::new(move |kind, tenant, delta| m.records_changed(kind, tenant, delta));
         let store: Arc<dyn Store> = Arc::new(crate::store::Instrumented::new(store, observe).counting(count));
+        let vault = Arc::new(crate::vault::Vault::new(store.clone(), keys, &config.secrets));
         let registry = Registry::new(store);
         let tenants = Arc::new(Tenants::new(registry.clone(), config.scheduling.guests));
         let agents =
@@ -104,6 +122,7 @@ impl AppState {
             tenants,
             agents,
             metrics,
+            vault,
             tenant_locks: Mutex::new(HashMap::new()),
             replaying: ClaimSet::default(),
             tenant_names: ClaimSet::default(),

@@ -12,6 +12,9 @@ use tower::ServiceExt;
 #[path = "registries.rs"]
 mod registries;
 pub use registries::RegistryCmd;
+#[path = "secrets.rs"]
+mod secrets;
+pub use secrets::SecretCmd;
 
 /// Client commands.
 #[derive(Debug, Subcommand)]
@@ -88,6 +91,14 @@ pub enum ClientCommand {
     Registries {
         #[command(subcommand)]
         cmd: RegistryCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Your tenant's secrets (tenant-admins): values go in from stdin or a file, never
+    /// come back.
+    Secrets {
+        #[command(subcommand)]
+        cmd: SecretCmd,
         #[command(flatten)]
         conn: Conn,
     },
@@ -630,6 +641,7 @@ impl ClientCommand {
                 }
             }
             ClientCommand::Registries { cmd, conn } => registries::run(cmd, conn).await,
+            ClientCommand::Secrets { cmd, conn } => secrets::run(cmd, conn).await,
         }
     }
 }

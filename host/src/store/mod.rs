@@ -253,6 +253,9 @@ pub enum RecordKind {
     /// Cluster-wide counters kept exact by compare-and-swap (e.g. a tenant's agents),
     /// keyed by `what/tenant`.
     Counter,
+    /// A tenant's secrets, sealed (see [`crate::vault`]), keyed by `tenant/name`. Not
+    /// replicated: every node reads the shared store when it reveals one.
+    Secret,
 }
 
 /// The pseudo-tenant whose change feed is the registry change stream: never a valid
@@ -324,6 +327,7 @@ impl RecordKind {
             RecordKind::Node => "node",
             RecordKind::ModuleChunk => "module-chunk",
             RecordKind::Counter => "counter",
+            RecordKind::Secret => "secret",
         }
     }
 
@@ -333,7 +337,7 @@ impl RecordKind {
     }
 
     /// Every kind.
-    pub const ALL: [RecordKind; 16] = [
+    pub const ALL: [RecordKind; 17] = [
         RecordKind::Tenant,
         RecordKind::Module,
         RecordKind::Agent,
@@ -350,6 +354,7 @@ impl RecordKind {
         RecordKind::Node,
         RecordKind::ModuleChunk,
         RecordKind::Counter,
+        RecordKind::Secret,
     ];
 
     /// Whether every write of a record of this kind is appended to the registry change
