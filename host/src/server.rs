@@ -81,9 +81,10 @@ pub async fn build_on(config: ServerConfig, store: Arc<dyn Store>) -> Result<Arc
     let from = store.feed_head(crate::store::REGISTRY_FEED).await?;
     let env_key = std::env::var(crate::vault::KEY_ENV).ok();
     let keys = crate::vault::Keyring::load(&config.secrets, &config.data_dir, env_key.as_deref())?;
-    let state = Arc::new(AppState::with_keys(config, runtime, store, verifier, keys)?);
     // Secrets this node could not open stop the start, not a later outbound request.
-    state.vault.check_keys().await?;
+    let check = crate::vault::Vault::new(store.clone(), keys, &config.secrets);
+    check.check_keys().await?;
+    let state = Arc::new(AppState::with_keys(config, runtime, store, verifier, check.into_keys())?);
     let n = state.agents.restore().await.map_err(ApiError::from)?;
     tracing::info!(agents = n, node = %state.agents.cluster().id(), "agents restored");
     tokio::spawn(crate::cluster::follow::follow(Arc::downgrade(&state), from));

@@ -34,6 +34,7 @@ mod quotas_across_nodes;
 mod request_ids;
 mod routes_in_process;
 mod schemathesis;
+mod secrets;
 mod server;
 mod shared_modules;
 mod store_contract;

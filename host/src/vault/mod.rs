@@ -238,6 +238,11 @@ impl Vault {
         &self.keys
     }
 
+    /// Its keys back (to build the node's vault after a [`Self::check_keys`]).
+    pub fn into_keys(self) -> Keyring {
+        self.keys
+    }
+
     /// At start: refuse ([`VaultError::MissingKey`]) when the store holds secrets sealed
     /// under a key id this node does not have.
     pub async fn check_keys(&self) -> Result<(), VaultError> {
