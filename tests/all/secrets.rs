@@ -123,11 +123,9 @@ async fn secrets_are_write_only_tenant_admin_only_and_tenant_scoped() {
 
     // Roles below tenant-admin may do nothing with secrets.
     for tok in [&observer, &developer, &dev_key] {
-        for (m, path) in [
-            (Method::GET, "/v1/secrets"),
-            (Method::GET, "/v1/secrets/openai"),
-            (Method::DELETE, "/v1/secrets/openai"),
-        ] {
+        for (m, path) in
+            [(Method::GET, "/v1/secrets"), (Method::GET, "/v1/secrets/openai"), (Method::DELETE, "/v1/secrets/openai")]
+        {
             let a = seen.send(s.req(m.clone(), path, tok)).await;
             assert_eq!(a.status, StatusCode::FORBIDDEN, "{m} {path}: {}", a.text);
         }
@@ -172,7 +170,11 @@ async fn secrets_are_write_only_tenant_admin_only_and_tenant_scoped() {
 
     // The audit log has the name and the action, never a value.
     let audit = seen.send(s.req(Method::GET, "/v1/audit", &admin)).await;
-    assert!(audit.text.contains("PUT /v1/secrets/{name}") && audit.text.contains("/v1/secrets/openai"), "{}", audit.text);
+    assert!(
+        audit.text.contains("PUT /v1/secrets/{name}") && audit.text.contains("/v1/secrets/openai"),
+        "{}",
+        audit.text
+    );
     seen.send(s.req(Method::GET, "/v1/audit", &platform)).await;
     seen.send(s.client.get(s.url("/metrics"))).await;
 
@@ -242,7 +244,7 @@ async fn secrets_survive_a_restart_a_wrong_key_refuses_start_and_keys_rotate() {
     // Another key alone: the node refuses to start, and says why.
     let mut cfg = config(dir.path());
     with(&k2, vec![])(&mut cfg);
-    let err = cortex_host::server::build(cfg).await.err().expect("a node without the key must not start");
+    let err = cortex_host::server::build(cfg).await.expect_err("a node without the key must not start");
     let msg = err.to_string();
     assert!(msg.contains(first["key_id"].as_str().unwrap()) && msg.contains("previous_key_files"), "{msg}");
 
@@ -315,6 +317,7 @@ async fn a_secret_put_through_one_node_is_revealed_through_another() {
     let dir = data_dir();
     let mut cfg = config(dir.path());
     cfg.auth.secret_file = Some(secret.clone());
-    let err = cortex_host::server::build_on(cfg, store.clone()).await.err().expect("a node with another key must not start");
+    let err =
+        cortex_host::server::build_on(cfg, store.clone()).await.expect_err("a node with another key must not start");
     assert!(err.to_string().contains("which this node does not have"), "{err}");
 }

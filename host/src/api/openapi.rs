@@ -45,8 +45,8 @@ use super::error::Problem;
 use super::events::EventsQuery;
 use super::logs::{ListQuery, StreamQuery};
 use super::registries::{CredentialBody, CredentialView};
-use super::secrets::SecretBody;
 use super::routes::{AuditQuery, CreateKey, CreateTenant, KeyView, NewKey, UpdateTenant};
+use super::secrets::SecretBody;
 use crate::agents::{AgentView, DeploySpec, ProfileSpec};
 use crate::registry::{AuditEvent, DeadLetter, ModuleRecord, ProfileRecord, Tenant};
 use crate::runtime::LogLine;
@@ -463,9 +463,14 @@ fn operations(d: &mut Doc) {
     .add();
 
     // --- secrets ---
-    d.op("get", "/v1/secrets", "listSecrets", "List the tenant's secrets: names, versions, times, key ids; never values (tenant-admin)")
-        .list::<crate::vault::SecretMeta>("The secrets (no values)")
-        .add();
+    d.op(
+        "get",
+        "/v1/secrets",
+        "listSecrets",
+        "List the tenant's secrets: names, versions, times, key ids; never values (tenant-admin)",
+    )
+    .list::<crate::vault::SecretMeta>("The secrets (no values)")
+    .add();
     d.op("get", "/v1/secrets/{name}", "getSecret", "A secret's metadata; never its value (tenant-admin)")
         .ok::<crate::vault::SecretMeta>(200, "The secret (no value)")
         .add();

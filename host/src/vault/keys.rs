@@ -87,7 +87,8 @@ fn parse_key(bytes: &[u8]) -> Result<Zeroizing<[u8; 32]>, String> {
 
 fn read_key(path: &Path) -> Result<Zeroizing<[u8; 32]>, VaultError> {
     let bytes = Zeroizing::new(
-        std::fs::read(path).map_err(|e| VaultError::Key(format!("cannot read the key file {}: {e}", path.display())))?,
+        std::fs::read(path)
+            .map_err(|e| VaultError::Key(format!("cannot read the key file {}: {e}", path.display())))?,
     );
     #[cfg(unix)]
     if let Ok(meta) = std::fs::metadata(path) {

@@ -23,8 +23,8 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use chacha20poly1305::aead::{Aead, Payload};
 use chacha20poly1305::XNonce;
+use chacha20poly1305::aead::{Aead, Payload};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
