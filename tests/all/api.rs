@@ -248,6 +248,7 @@ fn rbac_routes(kv: &str) -> Vec<RbacRoute> {
             None,
             None,
         ),
+        (m("GET"), "/v1/admin/backup", "/v1/admin/backup".into(), Action::Backup, None, None),
         (m("GET"), "/v1/secrets", "/v1/secrets".into(), Action::ManageSecrets, None, None),
         (m("GET"), "/v1/secrets/{name}", "/v1/secrets/ghost".into(), Action::ManageSecrets, None, None),
         (

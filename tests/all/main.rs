@@ -6,6 +6,7 @@
 mod api;
 mod api_security;
 mod arangodb;
+mod backup;
 mod cluster;
 mod cluster_faults;
 mod common;

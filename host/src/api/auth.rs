@@ -89,6 +89,8 @@ pub enum Action {
     ManageRegistries,
     /// Store, list, read the metadata of and delete the tenant's secrets.
     ManageSecrets,
+    /// Take a backup of the whole store.
+    Backup,
 }
 
 impl Action {
@@ -96,7 +98,7 @@ impl Action {
     pub fn allowed(self, role: Role) -> bool {
         use Role::*;
         match self {
-            Action::ManageTenants => role == PlatformAdmin,
+            Action::ManageTenants | Action::Backup => role == PlatformAdmin,
             Action::ReadTenant => role >= TenantAdmin,
             Action::WriteModules | Action::WriteAgents | Action::Invoke => role >= Developer,
             Action::ReadModules | Action::ReadAgents | Action::ReadLogs | Action::ReadProfiles => role >= Observer,
@@ -109,7 +111,7 @@ impl Action {
     }
 
     /// Every action.
-    pub const ALL: [Action; 14] = [
+    pub const ALL: [Action; 15] = [
         Action::ManageTenants,
         Action::ReadTenant,
         Action::WriteModules,
@@ -124,6 +126,7 @@ impl Action {
         Action::ReadProfiles,
         Action::ManageRegistries,
         Action::ManageSecrets,
+        Action::Backup,
     ];
 }
 

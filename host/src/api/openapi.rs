@@ -462,6 +462,17 @@ fn operations(d: &mut Doc) {
     .empty(204, "Deleted")
     .add();
 
+    // --- backup ---
+    d.op(
+        "get",
+        "/v1/admin/backup",
+        "backupStore",
+        "A backup of the whole store from one consistent snapshot, streamed (platform-admin; 409 backup_unsupported on ArangoDB)",
+    )
+    .raw_ok(200, "application/octet-stream", json!({"type": "string", "format": "binary"}), "The backup file (x-cortex-snapshot: the snapshot point)")
+    .errors(&[409])
+    .add();
+
     // --- secrets ---
     d.op(
         "get",

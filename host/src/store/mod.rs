@@ -5,6 +5,7 @@
 //! by tenant and a guest can never name another tenant's data.
 
 pub mod arangodb;
+pub mod backup;
 mod embedded;
 mod faults;
 mod fenced;
@@ -20,6 +21,7 @@ use tokio::sync::watch;
 
 pub use arangodb::ArangoStore;
 pub use embedded::EmbeddedStore;
+pub use embedded::backup::{EmbeddedSnapshot, restore as restore_embedded};
 pub use faults::{FaultControls, FaultPlan, FaultStats, Faulty, Latency, Rate};
 pub use fenced::Fenced;
 pub use instrumented::{CountObserver, Instrumented, Observer};
@@ -458,6 +460,11 @@ pub trait RecordStore: Send + Sync + 'static {
     /// Bytes a tenant stores ([`Usage::bytes`]).
     async fn stored_bytes(&self, tenant: &str) -> Result<u64> {
         Ok(self.usage(tenant).await?.bytes)
+    }
+    /// A consistent snapshot of the whole store for `cortex backup`, taken now (`None`:
+    /// the backend has no such snapshot; the embedded store has).
+    fn snapshot(&self) -> Result<Option<Box<dyn backup::StoreSnapshot>>> {
+        Ok(None)
     }
 }
 
