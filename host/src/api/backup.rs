@@ -52,7 +52,7 @@ impl std::io::Write for ChannelWriter {
     }
 }
 
-pub async fn backup(State(st): State<Arc<AppState>>, _p: Caller) -> ApiResult<Response> {
+pub async fn backup(State(st): State<Arc<AppState>>, p: Caller) -> ApiResult<Response> {
     let Some(snap) = st.registry.store().snapshot()? else {
         return Err(ApiError::Conflict {
             code: "backup_unsupported",
@@ -61,6 +61,19 @@ pub async fn backup(State(st): State<Arc<AppState>>, _p: Caller) -> ApiResult<Re
         });
     };
     let info = snap.info().clone();
+    // A read of every tenant's data: in the platform's audit log, as writes are.
+    let event = crate::registry::AuditEvent {
+        seq: 0,
+        time_ms: crate::registry::now_ms(),
+        actor: p.subject.to_string(),
+        tenant: String::new(),
+        tenant_id: String::new(),
+        action: "GET /v1/admin/backup".into(),
+        target: "/v1/admin/backup".into(),
+        outcome: 200,
+        detail: info.header_value(),
+    };
+    st.registry.audit(&event).await?;
     tracing::info!(registry_seq = info.registry_seq, tenants = info.feed_heads.len(), "backup started");
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::task::spawn_blocking(move || {

@@ -234,3 +234,28 @@ pub fn verify(input: impl Read) -> Result<(SnapshotInfo, u64), BackupError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_damage_or_truncation_is_refused() {
+        let info = SnapshotInfo { backend: "embedded".into(), created_ms: 5, registry_seq: 7, ..Default::default() };
+        let mut buf = Vec::new();
+        let mut w = FrameWriter::new(&mut buf, &info).unwrap();
+        w.table("records").unwrap();
+        w.entry(b"k", b"v").unwrap();
+        w.entry(b"", b"").unwrap();
+        let n = w.finish().unwrap();
+        assert_eq!(n, buf.len() as u64);
+        let (back, entries) = verify(&buf[..]).unwrap();
+        assert_eq!((back, entries), (info, 2));
+        let mut damaged = buf.clone();
+        let at = damaged.len() - 40;
+        damaged[at] ^= 1;
+        assert!(matches!(verify(&damaged[..]), Err(BackupError::Invalid(_))));
+        assert!(matches!(verify(&buf[..buf.len() - 1]), Err(BackupError::Invalid(_))));
+        assert!(matches!(verify(&b"nope"[..]), Err(BackupError::Invalid(_))));
+    }
+}
