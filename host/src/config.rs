@@ -66,6 +66,8 @@ pub struct ServerConfig {
     pub log: LogConfig,
     /// The audit log's retention.
     pub audit: AuditConfig,
+    /// The tenants' secret store: its key and limits.
+    pub secrets: crate::vault::SecretsConfig,
 }
 
 /// `[audit]`: how long the audit log keeps events.
@@ -240,6 +242,7 @@ impl Default for ServerConfig {
             cluster: crate::cluster::ClusterConfig::default(),
             log: LogConfig::default(),
             audit: AuditConfig::default(),
+            secrets: crate::vault::SecretsConfig::default(),
         }
     }
 }

@@ -24,3 +24,4 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod workflows;
+pub mod vault;

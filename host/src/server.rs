@@ -39,6 +39,9 @@ pub enum ServeError {
     /// Auth configuration is wrong.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// The secrets key is missing, unreadable, or not the one the store's secrets need.
+    #[error(transparent)]
+    Secrets(#[from] crate::vault::VaultError),
     /// Agents could not be restored.
     #[error("restoring agents: {0}")]
     Restore(#[from] ApiError),
@@ -76,7 +79,12 @@ pub async fn build_on(config: ServerConfig, store: Arc<dyn Store>) -> Result<Arc
     // The registry stream's head before the agents are read: every change after it is
     // applied by the follower, so none made meanwhile by another node is missed.
     let from = store.feed_head(crate::store::REGISTRY_FEED).await?;
-    let state = Arc::new(AppState::new(config, runtime, store, verifier)?);
+    let env_key = std::env::var(crate::vault::KEY_ENV).ok();
+    let keys = crate::vault::Keyring::load(&config.secrets, &config.data_dir, env_key.as_deref())?;
+    // Secrets this node could not open stop the start, not a later outbound request.
+    let check = crate::vault::Vault::new(store.clone(), keys, &config.secrets);
+    check.check_keys().await?;
+    let state = Arc::new(AppState::with_keys(config, runtime, store, verifier, check.into_keys())?);
     state.verifier.start(&state.metrics.oidc());
     if state.config.audit.retention_days > 0 {
         tokio::spawn(api::audit_export::retention(Arc::downgrade(&state)));

@@ -248,6 +248,18 @@ fn rbac_routes(kv: &str) -> Vec<RbacRoute> {
             None,
             None,
         ),
+        (m("GET"), "/v1/admin/backup", "/v1/admin/backup".into(), Action::Backup, None, None),
+        (m("GET"), "/v1/secrets", "/v1/secrets".into(), Action::ManageSecrets, None, None),
+        (m("GET"), "/v1/secrets/{name}", "/v1/secrets/ghost".into(), Action::ManageSecrets, None, None),
+        (
+            m("PUT"),
+            "/v1/secrets/{name}",
+            "/v1/secrets/rbac".into(),
+            Action::ManageSecrets,
+            Some(json!({"value": "v"})),
+            None,
+        ),
+        (m("DELETE"), "/v1/secrets/{name}", "/v1/secrets/ghost".into(), Action::ManageSecrets, None, None),
         (m("GET"), "/v1/events", "/v1/events".into(), Action::ReadAgents, None, None),
         (m("GET"), "/v1/events/stream", "/v1/events/stream?follow=false".into(), Action::ReadAgents, None, None),
         (

@@ -88,6 +88,10 @@ pub enum Action {
     ReadProfiles,
     /// Store, list and delete the tenant's registry credentials.
     ManageRegistries,
+    /// Store, list, read the metadata of and delete the tenant's secrets.
+    ManageSecrets,
+    /// Take a backup of the whole store.
+    Backup,
 }
 
 impl Action {
@@ -95,18 +99,20 @@ impl Action {
     pub fn allowed(self, role: Role) -> bool {
         use Role::*;
         match self {
-            Action::ManageTenants => role == PlatformAdmin,
+            Action::ManageTenants | Action::Backup => role == PlatformAdmin,
             Action::ReadTenant => role >= TenantAdmin,
             Action::WriteModules | Action::WriteAgents | Action::Invoke => role >= Developer,
             Action::ReadModules | Action::ReadAgents | Action::ReadLogs | Action::ReadProfiles => role >= Observer,
-            Action::ReadAudit | Action::ManageKeys | Action::ManageProfiles | Action::ManageRegistries => {
-                role >= TenantAdmin
-            }
+            Action::ReadAudit
+            | Action::ManageKeys
+            | Action::ManageProfiles
+            | Action::ManageRegistries
+            | Action::ManageSecrets => role >= TenantAdmin,
         }
     }
 
     /// Every action.
-    pub const ALL: [Action; 13] = [
+    pub const ALL: [Action; 15] = [
         Action::ManageTenants,
         Action::ReadTenant,
         Action::WriteModules,
@@ -120,6 +126,8 @@ impl Action {
         Action::ManageProfiles,
         Action::ReadProfiles,
         Action::ManageRegistries,
+        Action::ManageSecrets,
+        Action::Backup,
     ];
 }
 

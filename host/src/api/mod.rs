@@ -4,6 +4,7 @@
 mod agents;
 pub mod audit_export;
 pub mod auth;
+pub mod backup;
 pub mod caller;
 mod cluster;
 mod deadletters;
@@ -17,6 +18,7 @@ mod profiles;
 mod registries;
 pub mod request_id;
 mod routes;
+mod secrets;
 pub mod state;
 pub mod stream_guard;
 pub mod workflows;
@@ -273,6 +275,9 @@ pub fn route_action(method: &Method, route: &str) -> Option<Action> {
         "/v1/profiles/{name}" if m(Method::PUT) || m(Method::DELETE) => Action::ManageProfiles,
         "/v1/registries" if read => Action::ManageRegistries,
         "/v1/registries/{host}" if m(Method::PUT) || m(Method::DELETE) => Action::ManageRegistries,
+        "/v1/secrets" | "/v1/secrets/{name}" if read => Action::ManageSecrets,
+        "/v1/admin/backup" if read => Action::Backup,
+        "/v1/secrets/{name}" if m(Method::PUT) || m(Method::DELETE) => Action::ManageSecrets,
         "/v1/events" | "/v1/events/stream" if read => Action::ReadAgents,
         "/v1/modules" | "/v1/modules/{digest}" | "/v1/modules/{digest}/wasm" if read => Action::ReadModules,
         "/v1/modules" if m(Method::POST) => Action::WriteModules,
@@ -470,6 +475,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/profiles/{name}", get(profiles::get).put(profiles::put).delete(profiles::delete))
         .route("/v1/registries", get(registries::list))
         .route("/v1/registries/{host}", put(registries::put).delete(registries::delete))
+        .route("/v1/admin/backup", get(backup::backup))
+        .route("/v1/secrets", get(secrets::list))
+        .route("/v1/secrets/{name}", get(secrets::get).put(secrets::put).delete(secrets::delete))
         .route("/v1/events", get(events::list))
         .route("/v1/events/stream", get(events::stream))
         .route(

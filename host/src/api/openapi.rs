@@ -46,6 +46,7 @@ use super::events::EventsQuery;
 use super::logs::{ListQuery, StreamQuery};
 use super::registries::{CredentialBody, CredentialView};
 use super::routes::{AuditQuery, CreateKey, CreateTenant, KeyView, NewKey, UpdateTenant};
+use super::secrets::SecretBody;
 use crate::agents::{AgentView, DeploySpec, ProfileSpec};
 use crate::registry::{AuditEvent, DeadLetter, ModuleRecord, ProfileRecord, Tenant};
 use crate::runtime::LogLine;
@@ -105,6 +106,10 @@ impl Doc {
             .map(|name| {
                 // An agent's or a profile's name follows the one name rule.
                 let (schema, what) = match name {
+                    "name" if path.starts_with("/v1/secrets/") => (
+                        json!({"type": "string", "pattern": crate::vault::NAME_PATTERN, "maxLength": crate::vault::MAX_NAME}),
+                        "secret name",
+                    ),
                     "name" => (json!({"type": "string", "pattern": format!("^{}$", crate::names::NAME_RULE)}), "name"),
                     "tenant" => (json!({"type": "string", "minLength": 1}), "tenant name"),
                     "digest" => (
@@ -465,6 +470,42 @@ fn operations(d: &mut Doc) {
     )
     .empty(204, "Deleted")
     .add();
+
+    // --- backup ---
+    d.op(
+        "get",
+        "/v1/admin/backup",
+        "backupStore",
+        "A backup of the whole store from one consistent snapshot, streamed (platform-admin; 409 backup_unsupported on ArangoDB)",
+    )
+    .raw_ok(200, "application/octet-stream", json!({"type": "string", "format": "binary"}), "The backup file (x-cortex-snapshot: the snapshot point)")
+    .errors(&[409])
+    .add();
+
+    // --- secrets ---
+    d.op(
+        "get",
+        "/v1/secrets",
+        "listSecrets",
+        "List the tenant's secrets: names, versions, times, key ids; never values (tenant-admin)",
+    )
+    .list::<crate::vault::SecretMeta>("The secrets (no values)")
+    .add();
+    d.op("get", "/v1/secrets/{name}", "getSecret", "A secret's metadata; never its value (tenant-admin)")
+        .ok::<crate::vault::SecretMeta>(200, "The secret (no value)")
+        .add();
+    d.op(
+        "put",
+        "/v1/secrets/{name}",
+        "putSecret",
+        "Store a secret, encrypted at rest; the value is never returned (tenant-admin; 409 too_many_secrets past [secrets] max_per_tenant; 400 invalid_secret_name, empty_secret, secret_too_large)",
+    )
+    .json::<SecretBody>()
+    .ok::<crate::vault::SecretMeta>(201, "Stored (a new secret)")
+    .ok::<crate::vault::SecretMeta>(200, "Stored (replacing the value; version bumped)")
+    .errors(&[409])
+    .add();
+    d.op("delete", "/v1/secrets/{name}", "deleteSecret", "Delete a secret (tenant-admin)").empty(204, "Deleted").add();
 
     // --- agents ---
     d.op(

@@ -37,6 +37,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Workflow definitions and runs, and this node's workflow engines.
     pub workflows: Arc<crate::workflows::Workflows>,
+    /// The tenants' secrets (see [`crate::vault`]).
+    pub vault: Arc<crate::vault::Vault>,
     tenant_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Dead letters being replayed on this node, by record key.
     replaying: ClaimSet,
@@ -80,8 +82,23 @@ impl Drop for Claim {
 }
 
 impl AppState {
-    /// Build the state; `agents.restore` then brings back deployed agents.
+    /// Build the state; `agents.restore` then brings back deployed agents. The secrets
+    /// keys come from `config.secrets` and `CORTEX_SECRETS_KEY` (see [`Self::with_keys`]).
     pub fn new(config: ServerConfig, runtime: Runtime, store: Arc<dyn Store>, verifier: Verifier) -> ApiResult<Self> {
+        let env_key = std::env::var(crate::vault::KEY_ENV).ok();
+        let keys = crate::vault::Keyring::load(&config.secrets, &config.data_dir, env_key.as_deref())
+            .map_err(|e| super::ApiError::Internal(e.to_string()))?;
+        Self::with_keys(config, runtime, store, verifier, keys)
+    }
+
+    /// [`Self::new`] with the secrets keys given.
+    pub fn with_keys(
+        config: ServerConfig,
+        runtime: Runtime,
+        store: Arc<dyn Store>,
+        verifier: Verifier,
+        keys: crate::vault::Keyring,
+    ) -> ApiResult<Self> {
         let config = Arc::new(config);
         let runtime = Arc::new(runtime);
         let metrics = Arc::new(Metrics::new(config.metrics.max_agent_labels));
@@ -94,6 +111,7 @@ impl AppState {
         let count: crate::store::CountObserver =
             Arc::new(move |kind, tenant, delta| m.records_changed(kind, tenant, delta));
         let store: Arc<dyn Store> = Arc::new(crate::store::Instrumented::new(store, observe).counting(count));
+        let vault = Arc::new(crate::vault::Vault::new(store.clone(), keys, &config.secrets));
         let registry = Registry::new(store);
         let tenants = Arc::new(Tenants::new(registry.clone(), config.scheduling.guests));
         let agents =
@@ -108,6 +126,7 @@ impl AppState {
             agents,
             metrics,
             workflows,
+            vault,
             tenant_locks: Mutex::new(HashMap::new()),
             replaying: ClaimSet::default(),
             tenant_names: ClaimSet::default(),

@@ -1,6 +1,7 @@
 //! The `cortex` client commands: talk to a server at `CORTEX_URL` with `CORTEX_TOKEN`.
 //! Tables for people by default, `--json` for scripts.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -12,6 +13,12 @@ use tower::ServiceExt;
 #[path = "registries.rs"]
 mod registries;
 pub use registries::RegistryCmd;
+/// `cortex backup` and `cortex restore`.
+#[path = "backup.rs"]
+pub mod backup;
+#[path = "secrets.rs"]
+mod secrets;
+pub use secrets::SecretCmd;
 
 /// Client commands.
 #[derive(Debug, Subcommand)]
@@ -92,6 +99,35 @@ pub enum ClientCommand {
     Registries {
         #[command(subcommand)]
         cmd: RegistryCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Back up a running node's whole store to FILE (platform-admin), from one consistent
+    /// snapshot, without stopping it.
+    Backup {
+        /// The file to write.
+        #[arg(long)]
+        to: PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Rebuild a data directory from a backup, offline (checks the file's checksum first).
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+        /// The data directory to make (refused when it has anything in it, unless --force).
+        #[arg(long)]
+        data: PathBuf,
+        /// Replace the store of a data directory that has one.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Your tenant's secrets (tenant-admins): values go in from stdin or a file, never
+    /// come back.
+    Secrets {
+        #[command(subcommand)]
+        cmd: SecretCmd,
         #[command(flatten)]
         conn: Conn,
     },
@@ -636,6 +672,9 @@ impl ClientCommand {
                 }
             }
             ClientCommand::Registries { cmd, conn } => registries::run(cmd, conn).await,
+            ClientCommand::Secrets { cmd, conn } => secrets::run(cmd, conn).await,
+            ClientCommand::Backup { to, conn } => backup::backup(&to, &conn).await,
+            ClientCommand::Restore { from, data, force } => backup::restore(&from, &data, force),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! by tenant and a guest can never name another tenant's data.
 
 pub mod arangodb;
+pub mod backup;
 mod embedded;
 mod faults;
 mod fenced;
@@ -20,6 +21,7 @@ use tokio::sync::watch;
 
 pub use arangodb::ArangoStore;
 pub use embedded::EmbeddedStore;
+pub use embedded::backup::{EmbeddedSnapshot, restore as restore_embedded};
 pub use faults::{FaultControls, FaultPlan, FaultStats, Faulty, Latency, Rate};
 pub use fenced::Fenced;
 pub use instrumented::{CountObserver, Instrumented, Observer};
@@ -258,6 +260,9 @@ pub enum RecordKind {
     /// Workflow runs (`tenant/run/<id>`), the index of active runs (`tenant/active/<id>`)
     /// and the runs' idempotency keys (`tenant/key/<workflow>/<sha-256 hex>`).
     WorkflowRun,
+    /// A tenant's secrets, sealed (see [`crate::vault`]), keyed by `tenant/name`. Not
+    /// replicated: every node reads the shared store when it reveals one.
+    Secret,
 }
 
 /// The pseudo-tenant whose change feed is the registry change stream: never a valid
@@ -331,6 +336,7 @@ impl RecordKind {
             RecordKind::Counter => "counter",
             RecordKind::Workflow => "workflow",
             RecordKind::WorkflowRun => "workflow-run",
+            RecordKind::Secret => "secret",
         }
     }
 
@@ -340,7 +346,7 @@ impl RecordKind {
     }
 
     /// Every kind.
-    pub const ALL: [RecordKind; 18] = [
+    pub const ALL: [RecordKind; 19] = [
         RecordKind::Tenant,
         RecordKind::Module,
         RecordKind::Agent,
@@ -359,6 +365,7 @@ impl RecordKind {
         RecordKind::Counter,
         RecordKind::Workflow,
         RecordKind::WorkflowRun,
+        RecordKind::Secret,
     ];
 
     /// Whether every write of a record of this kind is appended to the registry change
@@ -470,6 +477,11 @@ pub trait RecordStore: Send + Sync + 'static {
     /// Bytes a tenant stores ([`Usage::bytes`]).
     async fn stored_bytes(&self, tenant: &str) -> Result<u64> {
         Ok(self.usage(tenant).await?.bytes)
+    }
+    /// A consistent snapshot of the whole store for `cortex backup`, taken now (`None`:
+    /// the backend has no such snapshot; the embedded store has).
+    fn snapshot(&self) -> Result<Option<Box<dyn backup::StoreSnapshot>>> {
+        Ok(None)
     }
 }
 

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::{EmbeddedStore, backend, keys_with_prefix, push_part};
 use crate::store::{ChangeEvent, ChangeOp, FeedStore, Result, Scope, StoreError};
 
-const FEED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("feed");
-const HEADS: TableDefinition<&str, u64> = TableDefinition::new("feed_heads");
+pub(super) const FEED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("feed");
+pub(super) const HEADS: TableDefinition<&str, u64> = TableDefinition::new("feed_heads");
 
 /// One event as stored (the sequence number is in the key).
 #[derive(Serialize, Deserialize)]

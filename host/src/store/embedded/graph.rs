@@ -12,8 +12,8 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use super::{EDGE_COUNT, EmbeddedStore, USAGE, add_bytes, backend, bytes_of, keys_with_prefix, push_part};
 use crate::store::{Direction, Edge, GraphStore, Quota, Result, StoreError, Usage, edge_size};
 
-const OUT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("edges_out");
-const IN: TableDefinition<&[u8], &[u8]> = TableDefinition::new("edges_in");
+pub(super) const OUT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("edges_out");
+pub(super) const IN: TableDefinition<&[u8], &[u8]> = TableDefinition::new("edges_in");
 
 pub(super) fn create_tables(txn: &redb::WriteTransaction) -> Result<()> {
     txn.open_table(OUT).map_err(backend)?;

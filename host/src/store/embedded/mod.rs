@@ -8,6 +8,7 @@
 //! writes it reports, and waiters are woken in-process after the commit. Graph edges live
 //! in two tables, one per direction ([`graph`]).
 
+pub mod backup;
 mod feed;
 mod graph;
 
@@ -506,6 +507,9 @@ impl EmbeddedStore {
 
 #[async_trait::async_trait]
 impl RecordStore for EmbeddedStore {
+    fn snapshot(&self) -> Result<Option<Box<dyn crate::store::backup::StoreSnapshot>>> {
+        Ok(Some(Box::new(EmbeddedStore::snapshot(self)?)))
+    }
     async fn record_get(&self, kind: RecordKind, key: &str) -> Result<Option<(Vec<u8>, u64)>> {
         let txn = self.db.begin_read().map_err(backend)?;
         let table = txn.open_table(RECORDS).map_err(backend)?;

@@ -1,0 +1,99 @@
+//! `cortex backup --to FILE` (a running node's store, through `GET /v1/admin/backup`) and
+//! `cortex restore --from FILE --data DIR` (offline: a data directory rebuilt from a backup).
+//! A child of the client module: `backup` talks through its [`Conn`].
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+
+use super::{Conn, Payload};
+use crate::store::backup::verify;
+
+/// `cortex backup`: stream the backup to `to` (through a temporary file renamed once whole
+/// and checked), then print its snapshot point.
+pub async fn backup(to: &Path, conn: &Conn) -> anyhow::Result<ExitCode> {
+    let mut resp = conn.send(reqwest::Method::GET, "/v1/admin/backup", Payload::None).await?;
+    let status = resp.status();
+    if !status.is_success() {
+        let text = resp.text().await.unwrap_or_default();
+        return Err(super::refusal(status, &text));
+    }
+    let tmp = to.with_extension("partial");
+    let mut file = std::io::BufWriter::new(
+        crate::fsutil::create_private(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+    );
+    while let Some(chunk) = resp.chunk().await.context("the backup stream broke off")? {
+        file.write_all(&chunk)?;
+    }
+    let file = file.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    drop(file);
+    let checked = std::fs::File::open(&tmp)
+        .map(std::io::BufReader::new)
+        .map_err(anyhow::Error::from)
+        .and_then(|f| verify(f).map_err(anyhow::Error::from));
+    let (info, entries) = match checked {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            bail!("the backup did not arrive whole: {e}");
+        }
+    };
+    std::fs::rename(&tmp, to)?;
+    if conn.json {
+        println!("{}", serde_json::to_string(&info)?);
+    } else {
+        println!(
+            "{}: {entries} entries, snapshot at {} ms (registry seq {}, {} tenant feeds)",
+            to.display(),
+            info.created_ms,
+            info.registry_seq,
+            info.feed_heads.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cortex restore`: check `from` whole, then rebuild `data`'s store from it. A data
+/// directory with anything in it is refused unless `force` (then its `store/` and local
+/// module copies are replaced; its keys and node id stay).
+pub fn restore(from: &Path, data: &Path, force: bool) -> anyhow::Result<ExitCode> {
+    let open = || {
+        std::fs::File::open(from).map(std::io::BufReader::new).with_context(|| format!("opening {}", from.display()))
+    };
+    let (info, _) = verify(open()?).with_context(|| format!("checking {}", from.display()))?;
+    if info.backend != "embedded" {
+        bail!(
+            "{} is a backup of a {:?} store; only embedded backups restore into a data directory",
+            from.display(),
+            info.backend
+        );
+    }
+    let non_empty = data.is_dir() && std::fs::read_dir(data)?.next().is_some();
+    if non_empty {
+        if !force {
+            bail!(
+                "{} is not empty: restore into a new directory, or pass --force to replace its store",
+                data.display()
+            );
+        }
+        for sub in ["store", "modules"] {
+            let p = data.join(sub);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+            }
+        }
+    }
+    crate::fsutil::prepare_data_dir(data)?;
+    let info = crate::store::restore_embedded(open()?, &data.join("store"))?;
+    println!(
+        "restored {} into {} (snapshot at {} ms, registry seq {}); start it with the same secrets key and token secret",
+        from.display(),
+        data.display(),
+        info.created_ms,
+        info.registry_seq
+    );
+    Ok(ExitCode::SUCCESS)
+}
