@@ -62,6 +62,8 @@ pub struct ServerConfig {
     pub oci: OciConfig,
     /// Several nodes on one store: membership and leases.
     pub cluster: crate::cluster::ClusterConfig,
+    /// Agents' outbound HTTP: address exceptions, timeouts and size limits.
+    pub egress: crate::egress::EgressConfig,
 }
 
 /// `[modules]`: how uploads are compiled.
@@ -182,6 +184,7 @@ impl Default for ServerConfig {
             modules: ModulesConfig::default(),
             oci: OciConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
+            egress: crate::egress::EgressConfig::default(),
         }
     }
 }

@@ -84,6 +84,10 @@ pub struct Agents {
     held: Mutex<HashMap<String, ownership::Held>>,
     /// The lease loop (see `ownership.rs`), started by [`Agents::restore`].
     owner_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Agents' outbound HTTP (replaced by [`Agents::set_egress`]).
+    egress: std::sync::RwLock<Arc<crate::egress::Egress>>,
+    /// The secrets of the default egress service, in memory until the vault is wired in.
+    memory_secrets: Arc<crate::egress::MemorySecrets>,
 }
 
 impl std::fmt::Debug for Agents {
@@ -119,7 +123,13 @@ impl Agents {
         };
         let cluster = Arc::new(crate::cluster::Cluster::new(id, address, config.cluster.clone()));
         let message_writer = GroupCommit::new(registry.store().clone(), GroupCommitSettings::default());
+        let memory_secrets = Arc::new(crate::egress::MemorySecrets::default());
+        let egress = crate::egress::Egress::new(config.egress.clone(), memory_secrets.clone())
+            .map_err(|e| AgentsError::Invalid(e.to_string()))?;
+        egress.register(metrics.prometheus());
         Ok(Self {
+            egress: std::sync::RwLock::new(Arc::new(egress)),
+            memory_secrets,
             config,
             runtime,
             registry,
@@ -142,6 +152,23 @@ impl Agents {
             held: Mutex::new(HashMap::new()),
             owner_task: Mutex::new(None),
         })
+    }
+
+    /// The node's egress service.
+    pub fn egress(&self) -> Arc<crate::egress::Egress> {
+        self.egress.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Send agents' outbound requests through `egress` from now on (another secret source
+    /// or resolver); its metrics are registered with the node's.
+    pub fn set_egress(&self, egress: Arc<crate::egress::Egress>) {
+        egress.register(self.metrics.prometheus());
+        *self.egress.write().unwrap_or_else(std::sync::PoisonError::into_inner) = egress;
+    }
+
+    /// The in-memory secrets of the default egress service (until the vault is wired in).
+    pub fn memory_secrets(&self) -> &Arc<crate::egress::MemorySecrets> {
+        &self.memory_secrets
     }
 
     /// A deployed agent.
