@@ -248,6 +248,8 @@ fn rbac_routes(kv: &str) -> Vec<RbacRoute> {
             None,
             None,
         ),
+        (m("GET"), "/v1/egress", "/v1/egress".into(), Action::ManageEgress, None, None),
+        (m("PUT"), "/v1/egress", "/v1/egress".into(), Action::ManageEgress, Some(json!({"allow": null})), None),
         (m("GET"), "/v1/events", "/v1/events".into(), Action::ReadAgents, None, None),
         (m("GET"), "/v1/events/stream", "/v1/events/stream?follow=false".into(), Action::ReadAgents, None, None),
         (

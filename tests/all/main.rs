@@ -12,6 +12,7 @@ mod common;
 mod counter;
 mod documents;
 mod edge;
+mod egress;
 mod events;
 mod exposition;
 mod fake_arango;

@@ -87,6 +87,8 @@ pub enum Action {
     ReadProfiles,
     /// Store, list and delete the tenant's registry credentials.
     ManageRegistries,
+    /// Read and set the tenant's egress allow-list.
+    ManageEgress,
 }
 
 impl Action {
@@ -98,14 +100,16 @@ impl Action {
             Action::ReadTenant => role >= TenantAdmin,
             Action::WriteModules | Action::WriteAgents | Action::Invoke => role >= Developer,
             Action::ReadModules | Action::ReadAgents | Action::ReadLogs | Action::ReadProfiles => role >= Observer,
-            Action::ReadAudit | Action::ManageKeys | Action::ManageProfiles | Action::ManageRegistries => {
-                role >= TenantAdmin
-            }
+            Action::ReadAudit
+            | Action::ManageKeys
+            | Action::ManageProfiles
+            | Action::ManageRegistries
+            | Action::ManageEgress => role >= TenantAdmin,
         }
     }
 
     /// Every action.
-    pub const ALL: [Action; 13] = [
+    pub const ALL: [Action; 14] = [
         Action::ManageTenants,
         Action::ReadTenant,
         Action::WriteModules,
@@ -119,6 +123,7 @@ impl Action {
         Action::ManageProfiles,
         Action::ReadProfiles,
         Action::ManageRegistries,
+        Action::ManageEgress,
     ];
 }
 

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod caller;
 mod cluster;
 mod deadletters;
+mod egress;
 pub mod error;
 mod events;
 mod logs;
@@ -270,6 +271,7 @@ pub fn route_action(method: &Method, route: &str) -> Option<Action> {
         "/v1/profiles/{name}" if m(Method::PUT) || m(Method::DELETE) => Action::ManageProfiles,
         "/v1/registries" if read => Action::ManageRegistries,
         "/v1/registries/{host}" if m(Method::PUT) || m(Method::DELETE) => Action::ManageRegistries,
+        "/v1/egress" if read || m(Method::PUT) => Action::ManageEgress,
         "/v1/events" | "/v1/events/stream" if read => Action::ReadAgents,
         "/v1/modules" | "/v1/modules/{digest}" | "/v1/modules/{digest}/wasm" if read => Action::ReadModules,
         "/v1/modules" if m(Method::POST) => Action::WriteModules,
@@ -452,6 +454,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/profiles/{name}", get(profiles::get).put(profiles::put).delete(profiles::delete))
         .route("/v1/registries", get(registries::list))
         .route("/v1/registries/{host}", put(registries::put).delete(registries::delete))
+        .route("/v1/egress", get(egress::get).put(egress::put))
         .route("/v1/events", get(events::list))
         .route("/v1/events/stream", get(events::stream))
         .route(

@@ -180,13 +180,13 @@ impl Egress {
             rec.finish(r.code());
             return Ok((too_many(r), Box::new(async { Ok(()) })));
         }
-        match self.prepare(&grant, &caller, &mut parts.headers).await {
-            Ok(()) => {}
+        let redactor = match self.prepare(&grant, &caller, &mut parts.headers).await {
+            Ok(r) => r,
             Err(e) => {
                 rec.finish(status_of(&e));
                 return Err(e);
             }
-        }
+        };
         let cfg = &self.config;
         let mut deadline = caller.deadline.min(started + Duration::from_millis(cfg.request_timeout_ms));
         let mut connect_by = started + Duration::from_millis(cfg.connect_timeout_ms);
@@ -252,7 +252,15 @@ impl Egress {
             Ok(Ok(r)) => r,
         };
         rec.sent = sent.load(std::sync::atomic::Ordering::Relaxed);
-        let (parts, incoming) = response.into_parts();
+        let (mut parts, incoming) = response.into_parts();
+        if let Some(r) = &redactor {
+            // A server that echoes the secret in a header does not hand it to the guest.
+            for v in parts.headers.values_mut() {
+                if r.found_in(v.as_bytes()) {
+                    *v = http::HeaderValue::from_static("[redacted]");
+                }
+            }
+        }
         let header_bytes: usize = parts.headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
         if parts.headers.len() > cfg.max_headers || header_bytes > cfg.max_header_bytes {
             rec.finish("headers_too_large");
@@ -272,6 +280,8 @@ impl Egress {
             rec.scanner = Some(UsageScanner::new());
         }
         let body = Limited {
+            redactor,
+            flushed: false,
             inner: incoming,
             limit: cfg.max_response_bytes,
             deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
@@ -281,7 +291,13 @@ impl Egress {
     }
 
     /// The request's headers within the limits, with the grant's secret in its header.
-    async fn prepare(&self, grant: &Grant, caller: &Caller, headers: &mut http::HeaderMap) -> Result<(), Error> {
+    async fn prepare(
+        &self,
+        grant: &Grant,
+        caller: &Caller,
+        headers: &mut http::HeaderMap,
+    ) -> Result<Option<Redactor>, Error> {
+        let mut redactor = None;
         if let Some(s) = &grant.secret {
             headers.remove(&s.header);
             let value = match self.secrets.reveal(&caller.tenant, &s.name).await {
@@ -299,12 +315,13 @@ impl Egress {
             let mut v = http::HeaderValue::from_str(&formatted).map_err(|_| Error::ConfigurationError)?;
             v.set_sensitive(true);
             headers.insert(s.header.clone(), v);
+            redactor = Redactor::new(value.as_bytes());
         }
         let bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
         if headers.len() > self.config.max_headers || bytes > self.config.max_header_bytes {
             return Err(Error::HttpRequestHeaderSectionSize(u32::try_from(bytes).ok()));
         }
-        Ok(())
+        Ok(redactor)
     }
 
     /// Resolve `host`, check every address, connect to a checked one (and TLS for https).
@@ -392,8 +409,54 @@ impl Body for Counted {
     }
 }
 
-/// The response body: counted, limited, metered, and ended at the deadline.
+/// Replaces a secret's value in a response body with `*` of the same length (the
+/// Content-Length holds), across chunk boundaries: it holds back at most the secret's
+/// length less one byte between chunks.
+pub(crate) struct Redactor {
+    needle: zeroize::Zeroizing<Vec<u8>>,
+    held: Vec<u8>,
+}
+
+impl Redactor {
+    /// A redactor of `secret` (`None` for a secret too short to look for).
+    pub(crate) fn new(secret: &[u8]) -> Option<Self> {
+        (secret.len() >= 4).then(|| Self { needle: zeroize::Zeroizing::new(secret.to_vec()), held: Vec::new() })
+    }
+
+    fn found_in(&self, hay: &[u8]) -> bool {
+        hay.windows(self.needle.len()).any(|w| w == self.needle.as_slice())
+    }
+
+    /// The next chunk, with every whole occurrence masked; the tail that could begin one
+    /// is held back for the next chunk.
+    pub(crate) fn feed(&mut self, chunk: &[u8]) -> Bytes {
+        let mut buf = std::mem::take(&mut self.held);
+        buf.extend_from_slice(chunk);
+        let n = self.needle.len();
+        let mut i = 0;
+        while i + n <= buf.len() {
+            if buf[i..i + n] == self.needle[..] {
+                buf[i..i + n].fill(b'*');
+                i += n;
+            } else {
+                i += 1;
+            }
+        }
+        let keep = (n - 1).min(buf.len());
+        self.held = buf.split_off(buf.len() - keep);
+        Bytes::from(buf)
+    }
+
+    /// What is held back, at the end of the body.
+    pub(crate) fn finish(&mut self) -> Bytes {
+        Bytes::from(std::mem::take(&mut self.held))
+    }
+}
+
+/// The response body: counted, limited, metered, redacted, and ended at the deadline.
 struct Limited {
+    redactor: Option<Redactor>,
+    flushed: bool,
     inner: hyper::body::Incoming,
     limit: u64,
     deadline: Pin<Box<tokio::time::Sleep>>,
@@ -437,6 +500,9 @@ impl Body for Limited {
                             return Poll::Ready(Some(Err(Error::HttpResponseBodySize(Some(limit)))));
                         }
                     }
+                    if let Some(red) = this.redactor.as_mut() {
+                        return Poll::Ready(Some(Ok(Frame::data(red.feed(d)))));
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -446,6 +512,15 @@ impl Body for Limited {
             }
             Poll::Ready(None) => {
                 this.end(None);
+                if !this.flushed
+                    && let Some(red) = this.redactor.as_mut()
+                {
+                    this.flushed = true;
+                    let rest = red.finish();
+                    if !rest.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
+                    }
+                }
                 Poll::Ready(None)
             }
             Poll::Pending => match this.deadline.as_mut().poll(cx) {
@@ -464,5 +539,27 @@ impl Body for Limited {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Redactor;
+
+    #[test]
+    fn the_secret_is_masked_across_every_split() {
+        let body = b"{\"authorization\":\"Bearer sk-abc123\",\"again\":\"sk-abc123sk-abc123\"}";
+        let want = String::from_utf8_lossy(body).replace("sk-abc123", "*********");
+        for a in 0..body.len() {
+            for b in a..body.len() {
+                let mut r = Redactor::new(b"sk-abc123").unwrap();
+                let mut out = Vec::new();
+                out.extend_from_slice(&r.feed(&body[..a]));
+                out.extend_from_slice(&r.feed(&body[a..b]));
+                out.extend_from_slice(&r.feed(&body[b..]));
+                out.extend_from_slice(&r.finish());
+                assert_eq!(String::from_utf8_lossy(&out), want, "splits {a} {b}");
+            }
+        }
     }
 }
