@@ -476,3 +476,25 @@ async fn grants_stay_within_the_tenant_allow_list() {
         assert!(text.contains("allow-list"), "{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_caller_example_asks_a_model_with_a_key_it_never_holds() {
+    let up = Upstream::start().await;
+    let s = server(|_| {}).await;
+    let dev = s.developer_in("t").await;
+    put_secret(&s, "t", "openai", "sk-example-key");
+    let digest = s.upload(&dev, art::MODEL_CALLER).await;
+    s.deploy_with(
+        &dev,
+        "ask",
+        &digest,
+        json!({
+            "config": { "base_url": up.url("/v1"), "model": "m" },
+            "egress": [{ "url": up.url("/v1/chat/completions"), "methods": ["POST"],
+                         "secret": "openai", "header": "authorization", "format": "Bearer {}", "meter": "openai" }],
+        }),
+    )
+    .await;
+    assert_eq!(s.invoke_ok(&dev, "ask", "Say hello").await, "Hello");
+    assert_eq!(up.seen.lock().unwrap().authorization, vec!["Bearer sk-example-key"]);
+}

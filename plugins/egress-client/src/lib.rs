@@ -2,7 +2,7 @@
 //! its input describes and answers what came back, for the egress tests.
 //!
 //! Input: `{"method": "POST", "url": "http://host:port/path", "headers": [["k", "v"]],
-//! "body": "text", "body_bytes": 0, "parallel": 1}`. Output: one JSON object per request
+//! "body": "text", "body_bytes": 0, "parallel": 1, "repeat": 1}`. Output: one JSON object per request
 //! (an array when `parallel` > 1): `{"status": 200, "headers": [["k", "v"]], "body": "..."}`,
 //! or `{"error": "<the wasi:http error-code>"}`, or a status with `"body_error"` when the
 //! body failed midway.
@@ -29,6 +29,10 @@ struct Req {
     body_bytes: usize,
     #[serde(default = "one")]
     parallel: usize,
+    /// Make the request this many times one after the other (the bench); the answer is
+    /// the last one's.
+    #[serde(default = "one")]
+    repeat: usize,
 }
 
 fn get() -> String {
@@ -134,6 +138,12 @@ struct Client;
 impl Agent for Client {
     fn handle(input: Vec<u8>) -> Result<Option<Vec<u8>>, AgentError> {
         let r: Req = serde_json::from_slice(&input)?;
+        for _ in 1..r.repeat.max(1) {
+            match start(&r) {
+                Ok(f) => drop(finish(f)),
+                Err(e) => return Err(AgentError::internal(e)),
+            }
+        }
         let mut started = Vec::new();
         for _ in 0..r.parallel.max(1) {
             started.push(start(&r));
