@@ -332,7 +332,8 @@ async fn oversize_bodies_and_slow_servers_fail_the_request_not_the_host() {
     // Streamed without a length: cut off at the limit, midway.
     let v = call(&s, &dev, "c", json!({ "url": up.url("/api/big") })).await;
     assert_eq!(v["status"], 200, "{v}");
-    assert!(v["body_error"].as_str().unwrap().starts_with("HttpResponseBodySize"), "{v}");
+    // (wasmtime-wasi-http 48 gives body errors to the guest untyped: their text says which.)
+    assert_eq!(v["body_error"], "HTTP response body size exceeds limit: 16384 bytes", "{v}");
     assert!(v["body"].as_str().unwrap().len() <= 16 * 1024, "no more than the limit reached the guest");
     // Declared too long: refused before the body.
     let v = call(&s, &dev, "c", json!({ "url": up.url("/api/big-declared") })).await;
@@ -345,7 +346,7 @@ async fn oversize_bodies_and_slow_servers_fail_the_request_not_the_host() {
     // Headers, then nothing: a typed timeout at the request's limit, well before the
     // invocation's own deadline.
     let v = call(&s, &dev, "c", json!({ "url": up.url("/api/slow") })).await;
-    assert_eq!(v["body_error"], "HttpResponseTimeout", "{v}");
+    assert_eq!(v["body_error"], "HTTP response timeout", "{v}");
     // The node still serves.
     let v = call(&s, &dev, "c", json!({ "url": up.url("/api/echo") })).await;
     assert_eq!(v["status"], 200, "{v}");

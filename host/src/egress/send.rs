@@ -187,15 +187,20 @@ impl Egress {
                 return Err(e);
             }
         };
+        // The Host header is the granted authority, once, whatever the guest set.
+        if let Some(a) = uri.authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()) {
+            parts.headers.insert(http::header::HOST, a);
+        }
         let cfg = &self.config;
-        let mut deadline = caller.deadline.min(started + Duration::from_millis(cfg.request_timeout_ms));
+        let deadline = caller.deadline.min(started + Duration::from_millis(cfg.request_timeout_ms));
         let mut connect_by = started + Duration::from_millis(cfg.connect_timeout_ms);
+        let mut headers_by = deadline;
         if let Some(o) = options {
             if let Some(t) = o.connect_timeout {
                 connect_by = connect_by.min(started + t);
             }
             if let Some(t) = o.first_byte_timeout {
-                deadline = deadline.min(started + t);
+                headers_by = headers_by.min(started + t);
             }
         }
         let connect_by = connect_by.min(deadline);
@@ -219,10 +224,11 @@ impl Egress {
                 return Err(Error::Hyper(e));
             }
         };
-        // The connection lives until the response body is read or dropped, and never past
-        // the deadline.
+        // The connection lives until the response body is read or dropped, and not long
+        // past the deadline (the body's own timer fails it at the deadline, typed).
+        let closes_by = deadline + Duration::from_secs(1);
         tokio::spawn(async move {
-            let _ = tokio::time::timeout_at(deadline.into(), conn).await;
+            let _ = tokio::time::timeout_at(closes_by.into(), conn).await;
         });
         // Origin form on the wire.
         let pq = uri.path_and_query().map_or("/", |p| p.as_str());
@@ -236,7 +242,7 @@ impl Egress {
         let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let body = Counted { inner: body, seen: 0, limit: cfg.max_request_bytes, total: sent.clone() };
         let req = http::Request::from_parts(parts, body);
-        let response = match tokio::time::timeout_at(deadline.into(), sender.send_request(req)).await {
+        let response = match tokio::time::timeout_at(headers_by.into(), sender.send_request(req)).await {
             Err(_) => {
                 rec.sent = sent.load(std::sync::atomic::Ordering::Relaxed);
                 rec.finish("timeout");

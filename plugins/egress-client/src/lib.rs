@@ -92,8 +92,9 @@ fn start(r: &Req) -> Result<FutureIncomingResponse, String> {
     Ok(future)
 }
 
+/// The error code as its variant's name (`HttpRequestDenied`, `HttpResponseBodySize(..)`).
 fn code(e: &ErrorCode) -> String {
-    format!("{e:?}")
+    format!("{e:?}").trim_start_matches("ErrorCode::").to_owned()
 }
 
 fn finish(f: FutureIncomingResponse) -> Value {
@@ -119,9 +120,12 @@ fn finish(f: FutureIncomingResponse) -> Value {
             Ok(chunk) => data.extend_from_slice(&chunk),
             Err(StreamError::Closed) => break,
             Err(StreamError::LastOperationFailed(e)) => {
-                body_error = Some(
-                    wasi::http::types::http_error_code(&e).map_or_else(|| e.to_debug_string(), |c| code(&c)),
-                );
+                // wasmtime-wasi-http 48 hands body errors to the guest as untyped I/O
+                // errors: their first line says which.
+                body_error = Some(wasi::http::types::http_error_code(&e).map_or_else(
+                    || e.to_debug_string().lines().next().unwrap_or_default().to_owned(),
+                    |c| code(&c),
+                ));
                 break;
             }
         }

@@ -70,7 +70,10 @@ fn post_json(url: &str, body: &[u8]) -> Result<(u16, Vec<u8>), AgentError> {
             Err(StreamError::LastOperationFailed(e)) => {
                 return Err(match wasi::http::types::http_error_code(&e) {
                     Some(code) => http_error(&code),
-                    None => AgentError::internal(e.to_debug_string()),
+                    None => AgentError::new(
+                        "http-error",
+                        e.to_debug_string().lines().next().unwrap_or_default().to_owned(),
+                    ),
                 });
             }
         }
