@@ -68,8 +68,18 @@ impl WasiHttpHooks for EgressHooks {
             tracing::info!(target: "cortex::egress", tenant = %self.tenant, agent = %self.agent, "too many outbound requests at once");
             return Box::new(async { Err(Error::ConnectionLimitReached) });
         };
+        // One span per request when tracing is on: method and host, never the path's query,
+        // headers or body.
+        let span = tracing::info_span!(
+            target: "cortex::egress",
+            "egress",
+            tenant = %self.tenant,
+            agent = %self.agent,
+            method = %request.method(),
+            host = request.uri().host().unwrap_or(""),
+        );
         let caller = Caller { tenant: self.tenant.clone(), agent: self.agent.clone(), deadline: self.deadline };
         let service = link.service.clone();
-        Box::new(service.send(link, caller, permit, request, options))
+        Box::new(tracing::Instrument::instrument(service.send(link, caller, permit, request, options), span))
     }
 }
