@@ -68,6 +68,8 @@ pub struct ServerConfig {
     pub audit: AuditConfig,
     /// The tenants' secret store: its key and limits.
     pub secrets: crate::vault::SecretsConfig,
+    /// Agents' outbound HTTP: address exceptions, timeouts and size limits.
+    pub egress: crate::egress::EgressConfig,
 }
 
 /// `[audit]`: how long the audit log keeps events.
@@ -243,6 +245,7 @@ impl Default for ServerConfig {
             log: LogConfig::default(),
             audit: AuditConfig::default(),
             secrets: crate::vault::SecretsConfig::default(),
+            egress: crate::egress::EgressConfig::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod coordination;
+pub mod egress;
 pub mod fsutil;
 pub mod ids;
 pub mod names;

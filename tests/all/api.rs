@@ -260,6 +260,8 @@ fn rbac_routes(kv: &str) -> Vec<RbacRoute> {
             None,
         ),
         (m("DELETE"), "/v1/secrets/{name}", "/v1/secrets/ghost".into(), Action::ManageSecrets, None, None),
+        (m("GET"), "/v1/egress", "/v1/egress".into(), Action::ManageEgress, None, None),
+        (m("PUT"), "/v1/egress", "/v1/egress".into(), Action::ManageEgress, Some(json!({"allow": null})), None),
         (m("GET"), "/v1/events", "/v1/events".into(), Action::ReadAgents, None, None),
         (m("GET"), "/v1/events/stream", "/v1/events/stream?follow=false".into(), Action::ReadAgents, None, None),
         (

@@ -15,6 +15,7 @@ mod counter;
 mod deploy;
 mod documents;
 mod edge;
+mod egress;
 mod events;
 mod exposition;
 mod fake_arango;

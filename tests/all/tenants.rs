@@ -26,6 +26,9 @@ fn configured() -> Quotas {
         max_memory_bytes: 23 << 20,
         max_timeout_ms: 29_000,
         weight: 37,
+        egress_requests_per_second: 41,
+        egress_bytes_per_day: 43 << 20,
+        tokens_per_day: 47_000,
     }
 }
 

@@ -39,7 +39,19 @@ impl Agents {
         AgentContext {
             stored_bytes_quota: Some(q.stored_bytes),
             edges_quota: Some(q.edges),
+            egress: Some(self.egress_link(record, q)),
             ..AgentContext::new(&record.tenant, &record.name, record.config.clone(), self.registry.store().clone())
+        }
+    }
+
+    /// The egress of `record`: its grants (as checked at deploy; one that no longer
+    /// parses is left out) through the node's service, with its tenant's quotas.
+    fn egress_link(&self, record: &AgentRecord, q: &Quotas) -> crate::egress::EgressLink {
+        let grants: Vec<crate::egress::Grant> = record.egress.iter().filter_map(|g| g.parse().ok()).collect();
+        crate::egress::EgressLink {
+            service: self.egress(),
+            grants: grants.into(),
+            quotas: crate::egress::EgressQuotas::of(q),
         }
     }
 
@@ -69,6 +81,10 @@ impl Agents {
         c.edges_quota = Some(q.edges);
         c.messaging = self.mesh.get().map(|m| MessagingLink { messenger: m.clone(), callers });
         c.deadline = deadline;
+        if let Some(link) = c.egress.as_mut().filter(|l| !l.grants.is_empty()) {
+            link.quotas = crate::egress::EgressQuotas::of(q);
+            link.service = self.egress();
+        }
         c
     }
 

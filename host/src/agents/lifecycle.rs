@@ -63,6 +63,11 @@ pub struct DeploySpec {
     /// leaves out (copied into the agent's record).
     #[serde(default)]
     pub profile: Option<String>,
+    /// Where it may send HTTP requests: scheme, host, port and path prefix, methods, and
+    /// the tenant secret to put in a header (see "Calling out" in the README).
+    #[serde(default)]
+    #[schema(max_items = 32)]
+    pub egress: Vec<crate::egress::EgressGrant>,
     /// Where `module` was pulled from, when the deploy named an `oci://` reference (set by
     /// the API once it pulled it, never by the body).
     #[serde(skip)]
@@ -189,6 +194,8 @@ impl Agents {
         check_limits(&limits, t)?;
         let max_concurrency = concurrency_within(max_concurrency, t)?;
         check_subscriptions(&spec.subscriptions)?;
+        crate::egress::check_grants(&spec.egress, t.egress_allow.as_deref())
+            .map_err(|e| AgentsError::Invalid(e.to_string()))?;
         spec.supervision.check().map_err(AgentsError::Invalid)?;
         check_queue(&spec)?;
         if max_concurrency == 0 || max_concurrency > self.config.engine.max_instances {
@@ -232,6 +239,7 @@ impl Agents {
             profile: spec.profile,
             oci: spec.oci,
             previous_oci: None,
+            egress: spec.egress,
         };
         let init = match self.run_init(&module, &rec, &t.quotas).await {
             Ok(report) => report,

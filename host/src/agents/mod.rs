@@ -86,6 +86,8 @@ pub struct Agents {
     owner_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Other per-tenant background work leased by the same loop (the workflow engine).
     work: OnceLock<Weak<dyn ownership::LeasedWork>>,
+    /// Agents' outbound HTTP (replaced by [`Agents::set_egress`]).
+    egress: std::sync::RwLock<Arc<crate::egress::Egress>>,
 }
 
 impl std::fmt::Debug for Agents {
@@ -103,6 +105,7 @@ impl Agents {
         registry: Registry,
         metrics: Arc<Metrics>,
         tenants: Arc<Tenants>,
+        secrets: Arc<dyn crate::egress::SecretSource>,
     ) -> AgentsResult<Self> {
         let modules = Modules::new(
             config.data_dir.join("modules"),
@@ -121,7 +124,11 @@ impl Agents {
         };
         let cluster = Arc::new(crate::cluster::Cluster::new(id, address, config.cluster.clone()));
         let message_writer = GroupCommit::new(registry.store().clone(), GroupCommitSettings::default());
+        let egress = crate::egress::Egress::new(config.egress.clone(), secrets)
+            .map_err(|e| AgentsError::Invalid(e.to_string()))?;
+        egress.register(metrics.prometheus());
         Ok(Self {
+            egress: std::sync::RwLock::new(Arc::new(egress)),
             config,
             runtime,
             registry,
@@ -145,6 +152,18 @@ impl Agents {
             owner_task: Mutex::new(None),
             work: OnceLock::new(),
         })
+    }
+
+    /// The node's egress service.
+    pub fn egress(&self) -> Arc<crate::egress::Egress> {
+        self.egress.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Send agents' outbound requests through `egress` from now on (another secret source
+    /// or resolver); its metrics are registered with the node's.
+    pub fn set_egress(&self, egress: Arc<crate::egress::Egress>) {
+        egress.register(self.metrics.prometheus());
+        *self.egress.write().unwrap_or_else(std::sync::PoisonError::into_inner) = egress;
     }
 
     /// A deployed agent.

@@ -285,6 +285,7 @@ impl Agents {
         };
         // Each live node enforces its share of every tenant's rate and concurrency quotas.
         self.tenants.limiters.set_nodes(u32::try_from(live.len()).unwrap_or(u32::MAX));
+        self.egress().set_nodes(u32::try_from(live.len()).unwrap_or(u32::MAX));
         let rows = match store.record_list_revisions(RecordKind::Lease, "").await {
             Ok(r) => r,
             Err(e) => {

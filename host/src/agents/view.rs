@@ -32,6 +32,9 @@ pub struct AgentView {
     /// Its circuit breaker and window (flattened).
     #[serde(flatten)]
     pub supervision_state: HealthView,
+    /// What it and its tenant used of egress today, on this node (agents with grants).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_usage: Option<crate::egress::EgressUsage>,
 }
 
 /// What an agent's mailbox did (since this node started).
@@ -66,6 +69,7 @@ impl Agents {
             },
             health: self.health_of(d),
             supervision_state: s.health.view(Instant::now(), probation),
+            egress_usage: (!d.record.egress.is_empty()).then(|| self.egress().usage(&d.record.tenant, &d.record.name)),
         }
     }
 }

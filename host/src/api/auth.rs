@@ -92,6 +92,8 @@ pub enum Action {
     ManageSecrets,
     /// Take a backup of the whole store.
     Backup,
+    /// Read and set the tenant's egress allow-list.
+    ManageEgress,
 }
 
 impl Action {
@@ -107,12 +109,13 @@ impl Action {
             | Action::ManageKeys
             | Action::ManageProfiles
             | Action::ManageRegistries
-            | Action::ManageSecrets => role >= TenantAdmin,
+            | Action::ManageSecrets
+            | Action::ManageEgress => role >= TenantAdmin,
         }
     }
 
     /// Every action.
-    pub const ALL: [Action; 15] = [
+    pub const ALL: [Action; 16] = [
         Action::ManageTenants,
         Action::ReadTenant,
         Action::WriteModules,
@@ -128,6 +131,7 @@ impl Action {
         Action::ManageRegistries,
         Action::ManageSecrets,
         Action::Backup,
+        Action::ManageEgress,
     ];
 }
 

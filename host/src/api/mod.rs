@@ -8,6 +8,7 @@ pub mod backup;
 pub mod caller;
 mod cluster;
 mod deadletters;
+mod egress;
 pub mod error;
 mod events;
 mod logs;
@@ -278,6 +279,7 @@ pub fn route_action(method: &Method, route: &str) -> Option<Action> {
         "/v1/secrets" | "/v1/secrets/{name}" if read => Action::ManageSecrets,
         "/v1/admin/backup" if read => Action::Backup,
         "/v1/secrets/{name}" if m(Method::PUT) || m(Method::DELETE) => Action::ManageSecrets,
+        "/v1/egress" if read || m(Method::PUT) => Action::ManageEgress,
         "/v1/events" | "/v1/events/stream" if read => Action::ReadAgents,
         "/v1/modules" | "/v1/modules/{digest}" | "/v1/modules/{digest}/wasm" if read => Action::ReadModules,
         "/v1/modules" if m(Method::POST) => Action::WriteModules,
@@ -478,6 +480,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/backup", get(backup::backup))
         .route("/v1/secrets", get(secrets::list))
         .route("/v1/secrets/{name}", get(secrets::get).put(secrets::put).delete(secrets::delete))
+        .route("/v1/egress", get(egress::get).put(egress::put))
         .route("/v1/events", get(events::list))
         .route("/v1/events/stream", get(events::stream))
         .route(

@@ -41,6 +41,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::agents::{ConfigBody, TagBody, UpgradeBody, UploadQuery};
 use super::deadletters::Replayed;
+use super::egress::EgressAllow;
 use super::error::Problem;
 use super::events::EventsQuery;
 use super::logs::{ListQuery, StreamQuery};
@@ -506,6 +507,24 @@ fn operations(d: &mut Doc) {
     .errors(&[409])
     .add();
     d.op("delete", "/v1/secrets/{name}", "deleteSecret", "Delete a secret (tenant-admin)").empty(204, "Deleted").add();
+    // --- egress allow-list ---
+    d.op(
+        "get",
+        "/v1/egress",
+        "getEgressAllowList",
+        "The tenant's egress allow-list: URL prefixes its agents' grants must stay within (tenant-admin)",
+    )
+    .ok::<EgressAllow>(200, "The allow-list (null: none set)")
+    .add();
+    d.op(
+        "put",
+        "/v1/egress",
+        "putEgressAllowList",
+        "Set the tenant's egress allow-list; deploys whose grants are outside it are refused (tenant-admin)",
+    )
+    .json::<EgressAllow>()
+    .ok::<EgressAllow>(200, "The allow-list as stored")
+    .add();
 
     // --- agents ---
     d.op(

@@ -33,6 +33,9 @@ pub struct AgentContext {
     /// request's deadline, its caller's): the agent's own timeout is cut to it. Independent
     /// of messaging: an invocation without a link keeps it.
     pub deadline: Option<Instant>,
+    /// Its outbound HTTP: the node's egress service, its grants and its tenant's egress
+    /// quotas (`None`: every request is denied).
+    pub egress: Option<crate::egress::EgressLink>,
 }
 
 impl AgentContext {
@@ -45,6 +48,7 @@ impl AgentContext {
             edges_quota: None,
             messaging: None,
             deadline: None,
+            egress: None,
         }
     }
 

@@ -86,11 +86,14 @@ pub enum Interface {
     Graph = 2,
     /// `cortex:agent/messaging`.
     Messaging = 3,
+    /// `wasi:http/outgoing-handler`: outbound requests.
+    Http = 4,
 }
 
 impl Interface {
     /// Every counted interface, in index order.
-    pub const ALL: [Interface; 4] = [Interface::Documents, Interface::Runtime, Interface::Graph, Interface::Messaging];
+    pub const ALL: [Interface; 5] =
+        [Interface::Documents, Interface::Runtime, Interface::Graph, Interface::Messaging, Interface::Http];
 
     /// The interface's name (a metric label).
     pub fn name(self) -> &'static str {
@@ -99,6 +102,7 @@ impl Interface {
             Interface::Runtime => "runtime",
             Interface::Graph => "graph",
             Interface::Messaging => "messaging",
+            Interface::Http => "http",
         }
     }
 }
@@ -109,14 +113,14 @@ pub struct HostCalls {
     /// Calls made so far.
     pub count: u64,
     /// Calls per interface, indexed by [`Interface`].
-    pub by_interface: [u64; 4],
+    pub by_interface: [u64; 5],
     limit: u64,
 }
 
 impl HostCalls {
     /// A budget of `limit` calls.
     pub fn new(limit: u64) -> Self {
-        Self { count: 0, by_interface: [0; 4], limit }
+        Self { count: 0, by_interface: [0; 5], limit }
     }
 
     /// Count one call to `iface`; a trap once the budget is spent.
@@ -127,6 +131,11 @@ impl HostCalls {
         self.count += 1;
         self.by_interface[iface as usize] += 1;
         Ok(())
+    }
+
+    /// Calls the budget has left.
+    pub fn left(&self) -> u64 {
+        self.limit.saturating_sub(self.count)
     }
 }
 
@@ -152,6 +161,10 @@ pub struct HostState {
     /// The invocation's memory limit, in bytes (what the host reads for the guest is
     /// bounded by it).
     memory_bytes: u64,
+    /// `wasi:http`'s own state.
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    /// Where outgoing requests go.
+    egress: crate::egress::EgressHooks,
 }
 
 /// What the imports of one invocation are held to.
@@ -177,8 +190,18 @@ impl HostState {
         limits: HostLimits,
         deadline: Instant,
     ) -> Self {
+        let egress = crate::egress::EgressHooks::new(
+            agent.egress.clone(),
+            agent.tenant().clone(),
+            agent.agent().clone(),
+            deadline,
+        );
+        let mut http = wasmtime_wasi_http::WasiHttpCtx::new();
+        http.set_field_size_limit(32 << 10);
         Self {
             wasi: None,
+            http,
+            egress,
             table: ResourceTable::new(),
             calls: HostCalls::new(limits.host_calls),
             agent,
@@ -189,6 +212,22 @@ impl HostState {
             max_message: limits.max_message,
             memory_bytes: limits.memory_bytes,
         }
+    }
+}
+
+impl HostState {
+    /// Count the outbound requests sent since the last call as host calls.
+    pub fn settle_http(&mut self) {
+        let sent = std::mem::take(&mut self.egress.sent);
+        self.calls.count += sent;
+        self.calls.by_interface[Interface::Http as usize] += sent;
+    }
+
+    /// The `wasi:http` view of this invocation (its requests go through its egress hooks).
+    pub fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        self.settle_http();
+        self.egress.calls_left = self.calls.left();
+        wasmtime_wasi_http::WasiHttpCtxView { hooks: &mut self.egress, table: &mut self.table, ctx: &mut self.http }
     }
 }
 

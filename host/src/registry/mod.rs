@@ -52,6 +52,12 @@ pub struct Quotas {
     /// Its share of the node's guest slots against other tenants' when they are all
     /// busy (1..=1000, default 1).
     pub weight: u32,
+    /// Sustained outbound requests of its agents per second (also the burst).
+    pub egress_requests_per_second: u32,
+    /// Request and response body bytes of its agents' outbound requests per UTC day.
+    pub egress_bytes_per_day: u64,
+    /// Model tokens (prompt and completion) of its agents' metered requests per UTC day.
+    pub tokens_per_day: u64,
 }
 
 impl Default for Quotas {
@@ -68,6 +74,9 @@ impl Default for Quotas {
             max_memory_bytes: 512 << 20,
             max_timeout_ms: 60_000,
             weight: 1,
+            egress_requests_per_second: 20,
+            egress_bytes_per_day: 1 << 30,
+            tokens_per_day: 1_000_000,
         }
     }
 }
@@ -100,6 +109,12 @@ pub struct QuotasPatch {
     /// See [`Quotas::weight`].
     #[schema(minimum = 1, maximum = 1000)]
     pub weight: Option<u32>,
+    /// See [`Quotas::egress_requests_per_second`].
+    pub egress_requests_per_second: Option<u32>,
+    /// See [`Quotas::egress_bytes_per_day`].
+    pub egress_bytes_per_day: Option<u64>,
+    /// See [`Quotas::tokens_per_day`].
+    pub tokens_per_day: Option<u64>,
 }
 
 impl QuotasPatch {
@@ -117,6 +132,9 @@ impl QuotasPatch {
             max_memory_bytes: self.max_memory_bytes.unwrap_or(base.max_memory_bytes),
             max_timeout_ms: self.max_timeout_ms.unwrap_or(base.max_timeout_ms),
             weight: self.weight.unwrap_or(base.weight),
+            egress_requests_per_second: self.egress_requests_per_second.unwrap_or(base.egress_requests_per_second),
+            egress_bytes_per_day: self.egress_bytes_per_day.unwrap_or(base.egress_bytes_per_day),
+            tokens_per_day: self.tokens_per_day.unwrap_or(base.tokens_per_day),
         }
     }
 }
@@ -139,13 +157,17 @@ pub struct Tenant {
     /// or after the second of `created_ms`, so that the old tenant's tokens are refused.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reused_name: bool,
+    /// URL prefixes its agents' egress grants must stay within (`None`: any; set by a
+    /// tenant-admin with `PUT /v1/egress`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_allow: Option<Vec<String>>,
 }
 
 impl Tenant {
     /// A new tenant with a fresh id.
     pub fn new(name: String, quotas: Quotas, created_ms: u64) -> std::io::Result<Self> {
         let id = crate::secrets::hex(&crate::secrets::random_bytes::<8>()?);
-        Ok(Self { id, name, quotas, created_ms, reused_name: false })
+        Ok(Self { id, name, quotas, created_ms, reused_name: false, egress_allow: None })
     }
 
     /// Whether credentials issued at `issued_at` (seconds since the epoch, the JWT `iat`)
@@ -167,6 +189,8 @@ struct StoredTenant {
     created_ms: u64,
     #[serde(default)]
     reused_name: bool,
+    #[serde(default)]
+    egress_allow: Option<Vec<String>>,
 }
 
 impl From<StoredTenant> for Tenant {
@@ -176,7 +200,14 @@ impl From<StoredTenant> for Tenant {
         } else {
             t.id
         };
-        Self { id, name: t.name, quotas: t.quotas, created_ms: t.created_ms, reused_name: t.reused_name }
+        Self {
+            id,
+            name: t.name,
+            quotas: t.quotas,
+            created_ms: t.created_ms,
+            reused_name: t.reused_name,
+            egress_allow: t.egress_allow,
+        }
     }
 }
 
@@ -334,6 +365,9 @@ pub struct AgentRecord {
     /// The same for its previous module (rollback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_oci: Option<crate::oci::OciSource>,
+    /// Where it may send HTTP requests (see `crate::egress`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<crate::egress::EgressGrant>,
 }
 
 /// Invocations that may wait for a slot of an agent, unless its deploy says otherwise.

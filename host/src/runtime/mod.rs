@@ -213,6 +213,12 @@ pub struct Sandbox {
     slices: host_slice::HostCallSlices,
 }
 
+impl wasmtime_wasi_http::WasiHttpView for Sandbox {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        self.host.http()
+    }
+}
+
 impl wasmtime_wasi::WasiView for Sandbox {
     fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
         wasmtime_wasi::WasiView::ctx(&mut self.host)
@@ -223,6 +229,9 @@ impl wasmtime_wasi::WasiView for Sandbox {
 pub fn linker(engine: &Engine) -> wasmtime::Result<Arc<Linker<Sandbox>>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    // Outbound HTTP: linked for every agent; an agent without a grant gets
+    // `HTTP-request-denied` for every request (see `crate::egress`).
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     capabilities::add_to_linker(&mut linker, |s: &mut Sandbox| &mut s.host)?;
     Ok(Arc::new(linker))
 }
@@ -470,6 +479,7 @@ impl Runtime {
             other => other,
         };
         let fuel_left = if self.config.fuel_metering { store.get_fuel().unwrap_or(0) } else { limits.fuel };
+        store.data_mut().host.settle_http();
         let data = store.data();
         let stats = Stats {
             fuel_used: limits.fuel.saturating_sub(fuel_left),

@@ -161,7 +161,7 @@ pub struct Stats {
     /// Calls to Cortex imports.
     pub host_calls: u64,
     /// Calls per interface, indexed by `capabilities::Interface`.
-    pub host_calls_by_interface: [u64; 4],
+    pub host_calls_by_interface: [u64; 5],
     /// Bytes passed in.
     pub bytes_in: u64,
     /// Bytes returned.

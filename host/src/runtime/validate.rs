@@ -175,9 +175,12 @@ pub fn check_import(name: &str) -> Result<(), LoadError> {
     let (path, version) = name.split_once('@').unwrap_or((name, ""));
     let Some((package, interface)) = path.split_once('/') else { return Err(unknown()) };
     match package {
+        // Outbound HTTP: linked for every agent, granted per deploy (`egress`); an agent
+        // without a grant gets `HTTP-request-denied` at call time.
+        "wasi:http" if matches!(interface, "outgoing-handler" | "types") && version.starts_with("0.2.") => Ok(()),
         "wasi:http" => Err(LoadError::DeniedImport {
             name: name.to_owned(),
-            reason: "outbound HTTP is not a capability agents have yet".into(),
+            reason: "agents may import wasi:http/outgoing-handler and wasi:http/types @0.2 only".into(),
         }),
         p if p.strip_prefix("wasi:").is_some_and(|pkg| WASI_PACKAGES.contains(&pkg)) => {
             if version.starts_with("0.2.") {
@@ -320,7 +323,13 @@ mod tests {
         assert!(check_import("wasi:cli/environment@0.2.0").is_ok());
         assert!(check_import("wasi:sockets/tcp@0.2.6").is_ok());
         assert!(check_import("cortex:agent/documents@0.1.0").is_ok());
-        assert!(matches!(check_import("wasi:http/outgoing-handler@0.2.6"), Err(LoadError::DeniedImport { .. })));
+        assert!(check_import("wasi:http/outgoing-handler@0.2.6").is_ok());
+        assert!(check_import("wasi:http/types@0.2.0").is_ok());
+        assert!(matches!(check_import("wasi:http/incoming-handler@0.2.6"), Err(LoadError::DeniedImport { .. })));
+        assert!(matches!(
+            check_import("wasi:http/outgoing-handler@0.3.0-rc-2025-09-16"),
+            Err(LoadError::DeniedImport { .. })
+        ));
         assert!(check_import("cortex:agent/graph@0.1.0").is_ok());
         assert!(check_import("cortex:agent/messaging@0.1.0").is_ok());
         assert!(matches!(check_import("cortex:agent/documents@0.2.0"), Err(LoadError::UnknownImport { .. })));

@@ -604,6 +604,11 @@ impl Metrics {
         }
     }
 
+    /// The Prometheus registry, for collectors kept elsewhere (the egress metrics).
+    pub fn prometheus(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The text exposition format. A family with no series yet is declared all the same.
     pub fn render(&self) -> String {
         let families = self.registry.gather();

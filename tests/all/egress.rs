@@ -1,0 +1,501 @@
+//! Outbound HTTP of agents (`egress`): grants, address rules, secrets, limits, quotas and
+//! token metering, against real HTTP servers the tests start on 127.0.0.1.
+//!
+//! The agent is `plugins/egress-client`: it makes the requests its input describes and
+//! answers what it got (status, headers, body) or the wasi:http error code.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use cortex_artifacts as art;
+use cortex_host::egress::{Egress, StaticResolver};
+use cortex_host::registry::Quotas;
+use serde_json::{Value, json};
+
+use crate::server::Server;
+
+/// What the test server saw.
+#[derive(Default)]
+struct Seen {
+    /// `authorization` values received, in order.
+    authorization: Vec<String>,
+    /// Paths requested.
+    paths: Vec<String>,
+}
+
+/// A loopback HTTP server: `/api/echo` answers the request's headers, `/api/redirect` a
+/// 302 to `/admin`, `/api/big` and `/api/big-declared` 64 KiB, `/api/slow` headers and
+/// then nothing, `/v1/chat/completions` the OpenAI shape (streamed when asked).
+struct Upstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl Upstream {
+    async fn start() -> Upstream {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let app = axum::Router::new().fallback(handle).with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Upstream { addr, seen }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+async fn handle(State(seen): State<Arc<Mutex<Seen>>>, req: Request) -> Response {
+    let path = req.uri().path().to_owned();
+    let headers: HeaderMap = req.headers().clone();
+    {
+        let mut s = seen.lock().unwrap();
+        s.paths.push(path.clone());
+        if let Some(v) = headers.get("authorization") {
+            s.authorization.push(v.to_str().unwrap_or("").to_owned());
+        }
+    }
+    let body = axum::body::to_bytes(req.into_body(), 1 << 24).await.unwrap_or_default();
+    match path.as_str() {
+        "/api/echo" | "/v2/echo" | "/admin" => {
+            let h: Vec<(String, String)> =
+                headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned())).collect();
+            axum::Json(json!({ "headers": h, "body_bytes": body.len() })).into_response()
+        }
+        "/api/redirect" => (StatusCode::FOUND, [("location", "/admin")], "").into_response(),
+        "/api/big" => {
+            let chunks = (0..64).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 1024]));
+            Response::new(Body::from_stream(futures_stream(chunks.collect())))
+        }
+        "/api/big-declared" => vec![b'x'; 64 * 1024].into_response(),
+        "/api/slow" => {
+            let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+            // The sender is kept alive by the task: the body never ends.
+            tokio::spawn(async move {
+                let _tx = _tx;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+            Response::new(Body::from_stream(tokio_stream(rx)))
+        }
+        "/v1/chat/completions" => {
+            let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let usage = json!({ "prompt_tokens": 30, "completion_tokens": 40, "total_tokens": 70 });
+            if req["stream"] == json!(true) {
+                let mut events = Vec::new();
+                for word in ["Hel", "lo"] {
+                    events.push(format!(
+                        "data: {}\n\n",
+                        json!({ "choices": [{ "delta": { "content": word } }], "usage": null })
+                    ));
+                }
+                events.push(format!("data: {}\n\n", json!({ "choices": [], "usage": usage })));
+                events.push("data: [DONE]\n\n".to_owned());
+                let chunks = events.into_iter().map(|e| Ok::<_, std::io::Error>(e.into_bytes())).collect();
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(Body::from_stream(futures_stream(chunks)))
+                    .unwrap()
+            } else {
+                axum::Json(json!({
+                    "id": "chatcmpl-1", "object": "chat.completion",
+                    "choices": [{ "index": 0, "message": { "role": "assistant", "content": "Hello" }, "finish_reason": "stop" }],
+                    "usage": usage,
+                }))
+                .into_response()
+            }
+        }
+        _ => (StatusCode::NOT_FOUND, "no such path").into_response(),
+    }
+}
+
+/// A stream of the given chunks, one at a time.
+fn futures_stream(
+    chunks: Vec<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::iter(chunks)
+}
+
+/// A stream of what `rx` receives.
+fn tokio_stream(
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
+}
+
+/// A server whose agents may reach the loopback test servers, with `tweak` applied.
+async fn server(tweak: impl FnOnce(&mut cortex_host::config::ServerConfig)) -> Server {
+    Server::start_with(|c| {
+        c.egress.allow_private = vec!["127.0.0.1/32".into()];
+        tweak(c);
+    })
+    .await
+}
+
+/// Give `tenant` the secret `name` through `PUT /v1/secrets/{name}`, as a tenant-admin.
+async fn put_secret(s: &Server, tenant: &str, name: &str, value: &str) {
+    let admin = s.token(Some(tenant), cortex_host::api::Role::TenantAdmin);
+    let r = s.req(reqwest::Method::PUT, &format!("/v1/secrets/{name}"), &admin).json(&json!({ "value": value }));
+    let r = r.send().await.unwrap();
+    assert!(r.status().is_success(), "PUT /v1/secrets/{name}: {}", r.status());
+}
+
+/// Deploy the egress client as `name` with `grants`; the developer token.
+async fn client(s: &Server, dev: &str, name: &str, grants: Value) {
+    let digest = s.upload(dev, art::EGRESS_CLIENT).await;
+    s.deploy_with(dev, name, &digest, json!({ "egress": grants })).await;
+}
+
+/// Invoke the client with a request description; what the guest answered.
+async fn call(s: &Server, dev: &str, agent: &str, req: Value) -> Value {
+    let out = s.invoke_ok(dev, agent, &req.to_string()).await;
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn error(v: &Value) -> &str {
+    v["error"].as_str().unwrap_or_else(|| panic!("expected an error, got {v}"))
+}
+
+async fn metrics(s: &Server) -> String {
+    s.client.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_granted_scheme_host_port_path_and_method_are_reached() {
+    let up = Upstream::start().await;
+    let s = server(|_| {}).await;
+    let dev = s.developer_in("t").await;
+    client(&s, &dev, "c", json!([{ "url": up.url("/api/"), "methods": ["GET", "POST"] }])).await;
+
+    let ok = call(&s, &dev, "c", json!({ "url": up.url("/api/echo") })).await;
+    assert_eq!(ok["status"], 200, "{ok}");
+    let ok = call(&s, &dev, "c", json!({ "method": "POST", "url": up.url("/api/echo"), "body": "hi" })).await;
+    assert_eq!(ok["status"], 200, "{ok}");
+    assert!(ok["body"].as_str().unwrap().contains("\"body_bytes\":2"), "{ok}");
+
+    let port = up.addr.port();
+    let other_port = if port == 65535 { 1 } else { port + 1 };
+    for (what, req) in [
+        ("method", json!({ "method": "DELETE", "url": up.url("/api/echo") })),
+        ("path", json!({ "url": up.url("/v2/echo") })),
+        ("path escape", json!({ "url": up.url("/api/../admin") })),
+        ("port", json!({ "url": format!("http://127.0.0.1:{other_port}/api/echo") })),
+        ("scheme", json!({ "url": format!("https://127.0.0.1:{port}/api/echo") })),
+        ("host", json!({ "url": format!("http://localhost:{port}/api/echo") })),
+    ] {
+        let v = call(&s, &dev, "c", req).await;
+        assert_eq!(error(&v), "HttpRequestDenied", "{what}: {v}");
+    }
+    assert_eq!(up.seen.lock().unwrap().paths, vec!["/api/echo", "/api/echo"], "denied requests never left");
+
+    // An agent without a grant may import wasi:http (it uploaded and deployed) and gets a
+    // typed denial for every request.
+    client(&s, &dev, "nogrant", json!([])).await;
+    let v = call(&s, &dev, "nogrant", json!({ "url": up.url("/api/echo") })).await;
+    assert_eq!(error(&v), "HttpRequestDenied", "{v}");
+
+    let m = metrics(&s).await;
+    assert!(
+        m.contains("cortex_egress_requests_total{agent=\"c\",host=\"127.0.0.1\",status=\"200\",tenant=\"t\"} 2"),
+        "{m}"
+    );
+    assert!(m.contains("cortex_egress_requests_total{agent=\"c\",host=\"-\",status=\"denied\",tenant=\"t\"} 6"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_and_metadata_addresses_are_denied_by_default() {
+    let up = Upstream::start().await;
+    let s = Server::start().await;
+    let dev = s.developer_in("t").await;
+    client(
+        &s,
+        &dev,
+        "c",
+        json!([{ "url": up.url("/api/") }, { "url": "http://169.254.169.254/" }, { "url": "http://[::ffff:127.0.0.1]/" }]),
+    )
+    .await;
+    for url in
+        [up.url("/api/echo"), "http://169.254.169.254/latest/meta-data/".into(), "http://[::ffff:127.0.0.1]/".into()]
+    {
+        let v = call(&s, &dev, "c", json!({ "url": url })).await;
+        assert_eq!(error(&v), "DestinationIpProhibited", "{url}: {v}");
+    }
+    assert!(up.seen.lock().unwrap().paths.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_resolved_address_is_checked_and_the_checked_one_is_connected() {
+    let up = Upstream::start().await;
+    let s = server(|_| {}).await;
+    let mut names = HashMap::new();
+    let public: IpAddr = "93.184.216.34".parse().unwrap();
+    names.insert("rebind.test".to_owned(), vec![public, "10.0.0.7".parse().unwrap()]);
+    names.insert("loop.test".to_owned(), vec!["127.0.0.1".parse().unwrap()]);
+    let egress = Egress::new(s.state.config.egress.clone(), s.state.vault.clone())
+        .unwrap()
+        .with_resolver(Arc::new(StaticResolver(names)));
+    s.state.agents.set_egress(Arc::new(egress));
+    let dev = s.developer_in("t").await;
+    let port = up.addr.port();
+    client(
+        &s,
+        &dev,
+        "c",
+        json!([{ "url": format!("http://rebind.test:{port}/") }, { "url": format!("http://loop.test:{port}/") }]),
+    )
+    .await;
+    // A public address first, a private one second (DNS rebinding): refused.
+    let v = call(&s, &dev, "c", json!({ "url": format!("http://rebind.test:{port}/api/echo") })).await;
+    assert_eq!(error(&v), "DestinationIpProhibited", "{v}");
+    // The name resolves (through the stub) to the allowed loopback address: reached there.
+    let v = call(&s, &dev, "c", json!({ "url": format!("http://loop.test:{port}/api/echo") })).await;
+    assert_eq!(v["status"], 200, "{v}");
+    assert!(v["body"].as_str().unwrap().contains(&format!("loop.test:{port}")), "the Host header is the name: {v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secret_goes_out_in_its_header_and_never_reaches_the_agent() {
+    const SECRET: &str = "sk-test-5ecret-value-0f-the-tenant";
+    let up = Upstream::start().await;
+    let s = server(|_| {}).await;
+    let dev = s.developer_in("t").await;
+    put_secret(&s, "t", "openai", SECRET).await;
+    client(
+        &s,
+        &dev,
+        "c",
+        json!([
+            { "url": up.url("/api/"), "methods": ["GET"], "secret": "openai", "header": "authorization", "format": "Bearer {}" },
+            { "url": up.url("/v2/"), "secret": "missing" },
+        ]),
+    )
+    .await;
+    let v = call(
+        &s,
+        &dev,
+        "c",
+        json!({ "url": up.url("/api/echo"), "headers": [["authorization", "Bearer guest-value"], ["x-mine", "kept"]] }),
+    )
+    .await;
+    assert_eq!(v["status"], 200, "{v}");
+    let seen = up.seen.lock().unwrap().authorization.clone();
+    assert_eq!(seen, vec![format!("Bearer {SECRET}")], "the server got the secret, not the guest's value");
+    let text = v.to_string();
+    assert!(!text.contains(SECRET), "the server's echo of the secret reached the guest: {text}");
+    assert!(text.contains("x-mine"), "{text}");
+    assert!(text.contains("Bearer ********"), "the echo holds the redacted value: {text}");
+    // A grant naming a secret the tenant does not have: a typed error, nothing sent.
+    let v = call(&s, &dev, "c", json!({ "url": up.url("/v2/echo") })).await;
+    assert_eq!(error(&v), "ConfigurationError", "{v}");
+    for (what, text) in [
+        ("metrics", metrics(&s).await),
+        ("logs", s.get_json(&dev, "/v1/agents/c/logs").await.to_string()),
+        ("agent", s.get_json(&dev, "/v1/agents/c").await.to_string()),
+    ] {
+        assert!(!text.contains(SECRET), "the secret is in the {what}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_come_back_to_the_agent_and_the_next_request_is_checked() {
+    let up = Upstream::start().await;
+    let s = server(|_| {}).await;
+    let dev = s.developer_in("t").await;
+    client(&s, &dev, "c", json!([{ "url": up.url("/api/") }])).await;
+    let v = call(&s, &dev, "c", json!({ "url": up.url("/api/redirect") })).await;
+    assert_eq!(v["status"], 302, "{v}");
+    let location = v["headers"].as_array().unwrap().iter().find(|h| h[0] == "location").unwrap()[1].clone();
+    assert_eq!(location, "/admin");
+    // The host did not follow it; the agent following it is held to its grants.
+    let v = call(&s, &dev, "c", json!({ "url": up.url("/admin") })).await;
+    assert_eq!(error(&v), "HttpRequestDenied", "{v}");
+    assert_eq!(up.seen.lock().unwrap().paths, vec!["/api/redirect"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_bodies_and_slow_servers_fail_the_request_not_the_host() {
+    let up = Upstream::start().await;
+    let s = server(|c| {
+        c.egress.max_response_bytes = 16 * 1024;
+        c.egress.max_request_bytes = 4 * 1024;
+        c.egress.request_timeout_ms = 500;
+    })
+    .await;
+    let dev = s.developer_in("t").await;
+    client(&s, &dev, "c", json!([{ "url": up.url("/api/"), "methods": ["GET", "POST"] }])).await;
+    // Streamed without a length: cut off at the limit, midway.
+    let v = call(&s, &dev, "c", json!({ "url": up.url("/api/big") })).await;
+    assert_eq!(v["status"], 200, "{v}");
+    // (wasmtime-wasi-http 48 gives body errors to the guest untyped: their text says which.)
+    assert_eq!(v["body_error"], "HTTP response body size exceeds limit: 16384 bytes", "{v}");
+    assert!(v["body"].as_str().unwrap().len() <= 16 * 1024, "no more than the limit reached the guest");
+    // Declared too long: refused before the body.
+    let v = call(&s, &dev, "c", json!({ "url": up.url("/api/big-declared") })).await;
+    assert!(error(&v).starts_with("HttpResponseBodySize"), "{v}");
+    // A request body over the limit.
+    let v = call(&s, &dev, "c", json!({ "method": "POST", "url": up.url("/api/echo"), "body_bytes": 64 * 1024 })).await;
+    let refused =
+        v["error"].as_str().is_some_and(|e| e.starts_with("HttpRequestBodySize") || e.starts_with("HttpProtocolError"));
+    assert!(refused, "{v}");
+    // Headers, then nothing: a typed timeout at the request's limit, well before the
+    // invocation's own deadline.
+    let v = call(&s, &dev, "c", json!({ "url": up.url("/api/slow") })).await;
+    assert_eq!(v["body_error"], "HTTP response timeout", "{v}");
+    // The node still serves.
+    let v = call(&s, &dev, "c", json!({ "url": up.url("/api/echo") })).await;
+    assert_eq!(v["status"], 200, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_server_ends_with_the_invocation_deadline() {
+    let up = Upstream::start().await;
+    let s = server(|_| {}).await;
+    let dev = s.developer_in("t").await;
+    let digest = s.upload(&dev, art::EGRESS_CLIENT).await;
+    s.deploy_with(
+        &dev,
+        "c",
+        &digest,
+        json!({ "egress": [{ "url": up.url("/api/") }], "limits": { "timeout_ms": 700 } }),
+    )
+    .await;
+    let (status, body) = s.invoke(&dev, "c", &json!({ "url": up.url("/api/slow") }).to_string()).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(body.contains("deadline_exceeded"), "{body}");
+    let v = call(&s, &dev, "c", json!({ "url": up.url("/api/echo") })).await;
+    assert_eq!(v["status"], 200, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_of_one_invocation_are_capped() {
+    let up = Upstream::start().await;
+    let s = server(|c| c.egress.max_concurrent = 2).await;
+    let dev = s.developer_in("t").await;
+    client(&s, &dev, "c", json!([{ "url": up.url("/api/") }])).await;
+    let v = call(&s, &dev, "c", json!({ "url": up.url("/api/echo"), "parallel": 3 })).await;
+    let v = v.as_array().unwrap();
+    assert_eq!((v[0]["status"].clone(), v[1]["status"].clone()), (json!(200), json!(200)), "{v:?}");
+    assert_eq!(error(&v[2]), "ConnectionLimitReached", "{v:?}");
+}
+
+fn quotas(f: impl FnOnce(&mut Quotas)) -> Quotas {
+    let mut q = Quotas::default();
+    f(&mut q);
+    q
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_tokens_are_metered_and_the_daily_budget_refuses_once_spent() {
+    let up = Upstream::start().await;
+    let s = server(|_| {}).await;
+    s.tenant_with("t", Some(quotas(|q| q.tokens_per_day = 100))).await;
+    let dev = s.token(Some("t"), cortex_host::api::Role::Developer);
+    put_secret(&s, "t", "openai", "sk-meter-test").await;
+    client(
+        &s,
+        &dev,
+        "c",
+        json!([{ "url": up.url("/v1/"), "methods": ["POST"], "secret": "openai", "meter": "openai" },
+               { "url": up.url("/api/") }]),
+    )
+    .await;
+    let chat = |stream: bool| {
+        json!({ "method": "POST", "url": up.url("/v1/chat/completions"),
+                "headers": [["content-type", "application/json"]],
+                "body": json!({ "model": "m", "stream": stream, "messages": [{ "role": "user", "content": "hi" }] }).to_string() })
+    };
+    let v = call(&s, &dev, "c", chat(false)).await;
+    assert_eq!(v["status"], 200, "{v}");
+    let v = call(&s, &dev, "c", chat(true)).await;
+    assert_eq!(v["status"], 200, "{v}");
+    assert!(v["body"].as_str().unwrap().contains("[DONE]"), "{v}");
+    // 140 tokens counted, over the budget of 100: the next metered request is refused by
+    // the host with a 429 (never sent), unmetered ones still go.
+    let v = call(&s, &dev, "c", chat(false)).await;
+    assert_eq!(v["status"], 429, "{v}");
+    assert!(v["body"].as_str().unwrap().contains("token_budget_exhausted"), "{v}");
+    assert_eq!(up.seen.lock().unwrap().paths.iter().filter(|p| *p == "/v1/chat/completions").count(), 2);
+    let v = call(&s, &dev, "c", json!({ "url": up.url("/api/echo") })).await;
+    assert_eq!(v["status"], 200, "{v}");
+    let m = metrics(&s).await;
+    assert!(m.contains("cortex_egress_tokens_total{agent=\"c\",kind=\"prompt\",tenant=\"t\"} 60"), "{m}");
+    assert!(m.contains("cortex_egress_tokens_total{agent=\"c\",kind=\"completion\",tenant=\"t\"} 80"), "{m}");
+    let view = s.get_json(&dev, "/v1/agents/c").await;
+    assert_eq!(view["egress_usage"]["agent_prompt_tokens_today"], 60, "{view}");
+    assert_eq!(view["egress_usage"]["tenant_tokens_today"], 140, "{view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_egress_request_rate_is_a_tenant_quota() {
+    let up = Upstream::start().await;
+    let s = server(|_| {}).await;
+    s.tenant_with("t", Some(quotas(|q| q.egress_requests_per_second = 2))).await;
+    let dev = s.token(Some("t"), cortex_host::api::Role::Developer);
+    client(&s, &dev, "c", json!([{ "url": up.url("/api/") }])).await;
+    let v = call(&s, &dev, "c", json!({ "url": up.url("/api/echo"), "parallel": 4 })).await;
+    let statuses: Vec<Value> = v.as_array().unwrap().iter().map(|r| r["status"].clone()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == json!(200)).count(), 2, "{v}");
+    let refused = v.as_array().unwrap().iter().find(|r| r["status"] == 429).unwrap();
+    assert!(refused["body"].as_str().unwrap().contains("egress_rate_limited"), "{v}");
+    assert!(refused["headers"].as_array().unwrap().iter().any(|h| h[0] == "retry-after"), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_stay_within_the_tenant_allow_list() {
+    let s = server(|_| {}).await;
+    let dev = s.developer_in("t").await;
+    let admin = s.token(Some("t"), cortex_host::api::Role::TenantAdmin);
+    let digest = s.upload(&dev, art::EGRESS_CLIENT).await;
+    // Developers may not set it.
+    let r = s.req(reqwest::Method::PUT, "/v1/egress", &dev).json(&json!({ "allow": [] })).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = s
+        .req(reqwest::Method::PUT, "/v1/egress", &admin)
+        .json(&json!({ "allow": ["https://api.openai.com/v1/"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    assert_eq!(s.get_json(&admin, "/v1/egress").await["allow"], json!(["https://api.openai.com/v1/"]));
+    s.deploy_with(&dev, "in", &digest, json!({ "egress": [{ "url": "https://api.openai.com/v1/chat/" }] })).await;
+    for url in ["https://api.openai.com/v2/", "http://api.openai.com/v1/", "https://evil.example/v1/"] {
+        let r = s
+            .req(reqwest::Method::POST, "/v1/agents", &dev)
+            .json(&json!({ "name": "out", "module": digest, "egress": [{ "url": url }] }))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {text}");
+        assert!(text.contains("allow-list"), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_caller_example_asks_a_model_with_a_key_it_never_holds() {
+    let up = Upstream::start().await;
+    let s = server(|_| {}).await;
+    let dev = s.developer_in("t").await;
+    put_secret(&s, "t", "openai", "sk-example-key").await;
+    let digest = s.upload(&dev, art::MODEL_CALLER).await;
+    s.deploy_with(
+        &dev,
+        "ask",
+        &digest,
+        json!({
+            "config": { "base_url": up.url("/v1"), "model": "m" },
+            "egress": [{ "url": up.url("/v1/chat/completions"), "methods": ["POST"],
+                         "secret": "openai", "header": "authorization", "format": "Bearer {}", "meter": "openai" }],
+        }),
+    )
+    .await;
+    assert_eq!(s.invoke_ok(&dev, "ask", "Say hello").await, "Hello");
+    assert_eq!(up.seen.lock().unwrap().authorization, vec!["Bearer sk-example-key"]);
+}
