@@ -219,6 +219,7 @@ fn rbac_routes(kv: &str) -> Vec<RbacRoute> {
         (m("GET"), "/v1/keys", "/v1/keys".into(), Action::ManageKeys, None, None),
         (m("DELETE"), "/v1/keys/{id}", "/v1/keys/nokey".into(), Action::ManageKeys, None, None),
         (m("GET"), "/v1/audit", "/v1/audit".into(), Action::ReadAudit, None, None),
+        (m("GET"), "/v1/audit/export", "/v1/audit/export".into(), Action::ReadAudit, None, None),
         (m("GET"), "/v1/cluster", "/v1/cluster".into(), Action::ManageTenants, None, None),
         (m("GET"), "/v1/profiles", "/v1/profiles".into(), Action::ReadProfiles, None, None),
         (m("GET"), "/v1/profiles/{name}", "/v1/profiles/ghost".into(), Action::ReadProfiles, None, None),

@@ -231,7 +231,7 @@ fn promtool(text: &str) -> Result<(), String> {
 
 #[test]
 fn the_checker_refuses_what_a_scraper_refuses() {
-    let ok = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"q\\\"\\n\"} 1\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n";
+    let ok = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"q\\\"\\n\"} 1\n# HELP h H.\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n";
     let e = check(ok).unwrap();
     assert_eq!(e.value("a_total", &[("x", "q\"\n")]), Some(1.0));
     for bad in [
