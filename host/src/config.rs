@@ -62,6 +62,8 @@ pub struct ServerConfig {
     pub oci: OciConfig,
     /// Several nodes on one store: membership and leases.
     pub cluster: crate::cluster::ClusterConfig,
+    /// OpenTelemetry trace export (off unless `telemetry.endpoint` is set).
+    pub telemetry: crate::telemetry::otel::TelemetryConfig,
 }
 
 /// `[modules]`: how uploads are compiled.
@@ -182,6 +184,7 @@ impl Default for ServerConfig {
             modules: ModulesConfig::default(),
             oci: OciConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
+            telemetry: crate::telemetry::otel::TelemetryConfig::default(),
         }
     }
 }

@@ -157,13 +157,22 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CORTEX_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    {
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        // The log filter applies to the log lines only: the OpenTelemetry layer (inert
+        // unless `[telemetry]` turns export on) filters for itself.
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("CORTEX_LOG")
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                ),
+            )
+            .with(cortex_host::telemetry::otel::layer())
+            .init();
+    }
     let cli = Cli::parse();
     if let Command::Compile = cli.command {
         // No async runtime, no threads of ours: the child only compiles.
@@ -351,6 +360,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         println!("Cortex is serving on http://{addr}\n{}", token_hint(&cfg));
     }
     cortex_host::server::serve(state, listener, cortex_host::server::shutdown_signal()).await?;
+    // Export the spans still queued (waits on the exporter: off the async workers).
+    let _ = tokio::task::spawn_blocking(cortex_host::telemetry::otel::shutdown).await;
     Ok(ExitCode::SUCCESS)
 }
 
