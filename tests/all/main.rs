@@ -40,3 +40,4 @@ mod shared_modules;
 mod store_contract;
 mod supervision;
 mod tenants;
+mod tracing_otlp;

@@ -366,7 +366,7 @@ pub fn traceparent(span: &tracing::Span) -> Option<http::HeaderValue> {
 }
 
 /// A span's W3C trace context, as stored with a message (`traceparent`, `tracestate`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TraceContext {
     /// The W3C `traceparent`.
     pub traceparent: String,
@@ -470,6 +470,53 @@ pub fn current_trace_id() -> Option<String> {
         .or_else(|| trace_id_of(&tracing::Span::current()))
 }
 
+/// The span of one internal step of a request (`auth`), child of the current span; none
+/// while export is off.
+pub fn step(name: &'static str) -> tracing::Span {
+    if !enabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!("step", otel.name = name)
+}
+
+/// The span of one host call (`documents.get`, `messaging.call`, ...), child of the
+/// invocation's; none while export is off. Its attributes name the call, never its data.
+pub fn host_call(interface: &'static str, op: &'static str) -> tracing::Span {
+    if !enabled() {
+        return tracing::Span::none();
+    }
+    let kind = if interface == "messaging" && op != "call" { "producer" } else { "client" };
+    tracing::info_span!(
+        "host_call",
+        otel.name = %format_args!("{interface}.{op}"),
+        otel.kind = kind,
+        cortex.host_call.interface = interface,
+        cortex.host_call.operation = op,
+    )
+}
+
+/// The span of a delivery (`message`, `change`) to `tenant`/`agent`: the root of a trace
+/// of its own, linked to the span that sent the message or made the write (`from`), if
+/// known; none while export is off.
+pub fn delivery_span(kind: &'static str, tenant: &str, agent: &str, from: Option<&TraceContext>) -> tracing::Span {
+    if !enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        parent: None,
+        "deliver",
+        otel.name = %format_args!("deliver {kind}"),
+        otel.kind = "consumer",
+        cortex.tenant = tenant,
+        cortex.agent = agent,
+        cortex.delivery = kind,
+    );
+    if let Some(t) = from {
+        t.link_from(&span);
+    }
+    span
+}
+
 /// The W3C trace context header, in both directions.
 pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
@@ -503,6 +550,26 @@ mod tests {
             tracestate: String::new(),
         };
         assert_eq!(stored.trace_id(), Some("0af7651916cd43dd8448eb211c80319c"));
+    }
+
+    #[test]
+    fn the_readme_config_parses() {
+        let cfg: TelemetryConfig = toml::from_str(
+            r#"
+            endpoint = "http://otel-collector:4318"
+            headers = { authorization = "Bearer x" }
+            sampling_ratio = 0.1
+            service_name = "cortex"
+            resource_attributes = { "deployment.environment" = "prod" }
+            timeout_ms = 10000
+            max_queue = 2048
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.endpoint.as_deref(), Some("http://otel-collector:4318"));
+        assert_eq!(cfg.headers["authorization"], "Bearer x");
+        assert_eq!(cfg.resource_attributes["deployment.environment"], "prod");
+        assert!(toml::from_str::<TelemetryConfig>("sample_ratio = 0.5").is_err(), "unknown keys are refused");
     }
 
     #[test]
