@@ -275,7 +275,6 @@ where
             path = %req.uri().path(),
             request_id = id.to_str().unwrap_or("-"),
             otel.kind = "server",
-            otel.name = tracing::field::Empty,
             http.request.method = %req.method(),
             http.route = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
@@ -338,7 +337,7 @@ where
                 resp.headers_mut().insert(REQUEST_ID, id);
                 if let Some(tp) = traceparent {
                     otel_span.record("http.route", route);
-                    otel_span.record("otel.name", format!("{method} {route}"));
+                    crate::telemetry::otel::rename(&otel_span, format!("{method} {route}"));
                     otel_span.record("http.response.status_code", resp.status().as_u16());
                     resp.headers_mut().insert(crate::telemetry::otel::TRACEPARENT, tp);
                 }

@@ -440,6 +440,14 @@ impl TraceContext {
     }
 }
 
+/// Name `span` `name` in its export (`otel.name` recorded after the span started is not
+/// applied), while export is on.
+pub fn rename(span: &tracing::Span, name: String) {
+    if ON.load(Ordering::Relaxed) {
+        span.context().span().update_name(name);
+    }
+}
+
 /// The trace id of `span` (32 hex digits), while export is on.
 pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
     if !ON.load(Ordering::Relaxed) {
