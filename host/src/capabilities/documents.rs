@@ -218,6 +218,11 @@ impl Host for HostState {
     }
 }
 
+/// `f` within `span` (a host call's), typed so that `?` in it converts to the WIT result.
+fn traced<T, F: Future<Output = WitResult<T>>>(span: tracing::Span, f: F) -> tracing::instrument::Instrumented<F> {
+    tracing::Instrument::instrument(f, span)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,9 +246,4 @@ mod tests {
         assert!(wit_of(StoreError::Backend { message: "down".into(), transient: false, source: None }).is_none());
         assert!(wit_of(StoreError::Corrupted("bad".into())).is_none());
     }
-}
-
-/// `f` within `span` (a host call's), typed so that `?` in it converts to the WIT result.
-fn traced<T, F: Future<Output = WitResult<T>>>(span: tracing::Span, f: F) -> tracing::instrument::Instrumented<F> {
-    tracing::Instrument::instrument(f, span)
 }

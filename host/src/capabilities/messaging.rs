@@ -214,6 +214,11 @@ impl Host for HostState {
     }
 }
 
+/// `f` within `span` (a host call's), typed so that `?` in it converts to the WIT result.
+fn traced<T, F: Future<Output = WitResult<T>>>(span: tracing::Span, f: F) -> tracing::instrument::Instrumented<F> {
+    tracing::Instrument::instrument(f, span)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,9 +251,4 @@ mod tests {
         let next: Vec<&str> = chain.iter().map(|s| &**s).collect();
         assert_eq!(next, ["a", "b"]);
     }
-}
-
-/// `f` within `span` (a host call's), typed so that `?` in it converts to the WIT result.
-fn traced<T, F: Future<Output = WitResult<T>>>(span: tracing::Span, f: F) -> tracing::instrument::Instrumented<F> {
-    tracing::Instrument::instrument(f, span)
 }
