@@ -70,6 +70,8 @@ pub struct ServerConfig {
     pub secrets: crate::vault::SecretsConfig,
     /// Agents' outbound HTTP: address exceptions, timeouts and size limits.
     pub egress: crate::egress::EgressConfig,
+    /// OpenTelemetry trace export (off unless `telemetry.endpoint` is set).
+    pub telemetry: crate::telemetry::otel::TelemetryConfig,
 }
 
 /// `[audit]`: how long the audit log keeps events.
@@ -246,6 +248,7 @@ impl Default for ServerConfig {
             audit: AuditConfig::default(),
             secrets: crate::vault::SecretsConfig::default(),
             egress: crate::egress::EgressConfig::default(),
+            telemetry: crate::telemetry::otel::TelemetryConfig::default(),
         }
     }
 }

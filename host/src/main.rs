@@ -353,6 +353,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         println!("Cortex is serving on http://{addr}\n{}", token_hint(&cfg));
     }
     cortex_host::server::serve(state, listener, cortex_host::server::shutdown_signal()).await?;
+    // Export the spans still queued (waits on the exporter: off the async workers).
+    let _ = tokio::task::spawn_blocking(cortex_host::telemetry::otel::shutdown).await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -54,6 +54,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// Trace export (`[telemetry]`) could not be turned on.
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::otel::OtelError),
 }
 
 /// Build the application state for `config` (store, runtime, verifier) and restore agents.
@@ -74,6 +77,7 @@ pub async fn build_on(config: ServerConfig, store: Arc<dyn Store>) -> Result<Arc
         .map_err(|source| StoreError::Open { path: config.data_dir.clone(), source })?;
     let runtime = Runtime::new(config.engine.clone(), Some(&config.data_dir.join("cache")))?;
     let verifier = Verifier::new(&config.auth, &config.data_dir)?;
+    crate::telemetry::otel::install(&config.telemetry)?;
     // A metrics token that cannot be read stops the start, not only the scrapes.
     api::metrics_token(&config.metrics).map_err(AuthError::Config)?;
     // The registry stream's head before the agents are read: every change after it is
@@ -275,7 +279,26 @@ where
         // unless the response streams on.
         let keep_alive = activity.as_ref().map(|_| self.keep_alive.clone());
         let mut ended = activity.map(Ended);
-        let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = id.to_str().unwrap_or("-"));
+        // OpenTelemetry: a server span (semantic conventions http.*), child of the caller's
+        // `traceparent` if any; its name becomes `{method} {route}` once the route is known.
+        let span = tracing::info_span!(
+            "request",
+            method = %req.method(),
+            path = %req.uri().path(),
+            request_id = id.to_str().unwrap_or("-"),
+            otel.kind = "server",
+            http.request.method = %req.method(),
+            http.route = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        crate::telemetry::otel::set_remote_parent(&span, req.headers());
+        let trace_id = crate::telemetry::otel::trace_id_of(&span);
+        if let Some(t) = &trace_id {
+            span.record("trace_id", t.as_str());
+        }
+        let traceparent = crate::telemetry::otel::traceparent(&span);
+        let otel_span = span.clone();
         let deadline = api::RequestDeadline::after(self.timeout);
         let (started, method, metrics) = (std::time::Instant::now(), req.method().clone(), self.state.metrics.clone());
         // Where the router says which route it took (none on the fast path).
@@ -304,7 +327,7 @@ where
         let scoped_id = id.clone();
         Box::pin(api::request_id::scope(
             scoped_id,
-            async move {
+            crate::telemetry::otel::scope(trace_id, async move {
                 let mut resp = match lane {
                     Lane::Invoke(invoked) => invoked.await,
                     Lane::Router(routed, false) => match routed.await {
@@ -324,6 +347,12 @@ where
                 let route = route_slot.as_ref().map_or(crate::telemetry::http::INVOKE_ROUTE, |r| r.label());
                 metrics.http_request(&method, route, resp.status().as_u16(), started.elapsed());
                 resp.headers_mut().insert(REQUEST_ID, id);
+                if let Some(tp) = traceparent {
+                    otel_span.record("http.route", route);
+                    crate::telemetry::otel::rename(&otel_span, format!("{method} {route}"));
+                    otel_span.record("http.response.status_code", resp.status().as_u16());
+                    resp.headers_mut().insert(crate::telemetry::otel::TRACEPARENT, tp);
+                }
                 if ended.as_ref().is_some_and(|e| e.0.closing.load(Ordering::Relaxed)) {
                     // Shutting down: the client must not send another request here.
                     resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -339,7 +368,7 @@ where
                     resp = resp.map(|body| axum::body::Body::new(Tracked { body, _ended: ended }));
                 }
                 Ok(resp)
-            }
+            })
             .instrument(span),
         ))
     }

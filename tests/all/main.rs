@@ -46,3 +46,4 @@ mod store_contract;
 mod supervision;
 mod tenants;
 mod workflows;
+mod tracing_otlp;

@@ -79,8 +79,9 @@ impl Shared {
         }
         let invocation = report.id.to_string();
         let now = now_ms();
+        let trace_id = crate::telemetry::otel::current_trace_id();
         self.write(|ring| {
-            ring.record(l, &invocation, now);
+            ring.record_traced(l, &invocation, now, trace_id.as_deref());
             if failed {
                 let (message, fields) = failure(report, export);
                 ring.push(now, &invocation, LogStream::Host, Some("error".into()), &message, fields);

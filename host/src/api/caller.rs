@@ -51,7 +51,8 @@ impl Caller {
     /// refused), its own tenant's record, and the tenant header. Nothing is permitted yet:
     /// [`Self::permit`] does that (the route guard audits what it refuses, with the caller).
     pub async fn identify(st: &AppState, headers: &HeaderMap) -> ApiResult<Caller> {
-        let (principal, own) = principal_and_tenant(st, headers).await?;
+        let span = crate::telemetry::otel::step("auth");
+        let (principal, own) = tracing::Instrument::instrument(principal_and_tenant(st, headers), span).await?;
         Ok(Caller { principal, own, named: headers.get(TENANT_HEADER).cloned() })
     }
 

@@ -151,6 +151,10 @@ pub struct Problem {
     /// reporting a problem (the server's log has it too).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The OpenTelemetry trace id of the request (32 hex digits), when tracing is on:
+    /// find the request's spans by it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl ApiError {
@@ -208,6 +212,7 @@ fn problem_body(status: StatusCode, code: &str, detail: String) -> Problem {
         agent_code: None,
         agent_message: None,
         request_id: super::request_id::current(),
+        trace_id: crate::telemetry::otel::current_trace_id(),
     }
 }
 

@@ -142,24 +142,36 @@ impl Host for HostState {
 
     async fn get(&mut self, collection: String, key: String) -> WitResult<Option<wit::Document>> {
         self.calls.charge(Interface::Documents)?;
-        let cx = self.documents();
-        cx.check_name(&collection, &key)?;
-        Ok(cx.store.get(cx.scope, &collection, &key).await?.map(to_wit))
+        let span = crate::telemetry::otel::host_call("documents", "get");
+        traced(span, async move {
+            let cx = self.documents();
+            cx.check_name(&collection, &key)?;
+            Ok(cx.store.get(cx.scope, &collection, &key).await?.map(to_wit))
+        })
+        .await
     }
 
     async fn put(&mut self, collection: String, key: String, value: String, expected: Option<u64>) -> WitResult<u64> {
         self.calls.charge(Interface::Documents)?;
-        let cx = self.documents();
-        cx.check_name(&collection, &key)?;
-        cx.check_value(&value)?;
-        Ok(cx.store.put_within(cx.scope, &collection, &key, &value, expected, cx.quota).await?)
+        let span = crate::telemetry::otel::host_call("documents", "put");
+        traced(span, async move {
+            let cx = self.documents();
+            cx.check_name(&collection, &key)?;
+            cx.check_value(&value)?;
+            Ok(cx.store.put_within(cx.scope, &collection, &key, &value, expected, cx.quota).await?)
+        })
+        .await
     }
 
     async fn delete(&mut self, collection: String, key: String, expected: Option<u64>) -> WitResult<bool> {
         self.calls.charge(Interface::Documents)?;
-        let cx = self.documents();
-        cx.check_name(&collection, &key)?;
-        Ok(cx.store.delete(cx.scope, &collection, &key, expected).await?)
+        let span = crate::telemetry::otel::host_call("documents", "delete");
+        traced(span, async move {
+            let cx = self.documents();
+            cx.check_name(&collection, &key)?;
+            Ok(cx.store.delete(cx.scope, &collection, &key, expected).await?)
+        })
+        .await
     }
 
     async fn list(
@@ -170,32 +182,45 @@ impl Host for HostState {
         cursor: Option<String>,
     ) -> WitResult<wit::Page> {
         self.calls.charge(Interface::Documents)?;
-        let budget = self.page_budget();
-        let cx = self.documents();
-        store::check_collection(&collection, cx.limits)?;
-        store::keys::check_prefix(&prefix, cx.limits)?;
-        if let Some(c) = &cursor {
-            store::check_key(c, cx.limits)?;
-        }
-        let limit = limit.min(cx.limits.max_list);
-        let p = cx.store.list_bounded(cx.scope, &collection, &prefix, limit, cursor.as_deref(), budget).await?;
-        Ok(wit::Page { documents: p.documents.into_iter().map(to_wit).collect(), next: p.next })
+        let span = crate::telemetry::otel::host_call("documents", "list");
+        traced(span, async move {
+            let budget = self.page_budget();
+            let cx = self.documents();
+            store::check_collection(&collection, cx.limits)?;
+            store::keys::check_prefix(&prefix, cx.limits)?;
+            if let Some(c) = &cursor {
+                store::check_key(c, cx.limits)?;
+            }
+            let limit = limit.min(cx.limits.max_list);
+            let p = cx.store.list_bounded(cx.scope, &collection, &prefix, limit, cursor.as_deref(), budget).await?;
+            Ok(wit::Page { documents: p.documents.into_iter().map(to_wit).collect(), next: p.next })
+        })
+        .await
     }
 
     async fn transact(&mut self, ops: Vec<wit::Op>) -> WitResult<Vec<u64>> {
         self.calls.charge(Interface::Documents)?;
-        let cx = self.documents();
-        if ops.len() > cx.limits.max_transact_ops {
-            return Err(wit::Error::TooLarge(format!(
-                "{} ops in one transaction, over the limit of {}",
-                ops.len(),
-                cx.limits.max_transact_ops
-            ))
-            .into());
-        }
-        let checked = ops.iter().map(|op| cx.check_op(op)).collect::<Result<Vec<_>, _>>()?;
-        Ok(cx.store.transact_within(cx.scope, &checked, cx.quota).await?)
+        let span = crate::telemetry::otel::host_call("documents", "transact");
+        traced(span, async move {
+            let cx = self.documents();
+            if ops.len() > cx.limits.max_transact_ops {
+                return Err(wit::Error::TooLarge(format!(
+                    "{} ops in one transaction, over the limit of {}",
+                    ops.len(),
+                    cx.limits.max_transact_ops
+                ))
+                .into());
+            }
+            let checked = ops.iter().map(|op| cx.check_op(op)).collect::<Result<Vec<_>, _>>()?;
+            Ok(cx.store.transact_within(cx.scope, &checked, cx.quota).await?)
+        })
+        .await
     }
+}
+
+/// `f` within `span` (a host call's), typed so that `?` in it converts to the WIT result.
+fn traced<T, F: Future<Output = WitResult<T>>>(span: tracing::Span, f: F) -> tracing::instrument::Instrumented<F> {
+    tracing::Instrument::instrument(f, span)
 }
 
 #[cfg(test)]

@@ -90,25 +90,35 @@ impl Host for HostState {
 
     async fn link(&mut self, from: String, to: String, kind: String, attributes: String) -> WitResult<()> {
         self.calls.charge(Interface::Graph)?;
-        check_kind(&kind)?;
-        let (from, to) = (agent(&from)?, agent(&to)?);
-        let max = self.keys.max_value_bytes;
-        if attributes.len() > max {
-            return Err(wit::Error::TooLarge(format!("attributes are {} bytes, over {max}", attributes.len())).into());
-        }
-        super::json::check(&attributes).map_err(|e| wit::Error::InvalidArgument(format!("attributes: {e}")))?;
-        known_agent(self.documents(), &from).await?;
-        known_agent(self.documents(), &to).await?;
-        let cx = self.documents();
-        Ok(cx.store.link_within(&cx.scope.tenant, &from, &to, &kind, &attributes, cx.quota).await?)
+        let span = crate::telemetry::otel::host_call("graph", "link");
+        traced(span, async move {
+            check_kind(&kind)?;
+            let (from, to) = (agent(&from)?, agent(&to)?);
+            let max = self.keys.max_value_bytes;
+            if attributes.len() > max {
+                return Err(
+                    wit::Error::TooLarge(format!("attributes are {} bytes, over {max}", attributes.len())).into()
+                );
+            }
+            super::json::check(&attributes).map_err(|e| wit::Error::InvalidArgument(format!("attributes: {e}")))?;
+            known_agent(self.documents(), &from).await?;
+            known_agent(self.documents(), &to).await?;
+            let cx = self.documents();
+            Ok(cx.store.link_within(&cx.scope.tenant, &from, &to, &kind, &attributes, cx.quota).await?)
+        })
+        .await
     }
 
     async fn unlink(&mut self, from: String, to: String, kind: String) -> WitResult<bool> {
         self.calls.charge(Interface::Graph)?;
-        let (from, to) = (agent(&from)?, agent(&to)?);
-        check_kind(&kind)?;
-        let cx = self.documents();
-        Ok(cx.store.unlink(&cx.scope.tenant, &from, &to, &kind).await?)
+        let span = crate::telemetry::otel::host_call("graph", "unlink");
+        traced(span, async move {
+            let (from, to) = (agent(&from)?, agent(&to)?);
+            check_kind(&kind)?;
+            let cx = self.documents();
+            Ok(cx.store.unlink(&cx.scope.tenant, &from, &to, &kind).await?)
+        })
+        .await
     }
 
     async fn neighbours(
@@ -119,18 +129,25 @@ impl Host for HostState {
         limit: u32,
     ) -> WitResult<Vec<wit::Edge>> {
         self.calls.charge(Interface::Graph)?;
-        let agent = self::agent(&agent)?;
-        if let Some(k) = &kind {
-            check_kind(k)?;
-        }
-        let budget = self.page_budget();
-        let cx = self.documents();
-        let limit = limit.min(cx.limits.max_list) as usize;
-        let edges = cx
-            .store
-            .neighbours_bounded(&cx.scope.tenant, &agent, kind.as_deref(), direction(dir), limit, budget)
-            .await?;
-        Ok(edges.into_iter().map(|e| wit::Edge { from: e.from, to: e.to, kind: e.kind, attributes: e.attrs }).collect())
+        let span = crate::telemetry::otel::host_call("graph", "neighbours");
+        traced(span, async move {
+            let agent = self::agent(&agent)?;
+            if let Some(k) = &kind {
+                check_kind(k)?;
+            }
+            let budget = self.page_budget();
+            let cx = self.documents();
+            let limit = limit.min(cx.limits.max_list) as usize;
+            let edges = cx
+                .store
+                .neighbours_bounded(&cx.scope.tenant, &agent, kind.as_deref(), direction(dir), limit, budget)
+                .await?;
+            Ok(edges
+                .into_iter()
+                .map(|e| wit::Edge { from: e.from, to: e.to, kind: e.kind, attributes: e.attrs })
+                .collect())
+        })
+        .await
     }
 
     async fn traverse(
@@ -142,37 +159,46 @@ impl Host for HostState {
         limit: u32,
     ) -> WitResult<Vec<String>> {
         self.calls.charge(Interface::Graph)?;
-        agent(&start)?;
-        if let Some(k) = &kind {
-            check_kind(k)?;
-        }
-        let limit = limit.min(self.keys.max_list) as usize;
-        let depth = max_depth.min(MAX_DEPTH);
-        let mut seen = BTreeSet::from([start.clone()]);
-        let mut found = Vec::new();
-        let mut queue = VecDeque::from([(start, 0u32)]);
-        while let Some((agent, d)) = queue.pop_front() {
-            if d >= depth || found.len() >= limit {
-                continue;
+        let span = crate::telemetry::otel::host_call("graph", "traverse");
+        traced(span, async move {
+            agent(&start)?;
+            if let Some(k) = &kind {
+                check_kind(k)?;
             }
-            // Each hop is a store read: it counts against the host-call budget.
-            self.calls.charge(Interface::Graph)?;
-            let budget = self.page_budget();
-            let cx = self.documents();
-            let edges = cx
-                .store
-                .neighbours_bounded(&cx.scope.tenant, &agent, kind.as_deref(), direction(dir), limit, budget)
-                .await?;
-            for e in edges {
-                let next = if e.from == agent { e.to } else { e.from };
-                if found.len() < limit && seen.insert(next.clone()) {
-                    found.push(next.clone());
-                    queue.push_back((next, d + 1));
+            let limit = limit.min(self.keys.max_list) as usize;
+            let depth = max_depth.min(MAX_DEPTH);
+            let mut seen = BTreeSet::from([start.clone()]);
+            let mut found = Vec::new();
+            let mut queue = VecDeque::from([(start, 0u32)]);
+            while let Some((agent, d)) = queue.pop_front() {
+                if d >= depth || found.len() >= limit {
+                    continue;
+                }
+                // Each hop is a store read: it counts against the host-call budget.
+                self.calls.charge(Interface::Graph)?;
+                let budget = self.page_budget();
+                let cx = self.documents();
+                let edges = cx
+                    .store
+                    .neighbours_bounded(&cx.scope.tenant, &agent, kind.as_deref(), direction(dir), limit, budget)
+                    .await?;
+                for e in edges {
+                    let next = if e.from == agent { e.to } else { e.from };
+                    if found.len() < limit && seen.insert(next.clone()) {
+                        found.push(next.clone());
+                        queue.push_back((next, d + 1));
+                    }
                 }
             }
-        }
-        Ok(found)
+            Ok(found)
+        })
+        .await
     }
+}
+
+/// `f` within `span` (a host call's), typed so that `?` in it converts to the WIT result.
+fn traced<T, F: Future<Output = WitResult<T>>>(span: tracing::Span, f: F) -> tracing::instrument::Instrumented<F> {
+    tracing::Instrument::instrument(f, span)
 }
 
 #[cfg(test)]

@@ -162,44 +162,61 @@ impl Host for HostState {
 
     async fn send(&mut self, agent: String, body: Vec<u8>, idempotency_key: Option<String>) -> WitResult<()> {
         self.calls.charge(Interface::Messaging)?;
-        let m = self.messaging();
-        let to = target(&agent)?;
-        m.check_body(&body)?;
-        if let Some(k) = &idempotency_key
-            && (k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY)
-        {
-            return Err(MessagingError::InvalidArgument(format!(
-                "an idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes, not {}",
-                k.len()
-            ))
-            .into());
-        }
-        let messenger = m.messenger()?.clone();
-        Ok(messenger.send(&m.caller, &to, body, idempotency_key).await?)
+        let span = crate::telemetry::otel::host_call("messaging", "send");
+        traced(span, async move {
+            let m = self.messaging();
+            let to = target(&agent)?;
+            m.check_body(&body)?;
+            if let Some(k) = &idempotency_key
+                && (k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY)
+            {
+                return Err(MessagingError::InvalidArgument(format!(
+                    "an idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes, not {}",
+                    k.len()
+                ))
+                .into());
+            }
+            let messenger = m.messenger()?.clone();
+            Ok(messenger.send(&m.caller, &to, body, idempotency_key).await?)
+        })
+        .await
     }
 
     async fn call(&mut self, agent: String, body: Vec<u8>) -> WitResult<Option<Vec<u8>>> {
         self.calls.charge(Interface::Messaging)?;
-        let m = self.messaging();
-        let to = target(&agent)?;
-        m.check_body(&body)?;
-        let messenger = m.messenger()?.clone();
-        Ok(messenger.call(&m.caller, &to, body).await?)
+        let span = crate::telemetry::otel::host_call("messaging", "call");
+        traced(span, async move {
+            let m = self.messaging();
+            let to = target(&agent)?;
+            m.check_body(&body)?;
+            let messenger = m.messenger()?.clone();
+            Ok(messenger.call(&m.caller, &to, body).await?)
+        })
+        .await
     }
 
     async fn publish(&mut self, topic: String, body: Vec<u8>) -> WitResult<()> {
         self.calls.charge(Interface::Messaging)?;
-        let m = self.messaging();
-        if !valid_topic(&topic) {
-            return Err(MessagingError::InvalidArgument(format!(
-                "{topic:?} is not a topic name ([a-z0-9._-]{{1,128}})"
-            ))
-            .into());
-        }
-        m.check_body(&body)?;
-        let messenger = m.messenger()?.clone();
-        Ok(messenger.publish(&m.caller, &topic, body).await?)
+        let span = crate::telemetry::otel::host_call("messaging", "publish");
+        traced(span, async move {
+            let m = self.messaging();
+            if !valid_topic(&topic) {
+                return Err(MessagingError::InvalidArgument(format!(
+                    "{topic:?} is not a topic name ([a-z0-9._-]{{1,128}})"
+                ))
+                .into());
+            }
+            m.check_body(&body)?;
+            let messenger = m.messenger()?.clone();
+            Ok(messenger.publish(&m.caller, &topic, body).await?)
+        })
+        .await
     }
+}
+
+/// `f` within `span` (a host call's), typed so that `?` in it converts to the WIT result.
+fn traced<T, F: Future<Output = WitResult<T>>>(span: tracing::Span, f: F) -> tracing::instrument::Instrumented<F> {
+    tracing::Instrument::instrument(f, span)
 }
 
 #[cfg(test)]

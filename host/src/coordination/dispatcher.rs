@@ -280,7 +280,10 @@ impl Dispatcher {
                 let failure = loop {
                     attempt += 1;
                     let host = self.host()?;
-                    let delivery = host.deliver(&tenant, &self.agent, &batch).await;
+                    // A trace of its own (the writes' spans are not stored with the feed).
+                    let span = crate::telemetry::otel::delivery_span("change", &tenant, &self.agent, None);
+                    let delivery =
+                        tracing::Instrument::instrument(host.deliver(&tenant, &self.agent, &batch), span).await;
                     let what = match &delivery {
                         Delivery::Delivered => Some("delivered"),
                         Delivery::Failed { .. } if attempt >= self.settings.attempts.max(1) => Some("dead_lettered"),

@@ -14,6 +14,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
+use tracing::Instrument;
 
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{Notify, watch};
@@ -116,6 +117,7 @@ pub fn new_message(
         error_code: None,
         error: None,
         created_ms: now,
+        trace: crate::telemetry::otel::TraceContext::current(),
     }
 }
 
@@ -450,7 +452,9 @@ impl Runner {
             return self.park(store.as_ref(), &key, msg, "corrupted", "the stored body is unreadable").await;
         };
         let Some(host) = self.host() else { return Step::Gone };
-        let delivery = host.deliver_message(&self.tenant, &self.agent, &body).await;
+        // A trace of its own, linked to the span that sent the message.
+        let span = crate::telemetry::otel::delivery_span("message", &self.tenant, &self.agent, msg.trace.as_ref());
+        let delivery = host.deliver_message(&self.tenant, &self.agent, &body).instrument(span).await;
         drop(host);
         match delivery {
             Delivery::Gone => Step::Gone,

@@ -446,6 +446,10 @@ pub struct MessageRecord {
     /// Order among the messages this node sent in the same millisecond.
     #[serde(default)]
     pub seq: u64,
+    /// The W3C trace context of the span that sent it (tracing on): its delivery is
+    /// linked to that span. Absent in records written before, or with tracing off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::telemetry::otel::TraceContext>,
 }
 
 /// A delivered message that was sent with an idempotency key: a later message with the

@@ -107,16 +107,31 @@ impl LogRing {
 
     /// Append what one invocation wrote, as lines: stdout, stderr, then its log records.
     pub fn record(&mut self, logs: &Logs, invocation: &str, time_ms: u64) {
+        self.record_traced(logs, invocation, time_ms, None);
+    }
+
+    /// [`LogRing::record`], each line with the field `trace_id` when the invocation ran in
+    /// a trace (OpenTelemetry export on).
+    pub fn record_traced(&mut self, logs: &Logs, invocation: &str, time_ms: u64, trace_id: Option<&str>) {
+        let traced = |mut fields: Fields| {
+            if let Some(t) = trace_id {
+                fields.insert("trace_id".into(), serde_json::Value::String(t.to_owned()));
+            }
+            fields
+        };
         for (stream, bytes) in [(LogStream::Stdout, &logs.stdout), (LogStream::Stderr, &logs.stderr)] {
             for l in String::from_utf8_lossy(bytes).lines() {
                 match structured(l) {
-                    Some((level, message, fields)) => self.push(time_ms, invocation, stream, level, &message, fields),
-                    None => self.push(time_ms, invocation, stream, None, l, Fields::new()),
+                    Some((level, message, fields)) => {
+                        self.push(time_ms, invocation, stream, level, &message, traced(fields))
+                    }
+                    None => self.push(time_ms, invocation, stream, None, l, traced(Fields::new())),
                 }
             }
         }
         for r in &logs.records {
-            let fields = r.fields.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+            let fields =
+                traced(r.fields.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect());
             let level = Some(format!("{:?}", r.level).to_lowercase());
             self.push(time_ms, invocation, LogStream::Log, level, &r.message, fields);
         }

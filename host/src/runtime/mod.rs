@@ -361,9 +361,27 @@ impl Runtime {
     /// Call one export once in a fresh sandbox.
     pub async fn call(&self, module: &Module, agent: &AgentContext, limits: &Limits, export: Export<'_>) -> Report {
         let id = InvocationId::next();
-        let span =
-            tracing::info_span!("invocation", tenant = %agent.tenant(), agent = %agent.agent(), invocation = %id);
-        self.call_inner(module, agent, limits, export, id).instrument(span).await
+        let span = tracing::info_span!(
+            "invocation",
+            tenant = %agent.tenant(),
+            agent = %agent.agent(),
+            invocation = %id,
+            otel.name = %format_args!("invoke {}", agent.agent()),
+            cortex.tenant = %agent.tenant(),
+            cortex.agent = %agent.agent(),
+            cortex.invocation.id = %id,
+            cortex.export = export.name(),
+            cortex.outcome = tracing::field::Empty,
+            cortex.fuel = tracing::field::Empty,
+            cortex.memory.peak = tracing::field::Empty,
+        );
+        let report = self.call_inner(module, agent, limits, export, id).instrument(span.clone()).await;
+        if !span.is_disabled() {
+            span.record("cortex.outcome", report.outcome.code());
+            span.record("cortex.fuel", report.stats.fuel_used);
+            span.record("cortex.memory.peak", report.stats.peak_memory);
+        }
+        report
     }
 
     async fn call_inner(

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -43,12 +43,18 @@ pub fn filter(level: &str) -> EnvFilter {
 
 /// Install the process's log subscriber (once; later calls do nothing).
 pub fn init(cfg: &LogConfig) {
+    // The level filters the log lines only: the OpenTelemetry layer (inert unless
+    // `[telemetry]` turns export on) filters for itself, so a `warn` log level does not
+    // hide the INFO spans a trace is made of.
     let filter = filter(&cfg.level);
-    let registry = tracing_subscriber::registry().with(filter);
-    let _ = match cfg.format {
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init(),
-        LogFormat::Json => registry.with(JsonLayer).try_init(),
+    let lines: Box<dyn Layer<Registry> + Send + Sync> = match cfg.format {
+        LogFormat::Text => Box::new(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
+        LogFormat::Json => Box::new(JsonLayer),
     };
+    let _ = tracing_subscriber::registry()
+        .with(lines.with_filter(filter))
+        .with(crate::telemetry::otel::layer())
+        .try_init();
 }
 
 /// Writes each event as one JSON object a line on stderr.

@@ -23,6 +23,7 @@ use crate::store::RecordKind;
 
 pub mod http;
 pub mod logging;
+pub mod otel;
 pub mod process;
 pub mod sharded;
 
@@ -219,6 +220,9 @@ impl Metrics {
             &["version", "git_commit"],
         );
         build.with_label_values(&[VERSION, GIT_COMMIT]).set(1);
+        // Trace export counts (process-wide, as the exporter is).
+        let _ = f.registry.register(Box::new(otel::EXPORTS.clone()));
+        let _ = f.registry.register(Box::new(otel::SPANS.clone()));
         match process::ProcessCollector::new() {
             Ok(p) => {
                 let _ = f.registry.register(Box::new(p));
