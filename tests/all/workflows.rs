@@ -105,10 +105,20 @@ async fn a_50_step_dag_with_a_fan_out_of_20_aggregates_the_right_result() {
     let summary = doc(&n, "workflow-runs", &id).await.expect("the run's summary document");
     assert_eq!(summary["state"], "succeeded");
     assert_eq!(summary["steps"]["check"], "succeeded");
-    // And the run's start and end to the audit log.
-    let audit = n.get_json(&n.admin(), "/v1/audit?tenant=acme").await;
-    let text = audit.to_string();
-    assert!(text.contains("workflow_run_started") && text.contains("workflow_run_succeeded"), "{text}");
+    // And the run's start and end to the audit log (appended just after the run's record
+    // and its summary are written: poll).
+    let mut text = String::new();
+    let audited = tokio::time::timeout(DEADLINE, async {
+        loop {
+            text = n.get_json(&n.admin(), "/v1/audit?tenant=acme").await.to_string();
+            if text.contains("workflow_run_succeeded") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(audited.is_ok() && text.contains("workflow_run_started"), "{text}");
     // Listed, and filtered by state.
     let listed = n.get_json(&tok, "/v1/workflows/big/runs?state=succeeded").await;
     assert_eq!(listed.as_array().unwrap().len(), 1);
