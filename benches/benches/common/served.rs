@@ -78,10 +78,14 @@ fn mint(state: &AppState, claims: &(String, String), tenant: Option<&str>, role:
 
 /// Serve `cfg` (its quotas raised out of the way) on 127.0.0.1, with the `demo` tenant and
 /// `deploys` (`NAME=PATH`) deployed in it.
+// Each bench uses `serve` or `serve_on`.
+#[allow(dead_code)]
 pub async fn serve(cfg: ServerConfig, deploys: &[String]) -> Served {
     serve_on(cfg, None, deploys).await
 }
 
+// Each bench uses `serve` or `serve_on`.
+#[allow(dead_code)]
 /// [`serve`] over `store` if given (e.g. a wrapped store), else the one `cfg` names.
 pub async fn serve_on(
     mut cfg: ServerConfig,
