@@ -105,10 +105,20 @@ async fn a_50_step_dag_with_a_fan_out_of_20_aggregates_the_right_result() {
     let summary = doc(&n, "workflow-runs", &id).await.expect("the run's summary document");
     assert_eq!(summary["state"], "succeeded");
     assert_eq!(summary["steps"]["check"], "succeeded");
-    // And the run's start and end to the audit log.
-    let audit = n.get_json(&n.admin(), "/v1/audit?tenant=acme").await;
-    let text = audit.to_string();
-    assert!(text.contains("workflow_run_started") && text.contains("workflow_run_succeeded"), "{text}");
+    // And the run's start and end to the audit log (appended just after the run's record
+    // and its summary are written: poll).
+    let mut text = String::new();
+    let audited = tokio::time::timeout(DEADLINE, async {
+        loop {
+            text = n.get_json(&n.admin(), "/v1/audit?tenant=acme").await.to_string();
+            if text.contains("workflow_run_succeeded") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(audited.is_ok() && text.contains("workflow_run_started"), "{text}");
     // Listed, and filtered by state.
     let listed = n.get_json(&tok, "/v1/workflows/big/runs?state=succeeded").await;
     assert_eq!(listed.as_array().unwrap().len(), 1);
@@ -318,4 +328,88 @@ async fn deleting_the_tenant_deletes_its_workflows_and_runs() {
         assert!(store.record_list(kind, "acme/").await.unwrap().is_empty(), "{kind:?} left behind");
     }
     assert!(store.record_get(RecordKind::Lease, "acme/~workflows").await.unwrap().is_none());
+}
+
+/// The step of `run` with id `step`.
+fn step_of<'a>(run: &'a Value, step: &str) -> &'a Value {
+    run["steps"].as_array().unwrap().iter().find(|s| s["id"] == step).unwrap()
+}
+
+/// The workflow version of the order pipeline, `plugins/order-workflow.json` as it is in
+/// the repository (so the example cannot drift), over the `order-*` agents: a good order
+/// is taken in, priced, charged and shipped; an order that cannot ship fails its step
+/// after its retries and its charge is refunded (the compensation), the run ending
+/// `compensated`; an order with an unpriced SKU is rejected and neither charged nor
+/// shipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_order_workflow_example_ships_an_order_and_refunds_one_that_cannot_ship() {
+    let n = Server::start().await;
+    let tok = n.developer_in("acme").await;
+    // Downstream agents first (intake's `init` links it to pricing).
+    for (name, wasm, config) in [
+        ("order-payments", art::ORDER_PAYMENTS, json!({})),
+        ("order-pricing", art::ORDER_PRICING, json!({"price.apple": "125", "price.fig": "1999"})),
+        ("order-fulfilment", art::ORDER_FULFILMENT, json!({"pricing": "order-pricing", "unshippable": "fig"})),
+        ("order-intake", art::ORDER_INTAKE, json!({"next": "order-pricing"})),
+    ] {
+        let digest = n.upload(&tok, wasm).await;
+        n.deploy(&tok, name, &digest, config).await;
+    }
+    let def: Value = serde_json::from_str(include_str!("../../plugins/order-workflow.json")).unwrap();
+    let (s, body) = put_workflow(&n, &tok, "orders", &def).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let ended = ["succeeded", "failed", "compensated", "needs_attention", "cancelled"];
+
+    // Shipped: 2 apples at 125.
+    let order = json!({"id": "o-1", "customer": "Ada", "items": [{"sku": "apple", "qty": 2}]});
+    let (s, run) = start_run(&n, &tok, "orders", json!({"input": order, "idempotency_key": "o-1"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{run}");
+    let done = run_until(&n, &tok, "orders", run["id"].as_str().unwrap(), &ended).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        done["output"],
+        json!({
+            "order": "o-1",
+            "priced": {"order": "o-1", "status": "priced", "total_cents": 250},
+            "payment": {"order": "o-1", "amount_cents": 250, "status": "charged"},
+            "shipped": {"order": "o-1", "status": "fulfilled", "total_cents": 250},
+        })
+    );
+    let stored = doc(&n, "orders", "o-1").await.unwrap();
+    assert_eq!(stored["history"], json!(["received", "priced", "fulfilled"]));
+    assert_eq!(doc(&n, "shipments", "o-1").await.unwrap()["total_cents"], 250);
+    // The workflow moved the order on: intake sent pricing no message.
+    let pricing = n.get_json(&tok, "/v1/agents/order-pricing").await;
+    assert_eq!(
+        (pricing["messages"]["delivered"].as_u64(), pricing["messages"]["pending"].as_u64()),
+        (Some(0), Some(0))
+    );
+
+    // Cannot ship a fig: the charge is refunded, the order stays priced, nothing shipped.
+    let order = json!({"id": "o-2", "customer": "Bo", "items": [{"sku": "fig", "qty": 1}]});
+    let (_, run) = start_run(&n, &tok, "orders", json!({"input": order})).await;
+    let done = run_until(&n, &tok, "orders", run["id"].as_str().unwrap(), &ended).await;
+    assert_eq!(done["state"], "compensated", "{done}");
+    let fulfil = step_of(&done, "fulfil");
+    assert_eq!(fulfil["state"], "failed", "{fulfil}");
+    assert_eq!(fulfil["attempts"], 2, "{fulfil}");
+    assert_eq!(fulfil["outcome"], "agent_error", "{fulfil}");
+    assert!(fulfil["message"].as_str().unwrap().contains("cannot-ship"), "{fulfil}");
+    assert_eq!(
+        doc(&n, "payments", "o-2").await.unwrap(),
+        json!({"order": "o-2", "amount_cents": 1999, "status": "refunded"})
+    );
+    assert_eq!(doc(&n, "orders", "o-2").await.unwrap()["status"], "priced");
+    assert!(doc(&n, "shipments", "o-2").await.is_none());
+
+    // An unpriced SKU: rejected by pricing, so the charge and the shipment are skipped.
+    let order = json!({"id": "o-3", "customer": "Cy", "items": [{"sku": "durian", "qty": 1}]});
+    let (_, run) = start_run(&n, &tok, "orders", json!({"input": order})).await;
+    let done = run_until(&n, &tok, "orders", run["id"].as_str().unwrap(), &ended).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["output"]["priced"]["status"], "rejected", "{done}");
+    assert_eq!((done["output"]["payment"].clone(), done["output"]["shipped"].clone()), (Value::Null, Value::Null));
+    assert_eq!(step_of(&done, "charge")["state"], "skipped");
+    assert_eq!(step_of(&done, "fulfil")["state"], "skipped");
+    assert!(doc(&n, "payments", "o-3").await.is_none());
 }

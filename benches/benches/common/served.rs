@@ -78,7 +78,20 @@ fn mint(state: &AppState, claims: &(String, String), tenant: Option<&str>, role:
 
 /// Serve `cfg` (its quotas raised out of the way) on 127.0.0.1, with the `demo` tenant and
 /// `deploys` (`NAME=PATH`) deployed in it.
-pub async fn serve(mut cfg: ServerConfig, deploys: &[String]) -> Served {
+// Each bench uses `serve` or `serve_on`.
+#[allow(dead_code)]
+pub async fn serve(cfg: ServerConfig, deploys: &[String]) -> Served {
+    serve_on(cfg, None, deploys).await
+}
+
+// Each bench uses `serve` or `serve_on`.
+#[allow(dead_code)]
+/// [`serve`] over `store` if given (e.g. a wrapped store), else the one `cfg` names.
+pub async fn serve_on(
+    mut cfg: ServerConfig,
+    store: Option<std::sync::Arc<dyn cortex_host::store::Store>>,
+    deploys: &[String],
+) -> Served {
     // A bench harness cannot be its own compile child: this crate's `cortex-bench-compile` is.
     cfg.engine.compile.program = Some(env!("CARGO_BIN_EXE_cortex-bench-compile").into());
     cfg.quotas = Quotas {
@@ -88,7 +101,10 @@ pub async fn serve(mut cfg: ServerConfig, deploys: &[String]) -> Served {
         agents: u32::MAX,
         ..Quotas::default()
     };
-    let state = cortex_host::server::build(cfg.clone()).await.unwrap();
+    let state = match store {
+        Some(store) => cortex_host::server::build_on(cfg.clone(), store).await.unwrap(),
+        None => cortex_host::server::build(cfg.clone()).await.unwrap(),
+    };
     let claims = (cfg.auth.issuer.clone(), cfg.auth.audience.clone());
     let token = |tenant: Option<&str>, role: &str| mint(&state, &claims, tenant, role);
     let admin = token(None, "platform-admin");

@@ -414,6 +414,17 @@ impl Vault {
     }
 }
 
+/// The egress path reads the secrets a grant injects from the vault. A name that is not a
+/// valid secret name, or a secret that does not exist, is `None`; a record that does not
+/// open (another key, damaged) is an error, never a value.
+impl crate::egress::SecretSource for Vault {
+    fn reveal<'a>(&'a self, tenant: &'a str, name: &'a str) -> crate::egress::Reveal<'a> {
+        Box::pin(async move {
+            Vault::reveal(self, tenant, name).await.map_err(|e| crate::egress::SecretSourceError::Unavailable(e.to_string()))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,16 +479,5 @@ mod tests {
         assert!(!valid_name(&"a".repeat(129)));
         let s = SecretValue::new("hunter2".into());
         assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
-    }
-}
-
-/// The egress path reads the secrets a grant injects from the vault. A name that is not a
-/// valid secret name, or a secret that does not exist, is `None`; a record that does not
-/// open (another key, damaged) is an error, never a value.
-impl crate::egress::SecretSource for Vault {
-    fn reveal<'a>(&'a self, tenant: &'a str, name: &'a str) -> crate::egress::Reveal<'a> {
-        Box::pin(async move {
-            Vault::reveal(self, tenant, name).await.map_err(|e| crate::egress::SecretSourceError::Unavailable(e.to_string()))
-        })
     }
 }

@@ -158,7 +158,8 @@ impl Agent for Kv {
     fn init(config: Vec<(String, String)>) -> Result<(), AgentError> {
         if let Some((_, puts)) = config.iter().find(|(k, _)| k == "init_puts") {
             for put in puts.split(';').filter(|p| !p.is_empty()) {
-                let (addr, value) = put.split_once('=').ok_or_else(|| AgentError::bad_input("expected COLL/KEY=JSON"))?;
+                let (addr, value) =
+                    put.split_once('=').ok_or_else(|| AgentError::bad_input("expected COLL/KEY=JSON"))?;
                 let (c, k) = coll_key(addr)?;
                 documents::put(c, k, value, None).map_err(|e| AgentError::new("put-failed", error_text(&e)))?;
                 let seen = documents::get(c, k).map_err(|e| AgentError::new("get-failed", error_text(&e)))?;

@@ -1,7 +1,8 @@
 //! `order-common`: what the four agents of the order pipeline (`order-intake`,
 //! `order-pricing`, `order-fulfilment`, `order-auditor`; see `plugins/README.md`) share:
 //! the order document and its statuses, the rule for order ids and SKUs, config lookups,
-//! and the graph links that `init` of intake and pricing makes.
+//! the graph links that `init` of intake and pricing makes, and what makes a stage usable
+//! as a workflow step ([`in_workflow`], [`step_order`], [`step_answer`]).
 //!
 //! A plain library (an rlib, not a component): `tests/artifacts/build.rs` builds it as a
 //! dependency of the agents and gives it no constant in `cortex-artifacts`. It calls the
@@ -93,6 +94,43 @@ impl Order {
         self.status = status.to_owned();
         self.history.push(status.to_owned());
     }
+}
+
+/// The config key the host sets (to the run id) when an agent runs as a workflow step.
+pub const WORKFLOW_RUN: &str = "cortex.workflow.run";
+
+/// Whether this invocation is a step of a workflow run (the host set [`WORKFLOW_RUN`]).
+/// A stage then sends and publishes nothing, since the workflow moves the order on, and
+/// answers JSON ([`step_answer`]); pricing and fulfilment take `{"order": ID}`
+/// ([`step_order`]) instead of their text commands.
+pub fn in_workflow() -> bool {
+    cortex_agent::config(WORKFLOW_RUN).is_some()
+}
+
+/// The order id of a workflow step's input `{"order": ID}`; `bad-input` otherwise.
+pub fn step_order(input: &[u8]) -> Result<String, AgentError> {
+    #[derive(Deserialize)]
+    struct Step {
+        order: String,
+    }
+    let step: Step = serde_json::from_slice(input)
+        .map_err(|e| AgentError::bad_input(format!("a workflow step takes {{\"order\": ID}}: {e}")))?;
+    check_id(&step.order)?;
+    Ok(step.order)
+}
+
+/// A stage's answer as a workflow step: `{"order": ID, "status": S}` from `orders/<id>`
+/// as it is now, with `total_cents` once priced and `reason` once rejected.
+pub fn step_answer(id: &str) -> Result<Option<Vec<u8>>, AgentError> {
+    let (order, _) = load(id)?;
+    let mut answer = serde_json::json!({ "order": order.id, "status": order.status });
+    if let Some(cents) = order.total_cents {
+        answer["total_cents"] = cents.into();
+    }
+    if let Some(reason) = order.reason {
+        answer["reason"] = reason.into();
+    }
+    Ok(Some(serde_json::to_vec(&answer)?))
 }
 
 /// Whether `s` is a usable order id or SKU: `[A-Za-z0-9._-]{1,64}`.

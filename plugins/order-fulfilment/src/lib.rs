@@ -14,11 +14,18 @@
 //! fulfilled. An order still `received` is an error (`not-priced`), so the mailbox delivers
 //! it again later.
 //!
+//! **As a workflow step** (`plugins/order-workflow.json`; the host sets
+//! `cortex.workflow.run`): takes `{"order": ID}` and does the same, answering `{"order":
+//! ID, "status": S}` ([`order_common::step_answer`]).
+//!
 //! Errors: `bad-input` (not an order id), `unknown-order`, `not-priced`, `invalid-state`,
+//! `cannot-ship` (an item's SKU is listed in config `unshippable`; nothing is written),
 //! `bad-quote` (the reply of pricing is not a quote for this order), `bad-config`, and the
 //! pricing agent's own errors, passed through by `call`.
 //!
-//! **Config:** `pricing` = the agent that answers quotes (required).
+//! **Config:** `pricing` = the agent that answers quotes (required); `unshippable` = SKUs
+//! that cannot be shipped (comma-separated, optional): an order with one fails with
+//! `cannot-ship` (the workflow version then refunds its payment).
 //!
 //! The order document ([`order_common::Order`]), its statuses, the id check and the config
 //! lookups come from `order-common`, shared with the other stages.
@@ -26,8 +33,8 @@
 use cortex_agent::documents::{self, Op, PutOp, StoreError};
 use cortex_agent::{Agent, AgentError, messaging};
 use order_common::{
-    FULFILLED, Item, MAX_ATTEMPTS, ORDERS, PRICED, RECEIVED, REJECTED, check_id, kept_changing, load, require_config,
-    required_config,
+    FULFILLED, Item, MAX_ATTEMPTS, ORDERS, PRICED, RECEIVED, REJECTED, check_id, in_workflow, kept_changing, load,
+    require_config, required_config, step_answer, step_order,
 };
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +44,8 @@ struct OrderFulfilment;
 const SHIPMENTS: &str = "shipments";
 /// The config key naming the agent that answers quotes.
 const PRICING: &str = "pricing";
+/// The config key listing SKUs that cannot be shipped (comma-separated).
+const UNSHIPPABLE: &str = "unshippable";
 /// What config `pricing` names, for its error.
 const PRICING_IS: &str = "the quoting agent";
 
@@ -80,6 +89,10 @@ fn fulfil(id: &str) -> Result<&'static str, AgentError> {
             RECEIVED => return Err(AgentError::new("not-priced", format!("order {id} is not priced yet"))),
             other => return Err(AgentError::new("invalid-state", format!("order {id} is {other:?}"))),
         }
+        let unshippable = cortex_agent::config(UNSHIPPABLE).unwrap_or_default();
+        if let Some(item) = order.items.iter().find(|i| unshippable.split(',').any(|s| s.trim() == i.sku)) {
+            return Err(AgentError::new("cannot-ship", format!("order {id}: {} cannot be shipped", item.sku)));
+        }
         let total_cents = final_quote(id)?;
         let shipment = Shipment { order: id, customer: &order.customer, items: &order.items, total_cents };
         let shipment = serde_json::to_string(&shipment)?;
@@ -109,6 +122,11 @@ impl Agent for OrderFulfilment {
     }
 
     fn handle(input: Vec<u8>) -> Result<Option<Vec<u8>>, AgentError> {
+        if in_workflow() {
+            let id = step_order(&input)?;
+            fulfil(&id)?;
+            return step_answer(&id);
+        }
         let input = String::from_utf8(input)?;
         let status = fulfil(check_id(input.trim())?)?;
         Ok(Some(status.as_bytes().to_vec()))

@@ -23,13 +23,21 @@
 //! longer named; a downstream agent that does not exist fails `init` with
 //! `unknown-downstream`, so deploy downstream agents first.
 //!
+//! **As a workflow step** (`plugins/order-workflow.json`; the host sets
+//! `cortex.workflow.run`): the same checks and the same write, but no message is sent (the
+//! workflow prices the order next), and the answer is JSON, `{"order": ID, "status": S}`
+//! ([`order_common::step_answer`]), for a new order and a duplicate alike.
+//!
 //! The order document ([`order_common::Order`]), the id and SKU rule, the config checks
 //! and the graph links of `init` ([`order_common::link_downstream`]) come from
 //! `order-common`, shared with the other stages.
 
 use cortex_agent::documents::{self, StoreError};
 use cortex_agent::{Agent, AgentError, messaging};
-use order_common::{Item, NEXT, ORDERS, Order, RECEIVED, is_name, link_downstream, require_config, required_config};
+use order_common::{
+    Item, NEXT, ORDERS, Order, RECEIVED, in_workflow, is_name, link_downstream, require_config, required_config,
+    step_answer,
+};
 use serde::Deserialize;
 
 struct OrderIntake;
@@ -109,8 +117,10 @@ impl Agent for OrderIntake {
 
     fn handle(input: Vec<u8>) -> Result<Option<Vec<u8>>, AgentError> {
         let order = parse(&input)?;
+        let workflow = in_workflow();
         let stored = Order::received(order.id.clone(), order.customer.clone(), order.items.clone());
         match documents::put_json(ORDERS, &order.id, &stored, Some(0)) {
+            Ok(_) if workflow => step_answer(&order.id),
             Ok(_) => {
                 send_to_pricing(&order.id)?;
                 Ok(Some(b"accepted".to_vec()))
@@ -122,6 +132,9 @@ impl Agent for OrderIntake {
                 };
                 if existing.customer != order.customer || existing.items != order.items {
                     return Err(AgentError::new("id-reused", format!("order {} exists with other contents", order.id)));
+                }
+                if workflow {
+                    return step_answer(&order.id);
                 }
                 if existing.status == RECEIVED {
                     send_to_pricing(&order.id)?;

@@ -13,6 +13,12 @@
 //! - `quote:<ID>` (a call from `order-fulfilment`): the order's total at today's prices,
 //!   `{"order": ID, "total_cents": N}`, without writing anything.
 //!
+//! - as a workflow step (`plugins/order-workflow.json`; the host sets `cortex.workflow.run`):
+//!   `{"order": ID}`, priced as `price:<ID>` is, but nothing is published (the workflow
+//!   charges and ships the order next); answers `{"order": ID, "status": "priced",
+//!   "total_cents": N}` or `{"order": ID, "status": "rejected", "reason": ...}`
+//!   ([`order_common::step_answer`]).
+//!
 //! Errors: `bad-input` (unknown command or bad id), `unknown-order` (no `orders/<ID>`),
 //! `unknown-sku` (a quote for an order with an unpriced SKU), `invalid-state` (a status the
 //! pipeline does not know), `bad-config`.
@@ -32,8 +38,8 @@ use std::collections::BTreeMap;
 use cortex_agent::documents::{self, StoreError};
 use cortex_agent::{Agent, AgentError, messaging};
 use order_common::{
-    FULFILLED, Item, MAX_ATTEMPTS, ORDERS, PRICED, RECEIVED, REJECTED, check_id, config_value, kept_changing,
-    link_downstream, load,
+    FULFILLED, Item, MAX_ATTEMPTS, ORDERS, PRICED, RECEIVED, REJECTED, check_id, config_value, in_workflow,
+    kept_changing, link_downstream, load, step_answer, step_order,
 };
 use serde_json::json;
 
@@ -78,15 +84,17 @@ fn publish(id: &str) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// `price:<ID>`: received -> priced (then publish) or rejected.
-fn price(id: &str) -> Result<&'static str, AgentError> {
+/// `price:<ID>`: received -> priced (then publish, if `publish`) or rejected.
+fn price(id: &str, publish_priced: bool) -> Result<&'static str, AgentError> {
     let prices = price_table(&cortex_agent::config_all())?;
     for _ in 0..MAX_ATTEMPTS {
         let (mut order, revision) = load(id)?;
         match order.status.as_str() {
             RECEIVED => {}
             PRICED => {
-                publish(id)?;
+                if publish_priced {
+                    publish(id)?;
+                }
                 return Ok(PRICED);
             }
             FULFILLED => return Ok(FULFILLED),
@@ -108,7 +116,7 @@ fn price(id: &str) -> Result<&'static str, AgentError> {
         order.advance(status);
         match documents::put_json(ORDERS, id, &order, Some(revision)) {
             Ok(_) => {
-                if status == PRICED {
+                if status == PRICED && publish_priced {
                     publish(id)?;
                 }
                 return Ok(status);
@@ -137,10 +145,15 @@ impl Agent for OrderPricing {
     }
 
     fn handle(input: Vec<u8>) -> Result<Option<Vec<u8>>, AgentError> {
+        if in_workflow() {
+            let id = step_order(&input)?;
+            price(&id, false)?;
+            return step_answer(&id);
+        }
         let input = String::from_utf8(input)?;
         let (verb, id) = input.split_once(':').unwrap_or((input.as_str(), ""));
         let reply = match verb {
-            "price" => price(check_id(id)?)?.to_owned(),
+            "price" => price(check_id(id)?, true)?.to_owned(),
             "quote" => quote(check_id(id)?)?,
             other => return Err(AgentError::bad_input(format!("unknown command {other:?} (price:ID or quote:ID)"))),
         };
