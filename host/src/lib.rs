@@ -24,5 +24,5 @@ pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod telemetry;
-pub mod workflows;
 pub mod vault;
+pub mod workflows;

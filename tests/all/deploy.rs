@@ -935,7 +935,12 @@ fn every_overlay_runs_the_host_as_its_config_and_the_image_expect() {
         // Its Role is namespaced, so it must watch its own namespace: unset, the operator lists
         // across all namespaces and is refused.
         let env_from_field = |name: &str| {
-            oc["env"].as_array().unwrap().iter().find(|e| e["name"] == name).map(|e| e["valueFrom"]["fieldRef"]["fieldPath"].clone())
+            oc["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == name)
+                .map(|e| e["valueFrom"]["fieldRef"]["fieldPath"].clone())
         };
         assert_eq!(env_from_field("WATCH_NAMESPACE"), Some(Value::from("metadata.namespace")), "{at}");
         assert!(r.kind("ClusterRole").is_empty(), "{at}: a ClusterRole");

@@ -45,5 +45,5 @@ mod shared_modules;
 mod store_contract;
 mod supervision;
 mod tenants;
-mod workflows;
 mod tracing_otlp;
+mod workflows;

@@ -114,8 +114,14 @@ impl AppState {
         let vault = Arc::new(crate::vault::Vault::new(store.clone(), keys, &config.secrets));
         let registry = Registry::new(store);
         let tenants = Arc::new(Tenants::new(registry.clone(), config.scheduling.guests));
-        let agents =
-            Arc::new(Agents::new(config.clone(), runtime.clone(), registry.clone(), metrics.clone(), tenants.clone(), vault.clone())?);
+        let agents = Arc::new(Agents::new(
+            config.clone(),
+            runtime.clone(),
+            registry.clone(),
+            metrics.clone(),
+            tenants.clone(),
+            vault.clone(),
+        )?);
         let workflows = crate::workflows::Workflows::new(registry.clone(), agents.clone(), tenants.clone());
         Ok(Self {
             config,

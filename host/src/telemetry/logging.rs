@@ -15,10 +15,10 @@ use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::{EnvFilter, Layer, Registry};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -51,10 +51,8 @@ pub fn init(cfg: &LogConfig) {
         LogFormat::Text => Box::new(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
         LogFormat::Json => Box::new(JsonLayer),
     };
-    let _ = tracing_subscriber::registry()
-        .with(lines.with_filter(filter))
-        .with(crate::telemetry::otel::layer())
-        .try_init();
+    let _ =
+        tracing_subscriber::registry().with(lines.with_filter(filter)).with(crate::telemetry::otel::layer()).try_init();
 }
 
 /// Writes each event as one JSON object a line on stderr.

@@ -420,7 +420,9 @@ impl Vault {
 impl crate::egress::SecretSource for Vault {
     fn reveal<'a>(&'a self, tenant: &'a str, name: &'a str) -> crate::egress::Reveal<'a> {
         Box::pin(async move {
-            Vault::reveal(self, tenant, name).await.map_err(|e| crate::egress::SecretSourceError::Unavailable(e.to_string()))
+            Vault::reveal(self, tenant, name)
+                .await
+                .map_err(|e| crate::egress::SecretSourceError::Unavailable(e.to_string()))
         })
     }
 }
