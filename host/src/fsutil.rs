@@ -18,7 +18,7 @@ pub const FILE_MODE: u32 = 0o600;
 
 /// What Cortex keeps in the data directory, tightened at start by [`prepare_data_dir`]
 /// (anything else there is left alone).
-const OWN_ENTRIES: [&str; 4] = ["store", "modules", "cache", "jwt-hs256.secret"];
+const OWN_ENTRIES: [&str; 6] = ["store", "modules", "cache", "jwt-hs256.secret", "secrets.key", "node-id"];
 
 #[cfg(unix)]
 fn set_mode(path: &Path, mode: u32) -> io::Result<()> {

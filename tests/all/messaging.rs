@@ -103,8 +103,14 @@ async fn a_failing_message_is_retried_then_dead_lettered_and_replayed() {
     assert_eq!(l["error_code"], "agent_error", "{l}");
     assert_eq!(l["message"]["from"], "a", "{l}");
     assert_eq!(l["message"]["body_hex"], "7061796c6f6164", "{l}");
-    let view = s.get_json(&dev, "/v1/agents/b").await;
-    assert_eq!((view["messages"]["retried"].as_u64(), view["messages"]["dead_lettered"].as_u64()), (Some(1), Some(1)));
+    // The letter is stored before the agent's counter moves: wait for the counter.
+    let counts = until("the dead letter counted in the agent view", || async {
+        let view = s.get_json(&dev, "/v1/agents/b").await;
+        let c = (view["messages"]["retried"].as_u64(), view["messages"]["dead_lettered"].as_u64());
+        (c.1 == Some(1)).then_some(c)
+    })
+    .await;
+    assert_eq!(counts, (Some(1), Some(1)));
 
     // Replay while it still fails: 422, the letter stays.
     let id = l["id"].as_str().unwrap();

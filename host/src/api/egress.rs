@@ -21,9 +21,16 @@ type St = State<Arc<AppState>>;
 pub struct EgressAllow {
     /// URL prefixes (`https://api.example.com/v1/`) grants must stay within; `null`: no
     /// allow-list (any destination a deploy names); `[]`: no egress at all.
-    #[schema(max_items = 64)]
+    #[schema(max_items = 64, value_type = Option<Vec<UrlPrefix>>)]
     pub allow: Option<Vec<String>>,
 }
+
+/// A URL prefix of the allow-list: `http` or `https`, a host name, an optional port and a
+/// path without dot segments.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, pattern = "^https?://[a-z0-9]([a-z0-9-]*[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[1-9][0-9]{0,3})?(/[A-Za-z0-9_~-]*)*$")]
+#[allow(dead_code)]
+pub struct UrlPrefix(String);
 
 pub async fn get(State(st): St, p: Caller) -> ApiResult<Json<EgressAllow>> {
     let t = p.scope(&st).await?;

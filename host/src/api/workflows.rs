@@ -200,8 +200,9 @@ pub struct StartRun {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub input: Value,
-    /// Starting again with the same key returns the run started first.
+    /// Starting again with the same key returns the run started first (1 to 256 bytes).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
     pub idempotency_key: Option<String>,
 }
 

@@ -20,6 +20,7 @@ pub struct Definition {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     /// The steps; each runs once its `depends_on` have finished.
+    #[schema(min_items = 1, max_items = 500)]
     pub steps: Vec<Step>,
     /// Named compensation steps that steps refer to (`compensation`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
