@@ -6,8 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use cortex_artifacts as art;
@@ -16,82 +14,11 @@ use cortex_operator::testing::FakeKube;
 use cortex_operator::{Context, Cortex, FINALIZER, agent, tenant};
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_cortex");
+#[path = "support/serve.rs"]
+mod serve;
+use serve::Serve;
+
 const NS: &str = "apps";
-
-/// A `cortex serve` on a loopback port, killed on drop.
-struct Serve {
-    child: Child,
-    base: String,
-    data: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn cortex(args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CORTEX") {
-            c.env_remove(k);
-        }
-    }
-    c.args(args);
-    c
-}
-
-impl Serve {
-    fn start(data: &std::path::Path) -> Serve {
-        let data = data.to_str().unwrap().to_owned();
-        let log = std::fs::File::create(format!("{data}.stderr")).unwrap();
-        let mut child = cortex(&["serve", "--listen", "127.0.0.1:0", "--data", &data])
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        // Kept open (and drained) for the server's life.
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut out, &mut std::io::sink());
-        });
-        let addr = line.trim().strip_prefix("Cortex is serving on ").unwrap_or_else(|| {
-            panic!(
-                "unexpected first line {line:?}: {}",
-                std::fs::read_to_string(format!("{data}.stderr")).unwrap_or_default()
-            )
-        });
-        Serve { child, base: addr.to_owned(), data }
-    }
-
-    fn token(&self, tenant: Option<&str>, role: &str) -> String {
-        let mut args = vec!["token", "--data", &self.data, "--role", role];
-        if let Some(t) = tenant {
-            args.extend(["--tenant", t]);
-        }
-        let out = cortex(&args).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
-
-    async fn ready(&self, http: &reqwest::Client) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            if let Ok(r) = http.get(format!("{}/readyz", self.base)).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            assert!(std::time::Instant::now() < deadline, "{} never became ready", self.base);
-            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-        }
-    }
-}
 
 /// Serve `bytes` at `http://127.0.0.1:PORT/module.wasm`.
 async fn serve_file(bytes: Vec<u8>) -> String {
@@ -150,7 +77,7 @@ async fn an_agent_resource_becomes_an_invokable_agent_is_upgraded_and_deleted() 
     let dir = tempfile::tempdir().unwrap();
     let s = Serve::start(&dir.path().join("data"));
     let http = reqwest::Client::new();
-    s.ready(&http).await;
+    s.ready().await;
     let admin = s.token(None, "platform-admin");
     let (kube, client) = FakeKube::new();
     let ctx = Arc::new(Context::new(client, Some(Cortex::new(&s.base, &admin).unwrap())));
