@@ -557,7 +557,7 @@ fn run_query(st: &mut State, db: &str, q: &str, vars: &Value) -> Option<Vec<Valu
             let n = remove_where(st, db, "cortex_edges", matches)?;
             Some(vec![json!({ "n": n, "bytes": bytes })])
         }
-        "FOR e IN cortex_feed FILTER e.stream == @stream AND e.seq > @since SORT e.seq LIMIT @limit RETURN { seq: e.seq, collection: e.collection, key: e.key, op: e.op, rev: e.rev, agent: e.agent }" =>
+        "FOR e IN cortex_feed FILTER e.stream == @stream AND e.seq > @since SORT e.seq LIMIT @limit RETURN { seq: e.seq, collection: e.collection, key: e.key, op: e.op, rev: e.rev, agent: e.agent, trace: e.trace }" =>
         {
             let (stream, since) = (s("stream"), n("since"));
             let mut rows: Vec<Value> = docs(st, "cortex_feed")
@@ -565,7 +565,7 @@ fn run_query(st: &mut State, db: &str, q: &str, vars: &Value) -> Option<Vec<Valu
                 .filter(|e| e["stream"] == stream.as_str() && e["seq"].as_u64().is_some_and(|q| q > since))
                 .collect();
             rows.sort_by_key(|e| e["seq"].as_u64());
-            let pick = |e: Value| json!({ "seq": e["seq"], "collection": e["collection"], "key": e["key"], "op": e["op"], "rev": e["rev"], "agent": e["agent"] });
+            let pick = |e: Value| json!({ "seq": e["seq"], "collection": e["collection"], "key": e["key"], "op": e["op"], "rev": e["rev"], "agent": e["agent"], "trace": e["trace"] });
             Some(rows.into_iter().take(n("limit") as usize).map(pick).collect())
         }
         "FOR e IN cortex_edges FILTER e._from == @vertex AND e.tenant == @tenant AND (@kind == null OR e.kind == @kind) SORT e.kh, e.th LIMIT @limit WINDOW { preceding: \"unbounded\", following: 0 } AGGREGATE used = SUM(e.size) RETURN { from: e.from, to: e.to, kind: e.kind, attrs: used <= @budget OR used == e.size ? e.attrs : null }" => {

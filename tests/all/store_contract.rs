@@ -542,7 +542,7 @@ async fn all_events(s: &Arc<dyn Store>, tenant: &str) -> Vec<ChangeEvent> {
 }
 
 fn ev(seq: u64, collection: &str, key: &str, op: ChangeOp, revision: u64, agent: &str) -> ChangeEvent {
-    ChangeEvent { seq, collection: collection.into(), key: key.into(), op, revision, agent: agent.into() }
+    ChangeEvent { seq, collection: collection.into(), key: key.into(), op, revision, agent: agent.into(), trace: None }
 }
 
 /// The change feed: one event per effective write, in the write's own atomic step.

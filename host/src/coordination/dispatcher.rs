@@ -280,8 +280,13 @@ impl Dispatcher {
                 let failure = loop {
                     attempt += 1;
                     let host = self.host()?;
-                    // A trace of its own (the writes' spans are not stored with the feed).
-                    let span = crate::telemetry::otel::delivery_span("change", &tenant, &self.agent, None);
+                    // A trace of its own, linked to the spans that made the writes.
+                    let span = crate::telemetry::otel::delivery_span_linked(
+                        "change",
+                        &tenant,
+                        &self.agent,
+                        batch.iter().filter_map(|e| e.trace.as_ref()),
+                    );
                     let delivery =
                         tracing::Instrument::instrument(host.deliver(&tenant, &self.agent, &batch), span).await;
                     let what = match &delivery {

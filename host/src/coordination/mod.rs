@@ -165,6 +165,7 @@ mod tests {
             op: store::ChangeOp::Put,
             revision: 1,
             agent: "a".into(),
+            trace: None,
         }
     }
 

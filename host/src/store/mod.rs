@@ -600,6 +600,11 @@ pub struct ChangeEvent {
     /// The agent that wrote (the scope's agent; empty in dead letters kept before it was).
     #[serde(default)]
     pub agent: String,
+    /// The W3C trace context of the span that made the write, while tracing was on: the
+    /// delivery of the event to a watcher is linked to it. Kept in the store only, not part
+    /// of the change-feed API (nor of dead letters).
+    #[serde(skip)]
+    pub trace: Option<crate::telemetry::otel::TraceContext>,
 }
 
 /// The change feed: every document write of a tenant, in commit order.

@@ -507,6 +507,20 @@ pub fn host_call(interface: &'static str, op: &'static str) -> tracing::Span {
 /// of its own, linked to the span that sent the message or made the write (`from`), if
 /// known; none while export is off.
 pub fn delivery_span(kind: &'static str, tenant: &str, agent: &str, from: Option<&TraceContext>) -> tracing::Span {
+    delivery_span_linked(kind, tenant, agent, from)
+}
+
+/// Links a delivery span carries at most (a batch of changes from many writes).
+pub const MAX_DELIVERY_LINKS: usize = 32;
+
+/// [`delivery_span`] linked to each distinct span in `from` (the writes of a batch of
+/// changes), [`MAX_DELIVERY_LINKS`] at most.
+pub fn delivery_span_linked<'a>(
+    kind: &'static str,
+    tenant: &str,
+    agent: &str,
+    from: impl IntoIterator<Item = &'a TraceContext>,
+) -> tracing::Span {
     if !enabled() {
         return tracing::Span::none();
     }
@@ -519,8 +533,15 @@ pub fn delivery_span(kind: &'static str, tenant: &str, agent: &str, from: Option
         cortex.agent = agent,
         cortex.delivery = kind,
     );
-    if let Some(t) = from {
-        t.link_from(&span);
+    let mut linked: Vec<&str> = Vec::new();
+    for t in from {
+        if linked.len() >= MAX_DELIVERY_LINKS {
+            break;
+        }
+        if !linked.contains(&t.traceparent.as_str()) {
+            linked.push(&t.traceparent);
+            t.link_from(&span);
+        }
     }
     span
 }

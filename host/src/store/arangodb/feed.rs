@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use super::keys::escape;
 use super::{ArangoStore, Coll, Step, backend, event_key, is_not_found, lost_race, read, with_key};
 use crate::store::{ChangeEvent, ChangeOp, FeedStore, Result, Scope, StoreError};
+use crate::telemetry::otel::TraceContext;
 
 /// First and longest pause between two polls of the head in [`FeedStore::wait_for`].
 const POLL: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(250));
@@ -46,6 +47,10 @@ struct StoredChange {
     op: String,
     rev: u64,
     agent: String,
+    /// The writer's trace context (absent in events stored before it was kept, and while
+    /// tracing is off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trace: Option<TraceContext>,
 }
 
 fn stream(tenant: &str) -> String {
@@ -65,6 +70,8 @@ pub(super) async fn append(feed: &Coll, scope: &Scope, events: &[Pending<'_>]) -
     if events.is_empty() {
         return Ok(Step::Done(None));
     }
+    // The writer's span (a host call, a request) is the current one.
+    let trace = TraceContext::current();
     let stream = stream(&scope.tenant);
     let hk = head_key(&stream);
     let current = read::<Head>(feed, &hk).await?;
@@ -91,6 +98,7 @@ pub(super) async fn append(feed: &Coll, scope: &Scope, events: &[Pending<'_>]) -
             op: e.op.as_str().to_owned(),
             rev: e.revision,
             agent: scope.agent.to_string(),
+            trace: trace.clone(),
         };
         match feed.create_document(with_key(&event_key(&stream, seq), &body)?, InsertOptions::default()).await {
             Ok(_) => {}
@@ -140,11 +148,13 @@ impl FeedStore for ArangoStore {
             op: String,
             rev: u64,
             agent: String,
+            #[serde(default)]
+            trace: Option<TraceContext>,
         }
         let rows: Vec<Row> = self
             .query(
                 "FOR e IN cortex_feed FILTER e.stream == @stream AND e.seq > @since SORT e.seq LIMIT @limit \
-                 RETURN { seq: e.seq, collection: e.collection, key: e.key, op: e.op, rev: e.rev, agent: e.agent }",
+                 RETURN { seq: e.seq, collection: e.collection, key: e.key, op: e.op, rev: e.rev, agent: e.agent, trace: e.trace }",
                 vec![("stream", json!(stream(tenant))), ("since", json!(since)), ("limit", json!(limit))],
             )
             .await?;
@@ -163,6 +173,7 @@ impl FeedStore for ArangoStore {
                 op,
                 revision: row.rev,
                 agent: row.agent,
+                trace: row.trace,
             });
         }
         Ok(out)

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{EmbeddedStore, backend, keys_with_prefix, push_part};
 use crate::store::{ChangeEvent, ChangeOp, FeedStore, Result, Scope, StoreError};
+use crate::telemetry::otel::TraceContext;
 
 pub(super) const FEED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("feed");
 pub(super) const HEADS: TableDefinition<&str, u64> = TableDefinition::new("feed_heads");
@@ -24,6 +25,10 @@ struct Stored {
     o: String,
     r: u64,
     a: String,
+    /// The writer's trace context (absent in events stored before it was kept, and while
+    /// tracing is off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    t: Option<TraceContext>,
 }
 
 pub(super) fn create_tables(txn: &redb::WriteTransaction) -> Result<()> {
@@ -50,6 +55,8 @@ pub(super) struct FeedTables<'t> {
     heads: redb::Table<'t, &'static str, u64>,
     /// The last number appended in this transaction, to publish after the commit.
     pub(super) appended: Option<u64>,
+    /// The trace context of the write's span, stored with each event appended.
+    pub(super) trace: Option<TraceContext>,
 }
 
 impl<'t> FeedTables<'t> {
@@ -58,6 +65,7 @@ impl<'t> FeedTables<'t> {
             events: txn.open_table(FEED).map_err(backend)?,
             heads: txn.open_table(HEADS).map_err(backend)?,
             appended: None,
+            trace: None,
         })
     }
 
@@ -78,6 +86,7 @@ impl<'t> FeedTables<'t> {
             o: op.as_str().to_owned(),
             r: revision,
             a: scope.agent.to_string(),
+            t: self.trace.clone(),
         };
         let json = serde_json::to_vec(&event).map_err(|e| StoreError::Backend {
             message: format!("encoding an event: {e}"),
@@ -114,6 +123,7 @@ fn decode(tenant: &str, seq: u64, raw: &[u8]) -> Result<ChangeEvent> {
         op: ChangeOp::parse(&e.o).ok_or_else(bad)?,
         revision: e.r,
         agent: e.a,
+        trace: e.t,
     })
 }
 

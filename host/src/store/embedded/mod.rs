@@ -159,6 +159,8 @@ impl EmbeddedStore {
         tenant: &Arc<str>,
         f: impl FnOnce(&mut Tables<'_>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        // The writer's span (a host call, a request) is current here, not on the blocking thread.
+        let trace = crate::telemetry::otel::TraceContext::current();
         let (out, head) = self
             .write_txn(move |txn| {
                 let mut tables = Tables {
@@ -166,6 +168,7 @@ impl EmbeddedStore {
                     usage: txn.open_table(USAGE).map_err(backend)?,
                     feed: feed::FeedTables::open(txn)?,
                 };
+                tables.feed.trace = trace;
                 let out = f(&mut tables)?;
                 Ok((out, tables.feed.appended))
             })
