@@ -297,7 +297,7 @@ where
         if let Some(t) = &trace_id {
             span.record("trace_id", t.as_str());
         }
-        let traceparent = crate::telemetry::otel::traceparent(&span);
+        let traceparent = crate::telemetry::otel::TraceHeaders::of(&span);
         let otel_span = span.clone();
         let deadline = api::RequestDeadline::after(self.timeout);
         let (started, method, metrics) = (std::time::Instant::now(), req.method().clone(), self.state.metrics.clone());
@@ -351,7 +351,7 @@ where
                     otel_span.record("http.route", route);
                     crate::telemetry::otel::rename(&otel_span, format!("{method} {route}"));
                     otel_span.record("http.response.status_code", resp.status().as_u16());
-                    resp.headers_mut().insert(crate::telemetry::otel::TRACEPARENT, tp);
+                    tp.insert_into(resp.headers_mut());
                 }
                 if ended.as_ref().is_some_and(|e| e.0.closing.load(Ordering::Relaxed)) {
                     // Shutting down: the client must not send another request here.

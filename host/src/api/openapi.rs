@@ -772,7 +772,7 @@ pub fn openapi() -> Value {
         "info": {
             "title": "Cortex",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "The Cortex HTTP API. Errors are RFC 9457 problem+json with a stable `code` and the request's `request_id`; every response carries `x-request-id` (a client's own, 1 to 128 visible ASCII characters, is kept)."
+            "description": "The Cortex HTTP API. Errors are RFC 9457 problem+json with a stable `code` and the request's `request_id`; every response carries `x-request-id` (a client's own, 1 to 128 visible ASCII characters, is kept). With tracing on (`[telemetry]`), W3C `traceparent` and `tracestate` request headers continue the caller's trace, and every response carries the `traceparent` of the server's span (and the `tracestate`, if the trace has one)."
         },
         "paths": d.paths,
         "components": {

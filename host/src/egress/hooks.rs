@@ -68,18 +68,65 @@ impl WasiHttpHooks for EgressHooks {
             tracing::info!(target: "cortex::egress", tenant = %self.tenant, agent = %self.agent, "too many outbound requests at once");
             return Box::new(async { Err(Error::ConnectionLimitReached) });
         };
-        // One span per request when tracing is on: method and host, never the path's query,
-        // headers or body.
+        // One span per request, an OpenTelemetry HTTP client span when tracing is on:
+        // method, server address and port, scheme and path, the response status; never the
+        // query (`url.full` is left out for it), headers or body.
+        let mut request = request;
+        let uri = request.uri();
+        let method = match crate::telemetry::http::method_label(request.method()) {
+            "other" => "_OTHER",
+            m => m,
+        };
+        let port = uri.port_u16().or(match uri.scheme_str() {
+            Some("https") => Some(443),
+            Some("http") => Some(80),
+            _ => None,
+        });
         let span = tracing::info_span!(
             target: "cortex::egress",
             "egress",
             tenant = %self.tenant,
             agent = %self.agent,
             method = %request.method(),
-            host = request.uri().host().unwrap_or(""),
+            host = uri.host().unwrap_or(""),
+            otel.name = if method == "_OTHER" { "HTTP" } else { method },
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = method,
+            server.address = uri.host().unwrap_or(""),
+            server.port = port.unwrap_or(0),
+            url.scheme = uri.scheme_str().unwrap_or(""),
+            url.path = uri.path(),
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            cortex.tenant = %self.tenant,
+            cortex.agent = %self.agent,
         );
+        crate::telemetry::otel::inject_into_egress(&span, request.headers_mut());
         let caller = Caller { tenant: self.tenant.clone(), agent: self.agent.clone(), deadline: self.deadline };
         let service = link.service.clone();
-        Box::new(tracing::Instrument::instrument(service.send(link, caller, permit, request, options), span))
+        let sent = service.send(link, caller, permit, request, options);
+        let outcome = span.clone();
+        Box::new(tracing::Instrument::instrument(
+            async move {
+                let r = sent.await;
+                match &r {
+                    Ok((resp, _)) => {
+                        let status = resp.status().as_u16();
+                        outcome.record("http.response.status_code", status);
+                        if status >= 400 {
+                            outcome.record("error.type", crate::telemetry::http::status_label(status));
+                            outcome.record("otel.status_code", "error");
+                        }
+                    }
+                    Err(e) => {
+                        outcome.record("error.type", super::send::status_of(e));
+                        outcome.record("otel.status_code", "error");
+                    }
+                }
+                r
+            },
+            span,
+        ))
     }
 }

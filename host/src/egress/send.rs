@@ -115,7 +115,7 @@ fn too_many(r: Refusal) -> http::Response<WasiBody> {
 }
 
 /// A short name of an error for the `status` label and the log.
-fn status_of(e: &Error) -> &'static str {
+pub(super) fn status_of(e: &Error) -> &'static str {
     match e {
         Error::HttpRequestDenied => "denied",
         Error::DestinationIpProhibited => "address_denied",

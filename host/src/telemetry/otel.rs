@@ -64,6 +64,10 @@ pub struct TelemetryConfig {
     pub timeout_ms: u64,
     /// Spans queued for export at most; past it, new spans are dropped (and counted).
     pub max_queue: usize,
+    /// Send `traceparent`/`tracestate` with agents' outbound HTTP requests (egress), so a
+    /// destination that traces joins the trace. Off by default: it tells third parties the
+    /// trace id (and sampling decision) of the request that led to the call.
+    pub propagate_to_egress: bool,
 }
 
 impl Default for TelemetryConfig {
@@ -76,6 +80,7 @@ impl Default for TelemetryConfig {
             resource_attributes: BTreeMap::new(),
             timeout_ms: 10_000,
             max_queue: 2048,
+            propagate_to_egress: false,
         }
     }
 }
@@ -93,6 +98,9 @@ pub enum OtelError {
 
 /// Is export on (some [`install`] succeeded and its guard lives)?
 static ON: AtomicBool = AtomicBool::new(false);
+
+/// `propagate_to_egress` of the config [`install`] turned export on with.
+static TO_EGRESS: AtomicBool = AtomicBool::new(false);
 
 /// The tracer spans are built with: a never-sampling one until [`install`].
 static TRACER: LazyLock<RwLock<SdkTracer>> = LazyLock::new(|| RwLock::new(off_tracer()));
@@ -204,6 +212,7 @@ pub fn flush() {
 /// Turn export off, after exporting what is queued (at the process's exit).
 pub fn shutdown() {
     ON.store(false, Ordering::Relaxed);
+    TO_EGRESS.store(false, Ordering::Relaxed);
     *TRACER.write().unwrap_or_else(PoisonError::into_inner) = off_tracer();
     let provider = PROVIDER.lock().unwrap_or_else(PoisonError::into_inner).take();
     if let Some(p) = provider
@@ -259,6 +268,7 @@ pub fn install(cfg: &TelemetryConfig) -> Result<bool, OtelError> {
     LazyLock::force(&SPANS);
     *TRACER.write().unwrap_or_else(PoisonError::into_inner) = provider.tracer("cortex");
     let old = PROVIDER.lock().unwrap_or_else(PoisonError::into_inner).replace(provider);
+    TO_EGRESS.store(cfg.propagate_to_egress, Ordering::Relaxed);
     ON.store(true, Ordering::Relaxed);
     tracing::callsite::rebuild_interest_cache();
     if let Some(old) = old {
@@ -363,6 +373,33 @@ pub fn set_remote_parent(span: &tracing::Span, headers: &http::HeaderMap) {
 pub fn traceparent(span: &tracing::Span) -> Option<http::HeaderValue> {
     let cx = TraceContext::of(span)?;
     http::HeaderValue::from_str(&cx.traceparent).ok()
+}
+
+/// The `traceparent` (and `tracestate`, if the trace has one) of a response, for the
+/// span that served the request.
+#[derive(Clone, Debug)]
+pub struct TraceHeaders {
+    traceparent: http::HeaderValue,
+    tracestate: Option<http::HeaderValue>,
+}
+
+impl TraceHeaders {
+    /// The headers of `span` (while export is on and the span has a context).
+    pub fn of(span: &tracing::Span) -> Option<TraceHeaders> {
+        let cx = TraceContext::of(span)?;
+        Some(TraceHeaders {
+            traceparent: http::HeaderValue::from_str(&cx.traceparent).ok()?,
+            tracestate: (!cx.tracestate.is_empty()).then(|| http::HeaderValue::from_str(&cx.tracestate).ok()).flatten(),
+        })
+    }
+
+    /// Set them on a response.
+    pub fn insert_into(self, headers: &mut http::HeaderMap) {
+        headers.insert(TRACEPARENT, self.traceparent);
+        if let Some(ts) = self.tracestate {
+            headers.insert(TRACESTATE, ts);
+        }
+    }
 }
 
 /// A span's W3C trace context, as stored with a message (`traceparent`, `tracestate`).
@@ -546,8 +583,57 @@ pub fn delivery_span_linked<'a>(
     span
 }
 
+/// The span of one attempt of a workflow step's call (`workflow.step`): the root of a
+/// trace of its own, linked to the request that started the run (if it was traced), with
+/// the step's invocation as its child; none while export is off.
+pub fn workflow_step_span(run: &crate::workflows::Run, step: &str, attempt: u32, agent: &str) -> tracing::Span {
+    if !enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        parent: None,
+        "workflow_step",
+        otel.name = "workflow.step",
+        otel.kind = "internal",
+        cortex.tenant = %run.tenant,
+        cortex.agent = agent,
+        cortex.workflow.name = %run.workflow,
+        cortex.workflow.version = run.version,
+        cortex.workflow.run.id = %run.id,
+        cortex.workflow.step.id = step,
+        cortex.workflow.step.attempt = attempt,
+    );
+    if let Some(t) = &run.trace {
+        t.link_from(&span);
+    }
+    span
+}
+
+/// Put the trace context of `span` (`traceparent`, and `tracestate` if any) into the
+/// headers of an agent's outbound request, replacing the agent's own, when export is on
+/// and `[telemetry] propagate_to_egress` is set; otherwise leave them alone. Returns
+/// whether it did.
+pub fn inject_into_egress(span: &tracing::Span, headers: &mut http::HeaderMap) -> bool {
+    if !TO_EGRESS.load(Ordering::Relaxed) {
+        return false;
+    }
+    let Some(cx) = TraceContext::of(span) else { return false };
+    let Ok(tp) = http::HeaderValue::from_str(&cx.traceparent) else { return false };
+    headers.insert(TRACEPARENT, tp);
+    headers.remove(TRACESTATE);
+    if !cx.tracestate.is_empty()
+        && let Ok(ts) = http::HeaderValue::from_str(&cx.tracestate)
+    {
+        headers.insert(TRACESTATE, ts);
+    }
+    true
+}
+
 /// The W3C trace context header, in both directions.
 pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
+/// The W3C vendor trace state header, in both directions (with [`TRACEPARENT`]).
+pub const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
 /// Is export on?
 pub fn enabled() -> bool {
@@ -592,6 +678,7 @@ mod tests {
             resource_attributes = { "deployment.environment" = "prod" }
             timeout_ms = 10000
             max_queue = 2048
+            propagate_to_egress = false
             "#,
         )
         .unwrap();

@@ -213,6 +213,7 @@ impl Workflows {
         let wf = self.get(tenant, name, None).await?;
         let mut run = Run::new(new_run_id(), tenant, name, wf.version, wf.definition, input);
         run.idempotency_key = idempotency_key;
+        run.trace = crate::telemetry::otel::TraceContext::current();
         let bytes = serde_json::to_vec(&run).map_err(|e| WorkflowError::Conflict(e.to_string()))?;
         let mut ops = vec![
             RecordOp::Put {
@@ -652,7 +653,9 @@ impl Driver {
                     let Some(spec) = run.call_of(slot) else { continue };
                     let me = self.clone();
                     let run_id = run.id.clone();
-                    inflight.push(async move { (slot, me.call(&run_id, spec).await) });
+                    let span = crate::telemetry::otel::workflow_step_span(&run, &spec.step, spec.attempt, &spec.agent);
+                    let call = tracing::Instrument::instrument(async move { me.call(&run_id, spec).await }, span);
+                    inflight.push(async move { (slot, call.await) });
                 }
             }
             if inflight.is_empty() && (stopping || !run.state.is_active()) {

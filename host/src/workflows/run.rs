@@ -197,6 +197,10 @@ pub struct Run {
     pub cancel_requested: bool,
     /// The definition it runs (copied, so later versions do not change it).
     pub definition: Definition,
+    /// The W3C trace context of the request that started it, while tracing was on: the
+    /// span of each step's call is linked to it. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::telemetry::otel::TraceContext>,
 }
 
 /// Which call to start: a step's call, or a compensation's.
@@ -263,6 +267,7 @@ impl Run {
             compensations: Vec::new(),
             cancel_requested: false,
             definition,
+            trace: None,
         }
     }
 
