@@ -124,8 +124,15 @@ async fn change_feed(state: &Arc<AppState>, api: &Api, writes: usize) {
         let t0 = Instant::now();
         let key = format!("b{i}");
         let revision = store.put(&scope, "base", &key, "{}", None).await.unwrap();
-        let event =
-            ChangeEvent { seq: 0, collection: "base".into(), key, op: ChangeOp::Put, revision, agent: "w".into(), trace: None };
+        let event = ChangeEvent {
+            seq: 0,
+            collection: "base".into(),
+            key,
+            op: ChangeOp::Put,
+            revision,
+            agent: "w".into(),
+            trace: None,
+        };
         let ctx = state.agents.deployed_context(&d, &q);
         let r = state.runtime.call(&d.module, &ctx, &Limits::default(), Export::OnChange(&[event])).await;
         assert!(r.outcome.is_ok());
