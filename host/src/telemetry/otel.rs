@@ -7,10 +7,12 @@
 //! turn export on for itself without relying on any other global provider.
 //!
 //! W3C trace context: [`extract`] reads `traceparent`/`tracestate` of an inbound request,
-//! [`traceparent`] writes the header of a span; [`scope`]/[`current_trace_id`] carry the
+//! [`traceparent`]/[`TraceHeaders`] write the headers of a span; [`scope`]/[`current_trace_id`] carry the
 //! trace id of the request a task answers (problem+json bodies and agent log records quote
-//! it); [`context_of`]/[`TraceContext`] store a span's context with a message so that its
-//! delivery is linked to the sender's span.
+//! it); [`TraceContext`] stores a span's context with a message, a change event or a
+//! workflow run so that its delivery (or step) is linked to the sender's (writer's,
+//! starter's) span; [`inject_into_egress`] passes it to an agent's HTTP destination when
+//! `propagate_to_egress` says so.
 //!
 //! Spans never carry a tenant's data (inputs, outputs, document values, message bodies):
 //! only names, ids, outcomes and sizes.
