@@ -469,11 +469,23 @@ async fn an_egress_request_carries_no_trace_context_by_default() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deliveries_on_another_node_are_linked_through_the_shared_store() {
-    use crate::cluster::{Backend, nodes_on, owners, within};
+    cross_node(crate::cluster::Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deliveries_on_another_node_are_linked_through_the_shared_arangodb_store() {
+    cross_node(crate::cluster::Backend::FakeArango).await;
+}
+
+/// Two nodes over one store of `backend`: a message sent through one node and a document
+/// written through one node are delivered by the receiver's owner, the other node, linked
+/// to the sending and writing spans.
+async fn cross_node(backend: crate::cluster::Backend) {
+    use crate::cluster::{nodes_on, owners, within};
     assert!(cortex_host::telemetry::otel::init_subscriber(), "this process has no subscriber yet");
     let received: Received = Arc::default();
     let endpoint = receiver(received.clone()).await;
-    let Some((n, _store, _shared)) = nodes_on(Backend::Embedded, 2).await else { return };
+    let Some((n, _store, _shared)) = nodes_on(backend, 2).await else { return };
     // Export is process-wide: both in-process nodes send to the one receiver.
     let cfg = cortex_host::telemetry::otel::TelemetryConfig { endpoint: Some(endpoint), ..Default::default() };
     assert!(cortex_host::telemetry::otel::install(&cfg).unwrap());
