@@ -696,5 +696,14 @@ mod tests {
         assert!(cfg.endpoint.is_none());
         assert!(!install(&cfg).unwrap());
         assert!(TraceContext::current().is_none());
+        assert!(!cfg.propagate_to_egress, "no trace context leaves for agents' destinations by default");
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            TRACEPARENT,
+            http::HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        );
+        assert!(!inject_into_egress(&tracing::Span::current(), &mut h));
+        assert_eq!(h.len(), 1, "an agent's own header is left alone");
+        assert!(delivery_span_linked("change", "t", "a", []).is_none());
     }
 }

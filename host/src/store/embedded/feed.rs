@@ -198,4 +198,18 @@ mod tests {
         s.put(&Scope::new("t", "a"), "c", "k", "2", None).await.unwrap();
         assert_eq!(s.signal.waiters("t"), 0);
     }
+
+    #[test]
+    fn events_stored_before_the_trace_context_was_kept_still_decode() {
+        let old = br#"{"c":"orders","k":"o1","o":"put","r":3,"a":"w"}"#;
+        let e = decode("t", 7, old).unwrap();
+        assert_eq!((e.seq, e.collection.as_str(), e.revision, e.trace), (7, "orders", 3, None));
+        let new = br#"{"c":"orders","k":"o1","o":"delete","r":3,"a":"w","t":{"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01","tracestate":"v=1"}}"#;
+        let e = decode("t", 8, new).unwrap();
+        let t = e.trace.unwrap();
+        assert_eq!((t.trace_id(), t.tracestate.as_str()), (Some("0af7651916cd43dd8448eb211c80319c"), "v=1"));
+        // The change-feed API does not show it.
+        let shown = serde_json::to_value(ChangeEvent { trace: Some(t), ..e }).unwrap();
+        assert!(shown.get("trace").is_none(), "{shown}");
+    }
 }
