@@ -12,6 +12,7 @@ mod fenced;
 mod instrumented;
 pub mod keys;
 mod overlay;
+mod wrapper;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
