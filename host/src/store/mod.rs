@@ -303,6 +303,20 @@ pub enum RecordOp {
         /// Expected current revision.
         expected: Option<u64>,
     },
+    /// Insert or replace a document of `scope`'s tenant, with its change event, as
+    /// [`DocumentStore::put`] without an expected revision: so a record and the document
+    /// that shows it in the tenant's change feed change together. Its bytes count in the
+    /// tenant's usage, within the write's quota. Its result is the document's new revision.
+    PutDocument {
+        /// The tenant it belongs to and the writer its change event names.
+        scope: Scope,
+        /// Collection name.
+        collection: String,
+        /// Document key.
+        key: String,
+        /// JSON text.
+        value: String,
+    },
 }
 
 /// The lease epoch in a lease record's JSON bytes (`{"epoch": n, ...}`; 0 when unreadable).
