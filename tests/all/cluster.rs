@@ -244,6 +244,38 @@ async fn former_owner_fenced(backend: Backend) {
     .await;
 }
 
+/// A node that dies without handing anything back (its membership record goes stale, its
+/// leases are never renewed): a live node takes each of its leases once it expired, one
+/// epoch on, and runs the work. (The lease loop reads only its own leases at most
+/// heartbeats: the takeover must not depend on that.)
+async fn expired_lease_taken_over(backend: Backend) {
+    let Some((n, store, _shared)) = nodes_on(backend, 2).await else { return };
+    n[0].tenant("acme").await;
+    let dev = n[0].token(Some("acme"), Role::Developer);
+    let watcher = n[0].upload(&dev, art::WATCHER).await;
+    n[0].deploy_with(&dev, "w", &watcher, json!({"watches": [{"collection": "orders"}]})).await;
+    let all: Vec<&Server> = n.iter().collect();
+    within(Duration::from_secs(10), "the watcher is owned", || async { owners(&all).len() == 1 }).await;
+    let (owner, epoch) = owners(&all)["acme/w"][0];
+    let other = 1 - owner;
+    // The owner crashes: its lease stays in the store, held by it at `epoch`, unrenewed.
+    n[owner].state.agents.crash().await;
+    let (bytes, _) = store.record_get(RecordKind::Lease, "acme/w").await.unwrap().unwrap();
+    let lease: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(lease["owner"], json!(n[owner].state.agents.cluster().id()), "not handed back: {lease}");
+    within(Duration::from_secs(20), "the other node takes the expired lease", || async {
+        n[other].state.agents.owned() == [("acme/w".to_owned(), epoch + 1)]
+    })
+    .await;
+    within(Duration::from_secs(10), "and runs the watcher", || async {
+        n[other].state.agents.is_watching("acme", "w")
+    })
+    .await;
+    let (bytes, _) = store.record_get(RecordKind::Lease, "acme/w").await.unwrap().unwrap();
+    let lease: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(lease["owner"], json!(n[other].state.agents.cluster().id()), "{lease}");
+}
+
 /// A busy node's load (invocations running and queued, wasm time per second) is in its
 /// membership record, and so in `GET /v1/cluster` answered by another node: what the
 /// operator's autoscaler reads.
@@ -340,4 +372,5 @@ on_every_backend! {
     one_owner_and_hand_over => every_agent_has_one_owner_and_a_leaving_node_hands_its_work_over,
     former_owner_fenced => a_former_owner_cannot_write_once_another_took_the_lease,
     load_seen_from_another_node => a_busy_nodes_load_shows_in_the_cluster_view_of_another_node,
+    expired_lease_taken_over => a_live_node_takes_over_the_expired_leases_of_a_node_that_died,
 }
