@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cortex_artifacts as art;
 use cortex_host::api::Role;
-use cortex_host::store::{EmbeddedStore, Fence, Fenced, RecordKind, RecordStore, Store, StoreError};
+use cortex_host::store::{EmbeddedStore, Fence, Fenced, RecordKind, RecordStore, Scope, Store, StoreError};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -244,41 +244,79 @@ async fn former_owner_fenced(backend: Backend) {
     .await;
 }
 
+/// A node that dies without handing anything back (its membership record goes stale, its
+/// leases are never renewed): a live node takes each of its leases once it expired, one
+/// epoch on, and runs the work. (The lease loop reads only its own leases at most
+/// heartbeats: the takeover must not depend on that.)
+async fn expired_lease_taken_over(backend: Backend) {
+    let Some((n, store, _shared)) = nodes_on(backend, 2).await else { return };
+    n[0].tenant("acme").await;
+    let dev = n[0].token(Some("acme"), Role::Developer);
+    let watcher = n[0].upload(&dev, art::WATCHER).await;
+    n[0].deploy_with(&dev, "w", &watcher, json!({"watches": [{"collection": "orders"}]})).await;
+    let all: Vec<&Server> = n.iter().collect();
+    within(Duration::from_secs(10), "the watcher is owned", || async { owners(&all).len() == 1 }).await;
+    let (owner, epoch) = owners(&all)["acme/w"][0];
+    let other = 1 - owner;
+    // The owner crashes: its lease stays in the store, held by it at `epoch`, unrenewed.
+    n[owner].state.agents.crash().await;
+    let (bytes, _) = store.record_get(RecordKind::Lease, "acme/w").await.unwrap().unwrap();
+    let lease: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(lease["owner"], json!(n[owner].state.agents.cluster().id()), "not handed back: {lease}");
+    within(Duration::from_secs(20), "the other node takes the expired lease", || async {
+        n[other].state.agents.owned() == [("acme/w".to_owned(), epoch + 1)]
+    })
+    .await;
+    within(Duration::from_secs(10), "and runs the watcher", || async {
+        n[other].state.agents.is_watching("acme", "w")
+    })
+    .await;
+    let (bytes, _) = store.record_get(RecordKind::Lease, "acme/w").await.unwrap().unwrap();
+    let lease: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(lease["owner"], json!(n[other].state.agents.cluster().id()), "{lease}");
+}
+
 /// A busy node's load (invocations running and queued, wasm time per second) is in its
 /// membership record, and so in `GET /v1/cluster` answered by another node: what the
 /// operator's autoscaler reads.
 async fn load_seen_from_another_node(backend: Backend) {
-    let Some((n, _store, _shared)) = nodes_on(backend, 2).await else { return };
+    let Some((n, store, _shared)) = nodes_on(backend, 2).await else { return };
     let roomy = cortex_host::registry::Quotas {
         invocations_per_second: 100_000,
         burst: 100_000,
         concurrent_invocations: 1000,
         ..cortex_host::registry::Quotas::default()
     };
-    n[0].tenant_with("acme", Some(roomy)).await;
+    n[0].tenant_with("acme", Some(roomy.clone())).await;
     let dev = n[0].token(Some("acme"), Role::Developer);
     let hostile = n[0].upload(&dev, art::HOSTILE).await;
-    let limits = json!({ "timeout_ms": 60_000 });
-    let spec = json!({ "max_concurrency": 1, "queue": 2, "queue_timeout_ms": 60_000, "limits": limits });
+    // The held invocation ends when the test releases it: every limit that could end it
+    // first (wall clock, fuel, its wait in the queue) is set at the tenant's highest.
+    let limits = json!({ "timeout_ms": roomy.max_timeout_ms, "fuel": roomy.max_fuel });
+    let spec = json!({ "max_concurrency": 1, "queue": 2, "queue_timeout_ms": roomy.max_timeout_ms, "limits": limits });
     n[0].deploy_with(&dev, "busy", &hostile, spec).await;
     let busy_id = n[0].state.agents.cluster().id().to_owned();
     let load_of = |view: &serde_json::Value, id: &str| {
         view["nodes"].as_array().unwrap().iter().find(|x| x["id"] == id).map(|x| x["load"].clone()).unwrap_or_default()
     };
-    // One invocation runs on node 1 and another waits in its queue.
+    // One invocation runs on node 1 (held until the test writes `hostile/release`) and
+    // another waits in its queue.
     let invoke = |input: &str| {
         let rb = n[0].req(Method::POST, "/v1/agents/busy/invoke", &dev).body(input.to_owned());
-        tokio::spawn(async move { rb.send().await.unwrap().status() })
+        tokio::spawn(async move {
+            let r = rb.send().await.unwrap();
+            (r.status(), r.text().await.unwrap())
+        })
     };
-    let blocker = invoke("sleep:5000");
+    let blocker = invoke("wait:release");
     let admin = n[1].admin();
-    within(Duration::from_secs(10), "node 2 sees node 1 running one", || async {
+    within(Duration::from_secs(30), "node 2 sees node 1 running one", || async {
         let view = n[1].get_json(&admin, "/v1/cluster").await;
         load_of(&view, &busy_id)["in_flight"] == 1
     })
     .await;
     let queued = invoke("echo:waited");
-    within(Duration::from_secs(10), "node 2 sees node 1 busy", || async {
+    within(Duration::from_secs(30), "node 2 sees node 1 busy", || async {
         let view = n[1].get_json(&admin, "/v1/cluster").await;
         let load = load_of(&view, &busy_id);
         load["in_flight"] == 1 && load["queued"] == 1
@@ -288,10 +326,15 @@ async fn load_seen_from_another_node(backend: Backend) {
     let view = n[1].get_json(&admin, "/v1/cluster").await;
     let other = n[1].state.agents.cluster().id().to_owned();
     assert_eq!(load_of(&view, &other)["in_flight"], 0, "{view}");
-    assert_eq!(blocker.await.unwrap(), StatusCode::OK);
-    assert_eq!(queued.await.unwrap(), StatusCode::OK);
-    // The five seconds of wasm show as a rate in a record written after them; then the
-    // node is idle again.
+    // Released: both complete.
+    let scope = Scope::new("acme", "cluster-test");
+    store.put(&scope, "hostile", "release", "true", None).await.unwrap();
+    let (status, body) = blocker.await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "released"));
+    let (status, body) = queued.await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "waited"));
+    // The held invocation's wasm time shows as a rate in a record written after it; then
+    // the node is idle again.
     within(Duration::from_secs(10), "the wasm time rate shows", || async {
         let view = n[1].get_json(&admin, "/v1/cluster").await;
         load_of(&view, &busy_id)["wasm_seconds_per_second"].as_f64().unwrap_or(0.0) > 0.0
@@ -329,4 +372,5 @@ on_every_backend! {
     one_owner_and_hand_over => every_agent_has_one_owner_and_a_leaving_node_hands_its_work_over,
     former_owner_fenced => a_former_owner_cannot_write_once_another_took_the_lease,
     load_seen_from_another_node => a_busy_nodes_load_shows_in_the_cluster_view_of_another_node,
+    expired_lease_taken_over => a_live_node_takes_over_the_expired_leases_of_a_node_that_died,
 }

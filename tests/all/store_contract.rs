@@ -52,6 +52,7 @@ macro_rules! contract_cases {
             record_apply_is_all_or_nothing_and_reports_each_op,
             record_apply_with_a_fence_applies_only_at_the_held_epoch,
             record_apply_meters_metered_kinds_within_the_quota,
+            record_apply_writes_a_document_with_the_records_or_neither,
         );
     };
 }
@@ -1029,6 +1030,47 @@ pub async fn record_apply_meters_metered_kinds_within_the_quota(s: Arc<dyn Store
     let other = [rput(Message, "apply-quota-2/a/1", &[b'm'; 7], None)];
     s.record_apply(None, &other, bytes(100)).await.unwrap();
     assert_eq!((s.usage(t).await.unwrap().bytes, s.usage("apply-quota-2").await.unwrap().bytes), (60, 7));
+}
+
+/// A document put in a `record_apply` (a workflow run and its summary) commits with the
+/// records or not at all: a refused apply writes neither the document nor its change
+/// event nor its usage; an applied one writes the document (its revision in the answer),
+/// appends its event to the tenant's feed (waking a waiter there), counts its bytes, and
+/// appends nothing to the registry stream for a kind that is not replicated.
+pub async fn record_apply_writes_a_document_with_the_records_or_neither(s: Arc<dyn Store>) {
+    use RecordKind::WorkflowRun;
+    let s = &s;
+    let t = "apply-doc";
+    let scope = Scope::new(t, "~w");
+    let doc = |value: &str| RecordOp::PutDocument {
+        scope: scope.clone(),
+        collection: "runs".into(),
+        key: "r1".into(),
+        value: value.into(),
+    };
+    let (h, reg) = (s.feed_head(t).await.unwrap(), s.feed_head(REGISTRY_FEED).await.unwrap());
+    let bad = [rput(WorkflowRun, &format!("{t}/run/r1"), b"{}", Some(7)), doc("1")];
+    assert!(matches!(s.record_apply(None, &bad, Quota::NONE).await, Err(StoreError::Conflict { current: 0 })));
+    assert_eq!(s.get(&scope, "runs", "r1").await.unwrap(), None, "a refused apply wrote the document");
+    assert_eq!((s.feed_head(t).await.unwrap(), s.usage(t).await.unwrap().bytes), (h, 0));
+
+    let waiter = {
+        let s = s.clone();
+        tokio::spawn(async move { s.wait_for(t, h, Duration::from_secs(60)).await.unwrap() })
+    };
+    tokio::task::yield_now().await;
+    let good = [rput(WorkflowRun, &format!("{t}/run/r1"), b"{}", Some(0)), doc("1"), doc("[2]")];
+    assert_eq!(s.record_apply(None, &good, Quota::NONE).await.unwrap(), vec![1, 1, 2]);
+    // The 60 s timeout would return h: more means the apply ended the wait.
+    assert!(waiter.await.unwrap() > h);
+    let d = s.get(&scope, "runs", "r1").await.unwrap().unwrap();
+    assert_eq!((d.value.as_str(), d.revision), ("[2]", 2));
+    let events: Vec<_> = s.feed_since(t, h, 10).await.unwrap();
+    let got: Vec<_> = events.iter().map(|e| (e.collection.as_str(), e.key.as_str(), e.op, e.revision)).collect();
+    assert_eq!(got, [("runs", "r1", ChangeOp::Put, 1), ("runs", "r1", ChangeOp::Put, 2)]);
+    assert!(events.iter().all(|e| e.agent == "~w"), "{events:?}");
+    assert_eq!(s.usage(t).await.unwrap().bytes, 3, "the document's bytes count");
+    assert_eq!(s.feed_head(REGISTRY_FEED).await.unwrap(), reg, "a run record is not replicated");
 }
 
 /// Registry writes from two store values over one backend (two processes) at once: one

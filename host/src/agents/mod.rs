@@ -82,6 +82,8 @@ pub struct Agents {
     cluster: Arc<crate::cluster::Cluster>,
     /// The leases of agents' background work this node holds, by `tenant/agent`.
     held: Mutex<HashMap<String, ownership::Held>>,
+    /// When the lease loop last read every lease (see `ownership.rs`).
+    lease_scan: Mutex<ownership::Scan>,
     /// The lease loop (see `ownership.rs`), started by [`Agents::restore`].
     owner_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Other per-tenant background work leased by the same loop (the workflow engine).
@@ -149,6 +151,7 @@ impl Agents {
             logbook,
             cluster,
             held: Mutex::new(HashMap::new()),
+            lease_scan: Mutex::default(),
             owner_task: Mutex::new(None),
             work: OnceLock::new(),
         })

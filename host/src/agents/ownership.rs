@@ -1,13 +1,20 @@
 //! Which node runs each agent's background work (its change-feed watcher, its mailbox):
-//! the lease loop. Every heartbeat the node rewrites its membership record, reads every
-//! lease once, and for each running agent it knows:
-//! - it renews the leases it holds and should hold (one transaction for all of them);
+//! the lease loop. Every heartbeat the node rewrites its membership record and, for each
+//! running agent it knows:
+//! - it renews the leases it holds and should hold (one compare-and-swap transaction for
+//!   all of them, from the revisions it keeps in memory: a lease written by anyone else
+//!   meanwhile fails it, and is lost);
 //! - it hands back (owner emptied, same epoch) a lease rendezvous hashing now gives to
 //!   another live node, after stopping the work;
 //! - it takes (epoch + 1) a lease it should hold that is missing, handed back, or expired
-//!   on its own clock;
+//!   on its own clock (reading just those leases);
 //! - it stops the work of a lease it lost (another epoch in the store, or not renewed
 //!   within the TTL on its own clock).
+//!
+//! So a heartbeat reads and writes only this node's leases, whatever the number of agents.
+//! Every lease is read in a full round: the first, one whenever the live nodes change,
+//! and otherwise one per lease TTL. A full round also finds leased work other than
+//! agents' (a dead node's workflow engines) and checks each held lease against the store.
 //!
 //! The work runs on a store fenced by the lease ([`crate::store::Fenced`]): a former owner
 //! that wakes up after another took the lease cannot move a cursor, remove a message or
@@ -31,6 +38,13 @@ pub(super) struct Held {
     epoch: u64,
     rev: u64,
     renewed: Instant,
+}
+
+/// When the lease loop last read every lease, and the live nodes it saw then.
+#[derive(Debug, Default)]
+pub(super) struct Scan {
+    at: Option<Instant>,
+    live: Vec<String>,
 }
 
 /// The epoch and expected revision to take a lease at once with, when it is free: missing
@@ -286,36 +300,28 @@ impl Agents {
         // Each live node enforces its share of every tenant's rate and concurrency quotas.
         self.tenants.limiters.set_nodes(u32::try_from(live.len()).unwrap_or(u32::MAX));
         self.egress().set_nodes(u32::try_from(live.len()).unwrap_or(u32::MAX));
-        let rows = match store.record_list_revisions(RecordKind::Lease, "").await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the leases failed");
-                return;
-            }
-        };
-        let mut leases: HashMap<String, (LeaseRecord, u64)> = HashMap::new();
-        for (k, bytes, rev) in rows {
-            if let Ok(l) = serde_json::from_slice::<LeaseRecord>(&bytes) {
-                leases.insert(k, (l, rev));
-            }
-        }
         let me = self.cluster.id().to_owned();
-        // Observe every other node's lease, so that its expiry clock runs from first sight.
-        for (k, (l, rev)) in &leases {
-            if l.owner != me {
-                self.cluster.lease_expired(k, *rev);
+        // Every lease, on a full round (see the module doc).
+        let leases = if self.full_round(&live) {
+            match self.read_leases().await {
+                Some(l) => Some(l),
+                None => return,
             }
-        }
-        self.cluster.forget_leases_except(&leases.keys().map(String::as_str).collect::<HashSet<_>>());
-        // Held leases that the store gives to another epoch are lost.
+        } else {
+            None
+        };
         let held: Vec<(String, Held)> =
             self.held.lock().unwrap_or_else(PoisonError::into_inner).iter().map(|(k, h)| (k.clone(), *h)).collect();
-        for (k, h) in &held {
-            let mine = leases.get(k).is_some_and(|(l, rev)| l.owner == me && l.epoch == h.epoch && *rev == h.rev);
-            if !mine {
-                tracing::warn!(agent = %k, epoch = h.epoch, "lease lost to another node: work stopped");
-                self.metrics.lease_event("lost");
-                self.drop_work(k).await;
+        // Held leases that the store gives to another epoch are lost (between full rounds,
+        // the renewal's compare-and-swap finds them).
+        if let Some(leases) = &leases {
+            for (k, h) in &held {
+                let mine = leases.get(k).is_some_and(|(l, rev)| l.owner == me && l.epoch == h.epoch && *rev == h.rev);
+                if !mine {
+                    tracing::warn!(agent = %k, epoch = h.epoch, "lease lost to another node: work stopped");
+                    self.metrics.lease_event("lost");
+                    self.drop_work(k).await;
+                }
             }
         }
         let mut wanted = Vec::new();
@@ -324,8 +330,13 @@ impl Agents {
                 wanted.push(key(&d.record.tenant, &d.record.name));
             }
         });
+        // Leased work is wanted while its lease exists: every such lease on a full round,
+        // else those this node holds (a vanished one fails its renewal).
         if let Some(w) = self.leased_work() {
-            wanted.extend(leases.keys().filter(|k| w.is_work(k)).cloned());
+            match &leases {
+                Some(leases) => wanted.extend(leases.keys().filter(|k| w.is_work(k)).cloned()),
+                None => wanted.extend(held.iter().map(|(k, _)| k).filter(|k| w.is_work(k)).cloned()),
+            }
         }
         let wanted_set: HashSet<&str> = wanted.iter().map(String::as_str).collect();
         let leaving = self.cluster.is_leaving();
@@ -339,7 +350,14 @@ impl Agents {
                 renew.push(k.clone());
                 self.ensure_work(k);
             } else if desired {
-                let found = leases.get(k).map(|(l, rev)| (l, *rev));
+                let found = match &leases {
+                    Some(leases) => leases.get(k).cloned(),
+                    None => match self.read_lease(k).await {
+                        Ok(found) => found,
+                        Err(()) => continue,
+                    },
+                };
+                let found = found.as_ref().map(|(l, rev)| (l, *rev));
                 if let Some((epoch, expected)) = free(found, &me) {
                     self.take(k, epoch, expected).await;
                 } else if let Some((l, rev)) = found
@@ -358,6 +376,58 @@ impl Agents {
         }
         self.renew(&renew).await;
         self.cluster.set_owned(self.held.lock().unwrap_or_else(PoisonError::into_inner).len());
+    }
+
+    /// Whether this round reads every lease: the first, one after the live nodes changed,
+    /// one a lease TTL after the last.
+    fn full_round(&self, live: &[String]) -> bool {
+        let mut scan = self.lease_scan.lock().unwrap_or_else(PoisonError::into_inner);
+        let due = scan.at.is_none_or(|at| at.elapsed() >= self.cluster.lease_ttl()) || scan.live != live;
+        if due {
+            *scan = Scan { at: Some(Instant::now()), live: live.to_vec() };
+        }
+        due
+    }
+
+    /// Every lease in the store (`None`: the read failed; the next round is a full one
+    /// again). Starts the expiry clock of every other node's lease at its first sight.
+    async fn read_leases(&self) -> Option<HashMap<String, (LeaseRecord, u64)>> {
+        let rows = match self.registry.store().record_list_revisions(RecordKind::Lease, "").await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the leases failed");
+                self.lease_scan.lock().unwrap_or_else(PoisonError::into_inner).at = None;
+                return None;
+            }
+        };
+        let mut leases: HashMap<String, (LeaseRecord, u64)> = HashMap::new();
+        for (k, bytes, rev) in rows {
+            if let Ok(l) = serde_json::from_slice::<LeaseRecord>(&bytes) {
+                leases.insert(k, (l, rev));
+            }
+        }
+        let me = self.cluster.id();
+        for (k, (l, rev)) in &leases {
+            if l.owner != me {
+                self.cluster.lease_expired(k, *rev);
+            }
+        }
+        self.cluster.forget_leases_except(&leases.keys().map(String::as_str).collect::<HashSet<_>>());
+        Some(leases)
+    }
+
+    /// The lease of `k` (`Err`: unreadable now).
+    async fn read_lease(&self, k: &str) -> Result<Option<(LeaseRecord, u64)>, ()> {
+        match self.registry.store().record_get(RecordKind::Lease, k).await {
+            Ok(Some((bytes, rev))) => {
+                serde_json::from_slice::<LeaseRecord>(&bytes).map(|l| Some((l, rev))).map_err(|_| ())
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                tracing::warn!(agent = %k, error = %e, "reading a lease failed");
+                Err(())
+            }
+        }
     }
 
     /// Renew `keys` in one transaction; on a conflict, one at a time (a conflict there is

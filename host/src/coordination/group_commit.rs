@@ -66,6 +66,7 @@ impl Item {
     fn tenant(&self) -> &str {
         match &self.op {
             RecordOp::Put { key, .. } | RecordOp::Delete { key, .. } => record_tenant(key),
+            RecordOp::PutDocument { scope, .. } => &scope.tenant,
         }
     }
 
@@ -124,6 +125,7 @@ impl GroupCommit {
         let size = match &op {
             RecordOp::Put { key, value, .. } => key.len() + value.len(),
             RecordOp::Delete { key, .. } => key.len(),
+            RecordOp::PutDocument { collection, key, value, .. } => collection.len() + key.len() + value.len(),
         };
         let weight = u32::try_from(size.clamp(1, self.settings.queue_bytes)).unwrap_or(u32::MAX);
         let bytes = self.bytes.clone().acquire_many_owned(weight).await.map_err(|_| closed())?;
@@ -272,7 +274,7 @@ async fn one(store: &dyn RecordStore, item: &Item) -> store::Result<u64> {
             store.record_put_within(*kind, key, value.clone(), *expected, item.quota).await
         }
         RecordOp::Delete { kind, key, expected: None } => store.record_delete(*kind, key).await.map(u64::from),
-        RecordOp::Delete { .. } => store
+        RecordOp::Delete { .. } | RecordOp::PutDocument { .. } => store
             .record_apply(None, std::slice::from_ref(&item.op), item.quota)
             .await
             .map(|r| r.first().copied().unwrap_or(0)),

@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{
-    ChangeEvent, Direction, Document, DocumentStore, Edge, FeedStore, Fence, GraphStore, Page, Quota, RecordKind,
-    RecordOp, RecordStore, Result, Scope, Store, StoreError, Usage, WriteOp,
-};
+use futures_util::future::BoxFuture;
+
+use super::wrapper::{Call, Wrapper, WrapsDocuments, WrapsFeed, WrapsGraph, WrapsRecords};
+use super::{Result, Store, StoreError};
 
 /// Which calls a fault picks.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -342,135 +342,31 @@ impl Faulty {
     pub fn inner(&self) -> &Arc<dyn Store> {
         &self.inner
     }
+}
 
-    async fn read<T>(&self, op: &'static str, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-        self.controls.enter(op).await?;
-        f.await
+impl Wrapper for Faulty {
+    fn inner(&self) -> &dyn Store {
+        self.inner.as_ref()
     }
 
-    async fn write<T>(&self, op: &'static str, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-        self.controls.enter(op).await?;
-        let out = f.await;
-        self.controls.leave(op, out)
+    /// Every call passes the gate (latency, injected errors, a partition, a pause); a
+    /// write's applied answer may then be dropped.
+    fn around<'a, T: Send + 'a>(&'a self, call: Call, f: BoxFuture<'a, Result<T>>) -> BoxFuture<'a, Result<T>> {
+        Box::pin(async move {
+            self.controls.enter(call.op).await?;
+            let out = f.await;
+            if call.write { self.controls.leave(call.op, out) } else { out }
+        })
     }
 }
 
-#[async_trait::async_trait]
-impl DocumentStore for Faulty {
-    async fn get(&self, scope: &Scope, collection: &str, key: &str) -> Result<Option<Document>> {
-        self.read("get", self.inner.get(scope, collection, key)).await
-    }
-    async fn put(&self, scope: &Scope, collection: &str, key: &str, value: &str, expected: Option<u64>) -> Result<u64> {
-        self.write("put", self.inner.put(scope, collection, key, value, expected)).await
-    }
-    async fn put_within(
-        &self,
-        scope: &Scope,
-        collection: &str,
-        key: &str,
-        value: &str,
-        expected: Option<u64>,
-        quota: Quota,
-    ) -> Result<u64> {
-        self.write("put", self.inner.put_within(scope, collection, key, value, expected, quota)).await
-    }
-    async fn delete(&self, scope: &Scope, collection: &str, key: &str, expected: Option<u64>) -> Result<bool> {
-        self.write("delete", self.inner.delete(scope, collection, key, expected)).await
-    }
-    async fn list(
-        &self,
-        scope: &Scope,
-        collection: &str,
-        prefix: &str,
-        limit: u32,
-        cursor: Option<&str>,
-    ) -> Result<Page> {
-        self.read("list", self.inner.list(scope, collection, prefix, limit, cursor)).await
-    }
-    async fn list_bounded(
-        &self,
-        scope: &Scope,
-        collection: &str,
-        prefix: &str,
-        limit: u32,
-        cursor: Option<&str>,
-        max_bytes: usize,
-    ) -> Result<Page> {
-        self.read("list", self.inner.list_bounded(scope, collection, prefix, limit, cursor, max_bytes)).await
-    }
-    async fn transact(&self, scope: &Scope, ops: &[WriteOp]) -> Result<Vec<u64>> {
-        self.write("transact", self.inner.transact(scope, ops)).await
-    }
-    async fn transact_within(&self, scope: &Scope, ops: &[WriteOp], quota: Quota) -> Result<Vec<u64>> {
-        self.write("transact", self.inner.transact_within(scope, ops, quota)).await
-    }
-}
+impl WrapsDocuments for Faulty {}
+impl WrapsRecords for Faulty {}
+impl WrapsGraph for Faulty {}
 
 #[async_trait::async_trait]
-impl RecordStore for Faulty {
-    async fn record_get(&self, kind: RecordKind, key: &str) -> Result<Option<(Vec<u8>, u64)>> {
-        self.read("record_get", self.inner.record_get(kind, key)).await
-    }
-    async fn record_put(&self, kind: RecordKind, key: &str, value: Vec<u8>, expected: Option<u64>) -> Result<u64> {
-        self.write("record_put", self.inner.record_put(kind, key, value, expected)).await
-    }
-    async fn record_put_within(
-        &self,
-        kind: RecordKind,
-        key: &str,
-        value: Vec<u8>,
-        expected: Option<u64>,
-        quota: Quota,
-    ) -> Result<u64> {
-        self.write("record_put", self.inner.record_put_within(kind, key, value, expected, quota)).await
-    }
-    async fn record_delete(&self, kind: RecordKind, key: &str) -> Result<bool> {
-        self.write("record_delete", self.inner.record_delete(kind, key)).await
-    }
-    async fn record_delete_many(&self, kind: RecordKind, keys: &[String]) -> Result<u64> {
-        self.write("record_delete_many", self.inner.record_delete_many(kind, keys)).await
-    }
-    async fn record_list(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        self.read("record_list", self.inner.record_list(kind, prefix)).await
-    }
-    async fn record_list_revisions(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>, u64)>> {
-        self.read("record_list", self.inner.record_list_revisions(kind, prefix)).await
-    }
-    async fn audit_append(&self, event: Vec<u8>, tenant: Option<&str>) -> Result<(u64, Option<u64>)> {
-        self.write("audit_append", self.inner.audit_append(event, tenant)).await
-    }
-    async fn audit_list(&self, tenant: Option<&str>, since: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
-        self.read("audit_list", self.inner.audit_list(tenant, since, limit)).await
-    }
-    async fn audit_prune(&self, tenant: Option<&str>, through: u64) -> Result<u64> {
-        self.write("audit_prune", self.inner.audit_prune(tenant, through)).await
-    }
-    async fn purge_tenant_documents(&self, tenant: &str) -> Result<u64> {
-        self.write("purge_tenant", self.inner.purge_tenant_documents(tenant)).await
-    }
-    async fn usage(&self, tenant: &str) -> Result<Usage> {
-        self.read("usage", self.inner.usage(tenant)).await
-    }
-    async fn ping(&self) -> Result<()> {
-        self.read("ping", self.inner.ping()).await
-    }
-    async fn record_apply(&self, fence: Option<&Fence>, ops: &[RecordOp], quota: Quota) -> Result<Vec<u64>> {
-        self.write("record_apply", self.inner.record_apply(fence, ops, quota)).await
-    }
-    async fn stored_bytes(&self, tenant: &str) -> Result<u64> {
-        self.read("usage", self.inner.stored_bytes(tenant)).await
-    }
-}
-
-#[async_trait::async_trait]
-impl FeedStore for Faulty {
-    async fn feed_since(&self, tenant: &str, since: u64, limit: usize) -> Result<Vec<ChangeEvent>> {
-        self.read("feed_since", self.inner.feed_since(tenant, since, limit)).await
-    }
-    async fn feed_head(&self, tenant: &str) -> Result<u64> {
-        self.read("feed_head", self.inner.feed_head(tenant)).await
-    }
-    async fn wait_for(&self, tenant: &str, after: u64, timeout: Duration) -> Result<u64> {
+impl WrapsFeed for Faulty {
+    async fn wrapped_wait_for(&self, tenant: &str, after: u64, timeout: Duration) -> Result<u64> {
         self.controls.enter("wait_for").await?;
         let mut rx = self.controls.switches.subscribe();
         tokio::select! {
@@ -481,58 +377,12 @@ impl FeedStore for Faulty {
     }
 }
 
-#[async_trait::async_trait]
-impl GraphStore for Faulty {
-    async fn link(&self, tenant: &str, from: &str, to: &str, kind: &str, attrs: &str) -> Result<()> {
-        self.write("link", self.inner.link(tenant, from, to, kind, attrs)).await
-    }
-    async fn link_within(
-        &self,
-        tenant: &str,
-        from: &str,
-        to: &str,
-        kind: &str,
-        attrs: &str,
-        quota: Quota,
-    ) -> Result<()> {
-        self.write("link", self.inner.link_within(tenant, from, to, kind, attrs, quota)).await
-    }
-    async fn edge(&self, tenant: &str, from: &str, to: &str, kind: &str) -> Result<Option<Edge>> {
-        self.read("edge", self.inner.edge(tenant, from, to, kind)).await
-    }
-    async fn unlink(&self, tenant: &str, from: &str, to: &str, kind: &str) -> Result<bool> {
-        self.write("unlink", self.inner.unlink(tenant, from, to, kind)).await
-    }
-    async fn neighbours(
-        &self,
-        tenant: &str,
-        agent: &str,
-        kind: Option<&str>,
-        direction: Direction,
-        limit: usize,
-    ) -> Result<Vec<Edge>> {
-        self.read("neighbours", self.inner.neighbours(tenant, agent, kind, direction, limit)).await
-    }
-    async fn neighbours_bounded(
-        &self,
-        tenant: &str,
-        agent: &str,
-        kind: Option<&str>,
-        direction: Direction,
-        limit: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Edge>> {
-        self.read("neighbours", self.inner.neighbours_bounded(tenant, agent, kind, direction, limit, max_bytes)).await
-    }
-    async fn remove_agent_edges(&self, tenant: &str, agent: &str) -> Result<u64> {
-        self.write("remove_agent_edges", self.inner.remove_agent_edges(tenant, agent)).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{EmbeddedStore, REGISTRY_FEED};
+    use crate::store::{
+        DocumentStore, EmbeddedStore, FeedStore, Quota, REGISTRY_FEED, RecordKind, RecordOp, RecordStore, Scope,
+    };
 
     fn setup() -> (tempfile::TempDir, Arc<dyn Store>, Faulty, Arc<FaultControls>) {
         let dir = tempfile::tempdir().unwrap();

@@ -12,6 +12,7 @@ mod fenced;
 mod instrumented;
 pub mod keys;
 mod overlay;
+mod wrapper;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -301,6 +302,20 @@ pub enum RecordOp {
         key: String,
         /// Expected current revision.
         expected: Option<u64>,
+    },
+    /// Insert or replace a document of `scope`'s tenant, with its change event, as
+    /// [`DocumentStore::put`] without an expected revision: so a record and the document
+    /// that shows it in the tenant's change feed change together. Its bytes count in the
+    /// tenant's usage, within the write's quota. Its result is the document's new revision.
+    PutDocument {
+        /// The tenant it belongs to and the writer its change event names.
+        scope: Scope,
+        /// Collection name.
+        collection: String,
+        /// Document key.
+        key: String,
+        /// JSON text.
+        value: String,
     },
 }
 

@@ -12,11 +12,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
+use super::wrapper::{Wrapper, WrapsFeed, WrapsRecords};
 use super::{
-    ChangeEvent, Direction, Document, DocumentStore, Edge, FeedStore, Fence, GraphStore, Page, Quota, RecordKind,
-    RecordOp, RecordStore, Result, Scope, Store, StoreError, Usage, WriteOp,
+    Direction, Document, DocumentStore, Edge, GraphStore, Page, Quota, Result, Scope, Store, StoreError, WriteOp,
 };
 
 /// A document as `init` left it.
@@ -323,69 +322,15 @@ impl GraphStore for Overlay {
     }
 }
 
-#[async_trait::async_trait]
-impl RecordStore for Overlay {
-    async fn record_get(&self, kind: RecordKind, key: &str) -> Result<Option<(Vec<u8>, u64)>> {
-        self.inner.record_get(kind, key).await
-    }
-    async fn record_put_within(
-        &self,
-        kind: RecordKind,
-        key: &str,
-        value: Vec<u8>,
-        expected: Option<u64>,
-        quota: Quota,
-    ) -> Result<u64> {
-        self.inner.record_put_within(kind, key, value, expected, quota).await
-    }
-    async fn record_delete(&self, kind: RecordKind, key: &str) -> Result<bool> {
-        self.inner.record_delete(kind, key).await
-    }
-    async fn record_delete_many(&self, kind: RecordKind, keys: &[String]) -> Result<u64> {
-        self.inner.record_delete_many(kind, keys).await
-    }
-    async fn record_list(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        self.inner.record_list(kind, prefix).await
-    }
-    async fn record_apply(&self, fence: Option<&Fence>, ops: &[RecordOp], quota: Quota) -> Result<Vec<u64>> {
-        self.inner.record_apply(fence, ops, quota).await
-    }
-
-    async fn record_list_revisions(&self, kind: RecordKind, prefix: &str) -> Result<Vec<(String, Vec<u8>, u64)>> {
-        self.inner.record_list_revisions(kind, prefix).await
-    }
-    async fn audit_append(&self, event: Vec<u8>, tenant: Option<&str>) -> Result<(u64, Option<u64>)> {
-        self.inner.audit_append(event, tenant).await
-    }
-    async fn audit_list(&self, tenant: Option<&str>, since: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
-        self.inner.audit_list(tenant, since, limit).await
-    }
-    async fn audit_prune(&self, tenant: Option<&str>, through: u64) -> Result<u64> {
-        self.inner.audit_prune(tenant, through).await
-    }
-    async fn purge_tenant_documents(&self, tenant: &str) -> Result<u64> {
-        self.inner.purge_tenant_documents(tenant).await
-    }
-    async fn usage(&self, tenant: &str) -> Result<Usage> {
-        self.inner.usage(tenant).await
-    }
-    async fn ping(&self) -> Result<()> {
-        self.inner.ping().await
+impl Wrapper for Overlay {
+    fn inner(&self) -> &dyn Store {
+        self.inner.as_ref()
     }
 }
 
-#[async_trait::async_trait]
-impl FeedStore for Overlay {
-    async fn feed_since(&self, tenant: &str, since: u64, limit: usize) -> Result<Vec<ChangeEvent>> {
-        self.inner.feed_since(tenant, since, limit).await
-    }
-    async fn feed_head(&self, tenant: &str) -> Result<u64> {
-        self.inner.feed_head(tenant).await
-    }
-    async fn wait_for(&self, tenant: &str, after: u64, timeout: Duration) -> Result<u64> {
-        self.inner.wait_for(tenant, after, timeout).await
-    }
-}
+// Records and the feed go straight to the store.
+impl WrapsRecords for Overlay {}
+impl WrapsFeed for Overlay {}
 
 #[cfg(test)]
 mod tests {

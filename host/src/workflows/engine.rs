@@ -233,6 +233,7 @@ impl Workflows {
             let v = serde_json::to_vec(&serde_json::json!({ "run": run.id })).unwrap_or_default();
             ops.push(RecordOp::Put { kind: RecordKind::WorkflowRun, key: k.clone(), value: v, expected: Some(0) });
         }
+        ops.push(summary(&run));
         match self.store().record_apply(None, &ops, Quota::NONE).await {
             Ok(_) => {}
             Err(StoreError::Conflict { .. }) if ikey.is_some() => {
@@ -244,7 +245,6 @@ impl Workflows {
             }
             Err(e) => return Err(e.into()),
         }
-        publish(self.store().as_ref(), &run).await;
         audit(&self.registry, &run, actor, "workflow_run_started").await;
         self.wake(tenant).await;
         Ok((run, true))
@@ -332,9 +332,9 @@ impl Workflows {
             } else {
                 RecordOp::Delete { kind: RecordKind::WorkflowRun, key: active, expected: None }
             });
+            ops.push(summary(&run));
             match self.store().record_apply(None, &ops, Quota::NONE).await {
                 Ok(_) => {
-                    publish(self.store().as_ref(), &run).await;
                     if before != run.state {
                         audit(&self.registry, &run, actor, action).await;
                     }
@@ -405,17 +405,21 @@ impl Workflows {
     }
 }
 
-/// Rewrite the run's summary document (so the transition is in the tenant's change feed).
-async fn publish(store: &dyn Store, run: &Run) {
+/// The write of the run's summary document (so the transition is in the tenant's change
+/// feed): one op of the transition's `record_apply`, so the run record and the document
+/// that shows it change together, in one durable write.
+fn summary(run: &Run) -> RecordOp {
     let steps: serde_json::Map<String, Value> =
         run.steps.iter().map(|s| (s.id.clone(), Value::String(step_state(s.state).to_owned()))).collect();
     let doc = serde_json::json!({
         "workflow": run.workflow, "version": run.version, "state": run.state.as_str(),
         "updated_ms": run.updated_ms, "steps": steps,
     });
-    let scope = Scope::new(run.tenant.as_str(), "~workflows");
-    if let Err(e) = store.put(&scope, super::FEED_COLLECTION, &run.id, &doc.to_string(), None).await {
-        tracing::warn!(run = %run.id, error = %e, "writing the run's summary document failed");
+    RecordOp::PutDocument {
+        scope: Scope::new(run.tenant.as_str(), "~workflows"),
+        collection: super::FEED_COLLECTION.to_owned(),
+        key: run.id.clone(),
+        value: doc.to_string(),
     }
 }
 
@@ -571,10 +575,10 @@ impl Driver {
                     expected: None,
                 });
             }
+            ops.push(summary(run));
             match self.store.record_apply(None, &ops, Quota::NONE).await {
                 Ok(revs) => {
                     *rev = revs.first().copied().unwrap_or(*rev);
-                    publish(self.store.as_ref(), run).await;
                     if let Some(action) = actor_action {
                         audit(&self.registry, run, "workflow-engine", action).await;
                     }

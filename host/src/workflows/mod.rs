@@ -18,8 +18,11 @@
 //! `tenant/key/<workflow>/<hash>`). Neither is replicated through the registry stream:
 //! every node reads them from the store when asked. Every transition of a run rewrites the
 //! document `workflow-runs/<run id>` of the tenant (a summary: state and each step's
-//! state), so it appears in the tenant's change feed; run-level transitions also go to the
-//! audit log.
+//! state), so it appears in the tenant's change feed, in the same atomic write as the run
+//! record and its index entry (one fenced [`crate::store::RecordStore::record_apply`] with
+//! a [`crate::store::RecordOp::PutDocument`]: one durable commit per transition, and no
+//! crash leaves the summary behind the run). Run-level transitions also go to the audit
+//! log, appended after that write.
 
 pub mod def;
 pub mod engine;

@@ -15,9 +15,14 @@
 //! it once with `cargo build --profile test -p cortex-tests --bin fake-arangodb` (a helper
 //! that finds none fails saying so). A binary found there is used as is: after changing
 //! `tests/all/fake_arango.rs`, build it again.
+//!
+//! The nodes are started (address line, readiness, output drained) by `serve.rs`.
 
 // Each test binary that includes this uses a part of it.
 #![allow(dead_code)]
+
+#[path = "serve.rs"]
+mod serve;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -25,17 +30,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The `cortex` binary under test.
-pub const CORTEX: &str = env!("CARGO_BIN_EXE_cortex");
+pub use serve::{CORTEX, Serve};
 
 /// The fake's basic-auth credentials (see `tests/all/fake_arango.rs`).
 pub const FAKE_USER: &str = "root";
 /// The fake's password.
 pub const FAKE_PASSWORD: &str = "fake-secret";
 
-/// How long a process may take to come up (a first start compiles nothing, but the machine
-/// may be busy).
-const STARTUP: Duration = Duration::from_secs(60);
+/// How long a process may take to come up or go down.
+const STARTUP: Duration = serve::STARTUP;
 
 /// The path of the `fake-arangodb` binary (see the module docs).
 pub fn fake_arangodb_bin() -> PathBuf {
@@ -56,16 +59,6 @@ pub fn fake_arangodb_bin() -> PathBuf {
         bin
     })
     .clone()
-}
-
-/// `cmd` with no CORTEX_* variables of the environment.
-fn clean(mut cmd: Command) -> Command {
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CORTEX") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -198,11 +191,14 @@ impl Cluster {
         let mut node = Node {
             name: name.to_owned(),
             data: self.dir.path().join(name),
-            config: self.config.clone(),
-            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            opts: serve::Options {
+                config: Some(self.config.clone()),
+                port: 0,
+                env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            },
             port: 0,
             base: String::new(),
-            child: None,
+            serve: None,
         };
         node.spawn();
         node.ready().await;
@@ -211,7 +207,7 @@ impl Cluster {
 
     /// A token valid on every node (`cortex token` with the shared secret).
     pub fn token(&self, tenant: Option<&str>, role: &str) -> String {
-        let mut cmd = clean(Command::new(CORTEX));
+        let mut cmd = serve::cortex();
         cmd.arg("token").arg("--config").arg(&self.config).args(["--role", role]);
         if let Some(t) = tenant {
             cmd.args(["--tenant", t]);
@@ -228,13 +224,12 @@ pub struct Node {
     pub name: String,
     /// Its data directory.
     pub data: PathBuf,
-    config: PathBuf,
-    env: Vec<(String, String)>,
+    opts: serve::Options,
     /// Its port (0 before the first start; kept across restarts).
     pub port: u16,
     /// Its base URL, `http://127.0.0.1:PORT`.
     pub base: String,
-    child: Option<Child>,
+    serve: Option<Serve>,
 }
 
 impl Node {
@@ -250,86 +245,53 @@ impl Node {
 
     /// The node's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        serve::log_of(&self.data)
     }
 
     /// The process id (while running).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.serve.as_ref().and_then(Serve::pid)
+    }
+
+    fn child(&self) -> &Child {
+        self.serve.as_ref().and_then(Serve::child).expect("node is running")
     }
 
     fn spawn(&mut self) {
-        assert!(self.child.is_none(), "node {} is running", self.name);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
-        let listen = format!("127.0.0.1:{}", self.port);
-        let mut child = clean(Command::new(CORTEX))
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.config)
-            .args(["--listen", &listen])
-            .arg("--data")
-            .arg(&self.data)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        drain(out);
-        let Some(addr) = line.trim().strip_prefix("Cortex is serving on http://") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("node {}: first line {line:?}; log:\n{}", self.name, self.log());
-        };
-        let addr: std::net::SocketAddr = addr.parse().unwrap();
-        self.port = addr.port();
-        self.base = format!("http://{addr}");
-        self.child = Some(child);
+        assert!(self.serve.is_none(), "node {} is running", self.name);
+        // The same port on a restart.
+        self.opts.port = self.port;
+        let serve = Serve::start_with(&self.data, &self.opts);
+        self.port = serve.port;
+        self.base = serve.base.clone();
+        self.serve = Some(serve);
     }
 
     /// Poll `/readyz` until it answers 200 (bounded; panics with the node's log).
     pub async fn ready(&self) {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
-        let deadline = tokio::time::Instant::now() + STARTUP;
-        loop {
-            if let Ok(r) = client.get(self.url("/readyz")).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "node {} never became ready; log:\n{}",
-                self.name,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        self.serve.as_ref().expect("node is running").ready().await;
     }
 
     /// Kill the process (SIGKILL) and reap it: no shutdown, no flush.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut serve) = self.serve.take() {
+            serve.kill9();
         }
     }
 
     /// Stop the process (SIGSTOP): it holds its connections and answers nothing.
     pub fn sigstop(&self) {
-        signal(self.child.as_ref().expect("node is running"), "-STOP");
+        signal(self.child(), "-STOP");
     }
 
     /// Let a stopped process go on (SIGCONT).
     pub fn sigcont(&self) {
-        signal(self.child.as_ref().expect("node is running"), "-CONT");
+        signal(self.child(), "-CONT");
     }
 
     /// Send SIGTERM and wait (bounded) for the process to exit; returns its exit code.
     pub async fn terminate(&mut self) -> Option<i32> {
-        let mut child = self.child.take().expect("node is running");
+        let mut child = self.serve.take().and_then(|mut s| s.take_child()).expect("node is running");
         signal(&child, "-TERM");
         let deadline = tokio::time::Instant::now() + STARTUP;
         loop {

@@ -30,11 +30,28 @@ pub fn cortex() -> Command {
     c
 }
 
+/// How long a process may take to come up (a first start compiles nothing, but the machine
+/// may be busy).
+pub const STARTUP: Duration = Duration::from_secs(120);
+
+/// How to start `cortex serve` beyond its data directory.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// `--config FILE`.
+    pub config: Option<PathBuf>,
+    /// The loopback port to listen on (0: a free one).
+    pub port: u16,
+    /// Extra environment (`CORTEX_CFG__SECTION__KEY` overrides).
+    pub env: Vec<(String, String)>,
+}
+
 /// A running `cortex serve`. Killed on drop.
 pub struct Serve {
     child: Option<Child>,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// Its port.
+    pub port: u16,
     /// Its data directory.
     pub data: PathBuf,
 }
@@ -42,10 +59,21 @@ pub struct Serve {
 impl Serve {
     /// Start `cortex serve` on `data` (its stderr appended to `<data>.stderr`).
     pub fn start(data: &Path) -> Serve {
+        Self::start_with(data, &Options::default())
+    }
+
+    /// [`Serve::start`] with `opts`.
+    pub fn start_with(data: &Path, opts: &Options) -> Serve {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(data.with_extension("stderr")).unwrap();
-        let mut child = cortex()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        let mut cmd = cortex();
+        cmd.arg("serve");
+        if let Some(config) = &opts.config {
+            cmd.arg("--config").arg(config);
+        }
+        let mut child = cmd
+            .args(["--listen", &format!("127.0.0.1:{}", opts.port), "--data"])
             .arg(data)
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -60,15 +88,29 @@ impl Serve {
                 sink.clear();
             }
         });
-        let Some(addr) = line.trim().strip_prefix("Cortex is serving on http://") else {
+        let addr: Option<std::net::SocketAddr> =
+            line.trim().strip_prefix("Cortex is serving on http://").and_then(|a| a.parse().ok());
+        let Some(addr) = addr else {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
-                "first line {line:?}; log:\n{}",
-                std::fs::read_to_string(data.with_extension("stderr")).unwrap_or_default()
-            );
+            panic!("{}: first line {line:?}; log:\n{}", data.display(), log_of(data));
         };
-        Serve { child: Some(child), base: format!("http://{addr}"), data: data.to_owned() }
+        Serve { child: Some(child), base: format!("http://{addr}"), port: addr.port(), data: data.to_owned() }
+    }
+
+    /// The process id (while running).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The process (while running), e.g. to signal it.
+    pub fn child(&self) -> Option<&Child> {
+        self.child.as_ref()
+    }
+
+    /// Take the process out (it is no longer killed on drop), e.g. to wait for its exit.
+    pub fn take_child(&mut self) -> Option<Child> {
+        self.child.take()
     }
 
     /// `base` + `path`.
@@ -91,14 +133,20 @@ impl Serve {
     /// Poll `/readyz` (bounded, generously) until it answers 200.
     pub async fn ready(&self) {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let deadline = tokio::time::Instant::now() + STARTUP;
         loop {
             if let Ok(r) = client.get(self.url("/readyz")).send().await
                 && r.status() == 200
             {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{} never became ready", self.base);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} ({}) never became ready; log:\n{}",
+                self.base,
+                self.data.display(),
+                log_of(&self.data)
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -110,6 +158,11 @@ impl Serve {
             let _ = c.wait();
         }
     }
+}
+
+/// What a process on `data` logged so far (its stderr, every start appended).
+pub fn log_of(data: &Path) -> String {
+    std::fs::read_to_string(data.with_extension("stderr")).unwrap_or_default()
 }
 
 impl Drop for Serve {

@@ -15,6 +15,7 @@
 //! | `net`              | a TCP connect to 127.0.0.1:80 and a DNS lookup of example.com: one line each, `denied: tcp: <err>` / `denied: dns: <err>`, or `connected` / `resolved` |
 //! | `files`            | reads /etc/passwd and lists /: one line each, `denied: file: <err>` / `denied: dir: <err>`, or `read` |
 //! | `sleep:MS`         | `std::thread::sleep` (blocks inside a WASI host call); returns `slept` |
+//! | `wait:KEY`         | reads `hostile/KEY` every 20 ms until it exists (a test's release): `released`; `gave-up` after 2 000 reads (under the default host-call limit) |
 //! | `probe`            | checks a 64 KiB bss array and 4 freshly grown pages are zero, then dirties them: `clean` / `dirty` (`grow-failed` if memory.grow failed) |
 //! | `print:N`          | writes N bytes of `x` to stdout; returns `printed`                |
 //! | `echo:TEXT`        | returns TEXT                                                      |
@@ -138,6 +139,20 @@ fn probe() -> &'static str {
     if clean { "clean" } else { "dirty" }
 }
 
+/// Polls `hostile/key` until a test writes it, so an invocation is held for exactly as
+/// long as the test needs (no wall-clock guess).
+fn wait(key: &str) -> Result<String, AgentError> {
+    for _ in 0..2_000 {
+        let found = documents::get("hostile", key)
+            .map_err(|e| AgentError::internal(format!("documents: {}: {}", e.code(), e.detail())))?;
+        if found.is_some() {
+            return Ok("released".to_owned());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok("gave-up".to_owned())
+}
+
 fn parse_n(s: &str) -> Result<u64, AgentError> {
     s.parse().map_err(|e| AgentError::bad_input(format!("bad number {s:?}: {e}")))
 }
@@ -165,6 +180,7 @@ impl Agent for Hostile {
                 std::thread::sleep(std::time::Duration::from_millis(parse_n(arg)?));
                 "slept".to_owned()
             }
+            "wait" => wait(arg)?,
             "probe" => probe().to_owned(),
             "print" => {
                 let bytes = vec![b'x'; parse_n(arg)? as usize];

@@ -2,7 +2,9 @@
 //! usage document moves with them), of a replicated kind (each write appends one event to
 //! the registry change stream, [`REGISTRY_FEED`], through the same feed machinery as
 //! document writes, [`feed::append`]) and fenced multi-record writes
-//! ([`RecordStore::record_apply`](crate::store::RecordStore::record_apply)).
+//! ([`RecordStore::record_apply`](crate::store::RecordStore::record_apply)), which may
+//! also write documents ([`RecordOp::PutDocument`]: the document, its tenant's usage and
+//! its change event in the same transaction).
 //!
 //! Records of other kinds (messages aside: cursors, leases, nodes, chunks, counters...) are
 //! written without a transaction by the caller: they are hot paths and append nothing.
@@ -31,8 +33,8 @@ use super::feed::{self, Pending};
 use super::keys::{arango_key, hex};
 use super::usage::Meter;
 use super::{
-    ArangoStore, Coll, FEED, MAX_ATTEMPTS, RECORDS, Step, StoredRecord, backend, bytes_of, cas_delete, cas_put,
-    lost_race, read, record_rev, too_busy, with_key,
+    ArangoStore, Coll, DOCUMENTS, FEED, MAX_ATTEMPTS, RECORDS, Step, StoredDoc, StoredRecord, backend, bytes_of,
+    cas_delete, cas_put, doc_key, doc_rev, lost_race, read, record_rev, stored_doc, too_busy, with_key,
 };
 use crate::store::{
     ChangeOp, Fence, Quota, REGISTRY_FEED, RecordKind, RecordOp, Result, Scope, StoreError, lease_epoch, record_tenant,
@@ -48,9 +50,11 @@ fn registry_scope() -> Scope {
     Scope::new(REGISTRY_FEED, "")
 }
 
-fn kind_of(op: &RecordOp) -> RecordKind {
+/// The record kind an op writes (`None`: a document).
+fn kind_of(op: &RecordOp) -> Option<RecordKind> {
     match op {
-        RecordOp::Put { kind, .. } | RecordOp::Delete { kind, .. } => *kind,
+        RecordOp::Put { kind, .. } | RecordOp::Delete { kind, .. } => Some(*kind),
+        RecordOp::PutDocument { .. } => None,
     }
 }
 
@@ -110,9 +114,9 @@ impl ArangoStore {
         what: &str,
     ) -> Result<Vec<u64>> {
         for _ in 0..MAX_ATTEMPTS {
-            if let Step::Done((out, head)) = self.apply_records_once(fence, ops, quota).await? {
-                if let Some(head) = head {
-                    self.signal.publish(REGISTRY_FEED, head);
+            if let Step::Done((out, heads)) = self.apply_records_once(fence, ops, quota).await? {
+                for (tenant, head) in heads {
+                    self.signal.publish(&tenant, head);
                 }
                 return Ok(out);
             }
@@ -120,18 +124,27 @@ impl ArangoStore {
         Err(too_busy(what))
     }
 
-    /// One attempt of [`Self::apply_records`]; also returns the registry stream's new head
-    /// (`None`: nothing appended).
+    /// One attempt of [`Self::apply_records`]; also returns the new heads of the streams
+    /// it appended to (the registry's, a document's tenant's).
     async fn apply_records_once(
         &self,
         fence: Option<&Fence>,
         ops: &[RecordOp],
         quota: Quota,
-    ) -> Result<Step<(Vec<u64>, Option<u64>)>> {
-        let replicated = ops.iter().any(|op| kind_of(op).is_replicated());
-        let collections: &[&str] = if replicated { &[RECORDS, FEED] } else { &[RECORDS] };
+    ) -> Result<Step<(Vec<u64>, Vec<(String, u64)>)>> {
+        let replicated = ops.iter().any(|op| kind_of(op).is_some_and(RecordKind::is_replicated));
+        let documents = ops.iter().any(|op| kind_of(op).is_none());
+        let collections: &[&str] = match (replicated, documents) {
+            (_, true) => &[RECORDS, FEED, DOCUMENTS],
+            (true, false) => &[RECORDS, FEED],
+            (false, false) => &[RECORDS],
+        };
         self.in_transaction(collections, |id| async move {
             let records = self.records.clone_with_transaction(id.clone()).map_err(backend)?;
+            let docs =
+                if documents { Some(self.docs.clone_with_transaction(id.clone()).map_err(backend)?) } else { None };
+            // The change events of documents, by scope.
+            let mut changes: Vec<(&crate::store::Scope, Vec<Pending<'_>>)> = Vec::new();
             if let Some(f) = fence
                 && let Step::Retry = hold_fence(&records, f).await?
             {
@@ -188,6 +201,22 @@ impl ArangoStore {
                         }
                         out.push(1);
                     }
+                    RecordOp::PutDocument { scope, collection, key, value } => {
+                        let Some(docs) = &docs else { return Err(no_documents()) };
+                        let k = doc_key(&scope.tenant, collection, key);
+                        let make = stored_doc(&scope.tenant, collection, key, value);
+                        let Step::Done((rev, old)) = cas_put(docs, &k, None, doc_rev, make).await? else {
+                            return Ok(Step::Retry);
+                        };
+                        let m = meter_of(self, &mut meters, &records, &scope.tenant).await?;
+                        m.step(value.len() as u64, old.map_or(0, |d: StoredDoc| d.size), quota)?;
+                        let event = Pending { collection, key, op: ChangeOp::Put, revision: rev };
+                        match changes.iter_mut().find(|(s, _)| *s == scope) {
+                            Some((_, events)) => events.push(event),
+                            None => changes.push((scope, vec![event])),
+                        }
+                        out.push(rev);
+                    }
                 }
             }
             for m in meters {
@@ -195,15 +224,29 @@ impl ArangoStore {
                     return Ok(Step::Retry);
                 }
             }
-            if events.is_empty() {
-                return Ok(Step::Done((out, None)));
+            let mut heads = Vec::new();
+            if events.is_empty() && changes.is_empty() {
+                return Ok(Step::Done((out, heads)));
             }
             let feed = self.feed.clone_with_transaction(id).map_err(backend)?;
-            Ok(match feed::append(&feed, &registry_scope(), &events).await? {
-                Step::Done(head) => Step::Done((out, head)),
-                Step::Retry => Step::Retry,
-            })
+            let registry = registry_scope();
+            for (scope, events) in std::iter::once((&registry, events)).chain(changes) {
+                match feed::append(&feed, scope, &events).await? {
+                    Step::Done(Some(head)) => heads.push((scope.tenant.to_string(), head)),
+                    Step::Done(None) => {}
+                    Step::Retry => return Ok(Step::Retry),
+                }
+            }
+            Ok(Step::Done((out, heads)))
         })
         .await
+    }
+}
+
+fn no_documents() -> StoreError {
+    StoreError::Backend {
+        message: "arangodb: a document op outside a transaction over the documents".into(),
+        transient: false,
+        source: None,
     }
 }

@@ -53,8 +53,9 @@ fn event_key(tenant: &str, seq: u64) -> Vec<u8> {
 pub(super) struct FeedTables<'t> {
     events: redb::Table<'t, &'static [u8], &'static [u8]>,
     heads: redb::Table<'t, &'static str, u64>,
-    /// The last number appended in this transaction, to publish after the commit.
-    pub(super) appended: Option<u64>,
+    /// The last number appended in this transaction to each tenant's feed, to publish
+    /// after the commit.
+    pub(super) appended: Vec<(String, u64)>,
     /// The trace context of the write's span, stored with each event appended.
     pub(super) trace: Option<TraceContext>,
 }
@@ -64,7 +65,7 @@ impl<'t> FeedTables<'t> {
         Ok(Self {
             events: txn.open_table(FEED).map_err(backend)?,
             heads: txn.open_table(HEADS).map_err(backend)?,
-            appended: None,
+            appended: Vec::new(),
             trace: None,
         })
     }
@@ -99,7 +100,10 @@ impl<'t> FeedTables<'t> {
         }
         drop(previous);
         self.heads.insert(tenant, seq).map_err(backend)?;
-        self.appended = Some(seq);
+        match self.appended.iter_mut().find(|(t, _)| t == tenant) {
+            Some((_, last)) => *last = seq,
+            None => self.appended.push((tenant.to_owned(), seq)),
+        }
         Ok(seq)
     }
 

@@ -37,8 +37,11 @@ const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const TENANT_AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("tenant_audit");
 
 /// The tables a document write touches.
+/// The documents table, open in a write transaction.
+type DocTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+
 struct Tables<'t> {
-    docs: redb::Table<'t, &'static [u8], &'static [u8]>,
+    docs: DocTable<'t>,
     usage: redb::Table<'t, &'static str, u64>,
     feed: feed::FeedTables<'t>,
 }
@@ -152,11 +155,10 @@ impl EmbeddedStore {
         Ok(Self { db: Arc::new(db), signal: Arc::default() })
     }
 
-    /// Run a document write transaction of `tenant` on a blocking thread (commits fsync,
-    /// which must not stall the async workers), then wake the tenant's feed waiters.
+    /// Run a document write transaction on a blocking thread (commits fsync, which must
+    /// not stall the async workers), then wake the waiters of the feeds it appended to.
     async fn write<T: Send + 'static>(
         &self,
-        tenant: &Arc<str>,
         f: impl FnOnce(&mut Tables<'_>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         // The writer's span (a host call, a request) is current here, not on the blocking thread.
@@ -173,8 +175,8 @@ impl EmbeddedStore {
                 Ok((out, tables.feed.appended))
             })
             .await?;
-        if let Some(head) = head {
-            self.signal.publish(tenant, head);
+        for (tenant, head) in head {
+            self.signal.publish(&tenant, head);
         }
         Ok(out)
     }
@@ -220,8 +222,8 @@ impl EmbeddedStore {
 }
 
 /// The current revision and value size of `key` (0, 0 when absent), checked against `expected`.
-fn check_expected(t: &Tables<'_>, key: &[u8], expected: Option<u64>) -> Result<(u64, u64)> {
-    let (current, size) = match t.docs.get(key).map_err(backend)? {
+fn check_expected(docs: &DocTable<'_>, key: &[u8], expected: Option<u64>) -> Result<(u64, u64)> {
+    let (current, size) = match docs.get(key).map_err(backend)? {
         Some(raw) => (revision_of(raw.value())?, raw.value().len().saturating_sub(8) as u64),
         None => (0, 0),
     };
@@ -263,7 +265,7 @@ fn apply_put(
     expected: Option<u64>,
 ) -> Result<u64> {
     let k = doc_key(scope, collection, key);
-    let (current, old_size) = check_expected(t, &k, expected)?;
+    let (current, old_size) = check_expected(&t.docs, &k, expected)?;
     let next = current + 1;
     t.docs.insert(k.as_slice(), encode(next, value).as_slice()).map_err(backend)?;
     add_usage(t, &scope.tenant, value.len() as u64, old_size)?;
@@ -274,7 +276,7 @@ fn apply_put(
 /// Remove a document and append its change event (none when it was absent).
 fn apply_delete(t: &mut Tables<'_>, scope: &Scope, collection: &str, key: &str, expected: Option<u64>) -> Result<bool> {
     let k = doc_key(scope, collection, key);
-    let (current, old_size) = check_expected(t, &k, expected)?;
+    let (current, old_size) = check_expected(&t.docs, &k, expected)?;
     if current == 0 {
         return Ok(false);
     }
@@ -306,7 +308,7 @@ impl DocumentStore for EmbeddedStore {
         quota: Quota,
     ) -> Result<u64> {
         let (s, c, k, v) = (scope.clone(), collection.to_owned(), key.to_owned(), value.to_owned());
-        self.write(&scope.tenant, move |t| {
+        self.write(move |t| {
             let before = bytes_of(&t.usage, &s.tenant)?;
             let rev = apply_put(t, &s, &c, &k, &v, expected)?;
             check_bytes(t, &s.tenant, before, quota)?;
@@ -317,7 +319,7 @@ impl DocumentStore for EmbeddedStore {
 
     async fn delete(&self, scope: &Scope, collection: &str, key: &str, expected: Option<u64>) -> Result<bool> {
         let (s, c, k) = (scope.clone(), collection.to_owned(), key.to_owned());
-        self.write(&scope.tenant, move |t| apply_delete(t, &s, &c, &k, expected)).await
+        self.write(move |t| apply_delete(t, &s, &c, &k, expected)).await
     }
 
     async fn list_bounded(
@@ -373,7 +375,7 @@ impl DocumentStore for EmbeddedStore {
     async fn transact_within(&self, scope: &Scope, ops: &[WriteOp], quota: Quota) -> Result<Vec<u64>> {
         let s = scope.clone();
         let ops = ops.to_vec();
-        self.write(&scope.tenant, move |t| {
+        self.write(move |t| {
             let before = bytes_of(&t.usage, &s.tenant)?;
             let mut revisions = Vec::with_capacity(ops.len());
             for op in &ops {
@@ -405,20 +407,44 @@ fn registry_scope() -> Scope {
 }
 
 /// The record writes of one write transaction: the records table, usage, and the
-/// registry change stream (appended for replicated kinds).
+/// registry change stream (appended for replicated kinds); the documents table too, opened
+/// by the first document written beside the records.
 struct RecordTables<'t> {
+    txn: &'t redb::WriteTransaction,
     records: redb::Table<'t, &'static str, &'static [u8]>,
     usage: redb::Table<'t, &'static str, u64>,
     feed: feed::FeedTables<'t>,
+    docs: Option<DocTable<'t>>,
 }
 
 impl<'t> RecordTables<'t> {
     fn open(txn: &'t redb::WriteTransaction) -> Result<Self> {
         Ok(Self {
+            txn,
             records: txn.open_table(RECORDS).map_err(backend)?,
             usage: txn.open_table(USAGE).map_err(backend)?,
             feed: feed::FeedTables::open(txn)?,
+            docs: None,
         })
+    }
+
+    /// Put a document (no expected revision) with its usage (within `quota`) and its
+    /// change event, as [`apply_put`] does.
+    fn put_document(&mut self, scope: &Scope, collection: &str, key: &str, value: &str, quota: Quota) -> Result<u64> {
+        let docs = match &mut self.docs {
+            Some(docs) => docs,
+            None => self.docs.insert(self.txn.open_table(DOCUMENTS).map_err(backend)?),
+        };
+        let k = doc_key(scope, collection, key);
+        let (current, old_size) = check_expected(docs, &k, None)?;
+        let next = current + 1;
+        docs.insert(k.as_slice(), encode(next, value).as_slice()).map_err(backend)?;
+        let before = bytes_of(&self.usage, &scope.tenant)?;
+        add_bytes(&mut self.usage, &scope.tenant, value.len() as u64, old_size)?;
+        let after = bytes_of(&self.usage, &scope.tenant)?;
+        quota.check(Usage { bytes: before, edges: 0 }, Usage { bytes: after, edges: 0 })?;
+        self.feed.append(scope, collection, key, ChangeOp::Put, next)?;
+        Ok(next)
     }
 
     /// The current revision and value size of a record (0, 0 when absent).
@@ -489,7 +515,8 @@ impl<'t> RecordTables<'t> {
 }
 
 impl EmbeddedStore {
-    /// A write transaction over the record tables; wakes the registry stream's waiters.
+    /// A write transaction over the record tables; wakes the waiters of the streams it
+    /// appended to (the registry's, a document's tenant's).
     async fn write_records<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut RecordTables<'_>) -> Result<T> + Send + 'static,
@@ -501,8 +528,8 @@ impl EmbeddedStore {
                 Ok((out, t.feed.appended))
             })
             .await?;
-        if let Some(head) = head {
-            self.signal.publish(super::REGISTRY_FEED, head);
+        for (tenant, head) in head {
+            self.signal.publish(&tenant, head);
         }
         Ok(out)
     }
@@ -565,6 +592,9 @@ impl RecordStore for EmbeddedStore {
                 .map(|op| match op {
                     super::RecordOp::Put { kind, key, value, expected } => t.put(*kind, key, value, *expected, quota),
                     super::RecordOp::Delete { kind, key, expected } => t.delete(*kind, key, *expected).map(u64::from),
+                    super::RecordOp::PutDocument { scope, collection, key, value } => {
+                        t.put_document(scope, collection, key, value, quota)
+                    }
                 })
                 .collect()
         })
@@ -685,7 +715,7 @@ impl RecordStore for EmbeddedStore {
         let tenant: Arc<str> = tenant.into();
         let t2 = tenant.clone();
         let removed = self
-            .write(&tenant, move |t| {
+            .write(move |t| {
                 let keys = keys_with_prefix(&t.docs, &prefix)?;
                 for k in &keys {
                     t.docs.remove(k.as_slice()).map_err(backend)?;
