@@ -27,6 +27,8 @@ struct Seen {
     authorization: Vec<String>,
     /// Paths requested.
     paths: Vec<String>,
+    /// Every request: path, and its `authorization` (empty when none).
+    requests: Vec<(String, String)>,
 }
 
 /// A loopback HTTP server: `/api/echo` answers the request's headers, `/api/redirect` a
@@ -58,17 +60,32 @@ async fn handle(State(seen): State<Arc<Mutex<Seen>>>, req: Request) -> Response 
     {
         let mut s = seen.lock().unwrap();
         s.paths.push(path.clone());
+        let auth = headers.get("authorization").map_or("", |v| v.to_str().unwrap_or("")).to_owned();
+        s.requests.push((path.clone(), auth));
         if let Some(v) = headers.get("authorization") {
             s.authorization.push(v.to_str().unwrap_or("").to_owned());
         }
     }
+    let method = req.method().to_string();
     let body = axum::body::to_bytes(req.into_body(), 1 << 24).await.unwrap_or_default();
+    let header = |k: &str| headers.get(k).map(|v| v.to_str().unwrap_or("").to_owned());
     match path.as_str() {
         "/api/echo" | "/v2/echo" | "/admin" => {
             let h: Vec<(String, String)> =
                 headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned())).collect();
-            axum::Json(json!({ "headers": h, "body_bytes": body.len() })).into_response()
+            axum::Json(json!({ "headers": h, "body_bytes": body.len(), "method": method })).into_response()
         }
+        // Redirects: `to` answers the request's `x-status` (302 by default) to its
+        // `x-location`; `chain` a 302 to `chain2` (relative), which a 307 to `/api/echo`;
+        // `loop` a 302 to itself.
+        "/api/r/to" => {
+            let status = header("x-status").and_then(|s| s.parse().ok()).unwrap_or(302);
+            let location = header("x-location").unwrap_or_default();
+            (StatusCode::from_u16(status).unwrap(), [("location", location)], "").into_response()
+        }
+        "/api/r/chain" => (StatusCode::FOUND, [("location", "chain2")], "").into_response(),
+        "/api/r/chain2" => (StatusCode::TEMPORARY_REDIRECT, [("location", "/api/echo")], "").into_response(),
+        "/api/r/loop" => (StatusCode::FOUND, [("location", "/api/r/loop")], "").into_response(),
         "/api/redirect" => (StatusCode::FOUND, [("location", "/admin")], "").into_response(),
         "/api/big" => {
             let chunks = (0..64).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 1024]));
@@ -316,6 +333,122 @@ async fn redirects_come_back_to_the_agent_and_the_next_request_is_checked() {
     let v = call(&s, &dev, "c", json!({ "url": up.url("/admin") })).await;
     assert_eq!(error(&v), "HttpRequestDenied", "{v}");
     assert_eq!(up.seen.lock().unwrap().paths, vec!["/api/redirect"]);
+}
+
+/// The echo's JSON in a guest's answer.
+fn echoed(v: &Value) -> Value {
+    serde_json::from_str(v["body"].as_str().unwrap_or_else(|| panic!("no body: {v}"))).unwrap()
+}
+
+/// A redirect of `/api/r/to` to `location` with `status`, as the client's request.
+fn redirect_to(up: &Upstream, method: &str, status: u16, location: &str) -> Value {
+    json!({ "method": method, "url": up.url("/api/r/to"),
+            "headers": [["x-status", status.to_string()], ["x-location", location]] })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followed_redirects_stay_within_the_grant_and_carry_the_secret_only_there() {
+    const SECRET: &str = "sk-redirect-5ecret-of-the-tenant";
+    let up = Upstream::start().await;
+    let other = Upstream::start().await;
+    let s = server(|_| {}).await;
+    let dev = s.developer_in("t").await;
+    put_secret(&s, "t", "openai", SECRET).await;
+    client(
+        &s,
+        &dev,
+        "c",
+        json!([{ "url": up.url("/api/"), "methods": ["GET", "POST"], "secret": "openai", "redirects": "follow" }]),
+    )
+    .await;
+    let bearer = format!("Bearer {SECRET}");
+
+    // A chain of two: a 302 to a relative `chain2` (a POST goes on as a GET), then a 307.
+    let v = call(&s, &dev, "c", json!({ "method": "POST", "url": up.url("/api/r/chain"), "body": "hello" })).await;
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!((echoed(&v)["method"].clone(), echoed(&v)["body_bytes"].clone()), (json!("GET"), json!(0)), "{v}");
+    let seen = std::mem::take(&mut up.seen.lock().unwrap().requests);
+    let want: Vec<(String, String)> =
+        ["/api/r/chain", "/api/r/chain2", "/api/echo"].iter().map(|p| ((*p).to_owned(), bearer.clone())).collect();
+    assert_eq!(seen, want, "every hop inside the grant, each with the secret");
+    assert!(!v.to_string().contains(SECRET), "{v}");
+
+    // A 307 keeps the method and the body; a 303 makes a GET of a POST.
+    let mut req = redirect_to(&up, "POST", 307, "/api/echo");
+    req["body"] = json!("hello");
+    let v = call(&s, &dev, "c", req).await;
+    assert_eq!((echoed(&v)["method"].clone(), echoed(&v)["body_bytes"].clone()), (json!("POST"), json!(5)), "{v}");
+    let mut req = redirect_to(&up, "POST", 303, "/api/echo");
+    req["body"] = json!("hello");
+    let v = call(&s, &dev, "c", req).await;
+    assert_eq!((echoed(&v)["method"].clone(), echoed(&v)["body_bytes"].clone()), (json!("GET"), json!(0)), "{v}");
+    // A body longer than the host keeps to send again: the 307 comes back to the agent.
+    let mut req = redirect_to(&up, "POST", 307, "/api/echo");
+    req["body_bytes"] = json!(70_000);
+    let v = call(&s, &dev, "c", req).await;
+    assert_eq!(v["status"], 307, "{v}");
+    up.seen.lock().unwrap().requests.clear();
+
+    // Out of the grant: another host, port, scheme, path prefix, or not http at all.
+    let port = up.addr.port();
+    for (what, location) in [
+        ("host", format!("http://localhost:{port}/api/echo")),
+        ("port", other.url("/api/echo")),
+        ("scheme", format!("https://127.0.0.1:{port}/api/echo")),
+        ("path", "/admin".to_owned()),
+        ("path escape", "/api/../admin".to_owned()),
+        ("not http", "ftp://127.0.0.1/api/echo".to_owned()),
+    ] {
+        let v = call(&s, &dev, "c", redirect_to(&up, "GET", 302, &location)).await;
+        assert_eq!(error(&v), "HttpRequestDenied", "{what}: {v}");
+    }
+    assert!(other.seen.lock().unwrap().requests.is_empty(), "nothing, and no secret, reached another destination");
+    let seen = up.seen.lock().unwrap().requests.clone();
+    assert!(seen.iter().all(|(p, _)| p == "/api/r/to"), "only the redirecting requests were sent: {seen:?}");
+
+    // A loop ends after `max_redirects` (5) hops.
+    let v = call(&s, &dev, "c", json!({ "url": up.url("/api/r/loop") })).await;
+    assert_eq!(error(&v), "LoopDetected", "{v}");
+    let loops = up.seen.lock().unwrap().paths.iter().filter(|p| *p == "/api/r/loop").count();
+    assert_eq!(loops, 6, "the request and 5 redirects");
+
+    let m = metrics(&s).await;
+    assert!(
+        m.contains("cortex_egress_requests_total{agent=\"c\",host=\"-\",status=\"redirect_denied\",tenant=\"t\"} 6"),
+        "{m}"
+    );
+    assert!(m.contains("status=\"redirect_loop\",tenant=\"t\"} 1"), "{m}");
+}
+
+/// Answers 127.0.0.1 for its first lookup and a private address after (DNS rebinding
+/// between two hops of a redirect).
+struct Rebinding(std::sync::atomic::AtomicUsize);
+
+impl cortex_host::egress::Resolver for Rebinding {
+    fn lookup<'a>(&'a self, _host: &'a str) -> cortex_host::egress::addr::Lookup<'a> {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let ip: IpAddr = if n == 0 { "127.0.0.1".parse().unwrap() } else { "10.0.0.7".parse().unwrap() };
+        Box::pin(async move { Ok(vec![ip]) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hop_of_a_followed_redirect_is_resolved_and_checked_again() {
+    let up = Upstream::start().await;
+    let s = server(|_| {}).await;
+    let egress = Egress::new(s.state.config.egress.clone(), s.state.vault.clone())
+        .unwrap()
+        .with_resolver(Arc::new(Rebinding(Default::default())));
+    s.state.agents.set_egress(Arc::new(egress));
+    let dev = s.developer_in("t").await;
+    let port = up.addr.port();
+    let base = format!("http://rebind.test:{port}/api/");
+    client(&s, &dev, "c", json!([{ "url": base, "redirects": "follow" }])).await;
+    // Same grant, but the name now resolves to a private address: refused, not connected.
+    let v =
+        call(&s, &dev, "c", json!({ "url": format!("{base}r/to"), "headers": [["x-location", "/api/echo"]] })).await;
+    assert_eq!(error(&v), "DestinationIpProhibited", "{v}");
+    assert_eq!(up.seen.lock().unwrap().paths, vec!["/api/r/to"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

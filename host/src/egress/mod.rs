@@ -9,7 +9,9 @@
 //! guest's own value of that header is dropped, and the secret never reaches the guest);
 //! response bodies stream through a counter, a size limit, the invocation's deadline and,
 //! for metered grants, the token scanner ([`meter`]). Redirects are returned to the guest
-//! as they are: the request it makes next is checked like any other.
+//! as they are (the request it makes next is checked like any other), unless the grant says
+//! `"redirects": "follow"`: then the host follows them itself, only to targets the same
+//! grant allows, resolving and checking the addresses again on every hop.
 //!
 //! Each request leaves one log record (target `cortex::egress`: tenant, agent, method,
 //! host, path without query, status, bytes, duration; never headers or bodies) and metrics.
@@ -102,6 +104,16 @@ pub struct EgressConfig {
     pub max_header_bytes: usize,
     /// Outbound requests one invocation may have open at once.
     pub max_concurrent: usize,
+    /// Most redirects the host follows for one request of a grant with
+    /// `"redirects": "follow"`; one more fails the request with `loop-detected`.
+    pub max_redirects: u32,
+    /// A PEM file of CA certificates trusted for https in addition to the webpki roots (a
+    /// corporate proxy's CA, a test CA). None by default.
+    pub extra_ca_file: Option<std::path::PathBuf>,
+    /// Audit events of denied outbound requests per agent per minute; the denials past it
+    /// are counted and the count is written in the agent's next denial event (or in a
+    /// summary event when the minute is over).
+    pub audit_denials_per_minute: u32,
 }
 
 impl Default for EgressConfig {
@@ -115,6 +127,9 @@ impl Default for EgressConfig {
             max_headers: 64,
             max_header_bytes: 32 << 10,
             max_concurrent: 8,
+            max_redirects: 5,
+            extra_ca_file: None,
+            audit_denials_per_minute: 10,
         }
     }
 }
@@ -151,7 +166,21 @@ impl Egress {
             .map(|s| s.parse::<Net>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| EgressConfigError(format!("allow_private: {e}")))?;
-        let roots = tokio_rustls::rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() };
+        let mut roots = tokio_rustls::rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() };
+        if let Some(path) = &config.extra_ca_file {
+            use tokio_rustls::rustls::pki_types::{CertificateDer, pem::PemObject};
+            let pem =
+                std::fs::read(path).map_err(|e| EgressConfigError(format!("extra_ca_file {}: {e}", path.display())))?;
+            let mut added = 0;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| EgressConfigError(format!("extra_ca_file {}: {e}", path.display())))?;
+                roots.add(cert).map_err(|e| EgressConfigError(format!("extra_ca_file {}: {e}", path.display())))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(EgressConfigError(format!("extra_ca_file {}: no certificate", path.display())));
+            }
+        }
         let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
         let tls = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
