@@ -632,3 +632,215 @@ async fn the_model_caller_example_asks_a_model_with_a_key_it_never_holds() {
     assert_eq!(s.invoke_ok(&dev, "ask", "Say hello").await, "Hello");
     assert_eq!(up.seen.lock().unwrap().authorization, vec!["Bearer sk-example-key"]);
 }
+
+/// The audit events of the egress of tenant `t`, as its tenant-admin reads them.
+async fn denial_events(s: &Server) -> Vec<Value> {
+    let admin = s.token(Some("t"), cortex_host::api::Role::TenantAdmin);
+    let v = s.get_json(&admin, "/v1/audit?action=egress_denied&limit=1000").await;
+    v.as_array().unwrap().clone()
+}
+
+/// Poll [`denial_events`] until `done` holds of them (at most 10 s).
+async fn events_until(s: &Server, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = denial_events(s).await;
+        if done(&events) {
+            return events;
+        }
+        assert!(std::time::Instant::now() < deadline, "not audited in time: {events:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `suppressed=N` of an event's detail (0 when none).
+fn suppressed(e: &Value) -> u64 {
+    let d = e["detail"].as_str().unwrap_or("");
+    d.split(' ').find_map(|kv| kv.strip_prefix("suppressed=")).map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_requests_are_audited_and_a_loop_of_them_writes_a_bounded_number_of_events() {
+    let up = Upstream::start().await;
+    let s = server(|_| {}).await;
+    let dev = s.developer_in("t").await;
+    client(&s, &dev, "c", json!([{ "url": up.url("/api/") }])).await;
+    let v =
+        call(&s, &dev, "c", json!({ "method": "POST", "url": up.url("/v2/echo?key=hidden"), "body": "secret-body" }))
+            .await;
+    assert_eq!(error(&v), "HttpRequestDenied", "{v}");
+    let events = events_until(&s, |e| !e.is_empty()).await;
+    let e = &events[0];
+    assert_eq!(e["action"], "egress_denied", "{e}");
+    assert_eq!(e["actor"], "agent:c", "{e}");
+    assert_eq!(e["tenant"], "t", "{e}");
+    assert_eq!(e["target"], format!("http://127.0.0.1:{}/v2/echo", up.addr.port()), "no query: {e}");
+    assert_eq!(e["detail"], "reason=not_granted method=POST", "{e}");
+    assert!(!e.to_string().contains("hidden") && !e.to_string().contains("secret-body"), "{e}");
+    // The platform's export has it too.
+    let export =
+        s.req(reqwest::Method::GET, "/v1/audit/export", &s.admin()).send().await.unwrap().text().await.unwrap();
+    assert!(export.contains("\"action\":\"egress_denied\""), "{export}");
+
+    // A guest looping on denied requests: 1000 denials, at most 10 events a minute (1 above,
+    // 9 of the loop), the rest counted in a summary written when the window ends (here at
+    // the node's shutdown flush).
+    let v = call(&s, &dev, "c", json!({ "url": up.url("/v2/echo"), "repeat": 1000 })).await;
+    assert_eq!(error(&v), "HttpRequestDenied", "{v}");
+    s.state.agents.egress().close().await;
+    let events = events_until(&s, |e| e.iter().any(|e| e["action"] == "egress_denied_suppressed")).await;
+    let single = events.iter().filter(|e| e["action"] == "egress_denied").count();
+    assert_eq!(single, 10, "{events:?}");
+    let counted: u64 = events.iter().map(suppressed).sum();
+    assert_eq!(single as u64 + counted, 1001, "every denial is written or counted: {events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_on_one_store_share_one_daily_token_budget() {
+    use crate::cluster::{Backend, nodes_on, within};
+    let up = Upstream::start().await;
+    let Some((nodes, _store, _shared)) = nodes_on(Backend::Embedded, 2).await else { return };
+    for n in &nodes {
+        let mut cfg = n.state.config.egress.clone();
+        cfg.allow_private = vec!["127.0.0.1/32".into()];
+        n.state.agents.set_egress(Arc::new(Egress::new(cfg, n.state.vault.clone()).unwrap()));
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    a.tenant_with("t", Some(quotas(|q| q.tokens_per_day = 100))).await;
+    let dev = a.token(Some("t"), cortex_host::api::Role::Developer);
+    client(a, &dev, "c", json!([{ "url": up.url("/v1/"), "methods": ["POST"], "meter": "openai" }])).await;
+    let chat = json!({ "method": "POST", "url": up.url("/v1/chat/completions"), "body": "{}" });
+    for _ in 0..2 {
+        assert_eq!(call(a, &dev, "c", chat.clone()).await["status"], 200);
+    }
+    // Node b learns of a's 140 tokens at its next flush, and refuses too.
+    within(Duration::from_secs(20), "b counts a's tokens", || async {
+        let view = b.get_json(&dev, "/v1/agents/c").await;
+        view["egress_usage"]["tenant_tokens_today"] == 140
+    })
+    .await;
+    let v = call(b, &dev, "c", chat.clone()).await;
+    assert_eq!(v["status"], 429, "{v}");
+    assert!(v["body"].as_str().unwrap().contains("token_budget_exhausted"), "{v}");
+}
+
+/// A CA and a certificate of it for 127.0.0.1, made with the `openssl` command: the CA's
+/// PEM file, the server's certificate chain and key.
+fn test_ca(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let run = |args: &[&str]| {
+        std::process::Command::new("openssl").args(args).current_dir(dir).output().is_ok_and(|o| o.status.success())
+    };
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    let ok = run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Cortex test CA",
+    ]) && run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]) && run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    ok.then(|| dir.join("ca.pem"))
+}
+
+/// An https server on 127.0.0.1 with `dir`'s certificate, answering `ok` to every request.
+async fn tls_server(dir: &std::path::Path) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(dir.join("server.pem")).unwrap().map(|c| c.unwrap()).collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ =
+                    tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nover tls").await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_grants_trust_the_extra_ca_and_fail_typed_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(ca) = test_ca(dir.path()) else {
+        eprintln!("no openssl command: skipped");
+        return;
+    };
+    let addr = tls_server(dir.path()).await;
+    let url = format!("https://{addr}/api/hello");
+    let grants = json!([{ "url": format!("https://{addr}/api/") }, { "url": format!("http://{addr}/plain/") }]);
+
+    let with_ca = server(|c| c.egress.extra_ca_file = Some(ca.clone())).await;
+    let dev = with_ca.developer_in("t").await;
+    client(&with_ca, &dev, "c", grants.clone()).await;
+    let v = call(&with_ca, &dev, "c", json!({ "url": url })).await;
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(v["body"], "over tls", "{v}");
+    // An http grant does not reach the same place over https.
+    let v = call(&with_ca, &dev, "c", json!({ "url": format!("https://{addr}/plain/x") })).await;
+    assert_eq!(error(&v), "HttpRequestDenied", "{v}");
+
+    // Without the CA the server's certificate is not trusted: a typed error, at once.
+    let without = server(|_| {}).await;
+    let dev = without.developer_in("t").await;
+    client(&without, &dev, "c", grants).await;
+    let v = call(&without, &dev, "c", json!({ "url": url })).await;
+    assert_eq!(error(&v), "TlsCertificateError", "{v}");
+}

@@ -286,6 +286,8 @@ impl Agents {
         // Each live node enforces its share of every tenant's rate and concurrency quotas.
         self.tenants.limiters.set_nodes(u32::try_from(live.len()).unwrap_or(u32::MAX));
         self.egress().set_nodes(u32::try_from(live.len()).unwrap_or(u32::MAX));
+        // The daily egress counts, into the store and back (the first tick is at restore).
+        self.egress().flush().await;
         let rows = match store.record_list_revisions(RecordKind::Lease, "").await {
             Ok(r) => r,
             Err(e) => {
@@ -468,6 +470,7 @@ impl Agents {
         for k in keys {
             self.release(&k).await;
         }
+        self.egress().close().await;
         if let Err(e) = self.cluster.remove(self.registry.store().as_ref()).await {
             tracing::warn!(error = %e, "removing the membership record failed");
         }

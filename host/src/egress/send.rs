@@ -293,9 +293,6 @@ fn denial_reason(status: &str) -> Option<&'static str> {
 }
 
 impl Egress {
-    /// Audit a denied request (rate-limited per agent).
-    fn audit_denial(&self, _tenant: &str, _agent: &str, _method: &str, _target: &str, _reason: &str) {}
-
     /// A record of one request (or hop) of `caller` to `target`.
     fn record(
         self: &Arc<Self>,

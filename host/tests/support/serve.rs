@@ -42,8 +42,14 @@ pub struct Serve {
 impl Serve {
     /// Start `cortex serve` on `data` (its stderr appended to `<data>.stderr`).
     pub fn start(data: &Path) -> Serve {
+        Self::start_with_env(data, &[])
+    }
+
+    /// [`Serve::start`] with these environment variables (`CORTEX_CFG__...` settings).
+    pub fn start_with_env(data: &Path, env: &[(&str, &str)]) -> Serve {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(data.with_extension("stderr")).unwrap();
         let mut child = cortex()
+            .envs(env.iter().copied())
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .stdout(Stdio::piped())
@@ -100,6 +106,14 @@ impl Serve {
             }
             assert!(tokio::time::Instant::now() < deadline, "{} never became ready", self.base);
             tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// SIGTERM (a graceful shutdown) and wait for the process to end.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = c.wait();
         }
     }
 
