@@ -811,7 +811,21 @@ impl Body for Limited {
 
 #[cfg(test)]
 mod tests {
-    use super::Redactor;
+    use super::{Redactor, Target, resolve};
+
+    #[test]
+    fn a_location_is_resolved_against_the_request() {
+        let base = Target::of("http://h:8080/api/a/b?q=1".parse().unwrap());
+        let r = |loc: &str| resolve(&base, loc).map(|u| u.to_string());
+        assert_eq!(r("/x?y=2").as_deref(), Some("http://h:8080/x?y=2"));
+        assert_eq!(r("c").as_deref(), Some("http://h:8080/api/a/c"));
+        assert_eq!(r("?z=3").as_deref(), Some("http://h:8080/api/a/b?z=3"));
+        assert_eq!(r("//other:81/p").as_deref(), Some("http://other:81/p"));
+        assert_eq!(r("HTTPS://h/p#frag").as_deref(), Some("https://h/p"));
+        for bad in ["ftp://h/x", "javascript:alert(1)", "", "http://user@h/x"] {
+            assert_eq!(r(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn the_secret_is_masked_across_every_split() {
