@@ -77,6 +77,7 @@ fn main() {
             header: None,
             format: None,
             meter: None,
+            redirects: None,
         };
         let mut agent = AgentContext::new("bench", "egress", Default::default(), store);
         agent.egress = Some(EgressLink {

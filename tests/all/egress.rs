@@ -27,6 +27,8 @@ struct Seen {
     authorization: Vec<String>,
     /// Paths requested.
     paths: Vec<String>,
+    /// Every request: path, and its `authorization` (empty when none).
+    requests: Vec<(String, String)>,
 }
 
 /// A loopback HTTP server: `/api/echo` answers the request's headers, `/api/redirect` a
@@ -58,17 +60,32 @@ async fn handle(State(seen): State<Arc<Mutex<Seen>>>, req: Request) -> Response 
     {
         let mut s = seen.lock().unwrap();
         s.paths.push(path.clone());
+        let auth = headers.get("authorization").map_or("", |v| v.to_str().unwrap_or("")).to_owned();
+        s.requests.push((path.clone(), auth));
         if let Some(v) = headers.get("authorization") {
             s.authorization.push(v.to_str().unwrap_or("").to_owned());
         }
     }
+    let method = req.method().to_string();
     let body = axum::body::to_bytes(req.into_body(), 1 << 24).await.unwrap_or_default();
+    let header = |k: &str| headers.get(k).map(|v| v.to_str().unwrap_or("").to_owned());
     match path.as_str() {
         "/api/echo" | "/v2/echo" | "/admin" => {
             let h: Vec<(String, String)> =
                 headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned())).collect();
-            axum::Json(json!({ "headers": h, "body_bytes": body.len() })).into_response()
+            axum::Json(json!({ "headers": h, "body_bytes": body.len(), "method": method })).into_response()
         }
+        // Redirects: `to` answers the request's `x-status` (302 by default) to its
+        // `x-location`; `chain` a 302 to `chain2` (relative), which a 307 to `/api/echo`;
+        // `loop` a 302 to itself.
+        "/api/r/to" => {
+            let status = header("x-status").and_then(|s| s.parse().ok()).unwrap_or(302);
+            let location = header("x-location").unwrap_or_default();
+            (StatusCode::from_u16(status).unwrap(), [("location", location)], "").into_response()
+        }
+        "/api/r/chain" => (StatusCode::FOUND, [("location", "chain2")], "").into_response(),
+        "/api/r/chain2" => (StatusCode::TEMPORARY_REDIRECT, [("location", "/api/echo")], "").into_response(),
+        "/api/r/loop" => (StatusCode::FOUND, [("location", "/api/r/loop")], "").into_response(),
         "/api/redirect" => (StatusCode::FOUND, [("location", "/admin")], "").into_response(),
         "/api/big" => {
             let chunks = (0..64).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 1024]));
@@ -318,6 +335,122 @@ async fn redirects_come_back_to_the_agent_and_the_next_request_is_checked() {
     assert_eq!(up.seen.lock().unwrap().paths, vec!["/api/redirect"]);
 }
 
+/// The echo's JSON in a guest's answer.
+fn echoed(v: &Value) -> Value {
+    serde_json::from_str(v["body"].as_str().unwrap_or_else(|| panic!("no body: {v}"))).unwrap()
+}
+
+/// A redirect of `/api/r/to` to `location` with `status`, as the client's request.
+fn redirect_to(up: &Upstream, method: &str, status: u16, location: &str) -> Value {
+    json!({ "method": method, "url": up.url("/api/r/to"),
+            "headers": [["x-status", status.to_string()], ["x-location", location]] })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followed_redirects_stay_within_the_grant_and_carry_the_secret_only_there() {
+    const SECRET: &str = "sk-redirect-5ecret-of-the-tenant";
+    let up = Upstream::start().await;
+    let other = Upstream::start().await;
+    let s = server(|_| {}).await;
+    let dev = s.developer_in("t").await;
+    put_secret(&s, "t", "openai", SECRET).await;
+    client(
+        &s,
+        &dev,
+        "c",
+        json!([{ "url": up.url("/api/"), "methods": ["GET", "POST"], "secret": "openai", "redirects": "follow" }]),
+    )
+    .await;
+    let bearer = format!("Bearer {SECRET}");
+
+    // A chain of two: a 302 to a relative `chain2` (a POST goes on as a GET), then a 307.
+    let v = call(&s, &dev, "c", json!({ "method": "POST", "url": up.url("/api/r/chain"), "body": "hello" })).await;
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!((echoed(&v)["method"].clone(), echoed(&v)["body_bytes"].clone()), (json!("GET"), json!(0)), "{v}");
+    let seen = std::mem::take(&mut up.seen.lock().unwrap().requests);
+    let want: Vec<(String, String)> =
+        ["/api/r/chain", "/api/r/chain2", "/api/echo"].iter().map(|p| ((*p).to_owned(), bearer.clone())).collect();
+    assert_eq!(seen, want, "every hop inside the grant, each with the secret");
+    assert!(!v.to_string().contains(SECRET), "{v}");
+
+    // A 307 keeps the method and the body; a 303 makes a GET of a POST.
+    let mut req = redirect_to(&up, "POST", 307, "/api/echo");
+    req["body"] = json!("hello");
+    let v = call(&s, &dev, "c", req).await;
+    assert_eq!((echoed(&v)["method"].clone(), echoed(&v)["body_bytes"].clone()), (json!("POST"), json!(5)), "{v}");
+    let mut req = redirect_to(&up, "POST", 303, "/api/echo");
+    req["body"] = json!("hello");
+    let v = call(&s, &dev, "c", req).await;
+    assert_eq!((echoed(&v)["method"].clone(), echoed(&v)["body_bytes"].clone()), (json!("GET"), json!(0)), "{v}");
+    // A body longer than the host keeps to send again: the 307 comes back to the agent.
+    let mut req = redirect_to(&up, "POST", 307, "/api/echo");
+    req["body_bytes"] = json!(70_000);
+    let v = call(&s, &dev, "c", req).await;
+    assert_eq!(v["status"], 307, "{v}");
+    up.seen.lock().unwrap().requests.clear();
+
+    // Out of the grant: another host, port, scheme, path prefix, or not http at all.
+    let port = up.addr.port();
+    for (what, location) in [
+        ("host", format!("http://localhost:{port}/api/echo")),
+        ("port", other.url("/api/echo")),
+        ("scheme", format!("https://127.0.0.1:{port}/api/echo")),
+        ("path", "/admin".to_owned()),
+        ("path escape", "/api/../admin".to_owned()),
+        ("not http", "ftp://127.0.0.1/api/echo".to_owned()),
+    ] {
+        let v = call(&s, &dev, "c", redirect_to(&up, "GET", 302, &location)).await;
+        assert_eq!(error(&v), "HttpRequestDenied", "{what}: {v}");
+    }
+    assert!(other.seen.lock().unwrap().requests.is_empty(), "nothing, and no secret, reached another destination");
+    let seen = up.seen.lock().unwrap().requests.clone();
+    assert!(seen.iter().all(|(p, _)| p == "/api/r/to"), "only the redirecting requests were sent: {seen:?}");
+
+    // A loop ends after `max_redirects` (5) hops.
+    let v = call(&s, &dev, "c", json!({ "url": up.url("/api/r/loop") })).await;
+    assert_eq!(error(&v), "LoopDetected", "{v}");
+    let loops = up.seen.lock().unwrap().paths.iter().filter(|p| *p == "/api/r/loop").count();
+    assert_eq!(loops, 6, "the request and 5 redirects");
+
+    let m = metrics(&s).await;
+    assert!(
+        m.contains("cortex_egress_requests_total{agent=\"c\",host=\"-\",status=\"redirect_denied\",tenant=\"t\"} 6"),
+        "{m}"
+    );
+    assert!(m.contains("status=\"redirect_loop\",tenant=\"t\"} 1"), "{m}");
+}
+
+/// Answers 127.0.0.1 for its first lookup and a private address after (DNS rebinding
+/// between two hops of a redirect).
+struct Rebinding(std::sync::atomic::AtomicUsize);
+
+impl cortex_host::egress::Resolver for Rebinding {
+    fn lookup<'a>(&'a self, _host: &'a str) -> cortex_host::egress::addr::Lookup<'a> {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let ip: IpAddr = if n == 0 { "127.0.0.1".parse().unwrap() } else { "10.0.0.7".parse().unwrap() };
+        Box::pin(async move { Ok(vec![ip]) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hop_of_a_followed_redirect_is_resolved_and_checked_again() {
+    let up = Upstream::start().await;
+    let s = server(|_| {}).await;
+    let egress = Egress::new(s.state.config.egress.clone(), s.state.vault.clone())
+        .unwrap()
+        .with_resolver(Arc::new(Rebinding(Default::default())));
+    s.state.agents.set_egress(Arc::new(egress));
+    let dev = s.developer_in("t").await;
+    let port = up.addr.port();
+    let base = format!("http://rebind.test:{port}/api/");
+    client(&s, &dev, "c", json!([{ "url": base, "redirects": "follow" }])).await;
+    // Same grant, but the name now resolves to a private address: refused, not connected.
+    let v =
+        call(&s, &dev, "c", json!({ "url": format!("{base}r/to"), "headers": [["x-location", "/api/echo"]] })).await;
+    assert_eq!(error(&v), "DestinationIpProhibited", "{v}");
+    assert_eq!(up.seen.lock().unwrap().paths, vec!["/api/r/to"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_bodies_and_slow_servers_fail_the_request_not_the_host() {
     let up = Upstream::start().await;
@@ -498,4 +631,216 @@ async fn the_model_caller_example_asks_a_model_with_a_key_it_never_holds() {
     .await;
     assert_eq!(s.invoke_ok(&dev, "ask", "Say hello").await, "Hello");
     assert_eq!(up.seen.lock().unwrap().authorization, vec!["Bearer sk-example-key"]);
+}
+
+/// The audit events of the egress of tenant `t`, as its tenant-admin reads them.
+async fn denial_events(s: &Server) -> Vec<Value> {
+    let admin = s.token(Some("t"), cortex_host::api::Role::TenantAdmin);
+    let v = s.get_json(&admin, "/v1/audit?action=egress_denied&limit=1000").await;
+    v.as_array().unwrap().clone()
+}
+
+/// Poll [`denial_events`] until `done` holds of them (at most 10 s).
+async fn events_until(s: &Server, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = denial_events(s).await;
+        if done(&events) {
+            return events;
+        }
+        assert!(std::time::Instant::now() < deadline, "not audited in time: {events:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `suppressed=N` of an event's detail (0 when none).
+fn suppressed(e: &Value) -> u64 {
+    let d = e["detail"].as_str().unwrap_or("");
+    d.split(' ').find_map(|kv| kv.strip_prefix("suppressed=")).map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_requests_are_audited_and_a_loop_of_them_writes_a_bounded_number_of_events() {
+    let up = Upstream::start().await;
+    let s = server(|_| {}).await;
+    let dev = s.developer_in("t").await;
+    client(&s, &dev, "c", json!([{ "url": up.url("/api/") }])).await;
+    let v =
+        call(&s, &dev, "c", json!({ "method": "POST", "url": up.url("/v2/echo?key=hidden"), "body": "secret-body" }))
+            .await;
+    assert_eq!(error(&v), "HttpRequestDenied", "{v}");
+    let events = events_until(&s, |e| !e.is_empty()).await;
+    let e = &events[0];
+    assert_eq!(e["action"], "egress_denied", "{e}");
+    assert_eq!(e["actor"], "agent:c", "{e}");
+    assert_eq!(e["tenant"], "t", "{e}");
+    assert_eq!(e["target"], format!("http://127.0.0.1:{}/v2/echo", up.addr.port()), "no query: {e}");
+    assert_eq!(e["detail"], "reason=not_granted method=POST", "{e}");
+    assert!(!e.to_string().contains("hidden") && !e.to_string().contains("secret-body"), "{e}");
+    // The platform's export has it too.
+    let export =
+        s.req(reqwest::Method::GET, "/v1/audit/export", &s.admin()).send().await.unwrap().text().await.unwrap();
+    assert!(export.contains("\"action\":\"egress_denied\""), "{export}");
+
+    // A guest looping on denied requests: 1000 denials, at most 10 events a minute (1 above,
+    // 9 of the loop), the rest counted in a summary written when the window ends (here at
+    // the node's shutdown flush).
+    let v = call(&s, &dev, "c", json!({ "url": up.url("/v2/echo"), "repeat": 1000 })).await;
+    assert_eq!(error(&v), "HttpRequestDenied", "{v}");
+    s.state.agents.egress().close().await;
+    let events = events_until(&s, |e| e.iter().any(|e| e["action"] == "egress_denied_suppressed")).await;
+    let single = events.iter().filter(|e| e["action"] == "egress_denied").count();
+    assert_eq!(single, 10, "{events:?}");
+    let counted: u64 = events.iter().map(suppressed).sum();
+    assert_eq!(single as u64 + counted, 1001, "every denial is written or counted: {events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_on_one_store_share_one_daily_token_budget() {
+    use crate::cluster::{Backend, nodes_on, within};
+    let up = Upstream::start().await;
+    let Some((nodes, _store, _shared)) = nodes_on(Backend::Embedded, 2).await else { return };
+    for n in &nodes {
+        let mut cfg = n.state.config.egress.clone();
+        cfg.allow_private = vec!["127.0.0.1/32".into()];
+        n.state.agents.set_egress(Arc::new(Egress::new(cfg, n.state.vault.clone()).unwrap()));
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    a.tenant_with("t", Some(quotas(|q| q.tokens_per_day = 100))).await;
+    let dev = a.token(Some("t"), cortex_host::api::Role::Developer);
+    client(a, &dev, "c", json!([{ "url": up.url("/v1/"), "methods": ["POST"], "meter": "openai" }])).await;
+    let chat = json!({ "method": "POST", "url": up.url("/v1/chat/completions"), "body": "{}" });
+    for _ in 0..2 {
+        assert_eq!(call(a, &dev, "c", chat.clone()).await["status"], 200);
+    }
+    // Node b learns of a's 140 tokens at its next flush, and refuses too.
+    within(Duration::from_secs(20), "b counts a's tokens", || async {
+        let view = b.get_json(&dev, "/v1/agents/c").await;
+        view["egress_usage"]["tenant_tokens_today"] == 140
+    })
+    .await;
+    let v = call(b, &dev, "c", chat.clone()).await;
+    assert_eq!(v["status"], 429, "{v}");
+    assert!(v["body"].as_str().unwrap().contains("token_budget_exhausted"), "{v}");
+}
+
+/// A CA and a certificate of it for 127.0.0.1, made with the `openssl` command: the CA's
+/// PEM file, the server's certificate chain and key.
+fn test_ca(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let run = |args: &[&str]| {
+        std::process::Command::new("openssl").args(args).current_dir(dir).output().is_ok_and(|o| o.status.success())
+    };
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    let ok = run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Cortex test CA",
+    ]) && run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]) && run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    ok.then(|| dir.join("ca.pem"))
+}
+
+/// An https server on 127.0.0.1 with `dir`'s certificate, answering `ok` to every request.
+async fn tls_server(dir: &std::path::Path) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(dir.join("server.pem")).unwrap().map(|c| c.unwrap()).collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ =
+                    tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nover tls").await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_grants_trust_the_extra_ca_and_fail_typed_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(ca) = test_ca(dir.path()) else {
+        eprintln!("no openssl command: skipped");
+        return;
+    };
+    let addr = tls_server(dir.path()).await;
+    let url = format!("https://{addr}/api/hello");
+    let grants = json!([{ "url": format!("https://{addr}/api/") }, { "url": format!("http://{addr}/plain/") }]);
+
+    let with_ca = server(|c| c.egress.extra_ca_file = Some(ca.clone())).await;
+    let dev = with_ca.developer_in("t").await;
+    client(&with_ca, &dev, "c", grants.clone()).await;
+    let v = call(&with_ca, &dev, "c", json!({ "url": url })).await;
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(v["body"], "over tls", "{v}");
+    // An http grant does not reach the same place over https.
+    let v = call(&with_ca, &dev, "c", json!({ "url": format!("https://{addr}/plain/x") })).await;
+    assert_eq!(error(&v), "HttpRequestDenied", "{v}");
+
+    // Without the CA the server's certificate is not trusted: a typed error, at once.
+    let without = server(|_| {}).await;
+    let dev = without.developer_in("t").await;
+    client(&without, &dev, "c", grants).await;
+    let v = call(&without, &dev, "c", json!({ "url": url })).await;
+    assert_eq!(error(&v), "TlsCertificateError", "{v}");
 }

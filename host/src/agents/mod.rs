@@ -129,6 +129,7 @@ impl Agents {
         let egress = crate::egress::Egress::new(config.egress.clone(), secrets)
             .map_err(|e| AgentsError::Invalid(e.to_string()))?;
         egress.register(metrics.prometheus());
+        egress.attach(registry.clone(), cluster.id());
         Ok(Self {
             egress: std::sync::RwLock::new(Arc::new(egress)),
             config,
@@ -163,9 +164,11 @@ impl Agents {
     }
 
     /// Send agents' outbound requests through `egress` from now on (another secret source
-    /// or resolver); its metrics are registered with the node's.
+    /// or resolver); its metrics are registered with the node's, its counts and audit
+    /// events kept in the node's store.
     pub fn set_egress(&self, egress: Arc<crate::egress::Egress>) {
         egress.register(self.metrics.prometheus());
+        egress.attach(self.registry.clone(), self.cluster.id());
         *self.egress.write().unwrap_or_else(std::sync::PoisonError::into_inner) = egress;
     }
 

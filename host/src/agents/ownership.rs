@@ -300,6 +300,8 @@ impl Agents {
         // Each live node enforces its share of every tenant's rate and concurrency quotas.
         self.tenants.limiters.set_nodes(u32::try_from(live.len()).unwrap_or(u32::MAX));
         self.egress().set_nodes(u32::try_from(live.len()).unwrap_or(u32::MAX));
+        // The daily egress counts, into the store and back (the first tick is at restore).
+        self.egress().flush().await;
         let me = self.cluster.id().to_owned();
         // Every lease, on a full round (see the module doc).
         let leases = if self.full_round(&live) {
@@ -538,6 +540,7 @@ impl Agents {
         for k in keys {
             self.release(&k).await;
         }
+        self.egress().close().await;
         if let Err(e) = self.cluster.remove(self.registry.store().as_ref()).await {
             tracing::warn!(error = %e, "removing the membership record failed");
         }

@@ -1,18 +1,27 @@
 //! Per-tenant egress quotas (requests per second, body bytes per day) and the daily token
 //! budget of metered grants.
 //!
-//! Across a cluster each node enforces its share, `ceil(quota / n)` for `n` live nodes, as
-//! the invocation quotas do (see `agents::quota`): with no traffic between nodes per request,
-//! the cluster admits at most `n * ceil(q / n)` (less than `q + n`). A day is a UTC day; the
-//! counts start again at midnight. A request admitted before a daily quota was spent may
-//! take it past the quota by its own bytes or tokens; the next one is refused.
+//! The rate is a per-node share: each node enforces `ceil(quota / n)` for `n` live nodes,
+//! as the invocation quotas do (see `agents::quota`), so the cluster admits at most
+//! `n * ceil(q / n)` a second (less than `q + n`).
+//!
+//! The daily bytes and tokens are durable and cluster-wide. Each node counts in memory (the
+//! request path never waits for the store) and its periodic flush (every heartbeat, and at
+//! shutdown) writes its totals of the UTC day per tenant into a
+//! [`RecordKind::Counter`](crate::store::RecordKind::Counter) record
+//! `egress/<tenant>/<day>/<node>`, and reads the other nodes' records of the day: a tenant's
+//! budget is the sum over nodes, checked against the whole quota. A node that starts again
+//! (same node id) takes its own record of the day back before it serves. Records of earlier
+//! days are deleted by the flush. The overshoot is bounded: what the other nodes admitted
+//! within one flush interval (a heartbeat) before their counts arrived, plus, as on one
+//! node, the bytes or tokens of the requests admitted before the budget was spent.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::meter::Usage;
 use crate::registry::Quotas;
@@ -39,7 +48,8 @@ impl EgressQuotas {
     }
 }
 
-/// What a tenant and one of its agents used of egress today (this node's count).
+/// What a tenant and one of its agents used of egress today, over the cluster (as of this
+/// node's last flush, plus what it counted since).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct EgressUsage {
     /// Body bytes the tenant sent and received today.
@@ -77,15 +87,42 @@ impl Refusal {
     }
 }
 
+/// One node's counts of one tenant for one UTC day: the value of its counter record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct DayCount {
+    /// Body bytes sent and received.
+    pub bytes: u64,
+    /// Tokens of metered responses.
+    pub tokens: u64,
+    /// Prompt and completion tokens by agent.
+    #[serde(default)]
+    pub agents: HashMap<String, (u64, u64)>,
+}
+
+impl DayCount {
+    pub(super) fn add(&mut self, other: &DayCount) {
+        self.bytes = self.bytes.saturating_add(other.bytes);
+        self.tokens = self.tokens.saturating_add(other.tokens);
+        for (a, (p, c)) in &other.agents {
+            let e = self.agents.entry(a.clone()).or_default();
+            e.0 = e.0.saturating_add(*p);
+            e.1 = e.1.saturating_add(*c);
+        }
+    }
+}
+
 #[derive(Debug)]
 struct TenantCount {
     /// The rate bucket's tokens, and when it was last filled.
     tokens: f64,
     filled: Instant,
     day: u64,
-    bytes: u64,
-    model_tokens: u64,
-    agents: HashMap<String, Usage>,
+    /// This node's counts of the day.
+    own: DayCount,
+    /// The other nodes' counts of the day, as of the last flush.
+    others: DayCount,
+    /// Whether `own` changed since the last flush.
+    dirty: bool,
 }
 
 /// The counts of every tenant this node has sent requests for.
@@ -101,7 +138,8 @@ impl Default for Budget {
     }
 }
 
-fn today() -> u64 {
+/// Today's number (days since the epoch, UTC).
+pub(super) fn today() -> u64 {
     crate::registry::now_ms() / 86_400_000
 }
 
@@ -121,30 +159,67 @@ impl Budget {
             tokens: f64::MAX,
             filled: Instant::now(),
             day,
-            bytes: 0,
-            model_tokens: 0,
-            agents: HashMap::new(),
+            own: DayCount::default(),
+            others: DayCount::default(),
+            dirty: false,
         });
         if c.day != day {
             c.day = day;
-            c.bytes = 0;
-            c.model_tokens = 0;
-            c.agents.clear();
+            c.own = DayCount::default();
+            c.others = DayCount::default();
+            c.dirty = false;
         }
         f(c)
+    }
+
+    /// The tenants whose counts changed since the last call, with this node's counts of
+    /// `day` (tenants counting another day are left for their next change).
+    pub(super) fn take_dirty(&self, day: u64) -> Vec<(String, DayCount)> {
+        let mut m = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
+        m.iter_mut()
+            .filter(|(_, c)| c.dirty && c.day == day)
+            .map(|(t, c)| {
+                c.dirty = false;
+                (t.clone(), c.own.clone())
+            })
+            .collect()
+    }
+
+    /// Mark `tenant` changed again (its flush failed).
+    pub(super) fn mark_dirty(&self, tenant: &str) {
+        self.with(tenant, |c| c.dirty = true);
+    }
+
+    /// Add this node's counts of today as stored before it started (once, at start).
+    pub(super) fn restore_own(&self, tenant: &str, stored: &DayCount) {
+        self.with(tenant, |c| {
+            c.own.add(stored);
+            c.dirty = true;
+        });
+    }
+
+    /// The other nodes' counts of today, by tenant (a tenant not listed: none).
+    pub(super) fn set_others(&self, others: HashMap<String, DayCount>) {
+        let day = today();
+        let mut m = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
+        for (t, c) in m.iter_mut() {
+            c.others = if c.day == day { others.get(t).cloned().unwrap_or_default() } else { DayCount::default() };
+        }
+        drop(m);
+        for (t, o) in others {
+            self.with(&t, |c| c.others = o);
+        }
     }
 
     /// Admit one request of `tenant` (to a metered grant when `metered`), or say which
     /// quota refuses it.
     pub(super) fn admit(&self, tenant: &str, q: &EgressQuotas, metered: bool) -> Result<(), Refusal> {
         let rate = self.share(u64::from(q.requests_per_second)) as f64;
-        let bytes = self.share(q.bytes_per_day);
-        let tokens = self.share(q.tokens_per_day);
         self.with(tenant, |c| {
-            if c.bytes >= bytes {
+            if c.own.bytes.saturating_add(c.others.bytes) >= q.bytes_per_day {
                 return Err(Refusal::Bytes);
             }
-            if metered && c.model_tokens >= tokens {
+            if metered && c.own.tokens.saturating_add(c.others.tokens) >= q.tokens_per_day {
                 return Err(Refusal::Tokens);
             }
             let now = Instant::now();
@@ -162,28 +237,33 @@ impl Budget {
     /// Count `n` body bytes of `tenant`.
     pub(super) fn add_bytes(&self, tenant: &str, n: u64) {
         if n > 0 {
-            self.with(tenant, |c| c.bytes = c.bytes.saturating_add(n));
+            self.with(tenant, |c| {
+                c.own.bytes = c.own.bytes.saturating_add(n);
+                c.dirty = true;
+            });
         }
     }
 
     /// Count the tokens of a metered response of `agent` of `tenant`.
     pub(super) fn add_tokens(&self, tenant: &str, agent: &str, u: Usage) {
         self.with(tenant, |c| {
-            c.model_tokens = c.model_tokens.saturating_add(u.total());
-            let a = c.agents.entry(agent.to_owned()).or_default();
-            a.prompt = a.prompt.saturating_add(u.prompt);
-            a.completion = a.completion.saturating_add(u.completion);
+            c.own.tokens = c.own.tokens.saturating_add(u.total());
+            let a = c.own.agents.entry(agent.to_owned()).or_default();
+            a.0 = a.0.saturating_add(u.prompt);
+            a.1 = a.1.saturating_add(u.completion);
+            c.dirty = true;
         });
     }
 
     pub(super) fn usage(&self, tenant: &str, agent: &str) -> EgressUsage {
         self.with(tenant, |c| {
-            let a = c.agents.get(agent).copied().unwrap_or_default();
+            let mine = c.own.agents.get(agent).copied().unwrap_or_default();
+            let theirs = c.others.agents.get(agent).copied().unwrap_or_default();
             EgressUsage {
-                tenant_bytes_today: c.bytes,
-                tenant_tokens_today: c.model_tokens,
-                agent_prompt_tokens_today: a.prompt,
-                agent_completion_tokens_today: a.completion,
+                tenant_bytes_today: c.own.bytes.saturating_add(c.others.bytes),
+                tenant_tokens_today: c.own.tokens.saturating_add(c.others.tokens),
+                agent_prompt_tokens_today: mine.0.saturating_add(theirs.0),
+                agent_completion_tokens_today: mine.1.saturating_add(theirs.1),
             }
         })
     }
@@ -225,11 +305,25 @@ mod tests {
     }
 
     #[test]
-    fn nodes_share_the_quotas() {
+    fn nodes_share_the_rate_and_sum_the_daily_counts() {
         let b = Budget::default();
         b.set_nodes(2);
-        let q = q(1000, u64::MAX, 11);
+        let q = q(4, u64::MAX, 11);
         b.add_tokens("t", "a", Usage { prompt: 6, completion: 0 });
+        // The token budget is the whole quota, over every node's count.
+        b.admit("t", &q, true).unwrap();
+        let mut other = DayCount { bytes: 0, tokens: 5, agents: HashMap::new() };
+        other.agents.insert("a".into(), (5, 0));
+        b.set_others(HashMap::from([("t".to_owned(), other)]));
         assert_eq!(b.admit("t", &q, true), Err(Refusal::Tokens));
+        assert_eq!(b.usage("t", "a").agent_prompt_tokens_today, 11);
+        // The rate is this node's share: 2 of 4 (one admitted above).
+        b.admit("t", &q, false).unwrap();
+        assert!(matches!(b.admit("t", &q, false), Err(Refusal::Rate { .. })));
+        // Only what this node counted is flushed, once.
+        let dirty = b.take_dirty(today());
+        assert_eq!(dirty.len(), 1);
+        assert_eq!(dirty[0].1.tokens, 6);
+        assert!(b.take_dirty(today()).is_empty());
     }
 }

@@ -24,6 +24,23 @@ pub enum Meter {
     Openai,
 }
 
+/// What the host does with a redirect (301, 302, 303, 307, 308) answered to a grant's
+/// request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Redirects {
+    /// Hand it to the agent as it is (the default): the request the agent makes next is
+    /// checked like any other.
+    #[default]
+    Return,
+    /// Follow it in the host, up to `[egress] max_redirects` hops, only to targets the same
+    /// grant allows (scheme, host, port, path prefix, method); a redirect anywhere else is
+    /// denied (`HTTP-request-denied`). A 307 or 308 is followed only when the request body
+    /// was at most 64 KiB (the host keeps that much to send again); a longer one is handed
+    /// to the agent as it is.
+    Follow,
+}
+
 /// One allowed destination of an agent, as its deploy spec lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +63,10 @@ pub struct EgressGrant {
     /// Count model tokens of the responses against the tenant's daily budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meter: Option<Meter>,
+    /// `return` (default): redirects go back to the agent; `follow`: the host follows them
+    /// within this grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirects: Option<Redirects>,
 }
 
 fn default_methods() -> Vec<String> {
@@ -176,6 +197,8 @@ pub struct Grant {
     pub secret: Option<SecretHeader>,
     /// How responses are metered.
     pub meter: Option<Meter>,
+    /// What the host does with redirects.
+    pub redirects: Redirects,
     /// The URL as the spec wrote it (logs, errors).
     pub url: String,
 }
@@ -250,7 +273,14 @@ impl EgressGrant {
                 Some(SecretHeader { name: name.clone(), header, format })
             }
         };
-        Ok(Grant { prefix, methods, secret, meter: self.meter, url: self.url.clone() })
+        Ok(Grant {
+            prefix,
+            methods,
+            secret,
+            meter: self.meter,
+            redirects: self.redirects.unwrap_or_default(),
+            url: self.url.clone(),
+        })
     }
 }
 
@@ -300,6 +330,7 @@ mod tests {
             header: None,
             format: None,
             meter: None,
+            redirects: None,
         }
         .parse()
         .unwrap()
@@ -341,6 +372,7 @@ mod tests {
                 header: None,
                 format: None,
                 meter: None,
+                redirects: None,
             };
             assert!(g.parse().is_err(), "{url}");
         }
@@ -351,6 +383,7 @@ mod tests {
             header: Some(header.into()),
             format: Some(format.into()),
             meter: None,
+            redirects: None,
         };
         assert!(with("openai", "authorization", "Bearer {}").parse().is_ok());
         assert!(with("Open AI", "authorization", "Bearer {}").parse().is_err());
@@ -367,6 +400,7 @@ mod tests {
             header: None,
             format: None,
             meter: None,
+            redirects: None,
         };
         let allow = vec!["https://api.example.com/".to_owned()];
         assert!(check_grants(&[g("https://api.example.com/v1/")], Some(&allow)).is_ok());

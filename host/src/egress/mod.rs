@@ -9,12 +9,21 @@
 //! guest's own value of that header is dropped, and the secret never reaches the guest);
 //! response bodies stream through a counter, a size limit, the invocation's deadline and,
 //! for metered grants, the token scanner ([`meter`]). Redirects are returned to the guest
-//! as they are: the request it makes next is checked like any other.
+//! as they are (the request it makes next is checked like any other), unless the grant says
+//! `"redirects": "follow"`: then the host follows them itself, only to targets the same
+//! grant allows, resolving and checking the addresses again on every hop.
 //!
 //! Each request leaves one log record (target `cortex::egress`: tenant, agent, method,
 //! host, path without query, status, bytes, duration; never headers or bodies) and metrics.
+//! Each denied one also leaves an audit event (`egress_denied`: destination without query,
+//! method, reason code), at most `[egress] audit_denials_per_minute` per agent a minute (see
+//! [`audit`]).
+//!
+//! The daily byte and token counts are kept in the store ([`Egress::flush`], every
+//! heartbeat): they hold across restarts and add up over the cluster (see `budget`).
 
 pub mod addr;
+mod audit;
 mod budget;
 pub mod grant;
 pub mod hooks;
@@ -102,6 +111,16 @@ pub struct EgressConfig {
     pub max_header_bytes: usize,
     /// Outbound requests one invocation may have open at once.
     pub max_concurrent: usize,
+    /// Most redirects the host follows for one request of a grant with
+    /// `"redirects": "follow"`; one more fails the request with `loop-detected`.
+    pub max_redirects: u32,
+    /// A PEM file of CA certificates trusted for https in addition to the webpki roots (a
+    /// corporate proxy's CA, a test CA). None by default.
+    pub extra_ca_file: Option<std::path::PathBuf>,
+    /// Audit events of denied outbound requests per agent per minute; the denials past it
+    /// are counted and the count is written in the agent's next denial event (or in a
+    /// summary event when the minute is over).
+    pub audit_denials_per_minute: u32,
 }
 
 impl Default for EgressConfig {
@@ -115,6 +134,9 @@ impl Default for EgressConfig {
             max_headers: 64,
             max_header_bytes: 32 << 10,
             max_concurrent: 8,
+            max_redirects: 5,
+            extra_ca_file: None,
+            audit_denials_per_minute: 10,
         }
     }
 }
@@ -133,7 +155,21 @@ pub struct Egress {
     tls: tokio_rustls::TlsConnector,
     budget: budget::Budget,
     metrics: EgressMetrics,
+    denials: audit::DenialLog,
+    backing: std::sync::OnceLock<Backing>,
+    /// Whether this node's own counts of today were read back from the store.
+    restored: std::sync::atomic::AtomicBool,
 }
+
+/// Where the service keeps its counts and writes its audit events.
+#[derive(Clone, Debug)]
+struct Backing {
+    registry: crate::registry::Registry,
+    node: String,
+}
+
+/// Prefix of the daily egress counter records (`egress/<tenant>/<day>/<node>`).
+const COUNTER_PREFIX: &str = "egress/";
 
 impl std::fmt::Debug for Egress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -151,7 +187,21 @@ impl Egress {
             .map(|s| s.parse::<Net>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| EgressConfigError(format!("allow_private: {e}")))?;
-        let roots = tokio_rustls::rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() };
+        let mut roots = tokio_rustls::rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() };
+        if let Some(path) = &config.extra_ca_file {
+            use tokio_rustls::rustls::pki_types::{CertificateDer, pem::PemObject};
+            let pem =
+                std::fs::read(path).map_err(|e| EgressConfigError(format!("extra_ca_file {}: {e}", path.display())))?;
+            let mut added = 0;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| EgressConfigError(format!("extra_ca_file {}: {e}", path.display())))?;
+                roots.add(cert).map_err(|e| EgressConfigError(format!("extra_ca_file {}: {e}", path.display())))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(EgressConfigError(format!("extra_ca_file {}: no certificate", path.display())));
+            }
+        }
         let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
         let tls = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -159,6 +209,7 @@ impl Egress {
             .with_root_certificates(roots)
             .with_no_client_auth();
         Ok(Self {
+            denials: audit::DenialLog::new(config.audit_denials_per_minute),
             config,
             allow,
             resolver: Arc::new(SystemResolver),
@@ -166,6 +217,8 @@ impl Egress {
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
             budget: budget::Budget::default(),
             metrics: EgressMetrics::new(),
+            backing: std::sync::OnceLock::new(),
+            restored: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -194,6 +247,136 @@ impl Egress {
     /// What `tenant` and its `agent` used today.
     pub fn usage(&self, tenant: &str, agent: &str) -> EgressUsage {
         self.budget.usage(tenant, agent)
+    }
+
+    /// Keep the daily counts in `registry`'s store as node `node`, and write audit events
+    /// there (once; later calls change nothing). Without it the counts live in memory and
+    /// denials are not audited.
+    pub fn attach(&self, registry: crate::registry::Registry, node: &str) {
+        let _ = self.backing.set(Backing { registry, node: node.to_owned() });
+    }
+
+    /// Audit a denied request of `agent` of `tenant` (within the per-agent bound; in the
+    /// background: the request path does not wait for the store).
+    fn audit_denial(&self, tenant: &str, agent: &str, method: &str, target: &str, reason: &str) {
+        let Some(b) = self.backing.get() else { return };
+        let Some(suppressed) = self.denials.admit(tenant, agent, std::time::Instant::now()) else { return };
+        let mut detail = format!("reason={reason} method={method}");
+        if suppressed > 0 {
+            detail.push_str(&format!(" suppressed={suppressed}"));
+        }
+        let event = denial_event(tenant, agent, "egress_denied", target.to_owned(), detail);
+        let registry = b.registry.clone();
+        tokio::spawn(async move { write_audit(&registry, event).await });
+    }
+
+    /// The periodic flush (every heartbeat): write this node's changed daily counts, read the
+    /// other nodes' (the first flush also takes this node's own counts of today back, after
+    /// a restart), delete the records of earlier days, and write the summaries of audit
+    /// windows that ended with denials left unwritten.
+    pub async fn flush(&self) {
+        self.flush_with(false).await;
+    }
+
+    /// The last flush, at shutdown: as [`Egress::flush`], every audit window ended.
+    pub async fn close(&self) {
+        self.flush_with(true).await;
+    }
+
+    async fn flush_with(&self, all: bool) {
+        let Some(b) = self.backing.get() else { return };
+        for (tenant, agent, n) in self.denials.drain(std::time::Instant::now(), all) {
+            let event = denial_event(
+                &tenant,
+                &agent,
+                "egress_denied_suppressed",
+                format!("/v1/agents/{agent}"),
+                format!("suppressed={n}"),
+            );
+            write_audit(&b.registry, event).await;
+        }
+        if let Err(e) = self.flush_counts(b).await {
+            tracing::warn!(target: "cortex::egress", error = %e, "flushing the daily egress counts failed");
+        }
+    }
+
+    async fn flush_counts(&self, b: &Backing) -> Result<(), crate::store::StoreError> {
+        use std::sync::atomic::Ordering;
+        let kind = crate::store::RecordKind::Counter;
+        let store = b.registry.store();
+        let day = budget::today();
+        let rows = store.record_list(kind, COUNTER_PREFIX).await?;
+        let mut others: HashMap<String, budget::DayCount> = HashMap::new();
+        let mut old = Vec::new();
+        let first = !self.restored.load(Ordering::Acquire);
+        for (key, value) in rows {
+            // egress/<tenant>/<day>/<node>
+            let mut it = key[COUNTER_PREFIX.len()..].splitn(3, '/');
+            let (Some(tenant), Some(d), Some(node)) = (it.next(), it.next(), it.next()) else { continue };
+            let Ok(d) = d.parse::<u64>() else { continue };
+            if d < day {
+                old.push(key.clone());
+                continue;
+            }
+            if d != day {
+                continue;
+            }
+            let Ok(count) = serde_json::from_slice::<budget::DayCount>(&value) else { continue };
+            if node == b.node {
+                if first {
+                    self.budget.restore_own(tenant, &count);
+                }
+            } else {
+                others.entry(tenant.to_owned()).or_default().add(&count);
+            }
+        }
+        self.restored.store(true, Ordering::Release);
+        self.budget.set_others(others);
+        for (tenant, count) in self.budget.take_dirty(day) {
+            let key = format!("{COUNTER_PREFIX}{tenant}/{day}/{}", b.node);
+            let value = serde_json::to_vec(&count).unwrap_or_default();
+            if let Err(e) = store.record_put(kind, &key, value, None).await {
+                self.budget.mark_dirty(&tenant);
+                return Err(e);
+            }
+        }
+        if !old.is_empty() {
+            store.record_delete_many(kind, &old).await?;
+        }
+        Ok(())
+    }
+}
+
+/// An audit event of the host about `agent`'s outbound requests.
+fn denial_event(
+    tenant: &str,
+    agent: &str,
+    action: &str,
+    target: String,
+    detail: String,
+) -> crate::registry::AuditEvent {
+    crate::registry::AuditEvent {
+        seq: 0,
+        time_ms: crate::registry::now_ms(),
+        actor: format!("agent:{agent}"),
+        tenant: tenant.to_owned(),
+        tenant_id: String::new(),
+        action: action.to_owned(),
+        target,
+        outcome: 0,
+        detail,
+    }
+}
+
+/// Append `event`, in its tenant's own log too when the tenant exists.
+async fn write_audit(registry: &crate::registry::Registry, mut event: crate::registry::AuditEvent) {
+    if let Ok(Some((t, _))) =
+        registry.get::<crate::registry::Tenant>(crate::store::RecordKind::Tenant, &event.tenant).await
+    {
+        event.tenant_id = t.id;
+    }
+    if let Err(e) = registry.audit(&event).await {
+        tracing::error!(target: "cortex::egress", error = %e, "cannot append an audit event");
     }
 }
 

@@ -151,6 +151,14 @@ impl Serve {
         }
     }
 
+    /// SIGTERM (a graceful shutdown) and wait for the process to end.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = c.wait();
+        }
+    }
+
     /// SIGKILL and reap: no shutdown, no flush.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
