@@ -1,5 +1,7 @@
 //! `cortex backup --to FILE` (a running node's store, through `GET /v1/admin/backup`) and
-//! `cortex restore --from FILE --data DIR` (offline: a data directory rebuilt from a backup).
+//! `cortex restore --from FILE --data DIR` (offline: a data directory rebuilt from an
+//! embedded backup) or `--arango URL --database NAME` (an ArangoDB database rebuilt from an
+//! ArangoDB backup).
 //! A child of the client module: `backup` talks through its [`Conn`].
 
 use std::io::Write;
@@ -66,7 +68,8 @@ pub fn restore(from: &Path, data: &Path, force: bool) -> anyhow::Result<ExitCode
     let (info, _) = verify(open()?).with_context(|| format!("checking {}", from.display()))?;
     if info.backend != "embedded" {
         bail!(
-            "{} is a backup of a {:?} store; only embedded backups restore into a data directory",
+            "{} is a backup of a {:?} store; only embedded backups restore into a data directory \
+             (restore it with --arango URL --database NAME)",
             from.display(),
             info.backend
         );
@@ -92,6 +95,36 @@ pub fn restore(from: &Path, data: &Path, force: bool) -> anyhow::Result<ExitCode
         "restored {} into {} (snapshot at {} ms, registry seq {}); start it with the same secrets key and token secret",
         from.display(),
         data.display(),
+        info.created_ms,
+        info.registry_seq
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cortex restore --arango`: check `from` whole, then insert its documents into the
+/// database `cfg` names, page by page. A database holding Cortex's documents is refused
+/// unless `force` (then Cortex's collections are truncated first).
+pub async fn restore_arango(from: &Path, cfg: &crate::config::ArangoConfig, force: bool) -> anyhow::Result<ExitCode> {
+    let open = || {
+        std::fs::File::open(from).map(std::io::BufReader::new).with_context(|| format!("opening {}", from.display()))
+    };
+    let (info, entries) = verify(open()?).with_context(|| format!("checking {}", from.display()))?;
+    if info.backend != crate::store::arangodb::backup::BACKEND {
+        bail!(
+            "{} is a backup of a {:?} store; only ArangoDB backups restore into ArangoDB (restore it with --data DIR)",
+            from.display(),
+            info.backend
+        );
+    }
+    let info = crate::store::arangodb::backup::restore(open()?, cfg, force)
+        .await
+        .with_context(|| format!("restoring into the database {:?} at {}", cfg.database, cfg.url))?;
+    println!(
+        "restored {} ({entries} documents) into the database {:?} at {} (snapshot at {} ms, registry seq {}); \
+         start the nodes on it with the same secrets key and token secret",
+        from.display(),
+        cfg.database,
+        cfg.url,
         info.created_ms,
         info.registry_seq
     );

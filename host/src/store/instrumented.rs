@@ -90,8 +90,8 @@ impl DocumentStore for Instrumented {
 
 #[async_trait::async_trait]
 impl RecordStore for Instrumented {
-    fn snapshot(&self) -> Result<Option<Box<dyn super::backup::StoreSnapshot>>> {
-        self.inner.snapshot()
+    async fn snapshot(&self) -> Result<Option<Box<dyn super::backup::StoreSnapshot>>> {
+        self.inner.snapshot().await
     }
     async fn record_get(&self, kind: RecordKind, key: &str) -> Result<Option<(Vec<u8>, u64)>> {
         self.time("record_get", self.inner.record_get(kind, key)).await
