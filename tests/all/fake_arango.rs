@@ -333,10 +333,10 @@ fn handle(st: &mut State, req: &Req) -> (u16, Value) {
             let query = body["query"].as_str().unwrap_or_default();
             let norm = query.split_whitespace().collect::<Vec<_>>().join(" ");
             let batch = body["batchSize"].as_u64().map_or(1000, |b| b as usize).max(1);
-            if norm == "FOR d IN @docs INSERT d INTO @@collection" {
-                if let Err(e) = insert_all(st, &db, &body["bindVars"]) {
-                    return e;
-                }
+            if norm == "FOR d IN @docs INSERT d INTO @@collection"
+                && let Err(e) = insert_all(st, &db, &body["bindVars"])
+            {
+                return e;
             }
             // In a read-only transaction the query runs on its snapshot.
             let trx = req.headers.get("x-arango-trx-id").cloned();

@@ -61,9 +61,11 @@ const INSERT_QUERY: &str = "FOR d IN @docs INSERT d INTO @@collection";
 /// Whether `collection` holds any document.
 const ANY_QUERY: &str = "FOR d IN @@collection LIMIT 1 RETURN d._key";
 
-/// A read-only stream transaction over Cortex's collections, and where it stands.
+/// A read-only stream transaction over Cortex's collections, and where it stands; aborted
+/// once written, or when dropped unwritten (it would otherwise hold its snapshot on the
+/// server until the idle timeout).
 pub struct ArangoSnapshot {
-    trx: Transaction<HttpClient>,
+    trx: Option<Transaction<HttpClient>>,
     info: SnapshotInfo,
     /// The runtime the reads run on (the file is written from a blocking thread).
     rt: tokio::runtime::Handle,
@@ -105,11 +107,15 @@ impl ArangoStore {
         let created_ms = crate::registry::now_ms();
         let trx = self.db.begin_transaction(settings).await.map_err(backend)?;
         let snap = ArangoSnapshot {
-            trx,
+            trx: Some(trx),
             info: SnapshotInfo { backend: BACKEND.into(), created_ms, ..SnapshotInfo::default() },
             rt: tokio::runtime::Handle::current(),
         };
-        match run(&snap.trx, HEADS_QUERY, Vec::new()).await {
+        let heads = match &snap.trx {
+            Some(trx) => run(trx, HEADS_QUERY, Vec::new()).await,
+            None => Ok(Vec::new()),
+        };
+        match heads {
             Ok(heads) => {
                 let mut snap = snap;
                 for h in heads {
@@ -123,10 +129,8 @@ impl ArangoStore {
                 }
                 Ok(snap)
             }
-            Err(e) => {
-                let _ = snap.trx.abort().await;
-                Err(e)
-            }
+            // Dropping `snap` aborts the transaction.
+            Err(e) => Err(e),
         }
     }
 }
@@ -134,12 +138,13 @@ impl ArangoStore {
 impl ArangoSnapshot {
     /// Write every collection, page by page.
     fn write_all(&self, w: &mut FrameWriter<'_>) -> Result<(), BackupError> {
+        let Some(trx) = &self.trx else { return Err(BackupError::Invalid("the snapshot was written already".into())) };
         for coll in COLLECTIONS {
             w.table(coll)?;
             let mut after = String::new();
             loop {
                 let vars = vec![("@collection", json!(coll)), ("after", json!(after)), ("limit", json!(PAGE))];
-                let rows = self.rt.block_on(run(&self.trx, PAGE_QUERY, vars)).map_err(store_err)?;
+                let rows = self.rt.block_on(run(trx, PAGE_QUERY, vars)).map_err(store_err)?;
                 let n = rows.len();
                 for row in rows {
                     let Value::Object(mut doc) = row else {
@@ -169,16 +174,30 @@ impl StoreSnapshot for ArangoSnapshot {
     }
 
     /// Must run outside the runtime's workers (a blocking thread): it blocks on the reads.
-    fn write_to(self: Box<Self>, out: &mut dyn Write) -> Result<u64, BackupError> {
+    fn write_to(mut self: Box<Self>, out: &mut dyn Write) -> Result<u64, BackupError> {
         let written = FrameWriter::new(out, &self.info).and_then(|mut w| {
             self.write_all(&mut w)?;
             w.finish()
         });
         // Read-only: aborting releases the snapshot at once, committing would do the same.
-        if let Err(e) = self.rt.block_on(self.trx.abort()) {
+        if let Some(trx) = self.trx.take()
+            && let Err(e) = self.rt.block_on(trx.abort())
+        {
             tracing::debug!(error = %e, "arangodb: aborting the backup's transaction failed");
         }
         written
+    }
+}
+
+impl Drop for ArangoSnapshot {
+    fn drop(&mut self) {
+        if let Some(trx) = self.trx.take() {
+            self.rt.spawn(async move {
+                if let Err(e) = trx.abort().await {
+                    tracing::debug!(error = %e, "arangodb: aborting an unwritten backup's transaction failed");
+                }
+            });
+        }
     }
 }
 
@@ -216,13 +235,12 @@ pub async fn restore(input: impl Read, cfg: &ArangoConfig, force: bool) -> Resul
     let mut page: Vec<Value> = Vec::with_capacity(PAGE);
     loop {
         let frame = r.next_frame()?;
-        if matches!(frame, Frame::Table(_) | Frame::End) || page.len() >= PAGE {
-            if let Some(coll) = table
-                && !page.is_empty()
-            {
-                let docs = Value::Array(std::mem::take(&mut page));
-                store.query::<Value>(INSERT_QUERY, vec![("@collection", json!(coll)), ("docs", docs)]).await?;
-            }
+        if (matches!(frame, Frame::Table(_) | Frame::End) || page.len() >= PAGE)
+            && let Some(coll) = table
+            && !page.is_empty()
+        {
+            let docs = Value::Array(std::mem::take(&mut page));
+            store.query::<Value>(INSERT_QUERY, vec![("@collection", json!(coll)), ("docs", docs)]).await?;
         }
         match frame {
             Frame::Table(name) => {
