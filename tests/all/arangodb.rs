@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::fake_arango::{FakeArango, PASSWORD, USER};
 use crate::store_contract::every_case;
 
-fn config(url: &str, dir: &tempfile::TempDir, password: &str) -> ArangoConfig {
+pub(crate) fn config(url: &str, dir: &tempfile::TempDir, password: &str) -> ArangoConfig {
     let password_file = dir.path().join("password");
     std::fs::write(&password_file, format!("{password}\n")).unwrap();
     ArangoConfig {

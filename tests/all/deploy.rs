@@ -1014,3 +1014,90 @@ fn a_misspelled_config_key_fails_the_loader() {
     arango("CORTEX_CFG__STORE__PASSWORD_FILE").expect("the cluster overlay's store variables load");
     assert!(arango("CORTEX_CFG__STORE__PASWORD_FILE").is_err(), "a misspelled store variable loads");
 }
+
+// ---------------------------------------------------------------------------------------
+// The backup CronJob of the cluster overlays
+
+/// The value after `flag` in `args`.
+fn arg_after<'a>(args: &'a [Value], flag: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).and_then(Value::as_str)
+}
+
+#[test]
+fn the_cluster_overlays_back_up_nightly_to_a_pvc_with_a_token_from_a_secret() {
+    let Some(t) = tools("deploy backup cronjob", &["kubectl"]) else { return };
+    let img = dockerfile();
+    let deploy_readme = std::fs::read_to_string(deploy_dir().join("README.md")).unwrap();
+    for r in render_all(&t["kubectl"]) {
+        let at = r.overlay.as_str();
+        let jobs = r.kind("CronJob");
+        if at == "single-node" {
+            // One node: back it up with `cortex backup` from outside (README "Backups").
+            assert!(jobs.is_empty(), "{at}");
+            continue;
+        }
+        assert_eq!(jobs.len(), 1, "{at}: one backup CronJob");
+        let job = &jobs[0];
+        let spec = &job["spec"];
+        // Five fields of a cron schedule, and never two backups at once.
+        assert_eq!(s(&spec["schedule"], "schedule").split_whitespace().count(), 5, "{at}");
+        assert_eq!(spec["concurrencyPolicy"], "Forbid", "{at}");
+        let pod = &spec["jobTemplate"]["spec"]["template"]["spec"];
+        assert_eq!(pod["restartPolicy"], "Never", "{at}");
+        assert_eq!(pod["automountServiceAccountToken"], false, "{at}");
+
+        // The same security as the host pods: the pod's and the container's contexts.
+        let host = &r.hosts()[0]["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"], host["securityContext"], "{at}: pod securityContext");
+        let containers = pod["containers"].as_array().unwrap();
+        assert_eq!(containers.len(), 1, "{at}");
+        let c = &containers[0];
+        assert_eq!(c["securityContext"], host["containers"][0]["securityContext"], "{at}: container securityContext");
+        assert_eq!(c["image"], host["containers"][0]["image"], "{at}: the host's image");
+        assert!(c["resources"]["limits"]["memory"].is_string(), "{at}: a memory limit");
+
+        // The image's cortex binary (its entrypoint runs `serve`: the job names the binary).
+        let command: Vec<&str> = c["command"].as_array().unwrap().iter().map(|v| s(v, "command")).collect();
+        assert_eq!(command, [img.entrypoint[0].as_str()], "{at}");
+        assert!(img.copied.contains(&img.entrypoint[0]), "{at}: the image has {}", img.entrypoint[0]);
+        let args = c["args"].as_array().unwrap();
+        assert_eq!(args[0], "backup", "{at}");
+        assert!(arg_after(args, "--keep").is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n >= 1)), "{at}: --keep");
+
+        // --url is the host Service's port.
+        let url = arg_after(args, "--url").expect("--url");
+        let svc = r.named("Service", "cortex");
+        let port = svc["spec"]["ports"][0]["port"].as_u64().unwrap();
+        assert_eq!(url, format!("http://cortex:{port}"), "{at}");
+
+        // --to-dir is the mount of a volume on the PVC the render has.
+        let mount = |path: &str| {
+            c["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| path.starts_with(s(&m["mountPath"], "mountPath")))
+                .map(|m| {
+                    let name = s(&m["name"], "mount name");
+                    pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == name).cloned().unwrap()
+                })
+                .unwrap_or_else(|| panic!("{at}: nothing mounted at {path}"))
+        };
+        let to = mount(arg_after(args, "--to-dir").expect("--to-dir"));
+        let claim = s(&to["persistentVolumeClaim"]["claimName"], "claimName");
+        let pvc = r.named("PersistentVolumeClaim", claim);
+        assert!(pvc["spec"]["resources"]["requests"]["storage"].is_string(), "{at}: {claim} has a size");
+
+        // --token-file is a file of a Secret volume, a Secret deploy/README.md creates.
+        let token_file = arg_after(args, "--token-file").expect("--token-file");
+        let token = mount(token_file);
+        let secret = s(&token["secret"]["secretName"], "secretName");
+        let item =
+            token["secret"]["items"].as_array().unwrap().iter().find(|i| token_file.ends_with(s(&i["path"], "path")));
+        let key = s(&item.expect("the token file is an item of the Secret")["key"], "key");
+        assert!(
+            deploy_readme.contains(&format!("create secret generic {secret} --from-file={key}=")),
+            "{at}: deploy/README.md does not create the Secret {secret} with key {key}"
+        );
+    }
+}

@@ -3,7 +3,8 @@
 //! API documentation gives for them:
 //! - `GET /` (server check: the `Server: ArangoDB` header), basic auth on everything else;
 //! - `GET /_db/{db}/_api/version`, `GET /_db/{db}/_api/database/current`, `POST /_api/database`;
-//! - `GET|POST /_db/{db}/_api/collection[/{name}]`, `POST /_db/{db}/_api/index?collection=`;
+//! - `GET|POST /_db/{db}/_api/collection[/{name}]`, `PUT /_db/{db}/_api/collection/{name}/truncate`,
+//!   `POST /_db/{db}/_api/index?collection=`;
 //! - documents: `GET|POST|PUT|DELETE /_db/{db}/_api/document/{coll}[/{key}]`, `If-Match`
 //!   answered with 412 (error 1200) and the current `_rev`, insert of an existing `_key`
 //!   with 409 (error 1210) unless `overwrite=true` (a replace-insert), an edge without
@@ -12,6 +13,10 @@
 //! - stream transactions: `POST /_db/{db}/_api/transaction/begin`, `PUT` (commit) and
 //!   `DELETE` (abort) `/_db/{db}/_api/transaction/{id}`; operations carrying
 //!   `x-arango-trx-id` are buffered, read their own writes, and are applied at commit;
+//!   a read-only transaction (no `write` collections, as a backup begins) reads the
+//!   snapshot of the database taken at its begin, as RocksDB does: documents and AQL
+//!   cursors in it never see a write committed after the begin (write transactions keep
+//!   the simpler model above: they read committed state plus their own writes);
 //!   with [`State::trx_idle_timeout`] set, a transaction no request named for that long is
 //!   aborted, as ArangoDB's `--transaction.streaming-idle-timeout` does (its default, 60 s;
 //!   unset here: never), so that one a dead client left stops blocking the keys it wrote;
@@ -50,6 +55,8 @@ struct Trx {
     touched: std::time::Instant,
     /// Buffered writes: (collection, key) -> new document, or `None` for a removal.
     writes: BTreeMap<(String, String), Option<Value>>,
+    /// A read-only transaction's snapshot of the database at its begin.
+    snapshot: Option<BTreeMap<String, Docs>>,
 }
 
 /// The fake server's whole state; tests may inspect it.
@@ -286,7 +293,13 @@ fn handle(st: &mut State, req: &Req) -> (u16, Value) {
         }
         ("POST", ["_api", "transaction", "begin"]) => {
             let id = st.id();
-            st.trx.insert(id.clone(), Trx { db, touched: std::time::Instant::now(), writes: BTreeMap::new() });
+            let cs = &body["collections"];
+            let writes = ["write", "exclusive"].iter().any(|k| cs[*k].as_array().is_some_and(|a| !a.is_empty()));
+            let snapshot = (!writes).then(|| {
+                st.databases[&db].collections.iter().map(|(name, c)| (name.clone(), c.docs.clone())).collect()
+            });
+            let trx = Trx { db, touched: std::time::Instant::now(), writes: BTreeMap::new(), snapshot };
+            st.trx.insert(id.clone(), trx);
             (201, json!({ "error": false, "code": 201, "result": { "id": id, "status": "running" } }))
         }
         ("PUT" | "DELETE", ["_api", "transaction", id]) => {
@@ -306,12 +319,42 @@ fn handle(st: &mut State, req: &Req) -> (u16, Value) {
             };
             (200, json!({ "error": false, "code": 200, "result": { "id": id, "status": status } }))
         }
+        ("PUT", ["_api", "collection", name, "truncate"]) => {
+            match st.databases.get_mut(&db).unwrap().collections.get_mut(*name) {
+                Some(c) => {
+                    c.docs.clear();
+                    (200, collection_info(name, c.kind))
+                }
+                None => err(404, 1203, "collection or view not found"),
+            }
+        }
         (_, ["_api", "document", coll, key @ ..]) => document(st, req, &db, coll, key.first().copied(), &body),
         ("POST", ["_api", "cursor"]) => {
             let query = body["query"].as_str().unwrap_or_default();
             let norm = query.split_whitespace().collect::<Vec<_>>().join(" ");
             let batch = body["batchSize"].as_u64().map_or(1000, |b| b as usize).max(1);
-            let Some(rows) = run_query(st, &db, &norm, &body["bindVars"]) else {
+            if norm == "FOR d IN @docs INSERT d INTO @@collection"
+                && let Err(e) = insert_all(st, &db, &body["bindVars"])
+            {
+                return e;
+            }
+            // In a read-only transaction the query runs on its snapshot.
+            let trx = req.headers.get("x-arango-trx-id").cloned();
+            if let Some(t) = &trx
+                && !st.trx.contains_key(t)
+            {
+                return err(404, 1655, "transaction not found");
+            }
+            let snap = trx.as_ref().and_then(|t| st.trx.get_mut(t)).and_then(|t| t.snapshot.take());
+            let live = snap.map(|snap| swap_in(st, &db, snap));
+            let rows = run_query(st, &db, &norm, &body["bindVars"]);
+            if let (Some(live), Some(t)) = (live, &trx) {
+                let snap = swap_in(st, &db, live);
+                if let Some(t) = st.trx.get_mut(t) {
+                    t.snapshot = Some(snap);
+                }
+            }
+            let Some(rows) = rows else {
                 return err(400, 1501, &format!("syntax error: the fake does not know the query {norm:?}"));
             };
             let id = st.id();
@@ -352,12 +395,56 @@ fn next_batch(st: &mut State, id: &str, code: u16) -> (u16, Value) {
     (code, v)
 }
 
+/// Put `docs` in place of the collections of `db` (those it names); returns what was there.
+fn swap_in(st: &mut State, db: &str, mut docs: BTreeMap<String, Docs>) -> BTreeMap<String, Docs> {
+    let colls = &mut st.databases.get_mut(db).unwrap().collections;
+    for (name, c) in colls.iter_mut() {
+        if let Some(d) = docs.get_mut(name) {
+            std::mem::swap(&mut c.docs, d);
+        }
+    }
+    docs
+}
+
+/// `FOR d IN @docs INSERT d INTO @@collection`: every document or none (one AQL query is
+/// one transaction), refused with 409 (1210) when a `_key` exists.
+fn insert_all(st: &mut State, db: &str, vars: &Value) -> Result<(), (u16, Value)> {
+    let coll = vars["@collection"].as_str().unwrap_or_default().to_owned();
+    let docs = vars["docs"].as_array().cloned().unwrap_or_default();
+    let Some(c) = st.databases[db].collections.get(&coll) else {
+        return Err(err(404, 1203, "collection or view not found"));
+    };
+    let is_edge = c.kind == 3;
+    for d in &docs {
+        let Some(k) = d["_key"].as_str() else { return Err(err(400, 1221, "illegal document key")) };
+        if c.docs.contains_key(k) {
+            return Err(err(409, 1210, "unique constraint violated - in index primary of type primary over '_key'"));
+        }
+        if is_edge && !(d["_from"].is_string() && d["_to"].is_string()) {
+            return Err(err(400, 1233, "edge attribute missing or invalid"));
+        }
+    }
+    let mut new = Vec::with_capacity(docs.len());
+    for mut d in docs {
+        let key = d["_key"].as_str().unwrap_or_default().to_owned();
+        d["_id"] = json!(format!("{coll}/{key}"));
+        d["_rev"] = json!(format!("_r{}", st.id()));
+        new.push((key, d));
+    }
+    let c = st.databases.get_mut(db).unwrap().collections.get_mut(&coll).unwrap();
+    c.docs.extend(new);
+    Ok(())
+}
+
 /// The document as `trx` (if any) sees it.
 fn visible(st: &State, db: &str, trx: Option<&str>, coll: &str, key: &str) -> Option<Value> {
-    if let Some(t) = trx.and_then(|t| st.trx.get(t))
-        && let Some(w) = t.writes.get(&(coll.to_owned(), key.to_owned()))
-    {
-        return w.clone();
+    if let Some(t) = trx.and_then(|t| st.trx.get(t)) {
+        if let Some(w) = t.writes.get(&(coll.to_owned(), key.to_owned())) {
+            return w.clone();
+        }
+        if let Some(snap) = &t.snapshot {
+            return snap.get(coll).and_then(|d| d.get(key)).cloned();
+        }
     }
     st.databases[db].collections[coll].docs.get(key).cloned()
 }
@@ -574,6 +661,30 @@ fn run_query(st: &mut State, db: &str, q: &str, vars: &Value) -> Option<Vec<Valu
         "FOR e IN cortex_edges FILTER e._to == @vertex AND e.tenant == @tenant AND (@kind == null OR e.kind == @kind) AND e._from != @skip SORT e.kh, e.fh LIMIT @limit WINDOW { preceding: \"unbounded\", following: 0 } AGGREGATE used = SUM(e.size) RETURN { from: e.from, to: e.to, kind: e.kind, attrs: used <= @budget OR used == e.size ? e.attrs : null }" => {
             Some(edges(docs(st, "cortex_edges"), vars, "_to", "fh", Some(s("skip"))))
         }
+        "FOR d IN @@collection FILTER d._key > @after SORT d._key LIMIT @limit RETURN d" => {
+            let (coll, after) = (s("@collection"), s("after"));
+            let c = st.databases[db].collections.get(&coll)?;
+            let after = std::ops::Bound::Excluded(after);
+            Some(
+                c.docs
+                    .range((after, std::ops::Bound::Unbounded))
+                    .take(n("limit") as usize)
+                    .map(|(_, d)| d.clone())
+                    .collect(),
+            )
+        }
+        "FOR h IN cortex_feed FILTER h.head != null RETURN { head: h.head, seq: h.seq }" => Some(
+            docs(st, "cortex_feed")
+                .into_iter()
+                .filter(|h| !h["head"].is_null())
+                .map(|h| json!({ "head": h["head"], "seq": h["seq"] }))
+                .collect(),
+        ),
+        "FOR d IN @@collection LIMIT 1 RETURN d._key" => {
+            Some(docs(st, &s("@collection")).into_iter().take(1).map(|d| d["_key"].clone()).collect())
+        }
+        // Inserted by `insert_all` before: returns nothing.
+        "FOR d IN @docs INSERT d INTO @@collection" => Some(Vec::new()),
         "RETURN SUM(FOR d IN cortex_documents FILTER d.tenant == @tenant RETURN d.size)" => {
             let tenant = s("tenant");
             let sum: u64 = docs(st, "cortex_documents")

@@ -53,11 +53,10 @@ impl std::io::Write for ChannelWriter {
 }
 
 pub async fn backup(State(st): State<Arc<AppState>>, p: Caller) -> ApiResult<Response> {
-    let Some(snap) = st.registry.store().snapshot()? else {
+    let Some(snap) = st.registry.store().snapshot().await? else {
         return Err(ApiError::Conflict {
             code: "backup_unsupported",
-            message: "this store backend has no snapshot: back up ArangoDB with its own tools (see README \"Backups\")"
-                .into(),
+            message: "this store backend has no snapshot (see README \"Backups\")".into(),
         });
     };
     let info = snap.info().clone();

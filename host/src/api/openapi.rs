@@ -477,7 +477,7 @@ fn operations(d: &mut Doc) {
         "get",
         "/v1/admin/backup",
         "backupStore",
-        "A backup of the whole store from one consistent snapshot, streamed (platform-admin; 409 backup_unsupported on ArangoDB)",
+        "A backup of the whole store from one consistent snapshot, streamed (platform-admin; on ArangoDB from one read-only stream transaction; 409 backup_unsupported on a backend without snapshots)",
     )
     .raw_ok(200, "application/octet-stream", json!({"type": "string", "format": "binary"}), "The backup file (x-cortex-snapshot: the snapshot point)")
     .errors(&[409])

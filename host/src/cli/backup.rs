@@ -1,5 +1,7 @@
 //! `cortex backup --to FILE` (a running node's store, through `GET /v1/admin/backup`) and
-//! `cortex restore --from FILE --data DIR` (offline: a data directory rebuilt from a backup).
+//! `cortex restore --from FILE --data DIR` (offline: a data directory rebuilt from an
+//! embedded backup) or `--arango URL --database NAME` (an ArangoDB database rebuilt from an
+//! ArangoDB backup).
 //! A child of the client module: `backup` talks through its [`Conn`].
 
 use std::io::Write;
@@ -9,6 +11,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 
 use super::{Conn, Payload};
+use crate::registry::now_ms;
 use crate::store::backup::verify;
 
 /// `cortex backup`: stream the backup to `to` (through a temporary file renamed once whole
@@ -66,7 +69,8 @@ pub fn restore(from: &Path, data: &Path, force: bool) -> anyhow::Result<ExitCode
     let (info, _) = verify(open()?).with_context(|| format!("checking {}", from.display()))?;
     if info.backend != "embedded" {
         bail!(
-            "{} is a backup of a {:?} store; only embedded backups restore into a data directory",
+            "{} is a backup of a {:?} store; only embedded backups restore into a data directory \
+             (restore it with --arango URL --database NAME)",
             from.display(),
             info.backend
         );
@@ -96,4 +100,105 @@ pub fn restore(from: &Path, data: &Path, force: bool) -> anyhow::Result<ExitCode
         info.registry_seq
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `cortex restore --arango`: check `from` whole, then insert its documents into the
+/// database `cfg` names, page by page. A database holding Cortex's documents is refused
+/// unless `force` (then Cortex's collections are truncated first).
+pub async fn restore_arango(from: &Path, cfg: &crate::config::ArangoConfig, force: bool) -> anyhow::Result<ExitCode> {
+    let open = || {
+        std::fs::File::open(from).map(std::io::BufReader::new).with_context(|| format!("opening {}", from.display()))
+    };
+    let (info, entries) = verify(open()?).with_context(|| format!("checking {}", from.display()))?;
+    if info.backend != crate::store::arangodb::backup::BACKEND {
+        bail!(
+            "{} is a backup of a {:?} store; only ArangoDB backups restore into ArangoDB (restore it with --data DIR)",
+            from.display(),
+            info.backend
+        );
+    }
+    let info = crate::store::arangodb::backup::restore(open()?, cfg, force)
+        .await
+        .with_context(|| format!("restoring into the database {:?} at {}", cfg.database, cfg.url))?;
+    println!(
+        "restored {} ({entries} documents) into the database {:?} at {} (snapshot at {} ms, registry seq {}); \
+         start the nodes on it with the same secrets key and token secret",
+        from.display(),
+        cfg.database,
+        cfg.url,
+        info.created_ms,
+        info.registry_seq
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cortex backup --to-dir DIR [--keep N]`: a backup into `DIR/cortex-<UTC time>.bak`;
+/// once it is whole, all but the newest `keep` backups of the directory are deleted (the
+/// names sort in time order). What a CronJob runs: the image has no shell to name files.
+pub async fn backup_rotating(dir: &Path, keep: Option<u32>, conn: &Conn) -> anyhow::Result<ExitCode> {
+    let to = dir.join(format!("cortex-{}.bak", utc_stamp(now_ms())));
+    let code = backup(&to, conn).await?;
+    if let Some(keep) = keep {
+        for old in rotate(dir, keep as usize)? {
+            println!("removed {}", old.display());
+        }
+    }
+    Ok(code)
+}
+
+/// Delete all but the newest `keep` `cortex-*.bak` files of `dir`; returns what went.
+pub fn rotate(dir: &Path, keep: usize) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut backups: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("cortex-") && n.ends_with(".bak"))
+        })
+        .collect();
+    backups.sort();
+    let old = backups.len().saturating_sub(keep);
+    let gone: Vec<_> = backups.into_iter().take(old).collect();
+    for p in &gone {
+        std::fs::remove_file(p).with_context(|| format!("removing {}", p.display()))?;
+    }
+    Ok(gone)
+}
+
+/// `YYYYMMDDTHHMMSSZ` of `ms` since the epoch (UTC; sorts in time order).
+pub fn utc_stamp(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil from days (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_utc_and_rotation_keeps_the_newest() {
+        assert_eq!(utc_stamp(0), "19700101T000000Z");
+        assert_eq!(utc_stamp(951_782_400_000), "20000229T000000Z");
+        assert_eq!(utc_stamp(1_796_637_723_000), "20261207T100203Z");
+        let dir = tempfile::tempdir().unwrap();
+        for n in ["cortex-20260101T000000Z.bak", "cortex-20260102T000000Z.bak", "cortex-20260103T000000Z.bak"] {
+            std::fs::write(dir.path().join(n), b"x").unwrap();
+        }
+        std::fs::write(dir.path().join("other.bak"), b"x").unwrap();
+        let gone = rotate(dir.path(), 2).unwrap();
+        assert_eq!(gone, vec![dir.path().join("cortex-20260101T000000Z.bak")]);
+        assert!(dir.path().join("cortex-20260103T000000Z.bak").exists());
+        assert!(dir.path().join("other.bak").exists());
+        assert!(rotate(dir.path(), 5).unwrap().is_empty());
+    }
 }

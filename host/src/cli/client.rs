@@ -106,20 +106,44 @@ pub enum ClientCommand {
     /// snapshot, without stopping it.
     Backup {
         /// The file to write.
+        #[arg(long, required_unless_present = "to_dir", conflicts_with = "to_dir")]
+        to: Option<PathBuf>,
+        /// Write `cortex-<UTC time>.bak` into this directory instead (e.g. from a CronJob).
         #[arg(long)]
-        to: PathBuf,
+        to_dir: Option<PathBuf>,
+        /// With --to-dir: once the new backup is whole, delete all but the newest N
+        /// `cortex-*.bak` files of the directory.
+        #[arg(long, requires = "to_dir", value_parser = clap::value_parser!(u32).range(1..))]
+        keep: Option<u32>,
+        /// Read the token from this file (e.g. a mounted Secret) instead of --token.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         #[command(flatten)]
         conn: Conn,
     },
-    /// Rebuild a data directory from a backup, offline (checks the file's checksum first).
+    /// Rebuild a data directory (an embedded backup, offline) or an ArangoDB database (an
+    /// ArangoDB backup) from a backup; checks the file's checksum first.
     Restore {
         /// The backup file.
         #[arg(long)]
         from: PathBuf,
         /// The data directory to make (refused when it has anything in it, unless --force).
+        #[arg(long, required_unless_present = "arango", conflicts_with = "arango")]
+        data: Option<PathBuf>,
+        /// Restore into this ArangoDB server instead (base URL, e.g. http://127.0.0.1:8529).
         #[arg(long)]
-        data: PathBuf,
-        /// Replace the store of a data directory that has one.
+        arango: Option<String>,
+        /// The ArangoDB database to restore into (created when missing).
+        #[arg(long, default_value = "cortex")]
+        database: String,
+        /// The ArangoDB user.
+        #[arg(long, default_value = "root")]
+        username: String,
+        /// A file holding the ArangoDB user's password.
+        #[arg(long, requires = "arango")]
+        password_file: Option<PathBuf>,
+        /// Replace the store of a data directory that has one, or Cortex's collections of a
+        /// database that holds documents.
         #[arg(long)]
         force: bool,
     },
@@ -673,8 +697,34 @@ impl ClientCommand {
             }
             ClientCommand::Registries { cmd, conn } => registries::run(cmd, conn).await,
             ClientCommand::Secrets { cmd, conn } => secrets::run(cmd, conn).await,
-            ClientCommand::Backup { to, conn } => backup::backup(&to, &conn).await,
-            ClientCommand::Restore { from, data, force } => backup::restore(&from, &data, force),
+            ClientCommand::Backup { to, to_dir, keep, token_file, mut conn } => {
+                if let Some(f) = token_file {
+                    let t = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+                    conn.token = Some(t.trim().to_owned());
+                }
+                match (to, to_dir) {
+                    (Some(to), _) => backup::backup(&to, &conn).await,
+                    (None, Some(dir)) => backup::backup_rotating(&dir, keep, &conn).await,
+                    (None, None) => anyhow::bail!("backup needs --to FILE or --to-dir DIR"),
+                }
+            }
+            ClientCommand::Restore { from, data, arango, database, username, password_file, force } => {
+                match (data, arango) {
+                    (Some(data), _) => backup::restore(&from, &data, force),
+                    (None, Some(url)) => {
+                        let cfg = crate::config::ArangoConfig {
+                            url,
+                            database,
+                            username,
+                            password_file,
+                            connect_timeout_ms: 5_000,
+                            request_timeout_ms: 120_000,
+                        };
+                        backup::restore_arango(&from, &cfg, force).await
+                    }
+                    (None, None) => anyhow::bail!("restore needs --data DIR or --arango URL"),
+                }
+            }
         }
     }
 }

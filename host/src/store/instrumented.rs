@@ -73,8 +73,8 @@ impl WrapsGraph for Instrumented {}
 
 #[async_trait::async_trait]
 impl WrapsRecords for Instrumented {
-    fn wrapped_snapshot(&self) -> Result<Option<Box<dyn super::backup::StoreSnapshot>>> {
-        self.inner.snapshot()
+    async fn wrapped_snapshot(&self) -> Result<Option<Box<dyn super::backup::StoreSnapshot>>> {
+        self.inner.snapshot().await
     }
     async fn wrapped_record_put_within(
         &self,

@@ -494,8 +494,8 @@ pub trait RecordStore: Send + Sync + 'static {
         Ok(self.usage(tenant).await?.bytes)
     }
     /// A consistent snapshot of the whole store for `cortex backup`, taken now (`None`:
-    /// the backend has no such snapshot; the embedded store has).
-    fn snapshot(&self) -> Result<Option<Box<dyn backup::StoreSnapshot>>> {
+    /// the backend has no such snapshot; the embedded store and ArangoDB have).
+    async fn snapshot(&self) -> Result<Option<Box<dyn backup::StoreSnapshot>>> {
         Ok(None)
     }
 }

@@ -92,7 +92,7 @@ pub trait WrapsRecords: Wrapper {
         self.around(write("record_apply"), self.inner().record_apply(fence, ops, quota)).await
     }
     /// [`RecordStore::snapshot`]; by default none (the trait's default).
-    fn wrapped_snapshot(&self) -> Result<Option<Box<dyn StoreSnapshot>>> {
+    async fn wrapped_snapshot(&self) -> Result<Option<Box<dyn StoreSnapshot>>> {
         Ok(None)
     }
 }
@@ -134,8 +134,8 @@ impl<W: WrapsDocuments> DocumentStore for W {
 
 #[async_trait::async_trait]
 impl<W: WrapsRecords> RecordStore for W {
-    fn snapshot(&self) -> Result<Option<Box<dyn StoreSnapshot>>> {
-        self.wrapped_snapshot()
+    async fn snapshot(&self) -> Result<Option<Box<dyn StoreSnapshot>>> {
+        self.wrapped_snapshot().await
     }
     async fn record_get(&self, kind: RecordKind, key: &str) -> Result<Option<(Vec<u8>, u64)>> {
         self.around(read("record_get"), self.inner().record_get(kind, key)).await

@@ -33,7 +33,10 @@
 //! for metered and replicated kinds and for fenced writes ([`records`]: usage, the
 //! registry change stream, the lease held). Multi-document transactions are ACID on a
 //! single server or a OneShard database only.
+//!
+//! Backups read the four collections in one read-only stream transaction ([`backup`]).
 
+pub mod backup;
 pub mod client;
 mod feed;
 mod graph;
@@ -673,6 +676,10 @@ impl DocumentStore for ArangoStore {
 
 #[async_trait::async_trait]
 impl RecordStore for ArangoStore {
+    async fn snapshot(&self) -> Result<Option<Box<dyn super::backup::StoreSnapshot>>> {
+        Ok(Some(Box::new(self.begin_snapshot().await?)))
+    }
+
     async fn record_apply(&self, fence: Option<&Fence>, ops: &[RecordOp], quota: Quota) -> Result<Vec<u64>> {
         self.apply_records(fence, ops, quota, "record_apply").await
     }

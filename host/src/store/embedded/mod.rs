@@ -537,7 +537,7 @@ impl EmbeddedStore {
 
 #[async_trait::async_trait]
 impl RecordStore for EmbeddedStore {
-    fn snapshot(&self) -> Result<Option<Box<dyn crate::store::backup::StoreSnapshot>>> {
+    async fn snapshot(&self) -> Result<Option<Box<dyn crate::store::backup::StoreSnapshot>>> {
         Ok(Some(Box::new(EmbeddedStore::snapshot(self)?)))
     }
     async fn record_get(&self, kind: RecordKind, key: &str) -> Result<Option<(Vec<u8>, u64)>> {
