@@ -551,8 +551,13 @@ async fn the_javascript_model_caller_fetches_through_its_grant_with_a_key_it_nev
     assert!(!view.to_string().contains(SECRET), "{view}");
 
     // Without a grant for the address the request never leaves and the agent says why.
-    s.deploy_with(&dev, "ungranted", module["digest"].as_str().unwrap(), json!({ "config": { "base_url": up.url("/v1/") } }))
-        .await;
+    s.deploy_with(
+        &dev,
+        "ungranted",
+        module["digest"].as_str().unwrap(),
+        json!({ "config": { "base_url": up.url("/v1/") } }),
+    )
+    .await;
     let (status, body) = s.invoke(&dev, "ungranted", "Say hello").await;
     assert!(!status.is_success() && body.contains("http-error"), "{status} {body}");
     assert_eq!(up.seen.lock().unwrap().paths.len(), 1, "the denied request never left");
