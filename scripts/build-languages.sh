@@ -94,11 +94,12 @@ check_bindings() { # lang wit-dir hash-file what
 }
 
 # Hash of everything a language's build reads: its folder (following the wit/deps link
-# to the repo's wit/), this script, and the toolchain pins.
+# to the repo's wit/), this script, and the toolchain pins (not the output of a
+# `cortex build` in plugins/js/model-caller).
 inputs_hash() {
     {
         (cd "$ROOT" && find -L "$@" -type f ! -name '*.wasm' ! -path '*/node_modules/*' ! -path '*/dist/*' \
-            ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum)
+            ! -path '*/__pycache__/*' ! -path 'plugins/js/model-caller/build/*' -print0 | sort -z | xargs -0 sha256sum)
         cat "${BASH_SOURCE[0]}" "$ROOT/plugins/python/requirements.txt" "$ROOT/plugins/go/requirements.txt" \
             "$ROOT/plugins/c/apt-packages.txt"
     } | sha256sum | cut -c1-64
