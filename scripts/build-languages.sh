@@ -3,11 +3,13 @@
 #   python-counter.wasm  componentize-py      (plugins/python)
 #   js-counter.wasm      componentize-js      (plugins/js/counter, plain JavaScript)
 #   ts-counter.wasm      tsc + componentize-js (plugins/js/ts)
+#   js-model-caller.wasm componentize-js      (plugins/js/model-caller: `fetch` through an
+#                        egress grant; the only one built with wasi:http, target `js-model`)
 #   go-counter.wasm      go (wasip1) + wasm-tools component embed/new + preview1 adapter
 #   c-counter.wasm       clang-19 + wasi-libc + wasm-tools component embed/new + adapter
 #                        (Go and C: the build.sh of the `cortex new` template, host/templates/)
 #
-# Usage: scripts/build-languages.sh [--out DIR] [python|js|ts|go|c ...]
+# Usage: scripts/build-languages.sh [--out DIR] [python|js|ts|go|c|js-model ...]
 #        scripts/build-languages.sh --bindings   (regenerate the committed C/Go bindings)
 # Default output: $CORTEX_LANG_OUT, else $CARGO_TARGET_DIR/cortex-languages (CARGO_TARGET_DIR
 # defaults to ~/.cache/cortex/target). Incremental: a language whose sources, WIT and
@@ -20,7 +22,7 @@ TOOLS="${CORTEX_LANG_TOOLS:-$HOME/.cache/cortex/lang-tools}"
 OUT="${CORTEX_LANG_OUT:-${CARGO_TARGET_DIR:-$HOME/.cache/cortex/target}/cortex-languages}"
 INSTALL="scripts/install-language-toolchains.sh"
 WIT_BINDGEN_VERSION=0.63.0
-ALL=(python js ts go c)
+ALL=(python js ts go c js-model)
 
 langs=()
 regen=0
@@ -28,8 +30,8 @@ while (($#)); do
     case "$1" in
         --out) OUT="$2"; shift 2 ;;
         --bindings) regen=1; shift ;;
-        -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        python|js|ts|go|c) langs+=("$1"); shift ;;
+        -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        python|js|ts|go|c|js-model) langs+=("$1"); shift ;;
         *) echo "build-languages: unknown argument '$1' (languages: ${ALL[*]})" >&2; exit 2 ;;
     esac
 done
@@ -92,11 +94,12 @@ check_bindings() { # lang wit-dir hash-file what
 }
 
 # Hash of everything a language's build reads: its folder (following the wit/deps link
-# to the repo's wit/), this script, and the toolchain pins.
+# to the repo's wit/), this script, and the toolchain pins (not the output of a
+# `cortex build` in plugins/js/model-caller).
 inputs_hash() {
     {
         (cd "$ROOT" && find -L "$@" -type f ! -name '*.wasm' ! -path '*/node_modules/*' ! -path '*/dist/*' \
-            ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum)
+            ! -path '*/__pycache__/*' ! -path 'plugins/js/model-caller/build/*' -print0 | sort -z | xargs -0 sha256sum)
         cat "${BASH_SOURCE[0]}" "$ROOT/plugins/python/requirements.txt" "$ROOT/plugins/go/requirements.txt" \
             "$ROOT/plugins/c/apt-packages.txt"
     } | sha256sum | cut -c1-64
@@ -112,6 +115,14 @@ build_js() {
     need_file "$ROOT/plugins/js/node_modules/.bin/componentize-js" "npm @bytecodealliance/componentize-js"
     local j="$ROOT/plugins/js"
     (cd "$j" && componentize-js counter/app.js --wit wit --world-name agent -d http fetch-event -o "$1" >/dev/null)
+}
+
+# StarlingMonkey's fetch over wasi:http/outgoing-handler: `http` is kept (only the
+# fetch-event export is left out); the async export runs the event loop to resolution.
+build_js-model() {
+    need_file "$ROOT/plugins/js/node_modules/.bin/componentize-js" "npm @bytecodealliance/componentize-js"
+    local j="$ROOT/plugins/js"
+    (cd "$j" && componentize-js model-caller/app.js --wit wit --world-name agent -d fetch-event -o "$1" >/dev/null)
 }
 
 build_ts() {
@@ -140,13 +151,15 @@ build_c() { from_template c "$1" "$2" src/main.c "$ROOT/plugins/c/counter/counte
 for lang in "${langs[@]}"; do
     case "$lang" in
         python) src=(plugins/python) ;;
-        js|ts) src=(plugins/js) ;;
+        js|ts|js-model) src=(plugins/js) ;;
         go) src=(plugins/go host/templates/go wit) ;;
         c) src=(plugins/c host/templates/c wit) ;;
     esac
-    out="$OUT/$lang-counter.wasm"
+    name="$lang-counter"
+    [[ "$lang" == js-model ]] && name=js-model-caller
+    out="$OUT/$name.wasm"
     hash=$(inputs_hash "${src[@]}")
-    if [[ -f "$out" && "$(cat "$OUT/$lang-counter.inputs" 2>/dev/null)" == "$hash" ]]; then
+    if [[ -f "$out" && "$(cat "$OUT/$name.inputs" 2>/dev/null)" == "$hash" ]]; then
         echo "build-languages: $lang: up to date ($out)" >&2
         continue
     fi
@@ -156,7 +169,7 @@ for lang in "${langs[@]}"; do
     "build_$lang" "$work/agent.wasm" "$work"
     wasm-tools validate --features all "$work/agent.wasm"
     mv -f "$work/agent.wasm" "$out"
-    echo "$hash" >"$OUT/$lang-counter.inputs"
+    echo "$hash" >"$OUT/$name.inputs"
     rm -rf "$work"
     ms=$((($(date +%s%N) - start) / 1000000))
     size=$(stat -c %s "$out")

@@ -65,7 +65,9 @@ fn main() {
     rt.block_on(async move {
         let addr = server().await;
         let dir = tempfile::tempdir().unwrap();
-        let runtime = Runtime::new(EngineConfig::default(), None).unwrap();
+        // Room for the compile on a loaded machine (the default bound is 120 s).
+        let engine = EngineConfig { compile_timeout: Duration::from_secs(900), ..EngineConfig::default() };
+        let runtime = Runtime::new(engine, None).unwrap();
         let module = runtime.load(&std::fs::read(art::EGRESS_CLIENT).unwrap()).await.unwrap();
         let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
         let config = EgressConfig { allow_private: vec!["127.0.0.1/32".into()], ..EgressConfig::default() };

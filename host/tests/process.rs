@@ -866,6 +866,62 @@ async fn deploy_in_a_project_builds_it_and_dev_upgrades_on_every_save() {
     assert!(dev_log().contains("stopped watching"), "{}", dev_log());
 }
 
+/// A project whose `[deploy]` holds an egress grant of `key = value` lines (`grant`).
+fn egress_project(dir: &Path, grant: &str) {
+    std::fs::write(
+        dir.join("cortex.toml"),
+        format!(
+            "[agent]\nname = \"caller\"\nlang = \"rust\"\n\n[build]\n\
+             command = \"mkdir -p out && cp {} out/agent.wasm\"\noutput = \"out/agent.wasm\"\n\n\
+             [deploy]\nconfig = {{ model = \"m\" }}\n\n[[deploy.egress]]\n{grant}\n",
+            art::HELLO
+        ),
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_sends_the_manifests_egress_grants_and_refuses_a_misspelled_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _, dev) = serve_acme(dir.path(), &[]).await;
+    let project = dir.path().join("proj");
+    std::fs::create_dir(&project).unwrap();
+    let grant = "url = \"https://api.openai.com/v1/\"\nmethods = [\"POST\"]\nsecret = \"openai\"\n\
+                 header = \"authorization\"\nformat = \"Bearer {}\"\nmeter = \"openai\"";
+    egress_project(&project, grant);
+    let (code, _, stderr) = parts(&client_in(&s, &dev, &project, &["deploy"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    let agent = agent_json(&s, &dev, "caller");
+    assert_eq!(
+        agent["egress"],
+        json!([{ "url": "https://api.openai.com/v1/", "methods": ["POST"], "secret": "openai",
+                 "header": "authorization", "format": "Bearer {}", "meter": "openai" }]),
+        "{agent}"
+    );
+    // The same manifest again: nothing to do (the grants compare equal).
+    let (code, _, stderr) = parts(&client_in(&s, &dev, &project, &["deploy"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("up to date"), "{stderr}");
+    // Another grant changes only by a redeploy.
+    egress_project(&project, "url = \"https://api.openai.com/v2/\"");
+    let (code, _, stderr) = parts(&client_in(&s, &dev, &project, &["deploy"]));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("egress") && stderr.contains("--replace"), "{stderr}");
+    let (code, _, stderr) = parts(&client_in(&s, &dev, &project, &["deploy", "--replace"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(agent_json(&s, &dev, "caller")["egress"][0]["url"], "https://api.openai.com/v2/");
+
+    // A misspelled key: refused before anything is built or sent, naming the key, the
+    // table and the keys allowed.
+    egress_project(&project, "url = \"https://api.openai.com/v3/\"\nsecrets = \"openai\"");
+    let (code, _, stderr) = parts(&client_in(&s, &dev, &project, &["deploy", "--replace"]));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("cortex.toml") && stderr.contains("egress"), "{stderr}");
+    assert!(stderr.contains("unknown field `secrets`") && stderr.contains("`secret`"), "{stderr}");
+    assert!(!stderr.contains("building"), "{stderr}");
+    assert_eq!(agent_json(&s, &dev, "caller")["egress"][0]["url"], "https://api.openai.com/v2/");
+}
+
 /// A `cortex ... --follow` child whose stdout lines arrive on a channel.
 struct Follower {
     child: Child,

@@ -843,4 +843,65 @@ async fn https_grants_trust_the_extra_ca_and_fail_typed_without_it() {
     client(&without, &dev, "c", grants).await;
     let v = call(&without, &dev, "c", json!({ "url": url })).await;
     assert_eq!(error(&v), "TlsCertificateError", "{v}");
+/// The JavaScript example (plugins/js/model-caller, built from source by
+/// scripts/build-languages.sh like the other language agents) calls the model with
+/// `fetch`: the host injects the tenant's key and meters the reply's tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_javascript_model_caller_fetches_through_its_grant_with_a_key_it_never_holds() {
+    const SECRET: &str = "sk-js-example-key-of-the-tenant";
+    let wasm = tokio::task::spawn_blocking(|| crate::languages::build_target("js-model", "js-model-caller.wasm"))
+        .await
+        .unwrap();
+    let up = Upstream::start().await;
+    // Room for a 12 MB component: its compile on a loaded machine, StarlingMonkey's start.
+    let mut s = server(|c| {
+        c.engine.compile_timeout = Duration::from_secs(600);
+        c.http.request_timeout_ms = 600_000;
+        c.limits.memory_bytes = 256 << 20;
+        c.limits.timeout = Duration::from_secs(30);
+        c.limits.fuel = 10_000_000_000;
+    })
+    .await;
+    s.client = reqwest::Client::builder().timeout(Duration::from_secs(600)).build().unwrap();
+    let dev = s.developer_in("t").await;
+    put_secret(&s, "t", "openai", SECRET).await;
+    let r = s.req(reqwest::Method::POST, "/v1/modules", &dev).body(std::fs::read(&wasm).unwrap()).send().await.unwrap();
+    let module: Value = r.json().await.unwrap();
+    let module = s.module_settled(&dev, module["digest"].as_str().unwrap(), Duration::from_secs(600)).await;
+    assert_eq!(module["status"], "ready", "{module}");
+    s.deploy_with(
+        &dev,
+        "ask-js",
+        module["digest"].as_str().unwrap(),
+        json!({
+            "config": { "base_url": up.url("/v1/"), "model": "m" },
+            "egress": [{ "url": up.url("/v1/"), "methods": ["POST"],
+                         "secret": "openai", "header": "authorization", "format": "Bearer {}", "meter": "openai" }],
+        }),
+    )
+    .await;
+    let out = s.invoke_ok(&dev, "ask-js", "Say hello").await;
+    assert_eq!(out, "Hello", "the answer is the test server's");
+    assert!(!out.contains(SECRET));
+    {
+        let seen = up.seen.lock().unwrap();
+        assert_eq!(seen.paths, vec!["/v1/chat/completions"]);
+        assert_eq!(seen.authorization, vec![format!("Bearer {SECRET}")], "the host injected the key");
+    }
+    let view = s.get_json(&dev, "/v1/agents/ask-js").await;
+    assert_eq!(view["egress_usage"]["agent_prompt_tokens_today"], 30, "{view}");
+    assert_eq!(view["egress"][0]["secret"], "openai", "{view}");
+    assert!(!view.to_string().contains(SECRET), "{view}");
+
+    // Without a grant for the address the request never leaves and the agent says why.
+    s.deploy_with(
+        &dev,
+        "ungranted",
+        module["digest"].as_str().unwrap(),
+        json!({ "config": { "base_url": up.url("/v1/") } }),
+    )
+    .await;
+    let (status, body) = s.invoke(&dev, "ungranted", "Say hello").await;
+    assert!(!status.is_success() && body.contains("http-error"), "{status} {body}");
+    assert_eq!(up.seen.lock().unwrap().paths.len(), 1, "the denied request never left");
 }

@@ -26,6 +26,12 @@ fn lang_limits() -> Limits {
 /// Builds one language's counter agent (incremental; the script takes a file lock, so
 /// test processes running side by side build each language once) and returns its path.
 fn build(lang: &str) -> PathBuf {
+    build_target(lang, &format!("{lang}-counter.wasm"))
+}
+
+/// Builds the script's target `lang` (a language, or an example such as `js-model`) and
+/// returns the path of its component `file` in the script's output folder.
+pub(crate) fn build_target(lang: &str, file: &str) -> PathBuf {
     static IN_PROCESS: Mutex<()> = Mutex::new(());
     let _guard = IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
@@ -46,7 +52,7 @@ fn build(lang: &str) -> PathBuf {
         output.status
     );
     eprintln!("{lang}: build step {:?}: {}", started.elapsed(), stderr.trim());
-    out.join(format!("{lang}-counter.wasm"))
+    out.join(file)
 }
 
 /// The tests' engine, with room for compiling 12-18 MB components while other tests

@@ -7,8 +7,8 @@
 //! 2. While the server compiles it (large uploads answer 202), progress goes to stderr.
 //! 3. The agent: deployed if absent; else upgraded (with the new configuration in the same
 //!    step) if its module or configuration differ; else nothing (and it says so). Watches,
-//!    subscriptions, profile and the limits given change only by a redeploy: the command
-//!    refuses unless `--replace` (delete, then deploy).
+//!    subscriptions, profile, egress grants and the limits given change only by a
+//!    redeploy: the command refuses unless `--replace` (delete, then deploy).
 //!
 //! Without a module, in a project folder (`cortex.toml`): build it, and take the name and
 //! the `[deploy]` table from the manifest (flags add to or override it):
@@ -21,6 +21,16 @@
 //! profile = "small"
 //! max_concurrency = 4
 //! limits = { fuel = 1000000, memory = "64MiB", timeout = "5s" }
+//!
+//! # Outbound HTTP: the deploy spec's `egress` grants, with the same fields (an unknown
+//! # key is refused, naming the ones allowed).
+//! [[deploy.egress]]
+//! url = "https://api.openai.com/v1/"
+//! methods = ["POST"]
+//! secret = "openai"          # the tenant secret the host puts in `header`
+//! header = "authorization"
+//! format = "Bearer {}"
+//! meter = "openai"
 //! ```
 
 use std::collections::BTreeMap;
@@ -109,6 +119,9 @@ pub struct DeploySection {
     /// Tag of the uploaded module.
     #[serde(default)]
     pub tag: Option<String>,
+    /// `[[deploy.egress]]`: the deploy spec's egress grants.
+    #[serde(default)]
+    pub egress: Vec<crate::egress::EgressGrant>,
 }
 
 /// `[deploy.limits]`.
@@ -156,6 +169,8 @@ pub struct Desired {
     pub limits: serde_json::Map<String, Value>,
     /// Invocations at once.
     pub max_concurrency: Option<u32>,
+    /// Egress grants, as the deploy spec has them.
+    pub egress: Vec<crate::egress::EgressGrant>,
     /// Delete and deploy again when a redeploy is needed.
     pub replace: bool,
 }
@@ -267,13 +282,28 @@ impl DeployArgs {
 
 /// The `[deploy]` table of `project`'s manifest.
 pub fn section_of(project: &Project) -> anyhow::Result<DeploySection> {
-    match &project.manifest.deploy {
-        Some(t) => t
-            .clone()
-            .try_into()
-            .with_context(|| format!("{}: [deploy]", project.root.join(super::project::MANIFEST).display())),
-        None => Ok(DeploySection::default()),
+    let Some(table) = &project.manifest.deploy else { return Ok(DeploySection::default()) };
+    let path = project.root.join(super::project::MANIFEST);
+    let mut table = table.clone();
+    // The grants one by one, so that an error says which.
+    let egress = table.remove("egress");
+    let mut section: DeploySection = table.try_into().with_context(|| format!("{}: [deploy]", path.display()))?;
+    match egress {
+        None => {}
+        Some(toml::Value::Array(grants)) => {
+            for (i, grant) in grants.into_iter().enumerate() {
+                let grant =
+                    grant.try_into().with_context(|| format!("{}: [[deploy.egress]] #{}", path.display(), i + 1))?;
+                section.egress.push(grant);
+            }
+        }
+        Some(other) => bail!(
+            "{}: [deploy] egress must be a list of grants ([[deploy.egress]] tables), not a {}",
+            path.display(),
+            other.type_str()
+        ),
     }
+    Ok(section)
 }
 
 /// Build `project` (its output goes to stderr); the component's path.
@@ -305,6 +335,7 @@ pub fn desired_from(name: String, source: Source, section: DeploySection) -> any
         profile: section.profile,
         limits,
         max_concurrency: section.max_concurrency,
+        egress: section.egress,
         replace: false,
     })
 }
@@ -436,6 +467,11 @@ fn redeploy_needed(a: &Value, d: &Desired) -> Vec<String> {
     {
         diff.push("max_concurrency".to_owned());
     }
+    // The record keeps the grants as deployed (absent when none).
+    let egress = a["egress"].as_array().cloned().unwrap_or_default();
+    if serde_json::to_value(&d.egress).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default() != egress {
+        diff.push("egress".to_owned());
+    }
     diff
 }
 
@@ -453,6 +489,9 @@ fn spec(d: &Desired, digest: &str) -> Value {
     }
     if let Some(c) = d.max_concurrency {
         s["max_concurrency"] = json!(c);
+    }
+    if !d.egress.is_empty() {
+        s["egress"] = json!(d.egress);
     }
     s
 }
