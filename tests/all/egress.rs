@@ -843,6 +843,8 @@ async fn https_grants_trust_the_extra_ca_and_fail_typed_without_it() {
     client(&without, &dev, "c", grants).await;
     let v = call(&without, &dev, "c", json!({ "url": url })).await;
     assert_eq!(error(&v), "TlsCertificateError", "{v}");
+}
+
 /// The JavaScript example (plugins/js/model-caller, built from source by
 /// scripts/build-languages.sh like the other language agents) calls the model with
 /// `fetch`: the host injects the tenant's key and meters the reply's tokens.
