@@ -66,7 +66,12 @@ fn main() {
         let addr = server().await;
         let dir = tempfile::tempdir().unwrap();
         // Room for the compile on a loaded machine (the default bound is 120 s).
-        let engine = EngineConfig { compile_timeout: Duration::from_secs(900), ..EngineConfig::default() };
+        // A bench harness cannot be its own compile child: this crate's `cortex-bench-compile` is.
+        let compile = cortex_host::runtime::CompileConfig {
+            program: Some(env!("CARGO_BIN_EXE_cortex-bench-compile").into()),
+            ..Default::default()
+        };
+        let engine = EngineConfig { compile_timeout: Duration::from_secs(900), compile, ..EngineConfig::default() };
         let runtime = Runtime::new(engine, None).unwrap();
         let module = runtime.load(&std::fs::read(art::EGRESS_CLIENT).unwrap()).await.unwrap();
         let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());

@@ -182,6 +182,14 @@ impl Compiler {
     }
 
     async fn compile_in_child(&self, bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
+        // A program that is not a Cortex build ignores `__compile`, runs as itself and may
+        // compile in a child of its own: a fork bomb. Inside a compile child, never spawn.
+        if std::env::var_os(REQUEST_ENV).is_some() {
+            return Err(LoadError::Internal(format!(
+                "{} did not run `{SUBCOMMAND}`: [engine.compile] program must be a build of Cortex",
+                self.program.display()
+            )));
+        }
         let _slot = self.slots.acquire().await.map_err(|_| LoadError::Internal("the compiler is shut down".into()))?;
         let limit = self.config.compile_timeout;
         let memory = self.config.compile.memory_bytes;
