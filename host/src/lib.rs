@@ -9,6 +9,7 @@
 pub mod agents;
 pub mod api;
 pub mod capabilities;
+pub mod civil;
 pub mod cli;
 pub mod cluster;
 pub mod config;
