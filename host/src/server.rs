@@ -242,6 +242,38 @@ impl<B: HttpBody + Unpin> HttpBody for Tracked<B> {
     }
 }
 
+/// A request body that says, through `read`, when it has been read to its end (from the
+/// start, if it is empty).
+struct ReadTo<B> {
+    body: B,
+    read: Arc<AtomicBool>,
+}
+
+impl<B: HttpBody + Unpin> HttpBody for ReadTo<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(r, Poll::Ready(None)) || this.body.is_end_stream() {
+            this.read.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Where [`HttpFront`] sends a request: invocations straight to [`api::invoke_direct`], the
 /// rest through the router (with `true` when the front cuts it at the request's deadline).
 enum Lane<R, I> {
@@ -257,7 +289,7 @@ impl std::fmt::Debug for HttpFront {
 
 impl<B> Service<Request<B>> for HttpFront
 where
-    B: HttpBody<Data = Bytes> + Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<axum::BoxError>,
 {
     type Response = Response;
@@ -269,8 +301,11 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let id = api::request_id::of_request(req.headers());
+        // Whether the request's body was read to its end by the time the answer is made.
+        let read = Arc::new(AtomicBool::new(req.body().is_end_stream()));
+        let mut req = req.map(|body| ReadTo { body, read: read.clone() });
         let activity = self.activity.clone();
         if let Some(a) = &activity {
             a.begun.fetch_add(1, Ordering::Relaxed);
@@ -321,7 +356,7 @@ where
                 req.extensions_mut().insert(slot.clone());
                 route_slot = Some(slot);
                 let _entered = span.enter();
-                Lane::Router(Service::<Request<B>>::call(&mut self.router, req), bounded)
+                Lane::Router(Service::<Request<ReadTo<B>>>::call(&mut self.router, req), bounded)
             }
         };
         let scoped_id = id.clone();
@@ -352,6 +387,13 @@ where
                     crate::telemetry::otel::rename(&otel_span, format!("{method} {route}"));
                     otel_span.record("http.response.status_code", resp.status().as_u16());
                     tp.insert_into(resp.headers_mut());
+                }
+                if !read.load(Ordering::Relaxed) {
+                    // Answered before its body was read (refused at once, or not wanted): the
+                    // rest of it would be taken for the next request, so hyper closes the
+                    // connection after this answer. Say so, or a client may send its next
+                    // request on a connection that is closing (and lose it).
+                    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
                 if ended.as_ref().is_some_and(|e| e.0.closing.load(Ordering::Relaxed)) {
                     // Shutting down: the client must not send another request here.
@@ -463,6 +505,8 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
+        // A second handle on the socket, so that it outlives hyper's: see [`linger`].
+        let second = second_handle(&stream);
         let activity = Arc::new(Activity::new(closing.clone()));
         let svc = TowerToHyperService::new(HttpFront { activity: Some(activity.clone()), ..app.clone() });
         // No hyper header-read timer: it is armed and cleared around every request a
@@ -475,6 +519,9 @@ pub async fn serve(
         let served = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection closed with an error");
+            }
+            if let Some(sock) = second {
+                linger(sock).await;
             }
         });
         let watch = Watch {
@@ -498,6 +545,52 @@ pub async fn serve(
     state.agents.hand_back().await;
     state.agents.halt_watchers().await;
     Ok(())
+}
+
+/// How long a connection the server has finished with keeps reading what its client still
+/// sends, at most (its watchdog may close it sooner: it counts as quiet).
+const LINGER: Duration = Duration::from_secs(5);
+
+/// A second handle on `stream`'s socket (a duplicated descriptor): the socket stays open
+/// until both are closed. None if the descriptor cannot be duplicated (the connection is then
+/// served without [`linger`]).
+#[cfg(unix)]
+fn second_handle(stream: &tokio::net::TcpStream) -> Option<std::net::TcpStream> {
+    use std::os::fd::AsFd;
+    stream.as_fd().try_clone_to_owned().ok().map(std::net::TcpStream::from)
+}
+
+#[cfg(not(unix))]
+fn second_handle(_: &tokio::net::TcpStream) -> Option<std::net::TcpStream> {
+    None
+}
+
+/// Close a connection hyper has finished with (its handle on the socket is closed) without
+/// throwing away the last answer. A server that answers before it has read a request's body
+/// (a body declared over the limit, a caller refused, an agent that does not exist) and then
+/// closes a socket with that body's bytes unread makes the kernel send a reset, and a reset
+/// makes the client's kernel discard the answer it has received but not yet read: the client
+/// sees "broken pipe" or "connection reset" instead of the 413. So, as web servers' "lingering
+/// close" does: end the sending side (the client reads the answer, then end of stream), then
+/// read and drop what the client still sends until it closes its side, for [`LINGER`] at most.
+/// A client that closed first costs one read.
+async fn linger(sock: std::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    if sock.shutdown(std::net::Shutdown::Write).is_err() || sock.set_nonblocking(true).is_err() {
+        return;
+    }
+    let Ok(mut sock) = tokio::net::TcpStream::from_std(sock) else {
+        return;
+    };
+    let mut scratch = vec![0u8; 16 << 10];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = sock.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// What a connection's [`watchdog`] watches.

@@ -332,3 +332,120 @@ async fn responses_say_how_long_an_idle_connection_stays_open() {
     let r = s.req(Method::POST, "/v1/agents/hello/invoke", &dev).body("x").send().await.unwrap();
     assert_eq!(r.headers().get("keep-alive").map(|v| v.to_str().unwrap()), Some("timeout=7"));
 }
+
+/// Send `head` and then `body` on a fresh connection from one task while another reads: the
+/// answer the server sends (a write the server cuts short is the client's loss, not the
+/// answer's). `chunked`: the body goes in 64 KiB chunks of the chunked coding.
+async fn sent_while_answered(s: &Server, head: String, body: usize, chunked: bool) -> String {
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    let writer = tokio::spawn(async move {
+        wr.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'x'; 64 << 10];
+        let mut left = body;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            if chunked {
+                wr.write_all(format!("{n:x}\r\n").as_bytes()).await?;
+            }
+            wr.write_all(&chunk[..n]).await?;
+            if chunked {
+                wr.write_all(b"\r\n").await?;
+            }
+            left -= n;
+        }
+        if chunked {
+            wr.write_all(b"0\r\n\r\n").await?;
+        }
+        std::io::Result::Ok(())
+    });
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match rd.read(&mut chunk).await {
+                Ok(0) => return Ok(()),
+                Err(e) => return Err(e),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            if String::from_utf8_lossy(&buf).ends_with('}') {
+                return Ok(());
+            }
+        }
+    })
+    .await;
+    writer.abort();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    match read {
+        Ok(Ok(())) => text,
+        Ok(Err(e)) => format!("read failed after {text:?}: {e}"),
+        Err(_) => format!("no answer within 20 s after {text:?}"),
+    }
+}
+
+/// A server that answers before it has read a request's body (a body declared or found over
+/// the limit, a caller refused, an agent that does not exist) closes the connection gently:
+/// a client still sending the body reads the whole answer, never a reset that throws it
+/// away. Bodies larger than the socket buffers, in both framings, through the real client
+/// and through one that reads while it writes, several at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_sending_a_body_reads_the_answer_sent_before_it() {
+    let s = Server::start().await;
+    s.tenant("t").await;
+    let dev = s.token(Some("t"), Role::TenantAdmin);
+    let observer = s.token(Some("t"), Role::Observer);
+    let digest = s.upload(&dev, art::HELLO).await;
+    s.deploy(&dev, "hello", &digest, json!({})).await;
+    let module_limit = s.state.config.http.module_limit_bytes;
+    let body_limit = s.state.config.http.body_limit_bytes;
+    let big = (4 << 20).max(body_limit + 1);
+    // (method, path, token, body bytes, status, code)
+    let cases = [
+        ("POST", "/v1/agents", dev.as_str(), big, 413, "body_too_large"),
+        ("POST", "/v1/modules", dev.as_str(), module_limit + (4 << 20), 413, "body_too_large"),
+        ("POST", "/v1/agents/hello/invoke", dev.as_str(), big, 413, "body_too_large"),
+        ("POST", "/v1/agents/h%65llo/invoke", dev.as_str(), big, 413, "body_too_large"),
+        ("POST", "/v1/agents/nobody/invoke", dev.as_str(), body_limit / 2, 404, "not_found"),
+        ("POST", "/v1/agents", observer.as_str(), big, 403, "forbidden"),
+        ("POST", "/v1/agents", "not-a-token", big, 401, "unauthorized"),
+        ("POST", "/v1/nothing", dev.as_str(), big, 404, "no_route"),
+    ];
+    for round in 0..4 {
+        for (method, path, token, length, status, code) in cases {
+            let what = format!("round {round}: {method} {path} with {length} bytes");
+            // The real client, two at once.
+            let send = || {
+                s.client
+                    .request(Method::from_bytes(method.as_bytes()).unwrap(), s.url(path))
+                    .bearer_auth(token)
+                    .header("content-type", "application/json")
+                    .body(vec![b'x'; length])
+                    .send()
+            };
+            let (a, b) = tokio::join!(send(), send());
+            for r in [a, b] {
+                let r = match r {
+                    Ok(r) => answer(r).await,
+                    Err(e) => panic!("{what}: the client lost the answer: {e:?}"),
+                };
+                assert_eq!((r.status.as_u16(), r.code.as_str()), (status, code), "{what}: {}", r.text);
+            }
+            // A client that reads while it writes, with each framing.
+            for chunked in [false, true] {
+                let framing = if chunked {
+                    "Transfer-Encoding: chunked".to_owned()
+                } else {
+                    format!("Content-Length: {length}")
+                };
+                let head = format!(
+                    "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n{framing}\r\n\r\n"
+                );
+                let resp = sent_while_answered(&s, head, length, chunked).await;
+                assert!(resp.starts_with(&format!("HTTP/1.1 {status}")), "{what} ({framing}): {resp}");
+                assert!(resp.contains(&format!(r#""code":"{code}""#)), "{what} ({framing}): {resp}");
+                // The connection closes after it, and the answer says so.
+                assert!(resp.to_ascii_lowercase().contains("connection: close"), "{what} ({framing}): {resp}");
+            }
+        }
+    }
+}
