@@ -91,6 +91,7 @@ fn main() {
             service: egress,
             grants: vec![grant.parse().unwrap()].into(),
             quotas: EgressQuotas { requests_per_second: u32::MAX, bytes_per_day: u64::MAX, tokens_per_day: u64::MAX },
+            allow: None,
         });
         let limits = Limits { timeout: Duration::from_secs(600), host_calls: 1_000_000, ..Limits::default() };
         let input = serde_json::json!({ "url": format!("http://{addr}/api/ping"), "repeat": n }).to_string();

@@ -611,6 +611,50 @@ async fn grants_stay_within_the_tenant_allow_list() {
     }
 }
 
+/// A tenant-admin narrowing the allow-list holds agents deployed before it at once: their
+/// requests, and each hop of a redirect the host follows, must be within the list as it is
+/// now, not as it was at their deploy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_narrowed_allow_list_holds_agents_deployed_before_it() {
+    let up = Upstream::start().await;
+    let s = server(|_| {}).await;
+    let dev = s.developer_in("t").await;
+    let admin = s.token(Some("t"), cortex_host::api::Role::TenantAdmin);
+    client(&s, &dev, "c", json!([{ "url": up.url("/api/"), "methods": ["GET"], "redirects": "follow" }])).await;
+    let set = |allow: Value| {
+        let r = s.req(reqwest::Method::PUT, "/v1/egress", &admin).json(&json!({ "allow": allow }));
+        async move {
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+        }
+    };
+    let echo = json!({ "url": up.url("/api/echo") });
+    let hop_to_echo = redirect_to(&up, "GET", 302, "/api/echo");
+    assert_eq!(call(&s, &dev, "c", echo.clone()).await["status"], 200);
+    assert_eq!(call(&s, &dev, "c", hop_to_echo.clone()).await["status"], 200);
+    let reached = |up: &Upstream| up.seen.lock().unwrap().paths.iter().filter(|p| *p == "/api/echo").count();
+    assert_eq!(reached(&up), 2);
+
+    // Narrowed to the redirecting path: the grant still names /api/, the list does not.
+    set(json!([up.url("/api/r/")])).await;
+    let v = call(&s, &dev, "c", echo.clone()).await;
+    assert_eq!(error(&v), "HttpRequestDenied", "a request outside the list: {v}");
+    let v = call(&s, &dev, "c", hop_to_echo.clone()).await;
+    assert_eq!(error(&v), "HttpRequestDenied", "a hop outside the list: {v}");
+    assert_eq!(reached(&up), 2, "nothing outside the list left the host");
+    // No egress at all.
+    set(json!([])).await;
+    let v = call(&s, &dev, "c", json!({ "url": up.url("/api/r/to"), "headers": [["x-location", "/api/r/to"]] })).await;
+    assert_eq!(error(&v), "HttpRequestDenied", "an empty list: {v}");
+    // The list taken away: the grant alone decides again.
+    set(Value::Null).await;
+    assert_eq!(call(&s, &dev, "c", hop_to_echo).await["status"], 200);
+    assert_eq!(reached(&up), 3);
+    let m = metrics(&s).await;
+    assert!(m.contains("host=\"-\",status=\"denied\",tenant=\"t\"} 2"), "{m}");
+    assert!(m.contains("status=\"redirect_denied\",tenant=\"t\"} 1"), "{m}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_model_caller_example_asks_a_model_with_a_key_it_never_holds() {
     let up = Upstream::start().await;

@@ -52,6 +52,7 @@ impl Agents {
             service: self.egress(),
             grants: grants.into(),
             quotas: crate::egress::EgressQuotas::of(q),
+            allow: None,
         }
     }
 
@@ -120,6 +121,9 @@ impl Agents {
         let q = &t.quotas;
         let nested = !callers.is_empty();
         let mut ctx = self.deployed_context_with(d, q, callers, deadline);
+        if let Some(link) = ctx.egress.as_mut() {
+            link.allow = t.allow_list.clone();
+        }
         if !extra.is_empty() {
             let mut config = ctx.base.config.clone();
             for (k, v) in extra {

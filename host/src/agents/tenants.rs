@@ -72,6 +72,9 @@ pub struct CachedTenant {
     pub limiter: Arc<TenantLimiter>,
     /// Its place in the node's scheduler.
     pub lane: Arc<Lane>,
+    /// Its egress allow-list, parsed (None: none set; a list that no longer parses allows
+    /// nothing).
+    pub allow_list: Option<Arc<[crate::egress::Prefix]>>,
 }
 
 impl std::ops::Deref for CachedTenant {
@@ -115,7 +118,12 @@ impl Tenants {
             // The limiter for the quotas just read: a new one if they changed.
             let limiter = self.limiters.of(name, &record.quotas);
             let lane = self.scheduler.lane(name, record.quotas.weight);
-            Arc::new(CachedTenant { record, limiter, lane })
+            let allow_list = record.egress_allow.as_deref().map(|list| {
+                let parsed: Arc<[crate::egress::Prefix]> =
+                    crate::egress::parse_allow_list(list).map_or_else(|_| Arc::from([]), Arc::from);
+                parsed
+            });
+            Arc::new(CachedTenant { record, limiter, lane, allow_list })
         });
         self.cache.remember(name, found.clone(), seen);
         Ok(found)

@@ -1,6 +1,7 @@
 //! `/v1/egress`: a tenant's egress allow-list, the URL prefixes its agents' grants must stay
-//! within (tenant-admin). A deploy whose grant is outside it is refused; grants of agents
-//! deployed before a narrower list keep working until their next deploy.
+//! within (tenant-admin). A deploy whose grant is outside it is refused, and every outbound
+//! request (each hop of a followed redirect too) is held to the list as it is now, so a
+//! narrower list holds agents deployed before it at once.
 
 use std::sync::Arc;
 

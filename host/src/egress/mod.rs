@@ -40,7 +40,7 @@ use zeroize::Zeroizing;
 
 pub use self::addr::{Net, Resolver, StaticResolver, SystemResolver};
 pub use self::budget::{EgressQuotas, EgressUsage};
-pub use self::grant::{EgressGrant, Grant, GrantError, Meter, check_grants, parse_allow_list};
+pub use self::grant::{EgressGrant, Grant, GrantError, Meter, Prefix, check_grants, parse_allow_list};
 pub use self::hooks::EgressHooks;
 pub use self::meter::{Usage, UsageScanner};
 
@@ -390,6 +390,10 @@ pub struct EgressLink {
     pub grants: Arc<[Grant]>,
     /// The tenant's egress quotas.
     pub quotas: EgressQuotas,
+    /// The tenant's allow-list as it is now (None: none set): a request, and every hop of a
+    /// followed redirect, must be within it as well as within a grant, so that narrowing
+    /// the list takes effect for agents deployed before it at once.
+    pub allow: Option<Arc<[Prefix]>>,
 }
 
 impl std::fmt::Debug for EgressLink {

@@ -16,7 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
 use super::budget::Refusal;
-use super::grant::{Grant, Redirects, Scheme, normal_host};
+use super::grant::{Grant, Prefix, Redirects, Scheme, normal_host};
 use super::meter::UsageScanner;
 use super::{Egress, EgressLink};
 
@@ -174,9 +174,13 @@ impl Target {
         Self { uri, scheme, host, port, path }
     }
 
-    /// Whether `grant` allows `method` here.
-    fn allowed_by(&self, grant: &Grant, method: &http::Method) -> bool {
-        self.scheme.is_some_and(|s| grant.allows(method, s, &self.host, self.port, &self.path))
+    /// Whether `grant` allows `method` here, within the tenant's allow-list `allow` (None:
+    /// none set).
+    fn allowed_by(&self, grant: &Grant, method: &http::Method, allow: Option<&[Prefix]>) -> bool {
+        self.scheme.is_some_and(|s| {
+            grant.allows(method, s, &self.host, self.port, &self.path)
+                && allow.is_none_or(|list| list.iter().any(|a| a.covers(s, &self.host, self.port, &self.path)))
+        })
     }
 
     /// `scheme://host:port/path`, without the query (audit).
@@ -350,7 +354,7 @@ impl Egress {
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
         let mut target = Target::of(parts.uri.clone());
-        let grant: Option<Grant> = link.grants.iter().find(|g| target.allowed_by(g, &parts.method)).cloned();
+        let grant: Option<Grant> = link.grants.iter().find(|g| target.allowed_by(g, &parts.method, link.allow.as_deref())).cloned();
         let mut rec = self.record(&caller, &parts.method, &target, grant.is_some(), started, Some(permit));
         let Some(grant) = grant else {
             return Err(self.fail(rec, Some("denied"), Error::HttpRequestDenied));
@@ -423,7 +427,7 @@ impl Egress {
                 denied.target = String::from("(not an http(s) URL)");
                 return Err(self.fail(denied, Some("redirect_denied"), Error::HttpRequestDenied));
             };
-            let in_grant = next.allowed_by(&grant, &method);
+            let in_grant = next.allowed_by(&grant, &method, link.allow.as_deref());
             rec = self.record(&caller, &method, &next, in_grant, Instant::now(), permit);
             rec.metered = grant.meter.is_some();
             if hops > cfg.max_redirects {
