@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use cortex_artifacts as art;
 use cortex_host::egress::{Egress, StaticResolver};
 use cortex_host::registry::Quotas;
+use cortex_host::store::RecordKind;
 use serde_json::{Value, json};
 
 use crate::server::Server;
@@ -562,6 +563,26 @@ async fn model_tokens_are_metered_and_the_daily_budget_refuses_once_spent() {
     let view = s.get_json(&dev, "/v1/agents/c").await;
     assert_eq!(view["egress_usage"]["agent_prompt_tokens_today"], 60, "{view}");
     assert_eq!(view["egress_usage"]["tenant_tokens_today"], 140, "{view}");
+
+    // Deleting the tenant takes its counts and its counter records with it: a new tenant of
+    // the name starts the day with a whole budget.
+    let egress = s.state.agents.egress();
+    egress.flush().await;
+    let store = s.state.registry.store().clone();
+    let records = || async { store.record_list(RecordKind::Counter, "egress/t/").await.unwrap().len() };
+    assert_eq!(records().await, 1, "this node's counts of today are stored");
+    let r = s.req(reqwest::Method::DELETE, "/v1/tenants/t", &s.admin()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(records().await, 0, "the deleted tenant's counter records are gone");
+    s.tenant_with("t", Some(quotas(|q| q.tokens_per_day = 100))).await;
+    let dev = s.token(Some("t"), cortex_host::api::Role::Developer);
+    put_secret(&s, "t", "openai", "sk-meter-test").await;
+    client(&s, &dev, "c", json!([{ "url": up.url("/v1/"), "methods": ["POST"], "secret": "openai", "meter": "openai" }]))
+        .await;
+    let v = call(&s, &dev, "c", chat(false)).await;
+    assert_eq!(v["status"], 200, "the new tenant's budget is whole: {v}");
+    egress.flush().await;
+    assert_eq!(records().await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -239,6 +239,7 @@ pub async fn delete_tenant(State(st): St, p: Caller, Path(name): Path<String>) -
     }
     st.workflows.forget_tenant(&name).await?;
     st.vault.purge_tenant(&name).await?;
+    st.agents.egress().forget_tenant(&name).await?;
     st.registry.store().purge_tenant_documents(&name).await?;
     st.tenants.forget_deleted(&name);
     Ok(StatusCode::NO_CONTENT)

@@ -99,6 +99,10 @@ async fn apply(st: &Arc<AppState>, e: &ChangeEvent) -> Option<(String, String)> 
             st.forget_tenant(&e.key);
             if kind == RecordKind::Tenant && e.op == ChangeOp::Delete {
                 st.tenants.forget_deleted(&e.key);
+                // This node's counts too (the deleting node removed the records).
+                if let Err(err) = st.agents.egress().forget_tenant(&e.key).await {
+                    tracing::warn!(tenant = %e.key, error = %err, "registry stream: forgetting a deleted tenant's egress counts failed");
+                }
             }
         }
         RecordKind::ApiKey => st.forget_api_key(&e.key),

@@ -185,6 +185,11 @@ impl Budget {
             .collect()
     }
 
+    /// Forget `tenant`'s counts (its rate bucket, today's counts of this node and the others).
+    pub(super) fn forget(&self, tenant: &str) {
+        self.tenants.lock().unwrap_or_else(PoisonError::into_inner).remove(tenant);
+    }
+
     /// Mark `tenant` changed again (its flush failed).
     pub(super) fn mark_dirty(&self, tenant: &str) {
         self.with(tenant, |c| c.dirty = true);

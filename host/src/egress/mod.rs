@@ -249,6 +249,22 @@ impl Egress {
         self.budget.usage(tenant, agent)
     }
 
+    /// Forget a deleted tenant's egress: this node's counts of it, and its daily counter
+    /// records (every node's), so that a later tenant of the name starts with a whole
+    /// budget.
+    pub async fn forget_tenant(&self, tenant: &str) -> Result<(), crate::store::StoreError> {
+        self.budget.forget(tenant);
+        let Some(b) = self.backing.get() else { return Ok(()) };
+        let kind = crate::store::RecordKind::Counter;
+        let store = b.registry.store();
+        let prefix = format!("{COUNTER_PREFIX}{tenant}/");
+        let keys: Vec<String> = store.record_list(kind, &prefix).await?.into_iter().map(|(k, _)| k).collect();
+        if !keys.is_empty() {
+            store.record_delete_many(kind, &keys).await?;
+        }
+        Ok(())
+    }
+
     /// Keep the daily counts in `registry`'s store as node `node`, and write audit events
     /// there (once; later calls change nothing). Without it the counts live in memory and
     /// denials are not audited.
