@@ -432,11 +432,8 @@ async fn a_client_still_sending_a_body_reads_the_answer_sent_before_it() {
             }
             // A client that reads while it writes, with each framing.
             for chunked in [false, true] {
-                let framing = if chunked {
-                    "Transfer-Encoding: chunked".to_owned()
-                } else {
-                    format!("Content-Length: {length}")
-                };
+                let framing =
+                    if chunked { "Transfer-Encoding: chunked".to_owned() } else { format!("Content-Length: {length}") };
                 let head = format!(
                     "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n{framing}\r\n\r\n"
                 );

@@ -577,8 +577,13 @@ async fn model_tokens_are_metered_and_the_daily_budget_refuses_once_spent() {
     s.tenant_with("t", Some(quotas(|q| q.tokens_per_day = 100))).await;
     let dev = s.token(Some("t"), cortex_host::api::Role::Developer);
     put_secret(&s, "t", "openai", "sk-meter-test").await;
-    client(&s, &dev, "c", json!([{ "url": up.url("/v1/"), "methods": ["POST"], "secret": "openai", "meter": "openai" }]))
-        .await;
+    client(
+        &s,
+        &dev,
+        "c",
+        json!([{ "url": up.url("/v1/"), "methods": ["POST"], "secret": "openai", "meter": "openai" }]),
+    )
+    .await;
     let v = call(&s, &dev, "c", chat(false)).await;
     assert_eq!(v["status"], 200, "the new tenant's budget is whole: {v}");
     egress.flush().await;

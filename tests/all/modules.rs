@@ -262,3 +262,48 @@ async fn a_module_left_compiling_is_not_deployable_and_a_restart_compiles_it() {
     s.deploy_with(&dev, "h", "hello", json!({})).await;
     assert_eq!(s.invoke_ok(&dev, "h", "again").await, "Hello, again!");
 }
+
+/// A compile program that is not a build of Cortex (a bench harness, an embedder's own
+/// binary) does not know `__compile`: started as a compile child it runs as itself, and if
+/// it loads a component it would start a compile child of its own, and so on (a fork bomb).
+/// A compile child never starts one: the load fails with an error that says what is wrong,
+/// and nothing is spawned. The test plays both parts: run normally, it starts this test
+/// binary again the way a compile child is started (the request in its environment),
+/// running only this test; in there, it loads a component with a compile program that
+/// leaves a mark if it ever runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compile_child_never_starts_a_compile_child() {
+    use cortex_host::runtime::{CompileConfig, EngineConfig, Runtime};
+    const PROGRAM: &str = "CORTEX_TEST_COMPILE_PROGRAM";
+    const NAME: &str = "modules::a_compile_child_never_starts_a_compile_child";
+    if let Some(program) = std::env::var_os("CORTEX_COMPILE_REQUEST").and(std::env::var_os(PROGRAM)) {
+        // The child's part: as if a non-Cortex compile program were loading an upload.
+        let compile = CompileConfig { program: Some(program.into()), ..CompileConfig::default() };
+        let rt = Runtime::new(EngineConfig { compile, ..EngineConfig::default() }, None).unwrap();
+        let err = rt.load(&std::fs::read(art::HELLO).unwrap()).await.err().expect("the load must fail");
+        let text = err.to_string();
+        assert!(text.contains("must be a build of Cortex"), "{text}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("ran");
+    let program = dir.path().join("compiler.sh");
+    std::fs::write(&program, format!("#!/bin/sh\ntouch '{}'\nexit 1\n", mark.display())).unwrap();
+    let mut perms = std::fs::metadata(&program).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&program, perms).unwrap();
+    let out = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+        .env("CORTEX_COMPILE_REQUEST", "{}")
+        .env(PROGRAM, &program)
+        .output()
+        .await
+        .unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("1 passed"), "the child ran the test: {log}");
+    assert!(!mark.exists(), "a compile child started the compile program: {log}");
+    // The mark is what a started program leaves (the check above can fail).
+    std::process::Command::new(&program).status().unwrap();
+    assert!(mark.exists());
+}

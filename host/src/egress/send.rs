@@ -354,7 +354,8 @@ impl Egress {
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
         let mut target = Target::of(parts.uri.clone());
-        let grant: Option<Grant> = link.grants.iter().find(|g| target.allowed_by(g, &parts.method, link.allow.as_deref())).cloned();
+        let grant: Option<Grant> =
+            link.grants.iter().find(|g| target.allowed_by(g, &parts.method, link.allow.as_deref())).cloned();
         let mut rec = self.record(&caller, &parts.method, &target, grant.is_some(), started, Some(permit));
         let Some(grant) = grant else {
             return Err(self.fail(rec, Some("denied"), Error::HttpRequestDenied));
