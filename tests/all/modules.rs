@@ -280,7 +280,7 @@ async fn a_compile_child_never_starts_a_compile_child() {
         // The child's part: as if a non-Cortex compile program were loading an upload.
         let compile = CompileConfig { program: Some(program.into()), ..CompileConfig::default() };
         let rt = Runtime::new(EngineConfig { compile, ..EngineConfig::default() }, None).unwrap();
-        let err = rt.load(&std::fs::read(art::HELLO).unwrap()).await.err().expect("the load must fail");
+        let Err(err) = rt.load(&std::fs::read(art::HELLO).unwrap()).await else { panic!("the load must fail") };
         let text = err.to_string();
         assert!(text.contains("must be a build of Cortex"), "{text}");
         return;
