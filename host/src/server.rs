@@ -216,40 +216,28 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<S> {
     }
 }
 
-/// A streamed response body that tells its connection's watchdog when it is done.
-struct Tracked<B> {
+/// A body that tells `watch` about its end: a streamed response body its connection's
+/// watchdog (`Ended`, by being dropped with it), a request body whether it was read to its end
+/// (`Arc<AtomicBool>`, set then; from the start if it is empty).
+struct Tracked<B, W> {
     body: B,
-    _ended: Ended,
+    watch: W,
 }
 
-impl<B: HttpBody + Unpin> HttpBody for Tracked<B> {
-    type Data = B::Data;
-    type Error = B::Error;
+/// What a [`Tracked`] body tells when it has been read to its end.
+trait EndWatch {
+    fn ended(&self) {}
+}
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
+impl EndWatch for Ended {}
 
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
+impl EndWatch for Arc<AtomicBool> {
+    fn ended(&self) {
+        self.store(true, Ordering::Relaxed);
     }
 }
 
-/// A request body that says, through `read`, when it has been read to its end (from the
-/// start, if it is empty).
-struct ReadTo<B> {
-    body: B,
-    read: Arc<AtomicBool>,
-}
-
-impl<B: HttpBody + Unpin> HttpBody for ReadTo<B> {
+impl<B: HttpBody + Unpin, W: EndWatch + Unpin> HttpBody for Tracked<B, W> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -260,7 +248,7 @@ impl<B: HttpBody + Unpin> HttpBody for ReadTo<B> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.body).poll_frame(cx);
         if matches!(r, Poll::Ready(None)) || this.body.is_end_stream() {
-            this.read.store(true, Ordering::Relaxed);
+            this.watch.ended();
         }
         r
     }
@@ -273,6 +261,9 @@ impl<B: HttpBody + Unpin> HttpBody for ReadTo<B> {
         self.body.size_hint()
     }
 }
+
+/// A request body that says whether it was read to its end.
+type ReadTo<B> = Tracked<B, Arc<AtomicBool>>;
 
 /// Where [`HttpFront`] sends a request: invocations straight to [`api::invoke_direct`], the
 /// rest through the router (with `true` when the front cuts it at the request's deadline).
@@ -305,7 +296,7 @@ where
         let id = api::request_id::of_request(req.headers());
         // Whether the request's body was read to its end by the time the answer is made.
         let read = Arc::new(AtomicBool::new(req.body().is_end_stream()));
-        let mut req = req.map(|body| ReadTo { body, read: read.clone() });
+        let mut req = req.map(|body| Tracked { body, watch: read.clone() });
         let activity = self.activity.clone();
         if let Some(a) = &activity {
             a.begun.fetch_add(1, Ordering::Relaxed);
@@ -407,7 +398,7 @@ where
                     && let Some(ended) = ended.take()
                 {
                     // A stream: the connection is busy until its body ends.
-                    resp = resp.map(|body| axum::body::Body::new(Tracked { body, _ended: ended }));
+                    resp = resp.map(|body| axum::body::Body::new(Tracked { body, watch: ended }));
                 }
                 Ok(resp)
             })
