@@ -528,17 +528,22 @@ fn quotas(f: impl FnOnce(&mut Quotas)) -> Quotas {
 async fn model_tokens_are_metered_and_the_daily_budget_refuses_once_spent() {
     let up = Upstream::start().await;
     let s = server(|_| {}).await;
-    s.tenant_with("t", Some(quotas(|q| q.tokens_per_day = 100))).await;
-    let dev = s.token(Some("t"), cortex_host::api::Role::Developer);
-    put_secret(&s, "t", "openai", "sk-meter-test").await;
-    client(
-        &s,
-        &dev,
-        "c",
-        json!([{ "url": up.url("/v1/"), "methods": ["POST"], "secret": "openai", "meter": "openai" },
-               { "url": up.url("/api/") }]),
-    )
-    .await;
+    // Tenant `t` with a budget of 100 tokens a day, and the client `c` with a metered grant.
+    let metered_tenant = || async {
+        s.tenant_with("t", Some(quotas(|q| q.tokens_per_day = 100))).await;
+        let dev = s.token(Some("t"), cortex_host::api::Role::Developer);
+        put_secret(&s, "t", "openai", "sk-meter-test").await;
+        client(
+            &s,
+            &dev,
+            "c",
+            json!([{ "url": up.url("/v1/"), "methods": ["POST"], "secret": "openai", "meter": "openai" },
+                   { "url": up.url("/api/") }]),
+        )
+        .await;
+        dev
+    };
+    let dev = metered_tenant().await;
     let chat = |stream: bool| {
         json!({ "method": "POST", "url": up.url("/v1/chat/completions"),
                 "headers": [["content-type", "application/json"]],
@@ -574,16 +579,7 @@ async fn model_tokens_are_metered_and_the_daily_budget_refuses_once_spent() {
     let r = s.req(reqwest::Method::DELETE, "/v1/tenants/t", &s.admin()).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(records().await, 0, "the deleted tenant's counter records are gone");
-    s.tenant_with("t", Some(quotas(|q| q.tokens_per_day = 100))).await;
-    let dev = s.token(Some("t"), cortex_host::api::Role::Developer);
-    put_secret(&s, "t", "openai", "sk-meter-test").await;
-    client(
-        &s,
-        &dev,
-        "c",
-        json!([{ "url": up.url("/v1/"), "methods": ["POST"], "secret": "openai", "meter": "openai" }]),
-    )
-    .await;
+    let dev = metered_tenant().await;
     let v = call(&s, &dev, "c", chat(false)).await;
     assert_eq!(v["status"], 200, "the new tenant's budget is whole: {v}");
     egress.flush().await;
