@@ -68,6 +68,9 @@ impl Server {
         cfg: ServerConfig,
         store: Option<Arc<dyn cortex_host::store::Store>>,
     ) -> Server {
+        // The client keeps an idle connection for less than the server does (as a client
+        // honouring `Keep-Alive: timeout=` would): never sends on one the server is closing.
+        let idle = Duration::from_millis(cfg.http.header_timeout_ms / 2);
         let built = match store {
             Some(store) => cortex_host::server::build_on(cfg, store).await,
             None => cortex_host::server::build(cfg).await,
@@ -82,7 +85,8 @@ impl Server {
         let task = tokio::spawn(cortex_host::server::serve(state.clone(), listener, async {
             let _ = rx.await;
         }));
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+        let client =
+            reqwest::Client::builder().timeout(Duration::from_secs(20)).pool_idle_timeout(idle).build().unwrap();
         Server { state, addr, base: format!("http://{addr}"), client, dir, shutdown: Some(tx), task: Some(task) }
     }
 
