@@ -385,13 +385,8 @@ fn denial_event(
 }
 
 /// Append `event`, in its tenant's own log too when the tenant exists.
-async fn write_audit(registry: &crate::registry::Registry, mut event: crate::registry::AuditEvent) {
-    if let Ok(Some((t, _))) =
-        registry.get::<crate::registry::Tenant>(crate::store::RecordKind::Tenant, &event.tenant).await
-    {
-        event.tenant_id = t.id;
-    }
-    if let Err(e) = registry.audit(&event).await {
+async fn write_audit(registry: &crate::registry::Registry, event: crate::registry::AuditEvent) {
+    if let Err(e) = registry.audit_in_tenant(event).await {
         tracing::error!(target: "cortex::egress", error = %e, "cannot append an audit event");
     }
 }

@@ -695,6 +695,16 @@ impl Registry {
         Ok(self.store.audit_append(encode(event)?, own).await?.0)
     }
 
+    /// [`Self::audit`] an event of what the host did in `event.tenant`: in that tenant's own
+    /// log too when the tenant exists (its id read from its record; if it cannot be read, the
+    /// event still goes to the platform's log).
+    pub async fn audit_in_tenant(&self, mut event: AuditEvent) -> Result<u64> {
+        if let Ok(Some((t, _))) = self.get::<Tenant>(RecordKind::Tenant, &event.tenant).await {
+            event.tenant_id = t.id;
+        }
+        self.audit(&event).await
+    }
+
     /// Audit events after `since`, filtered, at most `limit`: of the platform's log (`tenant_id`
     /// `None`; `seq` numbers every event), or of one tenant's own log (`seq` numbers that
     /// tenant's events only, from 1, so it tells nothing about other tenants).

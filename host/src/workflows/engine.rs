@@ -437,25 +437,18 @@ fn step_state(s: super::StepState) -> &'static str {
 }
 
 async fn audit(registry: &Registry, run: &Run, actor: &str, action: &str) {
-    let tenant_id = registry
-        .get::<crate::registry::Tenant>(RecordKind::Tenant, &run.tenant)
-        .await
-        .ok()
-        .flatten()
-        .map(|(t, _)| t.id)
-        .unwrap_or_default();
     let event = AuditEvent {
         seq: 0,
         time_ms: now_ms(),
         actor: actor.to_owned(),
         tenant: run.tenant.clone(),
-        tenant_id,
+        tenant_id: String::new(),
         action: action.to_owned(),
         target: format!("/v1/workflows/{}/runs/{}", run.workflow, run.id),
         outcome: 0,
         detail: format!("run {}", run.state.as_str()),
     };
-    if let Err(e) = registry.audit(&event).await {
+    if let Err(e) = registry.audit_in_tenant(event).await {
         tracing::warn!(run = %run.id, error = %e, "auditing a run transition failed");
     }
 }
