@@ -118,11 +118,10 @@ impl Tenants {
             // The limiter for the quotas just read: a new one if they changed.
             let limiter = self.limiters.of(name, &record.quotas);
             let lane = self.scheduler.lane(name, record.quotas.weight);
-            let allow_list = record.egress_allow.as_deref().map(|list| {
-                let parsed: Arc<[crate::egress::Prefix]> =
-                    crate::egress::parse_allow_list(list).map_or_else(|_| Arc::from([]), Arc::from);
-                parsed
-            });
+            let allow_list: Option<Arc<[crate::egress::Prefix]>> = record
+                .egress_allow
+                .as_deref()
+                .map(|list| crate::egress::parse_allow_list(list).map_or_else(|_| Arc::from([]), Arc::from));
             Arc::new(CachedTenant { record, limiter, lane, allow_list })
         });
         self.cache.remember(name, found.clone(), seen);

@@ -99,7 +99,8 @@ async fn apply(st: &Arc<AppState>, e: &ChangeEvent) -> Option<(String, String)> 
             st.forget_tenant(&e.key);
             if kind == RecordKind::Tenant && e.op == ChangeOp::Delete {
                 st.tenants.forget_deleted(&e.key);
-                // This node's counts too (the deleting node removed the records).
+                // This node's counts too, and any counter record of it written since the
+                // deleting node removed them (a flush that raced the delete).
                 if let Err(err) = st.agents.egress().forget_tenant(&e.key).await {
                     tracing::warn!(tenant = %e.key, error = %err, "registry stream: forgetting a deleted tenant's egress counts failed");
                 }

@@ -205,12 +205,10 @@ impl Budget {
 
     /// The other nodes' counts of today, by tenant (a tenant not listed: none).
     pub(super) fn set_others(&self, others: HashMap<String, DayCount>) {
-        let day = today();
-        let mut m = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
-        for (t, c) in m.iter_mut() {
-            c.others = if c.day == day { others.get(t).cloned().unwrap_or_default() } else { DayCount::default() };
+        for c in self.tenants.lock().unwrap_or_else(PoisonError::into_inner).values_mut() {
+            c.others = DayCount::default();
         }
-        drop(m);
+        // `with` starts a tenant counting another day afresh first.
         for (t, o) in others {
             self.with(&t, |c| c.others = o);
         }

@@ -88,6 +88,15 @@ pub enum Scheme {
 }
 
 impl Scheme {
+    /// The scheme of `uri`, if it is `http` or `https`.
+    pub fn of(uri: &http::Uri) -> Option<Scheme> {
+        match uri.scheme_str() {
+            Some("https") => Some(Scheme::Https),
+            Some("http") => Some(Scheme::Http),
+            _ => None,
+        }
+    }
+
     /// The scheme's default port.
     pub fn default_port(self) -> u16 {
         match self {
@@ -126,11 +135,7 @@ impl Prefix {
             return Err(GrantError(format!("a URL is at most {MAX_URL} bytes")));
         }
         let uri: http::Uri = url.parse().map_err(|_| bad("not a URL"))?;
-        let scheme = match uri.scheme_str() {
-            Some("https") => Scheme::Https,
-            Some("http") => Scheme::Http,
-            _ => return Err(bad("the scheme must be http or https")),
-        };
+        let scheme = Scheme::of(&uri).ok_or_else(|| bad("the scheme must be http or https"))?;
         let authority = uri.authority().ok_or_else(|| bad("no host"))?;
         if authority.as_str().contains('@') {
             return Err(bad("user info is not allowed"));

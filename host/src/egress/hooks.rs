@@ -77,11 +77,7 @@ impl WasiHttpHooks for EgressHooks {
             "other" => "_OTHER",
             m => m,
         };
-        let port = uri.port_u16().or(match uri.scheme_str() {
-            Some("https") => Some(443),
-            Some("http") => Some(80),
-            _ => None,
-        });
+        let port = uri.port_u16().or(super::grant::Scheme::of(uri).map(super::grant::Scheme::default_port));
         let span = tracing::info_span!(
             target: "cortex::egress",
             "egress",

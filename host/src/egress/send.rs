@@ -163,11 +163,7 @@ struct Target {
 
 impl Target {
     fn of(uri: http::Uri) -> Self {
-        let scheme = match uri.scheme_str() {
-            Some("https") => Some(Scheme::Https),
-            Some("http") => Some(Scheme::Http),
-            _ => None,
-        };
+        let scheme = Scheme::of(&uri);
         let host = normal_host(uri.host().unwrap_or(""));
         let port = uri.port_u16().or(scheme.map(Scheme::default_port)).unwrap_or(0);
         let path = if uri.path().is_empty() { "/".to_owned() } else { uri.path().to_owned() };
