@@ -319,11 +319,12 @@ where
             trace_id = tracing::field::Empty,
         );
         crate::telemetry::otel::set_remote_parent(&span, req.headers());
-        let trace_id = crate::telemetry::otel::trace_id_of(&span);
+        // The span's context, once: the response's headers and the trace id.
+        let traceparent = crate::telemetry::otel::TraceHeaders::of(&span);
+        let trace_id = traceparent.as_ref().and_then(|h| h.trace_id()).map(str::to_owned);
         if let Some(t) = &trace_id {
             span.record("trace_id", t.as_str());
         }
-        let traceparent = crate::telemetry::otel::TraceHeaders::of(&span);
         let otel_span = span.clone();
         let deadline = api::RequestDeadline::after(self.timeout);
         let (started, method, metrics) = (std::time::Instant::now(), req.method().clone(), self.state.metrics.clone());

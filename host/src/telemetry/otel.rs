@@ -7,7 +7,7 @@
 //! turn export on for itself without relying on any other global provider.
 //!
 //! W3C trace context: [`extract`] reads `traceparent`/`tracestate` of an inbound request,
-//! [`traceparent`]/[`TraceHeaders`] write the headers of a span; [`scope`]/[`current_trace_id`] carry the
+//! [`TraceHeaders`] writes the headers of a span; [`scope`]/[`current_trace_id`] carry the
 //! trace id of the request a task answers (problem+json bodies and agent log records quote
 //! it); [`TraceContext`] stores a span's context with a message, a change event or a
 //! workflow run so that its delivery (or step) is linked to the sender's (writer's,
@@ -370,13 +370,6 @@ pub fn set_remote_parent(span: &tracing::Span, headers: &http::HeaderMap) {
     }
 }
 
-/// The `traceparent` header value of `span` (while export is on and the span has a
-/// context).
-pub fn traceparent(span: &tracing::Span) -> Option<http::HeaderValue> {
-    let cx = TraceContext::of(span)?;
-    http::HeaderValue::from_str(&cx.traceparent).ok()
-}
-
 /// The `traceparent` (and `tracestate`, if the trace has one) of a response, for the
 /// span that served the request.
 #[derive(Clone, Debug)]
@@ -393,6 +386,11 @@ impl TraceHeaders {
             traceparent: http::HeaderValue::from_str(&cx.traceparent).ok()?,
             tracestate: (!cx.tracestate.is_empty()).then(|| http::HeaderValue::from_str(&cx.tracestate).ok()).flatten(),
         })
+    }
+
+    /// The trace id (32 hex digits).
+    pub fn trace_id(&self) -> Option<&str> {
+        self.traceparent.to_str().ok()?.split('-').nth(1)
     }
 
     /// Set them on a response.
@@ -619,15 +617,9 @@ pub fn inject_into_egress(span: &tracing::Span, headers: &mut http::HeaderMap) -
     if !TO_EGRESS.load(Ordering::Relaxed) {
         return false;
     }
-    let Some(cx) = TraceContext::of(span) else { return false };
-    let Ok(tp) = http::HeaderValue::from_str(&cx.traceparent) else { return false };
-    headers.insert(TRACEPARENT, tp);
+    let Some(h) = TraceHeaders::of(span) else { return false };
     headers.remove(TRACESTATE);
-    if !cx.tracestate.is_empty()
-        && let Ok(ts) = http::HeaderValue::from_str(&cx.tracestate)
-    {
-        headers.insert(TRACESTATE, ts);
-    }
+    h.insert_into(headers);
     true
 }
 
