@@ -300,11 +300,18 @@ impl Agents {
         // Each live node enforces its share of every tenant's rate and concurrency quotas.
         self.tenants.limiters.set_nodes(u32::try_from(live.len()).unwrap_or(u32::MAX));
         self.egress().set_nodes(u32::try_from(live.len()).unwrap_or(u32::MAX));
-        // The daily egress counts, into the store and back (the first tick is at restore).
+        self.own_leases(&live).await;
+        // The daily egress counts, into the store and back (the first tick is at restore),
+        // after the leases: a slow store delays the counts, not the renewals.
         self.egress().flush().await;
+    }
+
+    /// The leases' part of a round: read every lease on a full round, stop the work of
+    /// those lost, take those wanted, hand back the others, renew the rest.
+    async fn own_leases(self: &Arc<Self>, live: &[String]) {
         let me = self.cluster.id().to_owned();
         // Every lease, on a full round (see the module doc).
-        let leases = if self.full_round(&live) {
+        let leases = if self.full_round(live) {
             match self.read_leases().await {
                 Some(l) => Some(l),
                 None => return,
@@ -344,7 +351,7 @@ impl Agents {
         let leaving = self.cluster.is_leaving();
         let mut renew = Vec::new();
         for k in &wanted {
-            let desired = rendezvous(k, &live) == Some(me.as_str()) && !leaving;
+            let desired = rendezvous(k, live) == Some(me.as_str()) && !leaving;
             let holds = self.fence_of(k).is_some();
             if holds && !desired {
                 self.release(k).await;
