@@ -57,16 +57,17 @@ pub(super) struct FeedTables<'t> {
     /// after the commit.
     pub(super) appended: Vec<(String, u64)>,
     /// The trace context of the write's span, stored with each event appended.
-    pub(super) trace: Option<TraceContext>,
+    trace: Option<TraceContext>,
 }
 
 impl<'t> FeedTables<'t> {
-    pub(super) fn open(txn: &'t redb::WriteTransaction) -> Result<Self> {
+    /// The feed tables of `txn`, its events appended with `trace` (the writer's).
+    pub(super) fn open(txn: &'t redb::WriteTransaction, trace: Option<TraceContext>) -> Result<Self> {
         Ok(Self {
             events: txn.open_table(FEED).map_err(backend)?,
             heads: txn.open_table(HEADS).map_err(backend)?,
             appended: Vec::new(),
-            trace: None,
+            trace,
         })
     }
 

@@ -36,10 +36,10 @@ const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// Each tenant's own audit log: `(tenant id, its sequence number)` to JSON.
 const TENANT_AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("tenant_audit");
 
-/// The tables a document write touches.
 /// The documents table, open in a write transaction.
 type DocTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
 
+/// The tables a document write touches.
 struct Tables<'t> {
     docs: DocTable<'t>,
     usage: redb::Table<'t, &'static str, u64>,
@@ -168,9 +168,8 @@ impl EmbeddedStore {
                 let mut tables = Tables {
                     docs: txn.open_table(DOCUMENTS).map_err(backend)?,
                     usage: txn.open_table(USAGE).map_err(backend)?,
-                    feed: feed::FeedTables::open(txn)?,
+                    feed: feed::FeedTables::open(txn, trace)?,
                 };
-                tables.feed.trace = trace;
                 let out = f(&mut tables)?;
                 Ok((out, tables.feed.appended))
             })
@@ -418,12 +417,12 @@ struct RecordTables<'t> {
 }
 
 impl<'t> RecordTables<'t> {
-    fn open(txn: &'t redb::WriteTransaction) -> Result<Self> {
+    fn open(txn: &'t redb::WriteTransaction, trace: Option<crate::telemetry::otel::TraceContext>) -> Result<Self> {
         Ok(Self {
             txn,
             records: txn.open_table(RECORDS).map_err(backend)?,
             usage: txn.open_table(USAGE).map_err(backend)?,
-            feed: feed::FeedTables::open(txn)?,
+            feed: feed::FeedTables::open(txn, trace)?,
             docs: None,
         })
     }
@@ -521,9 +520,11 @@ impl EmbeddedStore {
         &self,
         f: impl FnOnce(&mut RecordTables<'_>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        // The writer's span is current here, not on the blocking thread (see `write`).
+        let trace = crate::telemetry::otel::TraceContext::current();
         let (out, head) = self
             .write_txn(move |txn| {
-                let mut t = RecordTables::open(txn)?;
+                let mut t = RecordTables::open(txn, trace)?;
                 let out = f(&mut t)?;
                 Ok((out, t.feed.appended))
             })
