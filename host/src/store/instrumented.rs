@@ -59,9 +59,7 @@ impl Wrapper for Instrumented {
     }
 
     fn around<'a, T: Send + 'a>(&'a self, call: Call, f: BoxFuture<'a, Result<T>>) -> BoxFuture<'a, Result<T>> {
-        // `usage` has always been reported under this name.
-        let op = if call.op == "usage" { "stored_bytes" } else { call.op };
-        Box::pin(self.time(op, f))
+        Box::pin(self.time(call.op, f))
     }
 }
 

@@ -178,7 +178,7 @@ impl<W: WrapsRecords> RecordStore for W {
         self.around(write("purge_tenant"), self.inner().purge_tenant_documents(tenant)).await
     }
     async fn usage(&self, tenant: &str) -> Result<Usage> {
-        self.around(read("usage"), self.inner().usage(tenant)).await
+        self.around(read("stored_bytes"), self.inner().usage(tenant)).await
     }
     async fn ping(&self) -> Result<()> {
         self.around(read("ping"), self.inner().ping()).await
