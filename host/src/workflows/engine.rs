@@ -651,8 +651,10 @@ impl Driver {
                     let me = self.clone();
                     let run_id = run.id.clone();
                     let span = crate::telemetry::otel::workflow_step_span(&run, &spec.step, spec.attempt, &spec.agent);
-                    let call = tracing::Instrument::instrument(async move { me.call(&run_id, spec).await }, span);
-                    inflight.push(async move { (slot, call.await) });
+                    inflight.push(tracing::Instrument::instrument(
+                        async move { (slot, me.call(&run_id, spec).await) },
+                        span,
+                    ));
                 }
             }
             if inflight.is_empty() && (stopping || !run.state.is_active()) {
