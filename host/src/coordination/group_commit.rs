@@ -542,14 +542,17 @@ mod tests {
         let settings = GroupCommitSettings { queue: 2, ..GroupCommitSettings::default() };
         let writer = Arc::new(GroupCommit::new(store.clone(), settings));
         let release = store.hold_next();
-        let mut sends: Sends = Vec::new();
-        for i in 0..6u8 {
+        let send = |i: u8| {
             let w = writer.clone();
-            sends.push(tokio::spawn(async move {
+            tokio::spawn(async move {
                 enqueue_grouped(&w, &new_message("t", "b", "a", None, &[i], None), Quota::NONE).await
-            }));
-        }
+            })
+        };
+        // The first send alone (sent with others, it could go out in a batch, which is not
+        // held), held in the store; then five more behind it.
+        let mut sends: Sends = vec![send(0)];
         until("the first send in the store", || store.holding.load(Ordering::SeqCst)).await;
+        sends.extend((1..6u8).map(send));
         until("a full queue", || writer.queued() == 2).await;
         // The others wait for room, outside the queue.
         assert_eq!(writer.queued(), 2);
